@@ -1,0 +1,216 @@
+"""Typed configs: one dataclass per stage, read from YAML, overridden by `key=value`, validated.
+
+The dataclass is the schema: an unknown key, a wrong type or an out-of-range value is an
+error that names the key (and the file when it came from one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # --- base model (stage: model) ---
+    model: str = "embedded"                     # 'embedded', a HF folder, a .gguf file or a hub id
+    load_in_4bit: bool = False                  # QLoRA: NF4 + double quantization, bf16 compute (CUDA)
+    dtype: str = "float32"                      # body dtype when not 4-bit: float32 | bfloat16 | float16
+    gpu_memory_gb: float = 0.0                  # budget checked by --dry-run (0 = no GPU budget)
+    # --- data ---
+    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin"])  # 'builtin' or JSONL files
+    dev_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin dev / a split of `data`
+    test_data: list[str] = dataclasses.field(default_factory=list)
+    max_length: int = 384                       # tokens per example (prompt + response)
+    class_balance: Literal["sampler", "weights", "none"] = "sampler"
+    # --- adapter ---
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+    # --- safety head ---
+    pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the final hidden state
+    # --- loss: L = sft + alpha*ce + beta*dangerous_allow - gamma*good_escalate + pet(t)*pet ---
+    alpha: float = 3.0
+    beta: float = 7.0
+    gamma: float = 1.5
+    safe_allow_reward: float = 0.0              # phase 2, off by default
+    escalate_penalty: float = 0.0               # phase 2, off by default
+    pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
+    pet_values: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.15, 1.0])
+    pet_checkpoint: bool = False                # recompute PET in backward instead of storing differences
+    # --- optimisation ---
+    lr: float = 1e-4                            # LoRA (body and task head)
+    head_lr: float = 1e-5                       # safety head
+    head_freeze_at: float = 0.5                 # fraction of training after which the head is frozen (1.0 = never)
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    epochs: float = 1.0
+    max_steps: int = 0                          # optimizer steps; 0 = from epochs
+    micro_batch: int = 4
+    grad_accum: int = 4
+    gradient_checkpointing: bool = False
+    optim: Literal["adamw", "paged_adamw_8bit"] = "adamw"
+    # --- evaluation and stopping ---
+    eval_every: int = 50                        # optimizer steps
+    early_stop_metric: Literal["safety_score", "refuse_recall"] = "safety_score"
+    patience: int = 3                           # evaluations without improvement
+    seed: int = 0
+
+    def validate(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{key}: {msg}")
+
+        need(self.max_length >= 16, "max_length", "must be >= 16")
+        need(self.lora_r > 0, "lora_r", "must be > 0")
+        need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        need(bool(self.lora_targets), "lora_targets", "must name at least one module")
+        for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(len(self.pet_values) == len(self.pet_boundaries) + 1, "pet_values",
+             "needs one value more than pet_boundaries (a value for each interval)")
+        need(list(self.pet_boundaries) == sorted(self.pet_boundaries) and all(0 <= b <= 1 for b in self.pet_boundaries),
+             "pet_boundaries", "must be increasing fractions in [0, 1]")
+        need(all(v >= 0 for v in self.pet_values), "pet_values", "must be >= 0")
+        need(self.lr > 0 and self.head_lr >= 0, "lr", "learning rates must be positive")
+        need(0 <= self.head_freeze_at <= 1, "head_freeze_at", "must be in [0, 1]")
+        need(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        need(self.epochs > 0 or self.max_steps > 0, "epochs", "set epochs > 0 or max_steps > 0")
+        need(self.max_steps >= 0, "max_steps", "must be >= 0")
+        need(self.micro_batch >= 1 and self.grad_accum >= 1, "micro_batch", "micro_batch and grad_accum must be >= 1")
+        need(self.eval_every >= 1, "eval_every", "must be >= 1")
+        need(self.patience >= 1, "patience", "must be >= 1")
+        need(bool(self.data), "data", "needs at least one dataset")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
+    """Build a config from a mapping, checking every key and type against the dataclass."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
+    cfg = cls(**kwargs)
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return cfg
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
+        return value
+    if origin in (list, typing.List):
+        (item,) = get_args(hint)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, where) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(hint):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {hint}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null")
+        return None
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    return values or {}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are read as YAML scalars/lists (`lr=2e-4`, `data=[a.jsonl,b.jsonl]`)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str) and raw.strip().lower() in ("1e-4",):  # pragma: no cover - YAML 1.1 quirk guard
+            value = float(raw)
+        out[key.strip()] = value
+    return out
+
+
+def resolve(cls: type[T], *layers: tuple[dict[str, Any], str]) -> T:
+    """Merge (values, where) layers left to right over the defaults, then validate once."""
+    merged: dict[str, Any] = {}
+    for values, where in layers:
+        from_dict_keys_only(cls, values, where)
+        merged.update(values)
+    return from_dict(cls, merged, "config")
+
+
+def from_dict_keys_only(cls: type, values: dict[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), list(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -1,0 +1,83 @@
+"""Assemble train / dev / test from the built-in set and other JSONL files, without leakage.
+
+The built-in set keeps its fixed splits. Other files are pooled, exact duplicates (normalised
+text) are dropped, anything that near-duplicates a built-in prompt is dropped, and the rest is
+split with near-duplicate groups kept on one side. Files given as dev/test are used as they are.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from so8t.data.builtin import BUILTIN, load_builtin
+from so8t.data.dedup import near_duplicate_pairs, normalize_text
+from so8t.data.io import read_many
+from so8t.data.schema import Record
+from so8t.data.splits import SPLITS, split_records
+
+
+@dataclass
+class Mix:
+    train: list[Record]
+    dev: list[Record]
+    test: list[Record]
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+
+    def summary(self) -> str:
+        parts = [f"train={len(self.train)} dev={len(self.dev)} test={len(self.test)}"]
+        if self.dropped:
+            parts.append("dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())))
+        return "; ".join(parts)
+
+
+def _load(names: Sequence[str], split: str) -> list[Record]:
+    recs: list[Record] = []
+    files = [n for n in names if n != BUILTIN]
+    if BUILTIN in names:
+        recs.extend(load_builtin(split))
+    if files:
+        recs.extend(read_many(files))
+    return recs
+
+
+def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Sequence[str] = (),
+             seed: int = 0, threshold: float = 0.8) -> Mix:
+    base = {s: (load_builtin(s) if BUILTIN in data else []) for s in SPLITS}
+    extra_files = [d for d in data if d != BUILTIN]
+    dropped: Counter = Counter()
+    extra: list[Record] = []
+    if extra_files:
+        seen = {normalize_text(r.prompt_text()) for recs in base.values() for r in recs}
+        for r in read_many(extra_files):
+            key = normalize_text(r.prompt_text())
+            if key in seen:
+                dropped["exact duplicate"] += 1
+                continue
+            seen.add(key)
+            extra.append(r)
+        if base["train"]:
+            # anything that near-duplicates a built-in prompt would leak across the fixed split
+            builtin_all = [r for s in SPLITS for r in base[s]]
+            texts = [r.prompt_text() for r in builtin_all] + [r.prompt_text() for r in extra]
+            near = {j - len(builtin_all) for i, j, _ in near_duplicate_pairs(texts, threshold)
+                    if i < len(builtin_all) <= j}
+            dropped["near duplicate of built-in"] += len(near)
+            extra = [r for k, r in enumerate(extra) if k not in near]
+    fractions = (0.8, 0.1, 0.1)
+    if dev_data and test_data:
+        fractions = (1.0, 0.0, 0.0)
+    elif dev_data or test_data:
+        fractions = (0.9, 0.0, 0.1) if dev_data else (0.9, 0.1, 0.0)
+    parts = split_records(extra, fractions, seed, threshold) if extra else {s: [] for s in SPLITS}
+    mix = Mix(
+        train=base["train"] + parts["train"],
+        dev=_load(dev_data, "dev") if dev_data else base["dev"] + parts["dev"],
+        test=_load(test_data, "test") if test_data else base["test"] + parts["test"],
+        dropped=dropped,
+    )
+    if not mix.train:
+        raise ValueError("the training data is empty")
+    if not mix.dev:
+        raise ValueError("no dev data: add the built-in set, pass dev_data, or give more data to split")
+    return mix
