@@ -53,10 +53,72 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_import(args: argparse.Namespace) -> int:
-    from so8t.data.importers import import_dataset
+    from so8t.data.importers import import_dataset, list_importers
 
+    if args.list:
+        for name, description in list_importers():
+            print(f"{name:<18} {description}")
+        return 0
+    if not (args.name and args.path and args.out):
+        raise SystemExit("so8t data import: NAME, PATH and -o OUT are required (see --list for the names)")
     result = import_dataset(args.name, args.path, mapping=_parse_mapping(args.map), out=args.out)
     print(result.summary())
+    return 0
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """defaults <- --preset <- --config FILE <- --set key=value and typed flags, validated once."""
+    from so8t.config import TrainConfig, load_yaml, parse_overrides, resolve
+    from so8t.train.presets import preset
+
+    layers = []
+    name = args.preset or (None if args.config else "cpu-quick")
+    if name:
+        layers.append((preset(name), f"preset {name}"))
+    if args.config:
+        layers.append((load_yaml(args.config), str(args.config)))
+    flags = parse_overrides(args.set or [])
+    if args.max_steps is not None:
+        flags["max_steps"] = args.max_steps
+    if args.data:
+        flags["data"] = args.data
+    layers.append((flags, "command line"))
+    return resolve(TrainConfig, *layers), name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from so8t.eval.metrics import format_kpis
+    from so8t.train.recipe import load_run_config, train
+
+    if args.resume:
+        cfg = load_run_config(Path(args.resume))
+        out = Path(args.resume)
+    else:
+        cfg, name = train_config_from_args(args)
+        out = Path(args.out) if args.out else Path("runs") / f"{name or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.dry_run:
+        return _dry_run(cfg)
+    result = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
+    print(f"\nrun saved to {result.run_dir} ({result.steps} steps, best at step {result.best_step}, "
+          f"{result.seconds / 60:.1f} min)")
+    if result.test is not None:
+        print("test split (safety head):")
+        print(format_kpis(result.test))
+    return 0
+
+
+def _dry_run(cfg) -> int:
+    from so8t.train.memory import estimate_memory, model_config_for
+
+    est = estimate_memory(cfg, model_config_for(cfg.model))
+    print(est.format())
+    if cfg.gpu_memory_gb and not est.fits(cfg.gpu_memory_gb):
+        print(f"so8t: error: the plan needs more than the {cfg.gpu_memory_gb:g} GiB GPU budget; lower max_length or "
+              "micro_batch, enable gradient_checkpointing / pet_checkpoint, or pick a smaller model", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -94,11 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tokens", action="store_true", help="skip token counting (no model needed)")
     p.set_defaults(func=cmd_data_stats)
     p = data.add_parser("import", help="convert a public dataset into so8t records")
-    p.add_argument("name", help="importer name (see `so8t data import --list`)")
-    p.add_argument("path", help="the dataset file or folder")
-    p.add_argument("-o", "--out", required=True, help="output JSONL")
+    p.add_argument("name", nargs="?", help="importer name (see --list)")
+    p.add_argument("path", nargs="?", help="the dataset file or folder")
+    p.add_argument("-o", "--out", help="output JSONL")
+    p.add_argument("--list", action="store_true", help="list the importers and exit")
     p.add_argument("--map", action="append", metavar="KEY=LABEL", help="override one entry of the label mapping (repeatable)")
     p.set_defaults(func=cmd_data_import)
+    p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
+                       description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.")
+    p.add_argument("--config", help="YAML file with TrainConfig fields")
+    p.add_argument("--preset", help="cpu-quick (default without --config), cpu-full, pet-20-60, rtx3060-7b, rtx3060-3b")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
+    p.add_argument("--data", nargs="+", help="training data: 'builtin' and/or JSONL files")
+    p.add_argument("--max-steps", type=int, help="optimizer steps")
+    p.add_argument("--out", help="run folder (default runs/<preset>-<time>)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="print the estimated peak memory and stop")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -106,10 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from so8t.data import DataError
-    from so8t.model import ModelLoadError
+    from so8t.model import ModelLoadError, RunError
+    from so8t.train.recipe import RunFolderError
 
     try:
         return args.func(args)
-    except (DataError, ModelLoadError, FileNotFoundError, ValueError) as exc:
+    except KeyboardInterrupt:
+        return 130
+    except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, ValueError) as exc:
         print(f"so8t: error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ class TrainConfig:
     model: str = "embedded"                     # 'embedded', a HF folder, a .gguf file or a hub id
     load_in_4bit: bool = False                  # QLoRA: NF4 + double quantization, bf16 compute (CUDA)
     dtype: str = "float32"                      # body dtype when not 4-bit: float32 | bfloat16 | float16
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast for matmuls (bf16 halves CPU time on AMX/AVX512-BF16)
     gpu_memory_gb: float = 0.0                  # budget checked by --dry-run (0 = no GPU budget)
     # --- data ---
     data: list[str] = dataclasses.field(default_factory=lambda: ["builtin"])  # 'builtin' or JSONL files
@@ -50,6 +51,7 @@ class TrainConfig:
     escalate_penalty: float = 0.0               # phase 2, off by default
     pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
     pet_values: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.15, 1.0])
+    pet_normalize: bool = True                  # divide each layer's term by its mean squared activation
     pet_checkpoint: bool = False                # recompute PET in backward instead of storing differences
     # --- optimisation ---
     lr: float = 1e-4                            # LoRA (body and task head)

@@ -1,0 +1,88 @@
+"""A trained run on disk: LoRA adapter (PEFT format) + safety head + tokenizer + metadata.
+
+The base weights are not copied: the run names its base model and carries a fingerprint of
+its weights, so loading it on a different base fails instead of silently misbehaving.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from so8t.model.head import HEAD_CONFIG, load_head, save_head
+from so8t.model.loading import load_base_model
+from so8t.model.safety_model import SafetyModel
+
+ADAPTER_DIR = "adapter"
+TOKENIZER_DIR = "tokenizer"
+RUN_MARKER = "so8t-run.json"
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def fingerprint(model: PreTrainedModel) -> str:
+    """A short hash of the base weights that survives dtype changes (fp32 / bf16 / 4-bit keep
+    the embeddings): shape facts plus coarse statistics of the input embedding table."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    emb = model.get_input_embeddings().weight.detach().float()
+    rows = emb[:: max(1, emb.size(0) // 256)]
+    stats = [emb.mean().item(), emb.std().item(), rows.abs().mean().item()]
+    text = f"{cfg.model_type}|{cfg.hidden_size}|{cfg.num_hidden_layers}|{emb.size(0)}|" + "|".join(f"{s:.3e}" for s in stats)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_artifacts(folder: str | Path, model: SafetyModel, tokenizer: PreTrainedTokenizerBase, meta: dict) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.body.save_pretrained(str(folder / ADAPTER_DIR))
+    save_head(model.head, folder, {"pooling": model.pooling, **meta})
+    tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+
+
+def load_adapter_and_head(folder: str | Path, model: SafetyModel) -> None:
+    """Load weights saved by save_artifacts into an existing SafetyModel (resume, best restore)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    state = load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model.body, state)
+    head, _ = load_head(folder)
+    model.head.load_state_dict(head.state_dict())
+
+
+def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool = True,
+             load_in_4bit: bool = False) -> tuple[SafetyModel, PreTrainedTokenizerBase, dict]:
+    """Load a finished run: the base model by its reference, the adapter on top, the head beside it."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / RUN_MARKER).is_file() or not (folder / HEAD_CONFIG).is_file():
+        raise RunError(f"{folder} is not a finished so8t run (no {RUN_MARKER} / {HEAD_CONFIG})")
+    info = json.loads((folder / RUN_MARKER).read_text())
+    if info.get("status") != "complete":
+        raise RunError(f"{folder}: run status is {info.get('status')!r}, not 'complete' (resume it with so8t train --resume)")
+    try:
+        head, meta = load_head(folder)
+    except Exception as exc:  # a corrupt head must not load
+        raise RunError(f"{folder}: cannot load the safety head: {exc}") from exc
+    base, _ = load_base_model(meta["base_model"], load_in_4bit=load_in_4bit)
+    if check_fingerprint and fingerprint(base) != meta["base_fingerprint"]:
+        raise RunError(
+            f"{folder}: trained on a base model with fingerprint {meta['base_fingerprint']}, "
+            f"but {meta['base_model']!r} has {fingerprint(base)}: a different base model"
+        )
+    body = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR))
+    if merge:
+        body = body.merge_and_unload()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+    model = SafetyModel(body, head.to(next(base.parameters()).device), meta.get("pooling", "mean")).eval()
+    return model, tokenizer, meta
+
+

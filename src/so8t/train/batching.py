@@ -1,0 +1,106 @@
+"""Records -> token ids with the masks the losses need, and the order batches are drawn in."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from so8t.data import Record
+from so8t.labels import ACTION_PREFIX, Action
+from so8t.model import encode_prompt
+from so8t.train.losses import IGNORE
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    prompt_len: int          # the first prompt_len tokens are the prompt (what the head pools)
+    labels: list[int]        # IGNORE on the prompt: SFT learns the response only
+    tag_pos: int             # index of the first token of the action word, -1 if truncated away
+    y: int
+    easy: bool
+    truncated: bool
+
+
+def tag_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """First token of ' ALLOW', ' ESCALATE', ' REFUSE' after 'Action:': where the LM commits to a tag."""
+    ids = [tokenizer(f" {a.name}", add_special_tokens=False)["input_ids"][0] for a in Action]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the tokenizer gives the three action tags the same first token; the tag probability is undefined")
+    return ids
+
+
+def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
+    assert rec.label is not None
+    prompt = encode_prompt(tokenizer, rec.messages())
+    # Records without a response (imported public sets) still teach the tag.
+    response = rec.response if rec.response is not None else f"{ACTION_PREFIX}{rec.label.name}"
+    head, rest = ACTION_PREFIX.rstrip(), response[len(ACTION_PREFIX.rstrip()):]
+    # Tokenised in two parts so the tag's first token sits at a known index.
+    prefix_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    rest_ids = tokenizer(rest + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    response_ids = prefix_ids + rest_ids
+    truncated = len(prompt) + len(response_ids) > max_length
+    if truncated:
+        keep_resp = min(len(response_ids), max(len(prefix_ids) + 2, max_length - len(prompt), max_length // 4))
+        response_ids = response_ids[:keep_resp]
+        # Keep the end of the prompt: the latest turn and the assistant header matter most.
+        prompt = prompt[-(max_length - keep_resp):]
+    ids = prompt + response_ids
+    labels = [IGNORE] * len(prompt) + response_ids
+    tag_pos = len(prompt) + len(prefix_ids)
+    return Encoded(ids, len(prompt), labels, tag_pos if tag_pos < len(ids) else -1, int(rec.label),
+                   rec.difficulty == "easy", truncated)
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; prompt_mask marks the prompt tokens the head pools over."""
+    width = max(len(e.input_ids) for e in batch)
+    out = {
+        "input_ids": torch.full((len(batch), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(batch), width), dtype=torch.long),
+        "prompt_mask": torch.zeros((len(batch), width), dtype=torch.long),
+        "labels": torch.full((len(batch), width), IGNORE, dtype=torch.long),
+    }
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        out["input_ids"][i, :n] = torch.tensor(e.input_ids)
+        out["attention_mask"][i, :n] = 1
+        out["prompt_mask"][i, : e.prompt_len] = 1
+        out["labels"][i, :n] = torch.tensor(e.labels)
+    out["tag_pos"] = torch.tensor([e.tag_pos for e in batch])
+    out["y"] = torch.tensor([e.y for e in batch])
+    out["easy"] = torch.tensor([e.easy for e in batch])
+    return out
+
+
+def epoch_order(labels: Sequence[int], mode: str, seed: int, epoch: int) -> list[int]:
+    """Example indices for one epoch. 'sampler': every class oversampled to the largest class's
+    count (so a rare REFUSE class is not drowned by CE); otherwise a plain shuffle."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    if mode != "sampler":
+        order = list(range(len(labels)))
+        rng.shuffle(order)
+        return order
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(y, []).append(i)
+    target = max(len(v) for v in by_class.values())
+    order = []
+    for y in sorted(by_class):
+        idx = by_class[y][:]
+        rng.shuffle(idx)
+        order.extend((idx * (target // len(idx) + 1))[:target])
+    rng.shuffle(order)
+    return order
+
+
+def class_weights(labels: Sequence[int], num_classes: int = len(Action)) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (used when class_balance='weights')."""
+    counts = Counter(labels)
+    w = torch.tensor([len(labels) / (num_classes * max(counts.get(c, 0), 1)) for c in range(num_classes)])
+    return w / w.mean()

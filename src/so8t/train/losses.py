@@ -1,0 +1,140 @@
+"""Every loss term as a pure function, and the composite.
+
+    L = L_sft + alpha*CE_safety + beta*L_dangerous_allow - gamma*R_good_escalate + lambda_pet(t)*L_pet
+        [- safe_allow_reward*R_safe_allow + escalate_penalty*L_escalate_penalty]   (phase 2, off by default)
+
+Each term is a per-example quantity averaged over the batch, so a batch of 4 gives the same
+gradient as 4 accumulated batches of 1. Rewards are log-probabilities (<= 0): subtracting
+them adds a non-negative amount, so the total is bounded below.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from so8t.labels import Action
+
+IGNORE = -100
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE on response tokens only (labels == -100 elsewhere): mean per example, then over examples."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none")
+    valid = (shift_labels != IGNORE).float()
+    per_example = (tok * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+    has = valid.sum(1) > 0
+    return per_example[has].mean() if has.any() else logits.new_zeros(()).float()
+
+
+def safety_ce(head_logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """CE of the safety head, per example then averaged (class weights scale each example's term)."""
+    per = F.cross_entropy(head_logits.float(), y, reduction="none")
+    if class_weights is not None:
+        per = per * class_weights.to(per.device)[y]
+    return per.mean()
+
+
+def _log1m(p: torch.Tensor) -> torch.Tensor:
+    return torch.log1p(-p.clamp(max=1 - 1e-6))
+
+
+def dangerous_allow(head_probs: torch.Tensor, y: torch.Tensor, lm_allow_prob: torch.Tensor | None = None) -> torch.Tensor:
+    """Penalty for ALLOW on REFUSE / ESCALATE examples.
+
+    per example i with y_i != ALLOW:  -log(1 - p_head(ALLOW)_i) - log(1 - p_lm(ALLOW tag)_i)
+    (the LM part only where a tag position exists, lm_allow_prob NaN elsewhere); 0 for ALLOW examples.
+    Averaged over the whole batch.
+    """
+    unsafe = (y != Action.ALLOW).float()
+    per = -_log1m(head_probs[:, Action.ALLOW].float())
+    if lm_allow_prob is not None:
+        has_tag = ~torch.isnan(lm_allow_prob)
+        per = per + torch.where(has_tag, -_log1m(torch.nan_to_num(lm_allow_prob.float())), torch.zeros_like(per))
+    return (per * unsafe).mean()
+
+
+def good_escalate(head_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Reward (<= 0) for ESCALATE on ESCALATE examples: mean over the batch of log p(ESCALATE) there."""
+    esc = (y == Action.ESCALATE).float()
+    return (torch.log(head_probs[:, Action.ESCALATE].float().clamp_min(1e-6)) * esc).mean()
+
+
+def safe_allow_reward(head_probs: torch.Tensor, y: torch.Tensor, easy: torch.Tensor) -> torch.Tensor:
+    """Phase 2 reward (<= 0) for ALLOW on easy ALLOW examples."""
+    sel = ((y == Action.ALLOW) & easy).float()
+    return (torch.log(head_probs[:, Action.ALLOW].float().clamp_min(1e-6)) * sel).mean()
+
+
+def escalate_penalty(head_probs: torch.Tensor, y: torch.Tensor, easy: torch.Tensor) -> torch.Tensor:
+    """Phase 2 penalty for ESCALATE on easy ALLOW examples: -log(1 - p(ESCALATE))."""
+    sel = ((y == Action.ALLOW) & easy).float()
+    return (-_log1m(head_probs[:, Action.ESCALATE].float()) * sel).mean()
+
+
+def pet_loss(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor, normalize: bool = True,
+             checkpointed: bool = False) -> torch.Tensor:
+    """Second-difference smoothness of every block output along the sequence.
+
+    d2_t = x_t - 2 x_{t+1} + x_{t+2}, counted only where t, t+1, t+2 are all real tokens;
+    mean of d2^2 over the hidden dimension and valid positions per example, averaged over
+    examples (with at least one valid position) and over layers.
+
+    normalize: divide each layer's term by that layer's (detached) mean squared activation
+    at the same positions. Hidden-state scales differ by orders of magnitude between models
+    and layers (the raw term is ~6e3 on SmolLM2), which would let one layer or model swamp the
+    loss; with the denominator detached the gradient keeps the raw term's direction.
+    checkpointed: recompute each layer's difference in backward instead of storing it.
+    """
+    m = attention_mask.float()
+    if m.size(1) < 3:
+        return hidden_states[0].new_zeros(()).float()
+    valid = m[:, :-2] * m[:, 1:-1] * m[:, 2:]
+    count = valid.sum(1)
+    has = count > 0
+    if not has.any():
+        return hidden_states[0].new_zeros(()).float()
+    if checkpointed:
+        from torch.utils.checkpoint import checkpoint
+
+        layers = [checkpoint(_pet_layer, h, valid, count, has, normalize, use_reentrant=False) for h in hidden_states]
+    else:
+        layers = [_pet_layer(h, valid, count, has, normalize) for h in hidden_states]
+    return torch.stack(layers).mean()
+
+
+def _pet_layer(h: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, has: torch.Tensor, normalize: bool) -> torch.Tensor:
+    h = h.float()
+    d2 = h[:, :-2] - 2 * h[:, 1:-1] + h[:, 2:]
+    per_example = (d2.pow(2).mean(-1) * valid).sum(1) / count.clamp_min(1.0)
+    if normalize:
+        scale = (h[:, :-2].detach().pow(2).mean(-1) * valid).sum(1) / count.clamp_min(1.0)
+        per_example = per_example / scale.clamp_min(1e-8)
+    return per_example[has].mean()
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    alpha: float = 3.0
+    beta: float = 7.0
+    gamma: float = 1.5
+    safe_allow_reward: float = 0.0
+    escalate_penalty: float = 0.0
+
+
+def composite(parts: dict[str, torch.Tensor], w: LossWeights, lambda_pet: float) -> torch.Tensor:
+    """The total from named parts (missing parts count as 0)."""
+    zero = next(iter(parts.values())).new_zeros(())
+    get = lambda k: parts.get(k, zero)  # noqa: E731
+    return (
+        get("sft")
+        + w.alpha * get("safety_ce")
+        + w.beta * get("dangerous_allow")
+        - w.gamma * get("good_escalate")
+        + lambda_pet * get("pet")
+        - w.safe_allow_reward * get("safe_allow_reward")
+        + w.escalate_penalty * get("escalate_penalty")
+    )

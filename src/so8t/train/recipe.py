@@ -1,0 +1,401 @@
+"""`so8t train`: the recipe, top to bottom.
+
+1. check the output folder, 2. data, 3. base model (unmodified) + LoRA + a separate safety
+head, 4. encode, 5. optimizer with two parameter groups and a cosine schedule, 6. the loop
+(composite loss, gradient accumulation, evaluation, early stopping, checkpoints), 7. restore
+the best checkpoint, evaluate the test split, write the run.
+
+A hand-written loop on `accelerate` rather than `transformers.Trainer`: the run is an adapter
+plus a separate head (Trainer's save / best-model / resume logic assumes one model file), and
+the loop stays readable; `accelerate launch` still gives data parallelism unchanged.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml, to_dict
+from so8t.data import Mix, Record, assemble
+from so8t.eval.metrics import SafetyMetrics, compute_metrics
+from so8t.eval.plots import plot_training_curves
+from so8t.labels import Action
+from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, encode_prompt, ensure_chat_template, fingerprint,
+                        load_adapter_and_head, load_base_model, save_artifacts)
+from so8t.train import losses
+from so8t.train.batching import Encoded, class_weights, collate, encode_record, epoch_order, tag_token_ids
+from so8t.train.schedules import head_trainable, lambda_pet
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT = Path("checkpoints") / "last"
+BEST = Path("checkpoints") / "best"
+
+
+class RunFolderError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_step: int
+    dev: SafetyMetrics
+    test: SafetyMetrics | None
+    seconds: float
+    truncated: int
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best: float = -math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_early: bool = False
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _read_marker(out: Path) -> dict | None:
+    marker = out / RUN_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _write_marker(out: Path, **info) -> None:
+    tmp = out / (RUN_MARKER + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(out / RUN_MARKER)
+
+
+def check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> None:
+    """Refuse to mix two runs in one folder; checked before anything is written."""
+    marker = _read_marker(out)
+    if resume:
+        if marker is None:
+            raise RunFolderError(f"{out}: nothing to resume (no {RUN_MARKER})")
+        if marker.get("status") == "complete":
+            raise RunFolderError(f"{out}: the run is already complete")
+        if not (out / CHECKPOINT).is_dir():
+            raise RunFolderError(f"{out}: no checkpoint saved yet; start again without --resume into a new folder")
+        return
+    if out.exists() and any(out.iterdir()):
+        what = f"a {marker.get('status')} so8t run" if marker else "other files"
+        raise RunFolderError(f"{out} already holds {what}; choose another --out, remove it, or use --resume")
+
+
+def load_run_config(out: Path) -> TrainConfig:
+    return from_dict(TrainConfig, load_yaml(out / CONFIG_FILE), str(out / CONFIG_FILE))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig):
+    """Unmodified base + LoRA adapter (PEFT) + a separate fp32 safety head."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    base, tokenizer = load_base_model(cfg.model, load_in_4bit=cfg.load_in_4bit, dtype=cfg.dtype)
+    ensure_chat_template(tokenizer)
+    base_fp = fingerprint(base)
+    base.config.use_cache = False
+    if cfg.load_in_4bit:
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif cfg.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
+    missing = [t for t in cfg.lora_targets if t not in names]
+    if missing:
+        raise ValueError(f"lora_targets: {missing} not found in {cfg.model!r} (module names: e.g. q_proj, up_proj)")
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    body = get_peft_model(base, lora)
+    hidden = base.config.get_text_config().hidden_size
+    model = SafetyModel(body, SafetyHead(hidden), cfg.pooling)
+    model.head.to(next(base.parameters()).device)
+    return model, tokenizer, base_fp
+
+
+def param_groups(model: SafetyModel, cfg: TrainConfig) -> list[dict]:
+    """LoRA (body and task head) at lr, the safety head at head_lr; every trainable parameter in exactly one."""
+    head_ids = {id(p) for p in model.head.parameters()}
+    lora = [p for p in model.body.parameters() if p.requires_grad and id(p) not in head_ids]
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    return [
+        {"name": "lora", "params": lora, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"name": "head", "params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay},
+    ]
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optim == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(groups)
+    return torch.optim.AdamW(groups)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[int], cfg: TrainConfig,
+               cw: torch.Tensor | None, pet_active: bool) -> dict[str, torch.Tensor]:
+    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+    y = batch["y"]
+    probs = out.head_logits.softmax(-1)
+    # The LM's probability of the ALLOW tag where it commits to a tag (NaN where truncated away).
+    rows = torch.arange(y.size(0), device=y.device)
+    pos = batch["tag_pos"].clamp_min(1) - 1
+    tag_logits = out.logits[rows, pos].float()
+    lm_allow = tag_logits.softmax(-1)[:, tags[Action.ALLOW]]
+    lm_allow = torch.where(batch["tag_pos"] >= 0, lm_allow, torch.full_like(lm_allow, float("nan")))
+    with nullcontext() if pet_active else torch.no_grad():
+        pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], cfg.pet_normalize, cfg.pet_checkpoint)
+    parts = {
+        "sft": losses.sft_loss(out.logits, batch["labels"]),
+        "safety_ce": losses.safety_ce(out.head_logits, y, cw),
+        "dangerous_allow": losses.dangerous_allow(probs, y, lm_allow),
+        "good_escalate": losses.good_escalate(probs, y),
+        "pet": pet,
+    }
+    if cfg.safe_allow_reward:
+        parts["safe_allow_reward"] = losses.safe_allow_reward(probs, y, batch["easy"])
+    if cfg.escalate_penalty:
+        parts["escalate_penalty"] = losses.escalate_penalty(probs, y, batch["easy"])
+    return parts
+
+
+def weights_of(cfg: TrainConfig) -> losses.LossWeights:
+    return losses.LossWeights(cfg.alpha, cfg.beta, cfg.gamma, cfg.safe_allow_reward, cfg.escalate_penalty)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision for the body's matmuls; the head and the losses still run in fp32."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict_probs(model: SafetyModel, tokenizer, records: list[Record], max_length: int, batch_size: int = 16,
+                  amp: str = "none") -> torch.Tensor:
+    """Safety-head probabilities from the prompt alone (causal attention: the response cannot change them)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.head.parameters()).device
+    out = []
+    for i in range(0, len(records), batch_size):
+        chunk = [encode_prompt(tokenizer, r.messages())[-max_length:] for r in records[i:i + batch_size]]
+        enc = [Encoded(ids, len(ids), [losses.IGNORE] * len(ids), -1, 0, False, False) for ids in chunk]
+        batch = {k: v.to(device) for k, v in collate(enc, tokenizer.pad_token_id).items()}
+        with autocast(device, amp):
+            res = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], with_logits=False)
+        out.append(res.head_logits.float().softmax(-1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none") -> SafetyMetrics:
+    probs = predict_probs(model, tokenizer, records, max_length, amp=amp)
+    return compute_metrics([int(r.label) for r in records], probs.argmax(-1).tolist())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(folder: Path, model: SafetyModel, tokenizer, meta: dict, optimizer, scheduler, state: TrainState) -> None:
+    """Written beside, then renamed over the previous one: a kill mid-save keeps the old checkpoint."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_artifacts(tmp, model, tokenizer, meta)
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": vars(state),
+                    "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    start = time.perf_counter()
+    out = Path(out)
+
+    # 1. Check the folder and the inputs before writing anything.
+    check_out_dir(out, cfg, resume)
+    if resume:
+        cfg = load_run_config(out)
+    cfg.validate()
+    accelerator = Accelerator()
+    set_seed(cfg.seed)
+    mix: Mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed)
+
+    # 2. Model: the base is loaded as shipped; LoRA and the head are added beside it.
+    model, tokenizer, base_fp = build_model(cfg)
+    tags = tag_token_ids(tokenizer)
+
+    # 3. Encode.
+    encoded = [encode_record(r, tokenizer, cfg.max_length) for r in mix.train]
+    truncated = sum(e.truncated for e in encoded)
+    if truncated:
+        warnings.warn(f"{truncated} of {len(encoded)} training examples were longer than max_length={cfg.max_length} "
+                      "and were truncated (prompt from the left, response from the right)", stacklevel=2)
+    labels = [e.y for e in encoded]
+    cw = class_weights(labels) if cfg.class_balance == "weights" else None
+
+    # 4. Optimizer and schedule: micro-batches for the whole run are planned up front, so a
+    #    resumed run continues with exactly the batches it would have seen.
+    per_step = cfg.micro_batch * cfg.grad_accum * accelerator.num_processes
+    epoch_len = len(epoch_order(labels, cfg.class_balance, cfg.seed, 0))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * epoch_len / per_step))
+    order: list[int] = []
+    epoch = 0
+    while len(order) < total_steps * per_step:
+        order += epoch_order(labels, cfg.class_balance, cfg.seed, epoch)
+        epoch += 1
+    optimizer = make_optimizer(param_groups(model, cfg), cfg)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model: SafetyModel = accelerator.unwrap_model(model)
+
+    meta = {"base_model": cfg.model, "base_fingerprint": base_fp, "max_length": cfg.max_length, "amp": cfg.amp}
+    state = TrainState()
+    if resume:
+        ckpt = out / CHECKPOINT
+        load_adapter_and_head(ckpt, raw_model)
+        saved = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = TrainState(**saved["state"])
+        torch.set_rng_state(saved["rng"])
+    elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / CONFIG_FILE)
+        (out / "metrics").mkdir(exist_ok=True)
+        tokenizer.save_pretrained(str(out / "tokenizer"))
+    if accelerator.is_main_process:
+        _write_marker(out, status="running", step=state.step, total_steps=total_steps)
+
+    # 5. The loop.
+    weights = weights_of(cfg)
+    steps_log = (out / "metrics" / "steps.jsonl").open("a", encoding="utf-8")
+    evals_log = (out / "metrics" / "evals.jsonl").open("a", encoding="utf-8")
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
+               desc="so8t train", dynamic_ncols=True)
+    model.train()
+    try:
+        while state.step < total_steps and not state.stopped_early:
+            frac = state.step / max(1, total_steps - 1)
+            lam = lambda_pet(frac, cfg.pet_boundaries, cfg.pet_values)
+            step_parts: dict[str, float] = {}
+            for k in range(cfg.grad_accum):
+                first = (state.step * per_step) + (k * cfg.micro_batch * accelerator.num_processes) \
+                    + accelerator.process_index * cfg.micro_batch
+                batch = collate([encoded[i] for i in order[first:first + cfg.micro_batch]], tokenizer.pad_token_id)
+                batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+                sync = k == cfg.grad_accum - 1
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    with autocast(accelerator.device, cfg.amp):
+                        parts = loss_parts(model, batch, tags, cfg, cw, pet_active=lam > 0)
+                    total = losses.composite(parts, weights, lam)
+                    # Every term is a per-example mean, so dividing by the accumulation count makes
+                    # micro_batch x grad_accum equal one big batch.
+                    accelerator.backward(total / cfg.grad_accum)
+                for key, v in {**parts, "total": total}.items():
+                    step_parts[key] = step_parts.get(key, 0.0) + v.item() / cfg.grad_accum
+            accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+            optimizer.step()
+            scheduler.step()
+            frozen = not head_trainable(frac, cfg.head_freeze_at)
+            if frozen:  # lr 0 leaves the head exactly as it is (and keeps DDP's parameter set fixed)
+                for g in optimizer.param_groups:
+                    if g.get("name") == "head":
+                        g["lr"] = 0.0
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+            row = {"step": state.step, "progress": round(frac, 4), "lambda_pet": lam, "lr": lrs.get("lora"),
+                   "head_lr": lrs.get("head"), "head_frozen": frozen, **{k: round(v, 6) for k, v in step_parts.items()}}
+            if accelerator.is_main_process:
+                steps_log.write(json.dumps(row) + "\n")
+                steps_log.flush()
+            bar.update(1)
+            bar.set_postfix({k: f"{step_parts[k]:.3g}" for k in ("total", "sft", "safety_ce", "dangerous_allow", "pet")})
+
+            if state.step % cfg.eval_every == 0 or state.step == total_steps:
+                _evaluate_and_checkpoint(raw_model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out,
+                                         evals_log, accelerator.is_main_process, bar)
+    except KeyboardInterrupt:
+        if accelerator.is_main_process:
+            bar.close()
+            _save_checkpoint(out / CHECKPOINT, raw_model, tokenizer, meta, optimizer, scheduler, state)
+            _write_marker(out, status="interrupted", step=state.step, total_steps=total_steps)
+            print(f"\ninterrupted at step {state.step}; continue with: so8t train --resume {out}")
+        raise
+    finally:
+        steps_log.close()
+        evals_log.close()
+    bar.close()
+
+    # 6. Restore the best checkpoint, evaluate it on dev and test, write the run.
+    accelerator.wait_for_everyone()
+    if (out / BEST).is_dir():
+        load_adapter_and_head(out / BEST, raw_model)
+    dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp)
+    test = evaluate(raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp) if mix.test else None
+    seconds = time.perf_counter() - start
+    if accelerator.is_main_process:
+        save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
+        (out / "metrics" / "final.json").write_text(json.dumps(
+            {"best_step": state.best_step, "steps": state.step, "stopped_early": state.stopped_early,
+             "seconds": round(seconds, 1), "truncated_train_examples": truncated, "data": mix.summary(),
+             "dev": dev.as_dict(), "test": test.as_dict() if test else None}, indent=2))
+        plot_training_curves(out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl",
+                             out / "plots" / "training_curves.png")
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        _write_marker(out, status="complete", step=state.step, total_steps=total_steps, best_step=state.best_step)
+    return TrainResult(out, state.step, state.best_step, dev, test, seconds, truncated)
+
+
+def _evaluate_and_checkpoint(model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out, evals_log,
+                             main: bool, bar) -> None:
+    dev = evaluate(model, tokenizer, mix.dev, cfg.max_length, cfg.amp)
+    value = getattr(dev, cfg.early_stop_metric)
+    improved = value > state.best + 1e-9
+    if improved:
+        state.best, state.best_step, state.bad_evals = value, state.step, 0
+    else:
+        state.bad_evals += 1
+        state.stopped_early = state.bad_evals >= cfg.patience
+    if main:
+        evals_log.write(json.dumps({"step": state.step, **dev.as_dict(), "improved": improved}) + "\n")
+        evals_log.flush()
+        if improved:
+            _save_checkpoint(out / BEST, model, tokenizer, meta, None, None, state)
+        _save_checkpoint(out / CHECKPOINT, model, tokenizer, meta, optimizer, scheduler, state)
+        bar.write(f"step {state.step}: dev safety_score={dev.safety_score:.3f} refuse_recall={dev.refuse_recall:.3f} "
+                  f"escalate_recall={dev.escalate_recall:.3f} overcompliance={dev.overcompliance:.3f}"
+                  + (" (best)" if improved else f" (no gain {state.bad_evals}/{cfg.patience})"))

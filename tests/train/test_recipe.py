@@ -1,0 +1,244 @@
+"""The training recipe on a tiny random Llama: gradients, groups, body untouched, saved run, resume."""
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from so8t.config import ConfigError, TrainConfig
+from so8t.data import Record, load_builtin, write_jsonl
+from so8t.model import load_run
+from so8t.train import losses
+from so8t.train.batching import collate, encode_record, tag_token_ids
+from so8t.train.recipe import (RunFolderError, build_model, loss_parts, param_groups, predict_probs, train,
+                               weights_of)
+
+
+def tiny_cfg(model_dir, **kw):
+    base = dict(model=str(model_dir), lora_r=4, lora_alpha=8, lora_dropout=0.0, max_length=64, micro_batch=2,
+                grad_accum=1, max_steps=4, eval_every=2, lr=1e-3, head_lr=1e-3, pooling="mean")
+    base.update(kw)
+    cfg = TrainConfig(**base)
+    cfg.validate()
+    return cfg
+
+
+def sample_records(n_per_label=6):
+    recs = load_builtin("train")
+    out = []
+    for label in ("ALLOW", "ESCALATE", "REFUSE"):
+        out += [r for r in recs if r.label.name == label and r.lang == "en"][:n_per_label]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    recs = load_builtin("train")
+    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip:skip + k]  # noqa: E731
+    train_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 6) + pick(lab, "ja", 2)]
+    dev_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10)]
+    write_jsonl(d / "train.jsonl", train_recs)
+    write_jsonl(d / "dev.jsonl", dev_recs)
+    write_jsonl(d / "test.jsonl", dev_recs[::-1])
+    return d
+
+
+def data_kw(d):
+    return dict(data=[str(d / "train.jsonl")], dev_data=[str(d / "dev.jsonl")], test_data=[str(d / "test.jsonl")])
+
+
+def batch_of(model_dir, records, cfg):
+    model, tok, _ = build_model(cfg)
+    enc = [encode_record(r, tok, cfg.max_length) for r in records]
+    return model, tok, enc
+
+
+def grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_param_groups_cover_every_trainable_parameter_exactly_once(tiny_model_dir):
+    cfg = tiny_cfg(tiny_model_dir)
+    model, _, _ = build_model(cfg)
+    groups = param_groups(model, cfg)
+    ids = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(ids) == sorted(trainable) and len(ids) == len(set(ids))
+    assert {g["name"]: g["lr"] for g in groups} == {"lora": cfg.lr, "head": cfg.head_lr}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.head.parameters()}
+    # nothing of the base model is trainable, only LoRA and the head
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.startswith("head.") for n in names)
+
+
+def test_head_shares_nothing_with_the_lm_head_and_is_fp32(tiny_model_dir):
+    model, _, _ = build_model(tiny_cfg(tiny_model_dir))
+    head_ptrs = {p.data_ptr() for p in model.head.parameters()}
+    assert not head_ptrs & {p.data_ptr() for p in model.body.parameters()}
+    assert [tuple(p.shape) for p in model.head.parameters()] == [(16, 32), (16,), (3, 16), (3,)]
+    assert all(p.dtype == torch.float32 for p in model.head.parameters())
+
+
+def test_gradient_of_batch_4_equals_4_accumulated_batches_of_1(tiny_model_dir):
+    cfg = tiny_cfg(tiny_model_dir)
+    model, tok, enc = batch_of(tiny_model_dir, sample_records(2)[:4], cfg)
+    with torch.no_grad():  # make LoRA B non-zero so every LoRA weight gets a gradient
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    tags, w = tag_token_ids(tok), weights_of(cfg)
+
+    def run(chunks):
+        model.zero_grad()
+        for chunk in chunks:
+            b = collate(chunk, tok.pad_token_id)
+            total = losses.composite(loss_parts(model, b, tags, cfg, None, True), w, lambda_pet=1.0)
+            (total / len(chunks)).backward()
+        return grads(model)
+
+    big = run([enc])
+    small = run([[e] for e in enc])
+    assert big.keys() == small.keys() and len(big) > 0
+    for n in big:
+        assert torch.allclose(big[n], small[n], atol=1e-6, rtol=1e-4), n
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_pet_reaches_lora_weights_under_gradient_checkpointing(tiny_model_dir, reentrant):
+    cfg = tiny_cfg(tiny_model_dir)
+    recs = sample_records(1)
+
+    def pet_grads(checkpointing):
+        torch.manual_seed(0)
+        model, tok, _ = build_model(cfg)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.linspace(-0.05, 0.05, p.numel()).view_as(p))
+        if checkpointing:
+            model.body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            model.body.enable_input_require_grads()
+        model.train()
+        b = collate([encode_record(r, tok, cfg.max_length) for r in recs], tok.pad_token_id)
+        out = model(b["input_ids"], b["attention_mask"], b["prompt_mask"])
+        losses.pet_loss(out.hidden_states[1:], b["attention_mask"]).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n and p.grad is not None}
+
+    plain, ckpt = pet_grads(False), pet_grads(True)
+    assert plain.keys() == ckpt.keys() and len(plain) > 0
+    assert any(g.abs().sum() > 0 for g in ckpt.values())
+    for n in plain:
+        assert torch.allclose(plain[n], ckpt[n], atol=1e-6, rtol=1e-4), n
+
+
+def test_forward_with_head_gives_the_plain_models_logits(tiny_model_dir):
+    cfg = tiny_cfg(tiny_model_dir)
+    model, tok, enc = batch_of(tiny_model_dir, sample_records(1), cfg)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    b = collate(enc, tok.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        ours = model(b["input_ids"], b["attention_mask"], b["prompt_mask"]).logits
+        ref = plain(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    assert torch.allclose(ours, ref, atol=1e-6)  # fresh LoRA (B = 0) + head + hidden states: same logits
+
+
+def test_end_to_end_tiny_training_writes_a_complete_run(tiny_model_dir, data_files, tmp_path):
+    cfg = tiny_cfg(tiny_model_dir, **data_kw(data_files))
+    before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict().items()}
+    out = tmp_path / "run"
+    result = train(cfg, out, progress=False)
+    assert result.steps == 4 and result.test is not None
+    for f in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "head.json",
+              "config.yaml", "tokenizer/tokenizer.json", "metrics/steps.jsonl", "metrics/evals.jsonl",
+              "metrics/final.json", "plots/training_curves.png", "so8t-run.json"):
+        assert (out / f).is_file(), f
+    assert not (out / "checkpoints").exists()
+    head = json.loads((out / "head.json").read_text())
+    assert head["labels"] == ["ALLOW", "ESCALATE", "REFUSE"] and head["hidden_size"] == 32
+    assert head["pooling"] == "mean" and head["base_model"] == str(tiny_model_dir) and len(head["base_fingerprint"]) == 16
+    steps = [json.loads(x) for x in (out / "metrics/steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    for key in ("sft", "safety_ce", "dangerous_allow", "good_escalate", "pet", "total", "lambda_pet", "lr", "head_lr"):
+        assert key in steps[0]
+    assert json.loads((out / "so8t-run.json").read_text())["status"] == "complete"
+
+    # the base weights never changed; only LoRA and the head were trained
+    model, tok, meta = load_run(out)
+    with model.body.disable_adapter():
+        trained_base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                        for k, v in model.body.state_dict().items() if "lora_" not in k}
+    for k, v in before.items():
+        assert torch.equal(trained_base[k], v), k
+    # the saved run restores exactly
+    recs = sample_records(2)
+    p1 = predict_probs(model, tok, recs, cfg.max_length)
+    model2, _, _ = load_run(out)
+    assert torch.equal(p1, predict_probs(model2, tok, recs, cfg.max_length))
+
+
+def test_head_is_frozen_after_its_fraction(tiny_model_dir, data_files, tmp_path):
+    cfg = tiny_cfg(tiny_model_dir, head_freeze_at=0.5, **data_kw(data_files))
+    train(cfg, tmp_path / "run", progress=False)
+    steps = [json.loads(x) for x in (tmp_path / "run/metrics/steps.jsonl").read_text().splitlines()]
+    assert [s["head_frozen"] for s in steps] == [False, False, True, True]
+    assert steps[-1]["head_lr"] == 0.0 and steps[-1]["lr"] >= 0.0
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_model_dir, data_files, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_model_dir, max_steps=6, eval_every=2, patience=10, **data_kw(data_files))
+    train(cfg, tmp_path / "full", progress=False)
+
+    import so8t.train.recipe as recipe
+
+    real = recipe.losses.composite
+    calls = {"n": 0}
+
+    def interrupt_at_step_5(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # grad_accum 1: the 5th call is step 5
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(recipe.losses, "composite", interrupt_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=False)
+    marker = json.loads((tmp_path / "cut/so8t-run.json").read_text())
+    assert marker["status"] == "interrupted" and marker["step"] == 4
+    with pytest.raises(RunFolderError, match="already holds"):
+        train(cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(recipe.losses, "composite", real)
+    result = train(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert result.steps == 6
+    a, _, _ = load_run(tmp_path / "full")
+    b, _, _ = load_run(tmp_path / "cut")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_bad_inputs_fail_before_anything_is_written(tiny_model_dir, data_files, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(Exception, match="empty"):
+        train(tiny_cfg(tiny_model_dir, data=[str(empty)], dev_data=[str(empty)]), tmp_path / "r1", progress=False)
+    assert not (tmp_path / "r1").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "label": "MAYBE"}\n')
+    with pytest.raises(Exception, match="bad.jsonl:1: label"):
+        train(tiny_cfg(tiny_model_dir, data=[str(bad)]), tmp_path / "r2", progress=False)
+    assert not (tmp_path / "r2").exists()
+    with pytest.raises(ValueError, match="lora_targets"):
+        train(tiny_cfg(tiny_model_dir, lora_targets=["c_attn"], **data_kw(data_files)), tmp_path / "r3", progress=False)
+    assert not (tmp_path / "r3").exists()
+    with pytest.raises(ConfigError, match="pet_values"):
+        tiny_cfg(tiny_model_dir, pet_values=[1.0])
+
+
+def test_long_prompts_are_truncated_and_counted(tiny_model_dir):
+    cfg = tiny_cfg(tiny_model_dir, max_length=24)
+    _, tok, _ = build_model(cfg)
+    rec = Record(prompt="please list the files " * 20, label="ALLOW", response="Action: ALLOW\nSure.\nRationale: fine.")
+    e = encode_record(rec, tok, 24)
+    assert e.truncated and len(e.input_ids) <= 24
+    assert e.tag_pos >= 0 and e.labels[e.tag_pos] == tag_token_ids(tok)[0]
