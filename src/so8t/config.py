@@ -41,6 +41,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] = dataclasses.field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+    lora_layers: int = 0                        # adapt only the top N blocks (0 = all); backward stops there
     # --- safety head ---
     pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the final hidden state
     # --- loss: L = sft + alpha*ce + beta*dangerous_allow - gamma*good_escalate + pet(t)*pet ---
@@ -80,6 +81,7 @@ class TrainConfig:
         need(self.lora_r > 0, "lora_r", "must be > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         need(bool(self.lora_targets), "lora_targets", "must name at least one module")
+        need(self.lora_layers >= 0, "lora_layers", "must be >= 0 (0 = every block)")
         for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(len(self.pet_values) == len(self.pet_boundaries) + 1, "pet_values",

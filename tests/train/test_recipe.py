@@ -177,6 +177,18 @@ def test_end_to_end_tiny_training_writes_a_complete_run(tiny_model_dir, data_fil
     model2, _, _ = load_run(out)
     assert torch.equal(p1, predict_probs(model2, tok, recs, cfg.max_length))
 
+    # a run refuses to load on a different base model, or with a damaged head
+    from so8t.model import RunError
+
+    head_json = json.loads((out / "head.json").read_text())
+    (out / "head.json").write_text(json.dumps({**head_json, "base_fingerprint": "0" * 16}))
+    with pytest.raises(RunError, match="different base model"):
+        load_run(out)
+    (out / "head.json").write_text(json.dumps(head_json))
+    (out / "head.safetensors").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="cannot load the safety head"):
+        load_run(out)
+
 
 def test_head_is_frozen_after_its_fraction(tiny_model_dir, data_files, tmp_path):
     cfg = tiny_cfg(tiny_model_dir, head_freeze_at=0.5, **data_kw(data_files))
@@ -242,3 +254,48 @@ def test_long_prompts_are_truncated_and_counted(tiny_model_dir):
     e = encode_record(rec, tok, 24)
     assert e.truncated and len(e.input_ids) <= 24
     assert e.tag_pos >= 0 and e.labels[e.tag_pos] == tag_token_ids(tok)[0]
+
+
+def test_logits_only_from_the_last_prompt_token_change_nothing(tiny_model_dir):
+    cfg = tiny_cfg(tiny_model_dir, max_length=48)
+    model, tok, enc = batch_of(tiny_model_dir, sample_records(2)[:4], cfg)
+    model.eval()
+    b = collate(enc, tok.pad_token_id)
+    tags = tag_token_ids(tok)
+    with torch.no_grad():
+        parts = loss_parts(model, b, tags, cfg, None, True)
+        full = model(b["input_ids"], b["attention_mask"], b["prompt_mask"], logits_from=0)
+        assert full.logits_offset == 0
+        assert parts["sft"].item() == pytest.approx(losses.sft_loss(full.logits, b["labels"]).item(), rel=1e-5)
+        rows = torch.arange(4)
+        lm_allow = full.logits[rows, b["tag_pos"] - 1].softmax(-1)[:, tags[0]]
+        probs = full.head_logits.softmax(-1)
+        expected = losses.dangerous_allow(probs, b["y"], lm_allow)
+        assert parts["dangerous_allow"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_early_stopping_after_patience_and_best_restored(tiny_model_dir, data_files, tmp_path):
+    # learning rates 0: the dev score never improves after the first evaluation
+    cfg = tiny_cfg(tiny_model_dir, lr=1e-12, head_lr=0.0, max_steps=10, eval_every=1, patience=2, **data_kw(data_files))
+    result = train(cfg, tmp_path / "run", progress=False)
+    final = json.loads((tmp_path / "run/metrics/final.json").read_text())
+    assert result.steps == 3 and final["stopped_early"] and result.best_step == 1
+    evals = [json.loads(x) for x in (tmp_path / "run/metrics/evals.jsonl").read_text().splitlines()]
+    assert [e["improved"] for e in evals] == [True, False, False]
+
+
+def test_runs_under_accelerate_launch(tiny_model_dir, data_files, tmp_path):
+    """The multi-GPU code path (accelerate launch), exercised with one CPU process."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "so8t", "train", "--preset", "cpu-quick",
+           "--set", f"model={tiny_model_dir}", "--set", "max_length=48", "--set", "micro_batch=2",
+           "--set", "amp=none", "--set", "lora_layers=0", "--max-steps", "2", "--set", "eval_every=2", "--data", str(data_files / "train.jsonl"),
+           "--set", f"dev_data=[{data_files / 'dev.jsonl'}]", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "so8t-run.json").read_text())["status"] == "complete"
+    assert "refuse_recall" in proc.stdout

@@ -16,9 +16,10 @@ from so8t.model.head import Pooling, SafetyHead, pool
 
 @dataclass
 class SafetyOutput:
-    logits: torch.Tensor | None           # LM logits (B x T x V), None when not asked for
+    logits: torch.Tensor | None           # LM logits for positions logits_offset.. (B x T' x V)
     hidden_states: tuple[torch.Tensor, ...]  # embeddings + every block's output
     head_logits: torch.Tensor             # B x 3
+    logits_offset: int = 0                # sequence index of logits[:, 0]
 
 
 class SafetyModel(nn.Module):
@@ -29,8 +30,14 @@ class SafetyModel(nn.Module):
         self.pooling = pooling
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_mask: torch.Tensor,
-                with_logits: bool = True) -> SafetyOutput:
+                logits_from: int | None = 0) -> SafetyOutput:
+        """logits_from: first sequence position whose LM logits are needed (None: none). Training
+        passes the shortest prompt's last position, so the vocabulary projection skips the prompts."""
+        seq = input_ids.size(1)
+        keep = 1 if logits_from is None else seq - logits_from  # transformers: keep the last `keep` positions
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                        use_cache=False, logits_to_keep=0 if with_logits else 1)
+                        use_cache=False, logits_to_keep=0 if keep >= seq else keep)
         pooled = pool(out.hidden_states[-1], prompt_mask, self.pooling)
-        return SafetyOutput(out.logits if with_logits else None, out.hidden_states, self.head(pooled))
+        if logits_from is None:
+            return SafetyOutput(None, out.hidden_states, self.head(pooled), seq)
+        return SafetyOutput(out.logits, out.hidden_states, self.head(pooled), seq - out.logits.size(1))

@@ -118,8 +118,12 @@ def build_model(cfg: TrainConfig):
     missing = [t for t in cfg.lora_targets if t not in names]
     if missing:
         raise ValueError(f"lora_targets: {missing} not found in {cfg.model!r} (module names: e.g. q_proj, up_proj)")
+    n_layers = base.config.get_text_config().num_hidden_layers
+    if cfg.lora_layers > n_layers:
+        raise ValueError(f"lora_layers: {cfg.lora_layers} is more than the model's {n_layers} blocks")
+    top = list(range(n_layers - cfg.lora_layers, n_layers)) if cfg.lora_layers else None
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+                      target_modules=list(cfg.lora_targets), layers_to_transform=top, task_type="CAUSAL_LM")
     body = get_peft_model(base, lora)
     hidden = base.config.get_text_config().hidden_size
     model = SafetyModel(body, SafetyHead(hidden), cfg.pooling)
@@ -151,19 +155,21 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
 
 def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[int], cfg: TrainConfig,
                cw: torch.Tensor | None, pet_active: bool) -> dict[str, torch.Tensor]:
-    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"])
+    # LM logits are needed from the last prompt token on (it predicts the first response token).
+    first_needed = max(0, int(batch["prompt_mask"].sum(1).min()) - 1)
+    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=first_needed)
     y = batch["y"]
     probs = out.head_logits.softmax(-1)
     # The LM's probability of the ALLOW tag where it commits to a tag (NaN where truncated away).
     rows = torch.arange(y.size(0), device=y.device)
-    pos = batch["tag_pos"].clamp_min(1) - 1
+    pos = (batch["tag_pos"].clamp_min(1) - 1 - out.logits_offset).clamp_min(0)
     tag_logits = out.logits[rows, pos].float()
     lm_allow = tag_logits.softmax(-1)[:, tags[Action.ALLOW]]
     lm_allow = torch.where(batch["tag_pos"] >= 0, lm_allow, torch.full_like(lm_allow, float("nan")))
     with nullcontext() if pet_active else torch.no_grad():
         pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], cfg.pet_normalize, cfg.pet_checkpoint)
     parts = {
-        "sft": losses.sft_loss(out.logits, batch["labels"]),
+        "sft": losses.sft_loss(out.logits, batch["labels"][:, out.logits_offset:]),
         "safety_ce": losses.safety_ce(out.head_logits, y, cw),
         "dangerous_allow": losses.dangerous_allow(probs, y, lm_allow),
         "good_escalate": losses.good_escalate(probs, y),
@@ -203,7 +209,7 @@ def predict_probs(model: SafetyModel, tokenizer, records: list[Record], max_leng
         enc = [Encoded(ids, len(ids), [losses.IGNORE] * len(ids), -1, 0, False, False) for ids in chunk]
         batch = {k: v.to(device) for k, v in collate(enc, tokenizer.pad_token_id).items()}
         with autocast(device, amp):
-            res = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], with_logits=False)
+            res = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=None)
         out.append(res.head_logits.float().softmax(-1).cpu())
     model.train(was_training)
     return torch.cat(out)

@@ -1,0 +1,21 @@
+from collections import Counter
+
+import torch
+
+from so8t.train.batching import class_weights, epoch_order
+
+
+def test_sampler_balances_classes_and_is_reproducible():
+    labels = [0] * 10 + [1] * 4 + [2] * 2
+    order = epoch_order(labels, "sampler", seed=3, epoch=0)
+    assert Counter(labels[i] for i in order) == {0: 10, 1: 10, 2: 10}
+    assert order == epoch_order(labels, "sampler", seed=3, epoch=0)
+    assert order != epoch_order(labels, "sampler", seed=3, epoch=1)
+    plain = epoch_order(labels, "none", seed=3, epoch=0)
+    assert sorted(plain) == list(range(16))
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one():
+    w = class_weights([0, 0, 0, 1])
+    assert torch.allclose(w, torch.tensor([4 / 9, 4 / 3, 4 / 3]) / torch.tensor([4 / 9, 4 / 3, 4 / 3]).mean())
+    assert abs(w.mean().item() - 1.0) < 1e-6
