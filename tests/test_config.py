@@ -32,8 +32,8 @@ def test_yaml_round_trip_and_layers(tmp_path):
     f = tmp_path / "c.yaml"
     save_yaml(TrainConfig(lr=2e-4, data=["a.jsonl", "builtin"]), f)
     cfg = resolve(TrainConfig, (preset("cpu-quick"), "preset"), (load_yaml(f), str(f)),
-                  (parse_overrides(["max_steps=7", "lora_targets=q_proj,v_proj"]), "cli"))
-    assert cfg.lr == 2e-4 and cfg.max_steps == 7 and cfg.lora_targets == ["q_proj", "v_proj"]
+                  (parse_overrides(["max_steps=7", "lora_targets=q_proj,v_proj", "head_lr=1e-4"]), "cli"))
+    assert cfg.lr == 2e-4 and cfg.head_lr == 1e-4 and cfg.max_steps == 7 and cfg.lora_targets == ["q_proj", "v_proj"]
     assert cfg.data == ["a.jsonl", "builtin"]
 
 

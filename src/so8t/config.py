@@ -106,17 +106,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
     """Build a config from a mapping, checking every key and type against the dataclass."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
+    check_keys(cls, values, where)
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
-        kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
+    kwargs = {key: _coerce(value, hints[key], f"{where}: {key}") for key, value in values.items()}
     cfg = cls(**kwargs)
     if hasattr(cfg, "validate"):
         try:
@@ -155,6 +147,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -189,10 +186,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        if isinstance(value, str) and raw.strip().lower() in ("1e-4",):  # pragma: no cover - YAML 1.1 quirk guard
-            value = float(raw)
-        out[key.strip()] = value
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
     return out
 
 
@@ -200,18 +194,18 @@ def resolve(cls: type[T], *layers: tuple[dict[str, Any], str]) -> T:
     """Merge (values, where) layers left to right over the defaults, then validate once."""
     merged: dict[str, Any] = {}
     for values, where in layers:
-        from_dict_keys_only(cls, values, where)
+        check_keys(cls, values, where)  # so an unknown key is reported with the layer it came from
         merged.update(values)
     return from_dict(cls, merged, "config")
 
 
-def from_dict_keys_only(cls: type, values: dict[str, Any], where: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
+def check_keys(cls: type, values: Any, where: str) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of config keys, got {type(values).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
-            close = difflib.get_close_matches(str(key), list(names), n=1)
+            close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 

@@ -9,7 +9,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from so8t.model.head import HEAD_CONFIG, load_head, save_head

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml, to_dict
+from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml
 from so8t.data import Mix, Record, assemble
 from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.eval.plots import plot_training_curves
@@ -77,7 +77,7 @@ def _write_marker(out: Path, **info) -> None:
     tmp.replace(out / RUN_MARKER)
 
 
-def check_out_dir(out: Path, cfg: TrainConfig, resume: bool) -> None:
+def check_out_dir(out: Path, resume: bool) -> None:
     """Refuse to mix two runs in one folder; checked before anything is written."""
     marker = _read_marker(out)
     if resume:
@@ -251,7 +251,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     out = Path(out)
 
     # 1. Check the folder and the inputs before writing anything.
-    check_out_dir(out, cfg, resume)
+    check_out_dir(out, resume)
     if resume:
         cfg = load_run_config(out)
     cfg.validate()
