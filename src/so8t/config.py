@@ -44,6 +44,9 @@ class TrainConfig:
     lora_layers: int = 0                        # adapt only the top N blocks (0 = all); backward stops there
     # --- safety head ---
     pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the final hidden state
+    head_probe_steps: int = 0                   # fit the head alone on frozen features first (LP-FT); 0 = off
+    head_probe_examples: int = 1024             # class-balanced training examples whose features the probe uses
+    head_probe_lr: float = 1e-3
     # --- loss: L = sft + alpha*ce + beta*dangerous_allow - gamma*good_escalate + pet(t)*pet ---
     alpha: float = 3.0
     beta: float = 7.0
@@ -82,6 +85,8 @@ class TrainConfig:
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         need(bool(self.lora_targets), "lora_targets", "must name at least one module")
         need(self.lora_layers >= 0, "lora_layers", "must be >= 0 (0 = every block)")
+        need(self.head_probe_steps >= 0 and self.head_probe_examples >= 1 and self.head_probe_lr > 0,
+             "head_probe_steps", "head_probe_steps >= 0, head_probe_examples >= 1 and head_probe_lr > 0")
         for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(len(self.pet_values) == len(self.pet_boundaries) + 1, "pet_values",

@@ -299,3 +299,26 @@ def test_runs_under_accelerate_launch(tiny_model_dir, data_files, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "so8t-run.json").read_text())["status"] == "complete"
     assert "refuse_recall" in proc.stdout
+
+
+def test_head_probe_fits_the_head_on_frozen_features_first(tiny_model_dir, data_files, tmp_path):
+    from so8t.data import read_jsonl
+    from so8t.train.recipe import head_loss, probe_head, prompt_outputs
+
+    cfg = tiny_cfg(tiny_model_dir, head_probe_steps=60, head_probe_lr=1e-2)
+    model, tok, _ = build_model(cfg)
+    recs = read_jsonl(data_files / "train.jsonl")
+    body_before = {n: p.clone() for n, p in model.body.named_parameters()}
+    feats, _ = prompt_outputs(model, tok, recs, cfg.max_length)
+    y = torch.tensor([int(r.label) for r in recs])
+    easy = torch.tensor([r.difficulty == "easy" for r in recs])
+    with torch.no_grad():
+        before = head_loss(model.head(feats), y, easy, weights_of(cfg)).item()
+    info = probe_head(model, tok, recs, cfg, None)
+    with torch.no_grad():
+        after = head_loss(model.head(feats), y, easy, weights_of(cfg)).item()
+    assert after < before and info["head_loss_on_probe_set"] == pytest.approx(after, rel=1e-4)
+    assert all(torch.equal(p, body_before[n]) for n, p in model.body.named_parameters())  # body untouched
+    result = train(tiny_cfg(tiny_model_dir, head_probe_steps=5, **data_kw(data_files)), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run/metrics/final.json").read_text())["head_probe"]["probe_steps"] == 5
+    assert result.steps == 4

@@ -20,6 +20,7 @@ class SafetyOutput:
     hidden_states: tuple[torch.Tensor, ...]  # embeddings + every block's output
     head_logits: torch.Tensor             # B x 3
     logits_offset: int = 0                # sequence index of logits[:, 0]
+    pooled: torch.Tensor | None = None    # B x H: what the head read
 
 
 class SafetyModel(nn.Module):
@@ -39,5 +40,5 @@ class SafetyModel(nn.Module):
                         use_cache=False, logits_to_keep=0 if keep >= seq else keep)
         pooled = pool(out.hidden_states[-1], prompt_mask, self.pooling)
         if logits_from is None:
-            return SafetyOutput(None, out.hidden_states, self.head(pooled), seq)
-        return SafetyOutput(out.logits, out.hidden_states, self.head(pooled), seq - out.logits.size(1))
+            return SafetyOutput(None, out.hidden_states, self.head(pooled), seq, pooled)
+        return SafetyOutput(out.logits, out.hidden_states, self.head(pooled), seq - out.logits.size(1), pooled)

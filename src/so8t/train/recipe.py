@@ -102,16 +102,16 @@ def load_run_config(out: Path) -> TrainConfig:
 
 def build_model(cfg: TrainConfig):
     """Unmodified base + LoRA adapter (PEFT) + a separate fp32 safety head."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     base, tokenizer = load_base_model(cfg.model, load_in_4bit=cfg.load_in_4bit, dtype=cfg.dtype)
     ensure_chat_template(tokenizer)
     base_fp = fingerprint(base)
     base.config.use_cache = False
-    if cfg.load_in_4bit:
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=cfg.gradient_checkpointing,
-                                               gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif cfg.gradient_checkpointing:
+    # Not peft's prepare_model_for_kbit_training: it upcasts every non-quantized weight to fp32,
+    # which costs GiBs on 128k+ vocabularies; freezing and checkpointing is all that is needed.
+    base.requires_grad_(False)
+    if cfg.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
     names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
@@ -197,22 +197,71 @@ def autocast(device: torch.device, amp: str):
 
 
 @torch.no_grad()
-def predict_probs(model: SafetyModel, tokenizer, records: list[Record], max_length: int, batch_size: int = 16,
-                  amp: str = "none") -> torch.Tensor:
-    """Safety-head probabilities from the prompt alone (causal attention: the response cannot change them)."""
+def prompt_outputs(model: SafetyModel, tokenizer, records: list[Record], max_length: int, batch_size: int = 16,
+                   amp: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled states, head probabilities) from the prompt alone (causal attention: the response
+    cannot change them), so evaluation never needs the response."""
     was_training = model.training
     model.eval()
     device = next(model.head.parameters()).device
-    out = []
+    pooled, probs = [], []
     for i in range(0, len(records), batch_size):
         chunk = [encode_prompt(tokenizer, r.messages())[-max_length:] for r in records[i:i + batch_size]]
         enc = [Encoded(ids, len(ids), [losses.IGNORE] * len(ids), -1, 0, False, False) for ids in chunk]
         batch = {k: v.to(device) for k, v in collate(enc, tokenizer.pad_token_id).items()}
         with autocast(device, amp):
             res = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=None)
-        out.append(res.head_logits.float().softmax(-1).cpu())
+        pooled.append(res.pooled.float().cpu())
+        probs.append(res.head_logits.float().softmax(-1).cpu())
     model.train(was_training)
-    return torch.cat(out)
+    return torch.cat(pooled), torch.cat(probs)
+
+
+def predict_probs(model: SafetyModel, tokenizer, records: list[Record], max_length: int, batch_size: int = 16,
+                  amp: str = "none") -> torch.Tensor:
+    return prompt_outputs(model, tokenizer, records, max_length, batch_size, amp)[1]
+
+
+def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w: losses.LossWeights,
+              cw: torch.Tensor | None = None) -> torch.Tensor:
+    """The composite's safety-head terms alone (what the probe fits)."""
+    probs = head_logits.softmax(-1)
+    total = w.alpha * losses.safety_ce(head_logits, y, cw) + w.beta * losses.dangerous_allow(probs, y) \
+        - w.gamma * losses.good_escalate(probs, y)
+    if w.safe_allow_reward:
+        total = total - w.safe_allow_reward * losses.safe_allow_reward(probs, y, easy)
+    if w.escalate_penalty:
+        total = total + w.escalate_penalty * losses.escalate_penalty(probs, y, easy)
+    return total
+
+
+def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None) -> dict:
+    """Linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022): fit the head on the frozen body's
+    pooled states before joint training, so the first LoRA steps are not spent undoing a random
+    head. Features come from one forward pass over a class-balanced sample of the training set."""
+    labels = [int(r.label) for r in records]
+    sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
+    picked = [records[i] for i in sample]
+    feats, _ = prompt_outputs(model, tokenizer, picked, cfg.max_length, amp=cfg.amp)
+    y = torch.tensor([int(r.label) for r in picked])
+    easy = torch.tensor([r.difficulty == "easy" for r in picked])
+    device = next(model.head.parameters()).device
+    feats, y, easy = feats.to(device), y.to(device), easy.to(device)
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=cfg.head_probe_lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    weights, first, last = weights_of(cfg), None, None
+    for _ in range(cfg.head_probe_steps):
+        idx = torch.randint(0, len(y), (min(32, len(y)),), generator=gen).to(device)
+        loss = head_loss(model.head(feats[idx]), y[idx], easy[idx], weights, cw)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+    with torch.no_grad():
+        full = head_loss(model.head(feats), y, easy, weights, cw).item()
+    return {"probe_steps": cfg.head_probe_steps, "examples": len(y), "first_batch_loss": first,
+            "last_batch_loss": last, "head_loss_on_probe_set": full}
 
 
 def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none") -> SafetyMetrics:
@@ -282,6 +331,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     while len(order) < total_steps * per_step:
         order += epoch_order(labels, cfg.class_balance, cfg.seed, epoch)
         epoch += 1
+    probe = None
+    if cfg.head_probe_steps and not resume:
+        probe = probe_head(model, tokenizer, mix.train, cfg, cw)
+        if progress and accelerator.is_main_process:
+            print(f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
+                  f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}")
     optimizer = make_optimizer(param_groups(model, cfg), cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -377,7 +432,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
         (out / "metrics" / "final.json").write_text(json.dumps(
             {"best_step": state.best_step, "steps": state.step, "stopped_early": state.stopped_early,
-             "seconds": round(seconds, 1), "truncated_train_examples": truncated, "data": mix.summary(),
+             "seconds": round(seconds, 1), "truncated_train_examples": truncated, "data": mix.summary(), "head_probe": probe,
              "dev": dev.as_dict(), "test": test.as_dict() if test else None}, indent=2))
         plot_training_curves(out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl",
                              out / "plots" / "training_curves.png")
