@@ -322,3 +322,24 @@ def test_head_probe_fits_the_head_on_frozen_features_first(tiny_model_dir, data_
     result = train(tiny_cfg(tiny_model_dir, head_probe_steps=5, **data_kw(data_files)), tmp_path / "run", progress=False)
     assert json.loads((tmp_path / "run/metrics/final.json").read_text())["head_probe"]["probe_steps"] == 5
     assert result.steps == 4
+
+
+def test_a_crash_marks_the_run_failed_and_it_does_not_load(tiny_model_dir, data_files, tmp_path, monkeypatch):
+    import so8t.train.recipe as recipe
+    from so8t.model import RunError
+
+    real = recipe.losses.composite
+    calls = {"n": 0}
+
+    def crash_at_step_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("out of memory (injected)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(recipe.losses, "composite", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="injected"):
+        train(tiny_cfg(tiny_model_dir, **data_kw(data_files)), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run/so8t-run.json").read_text())["status"] == "failed"
+    with pytest.raises(RunError, match="not 'complete'"):
+        load_run(tmp_path / "run")

@@ -62,11 +62,13 @@ def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    if not (folder / RUN_MARKER).is_file() or not (folder / HEAD_CONFIG).is_file():
-        raise RunError(f"{folder} is not a finished so8t run (no {RUN_MARKER} / {HEAD_CONFIG})")
+    if not (folder / RUN_MARKER).is_file():
+        raise RunError(f"{folder} is not an so8t run (no {RUN_MARKER})")
     info = json.loads((folder / RUN_MARKER).read_text())
     if info.get("status") != "complete":
         raise RunError(f"{folder}: run status is {info.get('status')!r}, not 'complete' (resume it with so8t train --resume)")
+    if not (folder / HEAD_CONFIG).is_file():
+        raise RunError(f"{folder}: the run is marked complete but {HEAD_CONFIG} is missing")
     try:
         head, meta = load_head(folder)
     except Exception as exc:  # a corrupt head must not load

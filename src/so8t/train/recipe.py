@@ -416,6 +416,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             _write_marker(out, status="interrupted", step=state.step, total_steps=total_steps)
             print(f"\ninterrupted at step {state.step}; continue with: so8t train --resume {out}")
         raise
+    except Exception:
+        if accelerator.is_main_process:  # the folder says so; the last checkpoint (if any) can resume
+            _write_marker(out, status="failed", step=state.step, total_steps=total_steps)
+        raise
     finally:
         steps_log.close()
         evals_log.close()
