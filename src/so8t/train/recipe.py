@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     probe = None
     if cfg.head_probe_steps and not resume:
         probe = probe_head(model, tokenizer, mix.train, cfg, cw)
-        if progress and accelerator.is_main_process:
+        if accelerator.is_main_process:
             print(f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
                   f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}")
     optimizer = make_optimizer(param_groups(model, cfg), cfg)
