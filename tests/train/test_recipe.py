@@ -221,8 +221,12 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_model_dir, dat
     with pytest.raises(RunFolderError, match="already holds"):
         train(cfg, tmp_path / "cut", progress=False)
     monkeypatch.setattr(recipe.losses, "composite", real)
+    with (tmp_path / "cut/metrics/steps.jsonl").open("a") as f:  # as if killed after logging a later step
+        f.write(json.dumps({"step": 5, "sft": 999.0}) + "\n")
     result = train(cfg, tmp_path / "cut", resume=True, progress=False)
     assert result.steps == 6
+    logged = [json.loads(x)["step"] for x in (tmp_path / "cut/metrics/steps.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6] and "999" not in (tmp_path / "cut/metrics/steps.jsonl").read_text()
     a, _, _ = load_run(tmp_path / "full")
     b, _, _ = load_run(tmp_path / "cut")
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):

@@ -272,6 +272,12 @@ def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: i
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _trim_log(path: Path, last_step: int) -> None:
+    if path.is_file():
+        rows = [r for r in path.read_text(encoding="utf-8").splitlines() if r.strip() and json.loads(r)["step"] <= last_step]
+        path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
 def _save_checkpoint(folder: Path, model: SafetyModel, tokenizer, meta: dict, optimizer, scheduler, state: TrainState) -> None:
     """Written beside, then renamed over the previous one: a kill mid-save keeps the old checkpoint."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -352,6 +358,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**saved["state"])
         torch.set_rng_state(saved["rng"])
+        if accelerator.is_main_process:  # steps logged after the checkpoint will be run again
+            for log in ("steps.jsonl", "evals.jsonl"):
+                _trim_log(out / "metrics" / log, state.step)
     elif accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, out / CONFIG_FILE)
