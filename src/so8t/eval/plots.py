@@ -1,4 +1,5 @@
-"""Plots people would rather see than read: training curves (more in later reports)."""
+"""Plots people would rather see than read: training curves, confusion matrix, reliability
+diagram and KPIs against their targets."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from so8t.labels import ACTIONS  # noqa: E402
 
 
 def read_jsonl_rows(path: Path) -> list[dict]:
@@ -49,3 +53,92 @@ def plot_training_curves(steps_file: Path, evals_file: Path, out_png: Path) -> P
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def _save(fig, out_png: Path) -> Path:
+    out_png = Path(out_png)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def plot_confusion(confusion, out_png: Path, title: str = "confusion (rows: label)") -> Path:
+    """Counts in the cells, colours normalised per row (label).
+
+    Why row-normalised: classes are imbalanced, so raw-count colours would hide that, say, half
+    the REFUSE rows went to ALLOW; the colour shows the per-label rate, the text the evidence.
+    """
+    m = np.asarray(confusion, dtype=float)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{int(m[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=9,
+                    color="white" if norm[i, j] > 0.6 else "black")
+    ticks = range(len(ACTIONS))
+    ax.set_xticks(ticks, ACTIONS)
+    ax.set_yticks(ticks, ACTIONS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of row")
+    return _save(fig, out_png)
+
+
+def plot_reliability(bins: list[dict], ece: float, out_png: Path) -> Path:
+    """Reliability diagram from `reliability_bins`: accuracy per confidence bin against the
+    diagonal (perfect calibration), bin counts below. Empty bins are left blank."""
+    lo = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] for b in bins]) - lo
+    acc = np.array([b["accuracy"] for b in bins], dtype=float)
+    conf = np.array([b["confidence"] for b in bins], dtype=float)
+    counts = np.array([b["count"] for b in bins])
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = counts > 0
+    ax.bar(lo[filled], acc[filled], width=width[filled], align="edge", edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot(conf[filled], acc[filled], "o", color="tab:red", ms=4, label="mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE = {ece:.3f})")
+    ax.legend(fontsize=8, loc="upper left")
+    axc.bar(lo, counts, width=width, align="edge", edgecolor="k", color="tab:gray")
+    axc.set_xlabel("confidence (top-label probability)")
+    axc.set_ylabel("count")
+    return _save(fig, out_png)
+
+
+def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path) -> Path:
+    """One bar per KPI with its bootstrap interval and, where it has one, its target.
+
+    `cis` maps a KPI to (low, high); `targets` maps a KPI to (op, bound) as in DEFAULT_TARGETS
+    or to a bare bound. A nan value is drawn as an empty bar marked n/a.
+    Why: whether a target is met is only convincing when the interval clears it.
+    """
+    keys = list(values)
+    x = np.arange(len(keys))
+    vals = np.array([values[k] for k in keys], dtype=float)
+    heights = np.nan_to_num(vals, nan=0.0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(keys) + 1), 4))
+    ax.bar(x, heights, color="tab:blue", alpha=0.75)
+    for i, k in enumerate(keys):
+        low, high = cis.get(k, (np.nan, np.nan))
+        top = heights[i]
+        if np.isfinite(vals[i]) and np.isfinite(low) and np.isfinite(high):
+            ax.errorbar(i, vals[i], yerr=[[max(vals[i] - low, 0)], [max(high - vals[i], 0)]], fmt="none",
+                        ecolor="k", capsize=4)
+            top = max(top, high)
+        ax.text(i, top + 0.02, "n/a" if np.isnan(vals[i]) else f"{vals[i]:.2f}", ha="center", fontsize=8)
+        if k in targets:
+            op, bound = targets[k] if isinstance(targets[k], tuple | list) else ("", targets[k])
+            ax.hlines(bound, i - 0.4, i + 0.4, colors="tab:red", linestyles="--", lw=1.5)
+            ax.text(i + 0.42, bound, f"{op}{bound}", color="tab:red", fontsize=7, va="center")
+    ax.set_xticks(x, keys, rotation=20, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_title("KPIs (bars: value, whiskers: CI, dashed: target)")
+    return _save(fig, out_png)
