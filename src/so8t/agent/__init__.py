@@ -1,0 +1,1 @@
+"""Stage 6: the agent around the gate: router, LLM backends, approvals, audit, tools."""
