@@ -32,8 +32,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     from so8t.config import TrainConfig
     from so8t.data import load_builtin
     from so8t.train import losses
-    from so8t.train.batching import collate, encode_record, epoch_order, tag_token_ids
-    from so8t.train.recipe import autocast, build_model, loss_parts, weights_of
+    from so8t.model import tag_token_ids
+    from so8t.model.scoring import autocast
+    from so8t.train.batching import collate, encode_record, epoch_order
+    from so8t.train.recipe import build_model, loss_parts, weights_of
 
     torch.manual_seed(0)
     cfg = TrainConfig(model=args.model, max_length=args.max_length, amp=args.amp, lora_layers=args.lora_layers)

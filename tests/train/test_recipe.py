@@ -9,8 +9,9 @@ from so8t.config import ConfigError, TrainConfig
 from so8t.data import Record, load_builtin, write_jsonl
 from so8t.model import load_run
 from so8t.train import losses
-from so8t.train.batching import collate, encode_record, tag_token_ids
-from so8t.train.recipe import (RunFolderError, build_model, loss_parts, param_groups, predict_probs, train,
+from so8t.model import predict_probs, tag_token_ids
+from so8t.train.batching import collate, encode_record
+from so8t.train.recipe import (RunFolderError, build_model, loss_parts, param_groups, train,
                                weights_of)
 
 
@@ -307,7 +308,8 @@ def test_runs_under_accelerate_launch(tiny_model_dir, data_files, tmp_path):
 
 def test_head_probe_fits_the_head_on_frozen_features_first(tiny_model_dir, data_files, tmp_path):
     from so8t.data import read_jsonl
-    from so8t.train.recipe import head_loss, probe_head, prompt_outputs
+    from so8t.model import prompt_outputs
+    from so8t.train.recipe import head_loss, probe_head
 
     cfg = tiny_cfg(tiny_model_dir, head_probe_steps=60, head_probe_lr=1e-2)
     model, tok, _ = build_model(cfg)

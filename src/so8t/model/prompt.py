@@ -5,6 +5,8 @@ import warnings
 
 from transformers import PreTrainedTokenizerBase
 
+from so8t.labels import Action
+
 # Used only when a base model ships without a chat template (with a warning): ChatML, which
 # many instruct models already speak.
 FALLBACK_CHAT_TEMPLATE = (
@@ -35,3 +37,11 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     # Render then tokenize without extra specials: the template already holds them, and this
     # behaves the same across transformers versions (apply_chat_template's return type changed).
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+def tag_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """First token of ' ALLOW', ' ESCALATE', ' REFUSE' after 'Action:': where the LM commits to a tag."""
+    ids = [tokenizer(f" {a.name}", add_special_tokens=False)["input_ids"][0] for a in Action]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the tokenizer gives the three action tags the same first token; the tag probability is undefined")
+    return ids

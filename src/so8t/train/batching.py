@@ -26,14 +26,6 @@ class Encoded:
     truncated: bool
 
 
-def tag_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """First token of ' ALLOW', ' ESCALATE', ' REFUSE' after 'Action:': where the LM commits to a tag."""
-    ids = [tokenizer(f" {a.name}", add_special_tokens=False)["input_ids"][0] for a in Action]
-    if len(set(ids)) != len(ids):
-        raise ValueError("the tokenizer gives the three action tags the same first token; the tag probability is undefined")
-    return ids
-
-
 def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
     assert rec.label is not None
     prompt = encode_prompt(tokenizer, rec.messages())

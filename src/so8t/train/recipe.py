@@ -28,10 +28,11 @@ from so8t.data import Mix, Record, assemble
 from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.eval.plots import plot_training_curves
 from so8t.labels import Action
-from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, encode_prompt, ensure_chat_template, fingerprint,
-                        load_adapter_and_head, load_base_model, save_artifacts)
+from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_template, fingerprint, load_adapter_and_head,
+                        load_base_model, save_artifacts, tag_token_ids)
+from so8t.model.scoring import autocast, predict_probs, prompt_outputs
 from so8t.train import losses
-from so8t.train.batching import Encoded, class_weights, collate, encode_record, epoch_order, tag_token_ids
+from so8t.train.batching import class_weights, collate, encode_record, epoch_order
 from so8t.train.schedules import head_trainable, lambda_pet
 
 CONFIG_FILE = "config.yaml"
@@ -187,39 +188,6 @@ def weights_of(cfg: TrainConfig) -> losses.LossWeights:
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-def autocast(device: torch.device, amp: str):
-    """Mixed precision for the body's matmuls; the head and the losses still run in fp32."""
-    if amp == "none":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@torch.no_grad()
-def prompt_outputs(model: SafetyModel, tokenizer, records: list[Record], max_length: int, batch_size: int = 16,
-                   amp: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled states, head probabilities) from the prompt alone (causal attention: the response
-    cannot change them), so evaluation never needs the response."""
-    was_training = model.training
-    model.eval()
-    device = next(model.head.parameters()).device
-    pooled, probs = [], []
-    for i in range(0, len(records), batch_size):
-        chunk = [encode_prompt(tokenizer, r.messages())[-max_length:] for r in records[i:i + batch_size]]
-        enc = [Encoded(ids, len(ids), [losses.IGNORE] * len(ids), -1, 0, False, False) for ids in chunk]
-        batch = {k: v.to(device) for k, v in collate(enc, tokenizer.pad_token_id).items()}
-        with autocast(device, amp):
-            res = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=None)
-        pooled.append(res.pooled.float().cpu())
-        probs.append(res.head_logits.float().softmax(-1).cpu())
-    model.train(was_training)
-    return torch.cat(pooled), torch.cat(probs)
-
-
-def predict_probs(model: SafetyModel, tokenizer, records: list[Record], max_length: int, batch_size: int = 16,
-                  amp: str = "none") -> torch.Tensor:
-    return prompt_outputs(model, tokenizer, records, max_length, batch_size, amp)[1]
 
 
 def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w: losses.LossWeights,

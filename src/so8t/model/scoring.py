@@ -1,0 +1,76 @@
+"""Prompt -> pooled state -> head probabilities: the one path that training's evaluation,
+`so8t eval` and the gate share (a change here changes all three).
+
+Only the prompt is encoded: attention is causal, so a response could not change what the
+head reads, and the gate never has one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+import torch
+
+from so8t.model.prompt import encode_prompt
+from so8t.model.safety_model import SafetyModel
+
+Conversation = list[dict[str, str]]
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision for the body's matmuls; the head and the losses still run in fp32."""
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def as_conversation(item) -> Conversation:
+    """A Record (anything with .messages()), a list of chat messages, or a plain string."""
+    if hasattr(item, "messages"):
+        return item.messages()
+    if isinstance(item, str):
+        return [{"role": "user", "content": item}]
+    return list(item)
+
+
+def encode_prompts(tokenizer, items: Sequence, max_length: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Right-padded prompt batch and the number of prompts cut to max_length. A long prompt
+    keeps its end: the latest turn and the assistant header are what the decision is about."""
+    ids = [encode_prompt(tokenizer, as_conversation(it)) for it in items]
+    truncated = sum(len(x) > max_length for x in ids)
+    ids = [x[-max_length:] for x in ids]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}, truncated
+
+
+@torch.no_grad()
+def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
+                   amp: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled states N x H, head probabilities N x 3) for records, conversations or strings."""
+    was_training = model.training
+    model.eval()
+    device = next(model.head.parameters()).device
+    pooled, probs = [], []
+    try:
+        for i in range(0, len(items), batch_size):
+            batch, _ = encode_prompts(tokenizer, items[i:i + batch_size], max_length)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, amp):
+                res = model(batch["input_ids"], batch["attention_mask"], batch["attention_mask"], logits_from=None)
+            pooled.append(res.pooled.float().cpu())
+            probs.append(res.head_logits.float().softmax(-1).cpu())
+    finally:
+        model.train(was_training)
+    if not pooled:
+        return torch.zeros(0, model.head.hidden_size), torch.zeros(0, 3)
+    return torch.cat(pooled), torch.cat(probs)
+
+
+def predict_probs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
+                  amp: str = "none") -> torch.Tensor:
+    return prompt_outputs(model, tokenizer, items, max_length, batch_size, amp)[1]
