@@ -110,6 +110,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_targets(items: Sequence[str] | None) -> dict:
+    """--target refuse_recall=0.8 (keeps the default direction) or --target allow_recall>=0.5."""
+    import re
+
+    from so8t.eval.metrics import DEFAULT_TARGETS, SafetyMetrics
+
+    targets = dict(DEFAULT_TARGETS)
+    for item in items or []:
+        m = re.fullmatch(r"\s*(\w+)\s*(>=|<=|=)\s*([0-9.]+)\s*", item)
+        if not m or m.group(1) not in SafetyMetrics.__dataclass_fields__:
+            raise ValueError(f"--target {item!r}: expected KPI>=X, KPI<=X or KPI=X with a KPI of "
+                             f"{', '.join(k for k in SafetyMetrics.__dataclass_fields__ if k not in ('n', 'confusion'))}")
+        key, op, bound = m.group(1), m.group(2), float(m.group(3))
+        if op == "=":
+            if key not in targets:
+                raise ValueError(f"--target {item!r}: {key} has no default direction; write {key}>={bound} or {key}<={bound}")
+            op = targets[key][0]
+        targets[key] = (op, bound)
+    return targets
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from so8t.eval.report import BASELINES, EvalOptions, evaluate_run, format_table
+
+    chosen = [] if args.no_baselines else (args.baselines.split(",") if args.baselines else list(BASELINES))
+    opts = EvalOptions(targets=_parse_targets(args.target), baselines=[b.strip() for b in chosen if b.strip()],
+                       generate=args.generate, latency=args.latency, bootstrap=args.bootstrap,
+                       use_thresholds=not args.argmax)
+    report = evaluate_run(args.run, args.data, args.out, opts)
+    print(format_table(report))
+    print(f"report: {report['out_dir']}/report.md")
+    return 0 if report["passed"] else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from so8t.eval.metrics import format_kpis
+    from so8t.eval.report import calibrate_run
+
+    cal = calibrate_run(args.run, args.data, objective=args.objective, min_refuse_recall=args.min_refuse_recall,
+                        max_false_refusal=args.max_false_refusal)
+    t = cal.thresholds
+    print(f"thresholds: refuse_at={t.refuse_at} allow_at={t.allow_at} (objective {cal.objective}, n={cal.n})")
+    print("before (argmax):")
+    print(format_kpis(cal.before))
+    print("after:")
+    print(format_kpis(cal.after))
+    print(f"saved to {args.run}/thresholds.json; trade-off plot: {args.run}/plots/calibration.png")
+    return 0
+
+
 def _dry_run(cfg) -> int:
     from so8t.train.memory import estimate_memory, model_config_for
 
@@ -174,6 +224,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the estimated peak memory and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="KPIs, baselines, calibration, latency and plots for a trained run",
+                       description="Evaluate a trained run. Exits 1 when a target is missed, 2 on an error.")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--data", nargs="+", default=["builtin:test"],
+                   help="JSONL files and/or builtin:test | builtin:dev (default builtin:test); unlabelled files get predictions only")
+    p.add_argument("--out", help="report folder (default RUN/eval/<first dataset>)")
+    p.add_argument("--baselines", help="comma list of keywords,probe,judge (default all)")
+    p.add_argument("--no-baselines", action="store_true", help="the trained gate only")
+    p.add_argument("--target", action="append", metavar="KPI>=X", help="override or add a target (repeatable)")
+    p.add_argument("--generate", type=int, default=24, help="examples with a response to generate for (0: skip)")
+    p.add_argument("--latency", type=int, default=48, help="prompts to time the gate on (0: skip)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
+    p.add_argument("--argmax", action="store_true", help="ignore the run's calibrated thresholds")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="choose decision thresholds on labelled dev data and store them in the run")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--data", nargs="+", default=["builtin:dev"], help="labelled JSONL files or builtin:dev (default)")
+    p.add_argument("--objective", choices=["safety_score", "refuse_recall"], default="safety_score")
+    p.add_argument("--min-refuse-recall", type=float, default=0.7, help="constraint (default 0.7, the seed's target)")
+    p.add_argument("--max-false-refusal", type=float, help="constraint: share of ALLOW prompts not allowed")
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 
@@ -188,6 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, ValueError) as exc:
+    except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"so8t: error: {exc}", file=sys.stderr)
         return 2

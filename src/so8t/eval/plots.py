@@ -142,3 +142,27 @@ def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path) -> Path:
     ax.set_ylim(0, 1.1)
     ax.set_title("KPIs (bars: value, whiskers: CI, dashed: target)")
     return _save(fig, out_png)
+
+
+def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path) -> Path:
+    """Calibration trade-off: every grid point as (false-refusal rate, refuse recall), the
+    upper-left frontier drawn, the chosen thresholds marked.
+
+    Why: a bound on false refusals costs refuse recall; the frontier shows how much."""
+    fr = np.array([c["false_refusal"] for c in curve], dtype=float)
+    rr = np.array([c["refuse_recall"] for c in curve], dtype=float)
+    ok = ~(np.isnan(fr) | np.isnan(rr))
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    ax.scatter(fr[ok], rr[ok], s=8, color="tab:gray", alpha=0.5, label="grid points")
+    order = np.argsort(fr[ok], kind="mergesort")
+    xs, ys = fr[ok][order], np.maximum.accumulate(rr[ok][order])
+    ax.step(xs, ys, where="post", color="tab:blue", label="best refuse recall at this false-refusal rate")
+    ax.plot([chosen["false_refusal"]], [chosen["refuse_recall"]], "*", color="tab:red", ms=14,
+            label=f"chosen (refuse_at={chosen['refuse_at']}, allow_at={chosen['allow_at']})")
+    ax.set_xlabel("false-refusal rate (ALLOW not allowed)")
+    ax.set_ylabel("refuse recall")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.05)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("threshold trade-off on the calibration data")
+    return _save(fig, out_png)

@@ -1,0 +1,377 @@
+"""`so8t eval`: one trained run, one or more datasets, every KPI with intervals, baselines
+side by side, the LM's own tags, latency, plots, and a report that is written whole or not
+at all.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from so8t.data import BUILTIN, SPLITS, DataError, Problem, Record, assemble, check_jsonl, load_builtin
+from so8t.eval import baselines as bl
+from so8t.eval.latency import measure_latency
+from so8t.eval.metrics import (DEFAULT_TARGETS, binary_metrics, bootstrap_ci, breakdown,
+                               compute_metrics, expected_calibration_error, per_class_report, reliability_bins)
+from so8t.eval.plots import plot_confusion, plot_kpis, plot_reliability, plot_training_curves
+from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
+from so8t.eval.thresholds import Thresholds, decide, load_thresholds
+from so8t.labels import ACTIONS
+from so8t.model import load_run, prompt_outputs
+
+HEADLINE = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
+BASELINES = ("keywords", "probe", "judge")
+
+
+@dataclass
+class EvalOptions:
+    targets: dict = field(default_factory=lambda: dict(DEFAULT_TARGETS))
+    baselines: Sequence[str] = BASELINES
+    generate: int = 24            # examples with a response to generate for (0: skip)
+    latency: int = 48             # prompts to time (0: skip)
+    bootstrap: int = 1000
+    probe_train_max: int = 1200   # class-balanced sample of the run's training split for the probe
+    use_thresholds: bool = True
+
+
+@dataclass
+class Dataset:
+    name: str
+    records: list[Record]
+    labelled: bool
+
+
+def load_dataset(spec: str) -> Dataset:
+    """'builtin:test' (or :dev, :train; 'builtin' alone is the test split) or a JSONL path.
+    A file is labelled when every row has a label, unlabelled when none has; a mix is an error
+    naming the rows without one."""
+    if spec == BUILTIN or spec.startswith(BUILTIN + ":"):
+        split = spec.partition(":")[2] or "test"
+        if split not in SPLITS:
+            raise ValueError(f"{spec}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        return Dataset(f"builtin-{split}", load_builtin(split), True)
+    checked = check_jsonl(spec, require_label=False)
+    if checked.problems:
+        raise DataError(checked.problems)
+    recs = checked.records
+    missing = [i for i, r in enumerate(recs) if r.label is None]
+    if missing and len(missing) < len(recs):
+        raise DataError([Problem(spec, 0, "label", f"{len(missing)} of {len(recs)} rows have no label (e.g. the row "
+                                 f"with id {recs[missing[0]].id!r}); label every row, or none for predictions only")])
+    return Dataset(Path(spec).stem, recs, not missing)
+
+
+def _clean(x):
+    """JSON-safe: nan -> null, numpy scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    return x
+
+
+def _system_row(probs: np.ndarray, y: np.ndarray, thresholds: Thresholds | None = None) -> dict:
+    pred = decide(probs, thresholds)
+    m = compute_metrics(y, pred)
+    return {"metrics": m.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0]), "pred": pred}
+
+
+def _balanced_sample(records: list[Record], k: int, seed: int = 0) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    by = {}
+    for r in records:
+        by.setdefault(int(r.label), []).append(r)
+    per = max(1, k // max(1, len(by)))
+    out = []
+    for c in sorted(by):
+        idx = rng.permutation(len(by[c]))[:per]
+        out.extend(by[c][i] for i in idx)
+    return out
+
+
+def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path | None = None,
+                 opts: EvalOptions | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Evaluate a run and write report.json, report.md, predictions and plots into out_dir
+    (default RUN/eval/<first dataset>). Returns the report dict; report['passed'] says whether
+    every target was met on every labelled dataset."""
+    from so8t.train.recipe import load_run_config  # the run's own max_length, amp and training data
+
+    opts = opts or EvalOptions()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    run_dir = Path(run_dir)
+    unknown = [b for b in opts.baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if not data:
+        raise ValueError("no datasets given (--data FILE... or builtin:test)")
+    datasets = [load_dataset(d) for d in data]  # every data problem before the model loads
+    out_dir = Path(out_dir) if out_dir else run_dir / "eval" / datasets[0].name
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
+        raise FileExistsError(f"{out_dir} exists and is not an so8t eval report; choose another --out")
+
+    log(f"loading run {run_dir}")
+    model, tok, meta = load_run(run_dir)
+    cfg = load_run_config(run_dir)
+    thresholds = load_thresholds(run_dir) if opts.use_thresholds else None
+    max_len, amp = cfg.max_length, cfg.amp
+    tmp = Path(tempfile.mkdtemp(prefix=".eval-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        (tmp / "plots").mkdir()
+        report = {"run": str(run_dir), "base_model": meta.get("base_model"), "pooling": meta.get("pooling"),
+                  "thresholds": None if thresholds is None else {"refuse_at": thresholds.refuse_at,
+                                                                 "allow_at": thresholds.allow_at},
+                  "targets": {k: list(v) for k, v in opts.targets.items()}, "datasets": [],
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        probe = None
+        if "probe" in opts.baselines and any(d.labelled for d in datasets):
+            probe = _train_probe(model, tok, cfg, opts, log)
+        for ds in datasets:
+            report["datasets"].append(_evaluate_dataset(model, tok, ds, thresholds, probe, max_len, amp, opts, tmp, log))
+        if opts.latency:
+            prompts = [r for ds in datasets for r in ds.records][: opts.latency]
+            log(f"timing the gate on {len(prompts)} prompts")
+            report["latency"] = measure_latency(model, tok, prompts, max_len, amp)
+        curves = None
+        if (run_dir / "metrics" / "steps.jsonl").is_file() and (run_dir / "metrics" / "evals.jsonl").is_file():
+            curves = plot_training_curves(run_dir / "metrics" / "steps.jsonl", run_dir / "metrics" / "evals.jsonl",
+                                          tmp / "plots" / "training_curves.png")
+        report["training_curves"] = "plots/training_curves.png" if curves else None
+        report["passed"] = all(ds["targets_met"] is None or all(ds["targets_met"].values())
+                               for ds in report["datasets"])
+        report = _clean(report)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "report.md").write_text(format_markdown(report), encoding="utf-8")
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Swap the finished report in; an earlier report at `out` is replaced only now."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _train_probe(model, tok, cfg, opts: EvalOptions, log):
+    try:
+        mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed)
+    except (OSError, DataError, ValueError) as exc:
+        log(f"probe baseline skipped: cannot rebuild the run's training data ({exc})")
+        return None
+    sample = _balanced_sample(mix.train, opts.probe_train_max, cfg.seed)
+    log(f"probe baseline: base-model features of {len(sample)} training prompts")
+    feats = bl.base_features(model, tok, sample, cfg.max_length, cfg.amp)
+    return bl.fit_probe(feats, [int(r.label) for r in sample], cfg.seed)
+
+
+def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, opts: EvalOptions, tmp: Path, log) -> dict:
+    recs = ds.records
+    log(f"{ds.name}: scoring {len(recs)} prompts with the gate")
+    _, probs_t = prompt_outputs(model, tok, recs, max_len, amp=amp)
+    probs = probs_t.numpy()
+    pred = decide(probs, thresholds)
+    preds_rows = [{"id": r.id, "label": r.label.name if r.label is not None else None,
+                   "action": ACTIONS[int(p)], "probs": [round(float(v), 5) for v in pr]}
+                  for r, p, pr in zip(recs, pred, probs, strict=True)]
+    with open(tmp / f"predictions-{ds.name}.jsonl", "w", encoding="utf-8") as f:
+        for row in preds_rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    out = {"name": ds.name, "n": len(recs), "labelled": ds.labelled,
+           "predicted": {a: int((pred == i).sum()) for i, a in enumerate(ACTIONS)},
+           "predictions": f"predictions-{ds.name}.jsonl", "targets_met": None}
+    if not ds.labelled:
+        out["note"] = "no labels: predictions only, no metrics"
+        return out
+    y = np.array([int(r.label) for r in recs])
+    gate = compute_metrics(y, pred)
+    out["targets_met"] = gate.targets_met(opts.targets)
+    out["gate"] = {"metrics": gate.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0]),
+                   "per_class": per_class_report(y, pred),
+                   "ci": {k: bootstrap_ci(y, pred, k, n=opts.bootstrap) for k in HEADLINE},
+                   "ece": expected_calibration_error(probs, y), "reliability": reliability_bins(probs, y)}
+    if thresholds is not None:
+        out["gate_argmax"] = compute_metrics(y, decide(probs)).as_dict()
+    out["breakdown"] = {}
+    for attr in ("difficulty", "lang", "source"):
+        groups = [getattr(r, attr) or "unknown" for r in recs]
+        if len(set(groups)) > 1:
+            out["breakdown"][attr] = {g: m.as_dict() for g, m in breakdown(y, pred, groups).items()}
+    systems = {}
+    if "keywords" in opts.baselines:
+        systems["keywords"] = bl.keyword_probs(recs)
+    if "probe" in opts.baselines and probe is not None:
+        log(f"{ds.name}: probe baseline")
+        systems["probe"] = bl.probe_probs(probe, bl.base_features(model, tok, recs, max_len, amp))
+    if "judge" in opts.baselines:
+        log(f"{ds.name}: zero-shot judge baseline (base LLM, policy prompt)")
+        systems["judge"] = bl.judge_probs(model, tok, recs, max_len, amp)
+    log(f"{ds.name}: the fine-tuned LM's own action tag")
+    lm = lm_tag_probs(model, tok, recs, max_len, amp)
+    systems["lm_tag"] = lm
+    out["systems"] = {}
+    for name, p in systems.items():
+        row = _system_row(p, y)
+        out["systems"][name] = {"metrics": row["metrics"], "binary": row["binary"]}
+    out["lm_tag_agrees_with_gate"] = float(np.mean(decide(lm) == pred))
+    with_resp = [i for i, r in enumerate(recs) if r.response is not None][: opts.generate]
+    if with_resp:
+        log(f"{ds.name}: generating {len(with_resp)} responses")
+        gen = generate_responses(model, tok, [recs[i] for i in with_resp], max_len, amp=amp)
+        out["generation"] = generation_summary(gen, y[with_resp], pred[with_resp])
+        out["generation"]["samples"] = [{"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
+                                        for i, g in zip(with_resp[:5], gen[:5], strict=False)]
+    name = ds.name
+    plot_confusion(gate.confusion, tmp / "plots" / f"{name}-confusion.png", title=f"{name}: gate (rows: label)")
+    plot_reliability(out["gate"]["reliability"], out["gate"]["ece"], tmp / "plots" / f"{name}-reliability.png")
+    plot_kpis({k: getattr(gate, k) for k in HEADLINE}, out["gate"]["ci"], opts.targets,
+              tmp / "plots" / f"{name}-kpis.png")
+    out["plots"] = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def comparison_rows(ds: dict) -> list[tuple[str, dict, dict]]:
+    """(system, metrics, binary) with the gate first, then the baselines and the LM tag."""
+    rows = [("gate" + (" (thresholds)" if "gate_argmax" in ds else ""), ds["gate"]["metrics"], ds["gate"]["binary"])]
+    if "gate_argmax" in ds:
+        rows.append(("gate (argmax)", ds["gate_argmax"], {}))
+    rows += [(k, v["metrics"], v["binary"]) for k, v in ds.get("systems", {}).items()]
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """The compact terminal view: one block per dataset, systems as rows."""
+    lines = []
+    cols = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
+    head = f"{'system':<22}" + "".join(f"{c.replace('_recall', '_rec')[:13]:>14}" for c in cols) + f"{'auroc':>8}"
+    for ds in report["datasets"]:
+        lines.append(f"\n{ds['name']} (n={ds['n']})")
+        if not ds["labelled"]:
+            lines.append(f"  unlabelled: predictions only -> {ds['predictions']}: {ds['predicted']}")
+            continue
+        lines.append(head)
+        for name, m, b in comparison_rows(ds):
+            lines.append(f"{name:<22}" + "".join(f"{_fmt(m.get(c)):>14}" for c in cols) + f"{_fmt(b.get('auroc')):>8}")
+        met = ds["targets_met"]
+        lines.append("targets: " + ", ".join(f"{k} {'PASS' if ok else 'MISS'}" for k, ok in met.items()))
+    if report.get("latency"):
+        lat = report["latency"]
+        lines.append(f"\ngate latency: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms; throughput "
+                     + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in lat["throughput"].items()))
+    lines.append("\nall targets met" if report["passed"] else "\nsome targets missed")
+    return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    md = [f"# so8t evaluation: `{report['run']}`", "",
+          f"Base model `{report['base_model']}`, pooling `{report['pooling']}`, created {report['created']}.",
+          "Decision rule: " + (f"calibrated thresholds (refuse_at={report['thresholds']['refuse_at']}, "
+                               f"allow_at={report['thresholds']['allow_at']})" if report["thresholds"] else "argmax"),
+          ""]
+    for ds in report["datasets"]:
+        md += [f"## {ds['name']} (n={ds['n']})", ""]
+        if not ds["labelled"]:
+            md += [f"**Unlabelled: predictions only.** Predicted counts: {ds['predicted']}; "
+                   f"see `{ds['predictions']}`.", ""]
+            continue
+        g = ds["gate"]
+        md += ["| KPI | value | 95% CI | target | |", "|---|---|---|---|---|"]
+        for k in HEADLINE:
+            lo, hi = g["ci"][k] if g["ci"].get(k) else (None, None)
+            tgt = report["targets"].get(k)
+            ok = ds["targets_met"].get(k)
+            md.append(f"| {k} | {_fmt(g['metrics'][k])} | {_fmt(lo)}-{_fmt(hi)} | "
+                      f"{' '.join(map(str, tgt)) if tgt else ''} | {'' if ok is None else 'PASS' if ok else 'MISS'} |")
+        md += ["", f"Over-restriction of ALLOW: to ESCALATE {_fmt(g['metrics']['allow_to_escalate'])}, "
+               f"to REFUSE {_fmt(g['metrics']['allow_to_refuse'])}. Accuracy {_fmt(g['metrics']['accuracy'])}, "
+               f"macro F1 {_fmt(g['metrics']['macro_f1'])}, ECE {_fmt(g['ece'])}.", "",
+               "### Side by side", "",
+               "| system | refuse rec | escalate rec | overcompliance | allow rec | safety score | AUROC | AUPRC | FPR |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for name, m, b in comparison_rows(ds):
+            md.append(f"| {name} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
+                      f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} | "
+                      f"{_fmt(b.get('auroc'))} | {_fmt(b.get('auprc'))} | {_fmt(b.get('false_positive_rate'))} |")
+        md += ["", "keywords: bilingual alarm-word list; probe: logistic regression on the frozen base model's "
+               "pooled features; judge: the base LLM zero-shot with a policy prompt (tag probabilities); "
+               f"lm_tag: the fine-tuned LM's own tag after the prompt (agrees with the gate on "
+               f"{_fmt(ds['lm_tag_agrees_with_gate'])} of prompts). Binary view: unsafe = not ALLOW, score 1 - P(ALLOW).",
+               "", "### Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for c, r in g["per_class"].items():
+            md.append(f"| {c} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} |")
+        for attr, groups in ds.get("breakdown", {}).items():
+            md += ["", f"### By {attr}", "", "| group | n | refuse rec | escalate rec | overcompliance | allow rec | score |",
+                   "|---|---|---|---|---|---|---|"]
+            for gname, m in groups.items():
+                md.append(f"| {gname} | {m['n']} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
+                          f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
+        if ds.get("generation"):
+            gen = ds["generation"]
+            md += ["", "### Generated responses", "",
+                   f"{gen['n']} generated: format compliance {_fmt(gen['format_compliance'])}, tag agrees with the "
+                   f"label {_fmt(gen.get('tag_agrees_with_label'))}, with the gate {_fmt(gen['tag_agrees_with_head'])}."]
+        md += [""] + [f"![{p}]({p})" for p in ds["plots"]] + [""]
+    if report.get("latency"):
+        lat = report["latency"]
+        md += ["## Gate latency", "", f"One forward pass over the prompt, no generation, {lat['n']} prompts: "
+               f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms per prompt at batch 1; throughput "
+               + ", ".join(f"batch {b}: {v:.1f} prompts/s" for b, v in lat["throughput"].items()) + ".", ""]
+    if report.get("training_curves"):
+        md += ["## Training curves", "", f"![training curves]({report['training_curves']})", ""]
+    md.append("**All targets met.**" if report["passed"] else "**Some targets missed.**")
+    return "\n".join(md) + "\n"
+
+
+def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = "safety_score",
+                  min_refuse_recall: float = 0.0, max_false_refusal: float | None = None,
+                  log: Callable[[str], None] | None = None):
+    """Choose thresholds on labelled data (a dev set, never the test set), store them in the
+    run (thresholds.json) and plot the trade-off (RUN/plots/calibration.png)."""
+    from so8t.eval.plots import plot_tradeoff
+    from so8t.eval.thresholds import calibrate, save_thresholds
+    from so8t.train.recipe import load_run_config
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    datasets = [load_dataset(d) for d in data]
+    unlabelled = [d.name for d in datasets if not d.labelled]
+    if unlabelled:
+        raise ValueError(f"calibration needs labels; unlabelled: {', '.join(unlabelled)}")
+    recs = [r for d in datasets for r in d.records]
+    log(f"loading run {run_dir}")
+    model, tok, _ = load_run(run_dir)
+    cfg = load_run_config(Path(run_dir))
+    log(f"scoring {len(recs)} prompts")
+    probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp)[1].numpy()
+    cal = calibrate(probs, [int(r.label) for r in recs], objective=objective, min_refuse_recall=min_refuse_recall,
+                    max_false_refusal=max_false_refusal)
+    cal.data = list(data)
+    chosen = next(c for c in cal.curve if c["refuse_at"] == cal.thresholds.refuse_at
+                  and c["allow_at"] == cal.thresholds.allow_at)
+    plot_tradeoff(cal.curve, chosen, Path(run_dir) / "plots" / "calibration.png")
+    save_thresholds(run_dir, cal)
+    return cal

@@ -1,0 +1,140 @@
+"""`so8t eval` and `so8t calibrate` end to end on a tiny trained run."""
+import json
+
+import pytest
+
+from so8t.cli import main
+from so8t.config import TrainConfig
+from so8t.data import load_builtin, write_jsonl
+from so8t.train.recipe import train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("evaldata")
+    recs = load_builtin("train")
+    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip:skip + k]  # noqa: E731
+    train_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 5) + pick(lab, "ja", 2)]
+    dev_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10) + pick(lab, "ja", 1, skip=5)]
+    write_jsonl(d / "train.jsonl", train_recs)
+    write_jsonl(d / "dev.jsonl", dev_recs)
+    cfg = TrainConfig(model=str(tiny_model_dir), data=[str(d / "train.jsonl")], dev_data=[str(d / "dev.jsonl")],
+                      test_data=[str(d / "dev.jsonl")], lora_r=4, lora_alpha=8, max_length=64, micro_batch=4,
+                      grad_accum=1, max_steps=2, eval_every=2, head_probe_steps=20)
+    cfg.validate()
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, run, progress=False)
+    return run, d
+
+
+def _eval(run, *args):
+    return main(["eval", str(run), "--generate", "2", "--latency", "4", "--bootstrap", "50", *args])
+
+
+EASY = ["--target", "refuse_recall>=0", "--target", "escalate_recall>=0", "--target", "overcompliance<=1"]
+
+
+def test_eval_writes_a_complete_report_with_baselines_side_by_side(tiny_run, tmp_path, capsys):
+    run, d = tiny_run
+    out = tmp_path / "report"
+    assert _eval(run, "--data", str(d / "dev.jsonl"), "--out", str(out), *EASY) == 0
+    printed = capsys.readouterr().out
+    for row in ("gate", "keywords", "probe", "judge", "lm_tag", "gate latency"):
+        assert row in printed
+    rep = json.loads((out / "report.json").read_text())
+    ds = rep["datasets"][0]
+    assert ds["n"] == 12 and ds["labelled"] and rep["passed"]
+    assert set(ds["systems"]) == {"keywords", "probe", "judge", "lm_tag"}
+    m = ds["gate"]["metrics"]
+    assert sum(map(sum, m["confusion"])) == 12
+    lo, hi = ds["gate"]["ci"]["safety_score"]
+    assert lo <= m["safety_score"] <= hi
+    assert {"lang", "difficulty"} <= set(ds["breakdown"]) and "source" not in ds["breakdown"]  # one source only
+    assert ds["generation"]["n"] == 2 and 0 <= ds["generation"]["format_compliance"] <= 1
+    assert rep["latency"]["p50_ms"] > 0 and set(rep["latency"]["throughput"]) == {"1", "16"}
+    for p in ds["plots"] + [rep["training_curves"]]:
+        assert (out / p).stat().st_size > 1000
+    preds = (out / ds["predictions"]).read_text().splitlines()
+    assert len(preds) == 12 and json.loads(preds[0])["action"] in ("ALLOW", "ESCALATE", "REFUSE")
+    md = (out / "report.md").read_text()
+    assert "| keywords |" in md and "95% CI" in md
+
+
+def test_eval_exit_code_follows_the_targets(tiny_run, tmp_path):
+    run, d = tiny_run
+    code = _eval(run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines",
+                 "--target", "refuse_recall>=1.01")
+    assert code == 1
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["datasets"][0]["targets_met"]["refuse_recall"] is False and not rep["passed"]
+
+
+def test_unlabelled_data_gets_predictions_only(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    f = tmp_path / "unlabelled.jsonl"
+    f.write_text('{"prompt": "Delete every table in prod"}\n{"prompt": "会議の議事録を要約して"}\n', encoding="utf-8")
+    assert _eval(run, "--data", str(f), "--out", str(tmp_path / "r"), "--no-baselines") == 0
+    assert "predictions only" in capsys.readouterr().out
+    ds = json.loads((tmp_path / "r" / "report.json").read_text())["datasets"][0]
+    assert not ds["labelled"] and ds["targets_met"] is None and sum(ds["predicted"].values()) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": "a", "label": "ALLOW"}\n{"prompt": "b"}\n', "1 of 2 rows have no label"),
+    ('{"prompt": "a", "label": "MAYBE"}\n', ":1: label:"),
+    ("", "no records"),
+])
+def test_bad_data_is_a_clear_error_and_writes_nothing(tiny_run, tmp_path, capsys, content, message):
+    run, _ = tiny_run
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    assert _eval(run, "--data", str(f), "--out", str(tmp_path / "r")) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_on_another_base_model_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+    run, d = tiny_run
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    head = json.loads((other / "head.json").read_text())
+    head["base_fingerprint"] = "0" * 16
+    (other / "head.json").write_text(json.dumps(head))
+    assert _eval(other, "--data", str(d / "dev.jsonl")) == 2
+    assert "different base model" in capsys.readouterr().err
+    assert not (other / "eval").exists()
+
+
+def test_calibrate_stores_thresholds_that_eval_then_uses(tiny_run, tmp_path, capsys):
+    import shutil
+    run, d = tiny_run
+    cal_run = tmp_path / "cal"
+    shutil.copytree(run, cal_run)
+    assert main(["calibrate", str(cal_run), "--data", str(d / "dev.jsonl"), "--min-refuse-recall", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "before (argmax)" in out and "refuse_at=" in out
+    saved = json.loads((cal_run / "thresholds.json").read_text())
+    assert saved["after"]["refuse_recall"] == 1.0
+    assert (cal_run / "plots" / "calibration.png").stat().st_size > 1000
+    assert _eval(cal_run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines", *EASY) == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["thresholds"] == saved["thresholds"]
+    ds = rep["datasets"][0]
+    assert ds["gate"]["metrics"]["refuse_recall"] == 1.0 and "gate_argmax" in ds
+    assert "gate (thresholds)" in capsys.readouterr().out
+    # --argmax ignores them
+    assert _eval(cal_run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r2"), "--no-baselines",
+                 "--argmax", *EASY) == 0
+    assert json.loads((tmp_path / "r2" / "report.json").read_text())["thresholds"] is None
+
+
+def test_calibrate_with_unreachable_constraints_fails_clearly_and_keeps_no_file(tiny_run, tmp_path, capsys):
+    import shutil
+    run, d = tiny_run
+    cal_run = tmp_path / "cal"
+    shutil.copytree(run, cal_run)
+    code = main(["calibrate", str(cal_run), "--data", str(d / "dev.jsonl"), "--min-refuse-recall", "1.0",
+                 "--max-false-refusal", "-1"])
+    assert code == 2 and "no thresholds meet" in capsys.readouterr().err
+    assert not (cal_run / "thresholds.json").exists()
