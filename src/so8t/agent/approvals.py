@@ -1,0 +1,699 @@
+"""Durable approval queue: where ESCALATE decisions wait for a human.
+
+A request that the gate escalates is stored as canonical JSON together with its sha256, the gate
+decision, the requester, and a creation and expiry time. A human approves it, rejects it with a
+reason, or edits it; an approved request is then claimed and run exactly once, exactly as
+approved. The queue lives in SQLite by default (``sqlite:///approvals.db``); any SQLAlchemy
+database URL works, so several agent processes and a reviewer's CLI can share one queue.
+
+State machine (each transition is one conditional UPDATE; any other raises InvalidTransition)::
+
+                     submit
+                       |
+                       v
+    TIMEOUT <-expiry- PENDING -reject-> REJECTED
+                       |   \\
+               approve |    \\ edit --> EDITED   (superseded_by = the new item)
+                       v                   :
+                   APPROVED                :..> new item, parent_id = the edited one,
+                       |                        gate run again on the edited request:
+                 claim |                        PENDING (ALLOW / ESCALATE) or REJECTED (REFUSE)
+                       v
+                   EXECUTING
+                   /       \\
+         complete /         \\ fail
+                 v           v
+             EXECUTED      FAILED
+
+Terminal: REJECTED, TIMEOUT, EDITED, EXECUTED, FAILED. Choices worth knowing:
+
+* Only PENDING items expire. Expiry denies: the item becomes TIMEOUT (reason "expired",
+  decided_at = its expires_at), which is distinct from REJECTED so a report can tell "a human
+  said no" from "nobody answered". Every method expires a due item before it reads or changes it,
+  so an expired item can never be approved, even if nobody ran ``expire_due``.
+* An edit is not an approval: the edited request goes through the gate again (``regate``) and
+  the new item is PENDING when the gate says ALLOW or ESCALATE, so a human still approves the
+  exact new arguments; a REFUSE makes it REJECTED at once. The new item keeps the original
+  requester and kind; the editor is recorded on the edited item (decided_by).
+* Exactly once: ``claim`` moves APPROVED -> EXECUTING with one ``UPDATE ... WHERE status =
+  'APPROVED'`` and checks the row count, so of any number of claimers (threads, processes) one
+  wins. A step that crashes after its claim stays EXECUTING and is never run again by the queue;
+  an operator closes it with ``fail``. A FAILED item is not retried: submit a new request.
+* Exactly as approved: the stored text is re-hashed at approve and claim time and compared with
+  the stored hash and with an ``expected_hash`` the caller may pass (the hash ``submit``
+  returned). A mismatch raises RequestHashMismatch and leaves the item as it was. Someone who can
+  rewrite both columns defeats the first check, not the second: callers should keep the hash.
+* ``on_event(name, data)`` is called after the change is committed (never for a rolled-back
+  change), with ``Approval.to_dict()``; an exception it raises propagates to the caller, but the
+  state change it reports has already happened.
+* ``sqlite://`` / ``sqlite:///:memory:`` is supported for tests and demos: one connection shared
+  through a StaticPool and guarded by a lock, gone when the process exits, invisible to others.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import enum
+import hashlib
+import json
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.types import TypeDecorator
+
+from so8t.labels import parse_label
+
+__all__ = [
+    "AlreadyClaimed",
+    "Approval",
+    "ApprovalError",
+    "ApprovalNotFound",
+    "ApprovalQueue",
+    "ClaimedRequest",
+    "EVENTS",
+    "InvalidTransition",
+    "RequestHashMismatch",
+    "Status",
+    "canonical_json",
+    "request_hash",
+]
+
+DEFAULT_URL = "sqlite:///approvals.db"
+EXPIRED_REASON = "expired"
+GATE_REFUSED_EDIT_REASON = "gate refused the edited request"
+SYSTEM_EXPIRY = "system:expiry"  # decided_by of a TIMEOUT: nobody decided
+GATE_DECIDER = "gate"  # decided_by of an edit the gate refused
+_SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another process's lock
+_MAX_ERROR_CHARS = 4000
+
+EVENTS = (
+    "approval.requested", "approval.approved", "approval.rejected", "approval.edited",
+    "approval.timeout", "approval.executing", "approval.executed", "approval.failed",
+)
+
+
+class Status(str, enum.Enum):
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    TIMEOUT = "TIMEOUT"
+    EDITED = "EDITED"
+    EXECUTING = "EXECUTING"
+    EXECUTED = "EXECUTED"
+    FAILED = "FAILED"
+
+    def __str__(self) -> str:  # so messages read "APPROVED", not "Status.APPROVED"
+        return self.value
+
+
+TERMINAL = frozenset({Status.REJECTED, Status.TIMEOUT, Status.EDITED, Status.EXECUTED, Status.FAILED})
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+class ApprovalError(Exception):
+    """Base of every error this module raises about queue items (bad arguments raise ValueError)."""
+
+
+class ApprovalNotFound(ApprovalError, LookupError):
+    def __init__(self, id: str):
+        super().__init__(f"no approval with id {id!r}")
+        self.id = id
+
+
+class InvalidTransition(ApprovalError):
+    def __init__(self, id: str, status: Status | str, action: str, detail: str = ""):
+        status = Status(status)
+        msg = f"cannot {action} approval {id}: it is {status}"
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+        self.id, self.status, self.action = id, status, action
+
+
+class AlreadyClaimed(InvalidTransition):
+    """claim / run_once on an item that is no longer APPROVED: someone else has it (or had it)."""
+
+
+class RequestHashMismatch(ApprovalError):
+    """The stored request does not hash to the stored hash, or not to the hash the caller expected."""
+
+
+# --- canonical JSON ----------------------------------------------------------------------------
+
+def _check_json(obj: Any, path: str) -> None:
+    # json.dumps alone is too lenient: it turns int keys into strings (two different dicts, one
+    # hash) and writes NaN; walking first also lets the error say where the bad value is.
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise ValueError(f"not canonical JSON: {obj!r} at {path} (NaN and infinity are not allowed)")
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ValueError(f"not canonical JSON: key {k!r} at {path} is {type(k).__name__}, not str")
+            _check_json(v, f"{path}.{k}")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_json(v, f"{path}[{i}]")
+        return
+    raise ValueError(f"not canonical JSON: {type(obj).__name__} at {path} ({obj!r:.80})")
+
+
+def canonical_json(obj: Any) -> str:
+    """The one text form of a JSON value: sorted keys, no spaces, UTF-8 characters kept as is."""
+    _check_json(obj, "$")
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates: cannot be stored or hashed
+        raise ValueError(f"not canonical JSON: {exc}") from None
+    return text
+
+
+def _hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def request_hash(obj: Any) -> str:
+    """sha256 hex of canonical_json(obj): the same request in any key order has the same hash."""
+    return _hash_text(canonical_json(obj))
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in and out, stored naive UTC: SQLite drops tzinfo without converting,
+    so an aware non-UTC value would otherwise be stored wrong and read back naive."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the approval queue only stores timezone-aware times")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class ApprovalRow(_Base):
+    __tablename__ = "approvals"
+    __table_args__ = (
+        Index("ix_approvals_status_expires", "status", "expires_at"),
+        Index("ix_approvals_created", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    request_json: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    decision_json: Mapped[str] = mapped_column(Text)
+    requester: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    superseded_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Approval:
+    """A read-only snapshot of one item; ``request`` / ``decision`` / ``result`` parse a fresh copy."""
+
+    id: str
+    kind: str
+    status: Status
+    request_json: str
+    request_hash: str
+    decision_json: str
+    requester: str
+    created_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    reason: str | None
+    superseded_by: str | None
+    parent_id: str | None
+    result_json: str | None
+    version: int
+
+    @classmethod
+    def _from_row(cls, row: ApprovalRow) -> Approval:
+        return cls(
+            id=row.id, kind=row.kind, status=Status(row.status), request_json=row.request_json,
+            request_hash=row.request_hash, decision_json=row.decision_json, requester=row.requester,
+            created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
+            decided_by=row.decided_by, reason=row.reason, superseded_by=row.superseded_by,
+            parent_id=row.parent_id, result_json=row.result_json, version=row.version,
+        )
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return json.loads(self.request_json)
+
+    @property
+    def decision(self) -> dict[str, Any]:
+        return json.loads(self.decision_json)
+
+    @property
+    def action(self) -> str | None:
+        """The gate's action in the stored decision, if it has one."""
+        return self.decision.get("action")
+
+    @property
+    def result(self) -> Any:
+        return None if self.result_json is None else json.loads(self.result_json)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601 UTC, status as its name, JSON columns kept as text."""
+        d = asdict(self)
+        d["status"] = self.status.value
+        for k in ("created_at", "expires_at", "decided_at"):
+            d[k] = None if d[k] is None else d[k].isoformat()
+        return d
+
+
+@dataclass(frozen=True)
+class ClaimedRequest:
+    """What the winner of a claim runs: ``request`` is parsed from the stored canonical text."""
+
+    id: str
+    kind: str
+    request: dict[str, Any]
+    request_hash: str
+    approval: Approval
+
+
+# --- the queue ---------------------------------------------------------------------------------
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _require_text(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string")
+    return value.strip()
+
+
+def _ttl(ttl_s: float) -> timedelta:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise ValueError(f"ttl_s must be a positive finite number of seconds, got {ttl_s!r}")
+    return timedelta(seconds=ttl_s)
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+class ApprovalQueue:
+    """The approval queue on one database; safe to share between threads, and (through the
+    database) between processes. See the module docstring for the state machine."""
+
+    def __init__(
+        self,
+        url: str | URL = DEFAULT_URL,
+        *,
+        default_ttl_s: float = 3600,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ):
+        self.default_ttl_s = default_ttl_s
+        _ttl(default_ttl_s)
+        self._on_event = on_event
+        self._clock = clock or _utcnow
+        self.url = make_url(url)
+        self._memory = _is_memory_sqlite(self.url)
+        # A memory database is one shared connection: serialise its users. File databases and
+        # servers get real per-thread connections and rely on the database's own locking.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self._memory else contextlib.nullcontext()
+        )
+        self.engine = self._make_engine()
+        with self._lock:
+            _Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _make_engine(self) -> Engine:
+        url = self.url
+        if url.get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        if self._memory:
+            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"check_same_thread": False})
+        memory = self._memory
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from pysqlite so every transaction starts with BEGIN
+            # IMMEDIATE (below): a writer then waits for the lock up front (busy_timeout) rather
+            # than failing with SQLITE_BUSY when it upgrades a read to a write mid-transaction.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+            if not memory:
+                # Readers do not block the writer. synchronous stays FULL (the default): with
+                # NORMAL a power cut can lose a committed claim, and the step could run twice.
+                cur.execute("PRAGMA journal_mode = WAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> ApprovalQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if not isinstance(now, datetime) or now.tzinfo is None:
+            raise ValueError("the clock must return a timezone-aware datetime")
+        return now.astimezone(timezone.utc)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[tuple[Session, builtins.list[tuple[str, Approval]]]]:
+        """One committed transaction; the events it collected are sent only after the commit."""
+        events: builtins.list[tuple[str, Approval]] = []
+        with self._lock, self._sessions.begin() as session:
+            yield session, events
+        if self._on_event is not None:
+            for name, snap in events:
+                self._on_event(name, snap.to_dict())
+
+    @staticmethod
+    def _load(session: Session, id: str) -> ApprovalRow:
+        row = session.get(ApprovalRow, id, populate_existing=True) if isinstance(id, str) else None
+        if row is None:
+            raise ApprovalNotFound(id)
+        return row
+
+    @staticmethod
+    def _move(session: Session, row: ApprovalRow, action: str, frm: Status, to: Status, **values: Any) -> Approval:
+        """The one way a status changes: UPDATE ... WHERE id, status and version still match.
+
+        Under SQLite's BEGIN IMMEDIATE nobody can change the row between our read and this
+        write; on a server database someone can, and the row count tells us.
+        """
+        if row.status != frm:
+            cls = AlreadyClaimed if action == "claim" and row.status in _CLAIMED else InvalidTransition
+            raise cls(row.id, row.status, action)
+        res = session.execute(
+            update(ApprovalRow)
+            .where(ApprovalRow.id == row.id, ApprovalRow.status == frm.value, ApprovalRow.version == row.version)
+            .values(status=to.value, version=row.version + 1, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if res.rowcount != 1:
+            now_status = session.execute(select(ApprovalRow.status).where(ApprovalRow.id == row.id)).scalar_one()
+            cls = AlreadyClaimed if action == "claim" and now_status in _CLAIMED else InvalidTransition
+            raise cls(row.id, now_status, action, "changed concurrently")
+        session.refresh(row)
+        return Approval._from_row(row)
+
+    @staticmethod
+    def _verify(row: ApprovalRow, expected_hash: str | None, action: str) -> str:
+        """The stored text, after checking it still is what was submitted (and what the caller saw)."""
+        text = row.request_json
+        if _hash_text(text) != row.request_hash:
+            raise RequestHashMismatch(
+                f"cannot {action} approval {row.id}: the stored request no longer matches its hash "
+                f"{row.request_hash} (modified in the database)"
+            )
+        if expected_hash is not None and expected_hash != row.request_hash:
+            raise RequestHashMismatch(
+                f"cannot {action} approval {row.id}: its request hash is {row.request_hash}, "
+                f"the caller expected {expected_hash}"
+            )
+        return text
+
+    def _expire(self, id: str | None = None) -> builtins.list[Approval]:
+        now = self._now()
+        with self._tx() as (s, events):
+            q = select(ApprovalRow).where(ApprovalRow.status == Status.PENDING.value, ApprovalRow.expires_at <= now)
+            if id is not None:
+                q = q.where(ApprovalRow.id == id)
+            out = []
+            for row in s.scalars(q.order_by(ApprovalRow.expires_at)).all():
+                snap = self._move(
+                    s, row, "expire", Status.PENDING, Status.TIMEOUT,
+                    decided_at=row.expires_at, decided_by=SYSTEM_EXPIRY, reason=EXPIRED_REASON,
+                )
+                events.append(("approval.timeout", snap))
+                out.append(snap)
+        return out
+
+    # --- API -----------------------------------------------------------------------------------
+
+    def submit(
+        self, request: dict[str, Any], decision: dict[str, Any], requester: str, *,
+        kind: str = "chat", ttl_s: float | None = None,
+    ) -> Approval:
+        """Queue a request (PENDING). Keep the returned ``request_hash`` to pass to claim/run_once."""
+        if not isinstance(request, dict):
+            raise ValueError(f"request must be a dict, got {type(request).__name__}")
+        if not isinstance(decision, dict):
+            raise ValueError(f"decision must be a dict, got {type(decision).__name__}")
+        text = canonical_json(request)  # serialised now: later changes to the caller's dict do not matter
+        decision_text = canonical_json(decision)
+        requester = _require_text(requester, "requester")
+        kind = _require_text(kind, "kind")
+        ttl = _ttl(self.default_ttl_s if ttl_s is None else ttl_s)
+        now = self._now()
+        row = ApprovalRow(
+            id=uuid.uuid4().hex, kind=kind, request_json=text, request_hash=_hash_text(text),
+            decision_json=decision_text, requester=requester, status=Status.PENDING.value,
+            created_at=now, expires_at=now + ttl, version=1,
+        )
+        with self._tx() as (s, events):
+            s.add(row)
+            s.flush()
+            snap = Approval._from_row(row)
+            events.append(("approval.requested", snap))
+        return snap
+
+    def get(self, id: str) -> Approval:
+        self._expire(id)
+        with self._tx() as (s, _):
+            return Approval._from_row(self._load(s, id))
+
+    def expire_due(self) -> builtins.list[Approval]:
+        """Mark every PENDING item past its expiry TIMEOUT; returns those it marked."""
+        return self._expire()
+
+    def pending_count(self) -> int:
+        self._expire()
+        with self._tx() as (s, _):
+            q = select(func.count()).select_from(ApprovalRow).where(ApprovalRow.status == Status.PENDING.value)
+            return int(s.execute(q).scalar_one())
+
+    def oldest_pending_age_s(self) -> float | None:
+        """Seconds the oldest PENDING item has waited; None when nothing is pending."""
+        self._expire()
+        with self._tx() as (s, _):
+            q = select(func.min(ApprovalRow.created_at)).where(ApprovalRow.status == Status.PENDING.value)
+            oldest = s.execute(q).scalar_one()
+        if oldest is None:
+            return None
+        # func.min bypasses the column type on some backends: normalise here too
+        oldest = UTCDateTime().process_result_value(
+            datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest, None
+        )
+        return max(0.0, (self._now() - oldest).total_seconds())
+
+    def approve(self, id: str, approver: str, note: str | None = None, *, expected_hash: str | None = None) -> Approval:
+        """PENDING -> APPROVED. Pass ``expected_hash`` to bind the approval to the request you saw."""
+        approver = _require_text(approver, "approver")
+        self._expire(id)
+        with self._tx() as (s, events):
+            row = self._load(s, id)
+            if row.status == Status.PENDING.value:
+                self._verify(row, expected_hash, "approve")
+            snap = self._move(s, row, "approve", Status.PENDING, Status.APPROVED,
+                              decided_at=self._now(), decided_by=approver, reason=note)
+            events.append(("approval.approved", snap))
+        return snap
+
+    def reject(self, id: str, approver: str, reason: str) -> Approval:
+        """PENDING -> REJECTED; a non-empty reason is required (it goes to the requester and the audit)."""
+        approver = _require_text(approver, "approver")
+        reason = _require_text(reason, "reason")
+        self._expire(id)
+        with self._tx() as (s, events):
+            row = self._load(s, id)
+            snap = self._move(s, row, "reject", Status.PENDING, Status.REJECTED,
+                              decided_at=self._now(), decided_by=approver, reason=reason)
+            events.append(("approval.rejected", snap))
+        return snap
+
+    def edit(
+        self, id: str, new_request: dict[str, Any], editor: str, regate: Callable[[dict[str, Any]], dict[str, Any]],
+        *, note: str | None = None, ttl_s: float | None = None,
+    ) -> Approval:
+        """PENDING -> EDITED, and a new item for ``new_request`` whose decision is ``regate(new_request)``.
+
+        Returns the new item: PENDING if the gate says ALLOW or ESCALATE (an edit is not an
+        approval: a human approves the new arguments like any others), REJECTED with reason
+        "gate refused the edited request" if it says REFUSE. ``regate`` runs outside any
+        transaction (it may be a model call); if the old item changed meanwhile, nothing is stored.
+        """
+        editor = _require_text(editor, "editor")
+        if not isinstance(new_request, dict):
+            raise ValueError(f"new_request must be a dict, got {type(new_request).__name__}")
+        text = canonical_json(new_request)
+        ttl = _ttl(self.default_ttl_s if ttl_s is None else ttl_s)
+        current = self.get(id)
+        if current.status is not Status.PENDING:
+            raise InvalidTransition(id, current.status, "edit")
+        decision = regate(json.loads(text))  # a fresh copy of the canonical form: what will be stored
+        if not isinstance(decision, dict):
+            raise ValueError(f"regate must return a dict, got {type(decision).__name__}")
+        if "action" not in decision:
+            raise ValueError("regate returned a decision without an 'action'")
+        action = parse_label(decision["action"]).name
+        decision_text = canonical_json(decision)
+        self._expire(id)  # it may have expired while the gate ran
+        now = self._now()
+        with self._tx() as (s, events):
+            old = self._load(s, id)
+            refused = action == "REFUSE"
+            new = ApprovalRow(
+                id=uuid.uuid4().hex, kind=old.kind, request_json=text, request_hash=_hash_text(text),
+                decision_json=decision_text, requester=old.requester,
+                status=(Status.REJECTED if refused else Status.PENDING).value,
+                created_at=now, expires_at=now + ttl, parent_id=old.id, version=1,
+                decided_at=now if refused else None, decided_by=GATE_DECIDER if refused else None,
+                reason=GATE_REFUSED_EDIT_REASON if refused else None,
+            )
+            edited = self._move(s, old, "edit", Status.PENDING, Status.EDITED,
+                                decided_at=now, decided_by=editor, reason=note, superseded_by=new.id)
+            s.add(new)
+            s.flush()
+            snap = Approval._from_row(new)
+            events.append(("approval.edited", edited))
+            events.append(("approval.requested", snap))
+            if refused:
+                events.append(("approval.rejected", snap))
+        return snap
+
+    def claim(self, id: str, expected_hash: str | None = None) -> ClaimedRequest:
+        """APPROVED -> EXECUTING for exactly one caller; returns the request exactly as approved.
+
+        Raises AlreadyClaimed (naming the status) if the item is EXECUTING, EXECUTED or FAILED,
+        InvalidTransition if it was never approved, RequestHashMismatch if the request changed.
+        """
+        self._expire(id)
+        with self._tx() as (s, events):
+            row = self._load(s, id)
+            # verify only what could be claimed: a second claimer must hear AlreadyClaimed
+            text = self._verify(row, expected_hash, "claim") if row.status == Status.APPROVED.value else ""
+            snap = self._move(s, row, "claim", Status.APPROVED, Status.EXECUTING)
+            events.append(("approval.executing", snap))
+        # snap.request_json == text: the UPDATE ran in the same locked transaction as the check
+        return ClaimedRequest(id=snap.id, kind=snap.kind, request=json.loads(text),
+                              request_hash=snap.request_hash, approval=snap)
+
+    def complete(self, id: str, result: Any) -> Approval:
+        """EXECUTING -> EXECUTED, storing ``result`` (canonical JSON) for idempotent replays."""
+        result_text = canonical_json(result)
+        with self._tx() as (s, events):
+            row = self._load(s, id)
+            snap = self._move(s, row, "complete", Status.EXECUTING, Status.EXECUTED, result_json=result_text)
+            events.append(("approval.executed", snap))
+        return snap
+
+    def fail(self, id: str, error: str) -> Approval:
+        """EXECUTING -> FAILED; also how an operator closes a step that crashed after its claim."""
+        error = _require_text(error, "error")[:_MAX_ERROR_CHARS]
+        with self._tx() as (s, events):
+            row = self._load(s, id)
+            snap = self._move(s, row, "fail", Status.EXECUTING, Status.FAILED, reason=error)
+            events.append(("approval.failed", snap))
+        return snap
+
+    def run_once(self, id: str, fn: Callable[[dict[str, Any]], Any], *, expected_hash: str | None = None) -> Any:
+        """claim + fn(request) + complete (or fail and re-raise). Idempotent: if the item is
+        already EXECUTED, returns the stored result without calling fn."""
+        current = self.get(id)
+        if current.status is Status.EXECUTED:
+            return self._replay(current, expected_hash)
+        try:
+            claimed = self.claim(id, expected_hash)
+        except AlreadyClaimed as exc:
+            if exc.status is Status.EXECUTED:  # another caller finished it between get and claim
+                return self._replay(self.get(id), expected_hash)
+            raise
+        try:
+            result = fn(claimed.request)
+            canonical_json(result)  # an unstorable result must fail the item, not leave it EXECUTING
+        except BaseException as exc:  # Ctrl-C too: the step may have half-run, never run it again
+            self.fail(id, f"{type(exc).__name__}: {exc}")
+            raise
+        return self.complete(id, result).result
+
+    @staticmethod
+    def _replay(done: Approval, expected_hash: str | None) -> Any:
+        if expected_hash is not None and expected_hash != done.request_hash:
+            raise RequestHashMismatch(
+                f"approval {done.id} ran request {done.request_hash}, the caller expected {expected_hash}"
+            )
+        return done.result
+
+    def list(self, status: Status | str | None = None, limit: int = 100) -> builtins.list[Approval]:
+        """Items, newest first, optionally of one status."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        st = None if status is None else Status(status)
+        self._expire()
+        with self._tx() as (s, _):
+            q = select(ApprovalRow)
+            if st is not None:
+                q = q.where(ApprovalRow.status == st.value)
+            q = q.order_by(ApprovalRow.created_at.desc(), ApprovalRow.id.desc()).limit(limit)
+            return [Approval._from_row(r) for r in s.scalars(q).all()]
+
+
+_CLAIMED = frozenset({Status.EXECUTING.value, Status.EXECUTED.value, Status.FAILED.value})
