@@ -1,0 +1,747 @@
+"""Tamper-evident, append-only audit log for the agent (JSONL, hash-chained).
+
+Every REFUSE, ESCALATE, approval decision, approval expiry and gate error is written here (ALLOW
+optionally); see the ``GATE_*`` / ``APPROVAL_*`` event names below.
+
+Format: one UTF-8 JSON object per line (Japanese stays readable, ``ensure_ascii=False``)::
+
+    {"seq": 0, "ts": "2026-01-01T00:00:00.000000Z", "event": "gate.refuse", "data": {...},
+     "prev": "000...0", "hash": "<hex>"}
+
+``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces, ``ensure_ascii=False``) of the
+record without ``hash``; ``prev`` is the previous record's ``hash`` (64 zeros for the first). With a
+key (``AuditLog(path, key=...)``; the CLI reads it from the environment variable ``SO8T_AUDIT_KEY``,
+see ``key_from_env``) the hash is HMAC-SHA256 instead.
+
+Guaranteed:
+
+* Append-only: earlier lines are never rewritten. Each record is written with a single ``os.write``
+  on an ``O_APPEND`` descriptor and ``fsync``-ed before ``append`` returns, under a ``FileLock`` on
+  ``<path>.lock``; the last seq / hash are re-read from the file under the lock, so threads and
+  processes can share one log.
+* Crash safety: a process killed mid-write can leave only a partial last line. The next append
+  moves those bytes to ``<path>.torn-<UTC timestamp>`` (kept as evidence, fsync-ed first), cuts them
+  off, and logs an ``audit.recovered`` record with their length and SHA-256. A record whose
+  ``append`` returned is never lost.
+* ``verify`` detects an edited, deleted, inserted or reordered record, a malformed line and a torn
+  last line, and reports the line number and kind of each (see ``verify`` for the rules).
+* Secrets and personal data are redacted before anything is written (``Redactor``; configurable).
+
+Not guaranteed:
+
+* The plain chain only detects tampering by someone who does NOT recompute it. Whoever can write the
+  file can also edit a record and recompute every later hash, or drop records from the end (the
+  chain cannot tell a shorter log from a complete one); plain ``verify`` then passes. Two defences:
+  (1) an HMAC key kept away from whoever can edit the file, so forged hashes cannot be recomputed;
+  (2) ``verify`` prints the head hash (the last record's hash): copy it somewhere else (a ticket,
+  another machine, a commit); every later version of the log must still contain a record with that
+  hash, and if it does not, history before it was rewritten or cut off.
+* Redaction is pattern-based: it catches the listed shapes (emails, common API-key formats,
+  ``password=...``, card-like and My Number-like digit runs, phone numbers) and values under
+  secret-looking dict keys, not every secret. Dict keys and JSON numbers are not redacted.
+* A crash between truncating a torn tail and writing the ``audit.recovered`` record leaves the side
+  file but no record of it in the log.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import threading
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+GENESIS = "0" * 64  # "prev" of the first record
+KEY_ENV = "SO8T_AUDIT_KEY"
+LOCK_TIMEOUT_S = 60.0
+FIELDS = ("seq", "ts", "event", "data", "prev", "hash")
+
+# Event names used by the agent (any non-empty string is accepted).
+GATE_ALLOW = "gate.allow"
+GATE_ESCALATE = "gate.escalate"
+GATE_REFUSE = "gate.refuse"
+GATE_ERROR = "gate.error"
+APPROVAL_APPROVED = "approval.approved"
+APPROVAL_DENIED = "approval.denied"
+APPROVAL_EXPIRED = "approval.expired"
+AUDIT_RECOVERED = "audit.recovered"
+
+_CHUNK = 64 * 1024
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class AuditError(RuntimeError):
+    """The audit log could not be written."""
+
+
+def key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The HMAC key from ``SO8T_AUDIT_KEY`` (UTF-8), or None when unset or empty."""
+    value = (os.environ if environ is None else environ).get(KEY_ENV, "")
+    return value.encode("utf-8") if value else None
+
+
+# --- redaction ----------------------------------------------------------------------------------
+
+# Lookarounds instead of \b: Python's \b is Unicode-aware, so "キーはsk-..." has no word boundary
+# between "は" and "s", and a key followed by Japanese text would slip through.
+_NA = r"(?<![A-Za-z0-9])"   # not preceded by an ASCII alphanumeric
+_NZ = r"(?![A-Za-z0-9])"    # not followed by one
+_ND, _NDZ = r"(?<![0-9])", r"(?![0-9])"
+
+# Applied in this order (dicts keep insertion order): specific token shapes first, so a digit run
+# inside an API key is tagged as the key, not as a card number.
+DEFAULT_PATTERNS: dict[str, str] = {
+    "api_key": (
+        _NA + r"(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}"
+        r"|AKIA[0-9A-Z]{16}"
+        r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+        r"|xox[abposr]-[A-Za-z0-9-]{10,}"
+        r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})" + _NZ
+    ),
+    "bearer": _NA + r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}",
+    "password": (
+        r"(?i)(?<![A-Za-z])(?:password|passwd|passphrase|pwd|secret|client[_-]?secret"
+        r"|api[_-]?key|(?:access|auth|refresh|api)[_-]?token|パスワード|暗証番号)"
+        r"[\"']?\s*[:=：＝]\s*\S+"
+    ),
+    # The lookbehind makes the scan linear: only the start of a run can begin a match.
+    "email": r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    # 13-19 digits, single spaces / dashes allowed between them.
+    "credit_card": _ND + r"(?:[0-9][ -]?){12,18}[0-9]" + _NDZ,
+    # Japanese numbers start with 0 and have 10-11 digits (the lookahead counts them, so a date
+    # like 01-12-2026 is not a phone number); international ones start with + and have >= 9 digits.
+    "phone": (
+        _ND + r"0(?=(?:[-－ ]?[0-9]){9,10}" + _NDZ + r")[0-9]{1,4}[-－ ]?[0-9]{1,4}[-－ ]?[0-9]{3,4}" + _NDZ
+        + r"|(?<![0-9A-Za-z+])\+(?=(?:[- ]?[0-9]){9})[1-9][0-9]{0,2}(?:[- ]?(?:\(0\))?[0-9]{1,4}){2,5}"
+        + _NDZ
+    ),
+    # My Number (個人番号): 12 digits, optionally grouped 4-4-4.
+    "my_number": _ND + r"[0-9]{4}[- ]?[0-9]{4}[- ]?[0-9]{4}" + _NDZ,
+}
+
+# A dict value whose key ends in one of these words is replaced whole, whatever it looks like.
+DEFAULT_SECRET_KEYS = (
+    r"(?i)^(?:.*[_\-.\s])?(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey"
+    r"|access[_-]?key|private[_-]?key|authorization|cookie|credentials?|パスワード|暗証番号|個人番号)$"
+)
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _compile(name: str, pattern: str) -> re.Pattern[str]:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"invalid redaction pattern name {name!r} (use letters, digits, _ . -)")
+    if not isinstance(pattern, str):
+        raise ValueError(f"redaction pattern {name!r} must be a string, got {type(pattern).__name__}")
+    try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regex for redaction pattern {name!r}: {e}") from e
+    if rx.fullmatch(""):  # would stamp a tag between every character
+        raise ValueError(f"redaction pattern {name!r} matches the empty string")
+    return rx
+
+
+class Redactor:
+    """Replaces secrets and personal data with ``[REDACTED:<name>]``.
+
+    ``patterns`` maps a name to a regex; None means ``DEFAULT_PATTERNS``, ``{}`` redacts nothing by
+    pattern. ``secret_keys`` is a regex on dict keys whose values are replaced whole (tag
+    ``[REDACTED:secret_key]``); None turns that off. Use ``from_config`` to add to / trim the defaults.
+    """
+
+    def __init__(self, patterns: dict[str, str] | None = None, *,
+                 secret_keys: str | None = DEFAULT_SECRET_KEYS) -> None:
+        patterns = DEFAULT_PATTERNS if patterns is None else patterns
+        self._rules = [(name, _compile(name, p)) for name, p in patterns.items()]
+        self._secret_keys = _compile("secret_keys", secret_keys) if secret_keys is not None else None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> Redactor:
+        """Build from a config mapping (e.g. the ``audit.redact`` section of a YAML file)::
+
+            defaults: true            # start from DEFAULT_PATTERNS (false: start empty)
+            disable: [phone]          # drop these default patterns
+            patterns: {ticket: 'TCK-[0-9]{6}'}   # add (or replace, by name) patterns
+            secret_keys: '(?i)^pin$'  # regex on dict keys; null turns key-based redaction off
+        """
+        config = dict(config or {})
+        unknown = set(config) - {"defaults", "disable", "patterns", "secret_keys"}
+        if unknown:
+            raise ValueError(f"unknown redaction config keys: {sorted(unknown)}")
+        base = dict(DEFAULT_PATTERNS) if config.get("defaults", True) else {}
+        disable = config.get("disable") or []
+        if isinstance(disable, str):
+            disable = [disable]
+        for name in disable:
+            if name not in DEFAULT_PATTERNS:
+                raise ValueError(f"cannot disable unknown redaction pattern {name!r}; "
+                                 f"defaults are {sorted(DEFAULT_PATTERNS)}")
+            base.pop(name, None)
+        extra = config.get("patterns") or {}
+        if not isinstance(extra, Mapping):
+            raise ValueError("redaction config 'patterns' must be a mapping of name -> regex")
+        base.update(extra)
+        return cls(base, secret_keys=config.get("secret_keys", DEFAULT_SECRET_KEYS))
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self._rules]
+
+    def redact_text(self, text: str) -> str:
+        for name, rx in self._rules:
+            text = rx.sub(f"[REDACTED:{name}]", text)
+        return text
+
+    def redact(self, obj: Any) -> Any:
+        """A redacted copy: dicts (keys kept), lists and tuples (as lists) walked, strings redacted."""
+        if isinstance(obj, str):
+            return self.redact_text(obj)
+        if isinstance(obj, Mapping):
+            return {k: self._redact_item(k, v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.redact(v) for v in obj]
+        return obj
+
+    def _redact_item(self, key: Any, value: Any) -> Any:
+        empty = value is None or (isinstance(value, str) and not value)  # nothing to hide
+        if self._secret_keys is not None and isinstance(key, str) and not empty \
+                and self._secret_keys.search(key):
+            return "[REDACTED:secret_key]"
+        return self.redact(value)
+
+
+# --- records ------------------------------------------------------------------------------------
+
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON types only, so a stored record re-hashes identically after json.loads.
+
+    Non-finite floats become strings (NaN is not JSON), unknown objects their str(), lone
+    surrogates "?" (they cannot be encoded as UTF-8)."""
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "replace").decode("utf-8")
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, Mapping):
+        return {_json_safe(str(k)): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_json_safe(v) for v in obj]
+    return _json_safe(str(obj))
+
+
+def canonical_bytes(record: Mapping[str, Any]) -> bytes:
+    """What the hash covers: the record without "hash", as canonical JSON."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def record_hash(record: Mapping[str, Any], key: bytes | None = None) -> str:
+    data = canonical_bytes(record)
+    if key is None:
+        return hashlib.sha256(data).hexdigest()
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _encode_line(record: Mapping[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode("utf-8")
+
+
+def _check_key(key: bytes | None) -> bytes | None:
+    if key is None:
+        return None
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError(f"audit key must be bytes, got {type(key).__name__}")
+    if not key:
+        raise ValueError("audit key must not be empty (use None for an unkeyed log)")
+    return bytes(key)
+
+
+# --- reading from the end -----------------------------------------------------------------------
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # Windows; O_APPEND writes still go to the end
+    return os.read(fd, size)
+
+
+def _pread_back_to_newline(fd: int, end: int) -> int:
+    """Offset just after the last b"\\n" before ``end`` (0 if none): where a torn tail starts."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _CHUNK)
+        i = _read_at(fd, pos - start, start).rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+    return 0
+
+
+def _lines_reversed(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, line without b"\\n") of each complete line ending at or before ``end``, newest first.
+
+    ``end`` must be 0 or just after a b"\\n". Reads 64 KiB chunks, so a tail of a huge log is cheap."""
+    buf, pos = b"", end  # buf holds file[pos:end'] and always ends with b"\n"
+    while end > 0:
+        j = buf.rfind(b"\n", 0, len(buf) - 1) if buf else -1
+        if j >= 0:
+            yield pos + j + 1, buf[j + 1:-1]
+            buf = buf[:j + 1]
+        elif pos == 0:
+            if buf:
+                yield 0, buf[:-1]
+            return
+        else:
+            start = max(0, pos - _CHUNK)
+            buf = _read_at(fd, pos - start, start) + buf
+            pos = start
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _chain_point(rec: dict | None) -> tuple[int, str] | None:
+    """(seq, hash) to chain a new record to, if ``rec`` is a well-formed record."""
+    if rec is None or _check_fields(rec) is not None:
+        return None
+    return rec["seq"], rec["hash"]
+
+
+def tail(path: str | os.PathLike[str], n: int = 20) -> list[dict]:
+    """The last ``n`` complete records, oldest first; a torn last line and malformed lines are skipped."""
+    path = Path(path)
+    if n <= 0:
+        _require(path)
+        return []
+    fd = _open_read(path)
+    try:
+        size = os.fstat(fd).st_size
+        out: list[dict] = []
+        for _, line in _lines_reversed(fd, _pread_back_to_newline(fd, size)):
+            rec = _parse(line)
+            if rec is not None:
+                out.append(rec)
+                if len(out) == n:
+                    break
+        return out[::-1]
+    finally:
+        os.close(fd)
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "audit log not found", str(path))
+
+
+def _open_read(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "audit log not found", str(path)) from None
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+class AuditLog:
+    """Append-only, hash-chained JSONL audit log at ``path``.
+
+    ``redact`` defaults to ``Redactor()`` (the default patterns); pass ``Redactor({}, secret_keys=None)``
+    to store data as given. ``key`` switches the chain to HMAC-SHA256 (verify with the same key).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None,
+                 key: bytes | None = None) -> None:
+        self.path = Path(path)
+        self.redactor = redact if redact is not None else Redactor()
+        self._key = _check_key(key)
+        self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
+        # filelock's per-thread state already excludes threads; this makes it independent of that.
+        self._tlock = threading.Lock()
+
+    def append(self, event: str, data: Mapping[str, Any] | None = None) -> dict:
+        """Redact ``data``, chain, write and fsync one record; returns the record as stored."""
+        if not isinstance(event, str) or not event.strip():
+            raise ValueError("audit event must be a non-empty string")
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise TypeError(f"audit data must be a dict, got {type(data).__name__}")
+        clean = self.redactor.redact(_json_safe(data))
+        return self._append_many([(_json_safe(event), clean)])[-1]
+
+    def verify(self) -> VerifyReport:
+        return verify(self.path, key=self._key)
+
+    def tail(self, n: int = 20) -> list[dict]:
+        return tail(self.path, n)
+
+    def _append_many(self, items: list[tuple[str, dict]]) -> list[dict]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._tlock, self._lock:
+            created = not self.path.exists()
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                if created:
+                    _fsync_dir(self.path.parent)  # so the new file itself survives a crash
+                size = os.fstat(fd).st_size
+                torn_at = _pread_back_to_newline(fd, size)
+                if torn_at < size:
+                    items = [(AUDIT_RECOVERED, self._set_aside(fd, torn_at, size))] + items
+                seq, prev = self._last_point(fd, torn_at)
+                out = []
+                for event, data in items:
+                    seq += 1
+                    rec = {"seq": seq, "ts": _utc_now(), "event": event, "data": data, "prev": prev}
+                    rec["hash"] = prev = record_hash(rec, self._key)
+                    line = _encode_line(rec)
+                    written = os.write(fd, line)  # one write: a crash leaves at most a torn tail
+                    if written != len(line):
+                        raise AuditError(f"short write to {self.path} ({written}/{len(line)} bytes); "
+                                         "the next append will set the partial line aside")
+                    os.fsync(fd)
+                    out.append(rec)
+                return out
+            finally:
+                os.close(fd)
+
+    def _set_aside(self, fd: int, start: int, size: int) -> dict:
+        """Move the torn tail [start, size) to a side file, cut it off, describe it."""
+        torn = _read_at(fd, size - start, start)
+        side = _create_side_file(self.path, torn)
+        os.ftruncate(fd, start)
+        os.fsync(fd)
+        return {"torn_bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
+                "offset": start, "side_file": side.name}
+
+    @staticmethod
+    def _last_point(fd: int, end: int) -> tuple[int, str]:
+        """Seq and hash of the last record in the file (not from memory: another process may have
+        appended). Garbage lines at the end are stepped over; verify reports them."""
+        for _, line in _lines_reversed(fd, end):
+            point = _chain_point(_parse(line))
+            if point is not None:
+                return point
+        return -1, GENESIS
+
+
+def _create_side_file(path: Path, payload: bytes) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    for i in range(1000):
+        side = path.with_name(f"{path.name}.torn-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)  # the evidence is durable before the bytes leave the log
+        finally:
+            os.close(fd)
+        _fsync_dir(path.parent)
+        return side
+    raise AuditError(f"could not create a side file for the torn tail of {path}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. Windows); the data itself is fsync-ed
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- verification -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    line: int            # 1-based line in the file
+    seq: int | None
+    kind: str            # edited | deleted | inserted | reordered | malformed | torn
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    records: int          # well-formed records in the file
+    head_hash: str        # hash of the last well-formed record (GENESIS for an empty log)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    line: int
+    seq: int
+    prev: str
+    hash: str
+    intact: bool          # stored hash matches the content
+
+
+_ANCHOR0 = _Entry(line=0, seq=-1, prev="", hash=GENESIS, intact=True)
+
+
+def _check_fields(rec: Any) -> str | None:
+    """Why ``rec`` is not a well-formed record, or None."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object ({type(rec).__name__})"
+    for name in FIELDS:
+        if name not in rec:
+            return f"missing field {name!r}"
+    seq = rec["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return "field 'seq' is not a non-negative integer"
+    for name in ("ts", "event"):
+        if not isinstance(rec[name], str):
+            return f"field {name!r} is not a string"
+    if not isinstance(rec["data"], dict):
+        return "field 'data' is not an object"
+    for name in ("prev", "hash"):
+        if not isinstance(rec[name], str) or not _HEX64.fullmatch(rec[name]):
+            return f"field {name!r} is not 64 lowercase hex digits"
+    return None
+
+
+def _read_entries(path: Path, key: bytes | None) -> tuple[list[_Entry], list[Problem], str]:
+    """Parse every line; well-formed records become entries, the rest problems."""
+    entries: list[_Entry] = []
+    problems: list[Problem] = []
+    head = GENESIS
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, start=1):
+            if not raw.endswith(b"\n"):
+                problems.append(Problem(no, None, "torn", f"last line has no newline ({len(raw)} bytes): "
+                                        "a write was interrupted; the next append sets it aside"))
+                break
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                problems.append(Problem(no, None, "malformed", "not valid UTF-8"))
+                continue
+            except ValueError as e:
+                problems.append(Problem(no, None, "malformed",
+                                        "empty line" if not raw.strip() else f"not JSON ({e.msg})"))
+                continue
+            why = _check_fields(rec)
+            if why is not None:
+                seq = rec.get("seq") if isinstance(rec, dict) and isinstance(rec.get("seq"), int) else None
+                problems.append(Problem(no, seq, "malformed", why))
+                continue
+            intact = hmac.compare_digest(record_hash(rec, key), rec["hash"])
+            entries.append(_Entry(no, rec["seq"], rec["prev"], rec["hash"], intact))
+            head = rec["hash"]
+    return entries, problems, head
+
+
+def verify(path: str | os.PathLike[str], key: bytes | None = None) -> VerifyReport:
+    """Check every record's hash and the chain; say which line is wrong and how.
+
+    Walks the records in file order against an anchor (the last record accepted into the chain),
+    with one record of look-ahead and the set of hashes that some record names as ``prev``:
+
+    * edited: the stored hash does not match the content; or the content and hash of a record were
+      recomputed so the next record no longer chains to it (reported on the re-hashed record).
+    * deleted: seq jumps past the expected one and prev does not chain: records are missing before
+      this line (unless the missing seqs turn up later in the file: then they were moved).
+    * inserted: a record that does not belong: the next record chains to the record before it and
+      nothing chains to this one, or it repeats the seq of a record already in the chain, or it
+      does not chain to the previous record while keeping the expected seq.
+    * reordered: two adjacent records swapped (reported on the first of the pair), or a record
+      whose seq appears after later ones and was never seen before (it was moved).
+    * malformed: not UTF-8 / JSON / an object, or a field is missing or of the wrong type.
+    * torn: the last line has no newline (an interrupted write).
+
+    Lines are 1-based file lines. Limits: records missing from the END, or a re-hashed last record,
+    cannot be seen in the file alone (compare ``head_hash`` with a copy kept elsewhere); when the
+    second-to-last record is re-hashed, the last one is reported as inserted (either could be the
+    forgery); a record moved up by several places is reported through the records it displaced.
+    Raises FileNotFoundError for a missing file; an empty file is ok with 0 records.
+    """
+    path = Path(path)
+    _require(path)
+    key = _check_key(key)
+    entries, problems, head = _read_entries(path, key)
+    malformed = sorted(p.line for p in problems if p.kind == "malformed")
+    problems += _Classifier(entries, malformed, _edit_hint(entries, key is not None)).run()
+    problems.sort(key=lambda p: (p.line, p.kind))
+    return VerifyReport(ok=not problems, records=len(entries), head_hash=head, problems=problems)
+
+
+def _edit_hint(entries: list[_Entry], key_given: bool) -> str:
+    if entries and not any(e.intact for e in entries):  # nothing verifies: most likely the key
+        return (" under this HMAC key (every record fails: wrong key?)" if key_given else
+                " (every record fails: if the log was written with SO8T_AUDIT_KEY, verify with that key)")
+    return " under this HMAC key" if key_given else ""
+
+
+class _Classifier:
+    """The walk described in ``verify``: file order against an anchor, one record of look-ahead."""
+
+    def __init__(self, entries: list[_Entry], malformed_lines: list[int], edit_hint: str) -> None:
+        self.entries, self.malformed, self.edit_hint = entries, malformed_lines, edit_hint
+        self.referenced = Counter(e.prev for e in entries)  # hashes that some record chains to
+        self.first_line: dict[int, int] = {}
+        self.last_line: dict[int, int] = {}
+        for e in entries:
+            self.first_line.setdefault(e.seq, e.line)
+            self.last_line[e.seq] = e.line
+        self.seqs = sorted(self.last_line)
+        self.by_hash = {e.hash: e for e in entries}
+        self.anchor = _ANCHOR0       # the last record accepted into the chain
+        self.accepted: set[int] = set()
+        self.out: dict[tuple[int, str], Problem] = {}  # one problem per (line, kind)
+
+    def report(self, e: _Entry, kind: str, detail: str) -> None:
+        self.out.setdefault((e.line, kind), Problem(e.line, e.seq, kind, detail))
+
+    def accept(self, x: _Entry, seq: int | None = None) -> None:
+        self.anchor = _Entry(x.line, x.seq if seq is None else seq, x.prev, x.hash, x.intact)
+        self.accepted.add(self.anchor.seq)
+
+    def holes(self, r: _Entry) -> int:
+        """Malformed lines between the anchor and ``r``: each may be one of the missing records."""
+        return bisect_left(self.malformed, r.line) - bisect_right(self.malformed, self.anchor.line)
+
+    def missing(self, lo: int, hi: int, line: int) -> tuple[int, int, int]:
+        """How many seqs in [lo, hi) are absent from the rest of the file (first, last of them).
+        Seqs that turn up after ``line`` were moved, not deleted. Bounded by the records present,
+        not by hi - lo (a forged seq of 10**12 must not hang verify)."""
+        late = {s for s in self.seqs[bisect_left(self.seqs, lo):bisect_left(self.seqs, hi)]
+                if self.last_line[s] > line}
+        first, last = lo, hi - 1
+        while first in late:
+            first += 1
+        while last in late:
+            last -= 1
+        return hi - lo - len(late), first, last
+
+    def orphan(self, r: _Entry) -> bool:
+        """Nothing chains to ``r`` and it does not fit anywhere later in the file either (a genuine
+        record moved up still names its real predecessor, found further down)."""
+        if r.hash in self.referenced:
+            return False
+        p = self.by_hash.get(r.prev)
+        moved = p is not None and p.seq == r.seq - 1 and p.line > r.line \
+            and self.first_line[r.seq] == self.last_line[r.seq]
+        return not moved
+
+    def run(self) -> list[Problem]:
+        skip = -1
+        for i, r in enumerate(self.entries):
+            if i != skip:
+                n = self.entries[i + 1] if i + 1 < len(self.entries) else None
+                if self.step(r, n):
+                    skip = i + 1
+        return list(self.out.values())
+
+    def step(self, r: _Entry, n: _Entry | None) -> bool:
+        """Classify ``r``; True when ``n`` was consumed too (a swapped pair)."""
+        a = self.anchor
+        expected, links = a.seq + 1, r.prev == a.hash
+        where = f"line {a.line}" if a.line else "the start"
+        if not r.intact:
+            self.report(r, "edited", "stored hash does not match the content" + self.edit_hint)
+            if links or r.seq == expected:
+                self.accept(r, expected)  # in place: the next record still chains to its stored hash
+                return False
+        if links:
+            if n is not None and n.prev == a.hash and self.orphan(r):
+                self.report(r, "inserted", f"line {n.line} also chains to {where} and no record chains to this one")
+                return False
+            if r.seq != expected:
+                self.report(r, "edited", f"seq {r.seq} should be {expected} (prev chains to {where}): "
+                            "seq rewritten and hash recomputed")
+            self.accept(r, expected)
+            return False
+        if n is not None and n.prev == a.hash and r.prev == n.hash:
+            self.report(r, "reordered", f"lines {r.line} and {n.line} are swapped (seq {r.seq} before {n.seq})")
+            self.accept(n)
+            self.accept(r)
+            return True
+        if n is not None and n.prev == a.hash and self.orphan(r):
+            self.report(r, "inserted", f"does not chain to {where}; line {n.line} does, and no record "
+                        "chains to this one")
+            return False
+        if r.seq < expected:  # not advancing the anchor: the records after still chain to it
+            if r.seq in self.accepted:
+                self.report(r, "inserted", f"repeats seq {r.seq} (first at line {self.first_line[r.seq]})")
+            else:
+                self.accepted.add(r.seq)
+                self.report(r, "reordered", f"seq {r.seq} appears after seq {a.seq} ({where})")
+            return False
+        if r.seq > expected:
+            count, first, last = self.missing(expected, r.seq, r.line)
+            if count > self.holes(r):
+                span = str(first) if count == 1 else f"{first}..{last}"
+                self.report(r, "deleted", f"{count} record(s) missing before line {r.line} (seq {span})")
+            self.accept(r)
+            return False
+        # The expected seq, but prev names some other hash.
+        if a is _ANCHOR0:
+            self.report(r, "edited", "the first record's prev is not 64 zeros")
+        elif a.hash not in self.referenced and r.hash in self.referenced:
+            self.out.setdefault((a.line, "edited"), Problem(
+                a.line, a.seq, "edited", f"line {r.line} chains to a different hash: this record's content "
+                "and hash were changed"))
+        else:
+            maybe = f" (or line {a.line} was edited and re-hashed)" if a.hash not in self.referenced else ""
+            self.report(r, "inserted", f"prev does not match the hash of line {a.line}{maybe}")
+        self.accept(r)
+        return False
+
+
+# --- display ------------------------------------------------------------------------------------
+
+def format_record(rec: Mapping[str, Any], width: int = 160) -> str:
+    """One line: seq, ts, event and the data as compact JSON cut to ``width`` characters."""
+    summary = json.dumps(rec.get("data", {}), ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(summary) > width:
+        summary = summary[: width - 1] + "…"
+    seq = rec.get("seq")
+    return f"{'?' if seq is None else seq!s:>6} {rec.get('ts', '?')} {rec.get('event', '?')} {summary}"
+
+
+def format_report(report: VerifyReport) -> str:
+    if report.ok:
+        return f"OK: {report.records} records, head {report.head_hash}"
+    lines = [f"FAILED: {report.records} records, {len(report.problems)} problem(s), "
+             f"head {report.head_hash}"]
+    for p in report.problems:
+        seq = "?" if p.seq is None else p.seq
+        lines.append(f"line {p.line} (seq {seq}): {p.kind}: {p.detail}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AuditError",
+    "AuditLog", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
+    "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "KEY_ENV", "Problem", "Redactor", "VerifyReport",
+    "canonical_bytes", "format_record", "format_report", "key_from_env", "record_hash", "tail",
+    "verify",
+]
