@@ -72,3 +72,26 @@ def _isolated_cache(tmp_path, monkeypatch, request):
     if request.node.get_closest_marker("e2e") is None:
         monkeypatch.setenv("SO8T_CACHE_DIR", str(tmp_path / "so8t-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    """A run trained for 2 steps on the tiny model: (run folder, folder with train/dev JSONL)."""
+    from so8t.config import TrainConfig
+    from so8t.data import load_builtin, write_jsonl
+    from so8t.train.recipe import train
+
+    d = tmp_path_factory.mktemp("evaldata")
+    recs = load_builtin("train")
+    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip:skip + k]  # noqa: E731
+    train_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 5) + pick(lab, "ja", 2)]
+    dev_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10) + pick(lab, "ja", 1, skip=5)]
+    write_jsonl(d / "train.jsonl", train_recs)
+    write_jsonl(d / "dev.jsonl", dev_recs)
+    cfg = TrainConfig(model=str(tiny_model_dir), data=[str(d / "train.jsonl")], dev_data=[str(d / "dev.jsonl")],
+                      test_data=[str(d / "dev.jsonl")], lora_r=4, lora_alpha=8, max_length=64, micro_batch=4,
+                      grad_accum=1, max_steps=2, eval_every=2, head_probe_steps=20)
+    cfg.validate()
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, run, progress=False)
+    return run, d

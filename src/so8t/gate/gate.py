@@ -1,0 +1,271 @@
+"""The Safety Gate: one forward pass of the body over the prompt, the head, the thresholds.
+
+Fail-closed: anything that goes wrong (no run, a corrupt run, an exception, a timeout, out of
+memory, a malformed conversation) gives a Decision whose status is not ok and whose action is
+the configured fail action (REFUSE, or ESCALATE), counted and logged. Nothing here raises to
+the caller for a bad request or a broken model.
+
+All turns are judged: the whole conversation is one view, and when it holds several user
+turns each user turn is another view (same batch); the strictest action wins. So a request
+split over turns is seen whole, and a dangerous early turn is not hidden by a harmless last one.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from so8t.canonical import request_hash
+from so8t.eval.thresholds import Thresholds, decide, load_thresholds
+from so8t.gate.decision import SEVERITY, Decision
+from so8t.labels import Action, parse_label
+from so8t.model import encode_prompt, load_run
+from so8t.model.head import HEAD_WEIGHTS
+from so8t.model.scoring import autocast, prompt_outputs
+
+log = logging.getLogger("so8t.gate")
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+class ConversationError(ValueError):
+    pass
+
+
+def normalize_conversation(conversation) -> list[dict[str, str]]:
+    """A string, or a list of {role, content} ending with a user turn; anything else is an
+    error that names the message and the field."""
+    if isinstance(conversation, str):
+        conversation = [{"role": "user", "content": conversation}]
+    if not isinstance(conversation, list) or not conversation:
+        raise ConversationError("a conversation is a non-empty list of messages (or a string)")
+    out = []
+    for i, m in enumerate(conversation):
+        if not isinstance(m, dict):
+            raise ConversationError(f"message {i}: expected an object with role and content")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ConversationError(f"message {i}: role {role!r} is not one of {', '.join(sorted(ROLES))}")
+        if not isinstance(content, str):
+            raise ConversationError(f"message {i}: content must be a string")
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise ConversationError(f"message {len(out) - 1}: the conversation must end with a user message")
+    if not any(m["content"].strip() for m in out if m["role"] == "user"):
+        raise ConversationError("every user message is empty")
+    return out
+
+
+def views_of(conversation: list[dict[str, str]]) -> list[tuple[str, list[dict[str, str]]]]:
+    """(name, messages): the whole conversation, then each user turn with the system prompt."""
+    views = [("conversation", conversation)]
+    users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
+    if len(users) > 1:
+        system = [m for m in conversation if m["role"] == "system"]
+        views += [(f"user turn {k + 1} of {len(users)}", system + [conversation[i]]) for k, i in enumerate(users)]
+    return views
+
+
+@dataclass
+class Prefill:
+    """The gate's forward pass kept for generation: the prompt ids and the body's KV cache."""
+    input_ids: torch.Tensor
+    past_key_values: object
+
+
+class Gate:
+    def __init__(self, model=None, tokenizer=None, *, max_length: int = 512, amp: str = "none",
+                 thresholds: Thresholds | None = None, model_version: str = "unknown", fail_action: str = "REFUSE",
+                 timeout_s: float = 10.0, each_turn: bool = True, load_error: str | None = None):
+        self.fail_action = parse_label(fail_action)
+        if self.fail_action == Action.ALLOW:
+            raise ValueError("fail_action must be REFUSE or ESCALATE: a failed gate never allows")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.amp = max_length, amp
+        self.thresholds = thresholds
+        self.model_version = model_version
+        self.timeout_s = timeout_s
+        self.each_turn = each_turn
+        self.load_error = load_error
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-gate")
+        policy = {"thresholds": None if thresholds is None else vars(thresholds), "fail_action": self.fail_action.name,
+                  "each_turn": each_turn, "max_length": max_length}
+        self.policy_version = request_hash(policy)[:12]
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, **opts) -> "Gate":
+        """Load a trained run. A missing or broken run does not raise: the gate comes up not
+        ready and fails closed on every request (the service stays up and says why)."""
+        from so8t.train.recipe import load_run_config
+
+        run_dir = Path(run_dir)
+        try:
+            model, tok, meta = load_run(run_dir)
+            cfg = load_run_config(run_dir)
+            thresholds = load_thresholds(run_dir) if use_thresholds else None
+            head_sha = hashlib.sha256((run_dir / HEAD_WEIGHTS).read_bytes()).hexdigest()[:12]
+            version = f"{meta.get('base_model')}@{meta.get('base_fingerprint')}+head:{head_sha}"
+            opts.setdefault("max_length", cfg.max_length)
+            opts.setdefault("amp", cfg.amp)
+            return cls(model, tok, thresholds=thresholds, model_version=version, **opts)
+        except Exception as exc:  # noqa: BLE001 - any failure to load must fail closed, not crash
+            log.error("gate: cannot load run %s: %s", run_dir, exc)
+            return cls(load_error=f"cannot load run {run_dir}: {exc}", **opts)
+
+    @property
+    def ready(self) -> bool:
+        return self.load_error is None and self.model is not None
+
+    # ------------------------------------------------------------------ deciding
+
+    def decide(self, conversation) -> Decision:
+        return self.decide_batch([conversation])[0]
+
+    def decide_batch(self, conversations: Sequence) -> list[Decision]:
+        """One decision per conversation; the views of all of them go through one batched pass."""
+        t0 = time.perf_counter()
+        out: list[Decision | None] = [None] * len(conversations)
+        jobs: list[tuple[int, list[dict[str, str]], str]] = []
+        for i, c in enumerate(conversations):
+            try:
+                convo = normalize_conversation(c)
+                jobs.append((i, convo, request_hash(convo)))
+            except (ConversationError, ValueError) as exc:
+                out[i] = self._failed("error", f"bad conversation: {exc}", _safe_hash(c), t0)
+        if jobs:
+            if not self.ready:
+                for i, _, h in jobs:
+                    out[i] = self._failed("error", self.load_error or "no model loaded", h, t0)
+            else:
+                views = [(i, name, msgs) for i, convo, _ in jobs for name, msgs in
+                         (views_of(convo) if self.each_turn else [("conversation", convo)])]
+                try:
+                    probs = self._run(lambda: self._score([v[2] for v in views]))
+                except cf.TimeoutError:
+                    for i, _, h in jobs:
+                        out[i] = self._failed("timeout", f"no decision within {self.timeout_s:g} s", h, t0)
+                except BaseException as exc:  # noqa: BLE001 - OOM, CUDA errors, bugs: all fail closed
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    for i, _, h in jobs:
+                        out[i] = self._failed("error", f"{type(exc).__name__}: {exc}", h, t0)
+                else:
+                    for i, convo, h in jobs:
+                        mine = [(name, p) for (j, name, _), p in zip(views, probs, strict=True) if j == i]
+                        out[i] = self._combine(mine, h, t0)
+        for d in out:
+            self.counts[f"status:{d.status}"] += 1
+            self.counts[f"action:{d.action.name}"] += 1
+        return out  # type: ignore[return-value]
+
+    def _run(self, fn):
+        """Run fn on the gate's worker thread with the timeout. A worker stuck past the timeout
+        is abandoned (torch cannot be interrupted) and a fresh one serves the next request."""
+        with self._lock:
+            future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except cf.TimeoutError:
+            with self._lock:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-gate")
+            raise
+
+    def _score(self, conversations: list[list[dict[str, str]]]) -> np.ndarray:
+        return prompt_outputs(self.model, self.tokenizer, conversations, self.max_length, amp=self.amp)[1].numpy()
+
+    def _combine(self, views: list[tuple[str, np.ndarray]], input_hash: str, t0: float) -> Decision:
+        actions = [Action(int(a)) for a in decide(np.stack([p for _, p in views]), self.thresholds)]
+        k = max(range(len(views)), key=lambda j: (SEVERITY[actions[j]], -j))  # strictest; first on ties
+        name, p = views[k]
+        rule = "thresholds" if self.thresholds else "argmax"
+        return Decision(actions[k], "ok", tuple(float(x) for x in p), self._thr(), self.model_version,
+                        self.policy_version, input_hash, _ms(t0), f"{rule}; decided by the {name}",
+                        [{"view": n, "action": a.name, "probs": [round(float(x), 6) for x in q]}
+                         for (n, q), a in zip(views, actions, strict=True)])
+
+    def _failed(self, status: str, reason: str, input_hash: str, t0: float) -> Decision:
+        self.counts["fail_closed"] += 1
+        log.warning("gate fail-closed (%s -> %s): %s", status, self.fail_action.name, reason)
+        return Decision(self.fail_action, status, None, self._thr(), self.model_version, self.policy_version,
+                        input_hash, _ms(t0), f"fail-closed: {reason}")
+
+    def _thr(self) -> dict | None:
+        return None if self.thresholds is None else {"refuse_at": self.thresholds.refuse_at,
+                                                     "allow_at": self.thresholds.allow_at}
+
+    # ------------------------------------------------------------------ prefill reuse
+
+    def decide_with_prefill(self, conversation) -> tuple[Decision, Prefill | None]:
+        """Decide, and keep the conversation view's KV cache so an in-process LLM that is this
+        same model can answer without encoding the prompt again. Falls back to plain decide
+        (no prefill) for anything but a single-view ok decision."""
+        t0 = time.perf_counter()
+        try:
+            convo = normalize_conversation(conversation)
+        except ConversationError:
+            return self.decide(conversation), None
+        if not self.ready or (self.each_turn and len(views_of(convo)) > 1):
+            return self.decide(convo), None
+        h = request_hash(convo)
+        try:
+            probs, prefill = self._run(lambda: self._score_with_cache(convo))
+        except cf.TimeoutError:
+            d = self._failed("timeout", f"no decision within {self.timeout_s:g} s", h, t0)
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            d = self._failed("error", f"{type(exc).__name__}: {exc}", h, t0)
+        else:
+            d = self._combine([("conversation", probs)], h, t0)
+            self.counts[f"status:{d.status}"] += 1
+            self.counts[f"action:{d.action.name}"] += 1
+            return d, prefill
+        self.counts[f"status:{d.status}"] += 1
+        self.counts[f"action:{d.action.name}"] += 1
+        return d, None
+
+    @torch.no_grad()
+    def _score_with_cache(self, convo) -> tuple[np.ndarray, Prefill]:
+        ids = encode_prompt(self.tokenizer, convo)[-self.max_length:]
+        device = next(self.model.head.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        mask = torch.ones_like(input_ids)
+        self.model.eval()
+        with autocast(device, self.amp):
+            res = self.model(input_ids, mask, mask, logits_from=None, use_cache=True)
+        return res.head_logits.float().softmax(-1)[0].cpu().numpy(), Prefill(input_ids, res.past_key_values)
+
+    def stats(self) -> dict:
+        return dict(self.counts)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def _safe_hash(obj) -> str:
+    try:
+        return request_hash(obj)
+    except (ValueError, TypeError):
+        return hashlib.sha256(repr(obj).encode("utf-8", "replace")).hexdigest()
+
+
+__all__ = ["ConversationError", "Decision", "Gate", "Prefill", "normalize_conversation", "views_of"]
