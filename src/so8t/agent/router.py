@@ -1,0 +1,110 @@
+"""User -> Safety Gate -> router: the seed's section 5 data flow.
+
+ALLOW     -> the LLM answers (in-process: the gate's forward pass is reused as the prefill)
+ESCALATE  -> the exact request is queued for a person, an audit record is written, the user
+             is told it waits; once approved it runs exactly once, exactly as approved
+REFUSE    -> a safe message with alternatives, and an audit record
+gate not ok (error / timeout) -> the fail action (REFUSE or ESCALATE, never ALLOW), audited
+
+The verdict always comes before the LLM (and, later, any tool) is called.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from so8t.agent import messages as msg
+from so8t.agent.approvals import ApprovalQueue
+from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditLog
+from so8t.agent.inprocess import InProcessBackend
+from so8t.canonical import request_hash
+from so8t.gate import ConversationError, Decision, Gate, normalize_conversation
+from so8t.labels import Action
+
+log = logging.getLogger("so8t.router")
+Outcome = Literal["answered", "pending", "refused", "failed"]
+
+
+@dataclass
+class RouterResult:
+    outcome: Outcome           # answered: the LLM's text; pending: waits for a person; refused; failed: LLM error
+    text: str
+    decision: Decision
+    approval_id: str | None = None
+    request_hash: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"outcome": self.outcome, "text": self.text, "decision": self.decision.to_dict(),
+                "approval_id": self.approval_id, "request_hash": self.request_hash}
+
+
+class Router:
+    def __init__(self, gate: Gate, backend, approvals: ApprovalQueue, audit: AuditLog, *,
+                 audit_allow: bool = False, approval_ttl_s: float = 3600.0, max_tokens: int = 256):
+        self.gate, self.backend, self.approvals, self.audit = gate, backend, approvals, audit
+        self.audit_allow = audit_allow
+        self.approval_ttl_s = approval_ttl_s
+        self.max_tokens = max_tokens
+
+    def handle(self, conversation, requester: str, *, max_tokens: int | None = None,
+               temperature: float = 0.0) -> RouterResult:
+        try:
+            convo = normalize_conversation(conversation)
+        except ConversationError:
+            convo = None
+        reuse = isinstance(self.backend, InProcessBackend) and self.backend.gate is self.gate and convo is not None
+        decision, prefill = self.gate.decide_with_prefill(convo) if reuse else (self.gate.decide(conversation), None)
+        lang = msg.language_of(convo or [])
+        record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo)}
+        if not decision.ok:
+            self.audit.append(GATE_ERROR, record)
+        if decision.action == Action.REFUSE:
+            if decision.ok:
+                self.audit.append(GATE_REFUSE, record)
+            prefix = "" if decision.ok else msg.gate_failed_prefix(lang, decision.status)
+            return RouterResult("refused", prefix + msg.refuse_message(lang, decision.input_hash[:12]), decision)
+        if decision.action == Action.ESCALATE:
+            if convo is None:  # nothing well-formed to approve: refuse instead
+                return RouterResult("refused", msg.gate_failed_prefix(lang, decision.status)
+                                    + msg.refuse_message(lang, decision.input_hash[:12]), decision)
+            request = {"kind": "chat", "messages": convo,
+                       "max_tokens": max_tokens or self.max_tokens, "temperature": temperature}
+            item = self.approvals.submit(request, decision.to_dict(), requester, kind="chat", ttl_s=self.approval_ttl_s)
+            if decision.ok:
+                self.audit.append(GATE_ESCALATE, {**record, "approval_id": item.id, "request_hash": item.request_hash})
+            prefix = "" if decision.ok else msg.gate_failed_prefix(lang, decision.status)
+            text = prefix + msg.escalate_message(lang, item.id, item.expires_at.strftime("%Y-%m-%d %H:%M"))
+            return RouterResult("pending", text, decision, item.id, item.request_hash)
+        if self.audit_allow:
+            self.audit.append(GATE_ALLOW, record)
+        return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang)
+
+    def _answer(self, convo, decision: Decision, prefill, max_tokens: int, temperature: float, lang: str) -> RouterResult:
+        try:
+            if prefill is not None:
+                text = self.backend.complete(convo, max_tokens=max_tokens, temperature=temperature, prefill=prefill)
+            else:
+                text = self.backend.complete(convo, max_tokens=max_tokens, temperature=temperature)
+        except Exception as exc:  # noqa: BLE001 - the LLM failing must not crash the service
+            log.error("LLM backend failed: %s", exc)
+            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": str(exc)[:500]})
+            return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
+        return RouterResult("answered", text, decision)
+
+    def run_approved(self, approval_id: str, expected_hash: str | None = None) -> dict:
+        """Run an approved chat request exactly once, exactly as approved; the answer is stored
+        in the queue (a second call returns the stored answer without running anything)."""
+        def run(request: dict) -> dict:
+            text = self.backend.complete(request["messages"], max_tokens=int(request.get("max_tokens", self.max_tokens)),
+                                         temperature=float(request.get("temperature", 0.0)))
+            return {"text": text, "request_hash": request_hash(request)}
+        return self.approvals.run_once(approval_id, run, expected_hash=expected_hash)
+
+
+def _preview(convo, limit: int = 200) -> str | None:
+    """The last user message, shortened; the audit log redacts secrets in it."""
+    if not convo:
+        return None
+    text = next(m["content"] for m in reversed(convo) if m["role"] == "user")
+    return text if len(text) <= limit else text[:limit] + "…"
