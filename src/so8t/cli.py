@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -160,6 +161,110 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def server_config_from_args(args: argparse.Namespace):
+    """ServerConfig layers: defaults <- --config YAML <- --set / flags (the same rules as train)."""
+    from so8t.config import ServerConfig, load_yaml, parse_overrides, resolve
+
+    layers = []
+    if getattr(args, "config", None):
+        layers.append((load_yaml(args.config), args.config))
+    flags = {k: v for k, v in {"run": getattr(args, "run", None), "host": getattr(args, "host", None),
+                               "port": getattr(args, "port", None)}.items() if v is not None}
+    layers.append((parse_overrides(getattr(args, "set", None) or []) | flags, "command line"))
+    values = {}
+    for layer, _ in layers:
+        values.update(layer)
+    if "run" not in values:
+        values["run"] = "-"  # approvals / audit commands need no run
+    return resolve(ServerConfig, (values, "config"))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from so8t.agent.service import build_service
+    from so8t.server.app import create_app
+
+    cfg = server_config_from_args(args)
+    service = build_service(cfg)
+    if not service.gate.ready:
+        print(f"so8t: warning: the gate is not ready and will refuse everything: {service.gate.load_error}",
+              file=sys.stderr)
+    print(f"so8t gated server on http://{cfg.host}:{cfg.port} (gate {service.gate.model_version}, "
+          f"policy {service.gate.policy_version}); approvals page: /admin/approvals", file=sys.stderr)
+    uvicorn.run(create_app(service), host=cfg.host, port=cfg.port, log_level="info")
+    return 0
+
+
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from so8t.model import load_base_model
+    from so8t.server.llm_server import create_llm_app
+
+    model, tok = load_base_model(args.model)
+    print(f"OpenAI-compatible server for {args.model!r} (ungated) on http://{args.host}:{args.port}/v1",
+          file=sys.stderr)
+    uvicorn.run(create_llm_app(model, tok, model_name=args.name), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _approvals(args):
+    from so8t.agent.service import open_approvals, open_audit
+
+    cfg = server_config_from_args(args)
+    return open_approvals(cfg, open_audit(cfg))
+
+
+def cmd_approvals_list(args: argparse.Namespace) -> int:
+    queue = _approvals(args)
+    queue.expire_due()
+    items = queue.list(status=args.status, limit=args.limit)
+    if not items:
+        print("no approval requests" + (f" with status {args.status}" if args.status else ""))
+    for a in items:
+        last = next((m["content"] for m in reversed(a.request.get("messages", [])) if m["role"] == "user"), "")
+        last = " ".join(last.split())
+        print(f"{a.id}  {a.status.value:<9} {a.created_at:%Y-%m-%d %H:%M} {a.requester:<12} "
+              f"{last[:60] + ('…' if len(last) > 60 else '')}")
+    return 0
+
+
+def cmd_approvals_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_approvals(args).get(args.id).to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_approvals_approve(args: argparse.Namespace) -> int:
+    a = _approvals(args).approve(args.id, args.by, args.note)
+    print(f"{a.id} approved by {args.by}; the server runs it once, exactly as approved")
+    return 0
+
+
+def cmd_approvals_reject(args: argparse.Namespace) -> int:
+    a = _approvals(args).reject(args.id, args.by, args.reason)
+    print(f"{a.id} rejected by {args.by}: {a.reason}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from so8t.agent.audit import format_report, key_from_env, verify
+
+    path = args.path or server_config_from_args(args).audit_path
+    report = verify(path, key=key_from_env())
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from so8t.agent.audit import format_record, tail
+
+    path = args.path or server_config_from_args(args).audit_path
+    for rec in tail(path, args.n):
+        print(format_record(rec))
+    return 0
+
+
 def _dry_run(cfg) -> int:
     from so8t.train.memory import estimate_memory, model_config_for
 
@@ -247,6 +352,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-refuse-recall", type=float, default=0.7, help="constraint (default 0.7, the seed's target)")
     p.add_argument("--max-false-refusal", type=float, help="constraint: share of ALLOW prompts not allowed")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("serve", help="the gated agent server: OpenAI-compatible chat, gate, approvals page, audit",
+                       description="Serve a trained run behind the Safety Gate. Config: defaults <- --config <- --set.")
+    p.add_argument("run", nargs="?", help="the trained run folder (or 'run:' in --config)")
+    p.add_argument("--config", help="YAML file with ServerConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")
+    p.add_argument("model", nargs="?", default="embedded", help="model reference (default: the embedded model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--name", default="so8t-local", help="the model name the server reports")
+    p.set_defaults(func=cmd_llm_serve)
+
+    def state_args(q):
+        q.add_argument("--config", help="the server's YAML config (where the approvals database and audit log are)")
+        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+
+    ap = sub.add_parser("approvals", help="list, show, approve or reject escalated requests").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True)
+    q = ap.add_parser("list", help="newest first")
+    state_args(q)
+    q.add_argument("--status", choices=["PENDING", "APPROVED", "REJECTED", "TIMEOUT", "EDITED", "EXECUTING",
+                                        "EXECUTED", "FAILED"])
+    q.add_argument("--limit", type=int, default=50)
+    q.set_defaults(func=cmd_approvals_list)
+    q = ap.add_parser("show", help="one request with its gate decision, as JSON")
+    state_args(q)
+    q.add_argument("id")
+    q.set_defaults(func=cmd_approvals_show)
+    q = ap.add_parser("approve", help="approve: the server then runs it once, exactly as approved")
+    state_args(q)
+    q.add_argument("id")
+    q.add_argument("--by", default=os.environ.get("USER", "operator"))
+    q.add_argument("--note")
+    q.set_defaults(func=cmd_approvals_approve)
+    q = ap.add_parser("reject", help="reject with a reason")
+    state_args(q)
+    q.add_argument("id")
+    q.add_argument("--reason", required=True)
+    q.add_argument("--by", default=os.environ.get("USER", "operator"))
+    q.set_defaults(func=cmd_approvals_reject)
+
+    au = sub.add_parser("audit", help="verify or read the hash-chained audit log").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True)
+    q = au.add_parser("verify", help="check the chain; names every edited, deleted, inserted or reordered record "
+                                     "(exit 1 when tampered; SO8T_AUDIT_KEY for an HMAC-keyed log)")
+    state_args(q)
+    q.add_argument("path", nargs="?", help="the audit log (default: the config's audit_path)")
+    q.set_defaults(func=cmd_audit_verify)
+    q = au.add_parser("tail", help="the last records, one line each")
+    state_args(q)
+    q.add_argument("path", nargs="?")
+    q.add_argument("-n", type=int, default=20)
+    q.set_defaults(func=cmd_audit_tail)
     return parser
 
 
@@ -255,12 +418,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from so8t.data import DataError
     from so8t.model import ModelLoadError, RunError
+    from so8t.agent.approvals import ApprovalError
     from so8t.train.recipe import RunFolderError
 
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, FileExistsError, ValueError,
+            ApprovalError) as exc:
         print(f"so8t: error: {exc}", file=sys.stderr)
         return 2

@@ -105,6 +105,57 @@ class TrainConfig:
         need(bool(self.data), "data", "needs at least one dataset")
 
 
+
+@dataclasses.dataclass
+class ServerConfig:
+    """`so8t serve`: the gate, the router, the LLM backend, approvals and the audit log.
+
+    Policy lives here, on the server: no request field or header can change it. Secrets (the
+    admin token, a backend API key, the audit HMAC key) come from environment variables named
+    here, never from the YAML file itself.
+    """
+    run: str = ""                               # the trained run folder the gate loads
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # --- gate ---
+    fail_action: Literal["REFUSE", "ESCALATE"] = "REFUSE"  # what a failed gate does (never ALLOW)
+    gate_timeout_s: float = 10.0
+    each_turn: bool = True                      # judge every user turn too, not only the conversation
+    use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
+    # --- LLM backend for allowed requests ---
+    backend: Literal["in-process", "openai"] = "in-process"  # in-process: the fine-tuned model itself
+    backend_url: str = ""                       # OpenAI-compatible base URL with /v1 (Ollama, llama-server, vLLM)
+    backend_model: str = ""
+    backend_api_key_env: str = "SO8T_BACKEND_API_KEY"
+    backend_timeout_s: float = 60.0
+    backend_retries: int = 2
+    max_tokens: int = 256
+    # --- approvals and audit ---
+    approvals_url: str = "sqlite:///so8t-state/approvals.db"  # any SQLAlchemy URL
+    approval_ttl_s: float = 3600.0              # an unanswered approval expires (TIMEOUT, denied)
+    audit_path: str = "so8t-state/audit.jsonl"
+    audit_allow: bool = False                   # also log ALLOW decisions
+    redact_patterns: list[str] = dataclasses.field(default_factory=list)  # extra 'name=regex' redactions
+    redact_disable: list[str] = dataclasses.field(default_factory=list)   # default patterns to switch off
+    admin_token_env: str = "SO8T_ADMIN_TOKEN"   # token for the approvals page and API
+    worker_interval_s: float = 2.0              # how often expiry runs and approved requests execute
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")
+        need(bool(self.run), "run", "the trained run folder is required")
+        need(1 <= self.port <= 65535, "port", "must be 1-65535")
+        need(self.gate_timeout_s > 0, "gate_timeout_s", "must be > 0")
+        need(self.backend != "openai" or bool(self.backend_url), "backend_url",
+             "needed for backend 'openai' (e.g. http://localhost:11434/v1)")
+        need(self.backend != "openai" or bool(self.backend_model), "backend_model", "needed for backend 'openai'")
+        need(self.approval_ttl_s > 0, "approval_ttl_s", "must be > 0")
+        need(self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        need(self.worker_interval_s > 0, "worker_interval_s", "must be > 0")
+        for item in self.redact_patterns:
+            need("=" in item, "redact_patterns", f"expected 'name=regex', got {item!r}")
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -1,0 +1,213 @@
+"""LLM backends: where an ALLOWed request goes after the gate.
+
+The gate decides; a backend only answers. Every backend speaks the same small protocol
+(``ChatBackend.complete(messages) -> str``) so the router does not care whether the LLM is
+Ollama, llama.cpp's ``llama-server``, vLLM, or so8t's own ``so8t.server.llm_server``.
+
+``OpenAIBackend`` is synchronous on purpose: the gated server calls it from FastAPI's thread
+pool, and a plain ``httpx.Client`` there is simpler and safer than nesting event loops.
+"""
+from __future__ import annotations
+
+import email.utils
+import time
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+_EXCERPT_CHARS = 200
+
+
+class BackendError(RuntimeError):
+    """An LLM backend could not produce an answer.
+
+    The message names the backend (URL and model) and what went wrong: the HTTP status with a
+    short excerpt of the body, the transport error, or "timed out after X s". ``status`` is the
+    last HTTP status seen (None for transport errors and timeouts).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """What the agent needs from an LLM: a chat turn in, the assistant's text out."""
+
+    name: str
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0) -> str:
+        """Return the assistant's reply to ``messages``; raise BackendError when there is none."""
+        ...
+
+
+def _excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds asked for by a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+class OpenAIBackend:
+    """A client for any OpenAI-compatible chat server.
+
+    ``base_url`` includes the API version prefix, exactly as the server documents it, e.g.
+    ``http://localhost:11434/v1`` (Ollama), ``http://localhost:8080/v1`` (llama-server),
+    ``http://localhost:8000/v1`` (vLLM), or ``ServerHandle.url + "/v1"`` for so8t's own
+    server. A trailing slash is accepted. Nothing is appended: servers differ in their prefix,
+    and guessing would hide a wrong URL behind a confusing 404.
+
+    Retries (up to ``retries`` more attempts, waiting ``backoff_s * 2**attempt``) cover what
+    another try can fix: transport errors, timeouts, 429 and 5xx. A Retry-After header is
+    honoured up to ``max_retry_after_s``. Other 4xx are the caller's mistake and are never
+    retried. ``timeout_s`` applies to each phase of each attempt (connect, write, read).
+
+    One ``httpx.Client`` is shared by all calls (connection reuse; it is thread-safe), so
+    close the backend or use it as a context manager.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 60,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        transport: httpx.BaseTransport | None = None,
+        max_retry_after_s: float = 30.0,
+    ) -> None:
+        url = base_url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https:// (and include /v1), got {base_url!r}")
+        if not model:
+            raise ValueError("model must be a non-empty model name, e.g. 'smollm2:135m' for Ollama")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries < 0 or backoff_s < 0 or max_retry_after_s < 0:
+            raise ValueError("retries, backoff_s and max_retry_after_s must be >= 0")
+        self.base_url = url
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.backoff_s = float(backoff_s)
+        self.max_retry_after_s = float(max_retry_after_s)
+        self.name = f"openai:{model}@{url}"
+        headers = {"Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"  # never echoed in errors or repr
+        self._client = httpx.Client(timeout=httpx.Timeout(self.timeout_s), headers=headers, transport=transport)
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r})"
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int = 256, temperature: float = 0.0) -> str:
+        """POST /chat/completions (non-streaming) and return choices[0].message.content."""
+        payload = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": False,
+        }
+        url = f"{self.base_url}/chat/completions"
+        body = self._request("POST", url, json=payload)
+        try:
+            content = body["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            raise BackendError(
+                f"{self._where('POST', url)}: malformed response, expected choices[0].message.content "
+                f"to be a string: {_excerpt(repr(body))}"
+            )
+        return content
+
+    def list_models(self) -> list[str]:
+        """GET /models: the model ids the server offers (useful to check ``model`` before a run)."""
+        url = f"{self.base_url}/models"
+        body = self._request("GET", url)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+            raise BackendError(f"{self._where('GET', url)}: malformed response, expected data[*].id: {_excerpt(repr(body))}")
+        return [m["id"] for m in data]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _where(self, method: str, url: str) -> str:
+        return f"{method} {url} (model {self.model!r})"
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            asked = _retry_after_seconds(response.headers.get("Retry-After"))
+            if asked is not None:
+                return min(asked, self.max_retry_after_s)
+        return self.backoff_s * (2**attempt)
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> Any:
+        """Send with retries; return the decoded JSON body of a 2xx, else raise BackendError."""
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            tries = f" [{attempt + 1} attempts]" if attempt else ""
+            response: httpx.Response | None = None
+            try:
+                response = self._client.request(method, url, **kwargs)
+            except httpx.TimeoutException as exc:
+                problem = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+            except httpx.UnsupportedProtocol as exc:  # a bad URL does not get better with retries
+                raise BackendError(f"{self._where(method, url)}: {exc}") from exc
+            except httpx.TransportError as exc:
+                problem = f"connection failed: {type(exc).__name__}: {exc or 'no detail'}"
+            except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded: not transient
+                raise BackendError(f"{self._where(method, url)}: {type(exc).__name__}: {exc}") from exc
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    try:
+                        return response.json()
+                    except ValueError as exc:
+                        raise BackendError(
+                            f"{self._where(method, url)}: HTTP {status} but the body is not JSON: "
+                            f"{_excerpt(response.text) or '(empty)'}", status=status,
+                        ) from exc
+                problem = f"HTTP {status}: {_excerpt(response.text) or '(empty body)'}"
+                # 429 and 5xx: the server is overloaded or briefly broken, not the request.
+                if not (status == 429 or status >= 500) or last:
+                    raise BackendError(f"{self._where(method, url)}: {problem}{tries}", status=status)
+                time.sleep(self._delay(attempt, response))
+                continue
+            if last:
+                raise BackendError(f"{self._where(method, url)}: {problem}{tries}")
+            time.sleep(self._delay(attempt, None))
+        raise AssertionError("unreachable")  # the loop always returns or raises

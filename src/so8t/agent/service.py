@@ -1,0 +1,115 @@
+"""Everything `so8t serve` runs, wired from one ServerConfig: the gate, the LLM backend, the
+approval queue, the audit log and the router, plus the worker step that expires unanswered
+approvals and runs approved requests. The HTTP server and the CLI only call into this.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from so8t.agent.approvals import ApprovalQueue, Status
+from so8t.agent.audit import AuditLog, Redactor, key_from_env
+from so8t.agent.backends import OpenAIBackend
+from so8t.agent.inprocess import InProcessBackend
+from so8t.agent.router import Router
+from so8t.config import ServerConfig
+from so8t.gate import Gate
+
+log = logging.getLogger("so8t.service")
+_APPROVAL_FIELDS = ("id", "kind", "status", "request_hash", "requester", "decided_by", "reason", "parent_id",
+                    "superseded_by", "expires_at")
+
+
+def approval_audit_record(data: dict) -> dict:
+    """What the audit log keeps of an approval event: who, what (by hash), which state; the
+    request text itself stays in the queue."""
+    return {k: data.get(k) for k in _APPROVAL_FIELDS}
+
+
+def redactor_from(cfg: ServerConfig) -> Redactor:
+    patterns = dict(item.split("=", 1) for item in cfg.redact_patterns)
+    return Redactor.from_config({"disable": list(cfg.redact_disable), "patterns": patterns})
+
+
+def open_approvals(cfg: ServerConfig, audit: AuditLog | None = None) -> ApprovalQueue:
+    _make_sqlite_parent(cfg.approvals_url)
+    on_event = (lambda name, data: audit.append(name, approval_audit_record(data))) if audit else None
+    return ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s, on_event=on_event)
+
+
+def open_audit(cfg: ServerConfig) -> AuditLog:
+    Path(cfg.audit_path).parent.mkdir(parents=True, exist_ok=True)
+    return AuditLog(cfg.audit_path, redact=redactor_from(cfg), key=key_from_env())
+
+
+def _make_sqlite_parent(url: str) -> None:
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class Service:
+    config: ServerConfig
+    gate: Gate
+    backend: object | None
+    approvals: ApprovalQueue
+    audit: AuditLog
+    router: Router
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _worker: threading.Thread | None = None
+
+    def work_once(self) -> dict:
+        """Expire due approvals, then run every approved chat request once. Returns counts."""
+        expired = self.approvals.expire_due()
+        ran, failed = 0, 0
+        if self.backend is not None:
+            for item in self.approvals.list(status=Status.APPROVED, limit=50):
+                if item.kind != "chat":
+                    continue  # other kinds (tool calls) are run by their own executor
+                try:
+                    self.router.run_approved(item.id, expected_hash=item.request_hash)
+                    ran += 1
+                except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
+                    failed += 1
+                    log.error("approved request %s failed: %s", item.id, exc)
+        return {"expired": len(expired), "ran": ran, "failed": failed}
+
+    def start_worker(self) -> None:
+        def loop():
+            while not self._stop.wait(self.config.worker_interval_s):
+                try:
+                    self.work_once()
+                except Exception as exc:  # noqa: BLE001
+                    log.error("approval worker: %s", exc)
+        self._worker = threading.Thread(target=loop, name="so8t-approvals", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._worker:
+            self._worker.join(timeout=5)
+        self.gate.close()
+        if hasattr(self.backend, "close"):
+            self.backend.close()
+        self.approvals.close()
+
+
+def build_service(cfg: ServerConfig) -> Service:
+    cfg.validate()
+    audit = open_audit(cfg)
+    approvals = open_approvals(cfg, audit)
+    gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, fail_action=cfg.fail_action,
+                     timeout_s=cfg.gate_timeout_s, each_turn=cfg.each_turn)
+    if not gate.ready:
+        audit.append("gate.error", {"error": gate.load_error, "at": "startup"})
+    if cfg.backend == "openai":
+        backend = OpenAIBackend(cfg.backend_url, cfg.backend_model, api_key=os.environ.get(cfg.backend_api_key_env),
+                                timeout_s=cfg.backend_timeout_s, retries=cfg.backend_retries)
+    else:
+        backend = InProcessBackend(gate) if gate.ready else None
+    router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
+                    max_tokens=cfg.max_tokens)
+    return Service(cfg, gate, backend, approvals, audit, router)

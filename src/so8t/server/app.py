@@ -1,0 +1,255 @@
+"""The gated HTTP surface: every route is a thin call into the Service (no logic a test could
+not call without HTTP).
+
+Client routes (no token: the server binds to localhost by default):
+  POST /v1/gate                 checks only: the decision, nothing runs
+  POST /v1/chat/completions     OpenAI-compatible, gated; the reply's `so8t` field says what happened
+  GET  /v1/approvals/{id}       status (and the answer once it ran) of an escalated request
+Operator routes (admin token, from the environment variable the config names):
+  GET  /admin/approvals         the approvals page; POST .../{id}/approve | reject | edit
+  GET  /admin/api/approvals     the same as JSON
+Health: GET /healthz (alive), /readyz (the gate is loaded), /metrics (Prometheus text).
+
+Policy lives on the server: request fields and headers cannot change thresholds, fail action
+or logging. Streaming never shows unchecked text: the gate decides before anything is
+generated, and the answer is sent only once it is complete.
+"""
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
+from so8t.agent.service import Service
+from so8t.server.llm_server import ChatRequest, _describe_validation, _error
+
+COOKIE = "so8t_admin"
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
+
+
+class GateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # a client cannot smuggle policy in: extra fields are dropped
+    messages: list[dict] | None = None
+    input: str | None = Field(default=None, description="a single user message, instead of messages")
+
+
+def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if start_worker:
+            service.start_worker()
+        yield
+        service.close()
+
+    app = FastAPI(title="so8t gated agent", version="0.1", lifespan=lifespan)
+    metrics: Counter = Counter()
+    latency = Counter()
+
+    def observe(decision) -> None:
+        metrics[(decision.action.name, decision.status)] += 1
+        for b in LATENCY_BUCKETS_MS:
+            if decision.latency_ms <= b:
+                latency[b] += 1
+        latency["count"] += 1
+        latency["sum"] += decision.latency_ms
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        message, param = _describe_validation(exc)
+        return _error(400, message, param=param)
+
+    # ------------------------------------------------------------------ health
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        g = service.gate
+        body = {"ready": g.ready, "model_version": g.model_version, "policy_version": g.policy_version,
+                "error": g.load_error}
+        return JSONResponse(body, status_code=200 if g.ready else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus():
+        lines = ["# TYPE so8t_gate_decisions_total counter"]
+        lines += [f'so8t_gate_decisions_total{{action="{a}",status="{s}"}} {n}' for (a, s), n in sorted(metrics.items())]
+        lines += ["# TYPE so8t_gate_fail_closed_total counter",
+                  f"so8t_gate_fail_closed_total {service.gate.counts.get('fail_closed', 0)}",
+                  "# TYPE so8t_gate_latency_ms histogram"]
+        lines += [f'so8t_gate_latency_ms_bucket{{le="{b}"}} {latency[b]}' for b in LATENCY_BUCKETS_MS]
+        lines += [f'so8t_gate_latency_ms_bucket{{le="+Inf"}} {latency["count"]}',
+                  f"so8t_gate_latency_ms_sum {latency['sum']:.3f}", f"so8t_gate_latency_ms_count {latency['count']}",
+                  "# TYPE so8t_approvals_pending gauge", f"so8t_approvals_pending {service.approvals.pending_count()}",
+                  "# TYPE so8t_approvals_oldest_pending_seconds gauge",
+                  f"so8t_approvals_oldest_pending_seconds {service.approvals.oldest_pending_age_s() or 0:.3f}",
+                  "# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}"]
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ clients
+
+    @app.post("/v1/gate")
+    def gate(req: GateRequest):
+        if (req.messages is None) == (req.input is None):
+            return _error(400, "give exactly one of 'messages' or 'input'")
+        d = service.gate.decide(req.messages if req.messages is not None else req.input)
+        observe(d)
+        return d.to_dict()
+
+    @app.post("/v1/chat/completions")
+    def chat(req: ChatRequest, request: Request):
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        requester = request.headers.get("x-so8t-user") or "anonymous"
+        result = service.router.handle(messages, requester, max_tokens=req.budget(), temperature=req.temperature)
+        observe(result.decision)
+        finish = {"answered": "stop", "pending": "stop", "refused": "content_filter", "failed": "stop"}[result.outcome]
+        meta = {"outcome": result.outcome, "action": result.decision.action.name, "status": result.decision.status,
+                "approval_id": result.approval_id, "decision": result.decision.to_dict()}
+        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        model = req.model or "so8t-gated"
+        if req.stream:
+            def events():
+                # the text is complete and already routed; only now does any of it leave the server
+                first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "so8t": meta,
+                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": result.text},
+                                      "finish_reason": None}]}
+                last = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+                yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
+                yield f"data: {json.dumps(last)}\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": finish}], "so8t": meta}
+
+    @app.get("/v1/approvals/{approval_id}")
+    def approval_status(approval_id: str):
+        try:
+            a = service.approvals.get(approval_id)
+        except ApprovalNotFound:
+            return _error(404, f"no approval {approval_id}", kind="not_found")
+        return {"id": a.id, "status": a.status.value, "expires_at": a.expires_at.isoformat(),
+                "reason": a.reason, "superseded_by": a.superseded_by,
+                "answer": (a.result or {}).get("text") if a.status == Status.EXECUTED else None}
+
+    # ------------------------------------------------------------------ operators
+
+    def admin_token() -> str | None:
+        return os.environ.get(service.config.admin_token_env) or None
+
+    def authorised(request: Request) -> JSONResponse | None:
+        """None when the caller holds the admin token; otherwise the refusal to send."""
+        token = admin_token()
+        if not token:
+            return _error(503, f"the approvals UI is disabled: set {service.config.admin_token_env}",
+                          kind="unavailable")
+        given = request.cookies.get(COOKIE) or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "admin token required", kind="unauthorized")
+        return None
+
+    @app.get("/admin/login")
+    def login(token: str = ""):
+        expected = admin_token()
+        if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+            return HTMLResponse(_page("Sign in", "<p class='err'>Wrong or missing token.</p>" + _LOGIN_FORM), 401)
+        resp = RedirectResponse("/admin/approvals", status_code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return resp
+
+    @app.get("/admin/api/approvals")
+    def api_list(request: Request, status: str | None = None):
+        if (denied := authorised(request)) is not None:
+            return denied
+        service.approvals.expire_due()
+        return [a.to_dict() for a in service.approvals.list(status=status)]
+
+    @app.get("/admin/approvals", response_class=HTMLResponse)
+    def page(request: Request):
+        if authorised(request) is not None:
+            return HTMLResponse(_page("Sign in", _LOGIN_FORM), 401)
+        service.approvals.expire_due()
+        return HTMLResponse(_page("Approvals", _approvals_html(service.approvals.list(limit=100))))
+
+    def act(request: Request, approval_id: str, fn):
+        if (denied := authorised(request)) is not None:
+            return denied
+        try:
+            fn()
+        except (ApprovalError, ValueError) as exc:
+            return HTMLResponse(_page("Approvals", f"<p class='err'>{html.escape(str(exc))}</p>"
+                                      "<p><a href='/admin/approvals'>back</a></p>"), 409)
+        return RedirectResponse("/admin/approvals", status_code=303)
+
+    @app.post("/admin/approvals/{approval_id}/approve")
+    def approve(request: Request, approval_id: str, by: str = Form("operator")):
+        return act(request, approval_id, lambda: service.approvals.approve(approval_id, by))
+
+    @app.post("/admin/approvals/{approval_id}/reject")
+    def reject(request: Request, approval_id: str, reason: str = Form(""), by: str = Form("operator")):
+        return act(request, approval_id, lambda: service.approvals.reject(approval_id, by, reason))
+
+    @app.post("/admin/approvals/{approval_id}/edit")
+    def edit(request: Request, approval_id: str, content: str = Form(...), by: str = Form("operator")):
+        def do():
+            old = service.approvals.get(approval_id).request
+            new = {**old, "messages": old["messages"][:-1] + [{"role": "user", "content": content}]}
+            service.approvals.edit(approval_id, new, by,
+                                   regate=lambda req: service.gate.decide(req["messages"]).to_dict())
+        return act(request, approval_id, do)
+
+    return app
+
+
+_LOGIN_FORM = ("<form method='get' action='/admin/login'><label>Admin token "
+               "<input type='password' name='token' id='token'></label> <button id='login'>Sign in</button></form>")
+
+
+def _page(title: str, body: str) -> str:
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>so8t · {html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}} table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #ccc;padding:.4rem;vertical-align:top;text-align:left}} .err{{color:#b00}}
+.PENDING{{background:#fff7d6}} .EXECUTED{{background:#e8f6e8}} .REJECTED,.TIMEOUT{{background:#f6e8e8}}
+pre{{white-space:pre-wrap;margin:0}} form{{display:inline}}</style></head>
+<body><h1>so8t · {html.escape(title)}</h1>{body}</body></html>"""
+
+
+def _approvals_html(items) -> str:
+    if not items:
+        return "<p id='empty'>No approval requests.</p>"
+    rows = []
+    for a in items:
+        req, dec = a.request, a.decision
+        convo = "\n".join(f"[{m['role']}] {m['content']}" for m in req.get("messages", []))
+        probs = dec.get("probs") or []
+        actions = ""
+        if a.status == Status.PENDING:
+            actions = (f"<form method='post' action='/admin/approvals/{a.id}/approve'>"
+                       f"<button class='approve' data-id='{a.id}'>Approve</button></form> "
+                       f"<form method='post' action='/admin/approvals/{a.id}/reject'>"
+                       f"<input name='reason' placeholder='reason (required)' class='reason' data-id='{a.id}'> "
+                       f"<button class='reject' data-id='{a.id}'>Reject</button></form>")
+        rows.append(
+            f"<tr class='{a.status.value}' id='row-{a.id}'><td><code>{a.id[:12]}</code><br>{html.escape(a.kind)}</td>"
+            f"<td><pre>{html.escape(convo)}</pre></td>"
+            f"<td>{html.escape(str(dec.get('action')))} ({html.escape(str(dec.get('status')))})<br>"
+            f"{' / '.join(f'{p:.2f}' for p in probs)}</td>"
+            f"<td>{html.escape(a.requester)}</td><td>{a.expires_at:%Y-%m-%d %H:%M:%S} UTC</td>"
+            f"<td class='status'>{a.status.value}{'<br>' + html.escape(a.reason) if a.reason else ''}</td>"
+            f"<td>{actions}</td></tr>")
+    head = ("<tr><th>id</th><th>request</th><th>gate (ALLOW / ESCALATE / REFUSE)</th><th>requester</th>"
+            "<th>expires</th><th>status</th><th></th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"

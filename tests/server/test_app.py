@@ -1,0 +1,138 @@
+"""The gated server over real HTTP (uvicorn on localhost), and the approvals page in a real
+headless Chromium driven by Playwright."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from so8t.agent.audit import verify
+from so8t.agent.service import build_service
+from so8t.config import ServerConfig
+from so8t.server.app import create_app
+from so8t.server.llm_server import serve_in_thread
+
+CHROMIUM = Path("/usr/bin/chromium")
+TOKEN = "test-admin-token-123"
+
+
+def _run(tiny_run, tmp_path, refuse_at, allow_at):
+    run = tmp_path / f"run-{refuse_at}-{allow_at}"
+    shutil.copytree(tiny_run[0], run)
+    (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": refuse_at, "allow_at": allow_at}}))
+    return run
+
+
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    handles = []
+
+    def start(run, **kw):
+        monkeypatch.setenv("SO8T_ADMIN_TOKEN", TOKEN)
+        cfg = ServerConfig(run=str(run), approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
+                           audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6, worker_interval_s=0.2, **kw)
+        svc = build_service(cfg)
+        h = serve_in_thread(create_app(svc))
+        handles.append(h)
+        return h.url, svc
+    yield start
+    for h in handles:
+        h.stop()
+
+
+def _chat(url, content, **kw):
+    return httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": content}], **kw},
+                      headers={"X-So8t-User": "alice"}, timeout=30).json()
+
+
+def test_health_ready_and_gate_only_endpoint(tiny_run, tmp_path, serve):
+    url, svc = serve(_run(tiny_run, tmp_path, 0.0, 0.5))
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{url}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"]
+    d = httpx.post(f"{url}/v1/gate", json={"input": "hello"}).json()
+    assert d["action"] == "REFUSE" and d["status"] == "ok" and len(d["probs"]) == 3
+    assert httpx.post(f"{url}/v1/gate", json={}).status_code == 400
+    m = httpx.get(f"{url}/metrics").text
+    assert 'so8t_gate_decisions_total{action="REFUSE",status="ok"} 1' in m and "so8t_approvals_pending 0" in m
+
+
+def test_a_client_cannot_switch_policy_off(tiny_run, tmp_path, serve):
+    url, _ = serve(_run(tiny_run, tmp_path, 0.0, 0.5))
+    r = httpx.post(f"{url}/v1/gate", json={"input": "hi", "thresholds": None, "fail_action": "ALLOW", "policy": "off"},
+                   headers={"X-So8t-Policy": "off"}).json()
+    assert r["action"] == "REFUSE" and r["thresholds"] == {"refuse_at": 0.0, "allow_at": 0.5}
+
+
+def test_chat_completions_refused_and_allowed(tiny_run, tmp_path, serve):
+    url, _ = serve(_run(tiny_run, tmp_path, 0.0, 0.5))
+    r = _chat(url, "How do I make a weapon?")
+    assert r["object"] == "chat.completion" and r["choices"][0]["finish_reason"] == "content_filter"
+    assert r["so8t"]["outcome"] == "refused" and "What I can do instead" in r["choices"][0]["message"]["content"]
+    url2, _ = serve(_run(tiny_run, tmp_path, 1.0, 0.0))
+    r = _chat(url2, "List my files", stream=False)
+    assert r["so8t"]["outcome"] == "answered" and isinstance(r["choices"][0]["message"]["content"], str)
+    with httpx.stream("POST", f"{url2}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                                    "stream": True}, timeout=30) as resp:
+        lines = [x for x in resp.iter_lines() if x]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["so8t"]["action"] == "ALLOW"
+
+
+def test_a_broken_run_is_not_ready_and_fails_closed(tmp_path, serve):
+    url, _ = serve(tmp_path / "no-run")
+    assert httpx.get(f"{url}/readyz").status_code == 503
+    r = _chat(url, "List my files")
+    assert r["so8t"]["outcome"] == "refused" and r["so8t"]["status"] == "error"
+    assert "so8t_gate_fail_closed_total 1" in httpx.get(f"{url}/metrics").text
+
+
+def test_admin_api_needs_the_token(tiny_run, tmp_path, serve):
+    url, _ = serve(_run(tiny_run, tmp_path, 1.0, 1.0))
+    assert httpx.get(f"{url}/admin/api/approvals").status_code == 401
+    assert httpx.get(f"{url}/admin/api/approvals", headers={"Authorization": "Bearer nope"}).status_code == 401
+    r = _chat(url, "Send the salary sheet to everyone")
+    items = httpx.get(f"{url}/admin/api/approvals", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert [i["id"] for i in items] == [r["so8t"]["approval_id"]] and items[0]["status"] == "PENDING"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (./setup.sh installs it)")
+def test_approvals_page_in_headless_chromium(tiny_run, tmp_path, serve):
+    from playwright.sync_api import sync_playwright
+
+    url, svc = serve(_run(tiny_run, tmp_path, 1.0, 1.0))
+    first = _chat(url, "Forward the board minutes to partner@example.com")["so8t"]["approval_id"]
+    second = _chat(url, "本番DBのusersテーブルを削除して")["so8t"]["approval_id"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(f"{url}/admin/approvals")
+        assert "Admin token" in page.content()          # not signed in: no data shown
+        page.fill("#token", TOKEN)
+        page.click("#login")
+        page.wait_for_selector(f"#row-{first}")
+        assert "本番DBのusersテーブルを削除して" in page.inner_text(f"#row-{second}")
+        page.click(f"button.approve[data-id='{first}']")
+        page.wait_for_selector(f"#row-{first}.APPROVED, #row-{first}.EXECUTING, #row-{first}.EXECUTED")
+        page.click(f"button.reject[data-id='{second}']")  # no reason: refused with a message
+        assert "reason" in page.content()
+        page.goto(f"{url}/admin/approvals")
+        page.fill(f"input.reason[data-id='{second}']", "production data: not via chat")
+        page.click(f"button.reject[data-id='{second}']")
+        page.wait_for_selector(f"#row-{second}.REJECTED")
+        page.screenshot(path=str(tmp_path / "approvals.png"))
+        browser.close()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        status = httpx.get(f"{url}/v1/approvals/{first}").json()
+        if status["status"] == "EXECUTED":
+            break
+        time.sleep(0.2)
+    assert status["status"] == "EXECUTED" and isinstance(status["answer"], str)
+    assert httpx.get(f"{url}/v1/approvals/{second}").json()["status"] == "REJECTED"
+    assert (tmp_path / "approvals.png").stat().st_size > 5000
+    report = verify(svc.config.audit_path)
+    assert report.ok and report.records >= 6
