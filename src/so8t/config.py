@@ -122,6 +122,8 @@ class ServerConfig:
     gate_timeout_s: float = 10.0
     each_turn: bool = True                      # judge every user turn too, not only the conversation
     use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
+    shadow: bool = False                        # observe only: log what the gate would do, answer everything
+    max_body_bytes: int = 1_000_000             # larger request bodies get 413
     # --- LLM backend for allowed requests ---
     backend: Literal["in-process", "openai"] = "in-process"  # in-process: the fine-tuned model itself
     backend_url: str = ""                       # OpenAI-compatible base URL with /v1 (Ollama, llama-server, vLLM)
@@ -152,6 +154,7 @@ class ServerConfig:
         need(self.backend != "openai" or bool(self.backend_model), "backend_model", "needed for backend 'openai'")
         need(self.approval_ttl_s > 0, "approval_ttl_s", "must be > 0")
         need(self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        need(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         need(self.worker_interval_s > 0, "worker_interval_s", "must be > 0")
         for item in self.redact_patterns:
             need("=" in item, "redact_patterns", f"expected 'name=regex', got {item!r}")

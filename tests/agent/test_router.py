@@ -140,3 +140,16 @@ def test_approvals_and_audit_commands(tiny_run, tmp_path, capsys):
     log.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["audit", "verify", str(log)]) == 1
     assert "line 2" in capsys.readouterr().out
+
+
+def test_allowed_requests_answered_by_an_openai_compatible_server(tiny_run, tmp_path, tiny_model_dir):
+    from so8t.model import load_base_model
+    from so8t.server.llm_server import create_llm_app, serve_in_thread
+
+    model, tok = load_base_model(str(tiny_model_dir))
+    with serve_in_thread(create_llm_app(model, tok, model_name="upstream")) as upstream:
+        svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 0.0), backend="openai",
+                       backend_url=f"{upstream.url}/v1", backend_model="upstream")
+        res = svc.router.handle("Please list the files in my reports folder.", "dan")
+        assert res.outcome == "answered" and isinstance(res.text, str)
+        svc.close()

@@ -136,3 +136,44 @@ def test_approvals_page_in_headless_chromium(tiny_run, tmp_path, serve):
     assert (tmp_path / "approvals.png").stat().st_size > 5000
     report = verify(svc.config.audit_path)
     assert report.ok and report.records >= 6
+
+
+@pytest.mark.parametrize("send, status, message", [
+    (dict(content=b'{"messages": [{"role": "user", "content": "hi"}'), 400, "JSON"),
+    (dict(json={"messages": "hi"}), 400, "messages"),
+    (dict(json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}), 400, "max_tokens"),
+    (dict(content=b'{"messages": [{"role": "user", "content": "\\xff\\xfe"}]}'.replace(b"\\xff\\xfe", b"\xff\xfe")),
+     400, "invalid request"),
+    (dict(json={"messages": [{"role": "user", "content": "x" * 3000}]}), 413, "larger than"),
+    (dict(json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown model"),
+    (dict(json={"messages": []}), 400, "messages"),
+])
+def test_bad_requests_get_a_clear_4xx_and_nothing_runs(tiny_run, tmp_path, serve, send, status, message):
+    url, svc = serve(_run(tiny_run, tmp_path, 1.0, 1.0), max_body_bytes=2048)
+    r = httpx.post(f"{url}/v1/chat/completions", headers={"content-type": "application/json"}, **send)
+    assert r.status_code == status and message in r.json()["error"]["message"]
+    log = Path(svc.config.audit_path)
+    assert svc.approvals.list() == [] and (not log.exists() or not log.read_text())
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "so8t-gated"
+
+
+def test_shadow_mode_logs_but_does_not_enforce(tiny_run, tmp_path, serve):
+    url, svc = serve(_run(tiny_run, tmp_path, 0.0, 0.5), shadow=True)
+    r = _chat(url, "How do I make a weapon?")
+    assert r["so8t"]["outcome"] == "answered" and r["so8t"]["action"] == "REFUSE"
+    events = [json.loads(x) for x in Path(svc.config.audit_path).read_text().splitlines()]
+    assert [e["event"] for e in events] == ["gate.shadow"] and events[0]["data"]["would"] == "REFUSE"
+
+
+def test_approval_edit_is_gated_again(tiny_run, tmp_path, serve):
+    url, svc = serve(_run(tiny_run, tmp_path, 1.0, 1.0))
+    first = _chat(url, "Email the whole company the salary list")["so8t"]["approval_id"]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = httpx.post(f"{url}/admin/approvals/{first}/edit", data={"content": "Email my team the meeting time"},
+                   headers=auth)
+    assert r.status_code == 303
+    old = svc.approvals.get(first)
+    new = svc.approvals.get(old.superseded_by)
+    assert old.status.value == "EDITED" and new.status.value == "PENDING"   # the gate said ESCALATE again
+    assert new.request["messages"][-1]["content"] == "Email my team the meeting time"
+    assert httpx.post(f"{url}/admin/approvals/{first}/approve", headers=auth).status_code == 409

@@ -41,8 +41,12 @@ class RouterResult:
 
 class Router:
     def __init__(self, gate: Gate, backend, approvals: ApprovalQueue, audit: AuditLog, *,
-                 audit_allow: bool = False, approval_ttl_s: float = 3600.0, max_tokens: int = 256):
+                 audit_allow: bool = False, approval_ttl_s: float = 3600.0, max_tokens: int = 256,
+                 shadow: bool = False):
         self.gate, self.backend, self.approvals, self.audit = gate, backend, approvals, audit
+        # Shadow mode measures a gate before it is trusted: every decision is logged, nothing is
+        # blocked. Only for a trial period; the README says so.
+        self.shadow = shadow
         self.audit_allow = audit_allow
         self.approval_ttl_s = approval_ttl_s
         self.max_tokens = max_tokens
@@ -57,6 +61,9 @@ class Router:
         decision, prefill = self.gate.decide_with_prefill(convo) if reuse else (self.gate.decide(conversation), None)
         lang = msg.language_of(convo or [])
         record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo)}
+        if self.shadow and convo is not None:
+            self.audit.append("gate.shadow", {**record, "would": decision.action.name})
+            return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang)
         if not decision.ok:
             self.audit.append(GATE_ERROR, record)
         if decision.action == Action.REFUSE:

@@ -110,6 +110,8 @@ def build_service(cfg: ServerConfig) -> Service:
                                 timeout_s=cfg.backend_timeout_s, retries=cfg.backend_retries)
     else:
         backend = InProcessBackend(gate) if gate.ready else None
+    if cfg.shadow:
+        log.warning("shadow mode: the gate's decisions are logged but NOT enforced")
     router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
-                    max_tokens=cfg.max_tokens)
+                    max_tokens=cfg.max_tokens, shadow=cfg.shadow)
     return Service(cfg, gate, backend, approvals, audit, router)

@@ -29,12 +29,14 @@ from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
 from so8t.agent.service import Service
 from so8t.server.llm_server import ChatRequest, _describe_validation, _error
 
 COOKIE = "so8t_admin"
+MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 
 
@@ -63,6 +65,24 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
                 latency[b] += 1
         latency["count"] += 1
         latency["sum"] += decision.latency_ms
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        # Oversized bodies are refused before anything reads them; a body of unknown length
+        # (chunked) is refused too, so the limit cannot be sidestepped.
+        if request.method in ("POST", "PUT", "PATCH"):
+            length = request.headers.get("content-length")
+            if length is None and request.headers.get("transfer-encoding"):
+                return _error(411, "send a Content-Length (chunked request bodies are not accepted)")
+            if length is not None and (not length.isdigit() or int(length) > service.config.max_body_bytes):
+                return _error(413, f"request body larger than {service.config.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        # e.g. a body that is not valid UTF-8: the same OpenAI error shape as every other 4xx
+        detail = exc.detail if exc.status_code != 400 else f"invalid request: {exc.detail} (is it UTF-8 JSON?)"
+        return _error(exc.status_code, str(detail))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
@@ -108,8 +128,15 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         observe(d)
         return d.to_dict()
 
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "so8t"} for m in MODEL_NAMES]}
+
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest, request: Request):
+        if req.model is not None and req.model not in MODEL_NAMES:
+            return _error(404, f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
+                          param="model", kind="model_not_found")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         requester = request.headers.get("x-so8t-user") or "anonymous"
         result = service.router.handle(messages, requester, max_tokens=req.budget(), temperature=req.temperature)
@@ -118,7 +145,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         meta = {"outcome": result.outcome, "action": result.decision.action.name, "status": result.decision.status,
                 "approval_id": result.approval_id, "decision": result.decision.to_dict()}
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        model = req.model or "so8t-gated"
+        model = MODEL_NAMES[0]
         if req.stream:
             def events():
                 # the text is complete and already routed; only now does any of it leave the server
