@@ -196,6 +196,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """An interactive conversation through the same router as the server (gate first)."""
+    from so8t.agent.service import build_service
+
+    service = build_service(server_config_from_args(args))
+    if not service.gate.ready:
+        print(f"warning: the gate is not ready and will refuse everything: {service.gate.load_error}", file=sys.stderr)
+    user = os.environ.get("USER", "terminal")
+    print("so8t chat: every message goes through the Safety Gate. /reset starts over, /quit (or Ctrl-D) ends.")
+    convo: list[dict[str, str]] = []
+    try:
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                print()
+                break
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            if line == "/reset":
+                convo = []
+                print("(new conversation)")
+                continue
+            convo.append({"role": "user", "content": line})
+            res = service.router.handle(convo, user)
+            d = res.decision
+            probs = " ".join(f"{a[0]}={p:.2f}" for a, p in zip(("ALLOW", "ESCALATE", "REFUSE"), d.probs or ()))
+            print(f"[{d.action.name} {d.status}{' ' + probs if probs else ''}] {res.outcome}")
+            print(f"so8t> {res.text}")
+            if res.outcome == "answered":
+                convo.append({"role": "assistant", "content": res.text})
+            else:
+                convo.pop()  # an unanswered turn does not stay in the context
+    finally:
+        service.close()
+    return 0
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -361,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("chat", help="talk to a trained run in the terminal, through the gate and the router")
+    p.add_argument("run", nargs="?", help="the trained run folder")
+    p.add_argument("--config", help="YAML file with ServerConfig fields (backend, approvals, audit)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")
     p.add_argument("model", nargs="?", default="embedded", help="model reference (default: the embedded model)")
