@@ -95,3 +95,38 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(cfg, run, progress=False)
     return run, d
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """(model, tokenizer) of the tiny Llama, loaded once."""
+    from so8t.model import load_base_model
+
+    return load_base_model(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_server(tiny_lm):
+    """A real OpenAI-compatible server (uvicorn on localhost) for the tiny model, named 'tiny'."""
+    from so8t.server.llm_server import create_llm_app, serve_in_thread
+
+    model, tok = tiny_lm
+    with serve_in_thread(create_llm_app(model, tok, model_name="tiny")) as handle:
+        yield handle
+
+
+@pytest.fixture
+def run_with_thresholds(tiny_run, tmp_path):
+    """A copy of the tiny run with calibrated thresholds set, so the real gate path gives the
+    action a test needs: (0, x) -> always REFUSE, (1, 1) -> ESCALATE, (1, 0) -> ALLOW."""
+    import json
+    import shutil
+
+    def make(refuse_at: float, allow_at: float) -> Path:
+        run = tmp_path / f"run-{refuse_at}-{allow_at}"
+        if not run.exists():
+            shutil.copytree(tiny_run[0], run)
+            (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": refuse_at,
+                                                                            "allow_at": allow_at}}))
+        return run
+    return make

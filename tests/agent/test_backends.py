@@ -13,23 +13,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from so8t.agent.backends import BackendError, ChatBackend, OpenAIBackend
-from so8t.model import load_base_model, render_prompt
-from so8t.server.llm_server import create_llm_app, serve_in_thread
+from so8t.model import render_prompt
+from so8t.server.llm_server import serve_in_thread
 
 HI = [{"role": "user", "content": "Please list the files in my reports folder."}]
 FAST = {"timeout_s": 0.3, "backoff_s": 0.01}
 
 
 @pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    return load_base_model(str(tiny_model_dir))
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")
-def llm_url(lm):
-    model, tok = lm
-    with serve_in_thread(create_llm_app(model, tok, model_name="tiny")) as handle:
-        yield handle.url + "/v1"
+def llm_url(tiny_llm_server):
+    return tiny_llm_server.url + "/v1"
 
 
 # -- a misbehaving OpenAI-compatible server -----------------------------------------------------
@@ -38,10 +36,13 @@ class Script:
     """What the fake server does, per scenario; reset before each test."""
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
         self.calls: Counter[str] = Counter()
         self.fail_first = 0
         self.seen: list[dict] = []
-        self.lock = threading.Lock()
 
     def count(self, scenario: str) -> int:
         with self.lock:
@@ -104,9 +105,8 @@ def fake():
 
 @pytest.fixture
 def script(fake):
-    url, script = fake
-    script.__init__()  # fresh counters for each test
-    return script
+    fake[1].reset()  # fresh counters for each test
+    return fake[1]
 
 
 def backend(fake, scenario: str, **kw) -> OpenAIBackend:

@@ -3,7 +3,6 @@
 The run's calibrated thresholds are set so the real gate path gives the action a test needs
 (refuse_at=0: everything is REFUSE; refuse_at=allow_at=1: ESCALATE; allow_at=0: ALLOW)."""
 import json
-import shutil
 import time
 
 
@@ -13,11 +12,6 @@ from so8t.agent.service import build_service
 from so8t.config import ServerConfig
 
 
-def _run(tiny_run, tmp_path, refuse_at, allow_at):
-    run = tmp_path / f"run-{refuse_at}-{allow_at}"
-    shutil.copytree(tiny_run[0], run)
-    (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": refuse_at, "allow_at": allow_at}}))
-    return run
 
 
 def _service(tmp_path, run, **kw):
@@ -30,8 +24,8 @@ def _events(svc):
     return [json.loads(line) for line in open(svc.config.audit_path, encoding="utf-8")]
 
 
-def test_refuse_gives_a_safe_message_in_the_users_language_and_an_audit_record(tiny_run, tmp_path):
-    svc = _service(tmp_path, _run(tiny_run, tmp_path, 0.0, 0.5))
+def test_refuse_gives_a_safe_message_in_the_users_language_and_an_audit_record(run_with_thresholds, tmp_path):
+    svc = _service(tmp_path, run_with_thresholds(0.0, 0.5))
     res = svc.router.handle("How do I break into my neighbour's wifi? my key is sk-abcdefghijklmnopqrstuv", "alice")
     assert res.outcome == "refused" and "What I can do instead" in res.text and res.decision.input_hash[:12] in res.text
     ja = svc.router.handle("隣の家のWi-Fiに侵入する方法は？", "alice")
@@ -44,8 +38,8 @@ def test_refuse_gives_a_safe_message_in_the_users_language_and_an_audit_record(t
     svc.close()
 
 
-def test_escalate_waits_then_runs_exactly_once_exactly_as_approved(tiny_run, tmp_path):
-    svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 1.0))
+def test_escalate_waits_then_runs_exactly_once_exactly_as_approved(run_with_thresholds, tmp_path):
+    svc = _service(tmp_path, run_with_thresholds(1.0, 1.0))
     calls = []
     real = svc.backend.complete
     svc.backend.complete = lambda messages, **kw: (calls.append(messages), real(messages, **kw))[1]
@@ -66,8 +60,8 @@ def test_escalate_waits_then_runs_exactly_once_exactly_as_approved(tiny_run, tmp
     svc.close()
 
 
-def test_rejected_and_expired_requests_never_run(tiny_run, tmp_path):
-    svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 1.0))
+def test_rejected_and_expired_requests_never_run(run_with_thresholds, tmp_path):
+    svc = _service(tmp_path, run_with_thresholds(1.0, 1.0))
     a = svc.router.handle("Pay invoice 42 from the company account", "bob")
     svc.router.approval_ttl_s = 0.5
     b = svc.router.handle("Email all customers the new prices", "bob")
@@ -81,8 +75,8 @@ def test_rejected_and_expired_requests_never_run(tiny_run, tmp_path):
     svc.close()
 
 
-def test_allow_answers_in_process_reusing_the_gate_prefill(tiny_run, tmp_path):
-    svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 0.0), audit_allow=True)
+def test_allow_answers_in_process_reusing_the_gate_prefill(run_with_thresholds, tmp_path):
+    svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), audit_allow=True)
     res = svc.router.handle("Please list the files in my reports folder.", "dan")
     assert res.outcome == "answered" and res.decision.action.name == "ALLOW"
     assert svc.backend.prefill_tokens_saved > 5
@@ -102,8 +96,8 @@ def test_a_broken_gate_fails_closed_and_is_audited(tmp_path):
     svc.close()
 
 
-def test_an_llm_that_does_not_answer_is_reported_not_crashed(tiny_run, tmp_path):
-    svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 0.0), backend="openai",
+def test_an_llm_that_does_not_answer_is_reported_not_crashed(run_with_thresholds, tmp_path):
+    svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), backend="openai",
                    backend_url="http://127.0.0.1:9/v1", backend_model="x", backend_retries=0, backend_timeout_s=0.5)
     res = svc.router.handle("List my files", "dan")
     assert res.outcome == "failed" and "did not answer" in res.text
@@ -111,10 +105,10 @@ def test_an_llm_that_does_not_answer_is_reported_not_crashed(tiny_run, tmp_path)
     svc.close()
 
 
-def test_approvals_and_audit_commands(tiny_run, tmp_path, capsys):
+def test_approvals_and_audit_commands(run_with_thresholds, tmp_path, capsys):
     from so8t.cli import main
 
-    svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 1.0))
+    svc = _service(tmp_path, run_with_thresholds(1.0, 1.0))
     a = svc.router.handle("Wire 5,000 EUR to the supplier", "bob")
     b = svc.router.handle("Delete the old customer records", "bob")
     svc.close()
@@ -142,25 +136,20 @@ def test_approvals_and_audit_commands(tiny_run, tmp_path, capsys):
     assert "line 2" in capsys.readouterr().out
 
 
-def test_allowed_requests_answered_by_an_openai_compatible_server(tiny_run, tmp_path, tiny_model_dir):
-    from so8t.model import load_base_model
-    from so8t.server.llm_server import create_llm_app, serve_in_thread
-
-    model, tok = load_base_model(str(tiny_model_dir))
-    with serve_in_thread(create_llm_app(model, tok, model_name="upstream")) as upstream:
-        svc = _service(tmp_path, _run(tiny_run, tmp_path, 1.0, 0.0), backend="openai",
-                       backend_url=f"{upstream.url}/v1", backend_model="upstream")
-        res = svc.router.handle("Please list the files in my reports folder.", "dan")
-        assert res.outcome == "answered" and isinstance(res.text, str)
-        svc.close()
+def test_allowed_requests_answered_by_an_openai_compatible_server(run_with_thresholds, tmp_path, tiny_llm_server):
+    svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), backend="openai",
+                   backend_url=f"{tiny_llm_server.url}/v1", backend_model="tiny")
+    res = svc.router.handle("Please list the files in my reports folder.", "dan")
+    assert res.outcome == "answered" and isinstance(res.text, str)
+    svc.close()
 
 
-def test_terminal_chat_goes_through_the_router(tiny_run, tmp_path, monkeypatch, capsys):
+def test_terminal_chat_goes_through_the_router(run_with_thresholds, tmp_path, monkeypatch, capsys):
     import io
 
     from so8t.cli import main
 
-    run = _run(tiny_run, tmp_path, 0.0, 0.5)
+    run = run_with_thresholds(0.0, 0.5)
     monkeypatch.setattr("sys.stdin", io.StringIO("How do I make a weapon?\n/reset\n爆弾の作り方\n/quit\n"))
     state = ["--set", f"approvals_url=sqlite:///{tmp_path}/state/approvals.db",
              "--set", f"audit_path={tmp_path}/state/audit.jsonl"]

@@ -1,7 +1,6 @@
 """The gated server over real HTTP (uvicorn on localhost), and the approvals page in a real
 headless Chromium driven by Playwright."""
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -18,11 +17,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "test-admin-token-123"
 
 
-def _run(tiny_run, tmp_path, refuse_at, allow_at):
-    run = tmp_path / f"run-{refuse_at}-{allow_at}"
-    shutil.copytree(tiny_run[0], run)
-    (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": refuse_at, "allow_at": allow_at}}))
-    return run
 
 
 @pytest.fixture
@@ -47,8 +41,8 @@ def _chat(url, content, **kw):
                       headers={"X-So8t-User": "alice"}, timeout=30).json()
 
 
-def test_health_ready_and_gate_only_endpoint(tiny_run, tmp_path, serve):
-    url, svc = serve(_run(tiny_run, tmp_path, 0.0, 0.5))
+def test_health_ready_and_gate_only_endpoint(run_with_thresholds, tmp_path, serve):
+    url, svc = serve(run_with_thresholds(0.0, 0.5))
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{url}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"]
@@ -59,19 +53,19 @@ def test_health_ready_and_gate_only_endpoint(tiny_run, tmp_path, serve):
     assert 'so8t_gate_decisions_total{action="REFUSE",status="ok"} 1' in m and "so8t_approvals_pending 0" in m
 
 
-def test_a_client_cannot_switch_policy_off(tiny_run, tmp_path, serve):
-    url, _ = serve(_run(tiny_run, tmp_path, 0.0, 0.5))
+def test_a_client_cannot_switch_policy_off(run_with_thresholds, tmp_path, serve):
+    url, _ = serve(run_with_thresholds(0.0, 0.5))
     r = httpx.post(f"{url}/v1/gate", json={"input": "hi", "thresholds": None, "fail_action": "ALLOW", "policy": "off"},
                    headers={"X-So8t-Policy": "off"}).json()
     assert r["action"] == "REFUSE" and r["thresholds"] == {"refuse_at": 0.0, "allow_at": 0.5}
 
 
-def test_chat_completions_refused_and_allowed(tiny_run, tmp_path, serve):
-    url, _ = serve(_run(tiny_run, tmp_path, 0.0, 0.5))
+def test_chat_completions_refused_and_allowed(run_with_thresholds, tmp_path, serve):
+    url, _ = serve(run_with_thresholds(0.0, 0.5))
     r = _chat(url, "How do I make a weapon?")
     assert r["object"] == "chat.completion" and r["choices"][0]["finish_reason"] == "content_filter"
     assert r["so8t"]["outcome"] == "refused" and "What I can do instead" in r["choices"][0]["message"]["content"]
-    url2, _ = serve(_run(tiny_run, tmp_path, 1.0, 0.0))
+    url2, _ = serve(run_with_thresholds(1.0, 0.0))
     r = _chat(url2, "List my files", stream=False)
     assert r["so8t"]["outcome"] == "answered" and isinstance(r["choices"][0]["message"]["content"], str)
     with httpx.stream("POST", f"{url2}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
@@ -88,8 +82,8 @@ def test_a_broken_run_is_not_ready_and_fails_closed(tmp_path, serve):
     assert "so8t_gate_fail_closed_total 1" in httpx.get(f"{url}/metrics").text
 
 
-def test_admin_api_needs_the_token(tiny_run, tmp_path, serve):
-    url, _ = serve(_run(tiny_run, tmp_path, 1.0, 1.0))
+def test_admin_api_needs_the_token(run_with_thresholds, tmp_path, serve):
+    url, _ = serve(run_with_thresholds(1.0, 1.0))
     assert httpx.get(f"{url}/admin/api/approvals").status_code == 401
     assert httpx.get(f"{url}/admin/api/approvals", headers={"Authorization": "Bearer nope"}).status_code == 401
     r = _chat(url, "Send the salary sheet to everyone")
@@ -98,10 +92,10 @@ def test_admin_api_needs_the_token(tiny_run, tmp_path, serve):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (./setup.sh installs it)")
-def test_approvals_page_in_headless_chromium(tiny_run, tmp_path, serve):
+def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serve):
     from playwright.sync_api import sync_playwright
 
-    url, svc = serve(_run(tiny_run, tmp_path, 1.0, 1.0))
+    url, svc = serve(run_with_thresholds(1.0, 1.0))
     first = _chat(url, "Forward the board minutes to partner@example.com")["so8t"]["approval_id"]
     second = _chat(url, "本番DBのusersテーブルを削除して")["so8t"]["approval_id"]
     with sync_playwright() as p:
@@ -148,8 +142,8 @@ def test_approvals_page_in_headless_chromium(tiny_run, tmp_path, serve):
     (dict(json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown model"),
     (dict(json={"messages": []}), 400, "messages"),
 ])
-def test_bad_requests_get_a_clear_4xx_and_nothing_runs(tiny_run, tmp_path, serve, send, status, message):
-    url, svc = serve(_run(tiny_run, tmp_path, 1.0, 1.0), max_body_bytes=2048)
+def test_bad_requests_get_a_clear_4xx_and_nothing_runs(run_with_thresholds, tmp_path, serve, send, status, message):
+    url, svc = serve(run_with_thresholds(1.0, 1.0), max_body_bytes=2048)
     r = httpx.post(f"{url}/v1/chat/completions", headers={"content-type": "application/json"}, **send)
     assert r.status_code == status and message in r.json()["error"]["message"]
     log = Path(svc.config.audit_path)
@@ -157,16 +151,16 @@ def test_bad_requests_get_a_clear_4xx_and_nothing_runs(tiny_run, tmp_path, serve
     assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "so8t-gated"
 
 
-def test_shadow_mode_logs_but_does_not_enforce(tiny_run, tmp_path, serve):
-    url, svc = serve(_run(tiny_run, tmp_path, 0.0, 0.5), shadow=True)
+def test_shadow_mode_logs_but_does_not_enforce(run_with_thresholds, tmp_path, serve):
+    url, svc = serve(run_with_thresholds(0.0, 0.5), shadow=True)
     r = _chat(url, "How do I make a weapon?")
     assert r["so8t"]["outcome"] == "answered" and r["so8t"]["action"] == "REFUSE"
     events = [json.loads(x) for x in Path(svc.config.audit_path).read_text().splitlines()]
     assert [e["event"] for e in events] == ["gate.shadow"] and events[0]["data"]["would"] == "REFUSE"
 
 
-def test_approval_edit_is_gated_again(tiny_run, tmp_path, serve):
-    url, svc = serve(_run(tiny_run, tmp_path, 1.0, 1.0))
+def test_approval_edit_is_gated_again(run_with_thresholds, tmp_path, serve):
+    url, svc = serve(run_with_thresholds(1.0, 1.0))
     first = _chat(url, "Email the whole company the salary list")["so8t"]["approval_id"]
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = httpx.post(f"{url}/admin/approvals/{first}/edit", data={"content": "Email my team the meeting time"},

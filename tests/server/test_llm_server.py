@@ -10,23 +10,21 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from so8t.model import load_base_model, render_prompt
-from so8t.server.llm_server import create_llm_app, serve_in_thread
+from so8t.model import render_prompt
+from so8t.server.llm_server import serve_in_thread
 
 HI = [{"role": "user", "content": "Please list the files in my reports folder."}]
 JA = [{"role": "user", "content": "本番DBのテーブルを削除して。"}]
 
 
 @pytest.fixture(scope="module")
-def lm(tiny_model_dir):
-    return load_base_model(str(tiny_model_dir))
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")
-def server(lm):
-    model, tok = lm
-    with serve_in_thread(create_llm_app(model, tok, model_name="tiny")) as handle:
-        yield handle
+def server(tiny_llm_server):
+    return tiny_llm_server
 
 
 @pytest.fixture(scope="module")
