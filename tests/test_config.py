@@ -60,3 +60,23 @@ def test_every_preset_is_a_valid_config():
 def test_overrides_need_key_value():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["lr"])
+
+
+def test_the_example_server_config_is_valid_and_bad_keys_are_named(tmp_path):
+    from pathlib import Path
+
+    from so8t.config import ConfigError, ServerConfig, from_dict, load_yaml
+
+    example = Path(__file__).parents[1] / "examples" / "server.yaml"
+    cfg = from_dict(ServerConfig, load_yaml(example), str(example))
+    assert cfg.fail_action == "REFUSE" and cfg.backend == "in-process"
+    bad = tmp_path / "s.yaml"
+    bad.write_text("run: r\nfail_acton: ALLOW\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: unknown key 'fail_acton' \(did you mean 'fail_action'\?\)"):
+        from_dict(ServerConfig, load_yaml(bad), str(bad))
+    bad.write_text("run: r\nfail_action: ALLOW\n")
+    with pytest.raises(ConfigError, match="fail_action: 'ALLOW' is not one of"):
+        from_dict(ServerConfig, load_yaml(bad), str(bad))
+    bad.write_text("run: r\nbackend: openai\n")
+    with pytest.raises(ConfigError, match="backend_url: needed for backend 'openai'"):
+        from_dict(ServerConfig, load_yaml(bad), str(bad))
