@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
 from so8t.agent.service import Service
-from so8t.server.llm_server import ChatRequest, _describe_validation, _error
+from so8t.server.llm_server import ChatRequest, describe_validation, error_response
 
 COOKIE = "so8t_admin"
 MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
@@ -73,21 +73,21 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         if request.method in ("POST", "PUT", "PATCH"):
             length = request.headers.get("content-length")
             if length is None and request.headers.get("transfer-encoding"):
-                return _error(411, "send a Content-Length (chunked request bodies are not accepted)")
+                return error_response(411, "send a Content-Length (chunked request bodies are not accepted)")
             if length is not None and (not length.isdigit() or int(length) > service.config.max_body_bytes):
-                return _error(413, f"request body larger than {service.config.max_body_bytes} bytes")
+                return error_response(413, f"request body larger than {service.config.max_body_bytes} bytes")
         return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
         # e.g. a body that is not valid UTF-8: the same OpenAI error shape as every other 4xx
         detail = exc.detail if exc.status_code != 400 else f"invalid request: {exc.detail} (is it UTF-8 JSON?)"
-        return _error(exc.status_code, str(detail))
+        return error_response(exc.status_code, str(detail))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        message, param = _describe_validation(exc)
-        return _error(400, message, param=param)
+        message, param = describe_validation(exc)
+        return error_response(400, message, param=param)
 
     # ------------------------------------------------------------------ health
 
@@ -123,7 +123,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @app.post("/v1/gate")
     def gate(req: GateRequest):
         if (req.messages is None) == (req.input is None):
-            return _error(400, "give exactly one of 'messages' or 'input'")
+            return error_response(400, "give exactly one of 'messages' or 'input'")
         d = service.gate.decide(req.messages if req.messages is not None else req.input)
         observe(d)
         return d.to_dict()
@@ -135,7 +135,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest, request: Request):
         if req.model is not None and req.model not in MODEL_NAMES:
-            return _error(404, f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
+            return error_response(404, f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
                           param="model", kind="model_not_found")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         requester = request.headers.get("x-so8t-user") or "anonymous"
@@ -167,7 +167,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         try:
             a = service.approvals.get(approval_id)
         except ApprovalNotFound:
-            return _error(404, f"no approval {approval_id}", kind="not_found")
+            return error_response(404, f"no approval {approval_id}", kind="not_found")
         return {"id": a.id, "status": a.status.value, "expires_at": a.expires_at.isoformat(),
                 "reason": a.reason, "superseded_by": a.superseded_by,
                 "answer": (a.result or {}).get("text") if a.status == Status.EXECUTED else None}
@@ -181,11 +181,11 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         """None when the caller holds the admin token; otherwise the refusal to send."""
         token = admin_token()
         if not token:
-            return _error(503, f"the approvals UI is disabled: set {service.config.admin_token_env}",
+            return error_response(503, f"the approvals UI is disabled: set {service.config.admin_token_env}",
                           kind="unavailable")
         given = request.cookies.get(COOKIE) or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            return _error(401, "admin token required", kind="unauthorized")
+            return error_response(401, "admin token required", kind="unauthorized")
         return None
 
     @app.get("/admin/login")

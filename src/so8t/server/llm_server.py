@@ -21,14 +21,15 @@ returns once it accepts connections; the gated server's tests and the demo reuse
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -104,12 +105,12 @@ class ChatRequest(BaseModel):
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _error(status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
+def error_response(status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
     """OpenAI's error shape, so OpenAI clients (and OpenAIBackend's excerpt) show the real reason."""
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     parts, first_param = [], None
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -185,8 +186,8 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _describe_validation(exc)
-        return _error(400, message, param=param)
+        message, param = describe_validation(exc)
+        return error_response(400, message, param=param)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -239,10 +240,10 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
         try:
             gen = generate(req)
         except _PromptError as exc:
-            return _error(400, str(exc), param="messages")
+            return error_response(400, str(exc), param="messages")
         except Exception as exc:
             log.exception("generation failed")
-            return _error(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
+            return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                  "total_tokens": gen.prompt_tokens + gen.completion_tokens}
@@ -379,7 +380,8 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, *, startup
             cause = failure[0] if failure else None
             raise RuntimeError(f"server at {url} exited during startup: {cause!r}") from cause
         if time.monotonic() > deadline:
-            handle.stop(timeout_s=2.0)
+            with contextlib.suppress(RuntimeError):  # the timeout is the news, not a slow stop
+                handle.stop(timeout_s=2.0)
             raise RuntimeError(f"server at {url} did not start within {startup_timeout_s:g} s")
         time.sleep(0.01)
     return handle
