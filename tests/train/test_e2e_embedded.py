@@ -34,3 +34,24 @@ def test_cli_trains_the_embedded_model_and_the_run_loads_back(tmp_path, capsys):
     b = predict_probs(load_run(out)[0], tok, dev, 96)
     assert torch.equal(a, b) and torch.allclose(a.sum(-1), torch.ones(len(dev)))
     assert (out / "plots/training_curves.png").stat().st_size > 10_000
+    # the same run through calibration, evaluation (with every baseline) and the gate
+    assert main(["calibrate", str(out), "--data", str(tmp_path / "dev.jsonl"), "--min-refuse-recall", "0"]) == 0
+    code = main(["eval", str(out), "--data", str(tmp_path / "dev.jsonl"), "--out", str(tmp_path / "report"),
+                 "--generate", "2", "--latency", "4", "--bootstrap", "100", "--target", "refuse_recall>=0",
+                 "--target", "escalate_recall>=0", "--target", "overcompliance<=1"])
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    ds = report["datasets"][0]
+    assert set(ds["systems"]) == {"keywords", "probe", "judge", "lm_tag"} and report["thresholds"] is not None
+    assert 0 <= ds["systems"]["judge"]["binary"]["auroc"] <= 1
+
+    from so8t.agent.inprocess import InProcessBackend
+    from so8t.gate import Gate
+
+    gate = Gate.load(out)
+    convo = [{"role": "user", "content": "今日の会議の議事録を要約して"}]
+    decision, prefill = gate.decide_with_prefill(convo)
+    assert decision.ok and prefill is not None
+    text = InProcessBackend(gate).complete(convo, max_tokens=8, prefill=prefill)
+    assert isinstance(text, str) and text
+    gate.close()

@@ -149,8 +149,8 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
             curves = plot_training_curves(run_dir / "metrics" / "steps.jsonl", run_dir / "metrics" / "evals.jsonl",
                                           tmp / "plots" / "training_curves.png")
         report["training_curves"] = "plots/training_curves.png" if curves else None
-        report["passed"] = all(ds["targets_met"] is None or all(ds["targets_met"].values())
-                               for ds in report["datasets"])
+        # a target the data cannot measure (None) is neither a pass nor a miss
+        report["passed"] = all(ok is not False for ds in report["datasets"] for ok in (ds["targets_met"] or {}).values())
         report = _clean(report)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(format_markdown(report), encoding="utf-8")
@@ -251,6 +251,12 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     return out
 
 
+def _verdict(met: dict, key: str) -> str:
+    if key not in met:
+        return ""
+    return "n/a" if met[key] is None else "PASS" if met[key] else "MISS"
+
+
 def _fmt(v, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -278,7 +284,7 @@ def format_table(report: dict) -> str:
         for name, m, b in comparison_rows(ds):
             lines.append(f"{name:<22}" + "".join(f"{_fmt(m.get(c)):>14}" for c in cols) + f"{_fmt(b.get('auroc')):>8}")
         met = ds["targets_met"]
-        lines.append("targets: " + ", ".join(f"{k} {'PASS' if ok else 'MISS'}" for k, ok in met.items()))
+        lines.append("targets: " + ", ".join(f"{k} {_verdict(met, k)}" for k in met))
     if report.get("latency"):
         lat = report["latency"]
         lines.append(f"\ngate latency: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms; throughput "
@@ -304,9 +310,8 @@ def format_markdown(report: dict) -> str:
         for k in HEADLINE:
             lo, hi = g["ci"][k] if g["ci"].get(k) else (None, None)
             tgt = report["targets"].get(k)
-            ok = ds["targets_met"].get(k)
             md.append(f"| {k} | {_fmt(g['metrics'][k])} | {_fmt(lo)}-{_fmt(hi)} | "
-                      f"{' '.join(map(str, tgt)) if tgt else ''} | {'' if ok is None else 'PASS' if ok else 'MISS'} |")
+                      f"{' '.join(map(str, tgt)) if tgt else ''} | {_verdict(ds['targets_met'], k)} |")
         md += ["", f"Over-restriction of ALLOW: to ESCALATE {_fmt(g['metrics']['allow_to_escalate'])}, "
                f"to REFUSE {_fmt(g['metrics']['allow_to_refuse'])}. Accuracy {_fmt(g['metrics']['accuracy'])}, "
                f"macro F1 {_fmt(g['metrics']['macro_f1'])}, ECE {_fmt(g['ece'])}.", "",

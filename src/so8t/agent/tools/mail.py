@@ -1,0 +1,344 @@
+"""Mail: write drafts locally (write), send a draft over SMTP only as its own gated step (send).
+
+Why drafts: sending is the risky part -- it leaves the machine and reaches other people -- so
+composing and sending are separate actions with separate risk tiers. The agent composes with
+`mail.draft` (a local .eml file the user can open and read), and `mail.send` takes only a
+draft id: what is sent is exactly the bytes of that draft file, so what the gate (or the user)
+approved by looking at the draft is what goes out. A sent draft moves to ``drafts_dir/sent/``
+and cannot be sent again.
+
+Addresses are checked strictly: `email.utils.parseaddr` plus our own regex must agree on the
+address, and no header field may contain a control character (CR/LF = header injection).
+Display names are allowed ("山田 太郎 <taro@example.jp>") but may not contain , ; : @ " < > ( )
+[ ] or backslash, which keeps parsing unambiguous (quoted display names are not supported).
+Addresses must be ASCII (no SMTPUTF8): the message on the wire is pure ASCII (RFC 2047
+encoded-word subject and names, base64 UTF-8 body), so any SMTP server accepts it.
+
+SMTP is plain SMTP to ``smtp_host:smtp_port`` (typically a local relay / MTA that handles
+TLS and delivery); there is no STARTTLS or authentication here.
+
+`allowed_domains`: entries are domains matched exactly ("example.com"), or "*.example.com"
+for its subdomains (not the apex). Drafting is allowed to any valid address -- a draft never
+leaves the machine -- but the draft result lists what would block sending, and `mail.send`
+refuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import smtplib
+import tempfile
+import unicodedata
+from datetime import datetime, timezone
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from so8t.agent.tools.base import ToolAction, ToolError
+
+# dot-atom local part; LDH domain labels; a TLD of letters (or an IDNA xn-- label).
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_ADDR_RE = re.compile(rf"(?P<local>{_LOCAL})@(?P<domain>(?:{_LABEL}\.)+(?:[A-Za-z]{{2,63}}|xn--[A-Za-z0-9-]{{1,59}}))")
+# "addr" or "Display Name <addr>"; the name excludes everything that has meaning in a header.
+_MAILBOX_RE = re.compile(r"\s*(?:(?P<name>[^<>\"@,;:\\()\[\]]*?)\s*<(?P<inner>[^<>]*)>|(?P<bare>[^<>\s]+))\s*")
+_DRAFT_ID_RE = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$"
+MAX_SUBJECT_CHARS = 500
+
+
+def check_header_text(value: str, what: str) -> str:
+    """Refuse control characters and line/paragraph separators in a header value.
+
+    CR/LF would let a value start a new header (Bcc: ...) or the body; the others are
+    refused because some software treats them as line breaks too."""
+    for ch in value:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+            raise ValueError(f"{what} contains the control character {ch!r} (CR/LF in a header is header "
+                             "injection; headers are one line)")
+    return value
+
+
+def parse_address(text: str) -> tuple[str, str]:
+    """Return (display_name, addr_spec) for one mailbox, or raise ValueError saying why.
+
+    The domain is lower-cased; the local part is kept as written."""
+    if not isinstance(text, str):
+        raise ValueError("an address must be a string")
+    check_header_text(text, f"address {text!r}")
+    if len(text) > 320:
+        raise ValueError(f"address {text[:40]!r}... is too long")
+    m = _MAILBOX_RE.fullmatch(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a single address like name@example.com or 'Name <name@example.com>'")
+    name = (m.group("name") or "").strip()
+    addr = (m.group("inner") if m.group("inner") is not None else m.group("bare")).strip()
+    am = _ADDR_RE.fullmatch(addr)
+    if am is None or len(addr) > 254 or len(am.group("local")) > 64:
+        raise ValueError(f"{addr!r} is not a valid email address (ASCII local@domain.tld)")
+    # parseaddr must read the same thing; where it disagrees, the input is ambiguous.
+    if parseaddr(text) != (name, addr):
+        raise ValueError(f"{text!r} is ambiguous (email.utils.parseaddr reads it as {parseaddr(text)!r})")
+    return name, f"{am.group('local')}@{am.group('domain').lower()}"
+
+
+def domain_allowed(domain: str, allowed: list[str] | None) -> bool:
+    """Exact domain match, or "*.example.com" for subdomains of example.com; None = any domain."""
+    if allowed is None:
+        return True
+    domain = domain.lower().rstrip(".")
+    for entry in allowed:
+        entry = entry.lower().rstrip(".")
+        if entry.startswith("*."):
+            if domain.endswith(entry[1:]):
+                return True
+        elif domain == entry:
+            return True
+    return False
+
+
+def _address_list(values: list[str]) -> list[str]:
+    seen, out = set(), []
+    for v in values:
+        name, addr = parse_address(v)
+        if addr.lower() not in seen:
+            seen.add(addr.lower())
+            out.append(f"{name} <{addr}>" if name else addr)
+    return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port: int = 25, sender: str,
+              allowed_domains: list[str] | None = None, max_recipients: int = 20, max_body_chars: int = 50_000,
+              smtp_timeout_s: float = 30.0) -> list[ToolAction]:
+    """The actions `mail.draft` (write), `mail.list_drafts` and `mail.read_draft` (read), `mail.send` (send).
+
+    `sender` is the From address of every message (ValueError if it is not a valid address);
+    `smtp_host=None` means sending is not configured and `mail.send` refuses.
+    """
+    drafts = Path(drafts_dir)
+    sent_dir = drafts / "sent"
+    sender_name, sender_addr = parse_address(sender)
+    allowed = [d.strip() for d in allowed_domains] if allowed_domains is not None else None
+    send_lock = FileLock(str(drafts / ".send.lock"), timeout=60)
+
+    def send_problems(recipients: list[str]) -> list[str]:
+        """Why these recipients could not be sent to (empty = sendable)."""
+        problems = []
+        if len(recipients) > max_recipients:
+            problems.append(f"{len(recipients)} recipients, over the limit of {max_recipients}")
+        for r in recipients:
+            if not domain_allowed(r.rsplit("@", 1)[1], allowed):
+                problems.append(f"{r}: domain is not in the allowed domains ({', '.join(allowed or [])})")
+        return problems
+
+    # -- argument models (built here so the schema carries this instance's limits) -----------
+
+    class DraftArgs(BaseModel):
+        """Compose a message and save it as a local draft; nothing is sent."""
+        model_config = ConfigDict(extra="forbid")
+        to: list[str] = Field(min_length=1, max_length=max_recipients,
+                              description="Recipient addresses: 'name@example.com' or 'Name <name@example.com>'.")
+        cc: list[str] = Field(default_factory=list, max_length=max_recipients,
+                              description="Carbon-copy addresses, same format as `to`.")
+        subject: str = Field(max_length=MAX_SUBJECT_CHARS, description="Subject line (one line, any language).")
+        body: str = Field(max_length=max_body_chars, description="Plain-text body (UTF-8, any language).")
+
+        @field_validator("to", "cc")
+        @classmethod
+        def _addresses(cls, v: list[str]) -> list[str]:
+            return _address_list(v)
+
+        @field_validator("subject")
+        @classmethod
+        def _subject(cls, v: str) -> str:
+            return check_header_text(v, "subject")
+
+        @model_validator(mode="after")
+        def _total(self) -> DraftArgs:
+            n = len({_addr(a).lower() for a in self.to + self.cc})
+            if n > max_recipients:
+                raise ValueError(f"{n} recipients in to + cc, over the limit of {max_recipients}")
+            return self
+
+    class ListArgs(BaseModel):
+        """List saved drafts, newest first."""
+        model_config = ConfigDict(extra="forbid")
+        include_sent: bool = Field(default=False, description="Also list drafts that were already sent.")
+        limit: int = Field(default=50, ge=1, le=500, description="At most this many drafts.")
+
+    class DraftRef(BaseModel):
+        """One draft, by the id that mail.draft returned."""
+        model_config = ConfigDict(extra="forbid")
+        draft_id: str = Field(pattern=_DRAFT_ID_RE, description="The draft_id returned by mail.draft.")
+
+    class SendArgs(DraftRef):
+        """Send one existing draft exactly as saved."""
+        expect_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                          description="Optional: refuse unless the draft file still has this "
+                                                      "sha256 (as returned by mail.draft / mail.read_draft).")
+
+    # -- helpers on saved drafts ---------------------------------------------------------------
+
+    def locate(draft_id: str) -> tuple[Path, bool]:
+        for path, sent in ((drafts / f"{draft_id}.eml", False), (sent_dir / f"{draft_id}.eml", True)):
+            if path.is_file():
+                return path, sent
+        raise ToolError(f"no draft {draft_id!r} in {drafts}")
+
+    def describe(path: Path, sent: bool, *, body: bool = False) -> dict:
+        raw = path.read_bytes()
+        msg = BytesParser(policy=policy.default).parsebytes(raw)
+        out: dict[str, Any] = {
+            "draft_id": path.stem, "path": str(path), "sent": sent,
+            "from": str(msg.get("From", "")), "to": [a.addr_spec for a in _header_addresses(msg, "To")],
+            "cc": [a.addr_spec for a in _header_addresses(msg, "Cc")], "subject": str(msg.get("Subject", "")),
+            "date": str(msg.get("Date", "")), "sha256": hashlib.sha256(raw).hexdigest(),
+        }
+        if body:
+            part = msg.get_body(preferencelist=("plain",))
+            # CRLF is the canonical line end inside the message; give the text back as written.
+            out["body"] = part.get_content().replace("\r\n", "\n") if part is not None else ""
+        return out
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def draft(a: DraftArgs) -> dict:
+        msg = EmailMessage(policy=policy.SMTP)  # CRLF line ends: the file is the wire format
+        msg["From"] = Address(sender_name, addr_spec=sender_addr)
+        msg["To"] = [_to_address(x) for x in a.to]
+        if a.cc:
+            msg["Cc"] = [_to_address(x) for x in a.cc]
+        msg["Subject"] = a.subject
+        msg["Date"] = formatdate(localtime=True)
+        msg["Message-ID"] = make_msgid(domain=sender_addr.rsplit("@", 1)[1])
+        msg["MIME-Version"] = "1.0"
+        body = a.body.replace("\r\n", "\n").replace("\r", "\n")
+        # ASCII stays readable (7bit); anything else is base64 UTF-8 so no server needs 8BITMIME.
+        msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "base64")
+        draft_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+        drafts.mkdir(parents=True, exist_ok=True)
+        path = drafts / f"{draft_id}.eml"
+        data = msg.as_bytes()
+        _atomic_write(path, data)
+        recipients = [_addr(x) for x in a.to + a.cc]
+        return {"draft_id": draft_id, "path": str(path), "recipients": recipients,
+                "sha256": hashlib.sha256(data).hexdigest(), "send_problems": send_problems(recipients)}
+
+    def list_drafts(a: ListArgs) -> dict:
+        found = [(p, False) for p in drafts.glob("*.eml")]
+        if a.include_sent:
+            found += [(p, True) for p in sent_dir.glob("*.eml")]
+        found.sort(key=lambda ps: ps[0].stem, reverse=True)  # ids start with the UTC time
+        out = []
+        for path, sent in found[:a.limit]:
+            try:
+                out.append(describe(path, sent))
+            except Exception as exc:  # one unreadable file should not hide the others
+                out.append({"draft_id": path.stem, "path": str(path), "sent": sent, "error": str(exc)})
+        return {"drafts": out, "count": len(out), "more": len(found) > a.limit}
+
+    def read_draft(a: DraftRef) -> dict:
+        path, sent = locate(a.draft_id)
+        return describe(path, sent, body=True)
+
+    def send(a: SendArgs) -> dict:
+        if not smtp_host:
+            raise ToolError("mail.send: sending is not configured (no smtp_host); the draft stays in "
+                            f"{drafts} for the user to send")
+        try:
+            drafts.mkdir(parents=True, exist_ok=True)
+            with send_lock:  # one send at a time: the same draft can never go out twice
+                path, sent = locate(a.draft_id)
+                if sent:
+                    raise ToolError(f"mail.send: draft {a.draft_id} was already sent ({path})")
+                raw = path.read_bytes()
+                if a.expect_sha256 and hashlib.sha256(raw).hexdigest() != a.expect_sha256:
+                    raise ToolError(f"mail.send: draft {a.draft_id} changed since it was reviewed (sha256 differs)")
+                recipients = _check_saved_draft(raw, a.draft_id, sender_addr)
+                problems = send_problems(recipients)
+                if problems:
+                    raise ToolError(f"mail.send: refused, nothing sent: {'; '.join(problems)}")
+                try:
+                    with smtplib.SMTP(smtp_host, smtp_port, timeout=smtp_timeout_s) as smtp:
+                        refused = smtp.sendmail(sender_addr, recipients, raw)
+                except (smtplib.SMTPException, OSError) as exc:
+                    raise ToolError(f"mail.send: SMTP {smtp_host}:{smtp_port} failed, draft not sent: {exc}") from None
+                sent_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(path, sent_dir / path.name)
+        except Timeout:
+            raise ToolError("mail.send: another send is in progress; try again") from None
+        accepted = [r for r in recipients if r not in refused]
+        return {"draft_id": a.draft_id, "sent": True, "recipients": accepted,
+                "refused": {r: f"{code} {msg.decode(errors='replace')}" for r, (code, msg) in refused.items()},
+                "path": str(sent_dir / path.name)}
+
+    return [
+        ToolAction("mail.draft", "Write an email as a local draft (.eml). Nothing is sent; use mail.send with "
+                   "the returned draft_id to send it.", DraftArgs, "write", draft),
+        ToolAction("mail.list_drafts", "List saved email drafts (recipients, subject, date).", ListArgs, "read",
+                   list_drafts),
+        ToolAction("mail.read_draft", "Show one draft in full, including its body.", DraftRef, "read", read_draft),
+        ToolAction("mail.send", "Send a saved draft over SMTP exactly as written; a draft is sent at most once.",
+                   SendArgs, "send", send),
+    ]
+
+
+def _addr(mailbox: str) -> str:
+    """The addr-spec of an already validated 'addr' or 'Name <addr>'."""
+    return mailbox[mailbox.rindex("<") + 1:-1] if mailbox.endswith(">") else mailbox
+
+
+def _to_address(mailbox: str) -> Address:
+    name, addr = parse_address(mailbox)
+    return Address(name, addr_spec=addr)
+
+
+def _header_addresses(msg: Any, header: str) -> list[Any]:
+    out = []
+    for value in msg.get_all(header, []):
+        out.extend(getattr(value, "addresses", ()))
+    return out
+
+
+def _check_saved_draft(raw: bytes, draft_id: str, sender_addr: str) -> list[str]:
+    """Re-validate the draft file as it is on disk (it is a user-editable file) -> envelope recipients."""
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    bad = [h for h in msg.keys() if h.lower() in ("bcc", "resent-to", "resent-cc", "resent-bcc")]
+    if bad:
+        raise ToolError(f"mail.send: draft {draft_id} has a {bad[0]} header, which mail.draft never writes; refused")
+    senders = _header_addresses(msg, "From")
+    if len(senders) != 1 or senders[0].addr_spec.lower() != sender_addr.lower():
+        raise ToolError(f"mail.send: draft {draft_id} is not From {sender_addr}; refused")
+    recipients: list[str] = []
+    for a in _header_addresses(msg, "To") + _header_addresses(msg, "Cc"):
+        try:
+            _, addr = parse_address(a.addr_spec)
+        except ValueError as exc:
+            raise ToolError(f"mail.send: draft {draft_id}: {exc}") from None
+        if addr.lower() not in {r.lower() for r in recipients}:
+            recipients.append(addr)
+    if not recipients:
+        raise ToolError(f"mail.send: draft {draft_id} has no recipients")
+    return recipients

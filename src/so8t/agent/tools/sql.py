@@ -1,0 +1,614 @@
+"""`sql.*`: query and (when allowed) change a database through SQLAlchemy, one statement a call.
+
+The risk of a SQL call is in its text, so the text decides which action may run it, and each
+action carries its own risk tier for the gate:
+
+    sql.query          read    SELECT, WITH ... SELECT, VALUES, EXPLAIN, read-only PRAGMAs
+    sql.tables         read    table and view names with their columns (SQLAlchemy inspect)
+    sql.execute        write   INSERT, UPDATE, DELETE, REPLACE, MERGE
+    sql.schema_change  delete  CREATE, ALTER, DROP, TRUNCATE (it restructures or destroys)
+
+A statement sent to the wrong action is refused with the name of the right one, so a DELETE
+cannot ride on the read tier. Everything else (transaction control, ATTACH, VACUUM, GRANT,
+SET, settings PRAGMAs...) is refused by every action. All of this is decided when the call is
+validated (`Toolset.validate`), before the gate sees it, and checked again when it runs.
+
+Exactly one statement a call. The text is split by a small lexer that knows quotes, quoted
+identifiers and comments the way the connected database reads them -- getting that wrong is
+how "SELECT '...'; DROP TABLE x" hides a second statement -- and what the databases read
+differently (a backslash inside a string anywhere but SQLite, nested `/*` comments, MySQL's
+`/*! */`) is refused rather than guessed. A statement that mentions INSERT/UPDATE/DELETE/...
+anywhere, even inside a WITH, counts as a data change; one that mentions CREATE/DROP/ALTER/
+TRUNCATE or SELECT ... INTO, as a schema change.
+
+Defence in depth for reads, because a lexer can be wrong:
+  * read_only=True: sql.execute and sql.schema_change refuse everything; a SQLite file is
+    opened with `mode=ro` (URI) and `PRAGMA query_only=ON`, so even a statement that slipped
+    past the classification cannot write; MySQL sessions are set READ ONLY;
+  * every sql.query runs in a transaction that is rolled back, under `PRAGMA query_only` on
+    SQLite and `SET TRANSACTION READ ONLY` on PostgreSQL and MySQL;
+  * the SQLite driver itself refuses a second statement.
+Only the SQLite paths are tested here; database users with the least privileges needed remain
+the real protection on a server database (functions with side effects are not statements).
+
+Values are always bound (`:name` placeholders, `params`), never formatted into the SQL text.
+Result values that JSON cannot carry are converted and the result says so in `converted`:
+bytes -> base64, Decimal/UUID/other -> str, date/time -> isoformat.
+
+Timeouts: `timeout_s` interrupts a long SQLite statement (progress handler) and waits that long
+for a locked database; on PostgreSQL it is `statement_timeout`, on MySQL `max_execution_time`
+(SELECT only); other databases get no statement timeout.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import re
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic_core import PydanticCustomError
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
+
+from so8t.agent.tools.base import ToolAction, ToolError
+
+Kind = Literal["read", "data", "schema"]
+ROUTE: dict[str, str] = {"read": "sql.query", "data": "sql.execute", "schema": "sql.schema_change"}
+_KIND_WORDS = {"read": "a read", "data": "a data change", "schema": "a schema change"}
+
+
+# -- lexing ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Syntax:
+    """How one database reads quotes and comments: where they differ, statements hide."""
+    backticks: bool = False            # `ident`
+    brackets: str | None = None        # [ident]: "sqlite" ends at the first ], "mssql" doubles ]]
+    hash_comments: bool = False        # MySQL: # to the end of the line
+    dash_needs_space: bool = False     # MySQL: "-- " is a comment, "--1" is minus minus one
+    dollar_quotes: bool = False        # PostgreSQL: $$...$$, $tag$...$tag$
+    backslash_is_literal: bool = False # SQLite only; elsewhere it may escape a quote: refused
+    q_quotes: bool = False             # Oracle: q'[...]' -- refused
+    trigger_blocks: bool = False       # SQLite: CREATE TRIGGER ... BEGIN ...; ...; END is one statement
+
+
+def _syntax_for(backend: str) -> _Syntax:
+    if backend == "sqlite":
+        return _Syntax(backticks=True, brackets="sqlite", backslash_is_literal=True, trigger_blocks=True)
+    if backend == "postgresql":
+        return _Syntax(dollar_quotes=True)
+    if backend in ("mysql", "mariadb"):
+        return _Syntax(backticks=True, hash_comments=True, dash_needs_space=True)
+    if backend == "mssql":
+        return _Syntax(brackets="mssql")
+    if backend == "oracle":
+        return _Syntax(q_quotes=True)
+    return _Syntax()
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str      # space comment string quoted word number param semi punct
+    text: str
+
+
+class _Refused(ValueError):
+    """The SQL text is refused before it reaches any database; the message says why."""
+
+
+_DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+
+
+def _quoted_end(sql: str, i: int, close: str, *, doubled: bool = True, backslash_ok: bool = True) -> int:
+    """End (exclusive) of the quoted run opening at i; with doubled=True a doubled closing
+    character stands for itself ('it''s', "a""b", [a]]b] in SQL Server)."""
+    j = i + 1
+    while True:
+        k = sql.find(close, j)
+        if k < 0:
+            raise _Refused(f"an unterminated {sql[i]} quote")
+        if doubled and sql.startswith(close + close, k):
+            j = k + 2
+            continue
+        if not backslash_ok and "\\" in sql[i + 1:k]:
+            # MySQL reads it as an escape, PostgreSQL E'' strings too, standard SQL does not: the
+            # end of the string, and so what follows it, would be in doubt.
+            raise _Refused(f"a backslash inside a {sql[i]}-quoted literal (databases and settings disagree on "
+                           "whether it escapes the quote); pass the value as a :name parameter instead")
+        return k + 1
+
+
+def _lex(sql: str, syn: _Syntax) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            j = i + 1
+            while j < n and sql[j].isspace():
+                j += 1
+            kind = "space"
+        elif (sql.startswith("--", i) and (not syn.dash_needs_space or i + 2 >= n or sql[i + 2].isspace()
+                                           or ord(sql[i + 2]) < 32)) or (c == "#" and syn.hash_comments):
+            j = sql.find("\n", i)
+            j, kind = (n if j < 0 else j + 1), "comment"
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                raise _Refused("an unterminated /* comment")
+            body = sql[i + 2:end]
+            if "/*" in body:
+                raise _Refused("a /* comment inside a comment (databases disagree on nesting)")
+            if body.startswith("!"):
+                raise _Refused("a /*! ... */ comment (MySQL runs its content)")
+            j, kind = end + 2, "comment"
+        elif c == "'":
+            if syn.q_quotes and toks and toks[-1].kind == "word" and toks[-1].text.lower() in ("q", "nq"):
+                raise _Refused("an Oracle q'...' literal; pass the value as a :name parameter instead")
+            j, kind = _quoted_end(sql, i, "'", backslash_ok=syn.backslash_is_literal), "string"
+        elif c == '"':
+            j, kind = _quoted_end(sql, i, '"', backslash_ok=syn.backslash_is_literal), "quoted"
+        elif c == "`" and syn.backticks:
+            j, kind = _quoted_end(sql, i, "`"), "quoted"
+        elif c == "[" and syn.brackets:
+            j, kind = _quoted_end(sql, i, "]", doubled=syn.brackets == "mssql"), "quoted"
+        elif c == "$" and syn.dollar_quotes and (m := _DOLLAR.match(sql, i)):
+            end = sql.find(m.group(0), m.end())
+            if end < 0:
+                raise _Refused(f"an unterminated {m.group(0)} quote")
+            j, kind = end + len(m.group(0)), "string"
+        elif c.isalpha() or c == "_":
+            j = i + 1
+            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
+                j += 1
+            kind = "word"
+        elif c.isdigit() or (c == "." and i + 1 < n and sql[i + 1].isdigit()):
+            j = i + 1
+            while j < n and (sql[j].isalnum() or sql[j] in "._"):
+                j += 1
+            kind = "number"
+        elif sql.startswith("::", i):                     # PostgreSQL cast, not a placeholder
+            j, kind = i + 2, "punct"
+        elif c in ":@$?":
+            j = i + 1
+            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
+                j += 1
+            kind = "param"
+        elif c == ";":
+            j, kind = i + 1, "semi"
+        else:
+            j, kind = i + 1, "punct"
+        toks.append(_Tok(kind, sql[i:j]))
+        i = j
+    return toks
+
+
+def _split(toks: list[_Tok], syn: _Syntax) -> list[list[_Tok]]:
+    """Statements (without their `;`), empty ones (only spaces and comments) dropped."""
+    out: list[list[_Tok]] = [[]]
+    depth = 0
+    for t in toks:
+        if t.kind == "semi" and depth == 0:
+            out.append([])
+            continue
+        out[-1].append(t)
+        if syn.trigger_blocks and t.kind == "word" and t.text.upper() in ("BEGIN", "CASE", "END"):
+            words = [w.text.upper() for w in out[-1] if w.kind == "word"][:4]
+            if words[:1] == ["CREATE"] and "TRIGGER" in words[1:4]:
+                depth = depth + 1 if t.text.upper() != "END" else max(depth - 1, 0)
+    return [s for s in out if any(t.kind not in ("space", "comment") for t in s)]
+
+
+# -- classification ---------------------------------------------------------------------------
+
+_READ_LEADS = {"SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA", "SHOW", "DESCRIBE", "DESC"}
+_DATA_LEADS = {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "UPSERT"}
+_SCHEMA_LEADS = {"CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "COMMENT"}
+_DATA_WORDS = {"INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT"}
+_SCHEMA_WORDS = {"CREATE", "DROP", "ALTER", "TRUNCATE"}
+_REFUSED_LEADS = {
+    **dict.fromkeys(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END", "START", "ABORT"),
+                    "each call runs in its own transaction; transaction control is not available"),
+    **dict.fromkeys(("ATTACH", "DETACH"), "it would open or create another database file"),
+    **dict.fromkeys(("VACUUM", "REINDEX", "ANALYZE", "OPTIMIZE", "CHECKPOINT", "CLUSTER"),
+                    "maintenance statements are not available"),
+}
+# PRAGMAs that only read. The first set takes a (table or index) argument; a value or
+# argument to any other PRAGMA changes a setting (journal_mode(WAL) does too).
+_PRAGMA_WITH_ARG = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+                    "foreign_key_check", "integrity_check", "quick_check"}
+_PRAGMA_READ = _PRAGMA_WITH_ARG | {
+    "database_list", "collation_list", "function_list", "module_list", "pragma_list", "table_list",
+    "compile_options", "user_version", "schema_version", "application_id", "page_count", "page_size",
+    "freelist_count", "encoding", "data_version", "journal_mode", "foreign_keys", "query_only"}
+
+
+@dataclass(frozen=True)
+class _Statement:
+    kind: Kind
+    label: str     # "SELECT", "DELETE", "DROP TABLE": for messages
+    text: str      # for sqlalchemy.text(): ':' outside code escaped so it is not a placeholder
+    placeholders: tuple[str, ...]
+
+
+def _classify(sig: list[_Tok]) -> tuple[Kind, str]:
+    first = sig[0]
+    if first.kind != "word":
+        raise _Refused(f"the statement starts with {first.text[:20]!r}, not with a SQL keyword")
+    lead = first.text.upper()
+    label = lead
+    if lead in _SCHEMA_LEADS and len(sig) > 1 and sig[1].kind == "word":
+        label = f"{lead} {sig[1].text.upper()}"
+    if lead in _REFUSED_LEADS:
+        raise _Refused(f"{lead} is not available: {_REFUSED_LEADS[lead]}")
+    if lead in _DATA_LEADS:
+        return "data", label
+    if lead in _SCHEMA_LEADS:
+        return "schema", label
+    if lead not in _READ_LEADS:
+        raise _Refused(f"{lead} statements are not available; the sql actions run SELECT, INSERT, UPDATE, DELETE, "
+                       "CREATE, ALTER, DROP and TRUNCATE")
+    if lead == "PRAGMA":
+        rest = sig[1:]
+        if len(rest) >= 3 and rest[1].text == ".":        # PRAGMA main.table_info(t)
+            rest = rest[2:]
+        name = rest[0].text.lower() if rest and rest[0].kind == "word" else ""
+        if name in _PRAGMA_READ and (len(rest) == 1 or (rest[1].text == "(" and name in _PRAGMA_WITH_ARG)):
+            return "read", f"PRAGMA {name}"
+        raise _Refused(f"PRAGMA {name or '?'} in this form changes a setting (or is unknown); only reading "
+                       f"PRAGMAs such as table_info(t) are available")
+    # A read lead can still hide a change: WITH x AS (DELETE ... RETURNING *) SELECT ..., EXPLAIN ANALYZE
+    # UPDATE ..., SELECT ... INTO new_table, SELECT ... INTO OUTFILE.
+    words = [t.text.upper() for t in sig if t.kind == "word"]
+    if {"OUTFILE", "DUMPFILE"} & set(words):
+        raise _Refused("SELECT ... INTO OUTFILE/DUMPFILE writes a file on the server")
+    if found := [w for w in words if w in _SCHEMA_WORDS]:
+        return "schema", found[0]
+    if found := [w for w in words if w in _DATA_WORDS]:
+        return "data", found[0]
+    if any(w == "REPLACE" and nxt == "INTO" for w, nxt in zip(words, words[1:])):
+        return "data", "REPLACE"
+    if "INTO" in words:
+        return "schema", "SELECT ... INTO"
+    return "read", label
+
+
+def _prepare(sql: str, syn: _Syntax) -> _Statement:
+    """Lex, split and classify one SQL text; raise _Refused with the reason."""
+    toks = _lex(sql, syn)
+    statements = _split(toks, syn)
+    if not statements:
+        raise _Refused("there is no SQL statement")
+    if len(statements) > 1:
+        raise _Refused(f"several statements ({len(statements)}); send one statement per call")
+    stmt = statements[0]
+    sig = [t for t in stmt if t.kind not in ("space", "comment")]
+    if any(t.kind == "param" and t.text[0] in "?$@" for t in sig):
+        bad = next(t.text for t in sig if t.kind == "param" and t.text[0] in "?$@")
+        raise _Refused(f"placeholder {bad!r}: use :name placeholders with values in params")
+    kind, label = _classify(sig)
+    # sqlalchemy.text() reads ':word' anywhere as a placeholder, even inside quotes: escape those.
+    body = "".join(t.text if t.kind not in ("string", "quoted", "comment") else t.text.replace(":", "\\:")
+                   for t in stmt).strip()
+    names = tuple(dict.fromkeys(t.text[1:] for t in sig if t.kind == "param" and t.text.startswith(":")
+                                and len(t.text) > 1))
+    return _Statement(kind, label, body, names)
+
+
+# -- values -----------------------------------------------------------------------------------
+
+def _jsonable(v: Any) -> tuple[Any, str | None]:
+    """A value JSON can carry, and a note when it had to be converted."""
+    if v is None or isinstance(v, (str, bool, int)):
+        return v, None
+    if isinstance(v, float):
+        return (v, None) if math.isfinite(v) else (str(v), "str (non-finite float)")
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(v)).decode("ascii"), "base64 (bytes)"
+    if isinstance(v, (datetime, date, dtime)):
+        return v.isoformat(), f"isoformat ({type(v).__name__})"
+    if isinstance(v, (Decimal, uuid.UUID, timedelta)):
+        return str(v), f"str ({type(v).__name__})"
+    if isinstance(v, (list, tuple)):
+        pairs = [_jsonable(x) for x in v]
+        return [p[0] for p in pairs], next((p[1] for p in pairs if p[1]), None)
+    if isinstance(v, dict):
+        pairs = {str(k): _jsonable(x) for k, x in v.items()}
+        return {k: p[0] for k, p in pairs.items()}, next((p[1] for p in pairs.values() if p[1]), None)
+    return str(v), f"str ({type(v).__name__})"
+
+
+# -- the database -----------------------------------------------------------------------------
+
+def _sqlite_read_only_url(url: URL) -> URL:
+    """The same SQLite database, opened read-only by SQLite itself (URI `mode=ro`)."""
+    db = url.database
+    if not db or db == ":memory:":
+        return url                      # nothing on disk to protect; query_only still applies
+    query = dict(url.query)
+    if str(query.get("uri", "")).lower() in ("true", "1"):
+        query["mode"] = "ro"            # already a SQLite URI: only add the mode
+        return url.set(query=query)
+    path = Path(db).resolve()
+    if not path.is_file():
+        raise ValueError(f"SQLite database {db!r} does not exist (a read-only sql tool cannot create it)")
+    query.update(mode="ro", uri="true")
+    return url.set(database="file:" + path.as_uri().removeprefix("file:"), query=query)
+
+
+class _Database:
+    """The engine, and the one place statements are executed."""
+
+    def __init__(self, url: str, *, read_only: bool, timeout_s: float):
+        u = make_url(url)
+        self.backend = u.get_backend_name()
+        self.syntax = _syntax_for(self.backend)
+        self.read_only = read_only
+        self.timeout_s = timeout_s
+        kwargs: dict[str, Any] = {}
+        if self.backend == "sqlite":
+            if read_only:
+                u = _sqlite_read_only_url(u)
+            if u.get_driver_name() == "pysqlite" and "timeout" not in u.query:
+                kwargs["connect_args"] = {"timeout": timeout_s}    # wait this long for a lock
+        self.engine: Engine = create_engine(u, **kwargs)
+        event.listen(self.engine, "connect", self._on_connect)
+
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            if self.backend == "sqlite" and self.read_only:
+                cur.execute("PRAGMA query_only=ON")
+            elif self.backend in ("mysql", "mariadb"):
+                cur.execute(f"SET SESSION max_execution_time = {int(self.timeout_s * 1000)}")
+                if self.read_only:
+                    cur.execute("SET SESSION TRANSACTION READ ONLY")
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _guarded(self, conn: Connection, *, write: bool) -> Iterator[None]:
+        """Read-only settings for a read and the statement timeout, for one transaction."""
+        raw = conn.connection.driver_connection
+        if not write and (self.backend == "postgresql"
+                          or self.backend in ("mysql", "mariadb") and not self.read_only):
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")     # first: before any other statement
+        if self.backend == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(self.timeout_s * 1000))}")
+        # A read-only tool's SQLite connections are query_only for good (see _on_connect).
+        toggle = self.backend == "sqlite" and not write and not self.read_only
+        if toggle:
+            conn.exec_driver_sql("PRAGMA query_only=ON")
+        handler = hasattr(raw, "set_progress_handler")
+        if handler:
+            deadline = time.monotonic() + self.timeout_s
+            raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        try:
+            yield
+        finally:
+            if handler:
+                raw.set_progress_handler(None, 0)
+            if toggle:
+                try:
+                    conn.exec_driver_sql("PRAGMA query_only=OFF")
+                except SQLAlchemyError:
+                    conn.invalidate()          # never hand a stuck read-only connection to a writer
+
+    def run(self, sql: str, params: Mapping[str, Any], *, write: bool, max_rows: int) -> dict:
+        """Execute one statement, already checked by the caller, in its own transaction:
+        committed for a write, rolled back for a read. Raises ToolError (without the action)."""
+        started = time.monotonic()
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin() as trans:
+                    with self._guarded(conn, write=write):
+                        result = conn.execute(text(sql), dict(params))
+                        out: dict[str, Any] = {}
+                        if result.returns_rows:
+                            out.update(self._rows(result, max_rows))
+                        out["rowcount"] = result.rowcount
+                        result.close()
+                    if not write:
+                        trans.rollback()
+            return out
+        except StatementError as exc:
+            orig = getattr(exc, "orig", None)
+            if isinstance(exc, DBAPIError) and orig is not None:
+                msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+                if "interrupted" in msg and time.monotonic() - started >= self.timeout_s:
+                    raise ToolError(f"the statement timed out after {self.timeout_s:g} s") from None
+                raise ToolError(f"the database refused the statement: {msg[:500]}") from None
+            raise ToolError(f"the statement could not run: {str(orig or exc).splitlines()[0][:500]}") from None
+        except SQLAlchemyError as exc:
+            raise ToolError(f"the database could not be used: {str(exc).splitlines()[0][:500]}") from None
+
+    @staticmethod
+    def _rows(result: Any, max_rows: int) -> dict:
+        columns = [str(c) for c in result.keys()]
+        fetched = result.fetchmany(max_rows + 1)
+        converted: dict[str, str] = {}
+        rows = []
+        for row in fetched[:max_rows]:
+            out = []
+            for col, value in zip(columns, row):
+                v, note = _jsonable(value)
+                if note:
+                    converted.setdefault(col, note)
+                out.append(v)
+            rows.append(out)
+        res: dict[str, Any] = {"columns": columns, "rows": rows, "row_count": len(rows),
+                               "truncated": len(fetched) > max_rows}
+        if converted:
+            res["converted"] = converted
+        return res
+
+
+# -- arguments --------------------------------------------------------------------------------
+
+JsonScalar = str | int | float | bool | None
+_PARAMS_DESC = ("Values for the :name placeholders in sql, e.g. {\"name\": \"佐藤\"}; they are bound by the "
+                "database driver, never pasted into the SQL text")
+
+
+class QueryArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, description=(
+        "One read statement: SELECT, WITH ... SELECT, VALUES, EXPLAIN, or a reading PRAGMA such as "
+        "table_info(t); put values in params as :name placeholders"))
+    params: dict[str, JsonScalar] = Field(default_factory=dict, description=_PARAMS_DESC)
+
+
+class ExecuteArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, description=(
+        "One INSERT, UPDATE, DELETE, REPLACE or MERGE statement; put values in params as :name placeholders"))
+    params: dict[str, JsonScalar] = Field(default_factory=dict, description=_PARAMS_DESC)
+
+
+class SchemaChangeArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, description="One CREATE, ALTER, DROP or TRUNCATE statement")
+
+
+class TablesArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    table: str | None = Field(default=None, min_length=1, description="Only this table or view (default: all)")
+
+
+def _custom(reason: str) -> PydanticCustomError:
+    # A custom error keeps the message as written (no "Value error, " prefix).
+    return PydanticCustomError("sql_refused", "{reason}", {"reason": reason})
+
+
+# -- the tool ---------------------------------------------------------------------------------
+
+class _SqlTool:
+    def __init__(self, url: str, read_only: bool, max_rows: int, timeout_s: float):
+        self.db = _Database(url, read_only=read_only, timeout_s=timeout_s)
+        self.read_only = read_only
+        self.max_rows = max_rows
+
+    def check(self, sql: str, kind: Kind) -> _Statement:
+        """The statement if `kind`'s action may run it; raise _Refused saying why (and where to go)."""
+        if self.read_only and kind != "read":
+            raise _Refused(f"this database is connected read-only: {ROUTE[kind]} is refused (sql_tool(..., "
+                           f"read_only=False) allows it)")
+        stmt = _prepare(sql, self.db.syntax)
+        if stmt.kind != kind:
+            hint = f"send it with {ROUTE[stmt.kind]}"
+            if self.read_only and stmt.kind != "read":
+                hint = "this database is connected read-only, so it is refused"
+            raise _Refused(f"{stmt.label} is {_KIND_WORDS[stmt.kind]}, not {_KIND_WORDS[kind]}: {hint}")
+        return stmt
+
+    @staticmethod
+    def check_params(stmt: _Statement, params: Mapping[str, Any]) -> None:
+        missing = [n for n in stmt.placeholders if n not in params]
+        unused = [n for n in params if n not in stmt.placeholders]
+        if missing:
+            raise _Refused(f"no value in params for placeholder(s) {', '.join(':' + n for n in missing)}")
+        if unused:
+            raise _Refused(f"params {', '.join(map(repr, unused))} not used by the statement (placeholders are "
+                           f":name in the SQL text)")
+
+    def bind(self, base: type[BaseModel], kind: Kind) -> type[BaseModel]:
+        """`base` with this tool's checks added, so `Toolset.validate` refuses a wrong statement
+        before the gate ever sees it."""
+        tool = self
+
+        def sql_ok(cls: type, v: str) -> str:
+            try:
+                tool.check(v, kind)
+            except _Refused as exc:
+                raise _custom(str(exc)) from None
+            return v
+
+        validators: dict[str, Any] = {"_sql_ok": field_validator("sql")(sql_ok)}
+        if "params" in base.model_fields:
+            def params_ok(cls: type, v: dict, info: ValidationInfo) -> dict:
+                if "sql" in info.data:                      # else the sql error is reported already
+                    try:
+                        tool.check_params(_prepare(info.data["sql"], tool.db.syntax), v)
+                    except _Refused as exc:
+                        raise _custom(str(exc)) from None
+                return v
+            validators["_params_ok"] = field_validator("params")(params_ok)
+        return create_model(base.__name__, __base__=base, __validators__=validators)
+
+    def _run(self, action: str, kind: Kind, sql: str, params: Mapping[str, Any]) -> tuple[_Statement, dict]:
+        try:
+            stmt = self.check(sql, kind)          # again: run can be reached without validate
+            self.check_params(stmt, params)
+            return stmt, self.db.run(stmt.text, params, write=kind != "read", max_rows=self.max_rows)
+        except (_Refused, ToolError) as exc:
+            raise ToolError(f"{action}: {exc}") from None
+
+    def query(self, a: QueryArgs) -> dict:
+        _, out = self._run("sql.query", "read", a.sql, a.params)
+        out.pop("rowcount", None)                 # -1 for a SELECT: noise
+        return out
+
+    def execute(self, a: ExecuteArgs) -> dict:
+        """{rowcount}, and the rows too when the statement returns some (RETURNING)."""
+        return self._run("sql.execute", "data", a.sql, a.params)[1]
+
+    def schema_change(self, a: SchemaChangeArgs) -> dict:
+        stmt, _ = self._run("sql.schema_change", "schema", a.sql, {})
+        return {"done": stmt.label}
+
+    def tables(self, a: TablesArgs) -> dict:
+        try:
+            with self.db.engine.connect() as conn, conn.begin() as trans:
+                with self.db._guarded(conn, write=False):
+                    insp = inspect(conn)
+                    names = [("table", n) for n in insp.get_table_names()] + \
+                            [("view", n) for n in insp.get_view_names()]
+                    if a.table is not None:
+                        names = [(k, n) for k, n in names if n == a.table]
+                        if not names:
+                            raise ToolError(f"sql.tables: there is no table or view named {a.table!r}")
+                    out = []
+                    for kind, name in names[:self.max_rows]:
+                        pk = set(insp.get_pk_constraint(name).get("constrained_columns") or []) if kind == "table" else set()
+                        cols = [{"name": c["name"], "type": _type_name(c["type"]), "nullable": bool(c.get("nullable", True)),
+                                 "primary_key": c["name"] in pk} for c in insp.get_columns(name)]
+                        out.append({"name": name, "kind": kind, "columns": cols})
+                trans.rollback()
+        except SQLAlchemyError as exc:
+            raise ToolError(f"sql.tables: the database could not be inspected: {str(exc).splitlines()[0][:500]}") from None
+        return {"tables": out, "truncated": len(names) > self.max_rows}
+
+
+def _type_name(t: Any) -> str:
+    try:
+        return str(t)
+    except Exception:   # some dialect types cannot render without a dialect
+        return type(t).__name__
+
+
+def sql_tool(url: str, *, read_only: bool = True, max_rows: int = 200, timeout_s: float = 10) -> list[ToolAction]:
+    """The `sql.*` actions on one database (any SQLAlchemy URL). With read_only=True (the
+    default) only sql.query and sql.tables run, and SQLite files are opened read-only."""
+    t = _SqlTool(url, read_only, max_rows, timeout_s)
+    ro = " (refused: this database is connected read-only)" if read_only else ""
+    return [
+        ToolAction("sql.query", f"Run one read statement (SELECT, WITH ... SELECT, VALUES, EXPLAIN, reading PRAGMA) "
+                   f"and return at most {max_rows} rows.", t.bind(QueryArgs, "read"), "read", t.query),
+        ToolAction("sql.tables", "List the tables and views with their columns (name, type, nullable, primary key).",
+                   TablesArgs, "read", t.tables),
+        ToolAction("sql.execute", "Run one INSERT, UPDATE, DELETE, REPLACE or MERGE statement and return the number "
+                   f"of rows changed{ro}.", t.bind(ExecuteArgs, "data"), "write", t.execute),
+        ToolAction("sql.schema_change", f"Run one CREATE, ALTER, DROP or TRUNCATE statement{ro}.",
+                   t.bind(SchemaChangeArgs, "schema"), "delete", t.schema_change),
+    ]
