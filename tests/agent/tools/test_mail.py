@@ -23,7 +23,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd calls it by this name
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 OK"
 
@@ -55,7 +55,8 @@ def _run(ts: Toolset, name: str, args: dict) -> dict:
 
 
 JA = {"to": ["山田 太郎 <taro@example.jp>", "hanako@example.jp"], "cc": ["boss@corp.example.com"],
-      "subject": "明日の会議について（資料あり）", "body": "山田さん\n\n明日10時の会議の資料を添付します。\nよろしくお願いします。\n"}
+      "subject": "明日の会議について（資料あり）",
+      "body": "山田さん\n\n明日10時の会議の資料を添付します。\nよろしくお願いします。\n"}
 
 
 def test_a_draft_is_sent_exactly_as_written_japanese_included(tmp_path, smtp):

@@ -47,8 +47,11 @@ _TIME_HELP = "ISO 8601 date-time, e.g. 2025-05-01T09:00:00+09:00; without an off
 
 def parse_datetime(text: str, what: str, *, date_ok: bool = False) -> datetime:
     """ISO 8601 -> aware datetime; naive = UTC. A bare date only where `date_ok` (its midnight, UTC)."""
+    iso = text.strip()
+    if iso[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat does not read "Z"
+        iso = iso[:-1] + "+00:00"
     try:
-        value = datetime.fromisoformat(text.strip())
+        value = datetime.fromisoformat(iso)
     except ValueError:
         raise ValueError(f"{what} {text!r} is not an {_TIME_HELP}") from None
     if "T" not in text.upper() and " " not in text.strip() and not date_ok:
@@ -140,8 +143,9 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
 
     class InviteArgs(_EventFields):
         """An event with other attendees: it involves other people."""
-        attendees: list[str] = Field(min_length=1, max_length=100,
-                                     description="Attendee email addresses ('a@example.com' or 'Name <a@example.com>').")
+        attendees: list[str] = Field(
+            min_length=1, max_length=100,
+            description="Attendee email addresses ('a@example.com' or 'Name <a@example.com>').")
 
         @field_validator("attendees")
         @classmethod
@@ -228,7 +232,8 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
         def mv(cal: Calendar) -> dict:
             [ev] = _find(cal, a.uid, "calendar.move")
             if "RRULE" in ev or "RECURRENCE-ID" in ev:
-                raise ToolError(f"calendar.move: event {a.uid!r} is recurring; moving recurring events is not supported")
+                raise ToolError(f"calendar.move: event {a.uid!r} is recurring; moving recurring events is "
+                                "not supported")
             before = _describe(ev)
             for prop in ("DTSTART", "DTEND", "DURATION", "DTSTAMP", "LAST-MODIFIED"):
                 ev.pop(prop, None)
@@ -285,7 +290,7 @@ def _load(path: Path) -> Calendar:
     hint = "it was left unchanged; fix or move it"
     try:
         cal = Calendar.from_ical(raw)
-    except Exception as exc:  # icalendar raises ValueError mostly, but any failure means the same
+    except Exception as exc:  # noqa: BLE001 -- mostly ValueError, but any failure means the same
         raise ToolError(f"calendar: {path} is not a valid iCalendar file ({str(exc)[:200]}); {hint}") from None
     if not isinstance(cal, Calendar) or cal.name != "VCALENDAR":
         raise ToolError(f"calendar: {path} is not a valid iCalendar file (top component is "

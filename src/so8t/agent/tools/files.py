@@ -465,7 +465,8 @@ def files_tool(root: str | Path, *, max_read_bytes: int = 1_000_000, max_write_b
                    "to the root, type (file, dir, symlink, other) and size in bytes of files.",
                    ListArgs, "read", _safely("files.list", f.list)),
         ToolAction("files.read", f"Read a UTF-8 text file under the files root (at most {max_read_bytes} bytes; "
-                   "binary files are refused).", ReadArgs, "read", _safely("files.read", f.read)),
+                   "binary files are refused): its text, its full size in bytes and whether the text was cut.",
+                   ReadArgs, "read", _safely("files.read", f.read)),
         ToolAction("files.write", f"Write a UTF-8 text file under the files root (at most {max_write_bytes} bytes), "
                    "atomically; an existing file is replaced only with overwrite=true.",
                    WriteArgs, "write", _safely("files.write", f.write)),

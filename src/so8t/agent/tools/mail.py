@@ -72,7 +72,7 @@ def parse_address(text: str) -> tuple[str, str]:
 
     The domain is lower-cased; the local part is kept as written."""
     if not isinstance(text, str):
-        raise ValueError("an address must be a string")
+        raise TypeError("an address must be a string")
     check_header_text(text, f"address {text!r}")
     if len(text) > 320:
         raise ValueError(f"address {text[:40]!r}... is too long")
@@ -242,7 +242,10 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         path = drafts / f"{draft_id}.eml"
         data = msg.as_bytes()
         _atomic_write(path, data)
-        recipients = [_addr(x) for x in a.to + a.cc]
+        unique: dict[str, str] = {}
+        for x in a.to + a.cc:  # to and cc may name the same person; the envelope has them once
+            unique.setdefault(_addr(x).lower(), _addr(x))
+        recipients = list(unique.values())
         return {"draft_id": draft_id, "path": str(path), "recipients": recipients,
                 "sha256": hashlib.sha256(data).hexdigest(), "send_problems": send_problems(recipients)}
 
@@ -255,7 +258,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         for path, sent in found[:a.limit]:
             try:
                 out.append(describe(path, sent))
-            except Exception as exc:  # one unreadable file should not hide the others
+            except Exception as exc:  # noqa: BLE001 -- one unreadable file must not hide the others
                 out.append({"draft_id": path.stem, "path": str(path), "sent": sent, "error": str(exc)})
         return {"drafts": out, "count": len(out), "more": len(found) > a.limit}
 
@@ -325,7 +328,7 @@ def _header_addresses(msg: Any, header: str) -> list[Any]:
 def _check_saved_draft(raw: bytes, draft_id: str, sender_addr: str) -> list[str]:
     """Re-validate the draft file as it is on disk (it is a user-editable file) -> envelope recipients."""
     msg = BytesParser(policy=policy.default).parsebytes(raw)
-    bad = [h for h in msg.keys() if h.lower() in ("bcc", "resent-to", "resent-cc", "resent-bcc")]
+    bad = [h for h in msg if h.lower() in ("bcc", "resent-to", "resent-cc", "resent-bcc")]
     if bad:
         raise ToolError(f"mail.send: draft {draft_id} has a {bad[0]} header, which mail.draft never writes; refused")
     senders = _header_addresses(msg, "From")

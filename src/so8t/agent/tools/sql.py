@@ -107,7 +107,7 @@ class _Refused(ValueError):
     """The SQL text is refused before it reaches any database; the message says why."""
 
 
-_DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+_DOLLAR = re.compile(r"\$(?:[^\W\d]\w*)?\$")          # $$ or $tag$ (a tag may be any letters)
 
 
 def _quoted_end(sql: str, i: int, close: str, *, doubled: bool = True, backslash_ok: bool = True) -> int:
@@ -173,9 +173,11 @@ def _lex(sql: str, syn: _Syntax) -> list[_Tok]:
             while j < n and (sql[j].isalnum() or sql[j] in "_$"):
                 j += 1
             kind = "word"
-        elif c.isdigit() or (c == "." and i + 1 < n and sql[i + 1].isdigit()):
+        elif c.isdigit():
+            # Digits only: letters after them (1e5, 0x1F, MySQL's 1abc) become a word of their own,
+            # so no keyword can hide inside a "number".
             j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] in "._"):
+            while j < n and (sql[j].isdigit() or sql[j] == "."):
                 j += 1
             kind = "number"
         elif sql.startswith("::", i):                     # PostgreSQL cast, not a placeholder
@@ -371,9 +373,15 @@ class _Database:
             if self.backend == "sqlite" and self.read_only:
                 cur.execute("PRAGMA query_only=ON")
             elif self.backend in ("mysql", "mariadb"):
-                cur.execute(f"SET SESSION max_execution_time = {int(self.timeout_s * 1000)}")
                 if self.read_only:
                     cur.execute("SET SESSION TRANSACTION READ ONLY")
+                try:       # MySQL's name; MariaDB has max_statement_time (seconds) instead
+                    cur.execute(f"SET SESSION max_execution_time = {int(self.timeout_s * 1000)}")
+                except Exception:
+                    try:
+                        cur.execute(f"SET SESSION max_statement_time = {float(self.timeout_s)}")
+                    except Exception:
+                        pass   # no statement timeout on this server; the rest still holds
         finally:
             cur.close()
 
@@ -466,14 +474,14 @@ class QueryArgs(BaseModel):
     sql: str = Field(min_length=1, description=(
         "One read statement: SELECT, WITH ... SELECT, VALUES, EXPLAIN, or a reading PRAGMA such as "
         "table_info(t); put values in params as :name placeholders"))
-    params: dict[str, JsonScalar] = Field(default_factory=dict, description=_PARAMS_DESC)
+    params: dict[str, JsonScalar] = Field(default_factory=dict, validate_default=True, description=_PARAMS_DESC)
 
 
 class ExecuteArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sql: str = Field(min_length=1, description=(
         "One INSERT, UPDATE, DELETE, REPLACE or MERGE statement; put values in params as :name placeholders"))
-    params: dict[str, JsonScalar] = Field(default_factory=dict, description=_PARAMS_DESC)
+    params: dict[str, JsonScalar] = Field(default_factory=dict, validate_default=True, description=_PARAMS_DESC)
 
 
 class SchemaChangeArgs(BaseModel):
@@ -568,26 +576,31 @@ class _SqlTool:
         return {"done": stmt.label}
 
     def tables(self, a: TablesArgs) -> dict:
+        """Tables and views (at most max_rows of them) with their columns, read like a query:
+        in a rolled-back, read-only transaction under the timeout."""
         try:
             with self.db.engine.connect() as conn, conn.begin() as trans:
                 with self.db._guarded(conn, write=False):
                     insp = inspect(conn)
-                    names = [("table", n) for n in insp.get_table_names()] + \
-                            [("view", n) for n in insp.get_view_names()]
+                    found = ([("table", n) for n in insp.get_table_names()]
+                             + [("view", n) for n in insp.get_view_names()])
                     if a.table is not None:
-                        names = [(k, n) for k, n in names if n == a.table]
-                        if not names:
+                        found = [(k, n) for k, n in found if n == a.table]
+                        if not found:
                             raise ToolError(f"sql.tables: there is no table or view named {a.table!r}")
-                    out = []
-                    for kind, name in names[:self.max_rows]:
-                        pk = set(insp.get_pk_constraint(name).get("constrained_columns") or []) if kind == "table" else set()
-                        cols = [{"name": c["name"], "type": _type_name(c["type"]), "nullable": bool(c.get("nullable", True)),
-                                 "primary_key": c["name"] in pk} for c in insp.get_columns(name)]
-                        out.append({"name": name, "kind": kind, "columns": cols})
+                    out = [{"name": name, "kind": kind, "columns": self._columns(insp, name, kind)}
+                           for kind, name in found[:self.max_rows]]
                 trans.rollback()
         except SQLAlchemyError as exc:
-            raise ToolError(f"sql.tables: the database could not be inspected: {str(exc).splitlines()[0][:500]}") from None
-        return {"tables": out, "truncated": len(names) > self.max_rows}
+            raise ToolError(f"sql.tables: the database could not be inspected: "
+                            f"{str(exc).splitlines()[0][:500]}") from None
+        return {"tables": out, "truncated": len(found) > self.max_rows}
+
+    @staticmethod
+    def _columns(insp: Any, name: str, kind: str) -> list[dict]:
+        pk = set(insp.get_pk_constraint(name).get("constrained_columns") or []) if kind == "table" else set()
+        return [{"name": c["name"], "type": _type_name(c["type"]), "nullable": bool(c.get("nullable", True)),
+                 "primary_key": c["name"] in pk} for c in insp.get_columns(name)]
 
 
 def _type_name(t: Any) -> str:
