@@ -10,6 +10,7 @@ pool, and a plain ``httpx.Client`` there is simpler and safer than nesting event
 from __future__ import annotations
 
 import email.utils
+from dataclasses import dataclass, field
 import time
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
@@ -17,6 +18,19 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 _EXCERPT_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ToolCallProposal:
+    id: str
+    name: str
+    arguments: Any          # as the model sent it: usually a JSON string (OpenAI), parsed later
+
+
+@dataclass(frozen=True)
+class AssistantTurn:
+    content: str | None
+    tool_calls: list[ToolCallProposal] = field(default_factory=list)
 
 
 class BackendError(RuntimeError):
@@ -143,6 +157,29 @@ class OpenAIBackend:
                 f"to be a string: {_excerpt(repr(body))}"
             )
         return content
+
+    def chat(self, messages: list[dict[str, Any]], *, tools: list[dict] | None = None, max_tokens: int = 256,
+             temperature: float = 0.0) -> AssistantTurn:
+        """One assistant turn with OpenAI function calling: text and/or proposed tool calls.
+        The calls are only proposals: the caller validates and gates each before anything runs."""
+        payload: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                                   "temperature": temperature, "stream": False}
+        if tools:
+            payload["tools"] = tools
+        url = f"{self.base_url}/chat/completions"
+        body = self._request("POST", url, json=payload)
+        try:
+            message = body["choices"][0]["message"]
+            content = message.get("content")
+            raw_calls = message.get("tool_calls") or []
+            calls = [ToolCallProposal(str(c.get("id") or f"call_{k}"), c["function"]["name"], c["function"]["arguments"])
+                     for k, c in enumerate(raw_calls)]
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendError(f"{self._where('POST', url)}: malformed response, expected choices[0].message with "
+                               f"content and/or tool_calls: {_excerpt(repr(body))}") from None
+        if content is not None and not isinstance(content, str):
+            raise BackendError(f"{self._where('POST', url)}: malformed response: content is not a string")
+        return AssistantTurn(content, calls)
 
     def list_models(self) -> list[str]:
         """GET /models: the model ids the server offers (useful to check ``model`` before a run)."""

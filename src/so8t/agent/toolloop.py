@@ -1,0 +1,249 @@
+"""The tool loop for allowed requests: the LLM proposes tool calls, and each call is
+validated, gated and checked against the autonomy policy BEFORE it runs.
+
+    proposed call --validate (schema, sandbox, size)--> invalid: refused, told to the model
+                  --gate (conversation + the call)-----> REFUSE: refused
+                  --policy tier / gate ESCALATE--------> approval queue: runs once, exactly as approved
+                  --ALLOW + tier auto------------------> executed
+    tool result   --gate--> anything but ALLOW: withheld from the model (indirect prompt injection)
+
+Models with native function calling get the tools as OpenAI `tools`; others get a documented
+text format, parsed strictly:
+
+    <tool_call>{"name": "files.read", "arguments": {"path": "notes/todo.txt"}}</tool_call>
+
+Every step is in the audit log with the call's hash and a redacted summary.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from so8t.agent.approvals import ApprovalQueue
+from so8t.agent.audit import AuditLog
+from so8t.agent.tools import RISKS, ToolError, Toolset, ValidatedCall
+from so8t.canonical import hash_text
+from so8t.gate import Gate
+from so8t.labels import Action
+
+Level = Literal["auto", "approval", "deny"]
+LEVELS = ("auto", "approval", "deny")
+DEFAULT_TIERS: dict[str, str] = {"read": "auto", "write": "approval", "delete": "approval", "send": "approval",
+                                 "pay": "approval"}
+_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+
+
+@dataclass
+class ToolPolicy:
+    """Autonomy per risk tier, overridden per action. A level can only make a call stricter
+    than the gate: 'auto' still needs the gate's ALLOW."""
+    tiers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    actions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, tiers: dict | None, actions: dict | None, toolset: Toolset | None = None,
+                    where: str = "tools config") -> "ToolPolicy":
+        merged = dict(DEFAULT_TIERS)
+        for risk, level in (tiers or {}).items():
+            if risk not in RISKS:
+                raise ValueError(f"{where}: tiers: unknown risk tier {risk!r}; known: {', '.join(RISKS)}")
+            if level not in LEVELS:
+                raise ValueError(f"{where}: tiers.{risk}: {level!r} is not one of {', '.join(LEVELS)}")
+            merged[risk] = level
+        for name, level in (actions or {}).items():
+            if level not in LEVELS:
+                raise ValueError(f"{where}: actions.{name}: {level!r} is not one of {', '.join(LEVELS)}")
+            if toolset is not None and name not in toolset.actions:
+                raise ValueError(f"{where}: actions: unknown tool action {name!r}; "
+                                 f"configured: {', '.join(sorted(toolset.actions))}")
+        return cls(merged, dict(actions or {}))
+
+    def level(self, call: ValidatedCall) -> str:
+        return self.actions.get(call.name, self.tiers.get(call.risk, "approval"))
+
+
+@dataclass
+class Proposal:
+    id: str
+    name: str
+    arguments: Any
+    error: str | None = None          # a malformed proposal: never executed, explained to the model
+
+
+def parse_text_calls(text: str) -> tuple[str, list[Proposal]]:
+    """Strict parser of the text format: each block must be one JSON object with exactly
+    'name' (string) and 'arguments' (object). Anything else is a malformed proposal."""
+    proposals = []
+    for k, m in enumerate(_CALL_RE.finditer(text)):
+        pid = f"text_{k}"
+        try:
+            obj = json.loads(m.group(1))
+        except json.JSONDecodeError as exc:
+            proposals.append(Proposal(pid, "?", None, f"tool call {k + 1} is not valid JSON: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict) or set(obj) != {"name", "arguments"} or not isinstance(obj["name"], str) \
+                or not isinstance(obj["arguments"], dict):
+            proposals.append(Proposal(pid, str(obj.get("name", "?")) if isinstance(obj, dict) else "?", None,
+                                      f"tool call {k + 1} must be {{\"name\": str, \"arguments\": object}} and nothing else"))
+            continue
+        proposals.append(Proposal(pid, obj["name"], obj["arguments"]))
+    rest = _CALL_RE.sub("", text)
+    if "<tool_call>" in rest or "</tool_call>" in rest:
+        proposals.append(Proposal(f"text_{len(proposals)}", "?", None, "an unclosed <tool_call> block"))
+        rest = rest.replace("<tool_call>", "").replace("</tool_call>", "")
+    return rest.strip(), proposals
+
+
+def text_tool_prompt(toolset: Toolset) -> str:
+    """The system prompt that teaches the text format to a model without function calling."""
+    lines = ["You can use tools. To call one, write exactly:",
+             '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>',
+             "and stop; the result comes back in the next message. Tools:"]
+    for a in toolset.actions.values():
+        params = a.args.model_json_schema().get("properties", {})
+        lines.append(f"- {a.name}: {a.description} Arguments: {json.dumps(params, ensure_ascii=False)}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Step:
+    call: str                         # tool name
+    status: str                       # executed | refused | pending | failed | invalid | result_withheld
+    detail: str = ""
+    approval_id: str | None = None
+    call_hash: str | None = None
+
+
+@dataclass
+class LoopResult:
+    outcome: Literal["answered", "pending", "refused", "failed"]
+    text: str
+    steps: list[Step] = field(default_factory=list)
+    approval_id: str | None = None
+
+
+class ToolLoop:
+    def __init__(self, gate: Gate, llm, toolset: Toolset, policy: ToolPolicy, approvals: ApprovalQueue,
+                 audit: AuditLog, *, native: bool | None = None, max_steps: int = 6, max_result_chars: int = 4000,
+                 max_tokens: int = 256):
+        self.gate, self.llm, self.toolset, self.policy = gate, llm, toolset, policy
+        self.approvals, self.audit = approvals, audit
+        self.native = hasattr(llm, "chat") if native is None else native
+        self.max_steps, self.max_result_chars, self.max_tokens = max_steps, max_result_chars, max_tokens
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, conversation: list[dict[str, str]], requester: str) -> LoopResult:
+        """Run an allowed request to its answer, or until a call waits for approval."""
+        messages: list[dict[str, Any]] = list(conversation)
+        if not self.native:
+            messages = [{"role": "system", "content": text_tool_prompt(self.toolset)}] + messages
+        steps: list[Step] = []
+        for _ in range(self.max_steps):
+            text, proposals = self._ask(messages)
+            if not proposals:
+                return LoopResult("answered", text, steps)
+            if self.native:
+                messages.append({"role": "assistant", "content": text or None, "tool_calls": [
+                    {"id": p.id, "type": "function", "function": {"name": p.name, "arguments": json.dumps(
+                        p.arguments, ensure_ascii=False) if not isinstance(p.arguments, str) else p.arguments}}
+                    for p in proposals]})
+            else:
+                messages.append({"role": "assistant", "content": text})
+            for p in proposals:
+                step, result = self._handle(p, conversation, requester)
+                steps.append(step)
+                if step.status == "pending":
+                    return LoopResult("pending", f"The call {p.name} needs a person's approval (request "
+                                      f"{step.approval_id}); nothing else was run.", steps, step.approval_id)
+                messages.append(self._result_message(p, result))
+        return LoopResult("failed", f"stopped after {self.max_steps} tool rounds without a final answer", steps)
+
+    def _ask(self, messages) -> tuple[str, list[Proposal]]:
+        if self.native:
+            turn = self.llm.chat(messages, tools=self.toolset.schemas(), max_tokens=self.max_tokens)
+            proposals = []
+            for c in turn.tool_calls:
+                try:
+                    args = json.loads(c.arguments) if isinstance(c.arguments, str) else c.arguments
+                    proposals.append(Proposal(c.id, c.name, args))
+                except json.JSONDecodeError as exc:
+                    proposals.append(Proposal(c.id, c.name, None, f"arguments are not valid JSON: {exc.msg}"))
+            return (turn.content or "").strip(), proposals
+        return parse_text_calls(self.llm.complete(messages, max_tokens=self.max_tokens))
+
+    def _result_message(self, p: Proposal, result: str) -> dict:
+        if self.native:
+            return {"role": "tool", "tool_call_id": p.id, "content": result}
+        return {"role": "user", "content": f"[tool result {p.name}]\n{result}"}
+
+    # ------------------------------------------------------------------ one call
+
+    def _handle(self, p: Proposal, conversation, requester: str) -> tuple[Step, str]:
+        """Validate -> gate -> policy -> (execute | queue | refuse); returns the step and the
+        text the model sees next."""
+        if p.error:
+            self.audit.append("tool.invalid", {"requester": requester, "call": p.name, "error": p.error})
+            return Step(p.name, "invalid", p.error), f"error: {p.error}"
+        try:
+            call = self.toolset.validate(p.name, p.arguments)
+        except ToolError as exc:
+            self.audit.append("tool.invalid", {"requester": requester, "call": p.name, "error": str(exc)})
+            return Step(p.name, "invalid", str(exc)), f"error: {exc}"
+        call_hash = hash_text(call.canonical)
+        summary = call.canonical[:300]
+        self.audit.append("tool.proposed", {"requester": requester, "call": call.name, "risk": call.risk,
+                                            "call_hash": call_hash, "summary": summary})
+        decision = self.gate.decide(list(conversation) + [{"role": "user", "content": f"Agent tool call: {call.canonical}"}])
+        level = self.policy.level(call)
+        record = {"requester": requester, "call": call.name, "call_hash": call_hash, "decision": decision.to_dict(),
+                  "level": level}
+        if decision.action == Action.REFUSE or level == "deny":
+            why = "the safety gate refused it" if decision.action == Action.REFUSE else f"policy denies {call.name}"
+            self.audit.append("tool.refused", {**record, "reason": why})
+            return Step(call.name, "refused", why, call_hash=call_hash), f"refused: {why}; nothing was run"
+        if decision.action == Action.ESCALATE or level == "approval":
+            request = {"tool": call.name, "arguments": json.loads(call.canonical)["arguments"]}
+            item = self.approvals.submit(request, decision.to_dict(), requester, kind="tool_call")
+            self.audit.append("tool.escalated", {**record, "approval_id": item.id})
+            return Step(call.name, "pending", "waits for approval", item.id, call_hash), ""
+        return self._execute(call, call_hash, record)
+
+    def _execute(self, call: ValidatedCall, call_hash: str, record: dict) -> tuple[Step, str]:
+        try:
+            result = self.toolset.execute(call)
+        except ToolError as exc:
+            self.audit.append("tool.failed", {**record, "error": str(exc)})
+            return Step(call.name, "failed", str(exc), call_hash=call_hash), f"error: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a tool bug is reported, not raised into the agent
+            self.audit.append("tool.failed", {**record, "error": f"{type(exc).__name__}: {exc}"})
+            return Step(call.name, "failed", type(exc).__name__, call_hash=call_hash), f"error: {type(exc).__name__}"
+        text = json.dumps(result, ensure_ascii=False, default=str)[: self.max_result_chars]
+        self.audit.append("tool.executed", {**record, "result_hash": hash_text(text), "result": text[:300]})
+        verdict = self.gate.decide([{"role": "user", "content": text}])
+        if verdict.action != Action.ALLOW:
+            # untrusted content (a web page, a file) that reads like a dangerous request does not
+            # reach the model: an injected instruction cannot become the model's next call
+            self.audit.append("tool.result_withheld", {**record, "result_hash": hash_text(text),
+                                                       "decision": verdict.to_dict()})
+            return (Step(call.name, "result_withheld", f"the gate said {verdict.action.name} about the result",
+                         call_hash=call_hash),
+                    "the tool ran, but its result was withheld by the safety gate (it contains content that "
+                    "must not be acted on)")
+        return Step(call.name, "executed", call_hash=call_hash), text
+
+    # ------------------------------------------------------------------ after approval
+
+    def execute_approved(self, approval_id: str, expected_hash: str | None = None) -> dict:
+        """Run an approved tool call exactly once, exactly as approved (validated again first:
+        the sandbox and schema still apply); the result is stored in the queue."""
+        def run(request: dict) -> dict:
+            call = self.toolset.validate(request["tool"], request["arguments"])
+            result = self.toolset.execute(call)
+            text = json.dumps(result, ensure_ascii=False, default=str)
+            self.audit.append("tool.executed", {"call": call.name, "call_hash": hash_text(call.canonical),
+                                                "approval_id": approval_id, "result": text[:300]})
+            return {"text": text[: self.max_result_chars]}
+        return self.approvals.run_once(approval_id, run, expected_hash=expected_hash)
