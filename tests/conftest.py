@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the handler's annotations here
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -129,4 +130,28 @@ def run_with_thresholds(tiny_run, tmp_path):
             (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": refuse_at,
                                                                             "allow_at": allow_at}}))
         return run
+    return make
+
+
+@pytest.fixture
+def scripted_llm():
+    """Factory: an OpenAI-compatible app that answers with the given turns in order (text
+    and/or tool calls) and records every request; returns (app, seen requests)."""
+    import json
+
+    def make(turns):
+        app, seen = FastAPI(), []
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            seen.append(await request.json())
+            turn = turns[len(seen) - 1]
+            message = {"role": "assistant", "content": turn.get("content")}
+            if "calls" in turn:
+                message["tool_calls"] = [{"id": f"c{k}", "type": "function",
+                                          "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}}
+                                         for k, (n, a) in enumerate(turn["calls"])]
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        return app, seen
     return make

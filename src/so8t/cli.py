@@ -236,6 +236,20 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from so8t.server.demo import latest_run, run_demo
+
+    run = Path(args.run) if args.run else latest_run()
+    if run is None:
+        print("so8t: error: no trained run found under runs/; train one first: so8t train (about 11 minutes)",
+              file=sys.stderr)
+        return 2
+    result = run_demo(run, args.workdir)
+    return 0 if result["as_expected"] else 1
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -407,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with ServerConfig fields (backend, approvals, audit)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("demo", help="the gated agent end to end: sandbox, tools, approval, refusal, audit")
+    p.add_argument("run", nargs="?", help="a trained run (default: the newest under runs/)")
+    p.add_argument("--workdir", help="where the sandbox, queue and audit log go (default: a temporary folder)")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")
     p.add_argument("model", nargs="?", default="embedded", help="model reference (default: the embedded model)")

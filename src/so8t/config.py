@@ -132,6 +132,9 @@ class ServerConfig:
     backend_timeout_s: float = 60.0
     backend_retries: int = 2
     max_tokens: int = 256
+    # --- agent tools (off when empty) ---
+    tools: str = ""                             # tools YAML: which tools, where, autonomy per risk tier
+    tool_max_steps: int = 6                     # tool rounds per request
     # --- approvals and audit ---
     approvals_url: str = "sqlite:///so8t-state/approvals.db"  # any SQLAlchemy URL
     approval_ttl_s: float = 3600.0              # an unanswered approval expires (TIMEOUT, denied)

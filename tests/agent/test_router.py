@@ -3,7 +3,10 @@
 The run's calibrated thresholds are set so the real gate path gives the action a test needs
 (refuse_at=0: everything is REFUSE; refuse_at=allow_at=1: ESCALATE; allow_at=0: ALLOW)."""
 import json
+import re
 import time
+
+import pytest
 
 
 from so8t.agent.approvals import Status
@@ -157,3 +160,40 @@ def test_terminal_chat_goes_through_the_router(run_with_thresholds, tmp_path, mo
     out = capsys.readouterr().out
     assert out.count("[REFUSE ok") == 2 and "What I can do instead" in out and "代わりにできること" in out
     assert "(new conversation)" in out
+
+
+def test_allowed_chat_runs_the_tool_loop_when_tools_are_configured(run_with_thresholds, tmp_path, scripted_llm):
+    from so8t.server.llm_server import serve_in_thread
+
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "plan.txt").write_text("ship on Friday", encoding="utf-8")
+    tools = tmp_path / "tools.yaml"
+    tools.write_text("files: {root: files}\n", encoding="utf-8")
+    app, seen = scripted_llm([{"calls": [("files.read", {"path": "plan.txt"})]},
+                              {"calls": [("files.delete", {"path": "plan.txt"})]}])
+    with serve_in_thread(app) as llm:
+        svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), backend="openai", backend_url=f"{llm.url}/v1",
+                       backend_model="m", tools=str(tools))
+        res = svc.router.handle("What is the plan? Then tidy up.", "dan")
+        assert res.outcome == "pending" and "ship on Friday" in json.dumps(seen[1]["messages"])
+        assert (tmp_path / "files" / "plan.txt").exists()                  # delete tier: waits for a person
+        svc.approvals.approve(res.approval_id, "carol")
+        assert svc.work_once()["ran"] == 1 and not (tmp_path / "files" / "plan.txt").exists()
+        assert svc.approvals.get(res.approval_id).kind == "tool_call"
+        svc.close()
+
+
+def test_tools_config_errors_name_the_file_and_key(tmp_path):
+    from so8t.agent.tools.config import load_tools
+    from so8t.config import ConfigError
+
+    f = tmp_path / "tools.yaml"
+    for text, message in [("files: {rot: x}\n", "files: unknown key 'rot' (did you mean 'root'?)"),
+                          ("files: {}\n", "files: root is required"),
+                          ("shell: {cmd: ls}\n", "unknown section(s) shell"),
+                          ("tiers: {read: maybe}\nfiles: {root: .}\n", "tiers.read: 'maybe' is not one of"),
+                          ("files: {root: does-not-exist}\n", "does-not-exist"),
+                          ("{}\n", "no tools configured")]:
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_tools(f)

@@ -42,8 +42,9 @@ class RouterResult:
 class Router:
     def __init__(self, gate: Gate, backend, approvals: ApprovalQueue, audit: AuditLog, *,
                  audit_allow: bool = False, approval_ttl_s: float = 3600.0, max_tokens: int = 256,
-                 shadow: bool = False):
+                 shadow: bool = False, toolloop=None):
         self.gate, self.backend, self.approvals, self.audit = gate, backend, approvals, audit
+        self.toolloop = toolloop  # when tools are configured, allowed requests run through it
         # Shadow mode measures a gate before it is trusted: every decision is logged, nothing is
         # blocked. Only for a trial period; the README says so.
         self.shadow = shadow
@@ -63,7 +64,7 @@ class Router:
         record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo)}
         if self.shadow and convo is not None:
             self.audit.append("gate.shadow", {**record, "would": decision.action.name})
-            return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang)
+            return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
         if not decision.ok:
             self.audit.append(GATE_ERROR, record)
         if decision.action == Action.REFUSE:
@@ -85,9 +86,12 @@ class Router:
             return RouterResult("pending", text, decision, item.id, item.request_hash)
         if self.audit_allow:
             self.audit.append(GATE_ALLOW, record)
-        return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang)
+        return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
 
-    def _answer(self, convo, decision: Decision, prefill, max_tokens: int, temperature: float, lang: str) -> RouterResult:
+    def _answer(self, convo, decision: Decision, prefill, max_tokens: int, temperature: float, lang: str,
+                requester: str = "anonymous") -> RouterResult:
+        if self.toolloop is not None:
+            return self._answer_with_tools(convo, decision, lang, requester)
         try:
             if prefill is not None:
                 text = self.backend.complete(convo, max_tokens=max_tokens, temperature=temperature, prefill=prefill)
@@ -98,6 +102,19 @@ class Router:
             self.audit.append("llm.error", {"decision": decision.to_dict(), "error": str(exc)[:500]})
             return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
         return RouterResult("answered", text, decision)
+
+    def _answer_with_tools(self, convo, decision: Decision, lang: str, requester: str) -> RouterResult:
+        try:
+            res = self.toolloop.run(convo, requester)
+        except Exception as exc:  # noqa: BLE001 - the LLM or a tool failing must not crash the service
+            log.error("tool loop failed: %s", exc)
+            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": str(exc)[:500]})
+            return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
+        text = res.text
+        if res.outcome == "pending":
+            item = self.approvals.get(res.approval_id)
+            text = msg.escalate_message(lang, item.id, item.expires_at.strftime("%Y-%m-%d %H:%M"))
+        return RouterResult(res.outcome, text, decision, res.approval_id)
 
     def run_approved(self, approval_id: str, expected_hash: str | None = None) -> dict:
         """Run an approved chat request exactly once, exactly as approved; the answer is stored

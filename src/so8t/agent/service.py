@@ -67,10 +67,13 @@ class Service:
         ran, failed = 0, 0
         if self.backend is not None:
             for item in self.approvals.list(status=Status.APPROVED, limit=50):
-                if item.kind != "chat":
-                    continue  # other kinds (tool calls) are run by their own executor
+                if item.kind == "tool_call" and self.router.toolloop is None:
+                    continue  # no tools configured here: leave it for a server that has them
                 try:
-                    self.router.run_approved(item.id, expected_hash=item.request_hash)
+                    if item.kind == "tool_call":
+                        self.router.toolloop.execute_approved(item.id, expected_hash=item.request_hash)
+                    else:
+                        self.router.run_approved(item.id, expected_hash=item.request_hash)
                     ran += 1
                 except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
                     failed += 1
@@ -112,6 +115,14 @@ def build_service(cfg: ServerConfig) -> Service:
         backend = InProcessBackend(gate) if gate.ready else None
     if cfg.shadow:
         log.warning("shadow mode: the gate's decisions are logged but NOT enforced")
+    toolloop = None
+    if cfg.tools and backend is not None:
+        from so8t.agent.toolloop import ToolLoop
+        from so8t.agent.tools.config import load_tools
+
+        toolset, policy = load_tools(cfg.tools)
+        toolloop = ToolLoop(gate, backend, toolset, policy, approvals, audit, max_steps=cfg.tool_max_steps,
+                            max_tokens=cfg.max_tokens)
     router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
-                    max_tokens=cfg.max_tokens, shadow=cfg.shadow)
+                    max_tokens=cfg.max_tokens, shadow=cfg.shadow, toolloop=toolloop)
     return Service(cfg, gate, backend, approvals, audit, router)

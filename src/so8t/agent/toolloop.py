@@ -96,6 +96,32 @@ def parse_text_calls(text: str) -> tuple[str, list[Proposal]]:
     return rest.strip(), proposals
 
 
+METADATA_KEYS = {"path", "paths", "draft_id", "uid", "url", "screenshot", "sha256", "id", "status", "type",
+                 "recipients", "to", "cc", "columns", "converted", "blocked"}
+
+
+def untrusted_text(result, min_chars: int = 20) -> str:
+    """The content in a tool result that came from outside (page text, file text, table cells,
+    mail bodies): every string leaf of at least min_chars, metadata keys (paths, ids, hashes,
+    addresses) left out. This is what the gate reads before the model may see the result."""
+    out: list[str] = []
+
+    def walk(x, key=None):
+        if key in METADATA_KEYS:
+            return
+        if isinstance(x, str):
+            if len(x) >= min_chars:
+                out.append(x)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, k)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                walk(v, key)
+    walk(result)
+    return "\n".join(out)
+
+
 def text_tool_prompt(toolset: Toolset) -> str:
     """The system prompt that teaches the text format to a model without function calling."""
     lines = ["You can use tools. To call one, write exactly:",
@@ -181,6 +207,11 @@ class ToolLoop:
 
     # ------------------------------------------------------------------ one call
 
+    def call(self, conversation: list[dict[str, str]], name: str, arguments, requester: str) -> tuple[Step, str]:
+        """Gate and run one call proposed by someone else (another agent framework, the demo):
+        the same validate -> gate -> policy -> execute / queue / refuse path as the loop's."""
+        return self._handle(Proposal("external", name, arguments), conversation, requester)
+
     def _handle(self, p: Proposal, conversation, requester: str) -> tuple[Step, str]:
         """Validate -> gate -> policy -> (execute | queue | refuse); returns the step and the
         text the model sees next."""
@@ -222,8 +253,9 @@ class ToolLoop:
             return Step(call.name, "failed", type(exc).__name__, call_hash=call_hash), f"error: {type(exc).__name__}"
         text = json.dumps(result, ensure_ascii=False, default=str)[: self.max_result_chars]
         self.audit.append("tool.executed", {**record, "result_hash": hash_text(text), "result": text[:300]})
-        verdict = self.gate.decide([{"role": "user", "content": text}])
-        if verdict.action != Action.ALLOW:
+        content = untrusted_text(result)[: self.max_result_chars]
+        verdict = self.gate.decide([{"role": "user", "content": content}]) if content else None
+        if verdict is not None and verdict.action != Action.ALLOW:
             # untrusted content (a web page, a file) that reads like a dangerous request does not
             # reach the model: an injected instruction cannot become the model's next call
             self.audit.append("tool.result_withheld", {**record, "result_hash": hash_text(text),

@@ -46,6 +46,13 @@ class GateRequest(BaseModel):
     input: str | None = Field(default=None, description="a single user message, instead of messages")
 
 
+class ToolCallRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conversation: list[dict] = Field(min_length=1, description="the conversation that led to the call")
+    tool: str
+    arguments: dict
+
+
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -161,6 +168,19 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                              "finish_reason": finish}], "so8t": meta}
+
+    @app.post("/v1/tools/call")
+    def tool_call(req: ToolCallRequest, request: Request):
+        """A tool call proposed by the client's own agent: validated, gated with the
+        conversation, checked against the autonomy policy, then run, queued or refused."""
+        loop = service.router.toolloop
+        if loop is None:
+            return error_response(404, "no tools are configured on this server (set 'tools' in the server config)",
+                                  kind="not_found")
+        step, result = loop.call(req.conversation, req.tool, req.arguments, request.headers.get("x-so8t-user")
+                                 or "anonymous")
+        return {"status": step.status, "detail": step.detail, "approval_id": step.approval_id,
+                "call_hash": step.call_hash, "result": result if step.status == "executed" else None}
 
     @app.get("/v1/approvals/{approval_id}")
     def approval_status(approval_id: str):
