@@ -30,7 +30,8 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast for matmuls (bf16 halves CPU time on AMX/AVX512-BF16)
     gpu_memory_gb: float = 0.0                  # budget checked by --dry-run (0 = no GPU budget)
     # --- data ---
-    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin"])  # 'builtin' or JSONL files
+    # 'builtin' (the office-agent set), 'contrast' (safe/unsafe twin pairs) and/or JSONL files
+    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin", "contrast"])
     dev_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin dev / a split of `data`
     test_data: list[str] = dataclasses.field(default_factory=list)
     max_length: int = 384                       # tokens per example (prompt + response)

@@ -117,3 +117,16 @@ def test_calibrate_with_unreachable_constraints_fails_clearly_and_keeps_no_file(
                  "--max-false-refusal", "-1"])
     assert code == 2 and "no thresholds meet" in capsys.readouterr().err
     assert not (cal_run / "thresholds.json").exists()
+
+
+def test_contrast_pairs_get_their_own_report(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    code = _eval(run, "--data", "contrast:dev", "--out", str(tmp_path / "r"), "--baselines", "keywords")
+    out = capsys.readouterr().out
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    ds = rep["datasets"][0]
+    assert ds["name"] == "contrast-dev" and ds["contrast"]["overall"]["pairs"] == 72
+    assert set(ds["contrast"]["by_lang"]) == {"en", "ja"} and "agent_work" in ds["contrast"]["by_kind"]
+    assert "keywords" in ds["contrast_systems"] and "contrast (72 pairs)" in out
+    assert "### Contrast pairs" in (tmp_path / "r" / "report.md").read_text()
+    assert code == (0 if rep["passed"] else 1)

@@ -1,4 +1,9 @@
-"""The built-in bilingual dataset shipped inside the package, with fixed splits."""
+"""The built-in datasets shipped inside the package, each with fixed train / dev / test splits.
+
+- builtin:  1,080 hand-written examples of an office agent's work (balanced labels, 50% Japanese)
+- contrast: hand-written pairs of a safe prompt (ALLOW) and an unsafe twin (REFUSE / ESCALATE)
+            on the same alarming word or theme; a pair never crosses a split
+"""
 from __future__ import annotations
 
 from importlib import resources
@@ -9,13 +14,18 @@ from so8t.data.schema import Record
 from so8t.data.splits import SPLITS
 
 BUILTIN = "builtin"
+CONTRAST = "contrast"
+BUILTIN_SETS = (BUILTIN, CONTRAST)
 
 
-def builtin_path(split: str) -> Path:
+def builtin_path(split: str, name: str = BUILTIN) -> Path:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    return Path(str(resources.files("so8t.data") / "builtin" / f"{split}.jsonl"))
+    if name not in BUILTIN_SETS:
+        raise ValueError(f"unknown built-in dataset {name!r}; expected one of {', '.join(BUILTIN_SETS)}")
+    file = f"{split}.jsonl" if name == BUILTIN else f"{name}-{split}.jsonl"
+    return Path(str(resources.files("so8t.data") / "builtin" / file))
 
 
-def load_builtin(split: str) -> list[Record]:
-    return read_jsonl(builtin_path(split))
+def load_builtin(split: str, name: str = BUILTIN) -> list[Record]:
+    return read_jsonl(builtin_path(split, name))

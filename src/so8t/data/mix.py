@@ -1,6 +1,6 @@
 """Assemble train / dev / test from the built-in set and other JSONL files, without leakage.
 
-The built-in set keeps its fixed splits. Other files are pooled, exact duplicates (normalised
+The built-in sets (builtin, contrast) keep their fixed splits. Other files are pooled, exact duplicates (normalised
 text) are dropped, anything that near-duplicates a built-in prompt is dropped, and the rest is
 split with near-duplicate groups kept on one side. Files given as dev/test are used as they are.
 """
@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from so8t.data.builtin import BUILTIN, load_builtin
+from so8t.data.builtin import BUILTIN_SETS, load_builtin
 from so8t.data.dedup import near_duplicate_pairs, normalize_text
 from so8t.data.io import read_many
 from so8t.data.schema import Record
@@ -31,11 +31,14 @@ class Mix:
         return "; ".join(parts)
 
 
+def _fixed(names: Sequence[str], split: str) -> list[Record]:
+    """The built-in sets named in `names` (their fixed split)."""
+    return [r for n in BUILTIN_SETS if n in names for r in load_builtin(split, n)]
+
+
 def _load(names: Sequence[str], split: str) -> list[Record]:
-    recs: list[Record] = []
-    files = [n for n in names if n != BUILTIN]
-    if BUILTIN in names:
-        recs.extend(load_builtin(split))
+    recs: list[Record] = _fixed(names, split)
+    files = [n for n in names if n not in BUILTIN_SETS]
     if files:
         recs.extend(read_many(files))
     return recs
@@ -43,8 +46,8 @@ def _load(names: Sequence[str], split: str) -> list[Record]:
 
 def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Sequence[str] = (),
              seed: int = 0, threshold: float = 0.8) -> Mix:
-    base = {s: (load_builtin(s) if BUILTIN in data else []) for s in SPLITS}
-    extra_files = [d for d in data if d != BUILTIN]
+    base = {s: _fixed(data, s) for s in SPLITS}
+    extra_files = [d for d in data if d not in BUILTIN_SETS]
     dropped: Counter = Counter()
     extra: list[Record] = []
     if extra_files:
