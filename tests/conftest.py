@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Before transformers / huggingface_hub are imported (they read it once): no hub calls in tests,
+# so a hub id fails at once with so8t's hint instead of after minutes of network retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the handler's annotations here
