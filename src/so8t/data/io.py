@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from so8t.data.schema import Checked, DataError, Problem, Record, check_row
+from so8t.fsutil import atomic_write_text
 
 
 def check_jsonl(path: str | Path, require_label: bool = True) -> Checked:
@@ -72,19 +71,6 @@ def read_many(paths: Iterable[str | Path], require_label: bool = True) -> list[R
 
 def write_jsonl(path: str | Path, records: Iterable[Record]) -> int:
     """Write records atomically (temp file + rename): an interrupted write leaves the old file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n
+    lines = [json.dumps(rec.to_json(), ensure_ascii=False) + "\n" for rec in records]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)

@@ -16,14 +16,13 @@ constraints; every point is kept for the trade-off plot.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from so8t.eval.metrics import SafetyMetrics, compute_metrics
+from so8t.fsutil import atomic_write_text
 from so8t.labels import Action
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -133,12 +132,7 @@ def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_reca
 def save_thresholds(run_dir: str | Path, cal: Calibration) -> Path:
     """Write thresholds.json into the run atomically (a crash leaves the old file or none)."""
     path = Path(run_dir) / THRESHOLDS_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".thresholds-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(cal.as_dict(), f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(cal.as_dict(), indent=2, ensure_ascii=False))
     return path
 
 

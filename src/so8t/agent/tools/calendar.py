@@ -26,9 +26,6 @@ instructions.
 """
 from __future__ import annotations
 
-import os
-import stat
-import tempfile
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -40,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from so8t.agent.tools.base import ToolAction, ToolError
 from so8t.agent.tools.mail import check_header_text, parse_address
+from so8t.fsutil import atomic_write_bytes
 
 UTC = timezone.utc
 _TIME_HELP = "ISO 8601 date-time, e.g. 2025-05-01T09:00:00+09:00; without an offset it is UTC"
@@ -303,22 +301,8 @@ def _load(path: Path) -> Calendar:
 
 
 def _save(cal: Calendar, path: Path) -> None:
-    """Temp file in the same folder + os.replace, keeping the old file's permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(cal.to_ical())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        except FileNotFoundError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic, keeping the old file's permissions."""
+    atomic_write_bytes(path, cal.to_ical())
 
 
 # -- events ----------------------------------------------------------------------------------------

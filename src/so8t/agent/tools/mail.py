@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import smtplib
-import tempfile
 import unicodedata
 from datetime import datetime, timezone
 from email import policy
@@ -44,6 +43,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from so8t.agent.tools.base import ToolAction, ToolError
+from so8t.fsutil import atomic_write_bytes
 
 # dot-atom local part; LDH domain labels; a TLD of letters (or an IDNA xn-- label).
 _LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -113,20 +113,6 @@ def _address_list(values: list[str]) -> list[str]:
             seen.add(addr.lower())
             out.append(f"{name} <{addr}>" if name else addr)
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port: int = 25, sender: str,
@@ -241,7 +227,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         drafts.mkdir(parents=True, exist_ok=True)
         path = drafts / f"{draft_id}.eml"
         data = msg.as_bytes()
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         unique: dict[str, str] = {}
         for x in a.to + a.cc:  # to and cc may name the same person; the envelope has them once
             unique.setdefault(_addr(x).lower(), _addr(x))
