@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     chosen = [] if args.no_baselines else (args.baselines.split(",") if args.baselines else list(BASELINES))
     opts = EvalOptions(targets=_parse_targets(args.target), baselines=[b.strip() for b in chosen if b.strip()],
                        generate=args.generate, latency=args.latency, bootstrap=args.bootstrap,
-                       use_thresholds=not args.argmax)
+                       use_thresholds=not args.argmax, compare=args.compare or [])
     report = evaluate_run(args.run, args.data, args.out, opts)
     print(format_table(report))
     print(f"report: {report['out_dir']}/report.md")
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=int, default=48, help="prompts to time the gate on (0: skip)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
     p.add_argument("--argmax", action="store_true", help="ignore the run's calibrated thresholds")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="other trained runs to measure side by side")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("calibrate", help="choose decision thresholds on labelled dev data and store them in the run")

@@ -130,3 +130,14 @@ def test_contrast_pairs_get_their_own_report(tiny_run, tmp_path, capsys):
     assert "keywords" in ds["contrast_systems"] and "contrast (72 pairs)" in out
     assert "### Contrast pairs" in (tmp_path / "r" / "report.md").read_text()
     assert code == (0 if rep["passed"] else 1)
+
+
+def test_other_runs_are_measured_side_by_side(tiny_run, run_with_thresholds, tmp_path):
+    run, d = tiny_run
+    other = run_with_thresholds(0.0, 0.5)   # the same weights, thresholds that refuse everything
+    code = _eval(run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines",
+                 "--compare", str(other), *EASY)
+    ds = json.loads((tmp_path / "r" / "report.json").read_text())["datasets"][0]
+    row = ds["systems"][f"run:{other.name}"]["metrics"]
+    assert code == 0 and row["refuse_recall"] == 1.0 and row["allow_recall"] == 0.0
+    assert f"| run:{other.name} |" in (tmp_path / "r" / "report.md").read_text()

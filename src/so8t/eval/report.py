@@ -42,6 +42,7 @@ class EvalOptions:
     bootstrap: int = 1000
     probe_train_max: int = 1200   # class-balanced sample of the run's training split for the probe
     use_thresholds: bool = True
+    compare: Sequence[str] = ()   # other trained runs to put beside this one, row by row
 
 
 @dataclass
@@ -138,11 +139,13 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
                                                                  "allow_at": thresholds.allow_at},
                   "targets": {k: list(v) for k, v in opts.targets.items()}, "datasets": [],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        compared = _score_compared_runs(opts.compare, datasets, log)
         probe = None
         if "probe" in opts.baselines and any(d.labelled for d in datasets):
             probe = _train_probe(model, tok, cfg, opts, log)
         for ds in datasets:
-            report["datasets"].append(_evaluate_dataset(model, tok, ds, thresholds, probe, max_len, amp, opts, tmp, log))
+            report["datasets"].append(_evaluate_dataset(model, tok, ds, thresholds, probe, max_len, amp, opts, tmp, log,
+                                                        compared.get(ds.name, {})))
         if opts.latency:
             prompts = [r for ds in datasets for r in ds.records][: opts.latency]
             log(f"timing the gate on {len(prompts)} prompts")
@@ -191,7 +194,28 @@ def _train_probe(model, tok, cfg, opts: EvalOptions, log):
     return bl.fit_probe(feats, [int(r.label) for r in sample], cfg.seed)
 
 
-def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, opts: EvalOptions, tmp: Path, log) -> dict:
+def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], log) -> dict[str, dict]:
+    """{dataset name: {'run:<name>': (probs, thresholds)}} for each other run, scored one run
+    at a time so only one extra model is in memory."""
+    from so8t.train.recipe import load_run_config
+
+    out: dict[str, dict] = {}
+    for run in runs:
+        run = Path(run)
+        log(f"comparing with run {run}")
+        model, tok, _ = load_run(run)
+        cfg = load_run_config(run)
+        thr = load_thresholds(run)
+        for ds in datasets:
+            if ds.labelled:
+                probs = prompt_outputs(model, tok, ds.records, cfg.max_length, amp=cfg.amp)[1].numpy()
+                out.setdefault(ds.name, {})[f"run:{run.name}"] = (probs, thr)
+        del model
+    return out
+
+
+def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, opts: EvalOptions, tmp: Path, log,
+                      compared: dict | None = None) -> dict:
     recs = ds.records
     log(f"{ds.name}: scoring {len(recs)} prompts with the gate")
     _, probs_t = prompt_outputs(model, tok, recs, max_len, amp=amp)
@@ -235,14 +259,16 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     log(f"{ds.name}: the fine-tuned LM's own action tag")
     lm = lm_tag_probs(model, tok, recs, max_len, amp)
     systems["lm_tag"] = lm
+    systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
     out["systems"] = {}
-    for name, p in systems.items():
-        row = _system_row(p, y)
+    for name, (p, thr) in systems.items():
+        row = _system_row(p, y, thr)
         out["systems"][name] = {"metrics": row["metrics"], "binary": row["binary"]}
     out["lm_tag_agrees_with_gate"] = float(np.mean(decide(lm) == pred))
     if has_pairs(recs):
         out["contrast"] = contrast_report(recs, pred)
-        out["contrast_systems"] = {name: contrast_report(recs, decide(p))["overall"] for name, p in systems.items()}
+        out["contrast_systems"] = {name: contrast_report(recs, decide(p, thr))["overall"]
+                                   for name, (p, thr) in systems.items()}
     with_resp = [i for i, r in enumerate(recs) if r.response is not None][: opts.generate]
     if with_resp:
         log(f"{ds.name}: generating {len(with_resp)} responses")
