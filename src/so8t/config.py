@@ -72,7 +72,7 @@ class TrainConfig:
     optim: Literal["adamw", "paged_adamw_8bit"] = "adamw"
     # --- evaluation and stopping ---
     eval_every: int = 50                        # optimizer steps
-    early_stop_metric: Literal["safety_score", "refuse_recall"] = "safety_score"
+    early_stop_metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"
     patience: int = 3                           # evaluations without improvement
     seed: int = 0
 
