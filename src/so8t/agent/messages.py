@@ -62,6 +62,16 @@ BACKEND_FAILED = {
 }
 
 
+def answer_text(generated: str) -> str:
+    """What the user sees of an answer: a fine-tuned model may write the training format
+    ('Action: ALLOW' / text / 'Rationale: ...'); the gate has already decided, so only the text
+    is shown. Anything else is returned as it is."""
+    from so8t.labels import parse_response
+
+    parsed = parse_response(generated)
+    return parsed.text if parsed is not None and parsed.text else generated
+
+
 def refuse_message(lang: str, ref: str) -> str:
     return REFUSE.get(lang, REFUSE["en"]).format(ref=ref)
 

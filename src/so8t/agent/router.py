@@ -101,7 +101,7 @@ class Router:
             log.error("LLM backend failed: %s", exc)
             self.audit.append("llm.error", {"decision": decision.to_dict(), "error": str(exc)[:500]})
             return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
-        return RouterResult("answered", text, decision)
+        return RouterResult("answered", msg.answer_text(text), decision)
 
     def _answer_with_tools(self, convo, decision: Decision, lang: str, requester: str) -> RouterResult:
         try:
