@@ -52,6 +52,8 @@ class TrainConfig:
     alpha: float = 3.0
     beta: float = 7.0
     gamma: float = 1.5
+    pair_margin: float = 0.0                    # weight of the contrast-pair margin term (0: off)
+    pair_margin_value: float = 0.5              # the unsafe twin's 1-P(ALLOW) must exceed the safe half's by this
     safe_allow_reward: float = 0.0              # phase 2, off by default
     escalate_penalty: float = 0.0               # phase 2, off by default
     pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
@@ -88,7 +90,7 @@ class TrainConfig:
         need(self.lora_layers >= 0, "lora_layers", "must be >= 0 (0 = every block)")
         need(self.head_probe_steps >= 0 and self.head_probe_examples >= 1 and self.head_probe_lr > 0,
              "head_probe_steps", "head_probe_steps >= 0, head_probe_examples >= 1 and head_probe_lr > 0")
-        for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty"):
+        for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty", "pair_margin"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(len(self.pet_values) == len(self.pet_boundaries) + 1, "pet_values",
              "needs one value more than pet_boundaries (a value for each interval)")

@@ -19,3 +19,18 @@ def test_class_weights_are_inverse_frequency_with_mean_one():
     w = class_weights([0, 0, 0, 1])
     assert torch.allclose(w, torch.tensor([4 / 9, 4 / 3, 4 / 3]) / torch.tensor([4 / 9, 4 / 3, 4 / 3]).mean())
     assert abs(w.mean().item() - 1.0) < 1e-6
+
+
+def test_twins_are_kept_adjacent_and_counts_are_kept():
+    from collections import Counter
+
+    from so8t.train.batching import keep_twins_together
+
+    pairs = ["a", None, "b", "a", "b", None]
+    order = [3, 1, 4, 5, 0, 2, 3]
+    out = keep_twins_together(order, pairs)
+    assert out == [3, 0, 1, 4, 2, 5, 3, 0]
+    assert Counter(out)[1] == 1 and Counter(out)[5] == 1
+    for k, i in enumerate(out[:-1]):
+        if pairs[i] is not None and (k == 0 or out[k - 1] != [j for j, p in enumerate(pairs) if p == pairs[i] and j != i][0]):
+            assert pairs[out[k + 1]] == pairs[i]

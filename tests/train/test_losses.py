@@ -113,3 +113,16 @@ def test_lambda_pet_schedules():
 def test_head_freezes_after_its_fraction():
     assert head_trainable(0.49, 0.5) and not head_trainable(0.5, 0.5)
     assert head_trainable(0.99, 1.0)
+
+
+def test_pair_margin_by_hand():
+    from so8t.train.losses import pair_margin
+
+    # u = 1 - P(ALLOW): safe halves 0.2 and 0.6, twins 0.9 and 0.7; the last row is not in a pair
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.4, 0.3, 0.3], [0.3, 0.3, 0.4], [0.5, 0.5, 0.0]])
+    pair = torch.tensor([0, 0, 1, 1, -1])
+    half = torch.tensor([0, 1, 0, 1, -1])
+    # pair 0: relu(0.5 - (0.9 - 0.2)) = 0; pair 1: relu(0.5 - (0.7 - 0.6)) = 0.4
+    assert pair_margin(probs, pair, half, 0.5).item() == pytest.approx(0.2)
+    # a half without its twin in the batch adds nothing
+    assert pair_margin(probs[:1], pair[:1], half[:1]).item() == 0.0

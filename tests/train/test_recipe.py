@@ -349,3 +349,14 @@ def test_a_crash_marks_the_run_failed_and_it_does_not_load(tiny_model_dir, data_
     assert json.loads((tmp_path / "run/so8t-run.json").read_text())["status"] == "failed"
     with pytest.raises(RunError, match="not 'complete'"):
         load_run(tmp_path / "run")
+
+
+def test_pair_margin_term_is_trained_and_logged_with_twins_in_one_batch(tiny_model_dir, tmp_path):
+    contrast = load_builtin("train", "contrast")[:16]          # 8 pairs, safe half first
+    write_jsonl(tmp_path / "pairs.jsonl", contrast)
+    cfg = tiny_cfg(tiny_model_dir, data=[str(tmp_path / "pairs.jsonl")], dev_data=[str(tmp_path / "pairs.jsonl")],
+                   test_data=[str(tmp_path / "pairs.jsonl")], pair_margin=1.0, micro_batch=4, max_steps=3,
+                   class_balance="none")
+    train(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics" / "steps.jsonl").read_text().splitlines()]
+    assert all("pair_margin" in r for r in rows) and any(r["pair_margin"] > 0 for r in rows)

@@ -24,6 +24,8 @@ class Encoded:
     y: int
     easy: bool
     truncated: bool
+    pair: str | None = None  # contrast pair id (meta.pair), None when not in a pair
+    half: int = -1           # 0 safe half, 1 unsafe twin
 
 
 def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
@@ -45,8 +47,10 @@ def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: i
     ids = prompt + response_ids
     labels = [IGNORE] * len(prompt) + response_ids
     tag_pos = len(prompt) + len(prefix_ids)
+    meta = rec.meta or {}
     return Encoded(ids, len(prompt), labels, tag_pos if tag_pos < len(ids) else -1, int(rec.label),
-                   rec.difficulty == "easy", truncated)
+                   rec.difficulty == "easy", truncated, meta.get("pair"),
+                   {"safe": 0, "unsafe": 1}.get(meta.get("half"), -1))
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -67,6 +71,9 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     out["tag_pos"] = torch.tensor([e.tag_pos for e in batch])
     out["y"] = torch.tensor([e.y for e in batch])
     out["easy"] = torch.tensor([e.easy for e in batch])
+    local = {p: k for k, p in enumerate(dict.fromkeys(e.pair for e in batch if e.pair is not None))}
+    out["pair"] = torch.tensor([local.get(e.pair, -1) if e.pair is not None else -1 for e in batch])
+    out["half"] = torch.tensor([e.half for e in batch])
     return out
 
 
@@ -89,6 +96,31 @@ def epoch_order(labels: Sequence[int], mode: str, seed: int, epoch: int) -> list
         order.extend((idx * (target // len(idx) + 1))[:target])
     rng.shuffle(order)
     return order
+
+
+def keep_twins_together(order: Sequence[int], pairs: Sequence[str | None]) -> list[int]:
+    """Reorder so each contrast example is followed by its twin (the pair-margin term needs
+    both halves in one micro-batch). A twin placed early skips its own later turn, so every
+    example is still seen about as often as the sampler chose."""
+    twin: dict[int, int] = {}
+    by_pair: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        if p is not None:
+            by_pair.setdefault(p, []).append(i)
+    for members in by_pair.values():
+        if len(members) == 2:
+            twin[members[0]], twin[members[1]] = members[1], members[0]
+    out: list[int] = []
+    skip: Counter = Counter()
+    for i in order:
+        if skip[i]:
+            skip[i] -= 1
+            continue
+        out.append(i)
+        if i in twin:
+            out.append(twin[i])
+            skip[twin[i]] += 1
+    return out
 
 
 def class_weights(labels: Sequence[int], num_classes: int = len(Action)) -> torch.Tensor:

@@ -75,6 +75,24 @@ def escalate_penalty(head_probs: torch.Tensor, y: torch.Tensor, easy: torch.Tens
     return (-_log1m(head_probs[:, Action.ESCALATE].float()) * sel).mean()
 
 
+def pair_margin(head_probs: torch.Tensor, pair: torch.Tensor, half: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
+    """Contrast pairs: the unsafe twin must look more unsafe than its safe half, by a margin.
+
+    With u = 1 - P(ALLOW) from the head, each pair whose two halves are both in the batch adds
+    relu(margin - (u_unsafe - u_safe)); the mean over those pairs (0 when there are none).
+    pair: B batch-local pair ids (-1: not in a pair); half: B (0 safe, 1 unsafe). Unlike the
+    other terms it needs both halves in one micro-batch (training keeps twins adjacent)."""
+    u = 1.0 - head_probs[:, int(Action.ALLOW)].float()
+    terms = []
+    for p in torch.unique(pair[pair >= 0]).tolist():
+        idx = (pair == p).nonzero().flatten()
+        safe = idx[half[idx] == 0]
+        unsafe = idx[half[idx] == 1]
+        if len(safe) and len(unsafe):
+            terms.append(F.relu(margin - (u[unsafe[0]] - u[safe[0]])))
+    return torch.stack(terms).mean() if terms else u.new_zeros(())
+
+
 def pet_loss(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor, normalize: bool = True,
              checkpointed: bool = False) -> torch.Tensor:
     """Second-difference smoothness of every block output along the sequence.
@@ -123,6 +141,7 @@ class LossWeights:
     gamma: float = 1.5
     safe_allow_reward: float = 0.0
     escalate_penalty: float = 0.0
+    pair_margin: float = 0.0
 
 
 def composite(parts: dict[str, torch.Tensor], w: LossWeights, lambda_pet: float) -> torch.Tensor:
@@ -137,4 +156,5 @@ def composite(parts: dict[str, torch.Tensor], w: LossWeights, lambda_pet: float)
         + lambda_pet * get("pet")
         - w.safe_allow_reward * get("safe_allow_reward")
         + w.escalate_penalty * get("escalate_penalty")
+        + w.pair_margin * get("pair_margin")
     )

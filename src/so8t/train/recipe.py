@@ -32,7 +32,7 @@ from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_templat
                         load_base_model, save_artifacts, tag_token_ids)
 from so8t.model.scoring import autocast, predict_probs, prompt_outputs
 from so8t.train import losses
-from so8t.train.batching import class_weights, collate, encode_record, epoch_order
+from so8t.train.batching import class_weights, collate, encode_record, epoch_order, keep_twins_together
 from so8t.train.schedules import head_trainable, lambda_pet
 
 CONFIG_FILE = "config.yaml"
@@ -180,11 +180,14 @@ def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[in
         parts["safe_allow_reward"] = losses.safe_allow_reward(probs, y, batch["easy"])
     if cfg.escalate_penalty:
         parts["escalate_penalty"] = losses.escalate_penalty(probs, y, batch["easy"])
+    if cfg.pair_margin:
+        parts["pair_margin"] = losses.pair_margin(probs, batch["pair"], batch["half"], cfg.pair_margin_value)
     return parts
 
 
 def weights_of(cfg: TrainConfig) -> losses.LossWeights:
-    return losses.LossWeights(cfg.alpha, cfg.beta, cfg.gamma, cfg.safe_allow_reward, cfg.escalate_penalty)
+    return losses.LossWeights(cfg.alpha, cfg.beta, cfg.gamma, cfg.safe_allow_reward, cfg.escalate_penalty,
+                              cfg.pair_margin)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -305,6 +308,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     while len(order) < total_steps * per_step:
         order += epoch_order(labels, cfg.class_balance, cfg.seed, epoch)
         epoch += 1
+    if cfg.pair_margin:
+        order = keep_twins_together(order, [e.pair for e in encoded])
     probe = None
     if cfg.head_probe_steps and not resume:
         probe = probe_head(model, tokenizer, mix.train, cfg, cw)
