@@ -14,6 +14,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 2, "max_steps": 60, "lr": 3e-4,
         "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 15, "head_probe_steps": 300,
     },
+    # cpu-quick plus the contrast pairs, with the pair-margin term, a lighter dangerous-ALLOW
+    # weight (3, below the seed's 5-10) and selection on macro F1: far fewer false refusals at a
+    # small cost in refuse recall (README, "Contrast pairs"). Measured, not yet the default.
+    "cpu-quick-contrast": {
+        "model": "embedded", "data": ["builtin", "contrast"], "max_length": 192, "amp": "bf16", "lora_layers": 10,
+        "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 2, "max_steps": 60, "lr": 3e-4,
+        "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 15, "head_probe_steps": 300,
+        "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
+    },
     # The best gate this machine can train: the built-in data plus the public sets imported
     # from ../shared/data (scripts/import_public.sh, then --data builtin imported/*.jsonl).
     # Dev stays the built-in dev split (108 prompts) so evaluations stay cheap; the test split
