@@ -28,9 +28,9 @@ from so8t.canonical import request_hash
 from so8t.eval.thresholds import Thresholds, decide, load_thresholds
 from so8t.gate.decision import SEVERITY, Decision
 from so8t.labels import Action, parse_label
-from so8t.model import encode_prompt, load_run
+from so8t.model import load_run
 from so8t.model.head import HEAD_WEIGHTS
-from so8t.model.scoring import autocast, prompt_outputs
+from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
 
 log = logging.getLogger("so8t.gate")
 ROLES = {"system", "user", "assistant", "tool"}
@@ -153,24 +153,32 @@ class Gate:
             else:
                 views = [(i, name, msgs) for i, convo, _ in jobs for name, msgs in
                          (views_of(convo) if self.each_turn else [("conversation", convo)])]
-                try:
-                    probs = self._run(lambda: self._score([v[2] for v in views]))
-                except cf.TimeoutError:
-                    for i, _, h in jobs:
-                        out[i] = self._failed("timeout", f"no decision within {self.timeout_s:g} s", h, t0)
-                except BaseException as exc:  # noqa: BLE001 - OOM, CUDA errors, bugs: all fail closed
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise
-                    for i, _, h in jobs:
-                        out[i] = self._failed("error", f"{type(exc).__name__}: {exc}", h, t0)
-                else:
-                    for i, convo, h in jobs:
+                probs, failure = self._attempt(lambda: self._score([v[2] for v in views]))
+                for i, convo, h in jobs:
+                    if failure:
+                        out[i] = self._failed(*failure, h, t0)
+                    else:
                         mine = [(name, p) for (j, name, _), p in zip(views, probs, strict=True) if j == i]
                         out[i] = self._combine(mine, h, t0)
         for d in out:
-            self.counts[f"status:{d.status}"] += 1
-            self.counts[f"action:{d.action.name}"] += 1
+            self._tally(d)
         return out  # type: ignore[return-value]
+
+    def _attempt(self, fn) -> tuple[object, tuple[str, str] | None]:
+        """(fn's result, None), or (None, (status, reason)) when it timed out or raised: OOM,
+        CUDA errors and bugs all fail closed; only Ctrl-C goes through."""
+        try:
+            return self._run(fn), None
+        except cf.TimeoutError:
+            return None, ("timeout", f"no decision within {self.timeout_s:g} s")
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return None, ("error", f"{type(exc).__name__}: {exc}")
+
+    def _tally(self, d: Decision) -> None:
+        self.counts[f"status:{d.status}"] += 1
+        self.counts[f"action:{d.action.name}"] += 1
 
     def _run(self, fn):
         """Run fn on the gate's worker thread with the timeout. A worker stuck past the timeout
@@ -222,29 +230,20 @@ class Gate:
         if not self.ready or (self.each_turn and len(views_of(convo)) > 1):
             return self.decide(convo), None
         h = request_hash(convo)
-        try:
-            probs, prefill = self._run(lambda: self._score_with_cache(convo))
-        except cf.TimeoutError:
-            d = self._failed("timeout", f"no decision within {self.timeout_s:g} s", h, t0)
-        except BaseException as exc:  # noqa: BLE001
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            d = self._failed("error", f"{type(exc).__name__}: {exc}", h, t0)
+        result, failure = self._attempt(lambda: self._score_with_cache(convo))
+        if failure:
+            d, prefill = self._failed(*failure, h, t0), None
         else:
+            probs, prefill = result
             d = self._combine([("conversation", probs)], h, t0)
-            self.counts[f"status:{d.status}"] += 1
-            self.counts[f"action:{d.action.name}"] += 1
-            return d, prefill
-        self.counts[f"status:{d.status}"] += 1
-        self.counts[f"action:{d.action.name}"] += 1
-        return d, None
+        self._tally(d)
+        return d, prefill
 
     @torch.no_grad()
     def _score_with_cache(self, convo) -> tuple[np.ndarray, Prefill]:
-        ids = encode_prompt(self.tokenizer, convo)[-self.max_length:]
+        batch, _ = encode_prompts(self.tokenizer, [convo], self.max_length)
         device = next(self.model.head.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        mask = torch.ones_like(input_ids)
+        input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         self.model.eval()
         with autocast(device, self.amp):
             res = self.model(input_ids, mask, mask, logits_from=None, use_cache=True)
