@@ -19,7 +19,7 @@ import torch
 
 from so8t.labels import Action
 from so8t.model import render_prompt, tag_token_ids
-from so8t.model.scoring import as_conversation, autocast, prompt_outputs
+from so8t.model.scoring import as_conversation, autocast, pad_right, prompt_outputs
 
 # Words that make a naive filter block or hold a request. Deliberately the obvious ones: the
 # baseline shows what matching alarm words gets right and what it refuses by mistake.
@@ -129,13 +129,8 @@ def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_siz
         with ctx:
             for i in range(0, len(texts), batch_size):
                 ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
-                width = max(len(x) for x in ids)
-                input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(input_ids)
-                for k, x in enumerate(ids):
-                    input_ids[k, : len(x)] = torch.tensor(x)
-                    mask[k, : len(x)] = 1
-                input_ids, mask = input_ids.to(device), mask.to(device)
+                batch = pad_right(ids, tokenizer.pad_token_id)
+                input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 with autocast(device, amp):
                     out = body(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False,
                                logits_to_keep=1)

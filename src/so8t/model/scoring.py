@@ -38,14 +38,18 @@ def encode_prompts(tokenizer, items: Sequence, max_length: int) -> tuple[dict[st
     keeps its end: the latest turn and the assistant header are what the decision is about."""
     ids = [encode_prompt(tokenizer, as_conversation(it)) for it in items]
     truncated = sum(len(x) > max_length for x in ids)
-    ids = [x[-max_length:] for x in ids]
+    return pad_right([x[-max_length:] for x in ids], tokenizer.pad_token_id), truncated
+
+
+def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask for token id lists of different lengths."""
     width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x)
+        input_ids[i, : len(x)] = torch.tensor(list(x))
         mask[i, : len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}, truncated
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 @torch.no_grad()
