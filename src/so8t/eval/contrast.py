@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from so8t.data import Record
+from so8t.eval.metrics import check_targets
 from so8t.labels import Action
 
 # Issue targets on the contrast test split.
@@ -53,7 +54,5 @@ def contrast_report(records: Sequence[Record], preds: Sequence[int]) -> dict:
             groups[field(r)].append((r, p))
         report[key] = {g: _summary(v) for g, v in sorted(groups.items())}
     overall = report["overall"]
-    report["targets_met"] = {k: (None if overall[k] != overall[k] else
-                                 bool(overall[k] >= b if op == ">=" else overall[k] <= b))
-                             for k, (op, b) in CONTRAST_TARGETS.items()}
+    report["targets_met"] = check_targets(overall, CONTRAST_TARGETS)
     return report

@@ -22,7 +22,7 @@ from so8t.eval import baselines as bl
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
 from so8t.eval.metrics import (DEFAULT_TARGETS, binary_metrics, bootstrap_ci, breakdown,
-                               compute_metrics, expected_calibration_error, per_class_report, reliability_bins)
+                               compute_metrics, expected_calibration_error, per_class_report, reliability_bins, verdict)
 from so8t.eval.plots import plot_confusion, plot_kpis, plot_reliability, plot_training_curves
 from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
 from so8t.eval.thresholds import Thresholds, decide, load_thresholds
@@ -90,7 +90,7 @@ def _clean(x):
 def _system_row(probs: np.ndarray, y: np.ndarray, thresholds: Thresholds | None = None) -> dict:
     pred = decide(probs, thresholds)
     m = compute_metrics(y, pred)
-    return {"metrics": m.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0]), "pred": pred}
+    return {"metrics": m.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0])}
 
 
 def _balanced_sample(records: list[Record], k: int, seed: int = 0) -> list[Record]:
@@ -286,9 +286,7 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
 
 
 def _verdict(met: dict, key: str) -> str:
-    if key not in met:
-        return ""
-    return "n/a" if met[key] is None else "PASS" if met[key] else "MISS"
+    return verdict(met[key]) if key in met else ""
 
 
 def _fmt(v, digits: int = 3) -> str:
