@@ -165,18 +165,13 @@ def server_config_from_args(args: argparse.Namespace):
     """ServerConfig layers: defaults <- --config YAML <- --set / flags (the same rules as train)."""
     from so8t.config import ServerConfig, load_yaml, parse_overrides, resolve
 
-    layers = []
+    layers = [({"run": "-"}, "defaults")]  # approvals / audit commands need no run
     if getattr(args, "config", None):
         layers.append((load_yaml(args.config), args.config))
     flags = {k: v for k, v in {"run": getattr(args, "run", None), "host": getattr(args, "host", None),
                                "port": getattr(args, "port", None)}.items() if v is not None}
     layers.append((parse_overrides(getattr(args, "set", None) or []) | flags, "command line"))
-    values = {}
-    for layer, _ in layers:
-        values.update(layer)
-    if "run" not in values:
-        values["run"] = "-"  # approvals / audit commands need no run
-    return resolve(ServerConfig, (values, "config"))
+    return resolve(ServerConfig, *layers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -67,23 +67,21 @@ class Router:
             return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
         if not decision.ok:
             self.audit.append(GATE_ERROR, record)
+        prefix = "" if decision.ok else msg.gate_failed_prefix(lang, decision.status)
+        refusal = prefix + msg.refuse_message(lang, decision.input_hash[:12])
         if decision.action == Action.REFUSE:
             if decision.ok:
                 self.audit.append(GATE_REFUSE, record)
-            prefix = "" if decision.ok else msg.gate_failed_prefix(lang, decision.status)
-            return RouterResult("refused", prefix + msg.refuse_message(lang, decision.input_hash[:12]), decision)
+            return RouterResult("refused", refusal, decision)
         if decision.action == Action.ESCALATE:
-            if convo is None:  # nothing well-formed to approve: refuse instead
-                return RouterResult("refused", msg.gate_failed_prefix(lang, decision.status)
-                                    + msg.refuse_message(lang, decision.input_hash[:12]), decision)
+            if convo is None:  # nothing well-formed to approve: refuse instead (only a failed gate gets here)
+                return RouterResult("refused", refusal, decision)
             request = {"kind": "chat", "messages": convo,
                        "max_tokens": max_tokens or self.max_tokens, "temperature": temperature}
             item = self.approvals.submit(request, decision.to_dict(), requester, kind="chat", ttl_s=self.approval_ttl_s)
             if decision.ok:
                 self.audit.append(GATE_ESCALATE, {**record, "approval_id": item.id, "request_hash": item.request_hash})
-            prefix = "" if decision.ok else msg.gate_failed_prefix(lang, decision.status)
-            text = prefix + msg.escalate_message(lang, item.id, item.expires_at.strftime("%Y-%m-%d %H:%M"))
-            return RouterResult("pending", text, decision, item.id, item.request_hash)
+            return RouterResult("pending", prefix + _pending_message(lang, item), decision, item.id, item.request_hash)
         if self.audit_allow:
             self.audit.append(GATE_ALLOW, record)
         return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
@@ -112,8 +110,7 @@ class Router:
             return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
         text = res.text
         if res.outcome == "pending":
-            item = self.approvals.get(res.approval_id)
-            text = msg.escalate_message(lang, item.id, item.expires_at.strftime("%Y-%m-%d %H:%M"))
+            text = _pending_message(lang, self.approvals.get(res.approval_id))
         return RouterResult(res.outcome, text, decision, res.approval_id)
 
     def run_approved(self, approval_id: str, expected_hash: str | None = None) -> dict:
@@ -124,6 +121,10 @@ class Router:
                                          temperature=float(request.get("temperature", 0.0)))
             return {"text": text, "request_hash": request_hash(request)}
         return self.approvals.run_once(approval_id, run, expected_hash=expected_hash)
+
+
+def _pending_message(lang: str, item) -> str:
+    return msg.escalate_message(lang, item.id, item.expires_at.strftime("%Y-%m-%d %H:%M"))
 
 
 def _preview(convo, limit: int = 200) -> str | None:

@@ -8,7 +8,6 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from so8t.agent.approvals import ApprovalQueue, Status
 from so8t.agent.audit import AuditLog, Redactor, key_from_env
@@ -35,19 +34,13 @@ def redactor_from(cfg: ServerConfig) -> Redactor:
 
 
 def open_approvals(cfg: ServerConfig, audit: AuditLog | None = None) -> ApprovalQueue:
-    _make_sqlite_parent(cfg.approvals_url)
     on_event = (lambda name, data: audit.append(name, approval_audit_record(data))) if audit else None
     return ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s, on_event=on_event)
 
 
 def open_audit(cfg: ServerConfig) -> AuditLog:
-    Path(cfg.audit_path).parent.mkdir(parents=True, exist_ok=True)
+    # the queue and the log create their own folders (the queue's SQLite file, the log's parent)
     return AuditLog(cfg.audit_path, redact=redactor_from(cfg), key=key_from_env())
-
-
-def _make_sqlite_parent(url: str) -> None:
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
