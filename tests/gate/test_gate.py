@@ -138,3 +138,12 @@ def test_prefill_path_gives_the_same_decision(gate):
     assert prefill is not None and d2.action == d1.action
     assert np.allclose(d1.probs, d2.probs, atol=1e-5)
     assert prefill.input_ids.shape[1] > 0
+
+
+def test_every_decision_is_tallied_with_its_latency(gate):
+    before = sum(gate.decisions.values()), gate.latency["count"]
+    d = gate.decide("List my files")
+    bad = gate.decide([])
+    assert gate.decisions[(d.action.name, "ok")] >= 1 and gate.decisions[("REFUSE", "error")] >= 1
+    assert sum(gate.decisions.values()) == before[0] + 2 and gate.latency["count"] == before[1] + 2
+    assert gate.latency[10000] <= gate.latency["count"] and bad.latency_ms >= 0

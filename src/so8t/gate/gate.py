@@ -33,6 +33,7 @@ from so8t.model.head import HEAD_WEIGHTS
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
 
 log = logging.getLogger("so8t.gate")
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 ROLES = {"system", "user", "assistant", "tool"}
 
 
@@ -98,6 +99,8 @@ class Gate:
         self.each_turn = each_turn
         self.load_error = load_error
         self.counts: Counter = Counter()
+        self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
+        self.latency: Counter = Counter()       # bucket bound (ms) -> decisions at or under it; "count", "sum"
         self._lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-gate")
         policy = {"thresholds": None if thresholds is None else vars(thresholds), "fail_action": self.fail_action.name,
@@ -179,6 +182,12 @@ class Gate:
     def _tally(self, d: Decision) -> None:
         self.counts[f"status:{d.status}"] += 1
         self.counts[f"action:{d.action.name}"] += 1
+        self.decisions[(d.action.name, d.status)] += 1
+        for bound in LATENCY_BUCKETS_MS:
+            if d.latency_ms <= bound:
+                self.latency[bound] += 1
+        self.latency["count"] += 1
+        self.latency["sum"] += d.latency_ms
 
     def _run(self, fn):
         """Run fn on the gate's worker thread with the timeout. A worker stuck past the timeout

@@ -22,7 +22,6 @@ import json
 import os
 import time
 import uuid
-from collections import Counter
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Form, Request
@@ -33,11 +32,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
 from so8t.agent.service import Service
+from so8t.gate.gate import LATENCY_BUCKETS_MS
 from so8t.server.llm_server import ChatRequest, describe_validation, error_response
 
 COOKIE = "so8t_admin"
 MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
-LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 
 
 class GateRequest(BaseModel):
@@ -62,16 +61,6 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         service.close()
 
     app = FastAPI(title="so8t gated agent", version="0.1", lifespan=lifespan)
-    metrics: Counter = Counter()
-    latency = Counter()
-
-    def observe(decision) -> None:
-        metrics[(decision.action.name, decision.status)] += 1
-        for b in LATENCY_BUCKETS_MS:
-            if decision.latency_ms <= b:
-                latency[b] += 1
-        latency["count"] += 1
-        latency["sum"] += decision.latency_ms
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -111,8 +100,10 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus():
+        # every decision the gate made (chat, checks-only, tool calls and results), counted by the gate
+        decisions, latency = service.gate.decisions, service.gate.latency
         lines = ["# TYPE so8t_gate_decisions_total counter"]
-        lines += [f'so8t_gate_decisions_total{{action="{a}",status="{s}"}} {n}' for (a, s), n in sorted(metrics.items())]
+        lines += [f'so8t_gate_decisions_total{{action="{a}",status="{s}"}} {n}' for (a, s), n in sorted(decisions.items())]
         lines += ["# TYPE so8t_gate_fail_closed_total counter",
                   f"so8t_gate_fail_closed_total {service.gate.counts.get('fail_closed', 0)}",
                   "# TYPE so8t_gate_latency_ms histogram"]
@@ -131,9 +122,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     def gate(req: GateRequest):
         if (req.messages is None) == (req.input is None):
             return error_response(400, "give exactly one of 'messages' or 'input'")
-        d = service.gate.decide(req.messages if req.messages is not None else req.input)
-        observe(d)
-        return d.to_dict()
+        return service.gate.decide(req.messages if req.messages is not None else req.input).to_dict()
 
     @app.get("/v1/models")
     def models():
@@ -147,7 +136,6 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         requester = request.headers.get("x-so8t-user") or "anonymous"
         result = service.router.handle(messages, requester, max_tokens=req.budget(), temperature=req.temperature)
-        observe(result.decision)
         finish = {"answered": "stop", "pending": "stop", "refused": "content_filter", "failed": "stop"}[result.outcome]
         meta = {"outcome": result.outcome, "action": result.decision.action.name, "status": result.decision.status,
                 "approval_id": result.approval_id, "decision": result.decision.to_dict()}
