@@ -62,3 +62,30 @@ def test_data_stats_counts_tokens_with_a_tokenizer(tmp_path, tiny_model_dir, cap
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["data", "stats", "--no-tokens", str(tmp_path / "missing.jsonl")]) == 2
     assert "so8t: error:" in capsys.readouterr().err
+
+
+def test_data_split_is_fixed_deduplicated_and_never_overwrites(tmp_path, capsys):
+    from so8t.data import load_builtin, read_jsonl
+
+    builtin_prompt = load_builtin("train")[0].prompt_text()
+    rows = [{"prompt": f"public request {i}: {'abcdefghij'[i % 10] * (i % 7 + 3)} topic {i * 7919 % 997}",
+             "label": ["ALLOW", "ESCALATE", "REFUSE"][i % 3]} for i in range(60)]
+    rows.append(dict(rows[0]))                                         # exact duplicate
+    rows.append({"prompt": builtin_prompt + "!", "label": "ALLOW"})    # near copy of a built-in prompt
+    src = tmp_path / "public.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "split"
+    assert main(["data", "split", str(src), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "exact duplicate=1" in printed and "near duplicate of built-in=1" in printed
+    assert not (out / "dev.jsonl").exists()                           # fraction 0: no (empty) file
+    parts = {s: read_jsonl(out / f"{s}.jsonl") for s in ("train", "test")}
+    assert sum(len(p) for p in parts.values()) == 60
+    assert 4 <= len(parts["test"]) <= 8                                # 0.9 / 0 / 0.1, stratified per label
+    assert not {r.prompt for r in parts["train"]} & {r.prompt for r in parts["test"]}
+    before = (out / "test.jsonl").read_bytes()
+    assert main(["data", "split", str(src), "-o", str(out), "--seed", "5"]) == 2   # refuses: files exist
+    assert "already exist" in capsys.readouterr().err
+    assert (out / "test.jsonl").read_bytes() == before
+    assert main(["data", "split", str(src), "-o", str(out), "--force"]) == 0       # same seed: same split
+    assert (out / "test.jsonl").read_bytes() == before

@@ -67,6 +67,27 @@ def cmd_data_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from so8t.data import SPLITS, split_files, write_jsonl
+
+    fractions = tuple(args.fractions)
+    out = Path(args.out)
+    # A split with fraction 0 gets no file: an empty JSONL file is an error everywhere else.
+    targets = {s: out / f"{s}.jsonl" for s, f in zip(SPLITS, fractions) if f > 0}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not args.force:
+        raise FileExistsError(f"data split: {', '.join(existing)} already exist(s); nothing written (--force replaces)")
+    parts, dropped = split_files(args.files, args.against, fractions, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, path in targets.items():
+        print(f"{path}: {write_jsonl(path, parts[split])} record(s)")
+    if sum(dropped.values()):
+        print("dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(dropped.items()) if v))
+    return 0
+
+
 def train_config_from_args(args: argparse.Namespace):
     """defaults <- --preset <- --config FILE <- --set key=value and typed flags, validated once."""
     from so8t.config import TrainConfig, load_yaml, parse_overrides, resolve
@@ -366,6 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the importers and exit")
     p.add_argument("--map", action="append", metavar="KEY=LABEL", help="override one entry of the label mapping (repeatable)")
     p.set_defaults(func=cmd_data_import)
+    p = data.add_parser("split", help="a fixed train/dev/test split of JSONL files, to score several runs on the same held-out rows")
+    p.add_argument("files", nargs="+")
+    p.add_argument("-o", "--out", required=True, help="folder for train.jsonl, dev.jsonl, test.jsonl")
+    p.add_argument("--fractions", nargs=3, type=float, default=[0.9, 0.0, 0.1], metavar=("TRAIN", "DEV", "TEST"),
+                   help="default 0.9 0 0.1 (dev usually comes from the built-in sets)")
+    p.add_argument("--against", nargs="*", default=["builtin", "contrast"],
+                   help="built-in sets whose near-duplicates are dropped (default: builtin contrast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace existing split files")
+    p.set_defaults(func=cmd_data_split)
     p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
                        description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.")
     p.add_argument("--config", help="YAML file with TrainConfig fields")

@@ -44,6 +44,29 @@ def _load(names: Sequence[str], split: str) -> list[Record]:
     return recs
 
 
+def drop_duplicates(records: Sequence[Record], fixed: Sequence[Record] = (),
+                    threshold: float = 0.8) -> tuple[list[Record], Counter]:
+    """Records without exact duplicates (normalised text; the first copy stays) and without
+    near-duplicates of `fixed` (the built-in sets, whose split is fixed: a near copy on the
+    other side of it would leak); the reason -> count of what was dropped."""
+    dropped: Counter = Counter()
+    seen = {normalize_text(r.prompt_text()) for r in fixed}
+    kept: list[Record] = []
+    for r in records:
+        key = normalize_text(r.prompt_text())
+        if key in seen:
+            dropped["exact duplicate"] += 1
+            continue
+        seen.add(key)
+        kept.append(r)
+    if fixed and kept:
+        texts = [r.prompt_text() for r in fixed] + [r.prompt_text() for r in kept]
+        near = {j - len(fixed) for i, j, _ in near_duplicate_pairs(texts, threshold) if i < len(fixed) <= j}
+        dropped["near duplicate of built-in"] += len(near)
+        kept = [r for k, r in enumerate(kept) if k not in near]
+    return kept, dropped
+
+
 def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Sequence[str] = (),
              seed: int = 0, threshold: float = 0.8) -> Mix:
     base = {s: _fixed(data, s) for s in SPLITS}
@@ -51,22 +74,7 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
     dropped: Counter = Counter()
     extra: list[Record] = []
     if extra_files:
-        seen = {normalize_text(r.prompt_text()) for recs in base.values() for r in recs}
-        for r in read_many(extra_files):
-            key = normalize_text(r.prompt_text())
-            if key in seen:
-                dropped["exact duplicate"] += 1
-                continue
-            seen.add(key)
-            extra.append(r)
-        if base["train"]:
-            # anything that near-duplicates a built-in prompt would leak across the fixed split
-            builtin_all = [r for s in SPLITS for r in base[s]]
-            texts = [r.prompt_text() for r in builtin_all] + [r.prompt_text() for r in extra]
-            near = {j - len(builtin_all) for i, j, _ in near_duplicate_pairs(texts, threshold)
-                    if i < len(builtin_all) <= j}
-            dropped["near duplicate of built-in"] += len(near)
-            extra = [r for k, r in enumerate(extra) if k not in near]
+        extra, dropped = drop_duplicates(read_many(extra_files), [r for s in SPLITS for r in base[s]], threshold)
     fractions = (0.8, 0.1, 0.1)
     if dev_data and test_data:
         fractions = (1.0, 0.0, 0.0)
@@ -84,3 +92,18 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
     if not mix.dev:
         raise ValueError("no dev data: add the built-in set, pass dev_data, or give more data to split")
     return mix
+
+
+def split_files(paths: Sequence[str], against: Sequence[str] = BUILTIN_SETS,
+                fractions: tuple[float, float, float] = (0.9, 0.0, 0.1), seed: int = 0,
+                threshold: float = 0.8) -> tuple[dict[str, list[Record]], Counter]:
+    """A fixed train / dev / test split of JSONL files, made once and reused by several runs, so
+    runs that differ in their other data are scored on the same held-out rows. Deduplicated
+    like `assemble` (against the built-in sets named in `against`), near-duplicate groups kept
+    on one side."""
+    unknown = [n for n in against if n not in BUILTIN_SETS]
+    if unknown:
+        raise ValueError(f"unknown built-in set(s) {unknown}; available: {', '.join(BUILTIN_SETS)}")
+    fixed = [r for s in SPLITS for r in _fixed(against, s)]
+    records, dropped = drop_duplicates(read_many(paths), fixed, threshold)
+    return split_records(records, fractions, seed, threshold), dropped
