@@ -1,0 +1,21 @@
+"""The benchmark scripts run (on the tiny model) and print their tables; numbers are not checked."""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_probe_layers_prints_a_row_per_state_and_pooling(tiny_model_dir):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "probe_layers.py"), "--model", str(tiny_model_dir),
+                          "--layers", "1", "2", "--amp", "none"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if "|" in line and not line.lstrip().startswith("state")]
+    assert [(r[0], r[1]) for r in rows] == [("1", "mean"), ("1", "last"), ("final", "mean"), ("final", "last")]
+    assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r[3:6] + r[7:11])
+
+
+def test_probe_layers_rejects_a_layer_the_model_does_not_have(tiny_model_dir):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "probe_layers.py"), "--model", str(tiny_model_dir),
+                          "--layers", "7"], capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "hidden states 0..2" in out.stderr
