@@ -57,6 +57,16 @@ def test_every_preset_is_a_valid_config():
     assert preset("pet-20-60")["pet_boundaries"] == [0.2, 0.6]
 
 
+def test_the_cpu_presets_train_on_the_contrast_pairs_with_the_pair_margin():
+    from so8t.cli import build_parser, train_config_from_args
+
+    for name in ("cpu-quick", "cpu-full"):
+        cfg = resolve(TrainConfig, (preset(name), name))
+        assert "contrast" in cfg.data and cfg.pair_margin > 0, name
+    default, name = train_config_from_args(build_parser().parse_args(["train"]))   # `so8t train`, no flags
+    assert name == "cpu-quick" and default.data == ["builtin", "contrast"] and default.pair_margin > 0
+
+
 def test_overrides_need_key_value():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["lr"])

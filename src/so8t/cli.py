@@ -400,10 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
                        description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.")
     p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--preset", help="cpu-quick (default without --config), cpu-quick-contrast, cpu-full, pet-20-60, "
+    p.add_argument("--preset", help="cpu-quick (default without --config), cpu-full, pet-20-60, "
                                     "rtx3060-7b, rtx3060-3b")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
-    p.add_argument("--data", nargs="+", help="training data: 'builtin' and/or JSONL files")
+    p.add_argument("--data", nargs="+", help="training data: the built-in sets 'builtin' and 'contrast' and/or JSONL files")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument("--out", help="run folder (default runs/<preset>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")

@@ -4,34 +4,28 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded 135M model on the built-in data (add the contrast pairs with --data builtin contrast;
-    # at this budget they made over-refusal worse, see the README), sized to finish within ~15 minutes on 2 CPU
-    # cores: bf16 autocast (AMX / AVX512-BF16), LoRA on the top 10 of 30 blocks (backward stops
-    # there), 192 tokens. Few steps, so the head is first fitted on frozen features (LP-FT),
-    # then learns at 1e-3 instead of the seed's 1e-5 and is frozen for the last third.
+    # The embedded 135M model on the built-in data and the contrast pairs, sized to finish within
+    # ~15 minutes on 2 CPU cores: bf16 autocast (AMX / AVX512-BF16), LoRA on the top 10 of 30
+    # blocks (backward stops there), 192 tokens. Few steps, so the head is first fitted on frozen
+    # features (LP-FT), then learns at 1e-3 instead of the seed's 1e-5 and is frozen for the last
+    # third. With the pairs: the pair-margin term, a dangerous-ALLOW weight of 3 (the seed's 5-10
+    # made the gate refuse the safe twins too) and selection on macro F1 (README, "Contrast pairs").
     "cpu-quick": {
-        "model": "embedded", "data": ["builtin"], "max_length": 192, "amp": "bf16", "lora_layers": 10,
-        "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 2, "max_steps": 60, "lr": 3e-4,
-        "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 15, "head_probe_steps": 300,
-    },
-    # cpu-quick plus the contrast pairs, with the pair-margin term, a lighter dangerous-ALLOW
-    # weight (3, below the seed's 5-10) and selection on macro F1: far fewer false refusals at a
-    # small cost in refuse recall (README, "Contrast pairs"). Measured, not yet the default.
-    "cpu-quick-contrast": {
         "model": "embedded", "data": ["builtin", "contrast"], "max_length": 192, "amp": "bf16", "lora_layers": 10,
         "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 2, "max_steps": 60, "lr": 3e-4,
         "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 15, "head_probe_steps": 300,
         "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
     },
-    # The best gate this machine can train: the built-in data plus the public sets imported
-    # from ../shared/data (scripts/import_public.sh, then --data builtin imported/*.jsonl).
-    # Dev stays the built-in dev split (108 prompts) so evaluations stay cheap; the test split
-    # is the built-in test plus 10% of the imported sets. Sized for about an hour on 2 cores.
+    # The built-in and contrast sets plus the public sets imported from ../shared/data
+    # (scripts/import_public.sh, then --data builtin contrast imported/*.jsonl), with the same
+    # contrast-pair terms as cpu-quick. Dev stays the built-in dev splits (252 prompts) so
+    # evaluations stay cheap; the test split is theirs plus 10% of the imported sets. Sized for
+    # about an hour on 2 cores.
     "cpu-full": {
-        "model": "embedded", "data": ["builtin"], "dev_data": ["builtin"], "max_length": 192, "amp": "bf16",
-        "lora_layers": 10, "lora_r": 16, "lora_alpha": 32, "micro_batch": 8, "grad_accum": 4, "max_steps": 160,
-        "lr": 2e-4, "head_lr": 1e-3, "head_freeze_at": 0.7, "warmup_ratio": 0.03, "eval_every": 20,
-        "head_probe_steps": 400,
+        "model": "embedded", "data": ["builtin", "contrast"], "dev_data": ["builtin", "contrast"], "max_length": 192,
+        "amp": "bf16", "lora_layers": 10, "lora_r": 16, "lora_alpha": 32, "micro_batch": 8, "grad_accum": 4,
+        "max_steps": 160, "lr": 2e-4, "head_lr": 1e-3, "head_freeze_at": 0.7, "warmup_ratio": 0.03, "eval_every": 20,
+        "head_probe_steps": 400, "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
     },
     # The seed's 20% / 60% PET boundaries (section 6), otherwise the defaults.
     "pet-20-60": {"pet_boundaries": [0.2, 0.6], "pet_values": [0.0, 0.15, 1.0]},
