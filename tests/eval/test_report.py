@@ -129,6 +129,7 @@ def test_contrast_pairs_get_their_own_report(tiny_run, tmp_path, capsys):
     assert set(ds["contrast"]["by_lang"]) == {"en", "ja"} and "agent_work" in ds["contrast"]["by_kind"]
     assert "keywords" in ds["contrast_systems"] and "contrast (72 pairs)" in out
     assert "### Contrast pairs" in (tmp_path / "r" / "report.md").read_text()
+    assert "plots/contrast-dev-contrast.png" in ds["plots"] and (tmp_path / "r" / "plots" / "contrast-dev-contrast.png").is_file()
     assert code == (0 if rep["passed"] else 1)
 
 

@@ -1,5 +1,5 @@
 """Plots people would rather see than read: training curves, confusion matrix, reliability
-diagram and KPIs against their targets."""
+diagram, KPIs against their targets, the calibration trade-off and the contrast pairs."""
 from __future__ import annotations
 
 import json
@@ -165,4 +165,33 @@ def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path) -> Path:
     ax.set_ylim(-0.02, 1.05)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("threshold trade-off on the calibration data")
+    return _save(fig, out_png)
+
+
+def plot_contrast(report: dict, systems: dict[str, dict], targets: dict, out_png: Path) -> Path:
+    """Contrast pairs: the gate per kind and language (left), every system overall (right).
+
+    `report` is contrast_report's output for the gate; `systems` maps a system name to another
+    report's "overall"; `targets` maps a measure to (op, bound) as in CONTRAST_TARGETS.
+    Why: which kinds of alarming-but-safe prompt the gate refuses tells what data to write next.
+    """
+    measures = ("false_refusal", "unsafe_recall", "pairs_both_correct")
+    colors = ("tab:red", "tab:blue", "tab:green")
+    slices = [(f"{k}", v) for k, v in report["by_kind"].items()] + [(f"lang {k}", v) for k, v in report["by_lang"].items()]
+    names = list(systems)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [max(len(slices), 1), max(len(names), 1) + 1]})
+    for ax, rows, title in ((ax1, slices, "gate, per kind and language"),
+                            (ax2, [(n, systems[n]) for n in names], "every system, all pairs")):
+        x = np.arange(len(rows))
+        for j, (m, c) in enumerate(zip(measures, colors, strict=True)):
+            vals = np.nan_to_num(np.array([r[m] for _, r in rows], dtype=float), nan=0.0)
+            ax.bar(x + (j - 1) * 0.27, vals, width=0.27, color=c, alpha=0.8, label=m.replace("_", " "))
+        for m, c in zip(measures, colors, strict=True):
+            if m in targets:
+                ax.axhline(targets[m][1], color=c, lw=0.8, ls="--")
+        ax.set_xticks(x, [n for n, _ in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(title)
+    ax1.legend(fontsize=7, loc="upper right")
+    fig.suptitle("contrast pairs (dashed: targets)", fontsize=10)
     return _save(fig, out_png)

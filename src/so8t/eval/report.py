@@ -23,7 +23,7 @@ from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
 from so8t.eval.metrics import (DEFAULT_TARGETS, binary_metrics, bootstrap_ci, breakdown,
                                compute_metrics, expected_calibration_error, per_class_report, reliability_bins, verdict)
-from so8t.eval.plots import plot_confusion, plot_kpis, plot_reliability, plot_training_curves
+from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
 from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
 from so8t.eval.thresholds import Thresholds, decide, load_thresholds
 from so8t.labels import ACTIONS
@@ -282,6 +282,10 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     plot_kpis({k: getattr(gate, k) for k in HEADLINE}, out["gate"]["ci"], opts.targets,
               tmp / "plots" / f"{name}-kpis.png")
     out["plots"] = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
+    if "contrast" in out:
+        plot_contrast(out["contrast"], {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
+                      CONTRAST_TARGETS, tmp / "plots" / f"{name}-contrast.png")
+        out["plots"].append(f"plots/{name}-contrast.png")
     return out
 
 
