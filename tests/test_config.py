@@ -60,7 +60,7 @@ def test_every_preset_is_a_valid_config():
 def test_the_cpu_presets_train_on_the_contrast_pairs_with_the_pair_margin():
     from so8t.cli import build_parser, train_config_from_args
 
-    for name in ("cpu-quick", "cpu-full"):
+    for name in ("cpu-quick", "cpu-full", "rtx3060-7b", "rtx3060-3b"):
         cfg = resolve(TrainConfig, (preset(name), name))
         assert "contrast" in cfg.data and cfg.pair_margin > 0, name
     default, name = train_config_from_args(build_parser().parse_args(["train"]))   # `so8t train`, no flags

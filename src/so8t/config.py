@@ -31,7 +31,7 @@ class TrainConfig:
     gpu_memory_gb: float = 0.0                  # budget checked by --dry-run (0 = no GPU budget)
     # --- data ---
     # 'builtin' (the office-agent set), 'contrast' (safe/unsafe twin pairs) and/or JSONL files
-    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin"])
+    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin", "contrast"])
     dev_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin dev / a split of `data`
     test_data: list[str] = dataclasses.field(default_factory=list)
     max_length: int = 384                       # tokens per example (prompt + response)
