@@ -142,3 +142,21 @@ def test_other_runs_are_measured_side_by_side(tiny_run, run_with_thresholds, tmp
     row = ds["systems"][f"run:{other.name}"]["metrics"]
     assert code == 0 and row["refuse_recall"] == 1.0 and row["allow_recall"] == 0.0
     assert f"| run:{other.name} |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_compared_runs_are_broken_down_by_source(tiny_run, run_with_thresholds, tmp_path):
+    from so8t.data import read_jsonl, write_jsonl
+
+    run, d = tiny_run
+    other = run_with_thresholds(0.0, 0.5)   # refuses everything: refuse recall 1 and allow recall 0 in every source
+    recs = read_jsonl(d / "dev.jsonl")
+    mixed = [r.model_copy(update={"source": "set-a" if i % 2 else "set-b"}) for i, r in enumerate(recs)]
+    write_jsonl(tmp_path / "mixed.jsonl", mixed)
+    _eval(run, "--data", str(tmp_path / "mixed.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines",
+          "--compare", str(other), *EASY)
+    ds = json.loads((tmp_path / "r" / "report.json").read_text())["datasets"][0]
+    by = ds["systems"][f"run:{other.name}"]["by_source"]
+    assert set(by) == {"set-a", "set-b"} and sum(m["n"] for m in by.values()) == len(recs)
+    assert all(m["allow_recall"] == 0.0 for m in by.values())
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "### By source, every system" in md and f"| set-a | run:{other.name} |" in md and "| set-b | gate |" in md

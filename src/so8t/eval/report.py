@@ -261,9 +261,13 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     systems["lm_tag"] = lm
     systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
     out["systems"] = {}
+    sources = [r.source or "unknown" for r in recs]
     for name, (p, thr) in systems.items():
         row = _system_row(p, y, thr)
         out["systems"][name] = {"metrics": row["metrics"], "binary": row["binary"]}
+        if len(set(sources)) > 1:
+            # per source too: "did adding data X cost recall on set Y" is a per-set question
+            out["systems"][name]["by_source"] = {g: m.as_dict() for g, m in breakdown(y, decide(p, thr), sources).items()}
     out["lm_tag_agrees_with_gate"] = float(np.mean(decide(lm) == pred))
     if has_pairs(recs):
         out["contrast"] = contrast_report(recs, pred)
@@ -378,6 +382,18 @@ def format_markdown(report: dict) -> str:
             for gname, m in groups.items():
                 md.append(f"| {gname} | {m['n']} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
                           f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
+        by_source = [(name, v["by_source"]) for name, v in ds.get("systems", {}).items() if "by_source" in v]
+        if by_source:
+            md += ["", "### By source, every system", "", "| source | system | n | refuse rec | escalate rec | "
+                   "overcompliance | allow rec | score |", "|---|---|---|---|---|---|---|---|"]
+            gate_groups = ds.get("breakdown", {}).get("source", {})
+            for gname in gate_groups:
+                for name, groups in [("gate", gate_groups)] + by_source:
+                    m = groups.get(gname)
+                    if m:
+                        md.append(f"| {gname} | {name} | {m['n']} | {_fmt(m['refuse_recall'])} | "
+                                  f"{_fmt(m['escalate_recall'])} | {_fmt(m['overcompliance'])} | "
+                                  f"{_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
         if ds.get("contrast"):
             md += ["", "### Contrast pairs", "",
                    "Safe half: the alarming-but-safe prompt (ALLOW); unsafe half: its twin. False refusal = safe "
