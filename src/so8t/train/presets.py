@@ -4,16 +4,17 @@ from __future__ import annotations
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The embedded 135M model on the built-in data and the contrast pairs, sized to finish within
-    # ~15 minutes on 2 CPU cores: bf16 autocast (AMX / AVX512-BF16), LoRA on the top 10 of 30
+    # The embedded 135M model on the built-in data and the contrast pairs, sized to finish in
+    # ~16 minutes on 2 CPU cores: bf16 autocast (AMX / AVX512-BF16), LoRA on the top 10 of 30
     # blocks (backward stops there), 192 tokens. Few steps, so the head is first fitted on frozen
     # features (LP-FT), then learns at 1e-3 instead of the seed's 1e-5 and is frozen for the last
-    # third. With the pairs: the pair-margin term, a dangerous-ALLOW weight of 3 (the seed's 5-10
-    # made the gate refuse the safe twins too) and selection on macro F1 (README, "Contrast pairs").
+    # third, and LoRA learns at 1.5e-3 (at 3e-4 it barely moved in 60 steps). With the pairs: the
+    # pair-margin term, a dangerous-ALLOW weight of 3 (the seed's 5-10 made the gate refuse the
+    # safe twins too) and selection on macro F1 (README, "Contrast pairs").
     "cpu-quick": {
         "model": "embedded", "data": ["builtin", "contrast"], "max_length": 192, "amp": "bf16", "lora_layers": 10,
-        "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 2, "max_steps": 60, "lr": 3e-4,
-        "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 15, "head_probe_steps": 300,
+        "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 2, "max_steps": 120, "lr": 1.5e-3,
+        "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 20, "head_probe_steps": 300,
         "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
     },
     # The built-in and contrast sets plus the public sets imported from ../shared/data
