@@ -98,7 +98,7 @@ class Gate:
         self.timeout_s = timeout_s
         self.each_turn = each_turn
         self.load_error = load_error
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter()         # "fail_closed"; per action / status: see stats()
         self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
         self.latency: Counter = Counter()       # bucket bound (ms) -> decisions at or under it; "count", "sum"
         self._lock = threading.Lock()
@@ -180,8 +180,6 @@ class Gate:
             return None, ("error", f"{type(exc).__name__}: {exc}")
 
     def _tally(self, d: Decision) -> None:
-        self.counts[f"status:{d.status}"] += 1
-        self.counts[f"action:{d.action.name}"] += 1
         self.decisions[(d.action.name, d.status)] += 1
         for bound in LATENCY_BUCKETS_MS:
             if d.latency_ms <= bound:
@@ -259,7 +257,12 @@ class Gate:
         return res.head_logits.float().softmax(-1)[0].cpu().numpy(), Prefill(input_ids, res.past_key_values)
 
     def stats(self) -> dict:
-        return dict(self.counts)
+        """Counts by "status:<s>" and "action:<a>" (from the decisions tally) and "fail_closed"."""
+        out = Counter(self.counts)
+        for (action, status), n in self.decisions.items():
+            out[f"status:{status}"] += n
+            out[f"action:{action}"] += n
+        return dict(out)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
