@@ -25,7 +25,7 @@ from so8t.eval.metrics import (DEFAULT_TARGETS, binary_metrics, bootstrap_ci, br
                                compute_metrics, expected_calibration_error, per_class_report, reliability_bins, verdict)
 from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
 from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
-from so8t.eval.thresholds import Thresholds, decide, load_thresholds
+from so8t.eval.thresholds import decide, load_thresholds
 from so8t.labels import ACTIONS
 from so8t.model import load_run, prompt_outputs
 
@@ -87,8 +87,7 @@ def _clean(x):
     return x
 
 
-def _system_row(probs: np.ndarray, y: np.ndarray, thresholds: Thresholds | None = None) -> dict:
-    pred = decide(probs, thresholds)
+def _system_row(probs: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict:
     m = compute_metrics(y, pred)
     return {"metrics": m.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0])}
 
@@ -262,17 +261,17 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
     out["systems"] = {}
     sources = [r.source or "unknown" for r in recs]
-    for name, (p, thr) in systems.items():
-        row = _system_row(p, y, thr)
+    system_preds = {name: decide(p, thr) for name, (p, thr) in systems.items()}
+    for name, (p, _) in systems.items():
+        row = _system_row(p, y, system_preds[name])
         out["systems"][name] = {"metrics": row["metrics"], "binary": row["binary"]}
         if len(set(sources)) > 1:
             # per source too: "did adding data X cost recall on set Y" is a per-set question
-            out["systems"][name]["by_source"] = {g: m.as_dict() for g, m in breakdown(y, decide(p, thr), sources).items()}
-    out["lm_tag_agrees_with_gate"] = float(np.mean(decide(lm) == pred))
+            out["systems"][name]["by_source"] = {g: m.as_dict() for g, m in breakdown(y, system_preds[name], sources).items()}
+    out["lm_tag_agrees_with_gate"] = float(np.mean(system_preds["lm_tag"] == pred))
     if has_pairs(recs):
         out["contrast"] = contrast_report(recs, pred)
-        out["contrast_systems"] = {name: contrast_report(recs, decide(p, thr))["overall"]
-                                   for name, (p, thr) in systems.items()}
+        out["contrast_systems"] = {name: contrast_report(recs, p)["overall"] for name, p in system_preds.items()}
     with_resp = [i for i, r in enumerate(recs) if r.response is not None][: opts.generate]
     if with_resp:
         log(f"{ds.name}: generating {len(with_resp)} responses")
