@@ -22,7 +22,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, keep_mode: bool = True)
             try:
                 os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
             except FileNotFoundError:
-                os.chmod(tmp, 0o644 & ~_umask())
+                os.chmod(tmp, 0o644 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -34,7 +34,12 @@ def atomic_write_text(path: str | Path, text: str, **kw) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), **kw)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask can only be read by setting it, and setting it while other
+# threads (the server's workers) create files would give those files the wrong mode.
+_UMASK = _read_umask()
