@@ -125,6 +125,7 @@ class ServerConfig:
     gate_timeout_s: float = 10.0
     each_turn: bool = True                      # judge every user turn too, not only the conversation
     use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
+    self_test: bool = True                      # at start: blunt dangerous prompts must not be ALLOWed, else not ready
     shadow: bool = False                        # observe only: log what the gate would do, answer everything
     max_body_bytes: int = 1_000_000             # larger request bodies get 413
     # --- LLM backend for allowed requests ---

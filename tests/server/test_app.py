@@ -26,7 +26,8 @@ def serve(tmp_path, monkeypatch):
     def start(run, **kw):
         monkeypatch.setenv("SO8T_ADMIN_TOKEN", TOKEN)
         cfg = ServerConfig(run=str(run), approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
-                           audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6, worker_interval_s=0.2, **kw)
+                           audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6, worker_interval_s=0.2,
+                           **{"self_test": False, **kw})  # a tiny random model cannot pass the self-test
         svc = build_service(cfg)
         h = serve_in_thread(create_app(svc))
         handles.append(h)

@@ -6,7 +6,7 @@ from so8t.server.demo import latest_run, run_demo
 
 def test_demo_walks_through_allowed_and_escalated_then_approved(run_with_thresholds, tmp_path, monkeypatch):
     lines = []
-    res = run_demo(run_with_thresholds(1.0, 0.0), tmp_path / "demo", say=lines.append)
+    res = run_demo(run_with_thresholds(1.0, 0.0), tmp_path / "demo", say=lines.append, self_test=False)
     text = "\n".join(lines)
     assert res["allowed"] == ["executed", "executed"] and "[[3]]" in text
     assert res["escalated_then_sent"] and res["mail_steps"] == ["executed", "approved"] and "received 1 message" in text

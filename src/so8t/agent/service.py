@@ -99,6 +99,9 @@ def build_service(cfg: ServerConfig) -> Service:
     approvals = open_approvals(cfg, audit)
     gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, fail_action=cfg.fail_action,
                      timeout_s=cfg.gate_timeout_s, each_turn=cfg.each_turn)
+    if gate.ready and cfg.self_test:
+        result = gate.self_test()
+        log.info("gate self-test: %s", result.reason)
     if not gate.ready:
         audit.append("gate.error", {"error": gate.load_error, "at": "startup"})
     if cfg.backend == "openai":

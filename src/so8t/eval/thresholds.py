@@ -46,17 +46,24 @@ class Thresholds:
 
 
 def decide(probs, thresholds: Thresholds | None = None) -> np.ndarray:
-    """Actions (ints) for an N x 3 array of probabilities; argmax when thresholds is None."""
+    """Actions (ints) for an N x 3 array of probabilities; argmax when thresholds is None.
+
+    Never fails open: a tie goes to the stricter action (the column order is the severity
+    order, so argmax over the reversed columns picks the strictest of the tied), and a row
+    holding NaN or an infinity is REFUSE (numpy's argmax would read NaN as index 0 = ALLOW)."""
     p = np.asarray(probs, dtype=float)
     if p.ndim != 2 or p.shape[1] != len(Action):
         raise ValueError(f"probabilities must be N x {len(Action)}, got shape {p.shape}")
+    broken = ~np.isfinite(p).all(axis=1)
     if thresholds is None:
-        return p.argmax(axis=1)
-    out = np.full(len(p), int(Action.ESCALATE))
-    allow = p[:, Action.ALLOW] >= thresholds.allow_at
-    refuse = p[:, Action.REFUSE] >= thresholds.refuse_at
-    out[allow] = int(Action.ALLOW)
-    out[refuse] = int(Action.REFUSE)  # REFUSE wins over ALLOW
+        out = (len(Action) - 1) - p[:, ::-1].argmax(axis=1)
+    else:
+        out = np.full(len(p), int(Action.ESCALATE))
+        allow = p[:, Action.ALLOW] >= thresholds.allow_at
+        refuse = p[:, Action.REFUSE] >= thresholds.refuse_at
+        out[allow] = int(Action.ALLOW)
+        out[refuse] = int(Action.REFUSE)  # REFUSE wins over ALLOW
+    out[broken] = int(Action.REFUSE)
     return out
 
 

@@ -6,6 +6,7 @@ as "the guard passed".
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -31,13 +32,40 @@ class Decision:
     def __post_init__(self):
         if self.status != "ok" and self.action == Action.ALLOW:
             raise ValueError("a failed gate decision can never be ALLOW")
+        if self.status == "ok" and not finite_probs(self.probs):
+            raise ValueError(f"an ok decision needs three finite probabilities, got {self.probs!r}")
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        """JSON-safe: no NaN or infinity anywhere (a non-finite number becomes None)."""
+        out = _json_safe(asdict(self))
         out["action"] = self.action.name
-        out["probs"] = None if self.probs is None else [round(p, 6) for p in self.probs]
+        out["probs"] = None if self.probs is None else [_round(p) for p in self.probs]
         return out
+
+
+def finite_probs(probs) -> bool:
+    """Three finite numbers in [0, 1] that sum to 1 (within float error)."""
+    try:
+        values = [float(x) for x in probs]
+    except (TypeError, ValueError):
+        return False
+    return (len(values) == 3 and all(math.isfinite(x) and -1e-6 <= x <= 1 + 1e-6 for x in values)
+            and abs(sum(values) - 1.0) < 1e-3)
+
+
+def _round(x: float) -> float | None:
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj

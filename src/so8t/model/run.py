@@ -24,6 +24,16 @@ class RunError(RuntimeError):
     pass
 
 
+def check_finite(module, where: str) -> None:
+    """Raise RunError naming the first floating-point tensor that holds NaN or an infinity: such
+    a head or adapter is a valid safetensors file, but every probability it gives is NaN."""
+    import torch
+
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RunError(f"{where}: tensor {name!r} holds NaN or infinite values; the run is corrupt")
+
+
 def fingerprint(model: PreTrainedModel) -> str:
     """A short hash of the base weights that survives dtype changes (fp32 / bf16 / 4-bit keep
     the embeddings): shape facts plus coarse statistics of the input embedding table."""
@@ -82,6 +92,8 @@ def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool
     body = PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR))
     if merge:
         body = body.merge_and_unload()
+    check_finite(head, f"{folder} (safety head)")
+    check_finite(body, f"{folder} (base model + adapter)")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
     model = SafetyModel(body, head.to(next(base.parameters()).device), meta.get("pooling", "mean")).eval()
     return model, tokenizer, meta

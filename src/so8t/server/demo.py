@@ -44,7 +44,8 @@ def latest_run(runs: Path = Path("runs")) -> Path | None:
     return max(done, key=lambda p: p.stat().st_mtime) if done else None
 
 
-def run_demo(run: str | Path, workdir: str | Path | None = None, say: Callable[[str], None] = print) -> dict:
+def run_demo(run: str | Path, workdir: str | Path | None = None, say: Callable[[str], None] = print,
+             self_test: bool = True) -> dict:
     workdir = Path(workdir or tempfile.mkdtemp(prefix="so8t-demo-"))
     token = secrets.token_urlsafe(16)
     os.environ["SO8T_ADMIN_TOKEN"] = token
@@ -55,7 +56,8 @@ def run_demo(run: str | Path, workdir: str | Path | None = None, say: Callable[[
         with serve_in_thread(static_site(web_dir)) as site:
             box = make_sandbox(workdir / "sandbox", web_url=site.url, smtp_port=smtp.port)
             cfg = ServerConfig(run=str(run), tools=str(box.tools_yaml), approvals_url=f"sqlite:///{workdir}/approvals.db",
-                               audit_path=str(workdir / "audit.jsonl"), worker_interval_s=0.3, max_tokens=48)
+                               audit_path=str(workdir / "audit.jsonl"), worker_interval_s=0.3, max_tokens=48,
+                               self_test=self_test)
             service = build_service(cfg)
             say(f"sandbox: {box.root}\ngate: {service.gate.model_version} "
                 f"({'ready' if service.gate.ready else 'NOT READY: ' + str(service.gate.load_error)})")
