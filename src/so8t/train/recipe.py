@@ -29,6 +29,7 @@ from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.eval.plots import plot_training_curves
 from so8t.labels import Action
 from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_template, fingerprint, load_adapter_and_head,
+                        resolve_head_layers,
                         load_base_model, save_artifacts, tag_token_ids)
 from so8t.model.scoring import autocast, predict_probs, prompt_outputs
 from so8t.train import losses
@@ -127,7 +128,8 @@ def build_model(cfg: TrainConfig):
                       target_modules=list(cfg.lora_targets), layers_to_transform=top, task_type="CAUSAL_LM")
     body = get_peft_model(base, lora)
     hidden = base.config.get_text_config().hidden_size
-    model = SafetyModel(body, SafetyHead(hidden), cfg.pooling)
+    layers = resolve_head_layers(cfg.head_layers, n_layers)
+    model = SafetyModel(body, SafetyHead(hidden, layers=layers), cfg.pooling)
     model.head.to(next(base.parameters()).device)
     return model, tokenizer, base_fp
 
