@@ -360,3 +360,25 @@ def test_pair_margin_term_is_trained_and_logged_with_twins_in_one_batch(tiny_mod
     train(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics" / "steps.jsonl").read_text().splitlines()]
     assert all("pair_margin" in r for r in rows) and any(r["pair_margin"] > 0 for r in rows)
+
+
+def test_a_probed_head_is_scored_at_step_0_and_kept_if_no_lora_step_beats_it(tiny_model_dir, data_files, tmp_path):
+    train(tiny_cfg(tiny_model_dir, head_probe_steps=5, **data_kw(data_files)), tmp_path / "run", progress=False)
+    evals = [json.loads(line) for line in (tmp_path / "run/metrics/evals.jsonl").read_text().splitlines()]
+    assert evals[0]["step"] == 0 and [e["step"] for e in evals[1:]] == [2, 4]
+
+
+def test_the_probe_fits_the_layer_mix_and_the_run_reads_the_same_blocks_back(tiny_model_dir, data_files, tmp_path):
+    from so8t.data import read_jsonl
+    from so8t.model import load_run
+    from so8t.train.recipe import probe_head
+
+    cfg = tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=40, head_probe_lr=5e-2)
+    model, tok, _ = build_model(cfg)
+    assert len(model.head.layers) > 1 and torch.equal(model.head.mix, torch.zeros(len(model.head.layers)))
+    probe_head(model, tok, read_jsonl(data_files / "train.jsonl"), cfg, None)
+    assert not torch.equal(model.head.mix, torch.zeros(len(model.head.layers)))  # the probe learns the weights
+    train(tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=5, **data_kw(data_files)), tmp_path / "run",
+          progress=False)
+    loaded, _, _ = load_run(tmp_path / "run")
+    assert loaded.head.layers == model.head.layers

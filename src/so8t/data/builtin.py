@@ -3,6 +3,15 @@
 - builtin:  1,080 hand-written examples of an office agent's work (balanced labels, 50% Japanese)
 - contrast: hand-written pairs of a safe prompt (ALLOW) and an unsafe twin (REFUSE / ESCALATE)
             on the same alarming word or theme; a pair never crosses a split
+- wide:     hand-written breadth: a hazard taxonomy (violence, weapons and CBRN, self-harm,
+            sexual content and minors, hate, harassment, drugs, fraud, privacy, cyber-attack,
+            prompt injection, specialised advice) crossed with the agent's own risky actions,
+            each with ALLOW look-alikes and grey ESCALATE cases; blunt and disguised requests,
+            long benign inputs; label, length and style balanced; >= 45% Japanese written as
+            Japanese (docs/data.md)
+
+Not here, on purpose: heldout/ (repository root) is written apart from all of these and is
+never trained or tuned on; training refuses its rows (source "so8t-heldout-*").
 """
 from __future__ import annotations
 
@@ -15,7 +24,8 @@ from so8t.data.splits import SPLITS
 
 BUILTIN = "builtin"
 CONTRAST = "contrast"
-BUILTIN_SETS = (BUILTIN, CONTRAST)
+WIDE = "wide"
+BUILTIN_SETS = (BUILTIN, CONTRAST, WIDE)
 
 
 def builtin_path(split: str, name: str = BUILTIN) -> Path:

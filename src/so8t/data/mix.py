@@ -44,6 +44,18 @@ def _load(names: Sequence[str], split: str) -> list[Record]:
     return recs
 
 
+HELDOUT_SOURCE = "so8t-heldout"
+
+
+def refuse_heldout(records: Sequence[Record]) -> None:
+    """The held-out sets (heldout/) judge the gate from outside: a row of theirs in training or
+    model selection would make every number reported on them meaningless."""
+    leaked = [r for r in records if (r.source or "").startswith(HELDOUT_SOURCE)]
+    if leaked:
+        raise ValueError(f"{len(leaked)} held-out row(s) (source {leaked[0].source!r}, e.g. id {leaked[0].id!r}) are in "
+                         "the training or dev data; heldout/ is for evaluation only (so8t eval --data heldout/...)")
+
+
 def drop_duplicates(records: Sequence[Record], fixed: Sequence[Record] = (),
                     threshold: float = 0.8) -> tuple[list[Record], Counter]:
     """Records without exact duplicates (normalised text; the first copy stays) and without
@@ -89,6 +101,7 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
     )
     if not mix.train:
         raise ValueError("the training data is empty")
+    refuse_heldout(mix.train + mix.dev)
     if not mix.dev:
         raise ValueError("no dev data: add the built-in set, pass dev_data, or give more data to split")
     return mix

@@ -61,11 +61,22 @@ class SafetyHead(nn.Module):
 
     def read(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
         """B x H: what the head reads from the body's hidden states (embeddings + every block)."""
+        return self.combine(self.pool_layers(hidden_states, prompt_mask, pooling))
+
+    def pool_layers(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor,
+                    pooling: Pooling) -> torch.Tensor:
+        """B x L x H: each chosen layer pooled (and layer-normalised when there are several);
+        what the frozen-feature probe caches, so it can fit the mix weights too."""
         if len(self.layers) == 1:
-            return pool(hidden_states[self.layers[0]], prompt_mask, pooling)
-        pooled = torch.stack([F.layer_norm(pool(hidden_states[i], prompt_mask, pooling).float(), (self.hidden_size,))
-                              for i in self.layers], 1)
-        return (pooled * self.mix.softmax(0)[None, :, None]).sum(1)
+            return pool(hidden_states[self.layers[0]], prompt_mask, pooling).unsqueeze(1)
+        return torch.stack([F.layer_norm(pool(hidden_states[i], prompt_mask, pooling).float(), (self.hidden_size,))
+                            for i in self.layers], 1)
+
+    def combine(self, pooled_layers: torch.Tensor) -> torch.Tensor:
+        """B x L x H -> B x H with the learned softmax weights (the one layer as it is)."""
+        if len(self.layers) == 1:
+            return pooled_layers[:, 0]
+        return (pooled_layers * self.mix.softmax(0)[None, :, None]).sum(1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.net(pooled.float())

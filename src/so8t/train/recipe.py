@@ -31,7 +31,7 @@ from so8t.labels import Action
 from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_template, fingerprint, load_adapter_and_head,
                         resolve_head_layers,
                         load_base_model, save_artifacts, tag_token_ids)
-from so8t.model.scoring import autocast, predict_probs, prompt_outputs
+from so8t.model.scoring import autocast, encode_prompts, predict_probs
 from so8t.train import losses
 from so8t.train.batching import class_weights, collate, encode_record, epoch_order, keep_twins_together
 from so8t.train.schedules import head_trainable, lambda_pet
@@ -208,6 +208,27 @@ def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w:
     return total
 
 
+@torch.no_grad()
+def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str,
+                  batch_size: int = 16) -> torch.Tensor:
+    """N x L x H: the frozen body's pooled states of every layer the head reads, with progress."""
+    was_training = model.training
+    model.eval()
+    device = next(model.head.parameters()).device
+    out = []
+    try:
+        for i in tqdm(range(0, len(records), batch_size), desc="head probe features", unit="batch", leave=False):
+            batch, _ = encode_prompts(tokenizer, records[i:i + batch_size], max_length)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(device, amp):
+                hidden = model.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    output_hidden_states=True, logits_to_keep=1).hidden_states
+            out.append(model.head.pool_layers(hidden, batch["attention_mask"], model.pooling).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
 def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None) -> dict:
     """Linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022): fit the head on the frozen body's
     pooled states before joint training, so the first LoRA steps are not spent undoing a random
@@ -215,7 +236,7 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     labels = [int(r.label) for r in records]
     sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
     picked = [records[i] for i in sample]
-    feats, _ = prompt_outputs(model, tokenizer, picked, cfg.max_length, amp=cfg.amp)
+    feats = pooled_layers(model, tokenizer, picked, cfg.max_length, cfg.amp)
     y = torch.tensor([int(r.label) for r in picked])
     easy = torch.tensor([r.difficulty == "easy" for r in picked])
     device = next(model.head.parameters()).device
@@ -225,14 +246,14 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     weights, first, last = weights_of(cfg), None, None
     for _ in range(cfg.head_probe_steps):
         idx = torch.randint(0, len(y), (min(32, len(y)),), generator=gen).to(device)
-        loss = head_loss(model.head(feats[idx]), y[idx], easy[idx], weights, cw)
+        loss = head_loss(model.head(model.head.combine(feats[idx])), y[idx], easy[idx], weights, cw)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         first = loss.item() if first is None else first
         last = loss.item()
     with torch.no_grad():
-        full = head_loss(model.head(feats), y, easy, weights, cw).item()
+        full = head_loss(model.head(model.head.combine(feats)), y, easy, weights, cw).item()
     return {"probe_steps": cfg.head_probe_steps, "examples": len(y), "first_batch_loss": first,
             "last_batch_loss": last, "head_loss_on_probe_set": full}
 
@@ -351,6 +372,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
                desc="so8t train", dynamic_ncols=True)
     model.train()
+    if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
+        _evaluate_and_checkpoint(raw_model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out,
+                                 evals_log, accelerator.is_main_process, bar)
     try:
         while state.step < total_steps and not state.stopped_early:
             frac = state.step / max(1, total_steps - 1)
