@@ -64,7 +64,8 @@ def test_the_cpu_presets_train_on_the_contrast_pairs_with_the_pair_margin():
         cfg = resolve(TrainConfig, (preset(name), name))
         assert "contrast" in cfg.data and cfg.pair_margin > 0, name
     default, name = train_config_from_args(build_parser().parse_args(["train"]))   # `so8t train`, no flags
-    assert name == "cpu-quick" and default.data == ["builtin", "contrast"] and default.pair_margin > 0
+    assert name == "cpu-quick" and default.data == ["builtin", "contrast", "wide"] and default.pair_margin > 0
+    assert default.model == "embedded:gemma3-270m" and default.head_layers == "mix"
 
 
 def test_overrides_need_key_value():

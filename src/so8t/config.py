@@ -30,12 +30,14 @@ class TrainConfig:
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast for matmuls (bf16 halves CPU time on AMX/AVX512-BF16)
     gpu_memory_gb: float = 0.0                  # budget checked by --dry-run (0 = no GPU budget)
     # --- data ---
-    # 'builtin' (the office-agent set), 'contrast' (safe/unsafe twin pairs) and/or JSONL files
-    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin", "contrast"])
+    # 'builtin' (the office-agent set), 'contrast' (safe/unsafe twin pairs), 'wide' (the hazard
+    # taxonomy x agent actions) and/or JSONL files
+    data: list[str] = dataclasses.field(default_factory=lambda: ["builtin", "contrast", "wide"])
     dev_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin dev / a split of `data`
     test_data: list[str] = dataclasses.field(default_factory=list)
     max_length: int = 384                       # tokens per example (prompt + response)
     class_balance: Literal["sampler", "weights", "none"] = "sampler"
+    sft_response_tokens: int = 0                # SFT on the response's first N tokens only (0 = all of it)
     # --- adapter ---
     lora_r: int = 16
     lora_alpha: int = 32
@@ -85,6 +87,7 @@ class TrainConfig:
                 raise ConfigError(f"{key}: {msg}")
 
         need(self.max_length >= 16, "max_length", "must be >= 16")
+        need(self.sft_response_tokens >= 0, "sft_response_tokens", "must be >= 0 (0 = the whole response)")
         need(self.lora_r > 0, "lora_r", "must be > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         need(bool(self.lora_targets), "lora_targets", "must name at least one module")

@@ -43,9 +43,12 @@ def test_coverage_of_agent_work_grey_cases_and_attacks():
     assert sum(isinstance(r.prompt, list) for r in RECORDS) >= 50  # multi-turn conversations
 
 
-def test_difficulty_follows_the_seed():
-    expected = {"ALLOW": "easy", "ESCALATE": "medium", "REFUSE": "hard"}
-    assert all(r.difficulty == expected[r.label.name] for r in RECORDS)
+def test_difficulty_is_graded_within_each_label_not_copied_from_it():
+    """easy / medium / hard mean difficulty inside a label (a blunt request vs a disguised one),
+    so the 'by difficulty' table says something; once they were the label in disguise."""
+    for label in ("ALLOW", "ESCALATE", "REFUSE"):
+        grades = Counter(r.difficulty for r in RECORDS if r.label.name == label)
+        assert all(grades[g] >= 0.25 * sum(grades.values()) for g in ("easy", "medium", "hard")), (label, grades)
 
 
 def test_ids_unique_across_splits():

@@ -28,7 +28,11 @@ class Encoded:
     half: int = -1           # 0 safe half, 1 unsafe twin
 
 
-def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
+def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  response_tokens: int = 0) -> Encoded:
+    """response_tokens > 0 keeps only the response's first tokens (the tag and the start of the
+    text): attention is causal, so what the safety head reads of the prompt is unchanged, and a
+    262k-vocabulary LM head costs far less on a CPU budget."""
     assert rec.label is not None
     prompt = encode_prompt(tokenizer, rec.messages())
     # Records without a response (imported public sets) still teach the tag.
@@ -38,6 +42,8 @@ def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: i
     prefix_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     rest_ids = tokenizer(rest + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     response_ids = prefix_ids + rest_ids
+    if response_tokens:
+        response_ids = response_ids[:max(response_tokens, len(prefix_ids) + 2)]
     truncated = len(prompt) + len(response_ids) > max_length
     if truncated:
         keep_resp = min(len(response_ids), max(len(prefix_ids) + 2, max_length - len(prompt), max_length // 4))

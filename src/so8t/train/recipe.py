@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     tags = tag_token_ids(tokenizer)
 
     # 3. Encode.
-    encoded = [encode_record(r, tokenizer, cfg.max_length) for r in mix.train]
+    encoded = [encode_record(r, tokenizer, cfg.max_length, cfg.sft_response_tokens) for r in mix.train]
     truncated = sum(e.truncated for e in encoded)
     if truncated:
         warnings.warn(f"{truncated} of {len(encoded)} training examples were longer than max_length={cfg.max_length} "
