@@ -66,3 +66,17 @@ def test_a_head_saved_before_layer_mixes_existed_still_loads(tmp_path):
     (tmp_path / "head.json").write_text(json.dumps(cfg))
     head, _ = load_head(tmp_path)
     assert head.layers == (-1,) and not hasattr(head, "mix")
+
+
+def test_scoring_sorts_by_length_for_speed_but_returns_results_in_input_order(tiny_lm):
+    from so8t.model import SafetyModel
+    from so8t.model.scoring import length_order, prompt_outputs
+
+    model, tok = tiny_lm
+    sm = SafetyModel(model, SafetyHead(model.config.hidden_size)).eval()
+    items = ["a much longer prompt about the quarterly report and its many tables " * 3, "hi", "list my files"]
+    assert length_order(tok, items) == [1, 2, 0]
+    pooled, probs = prompt_outputs(sm, tok, items, 64, batch_size=2)
+    for i, item in enumerate(items):
+        p1, q1 = prompt_outputs(sm, tok, [item], 64)
+        assert torch.allclose(pooled[i], p1[0], atol=1e-5) and torch.allclose(probs[i], q1[0], atol=1e-5)

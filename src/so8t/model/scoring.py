@@ -60,6 +60,8 @@ def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: i
     model.eval()
     device = next(model.head.parameters()).device
     pooled, probs = [], []
+    order = length_order(tokenizer, items)
+    items = [items[i] for i in order]
     try:
         for i in range(0, len(items), batch_size):
             batch, _ = encode_prompts(tokenizer, items[i:i + batch_size], max_length)
@@ -72,7 +74,18 @@ def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: i
         model.train(was_training)
     if not pooled:
         return torch.zeros(0, model.head.hidden_size), torch.zeros(0, 3)
-    return torch.cat(pooled), torch.cat(probs)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(pooled)[back], torch.cat(probs)[back]
+
+
+def length_order(tokenizer, items: Sequence) -> list[int]:
+    """Indices of items from shortest to longest prompt (by characters), so a batch pads to
+    lengths alike: on a CPU, padding a short prompt to its neighbour's 192 tokens is wasted work.
+    Right padding with masks makes the result independent of batch composition."""
+    def size(item) -> int:
+        return sum(len(m["content"]) for m in as_conversation(item))
+    return sorted(range(len(items)), key=lambda i: size(items[i]))
 
 
 def predict_probs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,

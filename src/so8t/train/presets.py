@@ -16,7 +16,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
         "model": "embedded:gemma3-270m", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
         "head_layers": "mix", "lora_layers": 6, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
-        "max_steps": 120, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 30,
+        "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 25,
         "head_probe_steps": 2000, "head_probe_examples": 8192, "sft_response_tokens": 48,
         "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
     },
@@ -25,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick-smollm": {
         "model": "embedded", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
         "head_layers": "mix", "lora_layers": 10, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
-        "max_steps": 120, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 30,
+        "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 25,
         "head_probe_steps": 2000, "head_probe_examples": 8192, "sft_response_tokens": 48,
         "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
     },

@@ -31,7 +31,7 @@ from so8t.labels import Action
 from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_template, fingerprint, load_adapter_and_head,
                         resolve_head_layers,
                         load_base_model, save_artifacts, tag_token_ids)
-from so8t.model.scoring import autocast, encode_prompts, predict_probs
+from so8t.model.scoring import autocast, encode_prompts, length_order, predict_probs
 from so8t.train import losses
 from so8t.train.batching import class_weights, collate, encode_record, epoch_order, keep_twins_together
 from so8t.train.schedules import head_trainable, lambda_pet
@@ -216,6 +216,8 @@ def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_leng
     model.eval()
     device = next(model.head.parameters()).device
     out = []
+    order = length_order(tokenizer, records)
+    records = [records[i] for i in order]
     try:
         for i in tqdm(range(0, len(records), batch_size), desc="head probe features", unit="batch", leave=False):
             batch, _ = encode_prompts(tokenizer, records[i:i + batch_size], max_length)
@@ -226,7 +228,9 @@ def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_leng
             out.append(model.head.pool_layers(hidden, batch["attention_mask"], model.pooling).float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(out)[back]
 
 
 def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None) -> dict:
