@@ -20,15 +20,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "head_probe_steps": 2000, "head_probe_examples": 8192, "sft_response_tokens": 48,
         "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
     },
-    # The same recipe on SmolLM2-135M-Instruct (Apache-2.0, half the time): for slower machines
-    # and for the side-by-side of the two bases (README, "Which base").
-    "cpu-quick-smollm": {
-        "model": "embedded", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
-        "head_layers": "mix", "lora_layers": 10, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
-        "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 25,
-        "head_probe_steps": 2000, "head_probe_examples": 8192, "sft_response_tokens": 48,
-        "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
-    },
     # The built-in and contrast sets plus the public sets imported from ../shared/data
     # (scripts/import_public.sh, then --data builtin contrast imported/*.jsonl), with the same
     # contrast-pair terms as cpu-quick. Dev stays the built-in dev splits (252 prompts) so
@@ -59,6 +50,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 3.0, "eval_every": 50, "pair_margin": 5.0,
     },
 }
+
+
+# The same recipe on SmolLM2-135M-Instruct (Apache-2.0, about half the time): for slower
+# machines and for the side-by-side of the two bases (README, "Which base").
+PRESETS["cpu-quick-smollm"] = {**PRESETS["cpu-quick"], "model": "embedded", "lora_layers": 10}
 
 
 def preset(name: str) -> dict[str, Any]:
