@@ -81,7 +81,8 @@ def main() -> None:
         return named
 
     train = [r for spec in args.train for r in load_dataset(spec).records]
-    f_train = with_mix(features(train, "train"))
+    parts = [features(load_dataset(spec).records, spec) for spec in args.train]  # cached per set
+    f_train = with_mix({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
     y_train = [int(r.label) for r in train]
     tests = [(spec, load_dataset(spec).records) for spec in args.test]
     f_tests = [(spec, recs, with_mix(features(recs, Path(spec).stem))) for spec, recs in tests]

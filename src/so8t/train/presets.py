@@ -11,14 +11,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # first fitted on frozen features of the whole training set (LP-FT; scored at step 0 and
     # kept if no LoRA step beats it on dev), then LoRA on the top 6 of 18 blocks learns at 1e-3.
     # SFT sees the response's first 48 tokens (tag + start of the answer): the 262k-vocabulary
-    # LM head would otherwise double the step time. Pair margin, dangerous-ALLOW weight 3 and
-    # macro-F1 selection as before (README, "Contrast pairs").
+    # LM head would otherwise double the step time. Pair margin and dangerous-ALLOW weight 3 as
+    # before; checkpoints are selected on the dev safety score (the seed's choice): selected on
+    # macro F1 the same run kept its last step, with dev refuse recall 0.67 and overcompliance
+    # 0.12 against 0.81 and 0.04 for the probed head at step 0 (README, "Which checkpoint").
     "cpu-quick": {
         "model": "embedded:gemma3-270m", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
         "head_layers": "mix", "lora_layers": 6, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
         "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 25,
         "head_probe_steps": 2000, "head_probe_examples": 8192, "sft_response_tokens": 48,
-        "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "macro_f1",
+        "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "safety_score", "patience": 2,
     },
     # The built-in and contrast sets plus the public sets imported from ../shared/data
     # (scripts/import_public.sh, then --data builtin contrast imported/*.jsonl), with the same
