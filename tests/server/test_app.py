@@ -172,3 +172,61 @@ def test_approval_edit_is_gated_again(run_with_thresholds, tmp_path, serve):
     assert old.status.value == "EDITED" and new.status.value == "PENDING"   # the gate said ESCALATE again
     assert new.request["messages"][-1]["content"] == "Email my team the meeting time"
     assert httpx.post(f"{url}/admin/approvals/{first}/approve", headers=auth).status_code == 409
+
+
+# -- malformed text and admin query values: a clear 4xx, nothing runs (issue 13, item 5) ---------
+
+SURROGATE_CASES = [  # (route, raw JSON body with a "\ud800"-style escape, where the error must point)
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}, '
+                             '{"role": "user", "content": "bad \\ud800 text"}]}', "messages[1].content"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, '
+                             '{"type": "text", "text": "\\udfff"}]}]}', "messages[0].content[1].text"),
+    ("/v1/chat/completions", '{"messages": [{"role": "us\\udc80er", "content": "hi"}]}', "messages[0].role"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "user": "\\ud800"}', "user"),
+    ("/v1/gate", '{"messages": [{"role": "user", "content": "x\\ud83d"}]}', "messages[0].content"),
+    ("/v1/gate", '{"input": "\\ude00 hello"}', "input"),
+    ("/v1/tools/call", '{"conversation": [{"role": "user", "content": "read notes"}], "tool": "files.read", '
+                       '"arguments": {"path": "meeting-notes.txt\\ud800"}}', "arguments.path"),
+    ("/v1/tools/call", '{"conversation": [{"role": "user", "content": "read notes"}], "tool": "files.read", '
+                       '"arguments": {"\\ud800": "x"}}', "arguments (a key)"),
+]
+
+
+@pytest.mark.parametrize("route, body, where", SURROGATE_CASES)
+def test_a_lone_surrogate_is_a_clear_400_that_says_where_and_nothing_runs(run_with_thresholds, tmp_path, serve,
+                                                                          route, body, where):
+    from so8t.server.sandbox import make_sandbox
+
+    box = make_sandbox(tmp_path / "box", web_url="http://127.0.0.1:9/", smtp_port=9)
+    url, svc = serve(run_with_thresholds(1.0, 0.0), tools=str(box.tools_yaml))  # ALLOW: anything would run
+    r = httpx.post(f"{url}{route}", content=body.encode(), headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == where
+    assert f"{where}: " in err["message"] and "lone surrogate" in err["message"] and "\\u" in err["message"]
+    assert svc.gate.latency["count"] == 0 and not svc.gate.decisions  # the gate never ran
+    log = Path(svc.config.audit_path)
+    assert svc.approvals.list() == [] and (not log.exists() or not log.read_text())
+
+
+def test_a_surrogate_pair_is_ordinary_text(run_with_thresholds, tmp_path, serve):
+    url, _ = serve(run_with_thresholds(0.0, 0.5))
+    r = httpx.post(f"{url}/v1/gate", content=b'{"input": "smile \\ud83d\\ude00"}',
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and r.json()["action"] == "REFUSE"
+
+
+def test_an_unknown_approval_status_is_a_clear_400(run_with_thresholds, tmp_path, serve):
+    url, svc = serve(run_with_thresholds(1.0, 1.0))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"{url}/admin/api/approvals", params={"status": "BOGUS"}).status_code == 401  # auth first
+    r = httpx.get(f"{url}/admin/api/approvals", params={"status": "BOGUS"}, headers=auth)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "status" and "'BOGUS'" in err["message"]
+    assert all(s in err["message"] for s in ("PENDING", "APPROVED", "REJECTED", "TIMEOUT", "EXECUTED", "FAILED"))
+    pending = _chat(url, "Send the salary sheet to everyone")["so8t"]["approval_id"]
+    for value in ("PENDING", "pending"):
+        got = httpx.get(f"{url}/admin/api/approvals", params={"status": value}, headers=auth)
+        assert got.status_code == 200 and [i["id"] for i in got.json()] == [pending]
+    assert httpx.get(f"{url}/admin/api/approvals", params={"status": "EXECUTED"}, headers=auth).json() == []

@@ -13,6 +13,12 @@ Health: GET /healthz (alive), /readyz (the gate is loaded), /metrics (Prometheus
 Policy lives on the server: request fields and headers cannot change thresholds, fail action
 or logging. Streaming never shows unchecked text: the gate decides before anything is
 generated, and the answer is sent only once it is complete.
+
+Malformed input is a 4xx in OpenAI's error shape, decided before anything runs (no gate call, no
+audit record, no approval): every string in a request body (values and keys, extra fields too)
+must be valid Unicode, so a lone surrogate (JSON "\\ud800" without its pair) is a 400 whose
+`param` names the field ("messages[1].content"); an unknown `?status=` on the admin API is a
+400 that lists the accepted values.
 """
 from __future__ import annotations
 
@@ -20,14 +26,17 @@ import hmac
 import html
 import json
 import os
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
@@ -39,17 +48,70 @@ COOKIE = "so8t_admin"
 MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
 
 
-class GateRequest(BaseModel):
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a decoded JSON string holds one only when it is unpaired
+
+
+def find_lone_surrogate(value: Any) -> tuple[str, str, int] | None:
+    """(where, the surrogate, its index) of the first lone surrogate in parsed JSON, else None.
+
+    `where` reads like the request: "messages[1].content", "arguments.path", "arguments (a key)".
+    Iterative, so a deeply nested body cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            if m := _SURROGATE.search(v):
+                return where or "body", m.group(), m.start()
+        elif isinstance(v, dict):
+            stack += [(f"{where} (a key)" if where else "(a key)", k) for k in reversed(list(v)) if isinstance(k, str)]
+            stack += [(f"{where}.{k}" if where else str(k), x) for k, x in reversed(list(v.items()))]
+        elif isinstance(v, (list, tuple)):
+            stack += [(f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v)))]
+    return None
+
+
+class ValidText(BaseModel):
+    """Refuses a body holding text that is not valid Unicode, before any field is read."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        if found := find_lone_surrogate(data):
+            where, char, index = found
+            where = where if len(where) <= 200 else where[:200] + "..."  # a path through a deep nest
+            raise PydanticCustomError(
+                "lone_surrogate", "{where}: lone surrogate {char} at character {index} is not valid Unicode text "
+                "(a \\ud800-\\udfff escape must be one half of a surrogate pair); send the text as UTF-8",
+                {"where": where, "char": f"\\u{ord(char):04x}", "index": index})
+        return data
+
+
+class GateRequest(ValidText):
     model_config = ConfigDict(extra="ignore")  # a client cannot smuggle policy in: extra fields are dropped
     messages: list[dict] | None = None
     input: str | None = Field(default=None, description="a single user message, instead of messages")
 
 
-class ToolCallRequest(BaseModel):
+class ToolCallRequest(ValidText):
     model_config = ConfigDict(extra="forbid")
     conversation: list[dict] = Field(min_length=1, description="the conversation that led to the call")
     tool: str
     arguments: dict
+
+
+class GatedChatRequest(ValidText, ChatRequest):
+    """The OpenAI chat request, text checked first."""
+
+
+def parse_status(value: str | None) -> Status | None:
+    """The approval status a `?status=` names (any case); ValueError listing the accepted ones."""
+    if value is None:
+        return None
+    try:
+        return Status(value.upper())
+    except ValueError:
+        raise ValueError(f"unknown status {value!r}: give one of {', '.join(s.value for s in Status)}, "
+                         "or leave status out for all") from None
 
 
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
@@ -82,6 +144,9 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
+        for err in exc.errors():  # a lone surrogate names its own field: the error is the body's
+            if err.get("type") == "lone_surrogate":
+                return error_response(400, f"invalid request: {err['msg']}", param=err["ctx"]["where"])
         message, param = describe_validation(exc)
         return error_response(400, message, param=param)
 
@@ -129,7 +194,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "so8t"} for m in MODEL_NAMES]}
 
     @app.post("/v1/chat/completions")
-    def chat(req: ChatRequest, request: Request):
+    def chat(req: GatedChatRequest, request: Request):
         if req.model is not None and req.model not in MODEL_NAMES:
             return error_response(404, f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
                           param="model", kind="model_not_found")
@@ -209,8 +274,12 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     def api_list(request: Request, status: str | None = None):
         if (denied := authorised(request)) is not None:
             return denied
+        try:
+            chosen = parse_status(status)
+        except ValueError as exc:
+            return error_response(400, str(exc), param="status")
         service.approvals.expire_due()
-        return [a.to_dict() for a in service.approvals.list(status=status)]
+        return [a.to_dict() for a in service.approvals.list(status=chosen)]
 
     @app.get("/admin/approvals", response_class=HTMLResponse)
     def page(request: Request):
