@@ -1,6 +1,7 @@
 """mail.draft / mail.send against a real SMTP server (aiosmtpd) on a free localhost port."""
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 from email import policy
@@ -11,6 +12,7 @@ import pytest
 
 from so8t.agent.tools import ToolError, Toolset
 from so8t.agent.tools.mail import mail_tool, parse_address
+from so8t.server.sandbox import LocalSmtp
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller", reason="aiosmtpd is a dev dependency")
 
@@ -117,7 +119,8 @@ def _draft(tmp_path, **kw) -> str:
                 {"to": ["a@example.com"], "subject": "s", "body": "b", **kw})["draft_id"]
 
 
-@pytest.mark.parametrize("case", ["no smtp host", "domain", "too many", "bcc added on disk", "sha256", "unknown id"])
+@pytest.mark.parametrize("case", ["no smtp host", "domain", "too many", "bcc added on disk", "bcc and its hash",
+                                  "reply-to and its hash", "sha256", "unknown id"])
 def test_refused_sends_send_nothing_and_keep_the_draft(tmp_path, smtp, case):
     inbox, port = smtp
     to = ["a@example.com"]
@@ -131,10 +134,14 @@ def test_refused_sends_send_nothing_and_keep_the_draft(tmp_path, smtp, case):
     path = tmp_path / "drafts" / f"{draft_id}.eml"
     args: dict = {"draft_id": draft_id}
     expect = {"no smtp host": "sending is not configured", "domain": "leak@evil.test: domain is not in the allowed",
-              "too many": "5 recipients, over the limit of 4", "bcc added on disk": "Bcc header",
+              "too many": "5 recipients, over the limit of 4", "bcc added on disk": "changed on disk since mail.draft",
+              "bcc and its hash": "has a Bcc header", "reply-to and its hash": "has a Reply-To header",
               "sha256": "changed since it was reviewed", "unknown id": "no draft"}[case]
-    if case == "bcc added on disk":
-        path.write_bytes(b"Bcc: spy@example.com\r\n" + path.read_bytes())
+    if case in ("bcc added on disk", "bcc and its hash", "reply-to and its hash"):
+        extra = b"Reply-To: evil@example.com\r\n" if case.startswith("reply-to") else b"Bcc: spy@example.com\r\n"
+        path.write_bytes(extra + path.read_bytes())
+    if case.endswith("and its hash"):  # someone who rewrites the recorded hash too: the headers are still checked
+        path.with_suffix(".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest())
     if case == "sha256":
         args["expect_sha256"] = "0" * 64
     if case == "unknown id":
@@ -198,3 +205,111 @@ def test_address_parsing():
             parse_address(bad)
     with pytest.raises(ValueError):
         mail_tool("/nonexistent", sender="not an address")
+
+
+# -- header injection through RFC 2047 encoded words (CVE-2024-6923) and drafts changed on disk -----
+# (issue 13, item 12) Before the fix, on Python < 3.11.10 / 3.12.5, the email package decoded an
+# encoded word to "hello\r\nReply-To: evil@x.com" and wrote it out unquoted: a second header.
+
+DRAFT_HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
+                 "Content-Transfer-Encoding"]
+
+
+def _received_headers(smtp) -> list[list[str]]:
+    return [list(BytesParser(policy=policy.default).parsebytes(m["data"]).keys()) for m in smtp.messages]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("subject", "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="),
+    ("subject", "Invoice =?utf-8?b?DQpSZXBseS1UbzogZXZpbEB4LmNvbQ==?= attached"),  # base64: "\r\nReply-To: ..."
+    ("subject", "=?iso-8859-1?q?a=0ABcc=3A_spy=40evil.test?="),
+    ("subject", "=?utf-8?q?hi=00there?="),                                        # NUL
+    ("subject", "=?utf-8?q?=1B[2J_cleared?="),                                    # ESC (terminal control)
+    ("subject", "=?utf-7?q?+AA0ACg-Reply-To:_evil=40x.com?="),                    # CR LF spelt in UTF-7
+    ("to", "=?utf-8?q?Taro=0D=0AReply-To=3A_evil=40x.com?= <taro@example.jp>"),  # in a display name
+    ("cc", "=?utf-8?q?Boss=0D=0A=0D=0Ainjected_body?= <boss@example.com>"),
+])
+def test_encoded_words_that_decode_to_line_breaks_never_reach_smtp(tmp_path, field, value):
+    args = {"to": ["taro@example.jp"], "subject": "s", "body": "hello", field: [value] if field != "subject" else value}
+    with LocalSmtp() as smtp:
+        ts = _tools(tmp_path, smtp.port)
+        refused = ""
+        try:
+            d = _run(ts, "mail.draft", args)
+            _run(ts, "mail.send", {"draft_id": d["draft_id"]})  # only the vulnerable code gets here
+        except ToolError as exc:
+            refused = str(exc)
+        received = _received_headers(smtp)
+    assert received == [], f"sent with headers {received}"
+    assert "encoded words are decoded" in refused and "control character" in refused and field in refused
+    assert not (tmp_path / "drafts").exists() or not list((tmp_path / "drafts").glob("*.eml"))
+
+
+def test_header_like_text_on_one_line_is_sent_as_plain_text(tmp_path):
+    subject = "Reply-To: evil@x.com =?utf-8?q?caf=C3=A9?= Bcc: spy@evil.test"  # harmless: no line break
+    with LocalSmtp() as smtp:
+        ts = _tools(tmp_path, smtp.port)
+        d = _run(ts, "mail.draft", {"to": ["=?utf-8?q?Yamada?= <taro@example.jp>"], "subject": subject, "body": "b"})
+        _run(ts, "mail.send", {"draft_id": d["draft_id"]})
+        [got] = [BytesParser(policy=policy.default).parsebytes(m["data"]) for m in smtp.messages]
+        assert smtp.messages[0]["to"] == ["taro@example.jp"]
+    assert list(got.keys()) == DRAFT_HEADERS
+    assert got["Subject"] == "Reply-To: evil@x.com café Bcc: spy@evil.test"
+
+
+def test_the_sender_name_is_checked_too(tmp_path):
+    with pytest.raises(ValueError, match="encoded words are decoded"):
+        mail_tool(tmp_path, sender="=?utf-8?q?Agent=0D=0ABcc=3A_spy=40evil.test?= <agent@example.com>")
+
+
+@pytest.mark.parametrize("tamper", ["body", "recipient", "hash file removed", "draft dropped in by hand"])
+def test_a_draft_changed_on_disk_after_drafting_is_not_sent(tmp_path, tamper):
+    with LocalSmtp() as smtp:
+        ts = _tools(tmp_path, smtp.port)
+        d = _run(ts, "mail.draft", {"to": ["a@example.com"], "subject": "Payment",
+                                    "body": "Please pay invoice 12 (100 EUR).\n"})
+        path = Path(d["path"])
+        raw = path.read_bytes()
+        if tamper == "body":
+            path.write_bytes(raw.replace(b"(100 EUR)", b"(99,000 EUR) to IBAN XX00 EVIL"))
+        elif tamper == "recipient":
+            path.write_bytes(raw.replace(b"To: a@example.com", b"To: a@example.com, b@example.com"))
+        elif tamper == "hash file removed":
+            path.with_suffix(".sha256").unlink()
+        else:  # a well-formed .eml written by someone else, with no hash from mail.draft
+            path.with_suffix(".sha256").unlink()
+            path.rename(path.with_name("20200101T000000Z-0000abcd.eml"))
+            d["draft_id"] = "20200101T000000Z-0000abcd"
+            path = path.with_name(f"{d['draft_id']}.eml")
+        with pytest.raises(ToolError, match="changed on disk since mail.draft wrote it"
+                           if tamper in ("body", "recipient") else "no sha256 recorded"):
+            _run(ts, "mail.send", {"draft_id": d["draft_id"]})
+        assert smtp.messages == []
+    assert path.exists() and not (tmp_path / "drafts" / "sent" / path.name).exists()
+    listed = {x["draft_id"]: x for x in _run(ts, "mail.list_drafts", {})["drafts"]}
+    assert listed[d["draft_id"]]["intact"] is False
+
+
+def test_an_untouched_draft_is_intact_and_its_hash_moves_with_it(tmp_path):
+    with LocalSmtp() as smtp:
+        ts = _tools(tmp_path, smtp.port)
+        d = _run(ts, "mail.draft", {"to": ["a@example.com"], "subject": "s", "body": "b"})
+        assert _run(ts, "mail.read_draft", {"draft_id": d["draft_id"]})["intact"] is True
+        _run(ts, "mail.send", {"draft_id": d["draft_id"]})
+        assert len(smtp.messages) == 1
+    sent = tmp_path / "drafts" / "sent"
+    assert (sent / f"{d['draft_id']}.sha256").read_text().strip() == d["sha256"]
+    assert list((tmp_path / "drafts").glob("*.sha256")) == []
+
+
+def test_the_generated_message_is_checked_even_if_input_checks_miss_something(tmp_path, monkeypatch):
+    import so8t.agent.tools.mail as mail
+
+    monkeypatch.setattr(mail, "check_header_text", lambda value, what: value)  # pretend the input check missed it
+    with LocalSmtp() as smtp:
+        ts = _tools(tmp_path, smtp.port)
+        with pytest.raises(ToolError, match="nothing saved"):
+            _run(ts, "mail.draft", {"to": ["a@example.com"], "body": "b",
+                                    "subject": "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="})
+        assert smtp.messages == []
+    assert not list((tmp_path / "drafts").glob("*.eml"))

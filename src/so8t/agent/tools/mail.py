@@ -7,6 +7,25 @@ draft id: what is sent is exactly the bytes of that draft file, so what the gate
 approved by looking at the draft is what goes out. A sent draft moves to ``drafts_dir/sent/``
 and cannot be sent again.
 
+Guarantees:
+- No header injection, on any supported Python (3.10+), including those whose email package
+  has CVE-2024-6923 (before 3.11.10 / 3.12.5 it writes a decoded RFC 2047 encoded word back out
+  unquoted, so ``=?utf-8?q?hi=0D=0ABcc=3A_x=40evil.test?=`` became a second header). Every
+  header value (subject, each recipient and display name, the sender) is refused when it holds
+  a control character or line/paragraph separator, as written *or* once the email package's
+  own parser has decoded its encoded words. Headers are built with `EmailMessage` and the
+  default policy (CRLF line ends; where the Python has it, `verify_generated_headers`), and the
+  generated draft must parse back to exactly the headers that were set, or nothing is saved.
+- What is sent is what `mail.draft` wrote: the draft's sha256 is recorded next to it
+  (``<draft_id>.sha256``) when it is written, and `mail.send` refuses a draft whose bytes no
+  longer match it, or that has no recorded hash (a hand-made .eml). To send an edited draft,
+  write it again with `mail.draft` (and have that gated again). The hash file guards against the
+  draft being edited; someone who can rewrite both files in the drafts folder is not stopped by
+  it (the send-time checks below still apply).
+- At send time the file is re-parsed: only the headers `mail.draft` writes are allowed (no Bcc,
+  no Reply-To), the From must be the configured sender, and the envelope recipients are the
+  To/Cc addresses, checked again against `allowed_domains` and `max_recipients`.
+
 Addresses are checked strictly: `email.utils.parseaddr` plus our own regex must agree on the
 address, and no header field may contain a control character (CR/LF = header injection).
 Display names are allowed ("山田 太郎 <taro@example.jp>") but may not contain , ; : @ " < > ( )
@@ -24,6 +43,7 @@ refuses it.
 """
 from __future__ import annotations
 
+import email.errors
 import hashlib
 import os
 import re
@@ -53,17 +73,36 @@ _ADDR_RE = re.compile(rf"(?P<local>{_LOCAL})@(?P<domain>(?:{_LABEL}\.)+(?:[A-Za-
 _MAILBOX_RE = re.compile(r"\s*(?:(?P<name>[^<>\"@,;:\\()\[\]]*?)\s*<(?P<inner>[^<>]*)>|(?P<bare>[^<>\s]+))\s*")
 _DRAFT_ID_RE = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$"
 MAX_SUBJECT_CHARS = 500
+# The policy drafts are built with: the default policy, CRLF line ends (the file is the wire format),
+# and the standard library's own check of generated headers where this Python has it (3.11.10+).
+DRAFT_POLICY = policy.SMTP.clone(verify_generated_headers=True) if hasattr(policy.SMTP, "verify_generated_headers") \
+    else policy.SMTP
+# The only headers mail.draft writes; a draft on disk with any other header is not sent.
+DRAFT_HEADERS = frozenset({"from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
+                           "content-transfer-encoding"})
+
+
+def _refuse_controls(value: str, what: str, how: str = "") -> None:
+    for ch in value:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
+            raise ValueError(f"{what} contains the control character {ch!r}{how} (CR/LF in a header is header "
+                             "injection; headers are one line)")
 
 
 def check_header_text(value: str, what: str) -> str:
-    """Refuse control characters and line/paragraph separators in a header value.
+    """Refuse control characters, line/paragraph separators and lone surrogates in a header value,
+    as written and once RFC 2047 encoded words (=?charset?q?...?=) are decoded.
 
-    CR/LF would let a value start a new header (Bcc: ...) or the body; the others are
-    refused because some software treats them as line breaks too."""
-    for ch in value:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            raise ValueError(f"{what} contains the control character {ch!r} (CR/LF in a header is header "
-                             "injection; headers are one line)")
+    CR/LF would let a value start a new header (Bcc: ...) or the body; the others are refused
+    because some software treats them as line breaks too. The decoding is the email package's
+    own (the one that writes the header out), so what is checked is what would be written."""
+    _refuse_controls(value, what)
+    if "=?" in value:
+        try:
+            decoded = str(policy.default.header_factory("Subject", value))
+        except (ValueError, LookupError, email.errors.MessageError) as exc:  # refused, never guessed at
+            raise ValueError(f"{what} has RFC 2047 encoded words that cannot be decoded: {exc}") from None
+        _refuse_controls(decoded, what, " once its RFC 2047 encoded words are decoded")
     return value
 
 
@@ -195,6 +234,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
 
     def describe(path: Path, sent: bool, *, body: bool = False) -> dict:
         raw = path.read_bytes()
+        recorded = _recorded_sha256(path)
         msg = BytesParser(policy=policy.default).parsebytes(raw)
         out: dict[str, Any] = {
             "draft_id": path.stem, "path": str(path), "sent": sent,
@@ -202,6 +242,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
             "cc": [a.addr_spec for a in _header_addresses(msg, "Cc")], "subject": str(msg.get("Subject", "")),
             "date": str(msg.get("Date", "")), "sha256": hashlib.sha256(raw).hexdigest(),
         }
+        out["intact"] = recorded == out["sha256"]  # byte for byte what mail.draft wrote
         if body:
             part = msg.get_body(preferencelist=("plain",))
             # CRLF is the canonical line end inside the message; give the text back as written.
@@ -211,7 +252,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
     # -- actions ---------------------------------------------------------------------------------
 
     def draft(a: DraftArgs) -> dict:
-        msg = EmailMessage(policy=policy.SMTP)  # CRLF line ends: the file is the wire format
+        msg = EmailMessage(policy=DRAFT_POLICY)
         msg["From"] = Address(sender_name, addr_spec=sender_addr)
         msg["To"] = [_to_address(x) for x in a.to]
         if a.cc:
@@ -226,14 +267,16 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         draft_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
         drafts.mkdir(parents=True, exist_ok=True)
         path = drafts / f"{draft_id}.eml"
-        data = msg.as_bytes()
+        data = _serialise(msg)
+        digest = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(path.with_suffix(".sha256"), f"{digest}\n".encode())  # first: no draft without its hash
         atomic_write_bytes(path, data)
         unique: dict[str, str] = {}
         for x in a.to + a.cc:  # to and cc may name the same person; the envelope has them once
             unique.setdefault(_addr(x).lower(), _addr(x))
         recipients = list(unique.values())
         return {"draft_id": draft_id, "path": str(path), "recipients": recipients,
-                "sha256": hashlib.sha256(data).hexdigest(), "send_problems": send_problems(recipients)}
+                "sha256": digest, "send_problems": send_problems(recipients)}
 
     def list_drafts(a: ListArgs) -> dict:
         found = [(p, False) for p in drafts.glob("*.eml")]
@@ -263,6 +306,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
                 if sent:
                     raise ToolError(f"mail.send: draft {a.draft_id} was already sent ({path})")
                 raw = path.read_bytes()
+                _check_drafted_hash(path, raw, a.draft_id)
                 if a.expect_sha256 and hashlib.sha256(raw).hexdigest() != a.expect_sha256:
                     raise ToolError(f"mail.send: draft {a.draft_id} changed since it was reviewed (sha256 differs)")
                 recipients = _check_saved_draft(raw, a.draft_id, sender_addr)
@@ -276,6 +320,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
                     raise ToolError(f"mail.send: SMTP {smtp_host}:{smtp_port} failed, draft not sent: {exc}") from None
                 sent_dir.mkdir(parents=True, exist_ok=True)
                 os.replace(path, sent_dir / path.name)
+                os.replace(path.with_suffix(".sha256"), sent_dir / f"{path.stem}.sha256")
         except Timeout:
             raise ToolError("mail.send: another send is in progress; try again") from None
         accepted = [r for r in recipients if r not in refused]
@@ -311,12 +356,55 @@ def _header_addresses(msg: Any, header: str) -> list[Any]:
     return out
 
 
+def _serialise(msg: EmailMessage) -> bytes:
+    """The draft's bytes, which must parse back to exactly the headers that were set: a value
+    that smuggled in a line break (on any Python) would show up as an extra or missing header."""
+    try:
+        data = msg.as_bytes()
+    except email.errors.MessageError as exc:  # HeaderWriteError, where verify_generated_headers exists
+        raise ToolError(f"mail.draft: refused, nothing saved: the email package would not write a header: "
+                        f"{exc}") from None
+    back = BytesParser(policy=policy.default).parsebytes(data)
+    if [k.lower() for k in back.keys()] != [k.lower() for k in msg.keys()]:
+        raise ToolError(f"mail.draft: refused, nothing saved: the message would carry the headers {back.keys()} "
+                        f"instead of {msg.keys()} (header injection)")
+    return data
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """The sha256 mail.draft recorded for this draft, or None when there is none."""
+    try:
+        return path.with_suffix(".sha256").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeError):
+        return None
+
+
+def _check_drafted_hash(path: Path, raw: bytes, draft_id: str) -> None:
+    """The draft file must be byte for byte what mail.draft wrote, else ToolError."""
+    recorded, actual = _recorded_sha256(path), hashlib.sha256(raw).hexdigest()
+    if recorded is None:
+        raise ToolError(f"mail.send: draft {draft_id} has no sha256 recorded by mail.draft ({path.stem}.sha256), "
+                        "so it may not be what was reviewed; refused, nothing sent -- write it with mail.draft")
+    if recorded != actual:
+        raise ToolError(f"mail.send: draft {draft_id} changed on disk since mail.draft wrote it (sha256 {actual} "
+                        f"is not the recorded {recorded}); refused, nothing sent -- write it again with mail.draft")
+
+
+def _check_saved_headers(msg: Any, draft_id: str) -> None:
+    """Only the headers mail.draft writes, each one line however it decodes."""
+    for name, value in msg.items():
+        if name.lower() not in DRAFT_HEADERS:
+            raise ToolError(f"mail.send: draft {draft_id} has a {name} header, which mail.draft never writes; refused")
+        try:
+            check_header_text(str(value), f"the {name} header")
+        except ValueError as exc:
+            raise ToolError(f"mail.send: draft {draft_id}: {exc}; refused") from None
+
+
 def _check_saved_draft(raw: bytes, draft_id: str, sender_addr: str) -> list[str]:
     """Re-validate the draft file as it is on disk (it is a user-editable file) -> envelope recipients."""
     msg = BytesParser(policy=policy.default).parsebytes(raw)
-    bad = [h for h in msg if h.lower() in ("bcc", "resent-to", "resent-cc", "resent-bcc")]
-    if bad:
-        raise ToolError(f"mail.send: draft {draft_id} has a {bad[0]} header, which mail.draft never writes; refused")
+    _check_saved_headers(msg, draft_id)
     senders = _header_addresses(msg, "From")
     if len(senders) != 1 or senders[0].addr_spec.lower() != sender_addr.lower():
         raise ToolError(f"mail.send: draft {draft_id} is not From {sender_addr}; refused")
