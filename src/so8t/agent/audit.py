@@ -25,7 +25,8 @@ Guaranteed:
   ``append`` returned is never lost.
 * ``verify`` detects an edited, deleted, inserted or reordered record, a malformed line and a torn
   last line, and reports the line number and kind of each (see ``verify`` for the rules).
-* Secrets and personal data are redacted before anything is written (``Redactor``; configurable).
+* Secrets and personal data are redacted before anything is written (``Redactor``, see
+  ``so8t.agent.redaction`` for what it catches; configurable); ids and hashes are never changed.
 
 Not guaranteed:
 
@@ -36,9 +37,8 @@ Not guaranteed:
   (2) ``verify`` prints the head hash (the last record's hash): copy it somewhere else (a ticket,
   another machine, a commit); every later version of the log must still contain a record with that
   hash, and if it does not, history before it was rewritten or cut off.
-* Redaction is pattern-based: it catches the listed shapes (emails, common API-key formats,
-  ``password=...``, card-like and My Number-like digit runs, phone numbers) and values under
-  secret-looking dict keys, not every secret. Dict keys and JSON numbers are not redacted.
+* Redaction is pattern-based: it catches the shapes listed in ``so8t.agent.redaction`` and values
+  under secret-looking dict keys, not every secret. Dict keys and JSON numbers are not redacted.
 * A crash between truncating a torn tail and writing the ``audit.recovered`` record leaves the side
   file but no record of it in the log.
 """
@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from so8t.agent.redaction import DEFAULT_ID_KEYS, DEFAULT_PATTERNS, DEFAULT_SECRET_KEYS, Redactor
 
 GENESIS = "0" * 64  # "prev" of the first record
 KEY_ENV = "SO8T_AUDIT_KEY"
@@ -89,137 +91,6 @@ def key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
     """The HMAC key from ``SO8T_AUDIT_KEY`` (UTF-8), or None when unset or empty."""
     value = (os.environ if environ is None else environ).get(KEY_ENV, "")
     return value.encode("utf-8") if value else None
-
-
-# --- redaction ----------------------------------------------------------------------------------
-
-# Lookarounds instead of \b: Python's \b is Unicode-aware, so "キーはsk-..." has no word boundary
-# between "は" and "s", and a key followed by Japanese text would slip through.
-_NA = r"(?<![A-Za-z0-9])"   # not preceded by an ASCII alphanumeric
-_NZ = r"(?![A-Za-z0-9])"    # not followed by one
-_ND, _NDZ = r"(?<![0-9])", r"(?![0-9])"
-
-# Applied in this order (dicts keep insertion order): specific token shapes first, so a digit run
-# inside an API key is tagged as the key, not as a card number.
-DEFAULT_PATTERNS: dict[str, str] = {
-    "api_key": (
-        _NA + r"(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}"
-        r"|AKIA[0-9A-Z]{16}"
-        r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-        r"|xox[abposr]-[A-Za-z0-9-]{10,}"
-        r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})" + _NZ
-    ),
-    "bearer": _NA + r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}",
-    "password": (
-        r"(?i)(?<![A-Za-z])(?:password|passwd|passphrase|pwd|secret|client[_-]?secret"
-        r"|api[_-]?key|(?:access|auth|refresh|api)[_-]?token|パスワード|暗証番号)"
-        r"[\"']?\s*[:=：＝]\s*\S+"
-    ),
-    # The lookbehind makes the scan linear: only the start of a run can begin a match.
-    "email": r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    # 13-19 digits, single spaces / dashes allowed between them.
-    "credit_card": _ND + r"(?:[0-9][ -]?){12,18}[0-9]" + _NDZ,
-    # Japanese numbers start with 0 and have 10-11 digits (the lookahead counts them, so a date
-    # like 01-12-2026 is not a phone number); international ones start with + and have >= 9 digits.
-    "phone": (
-        _ND + r"0(?=(?:[-－ ]?[0-9]){9,10}" + _NDZ + r")[0-9]{1,4}[-－ ]?[0-9]{1,4}[-－ ]?[0-9]{3,4}" + _NDZ
-        + r"|(?<![0-9A-Za-z+])\+(?=(?:[- ]?[0-9]){9})[1-9][0-9]{0,2}(?:[- ]?(?:\(0\))?[0-9]{1,4}){2,5}"
-        + _NDZ
-    ),
-    # My Number (個人番号): 12 digits, optionally grouped 4-4-4.
-    "my_number": _ND + r"[0-9]{4}[- ]?[0-9]{4}[- ]?[0-9]{4}" + _NDZ,
-}
-
-# A dict value whose key ends in one of these words is replaced whole, whatever it looks like.
-DEFAULT_SECRET_KEYS = (
-    r"(?i)^(?:.*[_\-.\s])?(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey"
-    r"|access[_-]?key|private[_-]?key|authorization|cookie|credentials?|パスワード|暗証番号|個人番号)$"
-)
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def _compile(name: str, pattern: str) -> re.Pattern[str]:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ValueError(f"invalid redaction pattern name {name!r} (use letters, digits, _ . -)")
-    if not isinstance(pattern, str):
-        raise ValueError(f"redaction pattern {name!r} must be a string, got {type(pattern).__name__}")
-    try:
-        rx = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"invalid regex for redaction pattern {name!r}: {e}") from e
-    if rx.fullmatch(""):  # would stamp a tag between every character
-        raise ValueError(f"redaction pattern {name!r} matches the empty string")
-    return rx
-
-
-class Redactor:
-    """Replaces secrets and personal data with ``[REDACTED:<name>]``.
-
-    ``patterns`` maps a name to a regex; None means ``DEFAULT_PATTERNS``, ``{}`` redacts nothing by
-    pattern. ``secret_keys`` is a regex on dict keys whose values are replaced whole (tag
-    ``[REDACTED:secret_key]``); None turns that off. Use ``from_config`` to add to / trim the defaults.
-    """
-
-    def __init__(self, patterns: dict[str, str] | None = None, *,
-                 secret_keys: str | None = DEFAULT_SECRET_KEYS) -> None:
-        patterns = DEFAULT_PATTERNS if patterns is None else patterns
-        self._rules = [(name, _compile(name, p)) for name, p in patterns.items()]
-        self._secret_keys = _compile("secret_keys", secret_keys) if secret_keys is not None else None
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> Redactor:
-        """Build from a config mapping (e.g. the ``audit.redact`` section of a YAML file)::
-
-            defaults: true            # start from DEFAULT_PATTERNS (false: start empty)
-            disable: [phone]          # drop these default patterns
-            patterns: {ticket: 'TCK-[0-9]{6}'}   # add (or replace, by name) patterns
-            secret_keys: '(?i)^pin$'  # regex on dict keys; null turns key-based redaction off
-        """
-        config = dict(config or {})
-        unknown = set(config) - {"defaults", "disable", "patterns", "secret_keys"}
-        if unknown:
-            raise ValueError(f"unknown redaction config keys: {sorted(unknown)}")
-        base = dict(DEFAULT_PATTERNS) if config.get("defaults", True) else {}
-        disable = config.get("disable") or []
-        if isinstance(disable, str):
-            disable = [disable]
-        for name in disable:
-            if name not in DEFAULT_PATTERNS:
-                raise ValueError(f"cannot disable unknown redaction pattern {name!r}; "
-                                 f"defaults are {sorted(DEFAULT_PATTERNS)}")
-            base.pop(name, None)
-        extra = config.get("patterns") or {}
-        if not isinstance(extra, Mapping):
-            raise ValueError("redaction config 'patterns' must be a mapping of name -> regex")
-        base.update(extra)
-        return cls(base, secret_keys=config.get("secret_keys", DEFAULT_SECRET_KEYS))
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self._rules]
-
-    def redact_text(self, text: str) -> str:
-        for name, rx in self._rules:
-            text = rx.sub(f"[REDACTED:{name}]", text)
-        return text
-
-    def redact(self, obj: Any) -> Any:
-        """A redacted copy: dicts (keys kept), lists and tuples (as lists) walked, strings redacted."""
-        if isinstance(obj, str):
-            return self.redact_text(obj)
-        if isinstance(obj, Mapping):
-            return {k: self._redact_item(k, v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [self.redact(v) for v in obj]
-        return obj
-
-    def _redact_item(self, key: Any, value: Any) -> Any:
-        empty = value is None or (isinstance(value, str) and not value)  # nothing to hide
-        if self._secret_keys is not None and isinstance(key, str) and not empty \
-                and self._secret_keys.search(key):
-            return "[REDACTED:secret_key]"
-        return self.redact(value)
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -393,6 +264,11 @@ class AuditLog:
 
     def verify(self) -> VerifyReport:
         return verify(self.path, key=self._key)
+
+    def preview(self, text: str, limit: int) -> str:
+        """``text`` as this log's redactor would store it, cut to ``limit`` characters (redacted
+        first, so a secret straddling the limit is still caught)."""
+        return self.redactor.preview(text, limit)
 
     def tail(self, n: int = 20) -> list[dict]:
         return tail(self.path, n)
@@ -740,7 +616,7 @@ def format_report(report: VerifyReport) -> str:
 
 __all__ = [
     "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AuditError",
-    "AuditLog", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
+    "AuditLog", "DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
     "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "KEY_ENV", "Problem", "Redactor", "VerifyReport",
     "canonical_bytes", "format_record", "format_report", "key_from_env", "record_hash", "tail",
     "verify",

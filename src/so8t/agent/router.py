@@ -16,7 +16,7 @@ from typing import Literal
 
 from so8t.agent import messages as msg
 from so8t.agent.approvals import ApprovalQueue
-from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditLog
+from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditLog, Redactor
 from so8t.agent.inprocess import InProcessBackend
 from so8t.canonical import request_hash
 from so8t.gate import ConversationError, Decision, Gate, normalize_conversation
@@ -61,7 +61,7 @@ class Router:
         reuse = isinstance(self.backend, InProcessBackend) and self.backend.gate is self.gate and convo is not None
         decision, prefill = self.gate.decide_with_prefill(convo) if reuse else (self.gate.decide(conversation), None)
         lang = msg.language_of(convo or [])
-        record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo)}
+        record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo, self.audit.redactor)}
         if self.shadow and convo is not None:
             self.audit.append("gate.shadow", {**record, "would": decision.action.name})
             return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
@@ -97,7 +97,7 @@ class Router:
                 text = self.backend.complete(convo, max_tokens=max_tokens, temperature=temperature)
         except Exception as exc:  # noqa: BLE001 - the LLM failing must not crash the service
             log.error("LLM backend failed: %s", exc)
-            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": str(exc)[:500]})
+            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": self.audit.preview(str(exc), 500)})
             return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
         return RouterResult("answered", msg.answer_text(text), decision)
 
@@ -106,7 +106,7 @@ class Router:
             res = self.toolloop.run(convo, requester)
         except Exception as exc:  # noqa: BLE001 - the LLM or a tool failing must not crash the service
             log.error("tool loop failed: %s", exc)
-            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": str(exc)[:500]})
+            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": self.audit.preview(str(exc), 500)})
             return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
         text = res.text
         if res.outcome == "pending":
@@ -127,9 +127,9 @@ def _pending_message(lang: str, item) -> str:
     return msg.escalate_message(lang, item.id, item.expires_at.strftime("%Y-%m-%d %H:%M"))
 
 
-def _preview(convo, limit: int = 200) -> str | None:
-    """The last user message, shortened; the audit log redacts secrets in it."""
+def _preview(convo, redactor: Redactor, limit: int = 200) -> str | None:
+    """The last user message, redacted and then shortened (cutting first could leave half a
+    secret that no pattern recognises)."""
     if not convo:
         return None
-    text = next(m["content"] for m in reversed(convo) if m["role"] == "user")
-    return text if len(text) <= limit else text[:limit] + "…"
+    return redactor.preview(next(m["content"] for m in reversed(convo) if m["role"] == "user"), limit)

@@ -224,7 +224,7 @@ class ToolLoop:
             self.audit.append("tool.invalid", {"requester": requester, "call": p.name, "error": str(exc)})
             return Step(p.name, "invalid", str(exc)), f"error: {exc}"
         call_hash = hash_text(call.canonical)
-        summary = call.canonical[:300]
+        summary = self.audit.preview(call.canonical, 300)  # redacted before it is cut
         self.audit.append("tool.proposed", {"requester": requester, "call": call.name, "risk": call.risk,
                                             "call_hash": call_hash, "summary": summary})
         decision = self.gate.decide(list(conversation) + [{"role": "user", "content": f"Agent tool call: {call.canonical}"}])
@@ -252,7 +252,8 @@ class ToolLoop:
             self.audit.append("tool.failed", {**record, "error": f"{type(exc).__name__}: {exc}"})
             return Step(call.name, "failed", type(exc).__name__, call_hash=call_hash), f"error: {type(exc).__name__}"
         text = json.dumps(result, ensure_ascii=False, default=str)[: self.max_result_chars]
-        self.audit.append("tool.executed", {**record, "result_hash": hash_text(text), "result": text[:300]})
+        self.audit.append("tool.executed", {**record, "result_hash": hash_text(text),
+                                            "result": self.audit.preview(text, 300)})
         content = untrusted_text(result)[: self.max_result_chars]
         verdict = self.gate.decide([{"role": "user", "content": content}]) if content else None
         if verdict is not None and verdict.action != Action.ALLOW:
@@ -276,6 +277,6 @@ class ToolLoop:
             result = self.toolset.execute(call)
             text = json.dumps(result, ensure_ascii=False, default=str)
             self.audit.append("tool.executed", {"call": call.name, "call_hash": hash_text(call.canonical),
-                                                "approval_id": approval_id, "result": text[:300]})
+                                                "approval_id": approval_id, "result": self.audit.preview(text, 300)})
             return {"text": text[: self.max_result_chars]}
         return self.approvals.run_once(approval_id, run, expected_hash=expected_hash)
