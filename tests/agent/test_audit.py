@@ -175,9 +175,9 @@ def test_hmac_key(tmp_path):
     recs = make_log(path, 3, key=KEY)
     assert recs[0]["hash"] != record_hash(recs[0])  # not the plain sha256
     assert verify(path, key=KEY).ok
-    unkeyed = verify(path)
-    assert found(unkeyed) == [("edited", 1), ("edited", 2), ("edited", 3)]
-    assert "SO8T_AUDIT_KEY" in unkeyed.problems[0].detail
+    unkeyed = verify(path)  # the records say they are keyed: no key, no verdict
+    assert found(unkeyed) == [("key_required", 1)]
+    assert unkeyed.problems[0].detail == "this log is HMAC-keyed; set SO8T_AUDIT_KEY to verify it"
     wrong = verify(path, key=b"wrong")
     assert found(wrong) == [("edited", 1), ("edited", 2), ("edited", 3)]
     assert "wrong key?" in wrong.problems[0].detail
@@ -427,7 +427,8 @@ def test_recomputed_chain_passes_plain_but_not_hmac(tmp_path):
     tamper(keyed)
     report = verify(keyed, key=KEY)
     assert not report.ok
-    assert found(report) == [("edited", 3), ("edited", 4), ("edited", 5), ("edited", 6)]
+    assert found(report) == [("downgraded", 3), ("downgraded", 4), ("downgraded", 5), ("downgraded", 6)]
+    assert found(verify(keyed)) == [("key_required", 1)]
 
 
 def test_append_after_tampering_keeps_the_finding(tmp_path):

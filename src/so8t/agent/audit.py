@@ -11,7 +11,8 @@ Format: one UTF-8 JSON object per line (Japanese stays readable, ``ensure_ascii=
 ``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces, ``ensure_ascii=False``) of the
 record without ``hash``; ``prev`` is the previous record's ``hash`` (64 zeros for the first). With a
 key (``AuditLog(path, key=...)``; the CLI reads it from the environment variable ``SO8T_AUDIT_KEY``,
-see ``key_from_env``) the hash is HMAC-SHA256 instead.
+see ``key_from_env``) the hash is HMAC-SHA256 instead, and every record says so with
+``"mac": "hmac-sha256"`` (covered by the hash).
 
 Guaranteed:
 
@@ -25,6 +26,11 @@ Guaranteed:
   ``append`` returned is never lost.
 * ``verify`` detects an edited, deleted, inserted or reordered record, a malformed line and a torn
   last line, and reports the line number and kind of each (see ``verify`` for the rules).
+* A keyed log cannot pass as an unkeyed one: ``verify`` without the key fails on any record marked
+  ``"mac"`` ("this log is HMAC-keyed; set SO8T_AUDIT_KEY to verify it"), and with the key reports a
+  record whose hash is the plain SHA-256 as ``downgraded`` (re-chained without the key). A writer
+  without the key refuses to extend a keyed log, and a writer with the key refuses to chain to a
+  record that does not verify under it, so keyed and unkeyed records are never mixed.
 * Secrets and personal data are redacted before anything is written (``Redactor``, see
   ``so8t.agent.redaction`` for what it catches; configurable); ids and hashes are never changed.
 
@@ -37,6 +43,9 @@ Not guaranteed:
   (2) ``verify`` prints the head hash (the last record's hash): copy it somewhere else (a ticket,
   another machine, a commit); every later version of the log must still contain a record with that
   hash, and if it does not, history before it was rewritten or cut off.
+* The keyed marker is in the file, so whoever rewrites the WHOLE file can drop it and re-chain with
+  plain SHA-256: that log verifies without the key. Verify a keyed log where ``SO8T_AUDIT_KEY`` is set
+  (every re-chained record is then ``downgraded``) and keep the head hash elsewhere.
 * Redaction is pattern-based: it catches the shapes listed in ``so8t.agent.redaction`` and values
   under secret-looking dict keys, not every secret. Dict keys and JSON numbers are not redacted.
 * A crash between truncating a torn tail and writing the ``audit.recovered`` record leaves the side
@@ -55,7 +64,7 @@ import threading
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,6 +77,8 @@ GENESIS = "0" * 64  # "prev" of the first record
 KEY_ENV = "SO8T_AUDIT_KEY"
 LOCK_TIMEOUT_S = 60.0
 FIELDS = ("seq", "ts", "event", "data", "prev", "hash")
+MAC_FIELD, HMAC_SHA256 = "mac", "hmac-sha256"  # every record of a keyed log says so
+KEYED_LOG = f"this log is HMAC-keyed; set {KEY_ENV} to verify it"
 
 # Event names used by the agent (any non-empty string is accepted).
 GATE_ALLOW = "gate.allow"
@@ -283,13 +294,15 @@ class AuditLog:
                     _fsync_dir(self.path.parent)  # so the new file itself survives a crash
                 size = os.fstat(fd).st_size
                 torn_at = _pread_back_to_newline(fd, size)
+                seq, prev = self._chain_to(fd, torn_at)  # before the torn tail is touched
                 if torn_at < size:
                     items = [(AUDIT_RECOVERED, self._set_aside(fd, torn_at, size))] + items
-                seq, prev = self._last_point(fd, torn_at)
                 out = []
                 for event, data in items:
                     seq += 1
                     rec = {"seq": seq, "ts": _utc_now(), "event": event, "data": data, "prev": prev}
+                    if self._key is not None:
+                        rec[MAC_FIELD] = HMAC_SHA256
                     rec["hash"] = prev = record_hash(rec, self._key)
                     line = _encode_line(rec)
                     written = os.write(fd, line)  # one write: a crash leaves at most a torn tail
@@ -311,15 +324,32 @@ class AuditLog:
         return {"torn_bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
                 "offset": start, "side_file": side.name}
 
-    @staticmethod
-    def _last_point(fd: int, end: int) -> tuple[int, str]:
+    def _chain_to(self, fd: int, end: int) -> tuple[int, str]:
         """Seq and hash of the last record in the file (not from memory: another process may have
-        appended). Garbage lines at the end are stepped over; verify reports them."""
+        appended), once it is known to be written the way this log writes (see ``_check_mode``).
+        Garbage lines at the end are stepped over; verify reports them."""
         for _, line in _lines_reversed(fd, end):
-            point = _chain_point(_parse(line))
+            rec = _parse(line)
+            point = _chain_point(rec)
             if point is not None:
+                self._check_mode(rec)
                 return point
         return -1, GENESIS
+
+    def _check_mode(self, last: dict) -> None:
+        """Never mix keyed and unkeyed records: without the key, a keyed log is not extended (that
+        would downgrade it); with the key, only a record with a valid HMAC under it is chained to
+        (a plain or re-chained log, or the wrong key, stops the write)."""
+        if self._key is None:
+            if MAC_FIELD in last:
+                raise AuditError(f"{self.path}: this log is HMAC-keyed; set {KEY_ENV} to append to it")
+            return
+        if not hmac.compare_digest(record_hash(last, self._key), last["hash"]):
+            plain = hmac.compare_digest(record_hash(last), last["hash"])
+            raise AuditError(f"{self.path}: the last record (seq {last['seq']}) " + (
+                "has a plain SHA-256 hash: the log is unkeyed or was re-chained without the key; start a "
+                "new log to use a key" if plain else "does not verify under this HMAC key: wrong key, or "
+                "the record was altered") + "; run `so8t audit verify`")
 
 
 def _create_side_file(path: Path, payload: bytes) -> Path:
@@ -359,7 +389,7 @@ def _fsync_dir(directory: Path) -> None:
 class Problem:
     line: int            # 1-based line in the file
     seq: int | None
-    kind: str            # edited | deleted | inserted | reordered | malformed | torn
+    kind: str            # edited | deleted | inserted | reordered | malformed | torn | downgraded | key_required
     detail: str
 
 
@@ -378,6 +408,8 @@ class _Entry:
     prev: str
     hash: str
     intact: bool          # stored hash matches the content
+    keyed: bool = False   # carries "mac": "hmac-sha256"
+    plain: bool = False   # checked under a key, fails it, but is the plain SHA-256: re-chained without it
 
 
 _ANCHOR0 = _Entry(line=0, seq=-1, prev="", hash=GENESIS, intact=True)
@@ -401,7 +433,15 @@ def _check_fields(rec: Any) -> str | None:
     for name in ("prev", "hash"):
         if not isinstance(rec[name], str) or not _HEX64.fullmatch(rec[name]):
             return f"field {name!r} is not 64 lowercase hex digits"
+    if rec.get(MAC_FIELD, HMAC_SHA256) != HMAC_SHA256:
+        return f"field {MAC_FIELD!r} is not {HMAC_SHA256!r}"
     return None
+
+
+def _entry(line: int, rec: dict, key: bytes | None) -> _Entry:
+    intact = hmac.compare_digest(record_hash(rec, key), rec["hash"])
+    plain = key is not None and not intact and hmac.compare_digest(record_hash(rec), rec["hash"])
+    return _Entry(line, rec["seq"], rec["prev"], rec["hash"], intact, MAC_FIELD in rec, plain)
 
 
 def _read_entries(path: Path, key: bytes | None) -> tuple[list[_Entry], list[Problem], str]:
@@ -429,8 +469,7 @@ def _read_entries(path: Path, key: bytes | None) -> tuple[list[_Entry], list[Pro
                 seq = rec.get("seq") if isinstance(rec, dict) and isinstance(rec.get("seq"), int) else None
                 problems.append(Problem(no, seq, "malformed", why))
                 continue
-            intact = hmac.compare_digest(record_hash(rec, key), rec["hash"])
-            entries.append(_Entry(no, rec["seq"], rec["prev"], rec["hash"], intact))
+            entries.append(_entry(no, rec, key))
             head = rec["hash"]
     return entries, problems, head
 
@@ -452,6 +491,11 @@ def verify(path: str | os.PathLike[str], key: bytes | None = None) -> VerifyRepo
       whose seq appears after later ones and was never seen before (it was moved).
     * malformed: not UTF-8 / JSON / an object, or a field is missing or of the wrong type.
     * torn: the last line has no newline (an interrupted write).
+    * downgraded (with a key): the hash is the plain SHA-256 of the record, not its HMAC: the record
+      was written or re-chained without the key.
+    * key_required (without a key): the log is keyed (a record carries ``"mac": "hmac-sha256"``);
+      its hashes cannot be checked, so it fails, on the first keyed line: "this log is HMAC-keyed;
+      set SO8T_AUDIT_KEY to verify it".
 
     Lines are 1-based file lines. Limits: records missing from the END, or a re-hashed last record,
     cannot be seen in the file alone (compare ``head_hash`` with a copy kept elsewhere); when the
@@ -463,8 +507,12 @@ def verify(path: str | os.PathLike[str], key: bytes | None = None) -> VerifyRepo
     _require(path)
     key = _check_key(key)
     entries, problems, head = _read_entries(path, key)
-    malformed = sorted(p.line for p in problems if p.kind == "malformed")
-    problems += _Classifier(entries, malformed, _edit_hint(entries, key is not None)).run()
+    keyed = next((e for e in entries if e.keyed), None)
+    if key is None and keyed is not None:  # unkeyed hashes must not pass for a keyed log
+        problems.append(Problem(keyed.line, keyed.seq, "key_required", KEYED_LOG))
+    else:
+        malformed = sorted(p.line for p in problems if p.kind == "malformed")
+        problems += _Classifier(entries, malformed, _edit_hint(entries, key is not None)).run()
     problems.sort(key=lambda p: (p.line, p.kind))
     return VerifyReport(ok=not problems, records=len(entries), head_hash=head, problems=problems)
 
@@ -496,8 +544,15 @@ class _Classifier:
     def report(self, e: _Entry, kind: str, detail: str) -> None:
         self.out.setdefault((e.line, kind), Problem(e.line, e.seq, kind, detail))
 
+    def report_broken(self, r: _Entry) -> None:
+        if r.plain:
+            self.report(r, "downgraded", "plain SHA-256 hash, not the HMAC under this key: written or "
+                        "re-chained without the key")
+        else:
+            self.report(r, "edited", "stored hash does not match the content" + self.edit_hint)
+
     def accept(self, x: _Entry, seq: int | None = None) -> None:
-        self.anchor = _Entry(x.line, x.seq if seq is None else seq, x.prev, x.hash, x.intact)
+        self.anchor = replace(x, seq=x.seq if seq is None else seq)
         self.accepted.add(self.anchor.seq)
 
     def holes(self, r: _Entry) -> int:
@@ -542,7 +597,7 @@ class _Classifier:
         expected, links = a.seq + 1, r.prev == a.hash
         where = f"line {a.line}" if a.line else "the start"
         if not r.intact:
-            self.report(r, "edited", "stored hash does not match the content" + self.edit_hint)
+            self.report_broken(r)
             if links or r.seq == expected:
                 self.accept(r, expected)  # in place: the next record still chains to its stored hash
                 return False
@@ -617,7 +672,8 @@ def format_report(report: VerifyReport) -> str:
 __all__ = [
     "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AuditError",
     "AuditLog", "DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
-    "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "KEY_ENV", "Problem", "Redactor", "VerifyReport",
+    "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "HMAC_SHA256", "KEYED_LOG", "KEY_ENV", "MAC_FIELD", "Problem",
+    "Redactor", "VerifyReport",
     "canonical_bytes", "format_record", "format_report", "key_from_env", "record_hash", "tail",
     "verify",
 ]
