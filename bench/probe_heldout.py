@@ -41,7 +41,7 @@ def main() -> None:
     from so8t.eval.baselines import fit_probe, probe_probs
     from so8t.eval.report import load_dataset
     from so8t.model import ensure_chat_template, load_base_model, pool, resolve_head_layers
-    from so8t.model.scoring import autocast, encode_prompts
+    from so8t.model.scoring import autocast, encode_prompts, length_order
 
     model, tokenizer = load_base_model(args.model)
     ensure_chat_template(tokenizer)
@@ -59,6 +59,8 @@ def main() -> None:
             return torch.load(path)
         out: dict[int, list[torch.Tensor]] = {}
         t0 = time.perf_counter()
+        order = length_order(tokenizer, records)  # shortest first: less padding; order restored below
+        records = [records[i] for i in order]
         for i in range(0, len(records), 16):
             batch, _ = encode_prompts(tokenizer, records[i:i + 16], args.max_length)
             with autocast(torch.device("cpu"), args.amp):
@@ -69,7 +71,9 @@ def main() -> None:
             print(f"\r{name}: {done}/{len(records)} prompts, {done / (time.perf_counter() - t0):.1f}/s",
                   end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        feats = {k: torch.cat(v) for k, v in out.items()}
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        feats = {k: torch.cat(v)[back] for k, v in out.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(feats, path)
         return feats

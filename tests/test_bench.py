@@ -19,3 +19,17 @@ def test_probe_layers_rejects_a_layer_the_model_does_not_have(tiny_model_dir):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "probe_layers.py"), "--model", str(tiny_model_dir),
                           "--layers", "7"], capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "hidden states 0..2" in out.stderr
+
+
+def test_probe_heldout_prints_every_block_the_final_state_and_the_mix(tiny_model_dir, tmp_path):
+    from so8t.data import load_builtin, write_jsonl
+
+    recs = load_builtin("test")
+    write_jsonl(tmp_path / "held.jsonl", recs[:30])
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "probe_heldout.py"), "--model", str(tiny_model_dir),
+                          "--train", "builtin:dev", "--test", str(tmp_path / "held.jsonl"), "--amp", "none",
+                          "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = [line.split("|")[0].strip() for line in out.stdout.splitlines() if "|" in line and "refuse" not in line]
+    assert names[-2:] == ["final", "mix"] and all(n.startswith("block") for n in names[:-2])
+    assert list((tmp_path / "cache").glob("*.pt"))  # features cached per data set
