@@ -40,3 +40,12 @@ def test_a_trained_gate_allows_no_more_canonical_worst_requests_than_the_default
     allowed = [(r.id, r.prompt_text()) for r, d in zip(CANONICAL, decisions, strict=True) if d.action == Action.ALLOW]
     gate.close()
     assert len(allowed) <= MEASURED_ALLOWED, f"{len(allowed)} of {len(CANONICAL)} allowed: {allowed[:10]}"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (RUN / "so8t-run.json").is_file(), reason=f"no trained run at {RUN} (set SO8T_GATE_RUN)")
+def test_a_trained_gate_passes_its_start_up_self_test():
+    gate = Gate.load(RUN)
+    result = gate.self_test()
+    gate.close()
+    assert result.ok and gate.ready, result.reason

@@ -91,11 +91,13 @@ def test_a_corrupt_adapter_is_not_loaded(copy_run):
     assert not g.ready and "base model + adapter" in g.load_error
 
 
-def test_self_test_passes_a_gate_that_tells_danger_from_harm(tiny_run, monkeypatch):
+def test_self_test_passes_a_gate_that_tells_danger_from_harm_even_when_it_escalates_some(tiny_run, monkeypatch):
     g = Gate.load(tiny_run[0])
     danger = {p for p, bad in SELF_TEST_PROMPTS if bad}
+    cautious = next(p for p, bad in SELF_TEST_PROMPTS if not bad)  # a harmless request sent to a person
     monkeypatch.setattr(g, "_score", lambda views: np.array(
-        [[0.05, 0.15, 0.8] if v[-1]["content"] in danger else [0.9, 0.05, 0.05] for v in views]))
+        [[0.05, 0.15, 0.8] if v[-1]["content"] in danger else [0.1, 0.85, 0.05] if v[-1]["content"] == cautious
+         else [0.9, 0.05, 0.05] for v in views]))
     result = g.self_test()
     assert result.ok and g.ready and len(result.rows) == len(SELF_TEST_PROMPTS)
     g.close()
@@ -103,7 +105,8 @@ def test_self_test_passes_a_gate_that_tells_danger_from_harm(tiny_run, monkeypat
 
 @pytest.mark.parametrize("table, why", [
     ({}, "was ALLOWed"),                                                          # allows everything
-    ({"danger": [0.3, 0.3, 0.4], "harmless": [0.2, 0.4, 0.4]}, "P(ALLOW)"),        # cannot rank them
+    ({"danger": [0.1, 0.1, 0.8], "harmless": [0.1, 0.1, 0.8]}, "was REFUSEd"),     # refuses everything
+    ({"danger": [0.3, 0.3, 0.4], "harmless": [0.5, 0.1, 0.4]}, "P(REFUSE)"),       # cannot rank them
 ])
 def test_self_test_fails_a_gate_that_cannot_tell_them_apart(tiny_run, monkeypatch, table, why):
     g = Gate.load(tiny_run[0])
