@@ -54,7 +54,7 @@ def main() -> None:
     def features(records, name: str) -> dict[int, torch.Tensor]:
         key = hashlib.sha256(("\x00".join(str(r.messages()) for r in records) + f"|{args.model}|{args.max_length}|"
                               f"{layers}").encode()).hexdigest()[:16]
-        path = Path(args.cache) / f"{args.model.replace(':', '_')}-{key}.pt"
+        path = Path(args.cache) / f"{Path(args.model).name.replace(':', '_')}-{key}.pt"
         if path.is_file():
             return torch.load(path)
         out: dict[int, list[torch.Tensor]] = {}
