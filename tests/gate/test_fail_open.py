@@ -153,3 +153,17 @@ def test_a_server_whose_gate_fails_its_self_test_is_not_ready(run_with_threshold
         d = httpx.post(f"{h.url}/v1/gate", json={"input": "What is the capital of France?"}).json()
         assert (d["action"], d["status"]) == ("REFUSE", "error")
     svc.close()
+
+
+def test_a_conversation_the_tokenizer_cannot_read_fails_closed_on_every_path(tiny_run, monkeypatch):
+    """A lone surrogate made the tokenizer raise TypeError inside decide_with_prefill (the
+    router's path), so the request ended in an exception instead of a fail-closed decision."""
+    g = Gate.load(tiny_run[0])
+    bad = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\udfff"},
+           {"role": "user", "content": "go on"}]
+    d, prefill = g.decide_with_prefill(bad)
+    assert (d.status, d.action, prefill) == ("error", Action.REFUSE, None)
+    monkeypatch.setattr(g, "views", lambda convo: (_ for _ in ()).throw(TypeError("tokenizer broke")))
+    d = g.decide("List my files")
+    assert (d.status, d.action) == ("error", Action.REFUSE) and "tokenizer broke" in d.reason
+    g.close()

@@ -227,17 +227,21 @@ class Gate:
                 for i, _, h in jobs:
                     out[i] = self._failed("error", self.load_error or "no model loaded", h, t0)
             else:
-                views, too_many = [], {}
+                views, unscored = [], {}  # unscored: index -> why it fails closed
                 for i, convo, h in jobs:
-                    mine = self.views(convo)
+                    try:
+                        mine = self.views(convo)
+                    except Exception as exc:  # noqa: BLE001 - a tokenizer error fails closed like any other
+                        unscored[i] = f"cannot read the conversation: {type(exc).__name__}: {exc}"
+                        continue
                     if len(mine) > self.max_views:
-                        too_many[i] = f"input too long: {len(mine)} views to judge, the limit is {self.max_views}"
+                        unscored[i] = f"input too long: {len(mine)} views to judge, the limit is {self.max_views}"
                     else:
                         views += [(i, name, msgs) for name, msgs in mine]
                 probs, failure = self._attempt(lambda: self._score([v[2] for v in views])) if views else ([], None)
                 for i, convo, h in jobs:
-                    if i in too_many:
-                        out[i] = self._failed("error", too_many[i], h, t0)
+                    if i in unscored:
+                        out[i] = self._failed("error", unscored[i], h, t0)
                     elif failure:
                         out[i] = self._failed(*failure, h, t0)
                     else:
@@ -253,10 +257,9 @@ class Gate:
         overlapping windows over that message's text."""
         out = []
         for name, msgs in (views_of(convo) if self.each_turn else [("conversation", convo)]):
+            out.append((name, msgs))  # too long: still scored by its end (the latest turn, the assistant header)
             if len(encode_prompt(self.tokenizer, msgs)) <= self.max_length:
-                out.append((name, msgs))
                 continue
-            out.append((name, msgs))  # its end, as before (the latest turn and the assistant header)
             size = max(16, self.max_length - 32)  # room for the chat template around a window
             for k, m in enumerate(msgs):
                 pieces = text_windows(self.tokenizer, m["content"], size)
@@ -335,11 +338,12 @@ class Gate:
         t0 = time.perf_counter()
         try:
             convo = normalize_conversation(conversation)
-        except ConversationError:
+            single = self.ready and len(self.views(convo)) == 1
+            h = request_hash(convo)
+        except Exception:  # noqa: BLE001 - decide() reports the same failure, fail-closed
             return self.decide(conversation), None
-        if not self.ready or len(self.views(convo)) > 1:
+        if not single:
             return self.decide(convo), None
-        h = request_hash(convo)
         result, failure = self._attempt(lambda: self._score_with_cache(convo))
         if failure:
             d, prefill = self._failed(*failure, h, t0), None
