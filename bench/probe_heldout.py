@@ -41,7 +41,7 @@ def main() -> None:
     from so8t.eval.baselines import fit_probe, probe_probs
     from so8t.eval.report import load_dataset
     from so8t.model import ensure_chat_template, load_base_model, pool, resolve_head_layers
-    from so8t.model.scoring import autocast, encode_prompts, length_order
+    from so8t.model.scoring import autocast, encode_prompts, in_input_order, length_order
 
     model, tokenizer = load_base_model(args.model)
     ensure_chat_template(tokenizer)
@@ -71,9 +71,7 @@ def main() -> None:
             print(f"\r{name}: {done}/{len(records)} prompts, {done / (time.perf_counter() - t0):.1f}/s",
                   end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
-        back = torch.empty(len(order), dtype=torch.long)
-        back[torch.tensor(order)] = torch.arange(len(order))
-        feats = {k: torch.cat(v)[back] for k, v in out.items()}
+        feats = {k: in_input_order(torch.cat(v), order) for k, v in out.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(feats, path)
         return feats

@@ -74,9 +74,7 @@ def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: i
         model.train(was_training)
     if not pooled:
         return torch.zeros(0, model.head.hidden_size), torch.zeros(0, 3)
-    back = torch.empty(len(order), dtype=torch.long)
-    back[torch.tensor(order)] = torch.arange(len(order))
-    return torch.cat(pooled)[back], torch.cat(probs)[back]
+    return in_input_order(torch.cat(pooled), order), in_input_order(torch.cat(probs), order)
 
 
 def length_order(tokenizer, items: Sequence) -> list[int]:
@@ -91,3 +89,10 @@ def length_order(tokenizer, items: Sequence) -> list[int]:
 def predict_probs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
                   amp: str = "none") -> torch.Tensor:
     return prompt_outputs(model, tokenizer, items, max_length, batch_size, amp)[1]
+
+
+def in_input_order(rows: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """Rows computed in `order` (length_order's indices) put back in the items' own order."""
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(list(order), dtype=torch.long)] = torch.arange(len(order))
+    return rows[back]

@@ -31,7 +31,7 @@ from so8t.labels import Action
 from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_template, fingerprint, load_adapter_and_head,
                         resolve_head_layers,
                         load_base_model, save_artifacts, tag_token_ids)
-from so8t.model.scoring import autocast, encode_prompts, length_order, predict_probs
+from so8t.model.scoring import autocast, encode_prompts, in_input_order, length_order, predict_probs
 from so8t.train import losses
 from so8t.train.batching import class_weights, collate, encode_record, epoch_order, keep_twins_together
 from so8t.train.schedules import head_trainable, lambda_pet
@@ -228,9 +228,7 @@ def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_leng
             out.append(model.head.pool_layers(hidden, batch["attention_mask"], model.pooling).float().cpu())
     finally:
         model.train(was_training)
-    back = torch.empty(len(order), dtype=torch.long)
-    back[torch.tensor(order)] = torch.arange(len(order))
-    return torch.cat(out)[back]
+    return in_input_order(torch.cat(out), order)
 
 
 def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None) -> dict:
