@@ -35,6 +35,8 @@ class TrainConfig:
     data: list[str] = dataclasses.field(default_factory=lambda: ["builtin", "contrast", "wide"])
     dev_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin dev / a split of `data`
     test_data: list[str] = dataclasses.field(default_factory=list)
+    # scale each source's share of the training split: {'xsafety': 0.3, 'so8t-wide': 2} (1 = as is)
+    source_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_length: int = 384                       # tokens per example (prompt + response)
     class_balance: Literal["sampler", "weights", "none"] = "sampler"
     sft_response_tokens: int = 0                # SFT on the response's first N tokens only (0 = all of it)
@@ -87,6 +89,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}: {msg}")
 
         need(self.max_length >= 16, "max_length", "must be >= 16")
+        bad = {k: w for k, w in self.source_weights.items() if not 0 <= w < float("inf")}
+        need(not bad, "source_weights", f"weights must be finite numbers >= 0, got {bad}")
         need(self.sft_response_tokens >= 0, "sft_response_tokens", "must be >= 0 (0 = the whole response)")
         need(self.lora_r > 0, "lora_r", "must be > 0")
         need(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
@@ -155,6 +159,7 @@ class ServerConfig:
     redact_patterns: list[str] = dataclasses.field(default_factory=list)  # extra 'name=regex' redactions
     redact_disable: list[str] = dataclasses.field(default_factory=list)   # default patterns to switch off
     admin_token_env: str = "SO8T_ADMIN_TOKEN"   # token for the approvals page and API
+    admin_session_ttl_s: float = 8 * 3600.0   # an operator's sign-in lasts this long (in-memory session)
     worker_interval_s: float = 2.0              # how often expiry runs and approved requests execute
 
     def validate(self) -> None:
@@ -172,6 +177,7 @@ class ServerConfig:
         need(self.max_tokens >= 1, "max_tokens", "must be >= 1")
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         need(self.worker_interval_s > 0, "worker_interval_s", "must be > 0")
+        need(self.admin_session_ttl_s > 0, "admin_session_ttl_s", "must be > 0")
         for item in self.redact_patterns:
             need("=" in item, "redact_patterns", f"expected 'name=regex', got {item!r}")
 
@@ -206,6 +212,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
+    if origin in (dict, typing.Dict):
+        key_hint, value_hint = get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping such as {{name: value}}, got {value!r}")
+        return {_coerce(k, key_hint, where): _coerce(v, value_hint, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         for arg in get_args(hint):
             try:

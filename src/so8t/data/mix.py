@@ -6,8 +6,10 @@ split with near-duplicate groups kept on one side. Files given as dev/test are u
 """
 from __future__ import annotations
 
+import difflib
+import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from so8t.data.builtin import BUILTIN_SETS, load_builtin
@@ -79,8 +81,36 @@ def drop_duplicates(records: Sequence[Record], fixed: Sequence[Record] = (),
     return kept, dropped
 
 
+def weigh_sources(records: Sequence[Record], weights: Mapping[str, float], seed: int = 0) -> list[Record]:
+    """The training rows with each source's share scaled by its weight: a weight w keeps every
+    row floor(w) times and a seeded random (w - floor(w)) fraction of them once more, so 0.25
+    keeps a quarter, 1 (the default for a source not named) keeps all and 2 doubles it. Sources
+    are the records' `source` field ('builtin', 'xsafety', ...): a weight lets a large public
+    set add coverage without swamping the hand-written data. A weight naming no source present
+    is an error (a typo would otherwise change nothing, silently)."""
+    present = sorted({r.source or "" for r in records})
+    for name, w in weights.items():
+        if name not in present:
+            close = difflib.get_close_matches(name, present, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; sources present: {', '.join(present)}"
+            raise ValueError(f"source_weights: no training row has source {name!r}{hint}")
+        if not (isinstance(w, (int, float)) and 0 <= w < float("inf")):
+            raise ValueError(f"source_weights.{name}: expected a finite number >= 0, got {w!r}")
+    rng = random.Random(seed)
+    copies: Counter = Counter()
+    for source in present:
+        rows = [r for r in records if (r.source or "") == source]
+        w = float(weights.get(source, 1.0))
+        for r in rows:
+            copies[id(r)] += int(w)
+        for r in rng.sample(rows, round((w - int(w)) * len(rows))):
+            copies[id(r)] += 1
+    # Input order kept (the training order is planned later, seeded): first copies in place, repeats after.
+    return [r for r in records if copies[id(r)]] + [r for r in records for _ in range(copies[id(r)] - 1)]
+
+
 def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Sequence[str] = (),
-             seed: int = 0, threshold: float = 0.8) -> Mix:
+             seed: int = 0, threshold: float = 0.8, source_weights: Mapping[str, float] | None = None) -> Mix:
     base = {s: _fixed(data, s) for s in SPLITS}
     extra_files = [d for d in data if d not in BUILTIN_SETS]
     dropped: Counter = Counter()
@@ -99,6 +129,10 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
         test=_load(test_data, "test") if test_data else base["test"] + parts["test"],
         dropped=dropped,
     )
+    if source_weights:
+        before = len(mix.train)
+        mix.train = weigh_sources(mix.train, source_weights, seed)
+        mix.dropped["weighted out (source_weights)"] += max(0, before - len(set(map(id, mix.train))))
     if not mix.train:
         raise ValueError("the training data is empty")
     refuse_heldout(mix.train + mix.dev)

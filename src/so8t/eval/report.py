@@ -183,7 +183,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def _train_probe(model, tok, cfg, opts: EvalOptions, log):
     try:
-        mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed)
+        mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed, source_weights=cfg.source_weights)
     except (OSError, DataError, ValueError) as exc:
         log(f"probe baseline skipped: cannot rebuild the run's training data ({exc})")
         return None

@@ -308,7 +308,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     cfg.validate()
     accelerator = Accelerator()
     set_seed(cfg.seed)
-    mix: Mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed)
+    mix: Mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed, source_weights=cfg.source_weights)
 
     # 2. Model: the base is loaded as shipped; LoRA and the head are added beside it.
     model, tokenizer, base_fp = build_model(cfg)
