@@ -1,8 +1,8 @@
 """What the gate says about one conversation, kept apart from whether the gate worked.
 
-`status` is ok / error / timeout; any non-ok status carries the fail-closed action (REFUSE by
-default, ESCALATE if configured) and can never be ALLOW, so "the guard failed" is never read
-as "the guard passed".
+`status` is ok / error / timeout / busy (the gate's queue was full: nothing was scored); any
+non-ok status carries the fail-closed action (REFUSE by default, ESCALATE if configured) and can
+never be ALLOW, so "the guard failed" is never read as "the guard passed".
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Literal
 
 from so8t.labels import Action
 
-Status = Literal["ok", "error", "timeout"]
+Status = Literal["ok", "error", "timeout", "busy"]
 SEVERITY = {Action.ALLOW: 0, Action.ESCALATE: 1, Action.REFUSE: 2}
 
 

@@ -12,8 +12,18 @@ turns is seen whole, a dangerous early turn is not hidden by a harmless last one
 dangerous request planted in an assistant or tool turn and followed by "continue" is judged.
 
 Nothing is cut blindly: a view longer than the model's max_length is judged in overlapping
-windows of its text (each a view of its own, strictest wins). A conversation that would need
-more than `max_views` views fails closed instead of burning the CPU.
+windows of its text (each a view of its own, strictest wins).
+
+Bounded work per request: a conversation over the caps -- `max_turns` messages, `max_chars`
+characters, `max_tokens` tokens, `max_views` views -- fails closed as "input too long" before
+anything is scored (`size_problem` names the cap, so the HTTP layer answers 413 first). Scoring
+runs on one worker thread, one request (job) at a time, oldest first, each with its own deadline
+(`timeout_s` from when it was queued): a request past its deadline fails closed as a timeout,
+and only it: a queued job is taken out of the queue, a running one is cancelled between
+scoring batches (its worker finishes at most the batch it is in, then exits, and a fresh
+worker takes the queue), and every other request keeps its place. At most `queue_max` jobs wait
+or run; one more fails closed at once with status "busy" (the HTTP layer answers 503 with
+Retry-After).
 
 Every message is read after NFKC normalisation without format characters (model.prompt), so
 full-width letters and zero-width joiners do not change what the head sees.
@@ -23,10 +33,11 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import logging
+import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +60,45 @@ ROLES = {"system", "user", "assistant", "tool"}
 
 class ConversationError(ValueError):
     pass
+
+
+class GateBusy(RuntimeError):
+    """The gate's queue is full: the request was not queued (fail closed as "busy")."""
+
+
+class Cancelled(RuntimeError):
+    """Raised on the worker between scoring batches once the job's request has timed out (or the
+    gate is closing): the rest of that job's batches are never scored."""
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """A conversation over one of the gate's caps: which, by how much, and the server config key."""
+    what: str          # "messages", "characters", "tokens", "views"
+    value: int
+    limit: int
+    key: str           # the ServerConfig key that sets the cap
+
+    def message(self) -> str:
+        at_least = "at least " if self.what == "views" else ""  # views are counted only up to the cap
+        return (f"the conversation has {at_least}{self.value} {self.what}; the limit is {self.limit} "
+                f"(server config {self.key})")
+
+
+class _Job:
+    """One request's scoring on the worker: its deadline, and its own cancel flag."""
+
+    def __init__(self, fn, deadline: float):
+        self.fn, self.deadline = fn, deadline
+        self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self.worker: threading.Thread | None = None   # set when a worker takes it
+        self.result = None
+        self.error: BaseException | None = None
+
+    def check(self) -> None:
+        if self.cancelled.is_set() or time.monotonic() >= self.deadline:
+            raise Cancelled("the request timed out; its remaining batches are not scored")
 
 
 def normalize_conversation(conversation) -> list[dict[str, str]]:
@@ -128,25 +178,41 @@ class Gate:
     def __init__(self, model=None, tokenizer=None, *, max_length: int = 512, amp: str = "none",
                  thresholds: Thresholds | None = None, model_version: str = "unknown", fail_action: str = "REFUSE",
                  timeout_s: float = 10.0, each_turn: bool = True, load_error: str | None = None,
-                 max_views: int = 64):
+                 max_views: int = 64, max_turns: int = 512, max_chars: int = 200_000, max_tokens: int = 50_000,
+                 queue_max: int = 32):
         self.fail_action = parse_label(fail_action)
         if self.fail_action == Action.ALLOW:
             raise ValueError("fail_action must be REFUSE or ESCALATE: a failed gate never allows")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        for name, value in (("max_views", max_views), ("max_turns", max_turns), ("max_chars", max_chars),
+                            ("max_tokens", max_tokens), ("queue_max", queue_max)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.amp = max_length, amp
         self.thresholds = thresholds
         self.model_version = model_version
         self.timeout_s = timeout_s
         self.each_turn = each_turn
-        self.max_views = max_views
+        self.max_views, self.max_turns, self.max_chars, self.max_tokens = max_views, max_turns, max_chars, max_tokens
+        self.queue_max = queue_max
         self.load_error = load_error
         self.counts: Counter = Counter()         # "fail_closed"; per action / status: see stats()
         self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
         self.latency: Counter = Counter()       # bucket bound (ms) -> decisions at or under it; "count", "sum"
-        self._lock = threading.Lock()
-        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-gate")
+        # Called on the worker before each scoring batch, after the cancel check (None in
+        # production): bench/gate_load.py --delay-ms slows a tiny model down with it.
+        self.batch_hook: Callable[[], None] | None = None
+        self._cv = threading.Condition()
+        self._queue: deque[_Job] = deque()      # waiting jobs, oldest first
+        self._running: set[_Job] = set()
+        self._pending = 0                       # jobs waiting or running (a cancelled one until it stops)
+        self._worker: threading.Thread | None = None
+        self._workers = 0                       # worker threads alive (a retired one until its batch ends)
+        self._closed = False
+        self._job_s = 0.0                       # moving average of a job's run time (for Retry-After)
+        self._local = threading.local()         # the worker's current job
         policy = {"thresholds": None if thresholds is None else vars(thresholds), "fail_action": self.fail_action.name,
                   "each_turn": each_turn, "max_length": max_length}
         self.policy_version = request_hash(policy)[:12]
@@ -230,12 +296,16 @@ class Gate:
                 views, unscored = [], {}  # unscored: index -> why it fails closed
                 for i, convo, h in jobs:
                     try:
-                        mine = self.views(convo)
+                        big = self._size_problem(convo, count_views=False)
+                        mine = [] if big else self.views(convo)
                     except Exception as exc:  # noqa: BLE001 - a tokenizer error fails closed like any other
                         unscored[i] = f"cannot read the conversation: {type(exc).__name__}: {exc}"
                         continue
-                    if len(mine) > self.max_views:
-                        unscored[i] = f"input too long: {len(mine)} views to judge, the limit is {self.max_views}"
+                    if big:
+                        unscored[i] = f"input too long: {big.message()}"
+                    elif len(mine) > self.max_views:
+                        unscored[i] = (f"input too long: {len(mine)} views to judge, the limit is {self.max_views} "
+                                       "(server config gate_max_views)")
                     else:
                         views += [(i, name, msgs) for name, msgs in mine]
                 probs, failure = self._attempt(lambda: self._score([v[2] for v in views])) if views else ([], None)
@@ -257,6 +327,8 @@ class Gate:
         overlapping windows over that message's text."""
         out = []
         for name, msgs in (views_of(convo) if self.each_turn else [("conversation", convo)]):
+            if len(out) > self.max_views:  # stop early: the caller fails closed anyway
+                return out
             out.append((name, msgs))  # too long: still scored by its end (the latest turn, the assistant header)
             if len(encode_prompt(self.tokenizer, msgs)) <= self.max_length:
                 continue
@@ -277,6 +349,8 @@ class Gate:
             return self._run(fn), None
         except cf.TimeoutError:
             return None, ("timeout", f"no decision within {self.timeout_s:g} s")
+        except GateBusy as exc:
+            return None, ("busy", str(exc))
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -290,21 +364,151 @@ class Gate:
         self.latency["count"] += 1
         self.latency["sum"] += d.latency_ms
 
+    # ------------------------------------------------------------------ the worker
+
     def _run(self, fn):
-        """Run fn on the gate's worker thread with the timeout. A worker stuck past the timeout
-        is abandoned (torch cannot be interrupted) and a fresh one serves the next request."""
-        with self._lock:
-            future = self._pool.submit(fn)
+        """Run fn on the gate's worker as one job with its own deadline (timeout_s from now).
+
+        Raises GateBusy when queue_max jobs already wait or run, and cf.TimeoutError when the
+        deadline passes. A timeout touches only this job: queued, it leaves the queue; running,
+        its cancel flag stops it at the next batch (Cancelled, from _between_batches), and since
+        torch cannot be interrupted inside a batch, its worker is retired (it exits after that
+        batch) and a fresh worker takes the queue at once, everyone else in their places."""
+        job = _Job(fn, time.monotonic() + self.timeout_s)
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the gate is closed")
+            if self._pending >= self.queue_max:
+                raise GateBusy(f"the gate is busy: {self._pending} requests are waiting or being scored, the "
+                               f"limit is {self.queue_max} (server config gate_queue_max); retry later")
+            self._pending += 1
+            self._queue.append(job)
+            if self._worker is None:
+                self._start_worker()
+            self._cv.notify_all()
+        if job.done.wait(max(0.0, job.deadline - time.monotonic())):
+            if job.error is not None:
+                raise job.error
+            return job.result
+        with self._cv:
+            if not job.done.is_set():
+                job.cancelled.set()
+                if job.worker is None:             # still queued: leave the queue, nobody else moves
+                    self._queue.remove(job)
+                    self._pending -= 1
+                    job.done.set()
+                elif job.worker is self._worker and self._workers == 1:
+                    # running: retire its worker (it stops after the batch it is in) and a fresh one
+                    # takes the queue now; not while an earlier retired worker is still finishing its
+                    # batch, so at most two threads ever score
+                    self._start_worker()
+        if job.done.is_set() and job.error is None and not job.cancelled.is_set():
+            return job.result                      # it finished just as the deadline passed
+        raise cf.TimeoutError()
+
+    def _start_worker(self) -> None:
+        """(Under self._cv.) A new worker for the queue; the previous one, if any, is retired."""
+        worker = threading.Thread(target=self._work, name="so8t-gate", daemon=True)
+        self._worker = worker
+        self._workers += 1
+        worker.start()
+
+    def _work(self) -> None:
+        me = threading.current_thread()
         try:
-            return future.result(timeout=self.timeout_s)
-        except cf.TimeoutError:
-            with self._lock:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-gate")
-            raise
+            while True:
+                with self._cv:
+                    while self._worker is me and not self._closed and not self._queue:
+                        self._cv.wait()
+                    if self._worker is not me or self._closed:
+                        return                     # retired (or closing): a fresh worker has the queue
+                    job = self._queue.popleft()
+                    job.worker = me
+                    self._running.add(job)
+                self._local.job = job
+                t0 = time.perf_counter()
+                try:
+                    job.check()                    # its deadline may have passed while it waited
+                    job.result = job.fn()
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, which fails closed
+                    job.error = exc
+                finally:
+                    self._local.job = None
+                    took = time.perf_counter() - t0
+                    with self._cv:
+                        self._pending -= 1
+                        self._running.discard(job)
+                        self._job_s = 0.8 * self._job_s + 0.2 * took if self._job_s else took
+                        job.done.set()
+                        self._cv.notify_all()
+        finally:
+            with self._cv:
+                self._workers -= 1
+                if self._worker is me:
+                    self._worker = None
+                self._cv.notify_all()
+
+    def _between_batches(self) -> None:
+        """Called by the scorer before each batch on the worker: stops a timed-out job."""
+        job = getattr(self._local, "job", None)
+        if job is not None:
+            job.check()
+        if self.batch_hook is not None:
+            self.batch_hook()
+
+    def queue_state(self) -> dict:
+        """{"pending": jobs waiting or being scored, "queued": waiting only, "running": being
+        scored (a cancelled one until its batch ends), "retired": retired workers still in a
+        batch}: all 0 when the gate is idle."""
+        with self._cv:
+            return {"pending": self._pending, "queued": len(self._queue), "running": len(self._running),
+                    "retired": self._workers - (self._worker is not None)}
+
+    def retry_after_s(self) -> int:
+        """Seconds a client turned away as busy should wait: the queue's expected drain time."""
+        with self._cv:
+            return max(1, min(60, math.ceil(self._pending * self._job_s)))
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until no job waits or runs and no retired worker is still in a batch."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self._pending or self._workers > (1 if self._worker is not None else 0):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
+    # ------------------------------------------------------------------ size
+
+    def size_problem(self, conversation) -> TooLarge | None:
+        """The first cap (turns, characters, tokens, views) this conversation is over, else None.
+        Cheap checks first; nothing is scored. A malformed conversation or one the tokenizer
+        cannot read gives None: decide() fails closed on it with the reason."""
+        try:
+            return self._size_problem(normalize_conversation(conversation))
+        except Exception:  # noqa: BLE001 - reported by decide(), which fails closed
+            return None
+
+    def _size_problem(self, convo: list[dict[str, str]], *, count_views: bool = True) -> TooLarge | None:
+        if len(convo) > self.max_turns:
+            return TooLarge("messages", len(convo), self.max_turns, "gate_max_turns")
+        chars = sum(len(m["content"]) for m in convo)
+        if chars > self.max_chars:
+            return TooLarge("characters", chars, self.max_chars, "gate_max_chars")
+        if not self.ready:
+            return None  # no tokenizer: decide() fails closed anyway
+        tokens = len(encode_prompt(self.tokenizer, convo))
+        if tokens > self.max_tokens:
+            return TooLarge("tokens", tokens, self.max_tokens, "gate_max_tokens")
+        if count_views and (n := len(self.views(convo))) > self.max_views:
+            return TooLarge("views", n, self.max_views, "gate_max_views")
+        return None
 
     def _score(self, conversations: list[list[dict[str, str]]]) -> np.ndarray:
-        return prompt_outputs(self.model, self.tokenizer, conversations, self.max_length, amp=self.amp)[1].numpy()
+        return prompt_outputs(self.model, self.tokenizer, conversations, self.max_length, amp=self.amp,
+                              between_batches=self._between_batches)[1].numpy()
 
     def _combine(self, views: list[tuple[str, np.ndarray]], input_hash: str, t0: float) -> Decision:
         broken = [name for name, p in views if not finite_probs(p)]
@@ -338,7 +542,7 @@ class Gate:
         t0 = time.perf_counter()
         try:
             convo = normalize_conversation(conversation)
-            single = self.ready and len(self.views(convo)) == 1
+            single = self.ready and self._size_problem(convo, count_views=False) is None and len(self.views(convo)) == 1
             h = request_hash(convo)
         except Exception:  # noqa: BLE001 - decide() reports the same failure, fail-closed
             return self.decide(conversation), None
@@ -372,7 +576,18 @@ class Gate:
         return dict(out)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker: queued jobs fail closed at once, a running one stops at its next batch."""
+        with self._cv:
+            self._closed = True
+            while self._queue:
+                job = self._queue.popleft()
+                job.cancelled.set()
+                job.error = RuntimeError("the gate was closed")
+                self._pending -= 1
+                job.done.set()
+            for job in self._running:
+                job.cancelled.set()
+            self._cv.notify_all()
 
 
 def _ms(t0: float) -> float:
@@ -386,5 +601,5 @@ def _safe_hash(obj) -> str:
         return hashlib.sha256(repr(obj).encode("utf-8", "replace")).hexdigest()
 
 
-__all__ = ["SELF_TEST_PROMPTS", "ConversationError", "Decision", "Gate", "Prefill", "SelfTest", "normalize_conversation",
-           "views_of"]
+__all__ = ["SELF_TEST_PROMPTS", "Cancelled", "ConversationError", "Decision", "Gate", "GateBusy", "Prefill", "SelfTest",
+           "TooLarge", "normalize_conversation", "views_of"]

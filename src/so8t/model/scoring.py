@@ -6,7 +6,7 @@ head reads, and the gate never has one.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -54,8 +54,12 @@ def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tens
 
 @torch.no_grad()
 def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
-                   amp: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled states N x H, head probabilities N x 3) for records, conversations or strings."""
+                   amp: str = "none", between_batches: Callable[[], None] | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled states N x H, head probabilities N x 3) for records, conversations or strings.
+
+    `between_batches` is called before each batch; whatever it raises stops the scoring there
+    (the gate raises once its request has timed out, so abandoned work ends within one batch)."""
     was_training = model.training
     model.eval()
     device = next(model.head.parameters()).device
@@ -64,6 +68,8 @@ def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: i
     items = [items[i] for i in order]
     try:
         for i in range(0, len(items), batch_size):
+            if between_batches is not None:
+                between_batches()
             batch, _ = encode_prompts(tokenizer, items[i:i + batch_size], max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp):

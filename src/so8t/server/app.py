@@ -5,9 +5,11 @@ Client routes (no token: the server binds to localhost by default):
   POST /v1/gate                 checks only: the decision, nothing runs
   POST /v1/chat/completions     OpenAI-compatible, gated; the reply's `so8t` field says what happened
   GET  /v1/approvals/{id}       status (and the answer once it ran) of an escalated request
-Operator routes (admin token, from the environment variable the config names):
+Operator routes (so8t.server.admin: sign in by POST with the admin token, a server-side session,
+CSRF tokens and Origin checks on every POST, approvals bound to the request hash shown):
+  GET/POST /admin/login, POST /admin/logout
   GET  /admin/approvals         the approvals page; POST .../{id}/approve | reject | edit
-  GET  /admin/api/approvals     the same as JSON
+  GET  /admin/api/approvals     the same as JSON (or Authorization: Bearer <admin token>)
 Health: GET /healthz (alive), /readyz (the gate is loaded), /metrics (Prometheus text).
 
 Policy lives on the server: request fields and headers cannot change thresholds, fail action
@@ -22,29 +24,26 @@ must be valid Unicode, so a lone surrogate (JSON "\\ud800" without its pair) is 
 """
 from __future__ import annotations
 
-import hmac
-import html
 import json
-import os
 import re
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
+from so8t.agent.approvals import ApprovalNotFound, Status
 from so8t.agent.service import Service
 from so8t.gate.gate import LATENCY_BUCKETS_MS
+from so8t.server.admin import mount_admin, parse_status  # noqa: F401  (parse_status: re-exported)
 from so8t.server.llm_server import ChatRequest, describe_validation, error_response
 
-COOKIE = "so8t_admin"
 MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
 
 
@@ -101,17 +100,6 @@ class ToolCallRequest(ValidText):
 
 class GatedChatRequest(ValidText, ChatRequest):
     """The OpenAI chat request, text checked first."""
-
-
-def parse_status(value: str | None) -> Status | None:
-    """The approval status a `?status=` names (any case); ValueError listing the accepted ones."""
-    if value is None:
-        return None
-    try:
-        return Status(value.upper())
-    except ValueError:
-        raise ValueError(f"unknown status {value!r}: give one of {', '.join(s.value for s in Status)}, "
-                         "or leave status out for all") from None
 
 
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
@@ -247,113 +235,6 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
 
     # ------------------------------------------------------------------ operators
 
-    def admin_token() -> str | None:
-        return os.environ.get(service.config.admin_token_env) or None
-
-    def authorised(request: Request) -> JSONResponse | None:
-        """None when the caller holds the admin token; otherwise the refusal to send."""
-        token = admin_token()
-        if not token:
-            return error_response(503, f"the approvals UI is disabled: set {service.config.admin_token_env}",
-                          kind="unavailable")
-        given = request.cookies.get(COOKIE) or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            return error_response(401, "admin token required", kind="unauthorized")
-        return None
-
-    @app.get("/admin/login")
-    def login(token: str = ""):
-        expected = admin_token()
-        if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-            return HTMLResponse(_page("Sign in", "<p class='err'>Wrong or missing token.</p>" + _LOGIN_FORM), 401)
-        resp = RedirectResponse("/admin/approvals", status_code=303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-        return resp
-
-    @app.get("/admin/api/approvals")
-    def api_list(request: Request, status: str | None = None):
-        if (denied := authorised(request)) is not None:
-            return denied
-        try:
-            chosen = parse_status(status)
-        except ValueError as exc:
-            return error_response(400, str(exc), param="status")
-        service.approvals.expire_due()
-        return [a.to_dict() for a in service.approvals.list(status=chosen)]
-
-    @app.get("/admin/approvals", response_class=HTMLResponse)
-    def page(request: Request):
-        if authorised(request) is not None:
-            return HTMLResponse(_page("Sign in", _LOGIN_FORM), 401)
-        service.approvals.expire_due()
-        return HTMLResponse(_page("Approvals", _approvals_html(service.approvals.list(limit=100))))
-
-    def act(request: Request, approval_id: str, fn):
-        if (denied := authorised(request)) is not None:
-            return denied
-        try:
-            fn()
-        except (ApprovalError, ValueError) as exc:
-            return HTMLResponse(_page("Approvals", f"<p class='err'>{html.escape(str(exc))}</p>"
-                                      "<p><a href='/admin/approvals'>back</a></p>"), 409)
-        return RedirectResponse("/admin/approvals", status_code=303)
-
-    @app.post("/admin/approvals/{approval_id}/approve")
-    def approve(request: Request, approval_id: str, by: str = Form("operator")):
-        return act(request, approval_id, lambda: service.approvals.approve(approval_id, by))
-
-    @app.post("/admin/approvals/{approval_id}/reject")
-    def reject(request: Request, approval_id: str, reason: str = Form(""), by: str = Form("operator")):
-        return act(request, approval_id, lambda: service.approvals.reject(approval_id, by, reason))
-
-    @app.post("/admin/approvals/{approval_id}/edit")
-    def edit(request: Request, approval_id: str, content: str = Form(...), by: str = Form("operator")):
-        def do():
-            old = service.approvals.get(approval_id).request
-            new = {**old, "messages": old["messages"][:-1] + [{"role": "user", "content": content}]}
-            service.approvals.edit(approval_id, new, by,
-                                   regate=lambda req: service.gate.decide(req["messages"]).to_dict())
-        return act(request, approval_id, do)
+    mount_admin(app, service)  # /admin: sign-in, sessions, CSRF and origin checks (so8t.server.admin)
 
     return app
-
-
-_LOGIN_FORM = ("<form method='get' action='/admin/login'><label>Admin token "
-               "<input type='password' name='token' id='token'></label> <button id='login'>Sign in</button></form>")
-
-
-def _page(title: str, body: str) -> str:
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>so8t · {html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}} table{{border-collapse:collapse;width:100%}}
-td,th{{border:1px solid #ccc;padding:.4rem;vertical-align:top;text-align:left}} .err{{color:#b00}}
-.PENDING{{background:#fff7d6}} .EXECUTED{{background:#e8f6e8}} .REJECTED,.TIMEOUT{{background:#f6e8e8}}
-pre{{white-space:pre-wrap;margin:0}} form{{display:inline}}</style></head>
-<body><h1>so8t · {html.escape(title)}</h1>{body}</body></html>"""
-
-
-def _approvals_html(items) -> str:
-    if not items:
-        return "<p id='empty'>No approval requests.</p>"
-    rows = []
-    for a in items:
-        req, dec = a.request, a.decision
-        convo = "\n".join(f"[{m['role']}] {m['content']}" for m in req.get("messages", []))
-        probs = dec.get("probs") or []
-        actions = ""
-        if a.status == Status.PENDING:
-            actions = (f"<form method='post' action='/admin/approvals/{a.id}/approve'>"
-                       f"<button class='approve' data-id='{a.id}'>Approve</button></form> "
-                       f"<form method='post' action='/admin/approvals/{a.id}/reject'>"
-                       f"<input name='reason' placeholder='reason (required)' class='reason' data-id='{a.id}'> "
-                       f"<button class='reject' data-id='{a.id}'>Reject</button></form>")
-        rows.append(
-            f"<tr class='{a.status.value}' id='row-{a.id}'><td><code>{a.id[:12]}</code><br>{html.escape(a.kind)}</td>"
-            f"<td><pre>{html.escape(convo)}</pre></td>"
-            f"<td>{html.escape(str(dec.get('action')))} ({html.escape(str(dec.get('status')))})<br>"
-            f"{' / '.join(f'{p:.2f}' for p in probs)}</td>"
-            f"<td>{html.escape(a.requester)}</td><td>{a.expires_at:%Y-%m-%d %H:%M:%S} UTC</td>"
-            f"<td class='status'>{a.status.value}{'<br>' + html.escape(a.reason) if a.reason else ''}</td>"
-            f"<td>{actions}</td></tr>")
-    head = ("<tr><th>id</th><th>request</th><th>gate (ALLOW / ESCALATE / REFUSE)</th><th>requester</th>"
-            "<th>expires</th><th>status</th><th></th></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
