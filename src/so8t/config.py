@@ -134,7 +134,11 @@ class ServerConfig:
     # --- gate ---
     fail_action: Literal["REFUSE", "ESCALATE"] = "REFUSE"  # what a failed gate does (never ALLOW)
     gate_timeout_s: float = 10.0
-    gate_max_views: int = 64                    # turns + windows of long text judged per request; beyond: fail closed
+    gate_max_views: int = 64                    # turns + windows of long text judged per request; beyond: 413
+    gate_max_turns: int = 512                   # messages per request; beyond: 413, before anything is scored
+    gate_max_chars: int = 200_000               # characters of all messages together; beyond: 413
+    gate_max_tokens: int = 50_000               # tokens of the whole conversation; beyond: 413
+    gate_queue_max: int = 32                    # requests waiting for the gate (the one scored included); beyond: 503
     each_turn: bool = True                      # judge every user turn too, not only the conversation
     use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
     self_test: bool = True                      # at start: blunt dangerous prompts must not be ALLOWed, else not ready
@@ -169,7 +173,8 @@ class ServerConfig:
         need(bool(self.run), "run", "the trained run folder is required")
         need(1 <= self.port <= 65535, "port", "must be 1-65535")
         need(self.gate_timeout_s > 0, "gate_timeout_s", "must be > 0")
-        need(self.gate_max_views >= 1, "gate_max_views", "must be >= 1")
+        for key in ("gate_max_views", "gate_max_turns", "gate_max_chars", "gate_max_tokens", "gate_queue_max"):
+            need(getattr(self, key) >= 1, key, "must be >= 1")
         need(self.backend != "openai" or bool(self.backend_url), "backend_url",
              "needed for backend 'openai' (e.g. http://localhost:11434/v1)")
         need(self.backend != "openai" or bool(self.backend_model), "backend_model", "needed for backend 'openai'")

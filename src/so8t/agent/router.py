@@ -5,6 +5,8 @@ ESCALATE  -> the exact request is queued for a person, an audit record is writte
              is told it waits; once approved it runs exactly once, exactly as approved
 REFUSE    -> a safe message with alternatives, and an audit record
 gate not ok (error / timeout) -> the fail action (REFUSE or ESCALATE, never ALLOW), audited
+gate busy (its queue was full) -> refused, nothing scored, queued or audited: the HTTP layer
+             answers 503 with Retry-After (a flood must not fill the approval queue or the log)
 
 The verdict always comes before the LLM (and, later, any tool) is called.
 """
@@ -61,6 +63,9 @@ class Router:
         reuse = isinstance(self.backend, InProcessBackend) and self.backend.gate is self.gate and convo is not None
         decision, prefill = self.gate.decide_with_prefill(convo) if reuse else (self.gate.decide(conversation), None)
         lang = msg.language_of(convo or [])
+        if decision.status == "busy":
+            return RouterResult("refused", msg.gate_failed_prefix(lang, decision.status)
+                                + msg.refuse_message(lang, decision.input_hash[:12]), decision)
         record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo, self.audit.redactor)}
         if self.shadow and convo is not None:
             self.audit.append("gate.shadow", {**record, "would": decision.action.name})

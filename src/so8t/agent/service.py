@@ -93,12 +93,21 @@ class Service:
         self.approvals.close()
 
 
-def build_service(cfg: ServerConfig) -> Service:
+def gate_options(cfg: ServerConfig) -> dict:
+    """The Gate's keyword options from the server config (its caps, queue and timeout)."""
+    return {"fail_action": cfg.fail_action, "timeout_s": cfg.gate_timeout_s, "each_turn": cfg.each_turn,
+            "max_views": cfg.gate_max_views, "max_turns": cfg.gate_max_turns, "max_chars": cfg.gate_max_chars,
+            "max_tokens": cfg.gate_max_tokens, "queue_max": cfg.gate_queue_max}
+
+
+def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
+    """Everything from the config. `gate`: one already built (bench/gate_load.py's untrained
+    gate) instead of loading cfg.run; it should be built with gate_options(cfg)."""
     cfg.validate()
     audit = open_audit(cfg)
     approvals = open_approvals(cfg, audit)
-    gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, fail_action=cfg.fail_action,
-                     timeout_s=cfg.gate_timeout_s, each_turn=cfg.each_turn, max_views=cfg.gate_max_views)
+    if gate is None:
+        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, **gate_options(cfg))
     if gate.ready and cfg.self_test:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)

@@ -21,6 +21,12 @@ audit record, no approval): every string in a request body (values and keys, ext
 must be valid Unicode, so a lone surrogate (JSON "\\ud800" without its pair) is a 400 whose
 `param` names the field ("messages[1].content"); an unknown `?status=` on the admin API is a
 400 that lists the accepted values.
+
+Bounded work: a conversation over one of the gate's caps (server config gate_max_turns,
+gate_max_chars, gate_max_tokens, gate_max_views) is a 413 naming the cap, the value and the
+config key, before anything is scored; when gate_queue_max requests already wait for the gate,
+/v1/gate and /v1/chat/completions answer 503 with Retry-After (nothing scored, queued for a
+person or audited). A gate timeout fails closed only the request that timed out.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from so8t.agent.approvals import ApprovalNotFound, Status
 from so8t.agent.service import Service
-from so8t.gate.gate import LATENCY_BUCKETS_MS
+from so8t.gate.gate import LATENCY_BUCKETS_MS, Gate, TooLarge
 from so8t.server.admin import mount_admin, parse_status  # noqa: F401  (parse_status: re-exported)
 from so8t.server.llm_server import ChatRequest, describe_validation, error_response
 
@@ -100,6 +106,21 @@ class ToolCallRequest(ValidText):
 
 class GatedChatRequest(ValidText, ChatRequest):
     """The OpenAI chat request, text checked first."""
+
+
+def too_large(big: TooLarge, param: str) -> JSONResponse:
+    """413 for a conversation over one of the gate's caps: which cap, the value, the config key."""
+    return error_response(413, f"request too large for the safety gate: {big.message()}", param=param,
+                          kind="request_too_large")
+
+
+def gate_busy(gate: Gate) -> JSONResponse:
+    """503 with Retry-After: the gate's queue is full (server config gate_queue_max)."""
+    wait = gate.retry_after_s()
+    resp = error_response(503, f"the safety gate is busy ({gate.queue_max} requests waiting, server config "
+                          f"gate_queue_max); nothing was run, retry after {wait} s", kind="server_busy")
+    resp.headers["Retry-After"] = str(wait)
+    return resp
 
 
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
@@ -166,7 +187,9 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
                   "# TYPE so8t_approvals_pending gauge", f"so8t_approvals_pending {service.approvals.pending_count()}",
                   "# TYPE so8t_approvals_oldest_pending_seconds gauge",
                   f"so8t_approvals_oldest_pending_seconds {service.approvals.oldest_pending_age_s() or 0:.3f}",
-                  "# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}"]
+                  "# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}",
+                  "# TYPE so8t_gate_queue_pending gauge",
+                  f"so8t_gate_queue_pending {service.gate.queue_state()['pending']}"]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ clients
@@ -175,7 +198,13 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     def gate(req: GateRequest):
         if (req.messages is None) == (req.input is None):
             return error_response(400, "give exactly one of 'messages' or 'input'")
-        return service.gate.decide(req.messages if req.messages is not None else req.input).to_dict()
+        conversation = req.messages if req.messages is not None else req.input
+        if (big := service.gate.size_problem(conversation)) is not None:
+            return too_large(big, "messages" if req.messages is not None else "input")
+        decision = service.gate.decide(conversation)
+        if decision.status == "busy":
+            return gate_busy(service.gate)
+        return decision.to_dict()
 
     @app.get("/v1/models")
     def models():
@@ -187,8 +216,12 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
             return error_response(404, f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
                           param="model", kind="model_not_found")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        if (big := service.gate.size_problem(messages)) is not None:
+            return too_large(big, "messages")
         requester = request.headers.get("x-so8t-user") or "anonymous"
         result = service.router.handle(messages, requester, max_tokens=req.budget(), temperature=req.temperature)
+        if result.decision.status == "busy":
+            return gate_busy(service.gate)
         finish = {"answered": "stop", "pending": "stop", "refused": "content_filter", "failed": "stop"}[result.outcome]
         meta = {"outcome": result.outcome, "action": result.decision.action.name, "status": result.decision.status,
                 "approval_id": result.approval_id, "decision": result.decision.to_dict()}
@@ -218,6 +251,9 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         if loop is None:
             return error_response(404, "no tools are configured on this server (set 'tools' in the server config)",
                                   kind="not_found")
+        proposed = {"role": "user", "content": f"Agent tool call: {json.dumps(req.arguments, ensure_ascii=False)}"}
+        if (big := service.gate.size_problem(list(req.conversation) + [proposed])) is not None:
+            return too_large(big, "conversation")
         step, result = loop.call(req.conversation, req.tool, req.arguments, request.headers.get("x-so8t-user")
                                  or "anonymous")
         return {"status": step.status, "detail": step.detail, "approval_id": step.approval_id,
