@@ -24,6 +24,19 @@ Guaranteed:
   moves those bytes to ``<path>.torn-<UTC timestamp>`` (kept as evidence, fsync-ed first), cuts them
   off, and logs an ``audit.recovered`` record with their length and SHA-256. A record whose
   ``append`` returned is never lost.
+* A write that fails leaves nothing: ``append`` / ``append_batch`` either write every record of the
+  call or raise ``AuditError`` with the file cut back to where it was (a full disk, ENOSPC, a short
+  write, EIO). Callers write the record of a state change first and commit the change only when
+  that returned (write-ahead; see ``so8t.agent.approvals``). A side file that cannot be written in
+  full is removed again. ``failure`` says why the last write failed; ``health()`` probes the
+  filesystem (for a readiness check) and stays failing until a write succeeds again
+  (``audit.restored``).
+* Every torn fragment is accounted for: each side file is named by its own ``audit.recovered``
+  record. One left without a record (a crash or failure between setting it aside and recording it)
+  is recorded by ``recover()`` (the server runs it at start-up and in its worker), and until then
+  ``verify`` fails on it (``unrecorded_fragment``). ``verify`` lists every fragment in its report
+  (``fragments``: kept, changed, missing or unrecorded); a side file whose bytes no longer match its
+  record is a problem (``fragment_changed``).
 * ``verify`` detects an edited, deleted, inserted or reordered record, a malformed line and a torn
   last line, and reports the line number and kind of each (see ``verify`` for the rules).
 * A keyed log cannot pass as an unkeyed one: ``verify`` without the key fails on any record marked
@@ -48,8 +61,8 @@ Not guaranteed:
   (every re-chained record is then ``downgraded``) and keep the head hash elsewhere.
 * Redaction is pattern-based: it catches the shapes listed in ``so8t.agent.redaction`` and values
   under secret-looking dict keys, not every secret. Dict keys and JSON numbers are not redacted.
-* A crash between truncating a torn tail and writing the ``audit.recovered`` record leaves the side
-  file but no record of it in the log.
+* A side file deleted after its record was written is reported as ``missing``, not as a failure: the
+  record keeps its length and SHA-256. Records are only as durable as the filesystem's fsync.
 """
 from __future__ import annotations
 
@@ -60,6 +73,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import threading
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -89,6 +103,9 @@ APPROVAL_APPROVED = "approval.approved"
 APPROVAL_DENIED = "approval.denied"
 APPROVAL_EXPIRED = "approval.expired"
 AUDIT_RECOVERED = "audit.recovered"
+AUDIT_RESTORED = "audit.restored"  # the store takes records again after a failed write
+TORN_INFIX = ".torn-"              # side files are <log name>.torn-<UTC time>
+PROBE_BYTES = 4096                 # health() writes this much next to the log
 
 _CHUNK = 64 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -261,17 +278,77 @@ class AuditLog:
         self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
         # filelock's per-thread state already excludes threads; this makes it independent of that.
         self._tlock = threading.Lock()
+        self._failure: str | None = None
+        self._recorded: set[str] = set()  # side files known to have an audit.recovered record
+
+    @property
+    def failure(self) -> str | None:
+        """Why the last write failed, or None when it succeeded (or nothing was written yet)."""
+        return self._failure
 
     def append(self, event: str, data: Mapping[str, Any] | None = None) -> dict:
-        """Redact ``data``, chain, write and fsync one record; returns the record as stored."""
-        if not isinstance(event, str) or not event.strip():
-            raise ValueError("audit event must be a non-empty string")
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise TypeError(f"audit data must be a dict, got {type(data).__name__}")
-        clean = self.redactor.redact(_json_safe(data))
-        return self._append_many([(_json_safe(event), clean)])[-1]
+        """Redact ``data``, chain, write and fsync one record; returns the record as stored.
+
+        Raises AuditError (nothing of the record is left in the log) when it cannot be written."""
+        return self.append_batch([(event, data)])[-1]
+
+    def append_batch(self, items: list[tuple[str, Mapping[str, Any] | None]]) -> list[dict]:
+        """Write several records as one unit: all of them, or none and AuditError.
+
+        A write that fails part-way (ENOSPC, EIO, a short write) cuts the file back to where it was
+        before the batch, so a caller that writes a record before it commits a change (write-ahead)
+        knows the change has no record exactly when this raises."""
+        clean = []
+        for event, data in items:
+            if not isinstance(event, str) or not event.strip():
+                raise ValueError("audit event must be a non-empty string")
+            if data is None:
+                data = {}
+            if not isinstance(data, Mapping):
+                raise TypeError(f"audit data must be a dict, got {type(data).__name__}")
+            clean.append((_json_safe(event), self.redactor.redact(_json_safe(data))))
+        if not clean:
+            raise ValueError("append_batch needs at least one record")
+        return self._append_many(clean)
+
+    def recover(self) -> list[dict]:
+        """Account for every torn fragment; returns the ``audit.recovered`` records it wrote.
+
+        A torn last line is set aside (as every append does), and every side file
+        ``<log>.torn-*`` that no ``audit.recovered`` record names gets a record of its own (one per
+        fragment: its name, length and SHA-256). Such a side file is left by a process that died, or
+        a write that failed, between setting a tail aside and recording it. The server runs this at
+        start-up and in its worker; ``verify`` reports an unrecorded side file until it has run."""
+        if not self.path.exists() and not _side_files(self.path):
+            return []  # nothing to recover, and no empty log is created
+        return self._append_many([], orphans=True)
+
+    def health(self) -> str | None:
+        """None when the store can take a record now; otherwise why not (for readiness checks).
+
+        Writes, fsyncs and removes a ``PROBE_BYTES`` probe file next to the log, so a full or
+        read-only filesystem shows up before a record is lost. After a failed write the store
+        counts as failing until a write succeeds: when the probe passes, this writes an
+        ``audit.restored`` record (naming the failure), which is that test."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.probe-")
+            try:
+                written = os.write(fd, b"\0" * PROBE_BYTES)
+                if written != PROBE_BYTES:
+                    raise OSError(errno.ENOSPC, f"short write ({written}/{PROBE_BYTES} bytes)")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as exc:
+            return f"the audit store {self.path.parent} cannot take records: {exc.strerror or exc}"
+        if self._failure is not None:
+            try:
+                self.append(AUDIT_RESTORED, {"after": self._failure})
+            except AuditError as exc:
+                return str(exc)
+        return None
 
     def verify(self) -> VerifyReport:
         return verify(self.path, key=self._key)
@@ -284,36 +361,76 @@ class AuditLog:
     def tail(self, n: int = 20) -> list[dict]:
         return tail(self.path, n)
 
-    def _append_many(self, items: list[tuple[str, dict]]) -> list[dict]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._tlock, self._lock:
-            created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                if created:
-                    _fsync_dir(self.path.parent)  # so the new file itself survives a crash
-                size = os.fstat(fd).st_size
-                torn_at = _pread_back_to_newline(fd, size)
-                seq, prev = self._chain_to(fd, torn_at)  # before the torn tail is touched
-                if torn_at < size:
-                    items = [(AUDIT_RECOVERED, self._set_aside(fd, torn_at, size))] + items
-                out = []
-                for event, data in items:
-                    seq += 1
-                    rec = {"seq": seq, "ts": _utc_now(), "event": event, "data": data, "prev": prev}
-                    if self._key is not None:
-                        rec[MAC_FIELD] = HMAC_SHA256
-                    rec["hash"] = prev = record_hash(rec, self._key)
-                    line = _encode_line(rec)
-                    written = os.write(fd, line)  # one write: a crash leaves at most a torn tail
-                    if written != len(line):
-                        raise AuditError(f"short write to {self.path} ({written}/{len(line)} bytes); "
-                                         "the next append will set the partial line aside")
-                    os.fsync(fd)
-                    out.append(rec)
-                return out
-            finally:
-                os.close(fd)
+    def _append_many(self, items: list[tuple[str, dict]], *, orphans: bool = False) -> list[dict]:
+        """Write ``items`` (already redacted) under the locks; every OSError becomes AuditError."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._tlock, self._lock:
+                created = not self.path.exists()
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    if created:
+                        _fsync_dir(self.path.parent)  # so the new file itself survives a crash
+                    out = self._write(fd, items, orphans)
+                finally:
+                    os.close(fd)
+        except AuditError as exc:
+            self._failure = str(exc)
+            raise
+        except OSError as exc:  # ENOSPC, EIO, EROFS, a lock timeout, ...
+            err = AuditError(f"the audit log {self.path} could not be written: {exc.strerror or exc}")
+            self._failure = str(err)
+            raise err from exc
+        if out:  # a write succeeded: the store takes records again
+            self._failure = None
+        return out
+
+    def _write(self, fd: int, items: list[tuple[str, dict]], orphans: bool) -> list[dict]:
+        size = os.fstat(fd).st_size
+        torn_at = _pread_back_to_newline(fd, size)
+        seq, prev = self._chain_to(fd, torn_at)  # before the torn tail is touched
+        found: list[tuple[str, dict]] = []
+        if torn_at < size:
+            found.append((AUDIT_RECOVERED, self._set_aside(fd, torn_at, size)))
+        if orphans:
+            named = {d["side_file"] for _, d in found}
+            found += [(AUDIT_RECOVERED, d) for d in self._unrecorded_side_files() if d["side_file"] not in named]
+        start, out = torn_at, []
+        try:
+            for event, data in found + items:
+                seq += 1
+                rec = {"seq": seq, "ts": _utc_now(), "event": event, "data": data, "prev": prev}
+                if self._key is not None:
+                    rec[MAC_FIELD] = HMAC_SHA256
+                rec["hash"] = prev = record_hash(rec, self._key)
+                line = _encode_line(rec)
+                written = os.write(fd, line)  # one write: a crash leaves at most a torn tail
+                if written != len(line):
+                    raise AuditError(f"short write to {self.path} ({written}/{len(line)} bytes): "
+                                     "the filesystem is probably full")
+                os.fsync(fd)
+                out.append(rec)
+        except BaseException:
+            _cut_back(fd, start)  # all or nothing: no record of a failed batch stays behind
+            raise
+        self._recorded.update(d["side_file"] for _, d in found)
+        return out
+
+    def _unrecorded_side_files(self) -> list[dict]:
+        """A description of each side file of this log that no ``audit.recovered`` record names.
+        The log is read only when there is a side file this object has not seen recorded."""
+        unseen = [n for n in _side_files(self.path) if n not in self._recorded]
+        if not unseen:
+            return []
+        self._recorded.update(_recorded_side_files(self.path))
+        out = []
+        for name in unseen:
+            if name not in self._recorded:
+                n, digest = _file_digest(self.path.parent / name)
+                out.append({"torn_bytes": n, "sha256": digest, "side_file": name,
+                            "found": "a side file that no audit.recovered record named (a write that failed "
+                                     "or a process that died after setting it aside)"})
+        return out
 
     def _set_aside(self, fd: int, start: int, size: int) -> dict:
         """Move the torn tail [start, size) to a side file, cut it off, describe it."""
@@ -353,21 +470,81 @@ class AuditLog:
 
 
 def _create_side_file(path: Path, payload: bytes) -> Path:
+    """A new ``<log>.torn-<UTC time>`` holding ``payload``, fsync-ed; if it cannot be written in
+    full (a full disk), it is removed again and the error raised: no partial fragment is left."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     for i in range(1000):
-        side = path.with_name(f"{path.name}.torn-{stamp}" + (f"-{i}" if i else ""))
+        side = path.with_name(f"{path.name}{TORN_INFIX}{stamp}" + (f"-{i}" if i else ""))
         try:
             fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             continue
         try:
-            os.write(fd, payload)
-            os.fsync(fd)  # the evidence is durable before the bytes leave the log
-        finally:
-            os.close(fd)
+            try:
+                written = os.write(fd, payload)
+                if written != len(payload):
+                    raise OSError(errno.ENOSPC, f"short write to {side.name} ({written}/{len(payload)} bytes)")
+                os.fsync(fd)  # the evidence is durable before the bytes leave the log
+            finally:
+                os.close(fd)
+        except BaseException:
+            side.unlink(missing_ok=True)
+            raise
         _fsync_dir(path.parent)
         return side
     raise AuditError(f"could not create a side file for the torn tail of {path}")
+
+
+def _cut_back(fd: int, size: int) -> None:
+    """Truncate to ``size`` after a failed write (needs no free space); if even that fails, the
+    partial line stays as a torn tail and the next append sets it aside."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError:
+        pass
+
+
+def _side_files(path: Path) -> list[str]:
+    """Names of the side files of the log at ``path`` (``<name>.torn-*``), sorted."""
+    prefix = path.name + TORN_INFIX
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.startswith(prefix) and (path.parent / n).is_file())
+
+
+def _recorded_side_files(path: Path) -> set[str]:
+    """Side file names given by the log's ``audit.recovered`` records."""
+    return {name for _, _, name, _ in _recovered_records(path)}
+
+
+def _recovered_records(path: Path) -> list[tuple[int, int | None, str, dict]]:
+    """(line, seq, side file, data) of each ``audit.recovered`` record naming a side file."""
+    out = []
+    marker = AUDIT_RECOVERED.encode()
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, start=1):
+            if marker not in raw:
+                continue
+            rec = _parse(raw.rstrip(b"\n"))
+            if rec is None or rec.get("event") != AUDIT_RECOVERED or not isinstance(rec.get("data"), dict):
+                continue
+            name = rec["data"].get("side_file")
+            if isinstance(name, str):
+                seq = rec.get("seq") if isinstance(rec.get("seq"), int) else None
+                out.append((no, seq, name, rec["data"]))
+    return out
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -393,12 +570,24 @@ class Problem:
     detail: str
 
 
+@dataclass(frozen=True)
+class Fragment:
+    """A torn tail that was set aside into a side file, or a side file found next to the log."""
+    side_file: str        # the name, in the log's folder
+    line: int | None      # the audit.recovered record that names it; None: no record does
+    seq: int | None
+    torn_bytes: int | None  # as the record gives it (the file's size when unrecorded)
+    sha256: str | None
+    state: str            # kept | changed | missing | unrecorded
+
+
 @dataclass
 class VerifyReport:
     ok: bool
     records: int          # well-formed records in the file
     head_hash: str        # hash of the last well-formed record (GENESIS for an empty log)
     problems: list[Problem] = field(default_factory=list)
+    fragments: list[Fragment] = field(default_factory=list)  # every torn fragment, recorded or not
 
 
 @dataclass(frozen=True)
@@ -513,8 +702,48 @@ def verify(path: str | os.PathLike[str], key: bytes | None = None) -> VerifyRepo
     else:
         malformed = sorted(p.line for p in problems if p.kind == "malformed")
         problems += _Classifier(entries, malformed, _edit_hint(entries, key is not None)).run()
+    fragments = _fragments(path)
+    problems += _fragment_problems(fragments)
     problems.sort(key=lambda p: (p.line, p.kind))
-    return VerifyReport(ok=not problems, records=len(entries), head_hash=head, problems=problems)
+    return VerifyReport(ok=not problems, records=len(entries), head_hash=head, problems=problems,
+                        fragments=fragments)
+
+
+def _fragments(path: Path) -> list[Fragment]:
+    """Every side file an ``audit.recovered`` record names (kept as recorded, changed, or missing),
+    then every side file of the log that no record names (unrecorded)."""
+    out, named = [], set()
+    for line, seq, name, data in _recovered_records(path):
+        named.add(name)
+        size, digest = data.get("torn_bytes"), data.get("sha256")
+        side = path.parent / name
+        if "/" in name or "\\" in name or not name.startswith(path.name + TORN_INFIX):
+            state = "missing"  # not a side file of this log: never read outside its folder
+        elif not side.is_file():
+            state = "missing"
+        else:
+            n, actual = _file_digest(side)
+            state = "kept" if (n, actual) == (size, digest) else "changed"
+        out.append(Fragment(name, line, seq, size if isinstance(size, int) else None,
+                            digest if isinstance(digest, str) else None, state))
+    for name in _side_files(path):
+        if name not in named:
+            n, digest = _file_digest(path.parent / name)
+            out.append(Fragment(name, None, None, n, digest, "unrecorded"))
+    return out
+
+
+def _fragment_problems(fragments: list[Fragment]) -> list[Problem]:
+    out = []
+    for f in fragments:
+        if f.state == "unrecorded":
+            out.append(Problem(0, None, "unrecorded_fragment", f"{f.side_file} ({f.torn_bytes} bytes) was set aside "
+                               "from the log but no audit.recovered record names it; the server records it at "
+                               "start-up (AuditLog.recover)"))
+        elif f.state == "changed":
+            out.append(Problem(f.line, f.seq, "fragment_changed", f"{f.side_file} no longer has the length and "
+                               "SHA-256 this audit.recovered record gives"))
+    return out
 
 
 def _edit_hint(entries: list[_Entry], key_given: bool) -> str:
@@ -659,20 +888,27 @@ def format_record(rec: Mapping[str, Any], width: int = 160) -> str:
 
 
 def format_report(report: VerifyReport) -> str:
+    frags = report.fragments
+    note = f"; {len(frags)} torn fragment(s) set aside, listed below" if frags else ""
     if report.ok:
-        return f"OK: {report.records} records, head {report.head_hash}"
-    lines = [f"FAILED: {report.records} records, {len(report.problems)} problem(s), "
-             f"head {report.head_hash}"]
+        lines = [f"OK: {report.records} records, head {report.head_hash}{note}"]
+    else:
+        lines = [(f"FAILED: {report.records} records, {len(report.problems)} problem(s), "
+                  f"head {report.head_hash}{note}")]
     for p in report.problems:
         seq = "?" if p.seq is None else p.seq
-        lines.append(f"line {p.line} (seq {seq}): {p.kind}: {p.detail}")
+        lines.append(f"line {p.line} (seq {seq}): {p.kind}: {p.detail}" if p.line else
+                     f"outside the log: {p.kind}: {p.detail}")
+    for f in frags:
+        where = f"audit.recovered at line {f.line} (seq {f.seq})" if f.line else "no audit.recovered record"
+        lines.append(f"torn fragment {f.side_file}: {f.torn_bytes} bytes, sha256 {f.sha256}, {f.state}; {where}")
     return "\n".join(lines)
 
 
 __all__ = [
-    "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AuditError",
+    "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AUDIT_RESTORED", "AuditError",
     "AuditLog", "DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
-    "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "HMAC_SHA256", "KEYED_LOG", "KEY_ENV", "MAC_FIELD", "Problem",
+    "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "Fragment", "HMAC_SHA256", "KEYED_LOG", "KEY_ENV", "MAC_FIELD", "Problem",
     "Redactor", "VerifyReport",
     "canonical_bytes", "format_record", "format_report", "key_from_env", "record_hash", "tail",
     "verify",
