@@ -38,14 +38,26 @@ Terminal: REJECTED, TIMEOUT, EDITED, EXECUTED, FAILED. Choices worth knowing:
 * Exactly once: ``claim`` moves APPROVED -> EXECUTING with one ``UPDATE ... WHERE status =
   'APPROVED'`` and checks the row count, so of any number of claimers (threads, processes) one
   wins. A step that crashes after its claim stays EXECUTING and is never run again by the queue;
-  an operator closes it with ``fail``. A FAILED item is not retried: submit a new request.
+  ``recover_stuck`` (or an operator, with ``fail``) closes it. A FAILED item is not retried: submit
+  a new request.
 * Exactly as approved: the stored text is re-hashed at approve and claim time and compared with
   the stored hash and with an ``expected_hash`` the caller may pass (the hash ``submit``
   returned). A mismatch raises RequestHashMismatch and leaves the item as it was. Someone who can
   rewrite both columns defeats the first check, not the second: callers should keep the hash.
+* Write-ahead records: ``write_ahead(events)`` is called inside the transaction, after the change
+  is made and before it commits, with every event of that change as ``[(name, Approval.to_dict())]``
+  (an edit has two or three). If it raises (the audit log could not be written), the transaction
+  rolls back and the exception reaches the caller: no state change commits without its record.
+  If the commit itself fails after the records were written, ``write_ahead`` is called once more,
+  best-effort, with ``approval.aborted`` for each of them (``error`` says why), so the log does not
+  claim a change the queue does not have. The server passes the audit log here.
 * ``on_event(name, data)`` is called after the change is committed (never for a rolled-back
   change), with ``Approval.to_dict()``; an exception it raises propagates to the caller, but the
-  state change it reports has already happened.
+  state change it reports has already happened. It is a notification, not a record.
+* A step that never finishes (the process died, or its completion could not be recorded) is
+  closed by ``recover_stuck(older_than_s)``: every item EXECUTING since longer than that becomes
+  FAILED with the reason "interrupted: ..." and the event ``approval.interrupted`` (the server runs
+  it at start-up and in its worker). It may have run in part or in full: it is never run again.
 * ``sqlite://`` / ``sqlite:///:memory:`` is supported for tests and demos: one connection shared
   through a StaticPool and guarded by a lock, gone when the process exits, invisible to others.
 """
@@ -64,8 +76,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, event, func, inspect, select, update
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
@@ -82,6 +95,7 @@ __all__ = [
     "ClaimedRequest",
     "EVENTS",
     "InvalidTransition",
+    "RECOVERY_EVENTS",
     "RequestHashMismatch",
     "Status",
     "canonical_json",
@@ -92,7 +106,9 @@ DEFAULT_URL = "sqlite:///approvals.db"
 EXPIRED_REASON = "expired"
 GATE_REFUSED_EDIT_REASON = "gate refused the edited request"
 SYSTEM_EXPIRY = "system:expiry"  # decided_by of a TIMEOUT: nobody decided
+SYSTEM_RECOVERY = "system:recovery"  # decided_by of a step recover_stuck closed
 GATE_DECIDER = "gate"  # decided_by of an edit the gate refused
+INTERRUPTED_REASON = "interrupted"  # the reason of a step recover_stuck closed starts with this
 _SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another process's lock
 _MAX_ERROR_CHARS = 4000
 
@@ -100,6 +116,10 @@ EVENTS = (
     "approval.requested", "approval.approved", "approval.rejected", "approval.edited",
     "approval.timeout", "approval.executing", "approval.executed", "approval.failed",
 )
+# Not part of the normal life of an item: a step closed by recover_stuck, and (best-effort, in the
+# write-ahead log only) a change whose records were written but whose commit failed.
+RECOVERY_EVENTS = ("approval.interrupted", "approval.aborted")
+WriteAhead = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 
 class Status(str, enum.Enum):
@@ -196,6 +216,7 @@ class ApprovalRow(_Base):
     parent_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # -> EXECUTING
 
 
 # --- snapshots ---------------------------------------------------------------------------------
@@ -220,6 +241,7 @@ class Approval:
     parent_id: str | None
     result_json: str | None
     version: int
+    claimed_at: datetime | None = None
 
     @classmethod
     def _from_row(cls, row: ApprovalRow) -> Approval:
@@ -229,6 +251,7 @@ class Approval:
             created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
             decided_by=row.decided_by, reason=row.reason, superseded_by=row.superseded_by,
             parent_id=row.parent_id, result_json=row.result_json, version=row.version,
+            claimed_at=row.claimed_at,
         )
 
     @property
@@ -256,7 +279,7 @@ class Approval:
         """JSON-ready: times as ISO 8601 UTC, status as its name, JSON columns kept as text."""
         d = asdict(self)
         d["status"] = self.status.value
-        for k in ("created_at", "expires_at", "decided_at"):
+        for k in ("created_at", "expires_at", "decided_at", "claimed_at"):
             d[k] = None if d[k] is None else d[k].isoformat()
         return d
 
@@ -305,10 +328,12 @@ class ApprovalQueue:
         default_ttl_s: float = 3600,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         clock: Callable[[], datetime] | None = None,
+        write_ahead: WriteAhead | None = None,
     ):
         self.default_ttl_s = default_ttl_s
         _ttl(default_ttl_s)
         self._on_event = on_event
+        self._write_ahead = write_ahead
         self._clock = clock or _utcnow
         self.url = make_url(url)
         self._memory = _is_memory_sqlite(self.url)
@@ -320,6 +345,7 @@ class ApprovalQueue:
         self.engine = self._make_engine()
         with self._lock:
             _Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _make_engine(self) -> Engine:
@@ -353,6 +379,20 @@ class ApprovalQueue:
 
         return engine
 
+    def _add_missing_columns(self) -> None:
+        """A queue created by an older version lacks ``claimed_at``: add it (NULL for old rows)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(ApprovalRow.__tablename__)}
+        if "claimed_at" in have:
+            return
+        kind = ApprovalRow.__table__.c.claimed_at.type.compile(dialect=self.engine.dialect)
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {ApprovalRow.__tablename__} ADD COLUMN claimed_at {kind}")
+        except OperationalError:  # another process added it first
+            have = {c["name"] for c in inspect(self.engine).get_columns(ApprovalRow.__tablename__)}
+            if "claimed_at" not in have:
+                raise
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -374,8 +414,22 @@ class ApprovalQueue:
     def _tx(self) -> Iterator[tuple[Session, builtins.list[tuple[str, Approval]]]]:
         """One committed transaction; the events it collected are sent only after the commit."""
         events: builtins.list[tuple[str, Approval]] = []
-        with self._lock, self._sessions.begin() as session:
-            yield session, events
+        written: builtins.list[tuple[str, dict[str, Any]]] = []
+        try:
+            with self._lock, self._sessions.begin() as session:
+                yield session, events
+                if events and self._write_ahead is not None:
+                    # the records first: if they cannot be written, the change rolls back
+                    batch = [(name, snap.to_dict()) for name, snap in events]
+                    self._write_ahead(batch)
+                    written = batch
+        except BaseException as exc:
+            if written:  # recorded, then the commit failed: say so (best-effort)
+                with contextlib.suppress(Exception):
+                    self._write_ahead([("approval.aborted", {**data, "aborted": name,
+                                                             "error": f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]})
+                                       for name, data in written])
+            raise
         if self._on_event is not None:
             for name, snap in events:
                 self._on_event(name, snap.to_dict())
@@ -586,7 +640,7 @@ class ApprovalQueue:
             row = self._load(s, id)
             # verify only what could be claimed: a second claimer must hear AlreadyClaimed
             text = self._verify(row, expected_hash, "claim") if row.status == Status.APPROVED.value else ""
-            snap = self._move(s, row, "claim", Status.APPROVED, Status.EXECUTING)
+            snap = self._move(s, row, "claim", Status.APPROVED, Status.EXECUTING, claimed_at=self._now())
             events.append(("approval.executing", snap))
         # snap.request_json == text: the UPDATE ran in the same locked transaction as the check
         return ClaimedRequest(id=snap.id, kind=snap.kind, request=json.loads(text),
@@ -610,6 +664,38 @@ class ApprovalQueue:
             events.append(("approval.failed", snap))
         return snap
 
+    def recover_stuck(self, older_than_s: float, by: str = SYSTEM_RECOVERY) -> builtins.list[Approval]:
+        """EXECUTING -> FAILED for every item claimed more than ``older_than_s`` seconds ago (0: all),
+        reason "interrupted: ...", event ``approval.interrupted``; returns those it closed.
+
+        For a step whose process died, or whose completion could not be recorded: it stays
+        EXECUTING otherwise, forever. It may have run in part or in full, so it is not run again.
+        An item claimed before ``claimed_at`` existed (NULL) counts as stuck."""
+        if isinstance(older_than_s, bool) or not isinstance(older_than_s, (int, float)) \
+                or not math.isfinite(older_than_s) or older_than_s < 0:
+            raise ValueError(f"older_than_s must be a finite number of seconds >= 0, got {older_than_s!r}")
+        by = _require_text(by, "by")
+        cutoff = self._now() - timedelta(seconds=older_than_s)
+        with self._tx() as (s, _):
+            q = select(ApprovalRow.id).where(ApprovalRow.status == Status.EXECUTING.value,
+                                             (ApprovalRow.claimed_at.is_(None)) | (ApprovalRow.claimed_at <= cutoff))
+            ids = builtins.list(s.scalars(q.order_by(ApprovalRow.created_at)).all())
+        out = []
+        for id in ids:  # one transaction (and one record) each: a failure stops at that item
+            with self._tx() as (s, events):
+                row = self._load(s, id)
+                if row.status != Status.EXECUTING.value:
+                    continue  # completed meanwhile
+                since = "an unknown time" if row.claimed_at is None else row.claimed_at.isoformat()
+                snap = self._move(
+                    s, row, "recover", Status.EXECUTING, Status.FAILED, decided_by=by,
+                    reason=f"{INTERRUPTED_REASON}: EXECUTING since {since} and never completed (the process "
+                           "stopped, or its completion could not be recorded); it may have run in part or in full, "
+                           "and is not run again: check before submitting it again")
+                events.append(("approval.interrupted", snap))
+            out.append(snap)
+        return out
+
     def run_once(self, id: str, fn: Callable[[dict[str, Any]], Any], *, expected_hash: str | None = None) -> Any:
         """claim + fn(request) + complete (or fail and re-raise). Idempotent: if the item is
         already EXECUTED, returns the stored result without calling fn."""
@@ -626,9 +712,14 @@ class ApprovalQueue:
             result = fn(claimed.request)
             canonical_json(result)  # an unstorable result must fail the item, not leave it EXECUTING
         except BaseException as exc:  # Ctrl-C too: the step may have half-run, never run it again
-            self.fail(id, f"{type(exc).__name__}: {exc}")
+            self.fail(id, f"{type(exc).__name__}: {exc}")  # if this cannot be recorded: recover_stuck
             raise
-        return self.complete(id, result).result
+        try:
+            return self.complete(id, result).result
+        except BaseException as exc:  # it ran, but EXECUTED could not be committed (or recorded)
+            with contextlib.suppress(Exception):
+                self.fail(id, f"ran, but its completion could not be recorded: {type(exc).__name__}: {exc}")
+            raise
 
     @staticmethod
     def _replay(done: Approval, expected_hash: str | None) -> Any:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from so8t.agent import messages as msg
 from so8t.agent.approvals import ApprovalQueue
-from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditLog, Redactor
+from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditError, AuditLog, Redactor
 from so8t.agent.inprocess import InProcessBackend
 from so8t.canonical import request_hash
 from so8t.gate import ConversationError, Decision, Gate, normalize_conversation
@@ -85,7 +85,11 @@ class Router:
                        "max_tokens": max_tokens or self.max_tokens, "temperature": temperature}
             item = self.approvals.submit(request, decision.to_dict(), requester, kind="chat", ttl_s=self.approval_ttl_s)
             if decision.ok:
-                self.audit.append(GATE_ESCALATE, {**record, "approval_id": item.id, "request_hash": item.request_hash})
+                try:
+                    self.audit.append(GATE_ESCALATE, {**record, "approval_id": item.id,
+                                                      "request_hash": item.request_hash})
+                except AuditError as exc:  # queued, and recorded as approval.requested before it committed
+                    log.error("approval %s is queued, but its gate.escalate record failed: %s", item.id, exc)
             return RouterResult("pending", prefix + _pending_message(lang, item), decision, item.id, item.request_hash)
         if self.audit_allow:
             self.audit.append(GATE_ALLOW, record)
@@ -109,6 +113,8 @@ class Router:
     def _answer_with_tools(self, convo, decision: Decision, lang: str, requester: str) -> RouterResult:
         try:
             res = self.toolloop.run(convo, requester)
+        except AuditError:
+            raise  # nothing may run unrecorded: the service fails closed (503)
         except Exception as exc:  # noqa: BLE001 - the LLM or a tool failing must not crash the service
             log.error("tool loop failed: %s", exc)
             self.audit.append("llm.error", {"decision": decision.to_dict(), "error": self.audit.preview(str(exc), 500)})

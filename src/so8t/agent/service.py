@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass, field
 
 from so8t.agent.approvals import ApprovalQueue, Status
-from so8t.agent.audit import AuditLog, Redactor, key_from_env
+from so8t.agent.audit import AuditError, AuditLog, Redactor, key_from_env
 from so8t.agent.backends import OpenAIBackend
 from so8t.agent.inprocess import InProcessBackend
 from so8t.agent.router import Router
@@ -18,14 +18,20 @@ from so8t.config import ServerConfig
 from so8t.gate import Gate
 
 log = logging.getLogger("so8t.service")
+# A step EXECUTING this long without a result is taken as interrupted (a crash, or a completion
+# that could not be recorded): far above any tool's or backend's own timeout.
+STUCK_AFTER_S = 900.0
 _APPROVAL_FIELDS = ("id", "kind", "status", "request_hash", "requester", "decided_by", "reason", "parent_id",
                     "superseded_by", "expires_at")
 
 
 def approval_audit_record(data: dict) -> dict:
     """What the audit log keeps of an approval event: who, what (by hash), which state; the
-    request text itself stays in the queue."""
-    return {k: data.get(k) for k in _APPROVAL_FIELDS}
+    request text itself stays in the queue. An ``approval.aborted`` record also says which event
+    did not commit, and why."""
+    out = {k: data.get(k) for k in _APPROVAL_FIELDS}
+    out.update({k: data[k] for k in ("aborted", "error") if k in data})
+    return out
 
 
 def redactor_from(cfg: ServerConfig) -> Redactor:
@@ -34,8 +40,13 @@ def redactor_from(cfg: ServerConfig) -> Redactor:
 
 
 def open_approvals(cfg: ServerConfig, audit: AuditLog | None = None) -> ApprovalQueue:
-    on_event = (lambda name, data: audit.append(name, approval_audit_record(data))) if audit else None
-    return ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s, on_event=on_event)
+    """The queue, recording every state change in ``audit`` write-ahead: the records are written
+    (all or none) before the change commits, and a change whose records cannot be written does not
+    happen (AuditError reaches the caller)."""
+    def write_ahead(events: list[tuple[str, dict]]) -> None:
+        audit.append_batch([(name, approval_audit_record(data)) for name, data in events])
+    return ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
+                         write_ahead=write_ahead if audit is not None else None)
 
 
 def open_audit(cfg: ServerConfig) -> AuditLog:
@@ -51,8 +62,24 @@ class Service:
     approvals: ApprovalQueue
     audit: AuditLog
     router: Router
+    stuck_after_s: float = STUCK_AFTER_S
     _stop: threading.Event = field(default_factory=threading.Event)
     _worker: threading.Thread | None = None
+
+    def audit_problem(self) -> str | None:
+        """None when the audit log can take records; otherwise why not (the service is then not
+        ready, and everything that needs a record fails closed with AuditError)."""
+        return self.audit.health()
+
+    def recover(self) -> dict:
+        """The recovery routine (start-up and every worker round): torn audit fragments are
+        recorded, and approved steps EXECUTING for longer than ``stuck_after_s`` become FAILED
+        ("interrupted"), each with its audit record. Raises AuditError while the log is failing."""
+        fragments = self.audit.recover()
+        interrupted = self.approvals.recover_stuck(self.stuck_after_s)
+        for item in interrupted:
+            log.error("approval %s was EXECUTING and never completed: marked FAILED (interrupted)", item.id)
+        return {"fragments": len(fragments), "interrupted": len(interrupted)}
 
     def work_once(self) -> dict:
         """Expire due approvals, then run every approved chat request once. Returns counts."""
@@ -77,6 +104,7 @@ class Service:
         def loop():
             while not self._stop.wait(self.config.worker_interval_s):
                 try:
+                    self.recover()
                     self.work_once()
                 except Exception as exc:  # noqa: BLE001
                     log.error("approval worker: %s", exc)
@@ -130,4 +158,11 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
                             max_tokens=cfg.max_tokens)
     router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
                     max_tokens=cfg.max_tokens, shadow=cfg.shadow, toolloop=toolloop)
-    return Service(cfg, gate, backend, approvals, audit, router)
+    service = Service(cfg, gate, backend, approvals, audit, router)
+    try:  # a failing store does not stop the start: the service is not ready and fails closed
+        done = service.recover()
+        if any(done.values()):
+            log.warning("recovery at start-up: %s", done)
+    except AuditError as exc:
+        log.error("recovery at start-up: %s", exc)
+    return service

@@ -10,7 +10,9 @@ CSRF tokens and Origin checks on every POST, approvals bound to the request hash
   GET/POST /admin/login, POST /admin/logout
   GET  /admin/approvals         the approvals page; POST .../{id}/approve | reject | edit
   GET  /admin/api/approvals     the same as JSON (or Authorization: Bearer <admin token>)
-Health: GET /healthz (alive), /readyz (the gate is loaded), /metrics (Prometheus text).
+Health: GET /healthz (alive), /readyz (the gate is loaded and the audit log takes records),
+/metrics (Prometheus text). While the audit log cannot be written, every request that would need
+a record is a 503 with Retry-After (nothing run, queued or approved).
 
 Policy lives on the server: request fields and headers cannot change thresholds, fail action
 or logging. Streaming never shows unchecked text: the gate decides before anything is
@@ -31,6 +33,7 @@ person or audited). A gate timeout fails closed only the request that timed out.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -45,11 +48,14 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from so8t.agent.approvals import ApprovalNotFound, Status
+from so8t.agent.audit import AuditError
 from so8t.agent.service import Service
 from so8t.gate.gate import LATENCY_BUCKETS_MS, Gate, TooLarge
 from so8t.server.admin import mount_admin, parse_status  # noqa: F401  (parse_status: re-exported)
 from so8t.server.llm_server import ChatRequest, describe_validation, error_response
 
+log = logging.getLogger("so8t.server")
+AUDIT_RETRY_AFTER_S = 30
 MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
 
 
@@ -159,6 +165,17 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         message, param = describe_validation(exc)
         return error_response(400, message, param=param)
 
+    @app.exception_handler(AuditError)
+    async def _audit_failing(_: Request, exc: AuditError):
+        # Fail closed: whatever needed a record (a refusal, an escalation, an approval, a tool
+        # call) did not happen; the store's path and error stay in the server's log.
+        log.error("audit log failing, request refused: %s", exc)
+        resp = error_response(503, "the audit log cannot be written, and nothing runs unrecorded: nothing was "
+                              "run, queued or changed; retry later (/readyz says when the service is ready)",
+                              kind="audit_unavailable")
+        resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
+        return resp
+
     # ------------------------------------------------------------------ health
 
     @app.get("/healthz")
@@ -168,9 +185,11 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @app.get("/readyz")
     def readyz():
         g = service.gate
-        body = {"ready": g.ready, "model_version": g.model_version, "policy_version": g.policy_version,
-                "error": g.load_error}
-        return JSONResponse(body, status_code=200 if g.ready else 503)
+        audit = service.audit_problem()  # a store that cannot take records: not ready (fail closed)
+        ready = g.ready and audit is None
+        body = {"ready": ready, "model_version": g.model_version, "policy_version": g.policy_version,
+                "error": g.load_error or audit, "audit": audit or "ok"}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus():
