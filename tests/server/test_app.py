@@ -104,8 +104,10 @@ def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serv
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page()
+        page.goto(f"{url}/admin/login?token={TOKEN}")   # a token in the URL signs nobody in
         page.goto(f"{url}/admin/approvals")
         assert "Admin token" in page.content()          # not signed in: no data shown
+        assert not page.context.cookies()
         page.fill("#token", TOKEN)
         page.click("#login")
         page.wait_for_selector(f"#row-{first}")
@@ -119,6 +121,10 @@ def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serv
         page.click(f"button.reject[data-id='{second}']")
         page.wait_for_selector(f"#row-{second}.REJECTED")
         page.screenshot(path=str(tmp_path / "approvals.png"))
+        page.click("#logout")                             # sign-out ends the session on the server
+        page.wait_for_selector("#token")
+        page.goto(f"{url}/admin/approvals")
+        assert "Admin token" in page.content() and f"row-{first}" not in page.content()
         browser.close()
     deadline = time.time() + 30
     while time.time() < deadline:
