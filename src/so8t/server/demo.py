@@ -75,7 +75,12 @@ def run_demo(run: str | Path, workdir: str | Path | None = None, say: Callable[[
 
                 def approve_and_wait(approval_id: str) -> dict:
                     say(f"  waiting for approval {approval_id}; an operator approves it on the approvals API")
-                    client.post(f"/admin/approvals/{approval_id}/approve", headers=admin, data={"by": "operator"})
+                    # the operator reads the request, then approves exactly that one: the hash binds the
+                    # approval to what was read (a changed request is refused with 409)
+                    shown = {i["id"]: i for i in client.get("/admin/api/approvals", headers=admin,
+                                                            params={"status": "pending"}).json()}
+                    client.post(f"/admin/approvals/{approval_id}/approve", headers=admin,
+                                data={"by": "operator", "request_hash": shown[approval_id]["request_hash"]})
                     for _ in range(150):
                         st = client.get(f"/v1/approvals/{approval_id}").json()
                         if st["status"] in ("EXECUTED", "FAILED"):
