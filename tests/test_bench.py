@@ -33,3 +33,18 @@ def test_probe_heldout_prints_every_block_the_final_state_and_the_mix(tiny_model
     names = [line.split("|")[0].strip() for line in out.stdout.splitlines() if "|" in line and "refuse" not in line]
     assert names[-2:] == ["final", "mix"] and all(n.startswith("block") for n in names[:-2])
     assert list((tmp_path / "cache").glob("*.pt"))  # features cached per data set
+
+
+def test_gate_load_counts_every_request_and_none_fails_because_of_another():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gate_load.py"), "--model", "tiny", "--requests", "8",
+                          "--concurrency", "1", "16", "120", "--delay-ms", "5", "--gate-timeout-s", "5",
+                          "--queue-max", "8", "--time-limit-s", "240"], check=False, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    rows = {int(r[0]): [int(x) for x in r[1:8]] for r in (line.split() for line in out.stdout.splitlines())
+            if len(r) == 11 and r[0].isdigit()}
+    assert sorted(rows) == [1, 16, 120]
+    for clients, (sent, ok, busy, own, others, errors, skipped) in rows.items():
+        assert sent == max(8, clients) and ok + busy + own + others + errors == sent and skipped == 0
+        assert others == 0 and errors == 0
+    assert rows[1][1] == 8 and rows[120][2] > 0   # alone: all decided; 120 at once: the queue of 8 turns some away
+    assert "failed closed because of another request: 0" in out.stdout

@@ -525,7 +525,9 @@ class Gate:
 
     def _failed(self, status: str, reason: str, input_hash: str, t0: float) -> Decision:
         self.counts["fail_closed"] += 1
-        log.warning("gate fail-closed (%s -> %s): %s", status, self.fail_action.name, reason)
+        # a full queue is load shedding, not a broken gate: under a flood, one warning a request is noise
+        log.log(logging.INFO if status == "busy" else logging.WARNING, "gate fail-closed (%s -> %s): %s", status,
+                self.fail_action.name, reason)
         return Decision(self.fail_action, status, None, self._thr(), self.model_version, self.policy_version,
                         input_hash, _ms(t0), f"fail-closed: {reason}")
 
@@ -559,6 +561,7 @@ class Gate:
 
     @torch.no_grad()
     def _score_with_cache(self, convo) -> tuple[np.ndarray, Prefill]:
+        self._between_batches()  # one batch: the same cancel check and hook as _score's batches
         batch, _ = encode_prompts(self.tokenizer, [convo], self.max_length)
         device = next(self.model.head.parameters()).device
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
