@@ -9,10 +9,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from so8t.agent.approvals import ApprovalQueue, Status
+from so8t.agent.approvals import Approval, ApprovalQueue, Status
 from so8t.agent.audit import AuditError, AuditLog, Redactor, key_from_env
 from so8t.agent.backends import OpenAIBackend
 from so8t.agent.inprocess import InProcessBackend
+from so8t.agent.review import RequestView, edit_approval, request_view
 from so8t.agent.router import Router
 from so8t.config import ServerConfig
 from so8t.gate import Gate
@@ -70,6 +71,23 @@ class Service:
         """None when the audit log can take records; otherwise why not (the service is then not
         ready, and everything that needs a record fails closed with AuditError)."""
         return self.audit.health()
+
+    @property
+    def toolset(self):
+        """The configured tools (None when the server has none)."""
+        return self.router.toolloop.toolset if self.router.toolloop is not None else None
+
+    def describe_approval(self, approval: Approval) -> RequestView:
+        """What the approvals page shows of a queued request (so8t.agent.review.request_view)."""
+        return request_view(approval, redactor=self.audit.redactor, toolset=self.toolset)
+
+    def edit_approval(self, approval_id: str, editor: str, *, content: str | None = None,
+                      arguments: str | None = None, note: str | None = None) -> Approval:
+        """An operator's edit, per request kind (so8t.agent.review.edit_approval): validated, gated
+        again, stored as a new item (PENDING, or REJECTED when the gate refuses). EditError (a
+        ValueError) names a field that is wrong."""
+        return edit_approval(self.approvals, approval_id, editor, gate=self.gate, redactor=self.audit.redactor,
+                             toolset=self.toolset, content=content, arguments=arguments, note=note)
 
     def recover(self) -> dict:
         """The recovery routine (start-up and every worker round): torn audit fragments are

@@ -133,6 +133,12 @@ def text_tool_prompt(toolset: Toolset) -> str:
     return "\n".join(lines)
 
 
+def gate_turn(call: ValidatedCall) -> dict[str, str]:
+    """The turn the gate reads for a tool call (after the conversation that led to it): the
+    validated call's canonical JSON. An operator's edit of a queued call is gated on the same text."""
+    return {"role": "user", "content": f"Agent tool call: {call.canonical}"}
+
+
 @dataclass
 class Step:
     call: str                         # tool name
@@ -227,7 +233,7 @@ class ToolLoop:
         summary = self.audit.preview(call.canonical, 300)  # redacted before it is cut
         self.audit.append("tool.proposed", {"requester": requester, "call": call.name, "risk": call.risk,
                                             "call_hash": call_hash, "summary": summary})
-        decision = self.gate.decide(list(conversation) + [{"role": "user", "content": f"Agent tool call: {call.canonical}"}])
+        decision = self.gate.decide(list(conversation) + [gate_turn(call)])
         level = self.policy.level(call)
         record = {"requester": requester, "call": call.name, "call_hash": call_hash, "decision": decision.to_dict(),
                   "level": level}

@@ -7,6 +7,9 @@
   POST /admin/logout                sign out: the session is deleted on the server
   GET  /admin/approvals             the approvals page
   POST /admin/approvals/{id}/approve | reject | edit
+                                    edit: ``content`` (a chat's new last message) or ``arguments``
+                                    (a tool call's new arguments, JSON); what an edit means per
+                                    kind is so8t.agent.review, the request's HTML so8t.server.approval_view
   GET  /admin/api/approvals         the same as JSON (``?status=``)
 
 What it guarantees (each has a regression test on a real server:
@@ -69,8 +72,11 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from so8t.agent.approvals import ApprovalError, ApprovalNotFound, Status
+from so8t.agent.redaction import Redactor
+from so8t.agent.review import EditError, request_view
 from so8t.agent.service import Service
 from so8t.canonical import hash_text
+from so8t.server.approval_view import render_edit_form, render_request
 from so8t.server.llm_server import error_response
 
 __all__ = ["COOKIE", "DEFAULT_SESSION_TTL_S", "AdminSessions", "SignInLimiter", "decision_fields", "mount_admin",
@@ -360,6 +366,8 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
             return conflict
         try:
             fn(seen_hash or None)
+        except EditError as exc:  # an edit that does not fit its request: names the field
+            return refuse(request, 400, str(exc), "invalid_request_error")
         except (ApprovalError, ValueError) as exc:
             return HTMLResponse(_page("Approvals", f"<p class='err'>{html.escape(str(exc))}</p>"
                                       "<p><a href='/admin/approvals'>back</a></p>"), 409)
@@ -424,7 +432,8 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
         csrf = caller.session.csrf if caller.session is not None else ""
         signed_in = (f"<form method='post' action='/admin/logout' id='logout-form'>{_csrf_field(csrf)}"
                      "<button id='logout'>Sign out</button></form>") if caller.session is not None else ""
-        return HTMLResponse(_page("Approvals", signed_in + _approvals_html(service.approvals.list(limit=100), csrf)))
+        return HTMLResponse(_page("Approvals", signed_in + _approvals_html(service.approvals.list(limit=100), csrf,
+                                                                           service.describe_approval)))
 
     # -- deciding
 
@@ -441,14 +450,11 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
                    lambda seen: service.approvals.reject(approval_id, by, reason))
 
     @app.post("/admin/approvals/{approval_id}/edit")
-    def edit(request: Request, approval_id: str, content: str = Form(...), by: str = Form("operator"),
-             csrf_token: str = Form(""), request_hash: str = Form("")):
-        def do(seen):
-            old = service.approvals.get(approval_id).request
-            new = {**old, "messages": old["messages"][:-1] + [{"role": "user", "content": content}]}
-            service.approvals.edit(approval_id, new, by,
-                                   regate=lambda req: service.gate.decide(req["messages"]).to_dict())
-        return act(request, approval_id, csrf_token, request_hash, do)
+    def edit(request: Request, approval_id: str, content: str | None = Form(None), arguments: str | None = Form(None),
+             by: str = Form("operator"), csrf_token: str = Form(""), request_hash: str = Form("")):
+        # content: a chat's new last message; arguments: a tool call's new arguments (JSON)
+        return act(request, approval_id, csrf_token, request_hash,
+                   lambda seen: service.edit_approval(approval_id, by, content=content, arguments=arguments))
 
     return sessions
 
@@ -480,13 +486,14 @@ pre{{white-space:pre-wrap;margin:0}} form{{display:inline}}</style></head>
 <body><h1>so8t · {html.escape(title)}</h1>{body}</body></html>"""
 
 
-def _approvals_html(items, csrf: str = "") -> str:
+def _approvals_html(items, csrf: str = "", describe: Callable | None = None) -> str:
+    """The table; ``describe(approval)`` gives each request's view (so8t.agent.review.request_view)."""
     if not items:
         return "<p id='empty'>No approval requests.</p>"
     rows = []
     for a in items:
-        req, dec = a.request, a.decision
-        convo = "\n".join(f"[{m['role']}] {m['content']}" for m in req.get("messages", []))
+        dec = a.decision
+        view = describe(a) if describe is not None else request_view(a, redactor=Redactor())
         probs = dec.get("probs") or []
         actions = ""
         if a.status == Status.PENDING:
@@ -495,10 +502,11 @@ def _approvals_html(items, csrf: str = "") -> str:
                        f"<button class='approve' data-id='{a.id}'>Approve</button></form> "
                        f"<form method='post' action='/admin/approvals/{a.id}/reject'>{fields}"
                        f"<input name='reason' placeholder='reason (required)' class='reason' data-id='{a.id}'> "
-                       f"<button class='reject' data-id='{a.id}'>Reject</button></form>")
+                       f"<button class='reject' data-id='{a.id}'>Reject</button></form> "
+                       + render_edit_form(a, view, fields))
         rows.append(
             f"<tr class='{a.status.value}' id='row-{a.id}'><td><code>{a.id[:12]}</code><br>{html.escape(a.kind)}</td>"
-            f"<td><pre>{html.escape(convo)}</pre></td>"
+            f"<td>{render_request(view)}</td>"
             f"<td>{html.escape(str(dec.get('action')))} ({html.escape(str(dec.get('status')))})<br>"
             f"{' / '.join(f'{p:.2f}' for p in probs)}</td>"
             f"<td>{html.escape(a.requester)}</td><td>{a.expires_at:%Y-%m-%d %H:%M:%S} UTC</td>"
