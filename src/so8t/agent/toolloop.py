@@ -61,7 +61,10 @@ class ToolPolicy:
         return cls(merged, dict(actions or {}))
 
     def level(self, call: ValidatedCall) -> str:
-        return self.actions.get(call.name, self.tiers.get(call.risk, "approval"))
+        """The configured level; never 'auto' for a call its tool says needs a person
+        (call.needs_approval, e.g. a SQL query whose cost is unbounded)."""
+        level = self.actions.get(call.name, self.tiers.get(call.risk, "approval"))
+        return "approval" if level == "auto" and call.needs_approval else level
 
 
 @dataclass
@@ -237,6 +240,12 @@ class ToolLoop:
         level = self.policy.level(call)
         record = {"requester": requester, "call": call.name, "call_hash": call_hash, "decision": decision.to_dict(),
                   "level": level}
+        if call.needs_approval:
+            record["needs_approval"] = call.needs_approval
+        if decision.status == "busy":  # nothing was judged: refused, and nothing is queued for a person
+            why = "the safety gate is busy (its queue is full); retry later"
+            self.audit.append("tool.refused", {**record, "reason": why})
+            return Step(call.name, "refused", why, call_hash=call_hash), f"refused: {why}; nothing was run"
         if decision.action == Action.REFUSE or level == "deny":
             why = "the safety gate refused it" if decision.action == Action.REFUSE else f"policy denies {call.name}"
             self.audit.append("tool.refused", {**record, "reason": why})
@@ -245,7 +254,9 @@ class ToolLoop:
             request = {"tool": call.name, "arguments": json.loads(call.canonical)["arguments"]}
             item = self.approvals.submit(request, decision.to_dict(), requester, kind="tool_call")
             self.audit.append("tool.escalated", {**record, "approval_id": item.id})
-            return Step(call.name, "pending", "waits for approval", item.id, call_hash), ""
+            detail = "waits for approval" + (f": {call.needs_approval}" if level == "approval" and call.needs_approval
+                                             else "")
+            return Step(call.name, "pending", detail, item.id, call_hash), ""
         return self._execute(call, call_hash, record)
 
     def _execute(self, call: ValidatedCall, call_hash: str, record: dict) -> tuple[Step, str]:

@@ -13,6 +13,10 @@ Risk tiers (the server's config maps tiers or single actions to autonomy levels)
     delete  destroys something                          (files.delete, calendar.delete)
     send    leaves the machine or involves other people (mail.send, calendar.invite)
     pay     moves money
+
+A tier is per action; an action may also `review` each validated call and name a reason it
+needs a person even when its tier runs automatically (a SQL query whose cost is unbounded):
+the call's `needs_approval`, which the tool loop's policy never runs as 'auto'.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class ToolAction:
     args: type[BaseModel]                       # extra="forbid"; validation = the schema
     risk: Risk
     run: Callable[[Any], dict]                  # receives the validated args model
+    review: Callable[[Any], str | None] | None = None  # validated args -> why this call needs a person, or None
 
     def schema(self) -> dict:
         """The OpenAI function-calling description of this action."""
@@ -56,6 +61,7 @@ class ValidatedCall:
     args: BaseModel
     canonical: str                              # canonical JSON of {"name", "arguments"}: what is gated, approved, hashed
     risk: Risk
+    needs_approval: str | None = None           # the action's review: why a person must approve it even on 'auto'
 
 
 class Toolset:
@@ -94,7 +100,13 @@ class Toolset:
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
             raise ToolError(f"{name}: invalid arguments: {problems}") from None
-        return ValidatedCall(name, args, text, action.risk)
+        why = None
+        if action.review is not None:
+            try:
+                why = action.review(args)
+            except Exception as exc:  # noqa: BLE001 - a call whose cost cannot be judged waits for a person
+                why = f"its cost could not be judged ({type(exc).__name__}: {exc})"
+        return ValidatedCall(name, args, text, action.risk, why)
 
     def execute(self, call: ValidatedCall) -> dict:
         """Run a validated call. Tools raise ToolError for a refused operation."""

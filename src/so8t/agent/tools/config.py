@@ -33,6 +33,7 @@ class SqlSection:
     url: str = ""
     read_only: bool = True
     max_rows: int = 200
+    max_result_bytes: int = 1_000_000   # a result (values as JSON) larger than this is cut, marked truncated
     timeout_s: float = 10.0
 
 
@@ -113,7 +114,8 @@ def load_tools(path: str | Path) -> tuple[Toolset, ToolPolicy]:
                                   max_write_bytes=s.max_write_bytes, max_list=s.max_list)
         if "sql" in sections:
             s = sections["sql"]
-            actions += sql_tool(_sqlite_abs(base, s.url), read_only=s.read_only, max_rows=s.max_rows, timeout_s=s.timeout_s)
+            actions += sql_tool(_sqlite_abs(base, s.url), read_only=s.read_only, max_rows=s.max_rows, timeout_s=s.timeout_s,
+                                max_result_bytes=s.max_result_bytes)
         if "browser" in sections:
             s = sections["browser"]
             actions += browser_tool(s.allowlist, executable_path=s.executable_path,

@@ -38,17 +38,33 @@ bytes -> base64, Decimal/UUID/other -> str, date/time -> isoformat.
 Timeouts: `timeout_s` interrupts a long SQLite statement (progress handler) and waits that long
 for a locked database; on PostgreSQL it is `statement_timeout`, on MySQL `max_execution_time`
 (SELECT only); other databases get no statement timeout.
+
+Result size: at most `max_rows` rows and `max_result_bytes` bytes (each value counted as the
+JSON it becomes) come back. Rows are fetched a few at a time (`fetchmany`, with a server-side
+cursor where the driver has one: PostgreSQL, MySQL) and counted as they arrive, so a huge result
+is never held in memory; past either cap the result says `truncated: true`, which cap cut it
+(`truncated_by`) and a `note`. On SQLite no string or blob may be larger than max_result_bytes
+(SQLITE_LIMIT_LENGTH, for the statement), so `SELECT randomblob(1000000000)` is an error that
+names the cap instead of a gigabyte in memory.
+
+Unbounded cost: a statement whose work has no bound in its text -- a recursive CTE without a
+literal LIMIT inside it, randomblob/zeroblob/repeat/lpad/rpad/space/replicate with a size that
+is not a literal within max_result_bytes, generate_series without literal bounds, a cross join
+(CROSS JOIN, or a comma join without WHERE) without a literal LIMIT -- is flagged by the
+actions' `review`: the call's `needs_approval` says why, and the tool loop queues it for a
+person even where the tier runs automatically. The caps and the timeout still hold when it runs.
 """
 from __future__ import annotations
 
 import base64
 import math
 import re
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
@@ -242,6 +258,7 @@ class _Statement:
     label: str     # "SELECT", "DELETE", "DROP TABLE": for messages
     text: str      # for sqlalchemy.text(): ':' outside code escaped so it is not a placeholder
     placeholders: tuple[str, ...]
+    tokens: tuple[_Tok, ...] = field(default=(), compare=False)   # without spaces and comments
 
 
 def _classify(sig: list[_Tok]) -> tuple[Kind, str]:
@@ -305,7 +322,121 @@ def _prepare(sql: str, syn: _Syntax) -> _Statement:
                    for t in stmt).strip()
     names = tuple(dict.fromkeys(t.text[1:] for t in sig if t.kind == "param" and t.text.startswith(":")
                                 and len(t.text) > 1))
-    return _Statement(kind, label, body, names)
+    return _Statement(kind, label, body, names, tuple(sig))
+
+
+# -- cost -------------------------------------------------------------------------------------
+
+# function -> the (0-based) arguments that size its output; each must be an integer literal
+_SIZED = {"randomblob": (0,), "zeroblob": (0,), "repeat": (1,), "lpad": (1,), "rpad": (1,), "space": (0,),
+          "replicate": (1,)}
+_SERIES_MAX = 1_000_000          # generate_series and recursive CTE LIMITs: at most this many rows
+_FROM_ENDS = {"WHERE", "GROUP", "ORDER", "LIMIT", "HAVING", "WINDOW", "UNION", "EXCEPT", "INTERSECT", "RETURNING",
+              "OFFSET", "FETCH"}
+
+
+def _literal_int(arg: list[_Tok]) -> int | None:
+    """The value of an argument that is an integer literal (optionally signed), else None."""
+    sign = 1
+    if len(arg) == 2 and arg[0].text in "+-":
+        sign, arg = (-1 if arg[0].text == "-" else 1), arg[1:]
+    if len(arg) == 1 and arg[0].kind == "number" and arg[0].text.isdigit():
+        return sign * int(arg[0].text)
+    return None
+
+
+def _call_args(toks: tuple[_Tok, ...], i: int) -> list[list[_Tok]]:
+    """The arguments of the call whose '(' is toks[i], split at its own commas."""
+    args: list[list[_Tok]] = [[]]
+    depth = 0
+    for t in toks[i:]:
+        if t.text == "(":
+            depth += 1
+            if depth == 1:
+                continue
+        elif t.text == ")":
+            depth -= 1
+            if depth == 0:
+                break
+        if depth == 1 and t.text == ",":
+            args.append([])
+        else:
+            args[-1].append(t)
+    return args
+
+
+def _unbounded(toks: tuple[_Tok, ...], max_bytes: int) -> str | None:
+    """Why this statement's cost has no bound in its text (so a person should approve it), or
+    None. A heuristic over the tokens, not a proof: the caps and the timeout are the hard limit."""
+    words = [t.text.upper() if t.kind == "word" else None for t in toks]
+    depth, top_limit = 0, False
+    cte_limit, in_with, recursive = False, False, False
+    levels: list[dict] = [{"from": False, "comma": False, "where": False}]
+    cross = False
+
+    def close(level: dict) -> bool:
+        return level["comma"] and not level["where"]
+
+    for i, t in enumerate(toks):
+        w = words[i]
+        nxt = toks[i + 1] if i + 1 < len(toks) else None
+        if t.text == "(":
+            depth += 1
+            levels.append({"from": False, "comma": False, "where": False})
+            continue
+        if t.text == ")":
+            cross = cross or close(levels.pop())
+            depth = max(depth - 1, 0)
+            if not levels:
+                levels.append({"from": False, "comma": False, "where": False})
+            continue
+        level = levels[-1]
+        if w and nxt is not None and nxt.text == "(":
+            name = w.lower()
+            if name in _SIZED:
+                args = _call_args(toks, i + 1)
+                for k in _SIZED[name]:
+                    size = _literal_int(args[k]) if k < len(args) else None
+                    if size is None or size > max_bytes:
+                        return (f"{name}() with a size that is not a literal integer within max_result_bytes "
+                                f"({max_bytes}): its output has no bound")
+            elif name == "generate_series":
+                args = _call_args(toks, i + 1)
+                ends = [_literal_int(a) for a in args[:2]]
+                if len(ends) < 2 or None in ends or abs(ends[1] - ends[0]) > _SERIES_MAX:
+                    return f"generate_series() without literal bounds at most {_SERIES_MAX} apart: its rows have no bound"
+        if w in ("UNION", "EXCEPT", "INTERSECT"):      # a new SELECT at this level: its own FROM and WHERE
+            cross = cross or close(level)
+            level.update({"from": False, "comma": False, "where": False})
+        if w == "WITH" and depth == 0:
+            in_with = True
+        elif w == "RECURSIVE" and in_with:
+            recursive = True
+        elif in_with and depth == 0 and w in ("SELECT", "VALUES", "INSERT", "UPDATE", "DELETE", "REPLACE"):
+            in_with = False
+        if w == "LIMIT" and nxt is not None:
+            n = _literal_int([nxt])
+            if n is not None:
+                if depth == 0 and not in_with:
+                    top_limit = True
+                elif in_with and depth >= 1 and n <= _SERIES_MAX:
+                    cte_limit = True
+        if w == "CROSS" and nxt is not None and nxt.text.upper() == "JOIN":
+            cross = True
+        if w == "FROM":
+            level["from"] = True
+        elif w in _FROM_ENDS:
+            level["from"] = False
+            level["where"] = level["where"] or w == "WHERE"
+        elif t.text == "," and level["from"]:
+            level["comma"] = True
+    cross = cross or any(close(level) for level in levels)
+    if recursive and not cte_limit:
+        return (f"a recursive CTE without a literal LIMIT (at most {_SERIES_MAX}) inside it: it can recurse "
+                "without end")
+    if cross and not top_limit:
+        return "a cross join (CROSS JOIN, or a comma join without WHERE) without a literal LIMIT: its rows multiply"
+    return None
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -331,7 +462,24 @@ def _jsonable(v: Any) -> tuple[Any, str | None]:
     return str(v), f"str ({type(v).__name__})"
 
 
+def _json_size(v: Any) -> int:
+    """About how many bytes v takes in the JSON result (strings as UTF-8, plus quotes)."""
+    if v is None or isinstance(v, bool):
+        return 5
+    if isinstance(v, str):
+        return len(v) + 2 if v.isascii() else len(v.encode("utf-8", "replace")) + 2
+    if isinstance(v, (int, float)):
+        return len(repr(v))
+    if isinstance(v, list):
+        return 2 + sum(_json_size(x) + 1 for x in v)
+    if isinstance(v, dict):
+        return 2 + sum(len(str(k)) + 4 + _json_size(x) for k, x in v.items())
+    return len(str(v)) + 2
+
+
 # -- the database -----------------------------------------------------------------------------
+
+_FETCH = 64                      # the most rows fetched from the cursor at a time
 
 def _sqlite_read_only_url(url: URL) -> URL:
     """The same SQLite database, opened read-only by SQLite itself (URI `mode=ro`)."""
@@ -386,8 +534,9 @@ class _Database:
             cur.close()
 
     @contextmanager
-    def _guarded(self, conn: Connection, *, write: bool) -> Iterator[None]:
-        """Read-only settings for a read and the statement timeout, for one transaction."""
+    def _guarded(self, conn: Connection, *, write: bool, max_bytes: int | None = None) -> Iterator[None]:
+        """Read-only settings for a read, the statement timeout and (SQLite) the largest string
+        or blob a statement may make, for one transaction."""
         raw = conn.connection.driver_connection
         if not write and (self.backend == "postgresql"
                           or self.backend in ("mysql", "mariadb") and not self.read_only):
@@ -402,9 +551,14 @@ class _Database:
         if handler:
             deadline = time.monotonic() + self.timeout_s
             raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        length = None
+        if max_bytes is not None and hasattr(raw, "setlimit"):     # sqlite3, Python >= 3.11
+            length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(max_bytes, 1024))
         try:
             yield
         finally:
+            if length is not None:
+                raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
             if handler:
                 raw.set_progress_handler(None, 0)
             if toggle:
@@ -413,18 +567,21 @@ class _Database:
                 except SQLAlchemyError:
                     conn.invalidate()          # never hand a stuck read-only connection to a writer
 
-    def run(self, sql: str, params: Mapping[str, Any], *, write: bool, max_rows: int) -> dict:
+    def run(self, sql: str, params: Mapping[str, Any], *, write: bool, max_rows: int,
+            max_bytes: int = 1_000_000) -> dict:
         """Execute one statement, already checked by the caller, in its own transaction:
         committed for a write, rolled back for a read. Raises ToolError (without the action)."""
         started = time.monotonic()
         try:
             with self.engine.connect() as conn:
                 with conn.begin() as trans:
-                    with self._guarded(conn, write=write):
-                        result = conn.execute(text(sql), dict(params))
+                    with self._guarded(conn, write=write, max_bytes=max_bytes):
+                        # a server-side cursor where the driver has one: rows arrive a few at a time
+                        result = conn.execution_options(stream_results=True, max_row_buffer=_FETCH).execute(
+                            text(sql), dict(params))
                         out: dict[str, Any] = {}
                         if result.returns_rows:
-                            out.update(self._rows(result, max_rows))
+                            out.update(self._rows(result, max_rows, max_bytes))
                         out["rowcount"] = result.rowcount
                         result.close()
                     if not write:
@@ -436,27 +593,54 @@ class _Database:
                 msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
                 if "interrupted" in msg and time.monotonic() - started >= self.timeout_s:
                     raise ToolError(f"the statement timed out after {self.timeout_s:g} s") from None
+                if "too big" in msg:     # SQLITE_TOOBIG: a value over SQLITE_LIMIT_LENGTH (see _guarded)
+                    raise ToolError(f"a value the statement makes or reads is larger than the result limit of "
+                                    f"{max(max_bytes, 1024)} bytes (max_result_bytes): {msg[:200]}") from None
                 raise ToolError(f"the database refused the statement: {msg[:500]}") from None
             raise ToolError(f"the statement could not run: {str(orig or exc).splitlines()[0][:500]}") from None
         except SQLAlchemyError as exc:
             raise ToolError(f"the database could not be used: {str(exc).splitlines()[0][:500]}") from None
 
     @staticmethod
-    def _rows(result: Any, max_rows: int) -> dict:
+    def _rows(result: Any, max_rows: int, max_bytes: int) -> dict:
+        """At most max_rows rows and max_bytes bytes (values counted as their JSON), fetched a
+        chunk at a time and counted as they come. A chunk is one row first, then as many as the
+        bytes left would hold at the rows' size so far (at most _FETCH): a result never has more
+        than about one chunk past a cap in memory, however wide or long it is."""
         columns = [str(c) for c in result.keys()]
-        fetched = result.fetchmany(max_rows + 1)
         converted: dict[str, str] = {}
-        rows = []
-        for row in fetched[:max_rows]:
-            out = []
-            for col, value in zip(columns, row):
-                v, note = _jsonable(value)
-                if note:
-                    converted.setdefault(col, note)
-                out.append(v)
-            rows.append(out)
-        res: dict[str, Any] = {"columns": columns, "rows": rows, "row_count": len(rows),
-                               "truncated": len(fetched) > max_rows}
+        rows: list[list] = []
+        size = head = 2 + sum(len(c) + 3 for c in columns)
+        cut, want = None, 1
+        while cut is None:
+            chunk = result.fetchmany(want)
+            if not chunk:
+                break
+            for row in chunk:
+                if len(rows) == max_rows:
+                    cut = "rows"
+                    break
+                out = []
+                size += 4                                  # "[", "]" and ", " between rows
+                for col, value in zip(columns, row):
+                    v, note = _jsonable(value)
+                    if note:
+                        converted.setdefault(col, note)
+                    out.append(v)
+                    size += _json_size(v) + 2              # and ", "
+                if size > max_bytes:
+                    cut = "bytes"
+                    break
+                rows.append(out)
+            per_row = max(1, (size - head) // max(1, len(rows)))
+            want = max(1, min(_FETCH, max_rows - len(rows) + 1, (max_bytes - size) // per_row + 1))
+        res: dict[str, Any] = {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": cut is not None}
+        if cut == "rows":
+            res.update(truncated_by="max_rows", note=f"more rows than the limit of {max_rows} (max_rows); only the "
+                                                     "first ones are here: filter, aggregate or add a LIMIT")
+        elif cut == "bytes":
+            res.update(truncated_by="max_result_bytes", note=f"the result is larger than {max_bytes} bytes "
+                       f"(max_result_bytes); it is cut after {len(rows)} rows: select fewer columns or rows")
         if converted:
             res["converted"] = converted
         return res
@@ -502,10 +686,18 @@ def _custom(reason: str) -> PydanticCustomError:
 # -- the tool ---------------------------------------------------------------------------------
 
 class _SqlTool:
-    def __init__(self, url: str, read_only: bool, max_rows: int, timeout_s: float):
+    def __init__(self, url: str, read_only: bool, max_rows: int, timeout_s: float, max_bytes: int = 1_000_000):
+        if max_rows < 1 or max_bytes < 1024:
+            raise ValueError(f"sql: max_rows must be >= 1 and max_result_bytes >= 1024, got {max_rows}, {max_bytes}")
         self.db = _Database(url, read_only=read_only, timeout_s=timeout_s)
         self.read_only = read_only
-        self.max_rows = max_rows
+        self.max_rows, self.max_bytes = max_rows, max_bytes
+
+    def review(self, args: BaseModel) -> str | None:
+        """Why this (validated) statement needs a person's approval, or None: its cost has no
+        bound in its text (_unbounded)."""
+        why = _unbounded(_prepare(args.sql, self.db.syntax).tokens, self.max_bytes)
+        return None if why is None else f"the query's cost is unbounded: {why}"
 
     def check(self, sql: str, kind: Kind) -> _Statement:
         """The statement if `kind`'s action may run it; raise _Refused saying why (and where to go)."""
@@ -558,7 +750,8 @@ class _SqlTool:
         try:
             stmt = self.check(sql, kind)          # again: run can be reached without validate
             self.check_params(stmt, params)
-            return stmt, self.db.run(stmt.text, params, write=kind != "read", max_rows=self.max_rows)
+            return stmt, self.db.run(stmt.text, params, write=kind != "read", max_rows=self.max_rows,
+                                     max_bytes=self.max_bytes)
         except (_Refused, ToolError) as exc:
             raise ToolError(f"{action}: {exc}") from None
 
@@ -610,18 +803,21 @@ def _type_name(t: Any) -> str:
         return type(t).__name__
 
 
-def sql_tool(url: str, *, read_only: bool = True, max_rows: int = 200, timeout_s: float = 10) -> list[ToolAction]:
+def sql_tool(url: str, *, read_only: bool = True, max_rows: int = 200, timeout_s: float = 10,
+             max_result_bytes: int = 1_000_000) -> list[ToolAction]:
     """The `sql.*` actions on one database (any SQLAlchemy URL). With read_only=True (the
-    default) only sql.query and sql.tables run, and SQLite files are opened read-only."""
-    t = _SqlTool(url, read_only, max_rows, timeout_s)
+    default) only sql.query and sql.tables run, and SQLite files are opened read-only. A result
+    holds at most max_rows rows and max_result_bytes bytes; a statement whose cost is unbounded
+    needs approval (see the module docstring)."""
+    t = _SqlTool(url, read_only, max_rows, timeout_s, max_result_bytes)
     ro = " (refused: this database is connected read-only)" if read_only else ""
     return [
         ToolAction("sql.query", f"Run one read statement (SELECT, WITH ... SELECT, VALUES, EXPLAIN, reading PRAGMA) "
-                   f"and return at most {max_rows} rows.", t.bind(QueryArgs, "read"), "read", t.query),
+                   f"and return at most {max_rows} rows.", t.bind(QueryArgs, "read"), "read", t.query, review=t.review),
         ToolAction("sql.tables", "List the tables and views with their columns (name, type, nullable, primary key).",
                    TablesArgs, "read", t.tables),
         ToolAction("sql.execute", "Run one INSERT, UPDATE, DELETE, REPLACE or MERGE statement and return the number "
-                   f"of rows changed{ro}.", t.bind(ExecuteArgs, "data"), "write", t.execute),
+                   f"of rows changed{ro}.", t.bind(ExecuteArgs, "data"), "write", t.execute, review=t.review),
         ToolAction("sql.schema_change", f"Run one CREATE, ALTER, DROP or TRUNCATE statement{ro}.",
                    t.bind(SchemaChangeArgs, "schema"), "delete", t.schema_change),
     ]
