@@ -41,8 +41,9 @@ for a locked database; on PostgreSQL it is `statement_timeout`, on MySQL `max_ex
 
 Result size: at most `max_rows` rows and `max_result_bytes` bytes (each value counted as the
 JSON it becomes) come back. Rows are fetched a few at a time (`fetchmany`, with a server-side
-cursor where the driver has one: PostgreSQL, MySQL) and counted as they arrive, so a huge result
-is never held in memory; past either cap the result says `truncated: true`, which cap cut it
+cursor where the driver has one: PostgreSQL, MySQL -- for SELECT, WITH and VALUES, the reads
+PostgreSQL can declare a cursor for) and counted as they arrive, so a huge result is never held
+in memory (tested on SQLite, and on a real PostgreSQL where psycopg is installed); past either cap the result says `truncated: true`, which cap cut it
 (`truncated_by`) and a `note`. On SQLite no string or blob may be larger than max_result_bytes
 (SQLITE_LIMIT_LENGTH, for the statement), so `SELECT randomblob(1000000000)` is an error that
 names the cap instead of a gigabyte in memory.
@@ -480,6 +481,7 @@ def _json_size(v: Any) -> int:
 # -- the database -----------------------------------------------------------------------------
 
 _FETCH = 64                      # the most rows fetched from the cursor at a time
+_STREAMED = {"SELECT", "WITH", "VALUES"}   # reads a server-side cursor can run (PostgreSQL: DECLARE ... FOR)
 
 def _sqlite_read_only_url(url: URL) -> URL:
     """The same SQLite database, opened read-only by SQLite itself (URI `mode=ro`)."""
@@ -568,21 +570,24 @@ class _Database:
                     conn.invalidate()          # never hand a stuck read-only connection to a writer
 
     def run(self, sql: str, params: Mapping[str, Any], *, write: bool, max_rows: int,
-            max_bytes: int = 1_000_000) -> dict:
+            max_bytes: int = 1_000_000, stream: bool = False) -> dict:
         """Execute one statement, already checked by the caller, in its own transaction:
-        committed for a write, rolled back for a read. Raises ToolError (without the action)."""
+        committed for a write, rolled back for a read. `stream`: through a server-side cursor
+        where the driver has one (PostgreSQL declares one only for SELECT / VALUES, so only
+        those may ask). Raises ToolError (without the action)."""
         started = time.monotonic()
         try:
             with self.engine.connect() as conn:
                 with conn.begin() as trans:
                     with self._guarded(conn, write=write, max_bytes=max_bytes):
                         # a server-side cursor where the driver has one: rows arrive a few at a time
-                        result = conn.execution_options(stream_results=True, max_row_buffer=_FETCH).execute(
-                            text(sql), dict(params))
+                        opts = {"stream_results": True, "max_row_buffer": _FETCH} if stream else {}
+                        result = conn.execution_options(**opts).execute(text(sql), dict(params))
                         out: dict[str, Any] = {}
+                        known = result.rowcount             # psycopg forgets it once the cursor is drained
                         if result.returns_rows:
                             out.update(self._rows(result, max_rows, max_bytes))
-                        out["rowcount"] = result.rowcount
+                        out["rowcount"] = result.rowcount if result.rowcount != -1 else known
                         result.close()
                     if not write:
                         trans.rollback()
@@ -632,6 +637,8 @@ class _Database:
                     cut = "bytes"
                     break
                 rows.append(out)
+            if cut is None and len(chunk) < want:
+                break                                      # the cursor is exhausted (and rowcount still readable)
             per_row = max(1, (size - head) // max(1, len(rows)))
             want = max(1, min(_FETCH, max_rows - len(rows) + 1, (max_bytes - size) // per_row + 1))
         res: dict[str, Any] = {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": cut is not None}
@@ -750,8 +757,9 @@ class _SqlTool:
         try:
             stmt = self.check(sql, kind)          # again: run can be reached without validate
             self.check_params(stmt, params)
+            stream = kind == "read" and stmt.label in _STREAMED
             return stmt, self.db.run(stmt.text, params, write=kind != "read", max_rows=self.max_rows,
-                                     max_bytes=self.max_bytes)
+                                     max_bytes=self.max_bytes, stream=stream)
         except (_Refused, ToolError) as exc:
             raise ToolError(f"{action}: {exc}") from None
 
