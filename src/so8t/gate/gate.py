@@ -499,9 +499,12 @@ class Gate:
             return TooLarge("characters", chars, self.max_chars, "gate_max_chars")
         if not self.ready:
             return None  # no tokenizer: decide() fails closed anyway
-        tokens = len(encode_prompt(self.tokenizer, convo))
-        if tokens > self.max_tokens:
-            return TooLarge("tokens", tokens, self.max_tokens, "gate_max_tokens")
+        # Counted only when it could be over: a character is at most 4 tokens (UTF-8 bytes, the
+        # worst of byte-level BPE) and the chat template adds a few a message.
+        if 4 * chars + 32 * len(convo) + 64 > self.max_tokens:
+            tokens = len(encode_prompt(self.tokenizer, convo))
+            if tokens > self.max_tokens:
+                return TooLarge("tokens", tokens, self.max_tokens, "gate_max_tokens")
         if count_views and (n := len(self.views(convo))) > self.max_views:
             return TooLarge("views", n, self.max_views, "gate_max_views")
         return None
