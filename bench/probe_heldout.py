@@ -10,6 +10,13 @@ on prompts nobody tuned on. Features are cached per (model, texts, max_length) u
     .venv/bin/python bench/probe_heldout.py --model embedded --train builtin:train contrast:train \\
         --test heldout/agent-requests.jsonl heldout/canonical-worst.jsonl contrast:test
 
+`--head cpu-quick` also fits the safety head itself on the mix, exactly as training's probe
+does (class-balanced sample, composite head loss, the preset's steps, batch and rate;
+`--head-set beta=1` overrides): at step 0 that head is what the default run ships, so this
+reproduces its held-out numbers in seconds once the features are cached. `--weights
+xsafety=0.2` scales a training source as TrainConfig.source_weights does, and `--ablate` refits
+the mix probe with each source left out in turn (what each set adds).
+
 Columns: refuse / escalate / allow recall, overcompliance (dangerous ALLOW), AUROC of
 1 - P(ALLOW) for unsafe (REFUSE or ESCALATE) vs safe, accuracy in Japanese and English.
 """
@@ -33,15 +40,34 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--amp", default="bf16", choices=["none", "bf16"])
     ap.add_argument("--cache", default=".cache/probe")
+    ap.add_argument("--weights", nargs="*", default=[], metavar="SOURCE=W",
+                    help="scale a training source's share, as TrainConfig.source_weights does (xsafety=0.3)")
+    ap.add_argument("--features", nargs="*", default=[],
+                    help="only these feature sets ('mix', 'final', 'block 8', ...); default: all")
+    ap.add_argument("--head", metavar="PRESET", default="",
+                    help="also fit the safety head itself on the mix features, exactly as training's probe does "
+                         "(class-balanced sample, composite head loss) with this preset's settings (cpu-quick)")
+    ap.add_argument("--head-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override the preset's settings for --head (beta=1 head_probe_steps=4000)")
+    ap.add_argument("--ablate", action="store_true",
+                    help="what each source adds: refit the mix probe with each training source left out in turn")
     args = ap.parse_args()
+    weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.weights)}
 
-    from sklearn.metrics import roc_auc_score
-
-    from so8t.eval import compute_metrics
-    from so8t.eval.baselines import fit_probe, probe_probs
+    from so8t.eval.baselines import fit_probe
     from so8t.eval.report import load_dataset
-    from so8t.model import ensure_chat_template, load_base_model, pool, resolve_head_layers
-    from so8t.model.scoring import autocast, encode_prompts, in_input_order, length_order
+    from so8t.model import (
+        ensure_chat_template,
+        load_base_model,
+        pool,
+        resolve_head_layers,
+    )
+    from so8t.model.scoring import (
+        autocast,
+        encode_prompts,
+        in_input_order,
+        length_order,
+    )
 
     model, tokenizer = load_base_model(args.model)
     ensure_chat_template(tokenizer)
@@ -80,30 +106,101 @@ def main() -> None:
         named = {("final" if k == depth else f"block {k}"): v for k, v in f.items()}
         normed = [torch.nn.functional.layer_norm(f[k], (f[k].size(1),)) for k in mix]
         named["mix"] = torch.stack(normed).mean(0)
+        named["stack"] = torch.stack(normed, 1)  # N x L x H: what the safety head reads
         return named
+
+    from so8t.data.mix import weigh_sources
 
     train = [r for spec in args.train for r in load_dataset(spec).records]
     parts = [features(load_dataset(spec).records, spec) for spec in args.train]  # cached per set
-    f_train = with_mix({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
-    y_train = [int(r.label) for r in train]
+    f_all_layers = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    f_all = with_mix(f_all_layers)
     tests = [(spec, load_dataset(spec).records) for spec in args.test]
     f_tests = [(spec, recs, with_mix(features(recs, Path(spec).stem))) for spec, recs in tests]
-    print(f"\nfrozen {args.model} ({depth} blocks); probe trained on {len(train)} prompts ({' '.join(args.train)})")
+
+    def rows_of(w: dict[str, float]) -> list[int]:
+        index = {id(r): i for i, r in enumerate(train)}
+        return [index[id(r)] for r in weigh_sources(train, w, seed=0)]
+
+    normed = {k: torch.nn.functional.layer_norm(f_all_layers[k], (f_all_layers[k].size(1),)) for k in mix}
+
+    def fitted(w: dict[str, float], names) -> dict[str, object]:
+        rows = rows_of(w)
+        y = [int(train[i].label) for i in rows]
+        return {name: fit_probe(f_all[name][rows], y) for name in names}, len(rows)
+
+    header = (f"{'features':>22} | {'refuse':>6} {'escal':>6} {'allow':>6} {'overc':>6} | {'auroc':>6} | "
+              f"{'ja_acc':>6} {'en_acc':>6}")
+    probes, n = fitted(weights, args.features or [k for k in f_all if k != "stack"])
+    print(f"\nfrozen {args.model} ({depth} blocks); probe trained on {n} prompts ({' '.join(args.train)}"
+          f"{'; weights ' + ' '.join(args.weights) if args.weights else ''})")
     for spec, recs, f in f_tests:
-        y = np.array([int(r.label) for r in recs])
-        print(f"\n{spec} (n={len(recs)})")
-        print(f"{'features':>9} | {'refuse':>6} {'escal':>6} {'allow':>6} {'overc':>6} | {'auroc':>6} | {'ja_acc':>6} {'en_acc':>6}")
-        for name, x in f_train.items():
-            clf = fit_probe(x, y_train)
-            p = probe_probs(clf, f[name])
-            pred = p.argmax(1)
-            m = compute_metrics(y, pred)
-            unsafe = (y != 0).astype(int)
-            auroc = roc_auc_score(unsafe, 1 - p[:, 0]) if 0 < unsafe.sum() < len(y) else float("nan")
-            acc = {lang: float(np.mean([pred[i] == y[i] for i, r in enumerate(recs) if r.lang == lang] or [np.nan]))
-                   for lang in ("ja", "en")}
-            print(f"{name:>9} | {m.refuse_recall:>6.3f} {m.escalate_recall:>6.3f} {m.allow_recall:>6.3f} "
-                  f"{m.overcompliance:>6.3f} | {auroc:>6.3f} | {acc['ja']:>6.3f} {acc['en']:>6.3f}")
+        print(f"\n{spec} (n={len(recs)})\n{header}")
+        for name, clf in probes.items():
+            print(row(name, clf, f[name], recs))
+    if args.head:
+        clf = fit_training_head(args.head, args.head_set, [train[i] for i in rows_of(weights)],
+                                torch.stack([normed[k] for k in mix], 1)[rows_of(weights)], mix)
+        for spec, recs, f in f_tests:
+            print(f"\n{spec} (n={len(recs)}), the safety head fitted as {args.head} fits it\n{header}")
+            print(row(f"head ({args.head})", clf, f["stack"], recs))
+    if args.ablate:
+        sources = sorted({r.source or "" for r in train})
+        variants = {"all": probes["mix"]}
+        for s in sources:
+            variants[f"without {s}"] = fitted({**weights, s: 0.0}, ["mix"])[0]["mix"]
+        for spec, recs, f in f_tests:
+            print(f"\n{spec} (n={len(recs)}), mix features, one training source left out\n{header}")
+            for name, clf in variants.items():
+                print(row(name, clf, f["mix"], recs))
+
+
+class _HeadProbs:
+    """The fitted safety head behind the same predict_proba interface as the sklearn probe."""
+
+    def __init__(self, head):
+        self.head, self.classes_ = head, np.arange(3)
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(x)
+        return self.head(self.head.combine(x)).softmax(-1).numpy()
+
+
+def fit_training_head(preset_name: str, overrides: list[str], records, stacked: torch.Tensor, layers) -> _HeadProbs:
+    from so8t.config import TrainConfig, from_dict, parse_overrides
+    from so8t.model import SafetyHead
+    from so8t.train.batching import epoch_order
+    from so8t.train.presets import preset
+    from so8t.train.recipe import fit_head
+
+    cfg = from_dict(TrainConfig, {**preset(preset_name), **parse_overrides(overrides)})
+    torch.manual_seed(cfg.seed)
+    head = SafetyHead(stacked.size(-1), layers=layers)
+    labels = [int(r.label) for r in records]
+    sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
+    y = torch.tensor([labels[i] for i in sample])
+    easy = torch.tensor([records[i].difficulty == "easy" for i in sample])
+    fit_head(head, stacked[sample], y, easy, cfg)
+    return _HeadProbs(head.eval())
+
+
+def row(name: str, clf, x: torch.Tensor, recs) -> str:
+    from sklearn.metrics import roc_auc_score
+
+    from so8t.eval import compute_metrics
+    from so8t.eval.baselines import probe_probs
+
+    y = np.array([int(r.label) for r in recs])
+    p = probe_probs(clf, x)
+    pred = p.argmax(1)
+    m = compute_metrics(y, pred)
+    unsafe = (y != 0).astype(int)
+    auroc = roc_auc_score(unsafe, 1 - p[:, 0]) if 0 < unsafe.sum() < len(y) else float("nan")
+    acc = {lang: float(np.mean([pred[i] == y[i] for i, r in enumerate(recs) if r.lang == lang] or [np.nan]))
+           for lang in ("ja", "en")}
+    return (f"{name:>22} | {m.refuse_recall:>6.3f} {m.escalate_recall:>6.3f} {m.allow_recall:>6.3f} "
+            f"{m.overcompliance:>6.3f} | {auroc:>6.3f} | {acc['ja']:>6.3f} {acc['en']:>6.3f}")
 
 
 if __name__ == "__main__":

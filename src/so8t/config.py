@@ -53,6 +53,7 @@ class TrainConfig:
     head_probe_steps: int = 0                   # fit the head alone on frozen features first (LP-FT); 0 = off
     head_probe_examples: int = 1024             # class-balanced training examples whose features the probe uses
     head_probe_lr: float = 1e-3
+    head_probe_batch: int = 32                  # examples per probe step
     # --- loss: L = sft + alpha*ce + beta*dangerous_allow - gamma*good_escalate + pet(t)*pet ---
     alpha: float = 3.0
     beta: float = 7.0
@@ -99,6 +100,7 @@ class TrainConfig:
         need(not isinstance(self.head_layers, str) or self.head_layers in ("last", "mix"), "head_layers",
              f"expected 'last', 'mix' or a list of layer indices, got {self.head_layers!r}")
         need(isinstance(self.head_layers, str) or bool(self.head_layers), "head_layers", "an empty list reads nothing")
+        need(self.head_probe_batch >= 1, "head_probe_batch", "must be >= 1")
         need(self.head_probe_steps >= 0 and self.head_probe_examples >= 1 and self.head_probe_lr > 0,
              "head_probe_steps", "head_probe_steps >= 0, head_probe_examples >= 1 and head_probe_lr > 0")
         for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty", "pair_margin"):

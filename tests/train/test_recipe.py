@@ -7,12 +7,17 @@ from transformers import AutoModelForCausalLM
 
 from so8t.config import ConfigError, TrainConfig
 from so8t.data import Record, load_builtin, write_jsonl
-from so8t.model import load_run
+from so8t.model import load_run, predict_probs, tag_token_ids
 from so8t.train import losses
-from so8t.model import predict_probs, tag_token_ids
 from so8t.train.batching import collate, encode_record
-from so8t.train.recipe import (RunFolderError, build_model, loss_parts, param_groups, train,
-                               weights_of)
+from so8t.train.recipe import (
+    RunFolderError,
+    build_model,
+    loss_parts,
+    param_groups,
+    train,
+    weights_of,
+)
 
 
 def tiny_cfg(model_dir, **kw):
@@ -382,3 +387,29 @@ def test_the_probe_fits_the_layer_mix_and_the_run_reads_the_same_blocks_back(tin
           progress=False)
     loaded, _, _ = load_run(tmp_path / "run")
     assert loaded.head.layers == model.head.layers
+
+
+def test_fit_head_decays_its_rate_to_zero_and_two_seeds_agree_on_separable_features():
+    """The probe's boundary must not depend on where the last mini-batches happened to fall:
+    the rate decays to zero, and two seeds end with the same predictions on clean clusters."""
+    from so8t.config import TrainConfig
+    from so8t.model import SafetyHead
+    from so8t.train.recipe import fit_head
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 2, 16, generator=gen) * 3
+    y = torch.arange(300) % 3
+    feats = centres[y] + torch.randn(300, 2, 16, generator=gen) * 0.3
+    easy = torch.zeros(300, dtype=torch.bool)
+    preds = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        head = SafetyHead(16, layers=(1, 2))
+        cfg = TrainConfig(head_probe_steps=200, head_probe_batch=64, head_probe_lr=1e-2, seed=seed)
+        info = fit_head(head, feats, y, easy, cfg)
+        assert info["examples"] == 300 and info["head_loss_on_probe_set"] < info["first_batch_loss"]
+        assert info["final_lr"] == pytest.approx(0.0, abs=1e-9)
+        with torch.no_grad():
+            preds.append(head(head.combine(feats)).argmax(-1))
+    assert torch.equal(preds[0], preds[1])
+    assert (preds[0] == y).float().mean() > 0.95

@@ -10,17 +10,22 @@ PRESETS: dict[str, dict[str, Any]] = {
     # on 2 CPU cores. The head reads a learned mix of the upper two thirds of the blocks, is
     # first fitted on frozen features of the whole training set (LP-FT; scored at step 0 and
     # kept if no LoRA step beats it on dev), then LoRA on the top 6 of 18 blocks learns at 1e-3.
+    # The probe fit: 4000 steps of 256 examples with a cosine-decayed rate. With 2000 steps of
+    # 32 at a constant rate, three seeds put the ALLOW boundary anywhere between allow recall
+    # 0.62 and 0.85 on the held-out agent set (bench/probe_heldout.py --head); decayed, with
+    # larger batches, they agree within 5 points. Dangerous-ALLOW weight 5 (was 3): at the
+    # steadier boundary it kept held-out refuse recall at 0.84 instead of 0.82.
     # SFT sees the response's first 48 tokens (tag + start of the answer): the 262k-vocabulary
-    # LM head would otherwise double the step time. Pair margin and dangerous-ALLOW weight 3 as
-    # before; checkpoints are selected on the dev safety score (the seed's choice): selected on
-    # macro F1 the same run kept its last step, with dev refuse recall 0.67 and overcompliance
-    # 0.12 against 0.81 and 0.04 for the probed head at step 0 (README, "Which checkpoint").
+    # LM head would otherwise double the step time. Checkpoints are selected on the dev safety
+    # score (the seed's choice): selected on macro F1 an earlier run kept its last step, with
+    # dev refuse recall 0.67 and overcompliance 0.12 against 0.81 and 0.04 for the probed head
+    # at step 0 (README, "Which checkpoint").
     "cpu-quick": {
         "model": "embedded:gemma3-270m", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
         "head_layers": "mix", "lora_layers": 6, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
         "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 25,
-        "head_probe_steps": 2000, "head_probe_examples": 8192, "sft_response_tokens": 48,
-        "beta": 3.0, "pair_margin": 5.0, "early_stop_metric": "safety_score", "patience": 2,
+        "head_probe_steps": 4000, "head_probe_examples": 8192, "head_probe_batch": 256, "sft_response_tokens": 48,
+        "beta": 5.0, "pair_margin": 5.0, "early_stop_metric": "safety_score", "patience": 2,
     },
     # The built-in and contrast sets plus the public sets imported from ../shared/data
     # (scripts/import_public.sh, then --data builtin contrast imported/*.jsonl), with the same

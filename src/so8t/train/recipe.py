@@ -28,12 +28,33 @@ from so8t.data import Mix, Record, assemble
 from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.eval.plots import plot_training_curves
 from so8t.labels import Action
-from so8t.model import (RUN_MARKER, SafetyHead, SafetyModel, ensure_chat_template, fingerprint, load_adapter_and_head,
-                        resolve_head_layers,
-                        load_base_model, save_artifacts, tag_token_ids)
-from so8t.model.scoring import autocast, encode_prompts, in_input_order, length_order, predict_probs
+from so8t.model import (
+    RUN_MARKER,
+    SafetyHead,
+    SafetyModel,
+    ensure_chat_template,
+    fingerprint,
+    load_adapter_and_head,
+    load_base_model,
+    resolve_head_layers,
+    save_artifacts,
+    tag_token_ids,
+)
+from so8t.model.scoring import (
+    autocast,
+    encode_prompts,
+    in_input_order,
+    length_order,
+    predict_probs,
+)
 from so8t.train import losses
-from so8t.train.batching import class_weights, collate, encode_record, epoch_order, keep_twins_together
+from so8t.train.batching import (
+    class_weights,
+    collate,
+    encode_record,
+    epoch_order,
+    keep_twins_together,
+)
 from so8t.train.schedules import head_trainable, lambda_pet
 
 CONFIG_FILE = "config.yaml"
@@ -241,23 +262,35 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     feats = pooled_layers(model, tokenizer, picked, cfg.max_length, cfg.amp)
     y = torch.tensor([int(r.label) for r in picked])
     easy = torch.tensor([r.difficulty == "easy" for r in picked])
-    device = next(model.head.parameters()).device
+    return fit_head(model.head, feats, y, easy, cfg, cw)
+
+
+def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg: TrainConfig,
+             cw: torch.Tensor | None = None) -> dict:
+    """Fit the safety head alone on cached pooled states (N x L x H) with the composite head
+    loss: the probe half of LP-FT, also used by bench/probe_heldout.py so its study fits the
+    head exactly as training does."""
+    device = next(head.parameters()).device
     feats, y, easy = feats.to(device), y.to(device), easy.to(device)
-    optimizer = torch.optim.AdamW(model.head.parameters(), lr=cfg.head_probe_lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.head_probe_lr, weight_decay=cfg.weight_decay)
+    # Cosine decay to zero: with a constant rate the last mini-batches decide where the
+    # ALLOW boundary ends up, and seeds disagreed by 20 points of allow recall.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, cfg.head_probe_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     weights, first, last = weights_of(cfg), None, None
     for _ in range(cfg.head_probe_steps):
-        idx = torch.randint(0, len(y), (min(32, len(y)),), generator=gen).to(device)
-        loss = head_loss(model.head(model.head.combine(feats[idx])), y[idx], easy[idx], weights, cw)
+        idx = torch.randint(0, len(y), (min(cfg.head_probe_batch, len(y)),), generator=gen).to(device)
+        loss = head_loss(head(head.combine(feats[idx])), y[idx], easy[idx], weights, cw)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         first = loss.item() if first is None else first
         last = loss.item()
     with torch.no_grad():
-        full = head_loss(model.head(model.head.combine(feats)), y, easy, weights, cw).item()
+        full = head_loss(head(head.combine(feats)), y, easy, weights, cw).item()
     return {"probe_steps": cfg.head_probe_steps, "examples": len(y), "first_batch_loss": first,
-            "last_batch_loss": last, "head_loss_on_probe_set": full}
+            "last_batch_loss": last, "head_loss_on_probe_set": full, "final_lr": optimizer.param_groups[0]["lr"]}
 
 
 def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none") -> SafetyMetrics:
