@@ -13,7 +13,8 @@ on prompts nobody tuned on. Features are cached per (model, texts, max_length) u
 `--head cpu-quick` also fits the safety head itself on the mix, exactly as training's probe
 does (class-balanced sample, composite head loss, the preset's steps, batch and rate;
 `--head-set beta=1` overrides): at step 0 that head is what the default run ships, so this
-reproduces its held-out numbers in seconds once the features are cached. `--weights
+reproduces its held-out numbers in seconds once the features are cached. `--skip-first N`
+leaves each prompt's first N tokens (BOS, the opening turn marker) out of the mean pool. `--weights
 xsafety=0.2` scales a training source as TrainConfig.source_weights does, and `--ablate` refits
 the mix probe with each source left out in turn (what each set adds).
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--cache", default=".cache/probe")
     ap.add_argument("--weights", nargs="*", default=[], metavar="SOURCE=W",
                     help="scale a training source's share, as TrainConfig.source_weights does (xsafety=0.3)")
+    ap.add_argument("--skip-first", type=int, default=0, metavar="N",
+                    help="leave each prompt's first N tokens (BOS, the turn marker) out of the mean pool")
     ap.add_argument("--features", nargs="*", default=[],
                     help="only these feature sets ('mix', 'final', 'block 8', ...); default: all")
     ap.add_argument("--head", metavar="PRESET", default="",
@@ -79,7 +82,8 @@ def main() -> None:
     @torch.no_grad()
     def features(records, name: str) -> dict[int, torch.Tensor]:
         key = hashlib.sha256(("\x00".join(str(r.messages()) for r in records) + f"|{args.model}|{args.max_length}|"
-                              f"{layers}").encode()).hexdigest()[:16]
+                              + (f"skip{args.skip_first}|" if args.skip_first else "")
+                              + f"{layers}").encode()).hexdigest()[:16]
         path = Path(args.cache) / f"{Path(args.model).name.replace(':', '_')}-{key}.pt"
         if path.is_file():
             return torch.load(path)
@@ -92,7 +96,9 @@ def main() -> None:
             with autocast(torch.device("cpu"), args.amp):
                 hidden = model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states
             for layer in layers:
-                out.setdefault(layer, []).append(pool(hidden[layer].float(), batch["attention_mask"], "mean"))
+                mask = batch["attention_mask"].clone()
+                mask[:, : args.skip_first] = 0  # right-padded: the first tokens are BOS and the turn marker
+                out.setdefault(layer, []).append(pool(hidden[layer].float(), mask, "mean"))
             done = min(i + 16, len(records))
             print(f"\r{name}: {done}/{len(records)} prompts, {done / (time.perf_counter() - t0):.1f}/s",
                   end="", file=sys.stderr, flush=True)
