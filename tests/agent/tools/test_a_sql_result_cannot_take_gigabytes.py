@@ -74,17 +74,22 @@ def test_a_gigabyte_randomblob_is_an_error_naming_the_cap_and_memory_stays_small
     assert "randomblob" in out["needs_approval"] and time.monotonic() - t0 < 60
 
 
+def query_traced(ts: Toolset, sql: str) -> tuple[dict, int]:
+    """The tool's result for `sql` and the peak bytes Python allocated while producing it."""
+    tracemalloc.start()
+    try:
+        res = ts.execute(ts.validate("sql.query", {"sql": sql}))
+        return res, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_huge_result_set_is_cut_by_bytes_and_fetched_a_chunk_at_a_time(db):
     ts = Toolset(sql_tool(f"sqlite:///{db}", max_rows=10**7, max_result_bytes=200_000))
     ticks = counted(ts)
     sql = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000) "
            "SELECT tick(x) AS x, 'a row of ordinary width, about forty bytes' AS t FROM c")
-    tracemalloc.start()
-    try:
-        res = ts.execute(ts.validate("sql.query", {"sql": sql}))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = query_traced(ts, sql)
     assert res["truncated"] is True and res["truncated_by"] == "max_result_bytes" and "200000" in res["note"]
     assert 1_000 < res["row_count"] == len(res["rows"]) < 5_000
     assert len(json.dumps(res, ensure_ascii=False)) <= 200_000 + 1_000
@@ -98,19 +103,14 @@ def test_wide_rows_stop_at_the_byte_cap(db):
     ticks = counted(ts)
     sql = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 150) "
            "SELECT tick(x) AS x, randomblob(300000) AS b FROM c")
-    tracemalloc.start()
-    try:
-        res = ts.execute(ts.validate("sql.query", {"sql": sql}))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    res, peak = query_traced(ts, sql)
     assert res["truncated_by"] == "max_result_bytes" and res["row_count"] == 2 and len(ticks) <= 4
     assert peak < 8 * 2**20, f"peak {peak / 2**20:.0f} MiB"    # before: 150 rows of 400 kB base64, ~100 MiB
 
 
 def test_the_row_cap_says_so(db):
-    res = Toolset(sql_tool(f"sqlite:///{db}", max_rows=2)).execute(
-        Toolset(sql_tool(f"sqlite:///{db}", max_rows=2)).validate("sql.query", {"sql": "SELECT name FROM items"}))
+    ts = Toolset(sql_tool(f"sqlite:///{db}", max_rows=2))
+    res = ts.execute(ts.validate("sql.query", {"sql": "SELECT name FROM items"}))
     assert res["row_count"] == 2 and res["truncated"] and res["truncated_by"] == "max_rows"
 
 
