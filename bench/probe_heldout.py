@@ -119,34 +119,31 @@ def main() -> None:
 
     train = [r for spec in args.train for r in load_dataset(spec).records]
     parts = [features(load_dataset(spec).records, spec) for spec in args.train]  # cached per set
-    f_all_layers = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    f_all = with_mix(f_all_layers)
+    f_all = with_mix({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
     tests = [(spec, load_dataset(spec).records) for spec in args.test]
     f_tests = [(spec, recs, with_mix(features(recs, Path(spec).stem))) for spec, recs in tests]
 
+    index = {id(r): i for i, r in enumerate(train)}
+
     def rows_of(w: dict[str, float]) -> list[int]:
-        index = {id(r): i for i, r in enumerate(train)}
         return [index[id(r)] for r in weigh_sources(train, w, seed=0)]
 
-    normed = {k: torch.nn.functional.layer_norm(f_all_layers[k], (f_all_layers[k].size(1),)) for k in mix}
-
-    def fitted(w: dict[str, float], names) -> dict[str, object]:
-        rows = rows_of(w)
+    def fitted(rows: list[int], names) -> dict[str, object]:
         y = [int(train[i].label) for i in rows]
-        return {name: fit_probe(f_all[name][rows], y) for name in names}, len(rows)
+        return {name: fit_probe(f_all[name][rows], y) for name in names}
 
     header = (f"{'features':>22} | {'refuse':>6} {'escal':>6} {'allow':>6} {'overc':>6} | {'auroc':>6} | "
               f"{'ja_acc':>6} {'en_acc':>6}")
-    probes, n = fitted(weights, args.features or [k for k in f_all if k != "stack"])
-    print(f"\nfrozen {args.model} ({depth} blocks); probe trained on {n} prompts ({' '.join(args.train)}"
+    rows = rows_of(weights)
+    probes = fitted(rows, args.features or [k for k in f_all if k != "stack"])
+    print(f"\nfrozen {args.model} ({depth} blocks); probe trained on {len(rows)} prompts ({' '.join(args.train)}"
           f"{'; weights ' + ' '.join(args.weights) if args.weights else ''})")
     for spec, recs, f in f_tests:
         print(f"\n{spec} (n={len(recs)})\n{header}")
         for name, clf in probes.items():
             print(row(name, clf, f[name], recs))
     if args.head:
-        clf = fit_training_head(args.head, args.head_set, [train[i] for i in rows_of(weights)],
-                                torch.stack([normed[k] for k in mix], 1)[rows_of(weights)], mix)
+        clf = fit_training_head(args.head, args.head_set, [train[i] for i in rows], f_all["stack"][rows], mix)
         for spec, recs, f in f_tests:
             print(f"\n{spec} (n={len(recs)}), the safety head fitted as {args.head} fits it\n{header}")
             print(row(f"head ({args.head})", clf, f["stack"], recs))
@@ -154,7 +151,7 @@ def main() -> None:
         sources = sorted({r.source or "" for r in train})
         variants = {"all": probes["mix"]}
         for s in sources:
-            variants[f"without {s}"] = fitted({**weights, s: 0.0}, ["mix"])[0]["mix"]
+            variants[f"without {s}"] = fitted(rows_of({**weights, s: 0.0}), ["mix"])["mix"]
         for spec, recs, f in f_tests:
             print(f"\n{spec} (n={len(recs)}), mix features, one training source left out\n{header}")
             for name, clf in variants.items():
