@@ -52,6 +52,9 @@ def main() -> None:
                          "(class-balanced sample, composite head loss) with this preset's settings (cpu-quick)")
     ap.add_argument("--head-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override the preset's settings for --head (beta=1 head_probe_steps=4000)")
+    ap.add_argument("--dev-frac", type=float, default=0.0, metavar="F",
+                    help="hold a seeded fraction F of every imported (non-so8t) training source out of the fit and "
+                         "score it as a dev set: choose source weights on it, not on a test split")
     ap.add_argument("--ablate", action="store_true",
                     help="what each source adds: refit the mix probe with each training source left out in turn")
     args = ap.parse_args()
@@ -125,8 +128,14 @@ def main() -> None:
 
     index = {id(r): i for i, r in enumerate(train)}
 
+    held = held_out_rows(train, args.dev_frac)
+    if held:
+        dev = [train[i] for i in sorted(held)]
+        f_tests.insert(0, (f"imported dev ({args.dev_frac:g} of each imported source, not fitted)", dev,
+                           {k: v[sorted(held)] for k, v in f_all.items()}))
+
     def rows_of(w: dict[str, float]) -> list[int]:
-        return [index[id(r)] for r in weigh_sources(train, w, seed=0)]
+        return [index[id(r)] for r in weigh_sources(train, w, seed=0) if index[id(r)] not in held]
 
     def fitted(rows: list[int], names) -> dict[str, object]:
         y = [int(train[i].label) for i in rows]
@@ -156,6 +165,18 @@ def main() -> None:
             print(f"\n{spec} (n={len(recs)}), mix features, one training source left out\n{header}")
             for name, clf in variants.items():
                 print(row(name, clf, f["mix"], recs))
+
+
+def held_out_rows(train, frac: float) -> set[int]:
+    """A seeded `frac` of each imported source's rows (sources not starting with 'so8t'), or none."""
+    if frac <= 0:
+        return set()
+    rng = np.random.default_rng(0)
+    by_source: dict[str, list[int]] = {}
+    for i, r in enumerate(train):
+        if not (r.source or "").startswith("so8t"):
+            by_source.setdefault(r.source or "", []).append(i)
+    return {int(i) for rows in by_source.values() for i in rng.permutation(rows)[: round(frac * len(rows))]}
 
 
 class _HeadProbs:

@@ -48,3 +48,19 @@ def test_gate_load_counts_every_request_and_none_fails_because_of_another():
         assert others == 0 and errors == 0
     assert rows[1][1] == 8 and rows[120][2] > 0   # alone: all decided; 120 at once: the queue of 8 turns some away
     assert "failed closed because of another request: 0" in out.stdout
+
+
+def test_probe_heldout_dev_frac_scores_a_held_back_share_of_each_imported_source(tiny_model_dir, tmp_path):
+    """Source weights are chosen on rows held out of the fit, never on a test split."""
+    from so8t.data import load_builtin, write_jsonl
+
+    imported = [r.model_copy(update={"source": "public-x"}) for r in load_builtin("dev")[:40]]
+    write_jsonl(tmp_path / "public.jsonl", imported)
+    write_jsonl(tmp_path / "held.jsonl", load_builtin("test")[:20])
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "probe_heldout.py"), "--model", str(tiny_model_dir),
+                          "--train", "builtin:dev", str(tmp_path / "public.jsonl"), "--test", str(tmp_path / "held.jsonl"),
+                          "--dev-frac", "0.25", "--features", "mix", "--amp", "none", "--cache", str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "imported dev (0.25 of each imported source, not fitted) (n=10)" in out.stdout
+    assert f"probe trained on {len(load_builtin('dev')) + 30} prompts" in out.stdout

@@ -40,3 +40,15 @@ def test_split_keeps_near_duplicates_together_and_is_reproducible():
     assert all(where[f"a{i}"] == where[f"b{i}"] for i in range(60))
     assert sum(len(v) for v in a.values()) == 120
     assert len(a["train"]) > len(a["dev"]) > 0 and len(a["test"]) > 0
+
+
+def test_split_keeps_records_with_the_same_key_together_even_when_they_differ():
+    """Twin pairs (a safe and an unsafe request on one theme) share a key, not their words."""
+    recs = [Record(prompt=f"distinct request {i} on theme {i * 31 % 97} {'y' * (i % 7)}",
+                   label=["ALLOW", "ESCALATE", "REFUSE"][i % 3], id=f"r{i}") for i in range(90)]
+    keys = [i // 3 if i % 2 else None for i in range(90)]
+    parts = split_records(recs, seed=2, together=keys)
+    where = {r.id: s for s, rs in parts.items() for r in rs}
+    for key in set(k for k in keys if k is not None):
+        assert len({where[f"r{i}"] for i, k in enumerate(keys) if k == key}) == 1
+    assert sum(len(v) for v in parts.values()) == 90 and all(parts.values())

@@ -21,10 +21,15 @@ def split_records(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     threshold: float = 0.8,
+    together: Sequence[object] | None = None,
 ) -> dict[str, list[Record]]:
+    """`together`: an optional key per record (None for none); records sharing a key (a twin
+    pair) go to one split, as near-duplicates do."""
     if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     groups = duplicate_groups([r.prompt_text() for r in records], threshold)
+    if together is not None:
+        groups = _join(groups, together)
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
@@ -46,3 +51,19 @@ def split_records(
             out[split].extend(records[i] for i in members[g])
             seen += len(members[g])
     return out
+
+
+def _join(groups: list[int], keys: Sequence[object]) -> list[int]:
+    """Merge near-duplicate groups that hold records with the same (non-None) key."""
+    parent = {g: g for g in groups}
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    first: dict[object, int] = {}
+    for g, key in zip(groups, keys, strict=True):
+        if key is not None:
+            parent[find(g)] = find(first.setdefault(key, g))
+    return [find(g) for g in groups]
