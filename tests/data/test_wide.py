@@ -93,7 +93,7 @@ def surface_features(r) -> list[float]:
 def test_surface_features_alone_cannot_predict_the_label():
     """Cross-validated gradient boosting on surface features, over everything the default
     training reads (built-in + contrast + wide train splits): the AUROC of each class against
-    the rest. Issue 12's target is 0.65; measured 0.68 (the older built-in and contrast sets
+    the rest. Issue 12's target is 0.65; measured 0.664 (the older built-in and contrast sets
     alone give 0.77: their ESCALATE prompts are commands without '?', their REFUSE prompts carry
     fewer digits). This bound keeps it from growing while the older sets are rebalanced."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -106,4 +106,4 @@ def test_surface_features_alone_cannot_predict_the_label():
     p = cross_val_predict(HistGradientBoostingClassifier(max_depth=3, max_iter=100, random_state=0), x, y,
                           cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")
     aurocs = {lab: round(roc_auc_score(y == k, p[:, k]), 3) for k, lab in enumerate(LABELS)}
-    assert max(aurocs.values()) <= 0.70, aurocs
+    assert max(aurocs.values()) <= 0.68, aurocs
