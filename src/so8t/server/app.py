@@ -24,6 +24,13 @@ must be valid Unicode, so a lone surrogate (JSON "\\ud800" without its pair) is 
 `param` names the field ("messages[1].content"); an unknown `?status=` on the admin API is a
 400 that lists the accepted values.
 
+JSON bodies need their Content-Type: a POST under /v1 with a body is read only when it says
+`Content-Type: application/json` (or `application/...+json`); any other type, or none, is a
+415 that names the expected type and the curl flag that sends it (`curl -d` alone sends
+`application/x-www-form-urlencoded`). A body without a Content-Type is not guessed to be JSON
+on purpose: a web page may send one to localhost without a CORS preflight, so guessing would
+let any site the operator visits call the gate, the chat and the tools.
+
 Bounded work: a conversation over one of the gate's caps (server config gate_max_turns,
 gate_max_chars, gate_max_tokens, gate_max_views) is a 413 naming the cap, the value and the
 config key, before anything is scored; when gate_queue_max requests already wait for the gate,
@@ -129,6 +136,24 @@ def gate_busy(gate: Gate) -> JSONResponse:
     return resp
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header says JSON: application/json or application/<anything>+json,
+    any parameters (charset) allowed; case does not matter."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def wrong_content_type(content_type: str | None) -> JSONResponse:
+    """415 for a JSON route sent another type (or none): the type expected, and how to send it."""
+    got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    hint = " (what `curl -d` sends unless told otherwise)" if (content_type or "").lower().startswith(
+        "application/x-www-form-urlencoded") else ""
+    return error_response(415, f"unsupported media type: this route reads a JSON body and needs Content-Type: "
+                          f"application/json, got {got}{hint}; send the header (curl: -H 'Content-Type: "
+                          f"application/json', or --json '<body>')", param="Content-Type",
+                          kind="unsupported_media_type")
+
+
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -149,6 +174,11 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
                 return error_response(411, "send a Content-Length (chunked request bodies are not accepted)")
             if length is not None and (not length.isdigit() or int(length) > service.config.max_body_bytes):
                 return error_response(413, f"request body larger than {service.config.max_body_bytes} bytes")
+            # Every POST under /v1 reads JSON; a body of another type (or none) is never guessed to be JSON.
+            ctype = request.headers.get("content-type")
+            if (request.url.path.startswith("/v1/") and length not in (None, "0")
+                    and not is_json_media_type(ctype)):
+                return wrong_content_type(ctype)
         return await call_next(request)
 
     @app.exception_handler(StarletteHTTPException)
