@@ -89,3 +89,56 @@ def test_data_split_is_fixed_deduplicated_and_never_overwrites(tmp_path, capsys)
     assert (out / "test.jsonl").read_bytes() == before
     assert main(["data", "split", str(src), "-o", str(out), "--force"]) == 0       # same seed: same split
     assert (out / "test.jsonl").read_bytes() == before
+
+
+# --- issue 17: a path that is not a complete run is a clear error at start (serve, chat, demo)
+
+
+def _marker(folder, **info):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "so8t-run.json").write_text(json.dumps(info))
+    return folder
+
+
+def test_demo_on_a_missing_run_names_the_path_and_the_closest_run_and_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _marker(tmp_path / "runs" / "cpu-quick-20250101-120000", status="complete")
+    assert main(["demo", "runs/quick"]) == 2            # was: KeyError: 'status' after starting the server
+    err = capsys.readouterr().err
+    assert "runs/quick is not an so8t run: no such folder" in err and "did you mean 'runs/cpu-quick-20250101-120000'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["serve", "chat", "demo"])
+def test_a_folder_without_a_run_marker_is_refused_at_start(command, tmp_path, capsys):
+    (tmp_path / "notarun").mkdir()
+    assert main([command, str(tmp_path / "notarun")]) == 2
+    assert f"{tmp_path / 'notarun'} is not an so8t run (no so8t-run.json)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+def test_an_unfinished_run_is_refused_at_start_with_its_status_and_step(command, tmp_path, capsys):
+    run = _marker(tmp_path / "run", status="running", step=40, total_steps=400)
+    assert main([command, str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "run status is 'running' at step 40 of 400, not 'complete'" in err and f"--resume {run}" in err
+
+
+def test_a_complete_marker_without_the_weights_is_refused_naming_what_is_missing(tmp_path, capsys):
+    run = _marker(tmp_path / "run", status="complete")
+    assert main(["chat", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "marked complete but head.json, head.safetensors, adapter/adapter_config.json" in err
+
+
+def test_serve_without_any_run_says_how_to_give_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve"]) == 2
+    assert "serve: no run given; pass the trained run folder" in capsys.readouterr().err
+
+
+def test_a_config_file_run_that_is_missing_is_refused_at_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "server.yaml").write_text("run: runs/quick\n")
+    assert main(["serve", "--config", "server.yaml"]) == 2
+    assert "runs/quick is not an so8t run: no such folder; train one with: so8t train --out runs/quick" in capsys.readouterr().err

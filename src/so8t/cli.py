@@ -195,6 +195,17 @@ def server_config_from_args(args: argparse.Namespace):
     return resolve(ServerConfig, *layers)
 
 
+def _require_run(run: str | None, command: str) -> None:
+    """Start-up check for serve, chat and demo: RUN must be a complete trained run, else a clear
+    error (exit 2) naming the path and what is missing. At run time the gate still fails closed."""
+    from so8t.model.run import RunError, check_run
+
+    if not run or run == "-":
+        raise RunError(f"{command}: no run given; pass the trained run folder (so8t {command} runs/quick)"
+                       + (" or set run: in --config" if command != "demo" else ""))
+    check_run(run)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -202,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from so8t.server.app import create_app
 
     cfg = server_config_from_args(args)
+    _require_run(cfg.run, "serve")
     service = build_service(cfg)
     if not service.gate.ready:
         print(f"so8t: warning: the gate is not ready and will refuse everything: {service.gate.load_error}",
@@ -216,7 +228,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive conversation through the same router as the server (gate first)."""
     from so8t.agent.service import build_service
 
-    service = build_service(server_config_from_args(args))
+    cfg = server_config_from_args(args)
+    _require_run(cfg.run, "chat")
+    service = build_service(cfg)
     if not service.gate.ready:
         print(f"warning: the gate is not ready and will refuse everything: {service.gate.load_error}", file=sys.stderr)
     user = os.environ.get("USER", "terminal")
@@ -262,6 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("so8t: error: no trained run found under runs/; train one first: so8t train (about 11 minutes)",
               file=sys.stderr)
         return 2
+    _require_run(str(run), "demo")
     result = run_demo(run, args.workdir)
     return 0 if result["as_expected"] else 1
 

@@ -5,13 +5,14 @@ its weights, so loading it on a different base fails instead of silently misbeha
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from so8t.model.head import HEAD_CONFIG, load_head, save_head
+from so8t.model.head import HEAD_CONFIG, HEAD_WEIGHTS, load_head, save_head
 from so8t.model.loading import load_base_model
 from so8t.model.safety_model import SafetyModel
 
@@ -65,6 +66,64 @@ def load_adapter_and_head(folder: str | Path, model: SafetyModel) -> None:
     model.head.load_state_dict(head.state_dict())
 
 
+def _runs_near(folder: Path) -> list[Path]:
+    """Complete runs beside `folder` (or inside it, when it is a folder of runs such as runs/)."""
+    found = []
+    for parent in (folder, folder.parent):
+        if parent.is_dir():
+            for marker in sorted(parent.glob(f"*/{RUN_MARKER}")):
+                try:
+                    if json.loads(marker.read_text()).get("status") == "complete":
+                        found.append(marker.parent)
+                except (OSError, ValueError):
+                    continue
+    return found
+
+
+def _hint(folder: Path) -> str:
+    """'; did you mean runs/x?' for the closest complete run nearby, else how to make one."""
+    near = _runs_near(folder)
+    if not near:
+        return f"; train one with: so8t train --out {folder}"
+    close = difflib.get_close_matches(folder.name, [p.name for p in near], n=1, cutoff=0.3)
+    pick = next(p for p in near if p.name == close[0]) if close else near[-1]
+    return f"; did you mean {str(pick)!r}?" + (f" (complete runs here: {', '.join(p.name for p in near)})"
+                                                  if len(near) > 1 else "")
+
+
+def check_run(folder: str | Path) -> dict:
+    """Check, without loading any weights, that `folder` holds a complete run; return its marker.
+
+    Raises RunError naming the folder and what is wrong (no such folder, no so8t-run.json, a
+    status other than 'complete', missing files), with the closest complete run nearby."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise RunError(f"{folder} is not an so8t run: no such folder{_hint(folder)}")
+    if not folder.is_dir():
+        raise RunError(f"{folder} is not an so8t run: a file, not a folder{_hint(folder)}")
+    if not (folder / RUN_MARKER).is_file():
+        raise RunError(f"{folder} is not an so8t run (no {RUN_MARKER}){_hint(folder)}")
+    try:
+        info = json.loads((folder / RUN_MARKER).read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{folder}: {RUN_MARKER} cannot be read ({exc})") from exc
+    if not isinstance(info, dict):
+        raise RunError(f"{folder}: {RUN_MARKER} is not a JSON object")
+    status = info.get("status")
+    if status != "complete":
+        where = f" at step {info['step']} of {info['total_steps']}" if "step" in info and "total_steps" in info else ""
+        todo = ("still training, or was killed: then resume it with so8t train --resume " + str(folder)
+                if status == "running" else f"resume it with so8t train --resume {folder}")
+        raise RunError(f"{folder}: run status is {status!r}{where}, not 'complete' ({todo})")
+    missing = [name for name in (HEAD_CONFIG, HEAD_WEIGHTS, f"{ADAPTER_DIR}/adapter_config.json",
+                                 f"{ADAPTER_DIR}/adapter_model.safetensors", TOKENIZER_DIR)
+               if not (folder / name).exists()]
+    if missing:
+        raise RunError(f"{folder}: the run is marked complete but {', '.join(missing)} "
+                       f"{'is' if len(missing) == 1 else 'are'} missing")
+    return info
+
+
 def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool = True,
              load_in_4bit: bool = False) -> tuple[SafetyModel, PreTrainedTokenizerBase, dict]:
     """Load a finished run: the base model by its reference, the adapter on top, the head beside it."""
@@ -72,13 +131,7 @@ def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    if not (folder / RUN_MARKER).is_file():
-        raise RunError(f"{folder} is not an so8t run (no {RUN_MARKER})")
-    info = json.loads((folder / RUN_MARKER).read_text())
-    if info.get("status") != "complete":
-        raise RunError(f"{folder}: run status is {info.get('status')!r}, not 'complete' (resume it with so8t train --resume)")
-    if not (folder / HEAD_CONFIG).is_file():
-        raise RunError(f"{folder}: the run is marked complete but {HEAD_CONFIG} is missing")
+    check_run(folder)
     try:
         head, meta = load_head(folder)
     except Exception as exc:  # a corrupt head must not load
