@@ -142,3 +142,21 @@ def test_a_config_file_run_that_is_missing_is_refused_at_start(tmp_path, monkeyp
     (tmp_path / "server.yaml").write_text("run: runs/quick\n")
     assert main(["serve", "--config", "server.yaml"]) == 2
     assert "runs/quick is not an so8t run: no such folder; train one with: so8t train --out runs/quick" in capsys.readouterr().err
+
+
+# --- issue 17, item 1: where the run goes is said before training starts
+
+
+def test_train_names_its_run_folder_on_the_first_line_and_again_at_the_end(tiny_run, tiny_model_dir, tmp_path,
+                                                                          monkeypatch, capsys):
+    data = tiny_run[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(
+        f"model: {tiny_model_dir}\ndata: [{data / 'train.jsonl'}]\ndev_data: [{data / 'dev.jsonl'}]\n"
+        "lora_r: 4\nlora_alpha: 8\nmax_length: 64\nmicro_batch: 4\ngrad_accum: 1\nmax_steps: 2\neval_every: 2\n"
+        "head_probe_steps: 0\n")
+    assert main(["train", "--config", "tiny.yaml", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    run = next((tmp_path / "runs").iterdir())
+    assert lines[0] == f"training into run folder runs/{run.name}"   # before any model loads or step runs
+    assert run.name.startswith("custom-") and any(f"run saved to runs/{run.name}" in line for line in lines)
