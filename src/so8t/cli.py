@@ -304,37 +304,32 @@ def _approvals(args):
 
 
 def cmd_approvals_list(args: argparse.Namespace) -> int:
-    from so8t.agent.review import list_lines
-
     queue = _approvals(args)
     queue.expire_due()
     items = queue.list(status=args.status, limit=args.limit)
     if not items:
         print("no approval requests" + (f" with status {args.status}" if args.status else ""))
-    else:
-        print("\n".join(list_lines(items)))
+    for a in items:
+        last = next((m["content"] for m in reversed(a.request.get("messages", [])) if m["role"] == "user"), "")
+        last = " ".join(last.split())
+        print(f"{a.id}  {a.status.value:<9} {a.created_at:%Y-%m-%d %H:%M} {a.requester:<12} "
+              f"{last[:60] + ('…' if len(last) > 60 else '')}")
     return 0
 
 
-# show / approve / reject take the full id or a unique prefix of >= 8 characters (the page shows 12)
 def cmd_approvals_show(args: argparse.Namespace) -> int:
-    from so8t.agent.review import approval_details
-
-    queue = _approvals(args)
-    print(json.dumps(approval_details(queue.get(queue.resolve_id(args.id))), indent=2, ensure_ascii=False))
+    print(json.dumps(_approvals(args).get(args.id).to_dict(), indent=2, ensure_ascii=False))
     return 0
 
 
 def cmd_approvals_approve(args: argparse.Namespace) -> int:
-    queue = _approvals(args)
-    a = queue.approve(queue.resolve_id(args.id), args.by, args.note)
+    a = _approvals(args).approve(args.id, args.by, args.note)
     print(f"{a.id} approved by {args.by}; the server runs it once, exactly as approved")
     return 0
 
 
 def cmd_approvals_reject(args: argparse.Namespace) -> int:
-    queue = _approvals(args)
-    a = queue.reject(queue.resolve_id(args.id), args.by, args.reason)
+    a = _approvals(args).reject(args.id, args.by, args.reason)
     print(f"{a.id} rejected by {args.by}: {a.reason}")
     return 0
 
@@ -496,19 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
                                         "EXECUTED", "FAILED"])
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=cmd_approvals_list)
-    q = ap.add_parser("show", help="one request with its gate decision and result, as indented JSON")
+    q = ap.add_parser("show", help="one request with its gate decision, as JSON")
     state_args(q)
-    q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
+    q.add_argument("id")
     q.set_defaults(func=cmd_approvals_show)
     q = ap.add_parser("approve", help="approve: the server then runs it once, exactly as approved")
     state_args(q)
-    q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
+    q.add_argument("id")
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.add_argument("--note")
     q.set_defaults(func=cmd_approvals_approve)
     q = ap.add_parser("reject", help="reject with a reason")
     state_args(q)
-    q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
+    q.add_argument("id")
     q.add_argument("--reason", required=True)
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.set_defaults(func=cmd_approvals_reject)
