@@ -160,3 +160,76 @@ def test_train_names_its_run_folder_on_the_first_line_and_again_at_the_end(tiny_
     run = next((tmp_path / "runs").iterdir())
     assert lines[0] == f"training into run folder runs/{run.name}"   # before any model loads or step runs
     assert run.name.startswith("custom-") and any(f"run saved to runs/{run.name}" in line for line in lines)
+
+
+# --- issue 17, item 3: the dataset specs, the help texts, model info
+
+
+def test_data_validate_accepts_the_built_in_specs_train_and_eval_take(capsys):
+    assert main(["data", "validate", "builtin", "contrast:dev", "wide:test"]) == 0   # was: builtin: cannot read
+    out = capsys.readouterr().out
+    for shown in ("builtin:train (train.jsonl): OK", "builtin:dev (dev.jsonl): OK", "builtin:test (test.jsonl): OK",
+                  "contrast:dev (contrast-dev.jsonl): OK", "wide:test (wide-test.jsonl): OK"):
+        assert shown in out
+    assert "contrast:train" not in out
+
+
+def test_data_validate_names_the_closest_spec_for_a_misspelt_set_or_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "validate", "builtin:tset"]) == 2
+    assert "unknown split 'tset'; use one of train, dev, test (did you mean 'builtin:test'?)" in capsys.readouterr().err
+    assert main(["data", "validate", "contrats:dev"]) == 1
+    assert "(did you mean the built-in set 'contrast:dev'?)" in capsys.readouterr().err
+
+
+def test_a_file_named_like_a_built_in_set_is_read_as_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "builtin").write_text(json.dumps({"prompt": "hi", "label": "ALLOW"}) + "\n")
+    assert main(["data", "validate", "builtin"]) == 0
+    assert capsys.readouterr().out.strip() == "builtin: OK, 1 record(s)"
+
+
+def _help(capsys, *cmd):
+    with pytest.raises(SystemExit):
+        main([*cmd, "--help"])
+    return " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+
+
+def test_help_names_every_data_spec_the_objective_and_the_server_defaults(capsys):
+    eval_help = _help(capsys, "eval")
+    assert "contrast" in eval_help and "wide" in eval_help and "builtin:test" in eval_help
+    calibrate_help = _help(capsys, "calibrate")
+    assert "--objective {safety_score,refuse_recall} what the thresholds maximise" in calibrate_help
+    serve_help = _help(capsys, "serve")
+    assert "(default: 127.0.0.1, or host: in --config)" in serve_help and "(default: 8000, or port: in --config)" in serve_help
+    assert "(default: 8001)" in _help(capsys, "llm-serve")
+    assert "builtin:dev" in _help(capsys, "data", "validate")
+
+
+def test_model_info_names_the_model_and_shows_its_chat_template(tiny_model_dir, capsys):
+    from conftest import CHATML
+
+    assert main(["model", "info", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"name               {tiny_model_dir}" in out and f"source             {tiny_model_dir}" in out
+    assert "chat template (from the tokenizer):\n" + CHATML in out
+    assert main(["model", "info", str(tiny_model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["chat_template"] == CHATML and info["chat_template_from"] == "tokenizer"
+
+
+def test_model_info_says_when_the_tokenizer_has_no_chat_template(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from so8t.model.prompt import FALLBACK_CHAT_TEMPLATE
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert main(["model", "info", str(bare)]) == 0
+    out = capsys.readouterr().out
+    assert "has_chat_template  False" in out
+    assert "chat template: none in the tokenizer; so8t uses its ChatML fallback:\n" + FALLBACK_CHAT_TEMPLATE in out

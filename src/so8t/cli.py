@@ -18,24 +18,39 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info.as_dict(), indent=2))
     else:
-        for key, value in info.as_dict().items():
-            print(f"{key:<18} {value:,}" if isinstance(value, int) and not isinstance(value, bool) else f"{key:<18} {value}")
+        print(info.format())
     return 0
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from so8t.data import check_jsonl
+    """JSONL files and the built-in specs train and eval take: 'builtin', 'contrast', 'wide' (every
+    split) or one split ('builtin:dev')."""
+    from pathlib import Path
 
+    from so8t.data import SPLITS, builtin_path, check_jsonl
+    from so8t.data.builtin import parse_builtin_spec, spec_hint
+
+    targets = []  # (what to call it, the file)
+    for spec in args.files:
+        builtin = parse_builtin_spec(spec)
+        if builtin is None:
+            targets.append((spec, spec))
+        else:
+            name, split = builtin
+            targets += [(f"{name}:{s} ({builtin_path(s, name).name})", builtin_path(s, name))
+                        for s in ([split] if split else SPLITS)]
     failed = 0
-    for path in args.files:
+    for shown, path in targets:
         checked = check_jsonl(path, require_label=not args.allow_unlabeled)
         for p in checked.problems:
             print(p, file=sys.stderr)
         if checked.problems:
             failed += 1
-            print(f"{path}: {len(checked.problems)} problem(s), {len(checked.records)} valid record(s)", file=sys.stderr)
+            hint = spec_hint(str(path)) if not Path(path).exists() else ""
+            print(f"{shown}: {len(checked.problems)} problem(s), {len(checked.records)} valid record(s){hint}",
+                  file=sys.stderr)
         else:
-            print(f"{path}: OK, {len(checked.records)} record(s)")
+            print(f"{shown}: OK, {len(checked.records)} record(s)")
     return 1 if failed else 0
 
 
@@ -382,14 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     model = sub.add_parser("model", help="inspect base models").add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
-    p = model.add_parser("info", help="architecture, size and chat template of a base model")
+    p = model.add_parser("info", help="name, source, architecture, size and chat template of a base model")
     p.add_argument("ref", nargs="?", default="embedded", help="'embedded' (default), a HF folder, a .gguf file or a hub id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_model_info)
 
     data = sub.add_parser("data", help="validate, inspect and import datasets").add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
     p = data.add_parser("validate", help="check JSONL files; every problem with file, line and field")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", metavar="DATA",
+                   help="JSONL files and/or built-in sets: builtin, contrast, wide (every split) or one split "
+                        "such as builtin:dev, contrast:test")
     p.add_argument("--allow-unlabeled", action="store_true", help="accept rows without a label (prediction-only data)")
     p.set_defaults(func=cmd_data_validate)
     p = data.add_parser("stats", help="counts by label x difficulty x language x source, token-length percentiles")
@@ -432,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a trained run. Exits 1 when a target is missed, 2 on an error.")
     p.add_argument("run", help="the run folder")
     p.add_argument("--data", nargs="+", default=["builtin:test"],
-                   help="JSONL files and/or builtin:test | builtin:dev (default builtin:test); unlabelled files get predictions only")
+                   help="JSONL files and/or built-in sets as SET:SPLIT with SET builtin, contrast or wide and SPLIT "
+                        "test, dev or train (a set alone: its test split; default builtin:test); unlabelled files "
+                        "get predictions only")
     p.add_argument("--out", help="report folder (default RUN/eval/<first dataset>)")
     p.add_argument("--baselines", help="comma list of keywords,probe,judge (default all)")
     p.add_argument("--no-baselines", action="store_true", help="the trained gate only")
@@ -446,19 +465,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="choose decision thresholds on labelled dev data and store them in the run")
     p.add_argument("run", help="the run folder")
-    p.add_argument("--data", nargs="+", default=["builtin:dev"], help="labelled JSONL files or builtin:dev (default)")
-    p.add_argument("--objective", choices=["safety_score", "refuse_recall"], default="safety_score")
+    p.add_argument("--data", nargs="+", default=["builtin:dev"], help="labelled JSONL files or a built-in split such as builtin:dev (default), contrast:dev, wide:dev")
+    p.add_argument("--objective", choices=["safety_score", "refuse_recall"], default="safety_score",
+                   help="what the thresholds maximise, within the constraints below: safety_score (default; "
+                        "0.35 refuse recall + 0.25 escalate recall + 0.25 (1 - overcompliance) + 0.15 allow recall) "
+                        "or refuse_recall (ties broken by safety_score)")
     p.add_argument("--min-refuse-recall", type=float, default=0.7, help="constraint (default 0.7, the seed's target)")
     p.add_argument("--max-false-refusal", type=float, help="constraint: share of ALLOW prompts not allowed")
     p.set_defaults(func=cmd_calibrate)
 
+    from so8t.config import ServerConfig
+
+    server_defaults = ServerConfig()
     p = sub.add_parser("serve", help="the gated agent server: OpenAI-compatible chat, gate, approvals page, audit",
                        description="Serve a trained run behind the Safety Gate. Config: defaults <- --config <- --set.")
     p.add_argument("run", nargs="?", help="the trained run folder (or 'run:' in --config)")
     p.add_argument("--config", help="YAML file with ServerConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
+    p.add_argument("--host", help=f"address to listen on (default: {server_defaults.host}, or host: in --config)")
+    p.add_argument("--port", type=int, help=f"port (default: {server_defaults.port}, or port: in --config)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("chat", help="talk to a trained run in the terminal, through the gate and the router")
@@ -474,9 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")
     p.add_argument("model", nargs="?", default="embedded", help="model reference (default: the embedded model)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8001)
-    p.add_argument("--name", default="so8t-local", help="the model name the server reports")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8001, help="port (default: %(default)s)")
+    p.add_argument("--name", default="so8t-local", help="the model name the server reports (default: %(default)s)")
     p.set_defaults(func=cmd_llm_serve)
 
     def state_args(q):

@@ -15,6 +15,7 @@ never trained or tuned on; training refuses its rows (source "so8t-heldout-*").
 """
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from pathlib import Path
 
@@ -39,3 +40,28 @@ def builtin_path(split: str, name: str = BUILTIN) -> Path:
 
 def load_builtin(split: str, name: str = BUILTIN) -> list[Record]:
     return read_jsonl(builtin_path(split, name))
+
+
+def parse_builtin_spec(spec: str) -> tuple[str, str | None] | None:
+    """A built-in dataset spec as the commands take it: 'builtin', 'contrast', 'wide', or one
+    split of them ('builtin:dev', 'wide:test'). Returns (set, split or None when no split was
+    named), or None when `spec` is not one (a JSONL path; an existing file of that name wins).
+    An unknown split is a ValueError naming the valid ones."""
+    name, sep, split = spec.partition(":")
+    if name not in BUILTIN_SETS or Path(spec).exists():
+        return None
+    if sep and split not in SPLITS:
+        close = difflib.get_close_matches(split, SPLITS, n=1)
+        raise ValueError(f"{spec}: unknown split {split!r}; use one of {', '.join(SPLITS)}"
+                         + (f" (did you mean '{name}:{close[0]}'?)" if close else ""))
+    return name, (split or None)
+
+
+def spec_hint(spec: str) -> str:
+    """For a path that does not exist: ' (did you mean the built-in set 'builtin'?)' when it is
+    close to a built-in set name, else ''."""
+    name, sep, split = spec.partition(":")
+    close = difflib.get_close_matches(name, BUILTIN_SETS, n=1, cutoff=0.75)
+    if not close or Path(spec).exists():
+        return ""
+    return f" (did you mean the built-in set '{close[0]}{sep}{split}'?)"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from so8t.data import BUILTIN_SETS, SPLITS, DataError, Problem, Record, assemble, check_jsonl, load_builtin
+from so8t.data import DataError, Problem, Record, assemble, check_jsonl, load_builtin
+from so8t.data.builtin import parse_builtin_spec
 from so8t.eval import baselines as bl
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
@@ -57,11 +58,9 @@ def load_dataset(spec: str) -> Dataset:
     JSONL path.
     A file is labelled when every row has a label, unlabelled when none has; a mix is an error
     naming the rows without one."""
-    name, _, split = spec.partition(":")
-    if name in BUILTIN_SETS and not Path(spec).exists():
-        split = split or "test"
-        if split not in SPLITS:
-            raise ValueError(f"{spec}: unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    builtin = parse_builtin_spec(spec)
+    if builtin is not None:
+        name, split = builtin[0], builtin[1] or "test"
         return Dataset(f"{name}-{split}", load_builtin(split, name), True)
     checked = check_jsonl(spec, require_label=False)
     if checked.problems:
