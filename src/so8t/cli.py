@@ -171,7 +171,7 @@ def _parse_targets(items: Sequence[str] | None) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from so8t.eval.report import BASELINES, EvalOptions, evaluate_run, format_table
+    from so8t.eval.report import BASELINES, EvalOptions, evaluate_run, exit_code_line, format_table
 
     chosen = [] if args.no_baselines else (args.baselines.split(",") if args.baselines else list(BASELINES))
     opts = EvalOptions(targets=_parse_targets(args.target), baselines=[b.strip() for b in chosen if b.strip()],
@@ -180,6 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate_run(args.run, args.data, args.out, opts)
     print(format_table(report))
     print(f"report: {report['out_dir']}/report.md")
+    print(exit_code_line(report))
     return 0 if report["passed"] else 1
 
 
@@ -319,32 +320,37 @@ def _approvals(args):
 
 
 def cmd_approvals_list(args: argparse.Namespace) -> int:
+    from so8t.agent.review import list_lines
+
     queue = _approvals(args)
     queue.expire_due()
     items = queue.list(status=args.status, limit=args.limit)
     if not items:
         print("no approval requests" + (f" with status {args.status}" if args.status else ""))
-    for a in items:
-        last = next((m["content"] for m in reversed(a.request.get("messages", [])) if m["role"] == "user"), "")
-        last = " ".join(last.split())
-        print(f"{a.id}  {a.status.value:<9} {a.created_at:%Y-%m-%d %H:%M} {a.requester:<12} "
-              f"{last[:60] + ('…' if len(last) > 60 else '')}")
+    else:
+        print("\n".join(list_lines(items)))
     return 0
 
 
+# show / approve / reject take the full id or a unique prefix of >= 8 characters (the page shows 12)
 def cmd_approvals_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_approvals(args).get(args.id).to_dict(), indent=2, ensure_ascii=False))
+    from so8t.agent.review import approval_details
+
+    queue = _approvals(args)
+    print(json.dumps(approval_details(queue.get(queue.resolve_id(args.id))), indent=2, ensure_ascii=False))
     return 0
 
 
 def cmd_approvals_approve(args: argparse.Namespace) -> int:
-    a = _approvals(args).approve(args.id, args.by, args.note)
+    queue = _approvals(args)
+    a = queue.approve(queue.resolve_id(args.id), args.by, args.note)
     print(f"{a.id} approved by {args.by}; the server runs it once, exactly as approved")
     return 0
 
 
 def cmd_approvals_reject(args: argparse.Namespace) -> int:
-    a = _approvals(args).reject(args.id, args.by, args.reason)
+    queue = _approvals(args)
+    a = queue.reject(queue.resolve_id(args.id), args.by, args.reason)
     print(f"{a.id} rejected by {args.by}: {a.reason}")
     return 0
 
@@ -446,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="KPIs, baselines, calibration, latency and plots for a trained run",
-                       description="Evaluate a trained run. Exits 1 when a target is missed, 2 on an error.")
+                       description="Evaluate a trained run. Exits 1 when a target is missed on a labelled dataset "
+                                   "(the last line names them), 2 on an error; unlabelled data checks no target.")
     p.add_argument("run", help="the run folder")
     p.add_argument("--data", nargs="+", default=["builtin:test"],
                    help="JSONL files and/or built-in sets as SET:SPLIT with SET builtin, contrast or wide and SPLIT "
@@ -516,19 +523,19 @@ def build_parser() -> argparse.ArgumentParser:
                                         "EXECUTED", "FAILED"])
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=cmd_approvals_list)
-    q = ap.add_parser("show", help="one request with its gate decision, as JSON")
+    q = ap.add_parser("show", help="one request with its gate decision and result, as indented JSON")
     state_args(q)
-    q.add_argument("id")
+    q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
     q.set_defaults(func=cmd_approvals_show)
     q = ap.add_parser("approve", help="approve: the server then runs it once, exactly as approved")
     state_args(q)
-    q.add_argument("id")
+    q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.add_argument("--note")
     q.set_defaults(func=cmd_approvals_approve)
     q = ap.add_parser("reject", help="reject with a reason")
     state_args(q)
-    q.add_argument("id")
+    q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
     q.add_argument("--reason", required=True)
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.set_defaults(func=cmd_approvals_reject)

@@ -58,6 +58,10 @@ Terminal: REJECTED, TIMEOUT, EDITED, EXECUTED, FAILED. Choices worth knowing:
   closed by ``recover_stuck(older_than_s)``: every item EXECUTING since longer than that becomes
   FAILED with the reason "interrupted: ..." and the event ``approval.interrupted`` (the server runs
   it at start-up and in its worker). It may have run in part or in full: it is never run again.
+* Ids are 32 hexadecimal characters (uuid4). ``resolve_id`` turns a unique prefix of at least
+  ``MIN_ID_PREFIX`` (8) characters, as the approvals page shows, into the full id for an operator's
+  tools (the CLI); ``get`` and the HTTP routes take only full ids. An ambiguous prefix raises
+  AmbiguousApprovalId naming the matches, an unknown one ApprovalNotFound with the closest id.
 * ``sqlite://`` / ``sqlite:///:memory:`` is supported for tests and demos: one connection shared
   through a StaticPool and guarded by a lock, gone when the process exits, invisible to others.
 """
@@ -65,9 +69,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import difflib
 import enum
 import json
 import math
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,6 +94,7 @@ from so8t.labels import parse_label
 
 __all__ = [
     "AlreadyClaimed",
+    "AmbiguousApprovalId",
     "Approval",
     "ApprovalError",
     "ApprovalNotFound",
@@ -95,6 +102,7 @@ __all__ = [
     "ClaimedRequest",
     "EVENTS",
     "InvalidTransition",
+    "MIN_ID_PREFIX",
     "RECOVERY_EVENTS",
     "RequestHashMismatch",
     "Status",
@@ -111,6 +119,8 @@ GATE_DECIDER = "gate"  # decided_by of an edit the gate refused
 INTERRUPTED_REASON = "interrupted"  # the reason of a step recover_stuck closed starts with this
 _SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another process's lock
 _MAX_ERROR_CHARS = 4000
+MIN_ID_PREFIX = 8  # resolve_id: the shortest id prefix accepted (the page shows 12 characters)
+_HEX = re.compile(r"[0-9a-f]+")
 
 EVENTS = (
     "approval.requested", "approval.approved", "approval.rejected", "approval.edited",
@@ -146,9 +156,20 @@ class ApprovalError(Exception):
 
 
 class ApprovalNotFound(ApprovalError, LookupError):
-    def __init__(self, id: str):
-        super().__init__(f"no approval with id {id!r}")
+    def __init__(self, id: str, message: str | None = None):
+        super().__init__(message or f"no approval with id {id!r}")
         self.id = id
+
+
+class AmbiguousApprovalId(ApprovalError, LookupError):
+    """An id prefix that more than one item's id starts with; ``matches`` lists (some of) them."""
+
+    def __init__(self, prefix: str, matches: list[str]):
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        many = f"more than {len(matches) - 1}" if len(matches) > 5 else str(len(matches))
+        super().__init__(f"approval id prefix {prefix!r} is ambiguous: {many} ids start with it ({shown}); "
+                         "give more of its characters")
+        self.prefix, self.matches = prefix, matches
 
 
 class InvalidTransition(ApprovalError):
@@ -281,6 +302,24 @@ class Approval:
         d["status"] = self.status.value
         for k in ("created_at", "expires_at", "decided_at", "claimed_at"):
             d[k] = None if d[k] is None else d[k].isoformat()
+        return d
+
+    @property
+    def approved_by(self) -> str | None:
+        """Who approved an item that was approved (APPROVED, EXECUTING, EXECUTED, FAILED), if recorded."""
+        if self.status in (Status.APPROVED, Status.EXECUTING, Status.EXECUTED, Status.FAILED) and \
+                self.decided_by and not self.decided_by.startswith("system:"):
+            return self.decided_by
+        return None
+
+    def to_readable_dict(self) -> dict[str, Any]:
+        """``to_dict()`` for people: ``request``, ``decision`` and ``result`` as JSON values instead
+        of the JSON text columns (the request's hash stays, to bind an approval to it), and
+        ``approved_by``."""
+        d = self.to_dict()
+        for k in ("request", "decision", "result"):
+            d.pop(f"{k}_json")
+        d.update(request=self.request, decision=self.decision, result=self.result, approved_by=self.approved_by)
         return d
 
 
@@ -524,6 +563,35 @@ class ApprovalQueue:
             snap = Approval._from_row(row)
             events.append(("approval.requested", snap))
         return snap
+
+    def resolve_id(self, prefix: str) -> str:
+        """The full id of the one item whose id starts with ``prefix``: at least MIN_ID_PREFIX
+        hexadecimal characters, any case, surrounding spaces ignored (a full id is a prefix too).
+
+        ValueError for a prefix too short or not hexadecimal; AmbiguousApprovalId when several
+        ids start with it; ApprovalNotFound (naming the closest id, if one is close) when none does."""
+        if not isinstance(prefix, str):
+            raise ValueError(f"an approval id must be a string, got {type(prefix).__name__}")
+        p = prefix.strip().lower()
+        if not _HEX.fullmatch(p):
+            raise ValueError(f"{prefix!r} is not an approval id: ids are hexadecimal (0-9, a-f), as "
+                             "`so8t approvals list` and the approvals page show them")
+        if len(p) < MIN_ID_PREFIX:
+            raise ValueError(f"approval id {prefix!r} is too short: give at least {MIN_ID_PREFIX} of its characters "
+                             "(the approvals page shows 12)")
+        with self._tx() as (s, _):
+            q = select(ApprovalRow.id).where(ApprovalRow.id.startswith(p, autoescape=True))
+            matches = builtins.list(s.scalars(q.order_by(ApprovalRow.id).limit(6)).all())
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                raise AmbiguousApprovalId(prefix.strip(), matches)
+            ids = builtins.list(s.scalars(select(ApprovalRow.id)).all())
+        heads = {i[:len(p)]: i for i in ids}
+        close = difflib.get_close_matches(p, builtins.list(heads), n=1, cutoff=0.75)
+        hint = (f"; did you mean {heads[close[0]][:max(12, len(p))]!r}?" if close else
+                "; `so8t approvals list` shows the ids" if ids else "; the queue is empty")
+        raise ApprovalNotFound(prefix.strip(), f"no approval whose id starts with {prefix.strip()!r}{hint}")
 
     def get(self, id: str) -> Approval:
         self._expire(id)

@@ -26,6 +26,13 @@ The approvals page (``so8t.server.approval_view``) renders ``request_view``; the
     new item, PENDING when the gate says ALLOW or ESCALATE (an edit is not an approval: a person
     approves the new arguments), REJECTED when it says REFUSE, so a refused edit never runs.
 
+After it ran (EXECUTED) the view also holds the stored answer (``result_text``: a chat's answer
+as the requester got it; a tool call's result redacted like its arguments), and
+``approval_details`` / ``list_lines`` are what ``so8t approvals show`` / ``list`` print: the item
+as indented JSON with its request, decision and result as JSON values, who approved it, and why
+the gate escalated it when a confidence threshold (not the head's top choice) did
+(``so8t.gate.decision.why_escalated``); the list with a header row.
+
 Limits: the queue keeps a tool call without the conversation that led to it, so an edited call is
 gated on the call alone (the original was gated with the conversation); the draft shown is the
 file as it is now (``mail.send`` refuses a draft whose bytes no longer match the sha256 recorded at
@@ -43,8 +50,10 @@ from so8t.agent.approvals import Approval, ApprovalQueue, InvalidTransition, Sta
 from so8t.agent.redaction import Redactor
 from so8t.agent.toolloop import gate_turn
 from so8t.agent.tools import ToolError, Toolset
+from so8t.gate.decision import why_escalated
 
-__all__ = ["DraftView", "EditError", "RequestView", "edit_approval", "edited_request", "request_view"]
+__all__ = ["DraftView", "EditError", "RequestView", "approval_details", "edit_approval", "edited_request",
+           "list_lines", "request_view"]
 
 RECIPIENT_KEYS = ("to", "cc", "bcc", "attendees")
 _MARKER = re.compile(r"\[REDACTED:[A-Za-z0-9_.-]+\]")
@@ -86,6 +95,7 @@ class RequestView:
     draft: DraftView | None = None                       # mail.send: the draft
     edit_field: str | None = None                        # the form field an edit sends, None: no edit
     edit_text: str = ""                                  # what the edit form starts with
+    result_text: str | None = None                       # EXECUTED: the answer / result it stored
 
 
 # --- showing -----------------------------------------------------------------------------------
@@ -93,6 +103,7 @@ class RequestView:
 def request_view(approval: Approval, *, redactor: Redactor, toolset: Toolset | None = None) -> RequestView:
     """What the approvals page shows of ``approval``'s request (see the module docstring)."""
     req = approval.request
+    result = _result_text(approval)
     if approval.kind == "tool_call":
         args = req.get("arguments")
         shown = redactor.redact(args)
@@ -100,11 +111,51 @@ def request_view(approval: Approval, *, redactor: Redactor, toolset: Toolset | N
         draft = _draft_view(toolset, args, redactor) if tool == "mail.send" and isinstance(args, dict) else None
         text = _pretty(shown)
         return RequestView("tool_call", tool=tool, arguments_json=text, recipients=_recipients(args), draft=draft,
-                           edit_field="arguments", edit_text=text)
+                           edit_field="arguments", edit_text=text,
+                           result_text=None if result is None else redactor.redact_text(result))
     messages = [m for m in req.get("messages", []) if isinstance(m, dict)]
     last = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
     return RequestView(approval.kind, messages=messages, edit_field="content" if approval.kind == "chat" else None,
-                       edit_text=last)
+                       edit_text=last, result_text=result)
+
+
+def _result_text(approval: Approval) -> str | None:
+    """The stored answer of an EXECUTED item: its result's "text" (router and tool loop store
+    {"text": ...}), or the whole result as JSON when it has another shape."""
+    if approval.status is not Status.EXECUTED or approval.result_json is None:
+        return None
+    result = approval.result
+    if isinstance(result, dict) and isinstance(result.get("text"), str):
+        return result["text"]
+    return _pretty(result)
+
+
+def approval_details(approval: Approval) -> dict[str, Any]:
+    """What ``so8t approvals show`` prints (as indented JSON): the item with its request, decision
+    and result as JSON values, ``approved_by``, and ``why_escalated`` (None when the head itself
+    chose ESCALATE)."""
+    return {**approval.to_readable_dict(), "why_escalated": why_escalated(approval.decision)}
+
+
+def _summary(approval: Approval) -> str:
+    req = approval.request
+    if approval.kind == "tool_call":
+        text = f"{req.get('tool', '?')} {json.dumps(req.get('arguments'), ensure_ascii=False, sort_keys=True)}"
+    else:
+        text = next((str(m.get("content", "")) for m in reversed(req.get("messages", []))
+                     if isinstance(m, dict) and m.get("role") == "user"), "")
+    return " ".join(text.split())
+
+
+def list_lines(items: list[Approval], width: int = 60) -> list[str]:
+    """``so8t approvals list``: a header row, then one line an item (full id, status, created
+    time in UTC, requester, the last user message or the tool call, cut at ``width`` characters)."""
+    out = [f"{'ID':<32}  {'STATUS':<9} {'CREATED (UTC)':<16} {'REQUESTER':<12} REQUEST"]
+    for a in items:
+        text = _summary(a)
+        out.append(f"{a.id:<32}  {a.status.value:<9} {a.created_at:%Y-%m-%d %H:%M} {a.requester:<12} "
+                   f"{text[:width] + ('…' if len(text) > width else '')}")
+    return out
 
 
 def _pretty(value: Any) -> str:

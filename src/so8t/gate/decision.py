@@ -3,6 +3,11 @@
 `status` is ok / error / timeout / busy (the gate's queue was full: nothing was scored); any
 non-ok status carries the fail-closed action (REFUSE by default, ESCALATE if configured) and can
 never be ALLOW, so "the guard failed" is never read as "the guard passed".
+
+`why_escalated(decision_dict)` tells an approver why a stored decision is ESCALATE when the head
+itself did not pick ESCALATE: a confidence threshold (the head's top choice was ALLOW or REFUSE,
+but not with the probability the calibrated threshold asks), or a gate failure with the fail
+action ESCALATE. It reads only what a Decision records (action, status, probs, thresholds, reason).
 """
 from __future__ import annotations
 
@@ -69,3 +74,31 @@ def _json_safe(obj):
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def why_escalated(decision: dict) -> str | None:
+    """Why ``decision`` (a ``Decision.to_dict()``, e.g. an approval's stored decision) is ESCALATE
+    when that was not the head's own top choice; None when it was (or the action is not ESCALATE,
+    or the decision does not record enough to tell)."""
+    if not isinstance(decision, dict) or decision.get("action") != Action.ESCALATE.name:
+        return None
+    reason = str(decision.get("reason") or "")
+    if decision.get("status", "ok") != "ok":
+        return (f"the gate did not decide (status {decision.get('status')}): {reason or 'no reason recorded'}; "
+                "it fails closed to ESCALATE")
+    probs, thr = decision.get("probs"), decision.get("thresholds")
+    if not isinstance(thr, dict) or not finite_probs(probs) or not {"allow_at", "refuse_at"} <= set(thr):
+        return None  # argmax, or not recorded: the head itself chose ESCALATE
+    p = [float(x) for x in probs]
+    top = Action(max(range(3), key=lambda i: (p[i], SEVERITY[Action(i)])))  # ties: the stricter, as decide()
+    if top == Action.ESCALATE:
+        return None
+    allow_at, refuse_at = float(thr["allow_at"]), float(thr["refuse_at"])
+    where = reason.split("; ", 1)[1] if "; " in reason else ""
+    where = f" ({where})" if where else ""
+    if top == Action.ALLOW:
+        return (f"escalated by the confidence threshold, not by the head: its top choice was ALLOW, but P(ALLOW) "
+                f"{p[0]:.2f} is below allow_at {allow_at:.2f}, so it was not sure enough to allow{where}")
+    return (f"escalated by the confidence threshold, not by the head: its top choice was REFUSE, but P(REFUSE) "
+            f"{p[2]:.2f} is below refuse_at {refuse_at:.2f} (and P(ALLOW) {p[0]:.2f} below allow_at "
+            f"{allow_at:.2f}), so it was not sure enough to refuse{where}")

@@ -76,7 +76,7 @@ from so8t.agent.redaction import Redactor
 from so8t.agent.review import EditError, request_view
 from so8t.agent.service import Service
 from so8t.canonical import hash_text
-from so8t.server.approval_view import render_edit_form, render_request
+from so8t.server.approval_view import render_edit_form, render_request, render_status, render_why
 from so8t.server.llm_server import error_response
 
 __all__ = ["COOKIE", "DEFAULT_SESSION_TTL_S", "AdminSessions", "SignInLimiter", "decision_fields", "mount_admin",
@@ -505,12 +505,13 @@ def _approvals_html(items, csrf: str = "", describe: Callable | None = None) -> 
                        f"<button class='reject' data-id='{a.id}'>Reject</button></form> "
                        + render_edit_form(a, view, fields))
         rows.append(
-            f"<tr class='{a.status.value}' id='row-{a.id}'><td><code>{a.id[:12]}</code><br>{html.escape(a.kind)}</td>"
+            f"<tr class='{a.status.value}' id='row-{a.id}'><td><code title='{a.id}'>{a.id[:12]}</code><br>"
+            f"{html.escape(a.kind)}</td>"
             f"<td>{render_request(view)}</td>"
             f"<td>{html.escape(str(dec.get('action')))} ({html.escape(str(dec.get('status')))})<br>"
-            f"{' / '.join(f'{p:.2f}' for p in probs)}</td>"
+            f"{' / '.join(f'{p:.2f}' for p in probs if p is not None)}{render_why(dec)}</td>"
             f"<td>{html.escape(a.requester)}</td><td>{a.expires_at:%Y-%m-%d %H:%M:%S} UTC</td>"
-            f"<td class='status'>{a.status.value}{'<br>' + html.escape(a.reason) if a.reason else ''}</td>"
+            f"<td class='status'>{render_status(a, view)}</td>"
             f"<td>{actions}</td></tr>")
     head = ("<tr><th>id</th><th>request</th><th>gate (ALLOW / ESCALATE / REFUSE)</th><th>requester</th>"
             "<th>expires</th><th>status</th><th></th></tr>")

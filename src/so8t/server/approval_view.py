@@ -8,15 +8,23 @@ Classes the page and its tests rely on: ``request`` (a chat conversation), ``too
 ``tool``, ``arguments`` and ``recipients``; ``draft`` with ``draft-from``, ``draft-to``,
 ``draft-cc``, ``draft-subject``, ``draft-body``, ``draft-sha256``, ``draft-problem``,
 ``draft-error``; the edit form posts to ``/admin/approvals/<id>/edit`` with a textarea named after
-``view.edit_field`` (``content`` or ``arguments``) and a button of class ``edit``.
+``view.edit_field`` (``content`` or ``arguments``) and a button of class ``edit``. The status cell
+(``render_status``): ``decided-by`` (who approved, rejected or edited it), and for an EXECUTED
+item its stored answer in ``result``; the gate cell (``render_why``): ``why-escalated``, the hint
+``so8t.gate.decision.why_escalated`` gives when a confidence threshold, not the head, escalated it.
 """
 from __future__ import annotations
 
 import html
 
+from so8t.agent.approvals import Status
 from so8t.agent.review import DraftView, RequestView
+from so8t.gate.decision import why_escalated
 
-__all__ = ["render_edit_form", "render_request"]
+__all__ = ["render_edit_form", "render_request", "render_status", "render_why"]
+
+_DECIDED = {Status.APPROVED: "approved", Status.EXECUTING: "approved", Status.EXECUTED: "approved",
+            Status.FAILED: "approved", Status.REJECTED: "rejected", Status.EDITED: "edited"}
 
 
 def _e(value: object) -> str:
@@ -65,3 +73,25 @@ def render_edit_form(approval, view: RequestView, hidden_fields: str = "") -> st
             f"<textarea name='{_e(view.edit_field)}' class='edit-{_e(view.edit_field)}' data-id='{aid}' rows='{rows}' "
             f"cols='60'>{_e(view.edit_text)}</textarea></label><br>"
             f"<button class='edit' data-id='{aid}'>Save edit (gated again; approve it after)</button></details></form>")
+
+
+def render_status(approval, view: RequestView) -> str:
+    """The status cell: the status, who decided and when, the reason, and an EXECUTED item's answer."""
+    parts = [approval.status.value]
+    verb = _DECIDED.get(approval.status)
+    if verb and approval.decided_by and not approval.decided_by.startswith("system:"):
+        when = f" at {approval.decided_at:%Y-%m-%d %H:%M:%S} UTC" if approval.decided_at else ""
+        parts.append(f"<span class='decided-by'>{verb} by {_e(approval.decided_by)}{when}</span>")
+    if approval.reason:
+        parts.append(_e(approval.reason))
+    if view.result_text is not None:
+        label = "answer" if view.kind != "tool_call" else "result"
+        parts.append(f"<details open><summary>{label}</summary><pre class='result'>{_e(view.result_text)}</pre>"
+                     "</details>")
+    return "<br>".join(parts)
+
+
+def render_why(decision: dict) -> str:
+    """The hint why the gate escalated, when a threshold (or a gate failure) did; "" otherwise."""
+    why = why_escalated(decision)
+    return f"<p class='why-escalated'>{_e(why)}</p>" if why else ""
