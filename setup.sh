@@ -35,10 +35,16 @@ fi
 # apt-get (root or passwordless sudo); otherwise those tests say how to install them and skip.
 # - chromium: the approvals page and the browser tool are tested in a real headless Chromium
 #   (Playwright drives it through executable_path, no browser download). SO8T_CHROMIUM=skip opts out.
+# - fonts-noto-cjk: with Chromium, when no font covers Japanese (fc-list :lang=ja finds none), so
+#   Japanese text on the approvals page and in the browser tool is not drawn as empty boxes.
+#   SO8T_CJK_FONT=skip (or SO8T_CHROMIUM=skip) opts out.
 # - postgresql: the SQL tool's tests start a throwaway PostgreSQL server (initdb, pg_ctl) in a
 #   temporary folder. SO8T_POSTGRES=skip opts out.
 APT_WANT=()
 if [ ! -x /usr/bin/chromium ] && [ "${SO8T_CHROMIUM:-auto}" != "skip" ]; then APT_WANT+=(chromium); fi
+if [ "${SO8T_CHROMIUM:-auto}" != "skip" ] && [ "${SO8T_CJK_FONT:-auto}" != "skip" ] \
+   && ! { command -v fc-list >/dev/null && [ -n "$(fc-list :lang=ja family 2>/dev/null)" ]; } \
+   && ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; then APT_WANT+=(fonts-noto-cjk); fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null \
    && [ "${SO8T_POSTGRES:-auto}" != "skip" ]; then APT_WANT+=(postgresql); fi
 if [ ${#APT_WANT[@]} -gt 0 ]; then
@@ -49,8 +55,10 @@ if [ ${#APT_WANT[@]} -gt 0 ]; then
     echo "note: could not run apt-get (root or passwordless sudo needed): ${APT_WANT[*]} not installed; the tests that need them will be skipped" >&2
   else
     for pkg in "${APT_WANT[@]}"; do
+      if [ "$pkg" = fonts-noto-cjk ]; then why="Japanese text will show as empty boxes in Chromium"
+      else why="the tests that need it will be skipped"; fi
       "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null \
-        || echo "note: could not install Debian's $pkg; the tests that need it will be skipped" >&2
+        || echo "note: could not install Debian's $pkg; $why" >&2
     done
   fi
 fi
