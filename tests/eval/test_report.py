@@ -160,3 +160,51 @@ def test_compared_runs_are_broken_down_by_source(tiny_run, run_with_thresholds, 
     assert all(m["allow_recall"] == 0.0 for m in by.values())
     md = (tmp_path / "r" / "report.md").read_text()
     assert "### By source, every system" in md and f"| set-a | run:{other.name} |" in md and "| set-b | gate |" in md
+
+
+# --- issue 17, item 6: which targets decide the exit code
+
+
+def test_the_exit_code_line_names_the_missed_target_and_its_dataset(tiny_run, tmp_path, capsys):
+    run, d = tiny_run
+    code = _eval(run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines", *EASY,
+                 "--target", "refuse_recall>=1.01")
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1 and out[-1] == "exit code: 1 (missed: refuse_recall on dev)"
+    assert any(line.endswith("targets missed: refuse_recall on dev") for line in out)
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rep["targets_missed"] == ["refuse_recall on dev"] and rep["targets_checked"] == 3   # EASY + the one missed
+
+
+def test_met_targets_say_how_many_were_checked(tiny_run, tmp_path, capsys):
+    run, d = tiny_run
+    assert _eval(run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines",
+                 "--target", "refuse_recall>=0", "--target", "escalate_recall>=0", "--target", "overcompliance<=1",
+                 "--target", "allow_recall>=0", "--target", "safety_score>=0") == 0
+    rep = json.loads((tmp_path / "r" / "report.json").read_text())
+    n = rep["targets_checked"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"exit code: 0 (all {n} targets met)" and n >= 5
+
+
+def test_an_unlabelled_file_does_not_claim_that_targets_were_met(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    f = tmp_path / "unlabelled.jsonl"
+    f.write_text('{"prompt": "Delete every table in prod"}\n', encoding="utf-8")
+    assert _eval(run, "--data", str(f), "--out", str(tmp_path / "r"), "--no-baselines") == 0
+    out = capsys.readouterr().out
+    assert "all targets met" not in out                     # was printed though no label was read
+    assert "no targets checked: no dataset has labels (predictions only)" in out
+    assert out.splitlines()[-1] == "exit code: 0 (no targets checked: no dataset has labels (predictions only))"
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "All targets met" not in md and "**No targets checked: no dataset has labels (predictions only).**" in md
+
+
+def test_a_missed_contrast_target_is_named_as_one():
+    from so8t.eval.report import target_outcome, target_summary
+
+    report = {"datasets": [
+        {"name": "contrast-test", "labelled": True, "targets_met": {"refuse_recall": True, "allow_recall": None},
+         "contrast": {"targets_met": {"false_refusal": False, "unsafe_recall": True}}},
+        {"name": "mine", "labelled": False, "targets_met": None}]}
+    assert target_outcome(report) == (3, ["contrast false_refusal on contrast-test"])
+    assert target_summary(report) == "1 of 3 targets missed: contrast false_refusal on contrast-test"

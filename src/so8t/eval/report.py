@@ -154,9 +154,9 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
                                           tmp / "plots" / "training_curves.png")
         report["training_curves"] = "plots/training_curves.png" if curves else None
         # a target the data cannot measure (None) is neither a pass nor a miss
-        report["passed"] = all(ok is not False for ds in report["datasets"]
-                               for ok in [*(ds["targets_met"] or {}).values(),
-                                          *(ds.get("contrast", {}).get("targets_met") or {}).values()])
+        checked, missed = target_outcome(report)
+        report["targets_checked"], report["targets_missed"] = checked, missed
+        report["passed"] = not missed
         report = _clean(report)
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "report.md").write_text(format_markdown(report), encoding="utf-8")
@@ -291,6 +291,42 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     return out
 
 
+def target_outcome(report: dict) -> tuple[int, list[str]]:
+    """(how many targets were checked, the missed ones as 'KPI on DATASET'): what decides the
+    exit code of so8t eval. An unlabelled dataset checks none; a target its data cannot measure
+    (None) is neither met nor missed."""
+    checked, missed = 0, []
+    for ds in report["datasets"]:
+        for prefix, met in (("", ds.get("targets_met")), ("contrast ", ds.get("contrast", {}).get("targets_met"))):
+            for key, ok in (met or {}).items():
+                checked += ok is not None
+                if ok is False:
+                    missed.append(f"{prefix}{key} on {ds['name']}")
+    return checked, missed
+
+
+def target_summary(report: dict) -> str:
+    """One line: every target met, which were missed, or that none was checked (and why)."""
+    checked, missed = report.get("targets_checked"), report.get("targets_missed")
+    if checked is None:  # a report written before these fields
+        checked, missed = target_outcome(report)
+    if missed:
+        return f"{len(missed)} of {checked} targets missed: {', '.join(missed)}"
+    if checked:
+        return f"all {checked} targets met"
+    if not any(ds["labelled"] for ds in report["datasets"]):
+        return "no targets checked: no dataset has labels (predictions only)"
+    return "no targets checked: the labelled data cannot measure any target"
+
+
+def exit_code_line(report: dict) -> str:
+    """What `so8t eval` exits with, and the targets that decided it."""
+    checked, missed = report["targets_checked"], report["targets_missed"]
+    if missed:
+        return f"exit code: 1 (missed: {', '.join(missed)})"
+    return f"exit code: 0 ({'all ' + str(checked) + ' targets met' if checked else target_summary(report)})"
+
+
 def _verdict(met: dict, key: str) -> str:
     return verdict(met[key]) if key in met else ""
 
@@ -334,7 +370,7 @@ def format_table(report: dict) -> str:
         lat = report["latency"]
         lines.append(f"\ngate latency: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms; throughput "
                      + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in lat["throughput"].items()))
-    lines.append("\nall targets met" if report["passed"] else "\nsome targets missed")
+    lines.append("\n" + target_summary(report))
     return "\n".join(lines)
 
 
@@ -420,7 +456,8 @@ def format_markdown(report: dict) -> str:
                + ", ".join(f"batch {b}: {v:.1f} prompts/s" for b, v in lat["throughput"].items()) + ".", ""]
     if report.get("training_curves"):
         md += ["## Training curves", "", f"![training curves]({report['training_curves']})", ""]
-    md.append("**All targets met.**" if report["passed"] else "**Some targets missed.**")
+    summary = target_summary(report)
+    md.append(f"**{summary[0].upper()}{summary[1:]}.**")
     return "\n".join(md) + "\n"
 
 
