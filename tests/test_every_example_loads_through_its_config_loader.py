@@ -28,7 +28,7 @@ def _train(path: Path) -> None:
 
 
 def _tools(path: Path) -> None:
-    toolset, policy = load_tools(path)
+    toolset, _policy = load_tools(path)
     assert {"files.read", "sql.query", "browser.open", "mail.send", "calendar.create"} <= set(toolset.actions)
     # the shipped sandbox answers read-only calls, without writing anything next to it
     listed = toolset.execute(toolset.validate("files.list", {}))

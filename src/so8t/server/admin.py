@@ -76,7 +76,12 @@ from so8t.agent.redaction import Redactor
 from so8t.agent.review import EditError, request_view
 from so8t.agent.service import Service
 from so8t.canonical import hash_text
-from so8t.server.approval_view import render_edit_form, render_request, render_status, render_why
+from so8t.server.approval_view import (
+    render_edit_form,
+    render_request,
+    render_status,
+    render_why,
+)
 from so8t.server.llm_server import error_response
 
 __all__ = ["COOKIE", "DEFAULT_SESSION_TTL_S", "AdminSessions", "SignInLimiter", "decision_fields", "mount_admin",
