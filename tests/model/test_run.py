@@ -30,3 +30,15 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path):
     with pytest.raises(RunError, match=r"'interrupted' at step 3 of 9, not 'complete' \(resume it with so8t train "
                                        r"--resume "):
         check_run(tmp_path)
+
+
+def test_without_a_close_name_the_hint_is_the_newest_complete_run(tmp_path):
+    import os
+
+    for i, name in enumerate(["alpha", "beta"]):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        marker = tmp_path / "runs" / name / "so8t-run.json"
+        marker.write_text(json.dumps({"status": "complete"}))
+        os.utime(marker, (1_000_000 + 100 * (1 - i),) * 2)     # alpha is the newer
+    with pytest.raises(RunError, match=r"did you mean '.*runs/alpha'\? \(complete runs here: alpha, beta\)"):
+        check_run(tmp_path / "runs" / "quick")

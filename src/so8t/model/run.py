@@ -81,12 +81,14 @@ def _runs_near(folder: Path) -> list[Path]:
 
 
 def _hint(folder: Path) -> str:
-    """'; did you mean runs/x?' for the closest complete run nearby, else how to make one."""
+    """'; did you mean runs/x?' for the complete run nearby closest in name (else the newest),
+    or how to make one when there is none."""
     near = _runs_near(folder)
     if not near:
         return f"; train one with: so8t train --out {folder}"
-    close = difflib.get_close_matches(folder.name, [p.name for p in near], n=1, cutoff=0.3)
-    pick = next(p for p in near if p.name == close[0]) if close else near[-1]
+    close = difflib.get_close_matches(folder.name, [p.name for p in near], n=1, cutoff=0.6)
+    newest = max(near, key=lambda p: (p / RUN_MARKER).stat().st_mtime)
+    pick = next(p for p in near if p.name == close[0]) if close else newest
     return f"; did you mean {str(pick)!r}?" + (f" (complete runs here: {', '.join(p.name for p in near)})"
                                                   if len(near) > 1 else "")
 
