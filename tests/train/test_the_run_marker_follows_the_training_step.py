@@ -4,14 +4,10 @@ The marker is what a user (or `so8t serve` refusing an unfinished run) reads to 
 run got; written once at the start, it said step 0 for the whole run."""
 import json
 
-import pytest
-
 from so8t.config import TrainConfig
 from so8t.train import recipe
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 item 1: train() writes so8t-run.json only at the start and the end; "
-                                       "the fix belongs in src/so8t/train/recipe.py (_evaluate_and_checkpoint)")
 def test_the_marker_says_the_step_of_the_last_checkpoint_at_every_dev_evaluation(tiny_run, tiny_model_dir, tmp_path,
                                                                                   monkeypatch):
     data, out, seen = tiny_run[1], tmp_path / "run", []

@@ -504,6 +504,9 @@ def _evaluate_and_checkpoint(model, tokenizer, mix, cfg, meta, optimizer, schedu
         if improved:
             _save_checkpoint(out / BEST, model, tokenizer, meta, None, None, state)
         _save_checkpoint(out / CHECKPOINT, model, tokenizer, meta, optimizer, scheduler, state)
+        # The marker follows the checkpoint, so a user (or serve refusing an unfinished run) sees
+        # how far the run got; resume reads the step from the checkpoint, not from here.
+        _write_marker(out, **{**(_read_marker(out) or {}), "status": "running", "step": state.step})
         bar.write(f"step {state.step}: dev safety_score={dev.safety_score:.3f} refuse_recall={dev.refuse_recall:.3f} "
                   f"escalate_recall={dev.escalate_recall:.3f} overcompliance={dev.overcompliance:.3f}"
                   + (" (best)" if improved else f" (no gain {state.bad_evals}/{cfg.patience})"))
