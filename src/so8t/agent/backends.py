@@ -38,12 +38,24 @@ class BackendError(RuntimeError):
 
     The message names the backend (URL and model) and what went wrong: the HTTP status with a
     short excerpt of the body, the transport error, or "timed out after X s". ``status`` is the
-    last HTTP status seen (None for transport errors and timeouts).
+    last HTTP status seen (None for transport errors and timeouts). ``kind`` says which failure it
+    was, so the gated server can answer with the right status (504 for a timeout, 502 otherwise):
+
+    - ``"timeout"``: no answer within ``timeout_s`` (connect, write or read), after every retry;
+    - ``"unreachable"``: the connection failed or was closed mid-answer (nothing listening, the
+      server stopped, a bad URL);
+    - ``"bad_response"``: a 2xx whose body is not JSON or not a chat completion;
+    - ``"http_error"``: the backend answered with an error status (4xx, or 429/5xx after retries).
     """
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    KINDS = ("timeout", "unreachable", "bad_response", "http_error")
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str = "http_error") -> None:
         super().__init__(message)
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {', '.join(self.KINDS)}, got {kind!r}")
         self.status = status
+        self.kind = kind
 
 
 @runtime_checkable
@@ -154,7 +166,7 @@ class OpenAIBackend:
         if not isinstance(content, str):
             raise BackendError(
                 f"{self._where('POST', url)}: malformed response, expected choices[0].message.content "
-                f"to be a string: {_excerpt(repr(body))}"
+                f"to be a string: {_excerpt(repr(body))}", kind="bad_response",
             )
         return content
 
@@ -176,9 +188,10 @@ class OpenAIBackend:
                      for k, c in enumerate(raw_calls)]
         except (KeyError, IndexError, TypeError, AttributeError):
             raise BackendError(f"{self._where('POST', url)}: malformed response, expected choices[0].message with "
-                               f"content and/or tool_calls: {_excerpt(repr(body))}") from None
+                               f"content and/or tool_calls: {_excerpt(repr(body))}", kind="bad_response") from None
         if content is not None and not isinstance(content, str):
-            raise BackendError(f"{self._where('POST', url)}: malformed response: content is not a string")
+            raise BackendError(f"{self._where('POST', url)}: malformed response: content is not a string",
+                               kind="bad_response")
         return AssistantTurn(content, calls)
 
     def list_models(self) -> list[str]:
@@ -187,7 +200,8 @@ class OpenAIBackend:
         body = self._request("GET", url)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
-            raise BackendError(f"{self._where('GET', url)}: malformed response, expected data[*].id: {_excerpt(repr(body))}")
+            raise BackendError(f"{self._where('GET', url)}: malformed response, expected data[*].id: {_excerpt(repr(body))}",
+                               kind="bad_response")
         return [m["id"] for m in data]
 
     def close(self) -> None:
@@ -218,16 +232,18 @@ class OpenAIBackend:
             last = attempt == attempts - 1
             tries = f" [{attempt + 1} attempts]" if attempt else ""
             response: httpx.Response | None = None
+            kind = "unreachable"
             try:
                 response = self._client.request(method, url, **kwargs)
             except httpx.TimeoutException as exc:
-                problem = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})"
+                problem, kind = f"timed out after {self.timeout_s:g} s ({type(exc).__name__})", "timeout"
             except httpx.UnsupportedProtocol as exc:  # a bad URL does not get better with retries
-                raise BackendError(f"{self._where(method, url)}: {exc}") from exc
+                raise BackendError(f"{self._where(method, url)}: {exc}", kind="unreachable") from exc
             except httpx.TransportError as exc:
                 problem = f"connection failed: {type(exc).__name__}: {exc or 'no detail'}"
             except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded: not transient
-                raise BackendError(f"{self._where(method, url)}: {type(exc).__name__}: {exc}") from exc
+                raise BackendError(f"{self._where(method, url)}: {type(exc).__name__}: {exc}",
+                                   kind="bad_response") from exc
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -236,7 +252,7 @@ class OpenAIBackend:
                     except ValueError as exc:
                         raise BackendError(
                             f"{self._where(method, url)}: HTTP {status} but the body is not JSON: "
-                            f"{_excerpt(response.text) or '(empty)'}", status=status,
+                            f"{_excerpt(response.text) or '(empty)'}", status=status, kind="bad_response",
                         ) from exc
                 problem = f"HTTP {status}: {_excerpt(response.text) or '(empty body)'}"
                 # 429 and 5xx: the server is overloaded or briefly broken, not the request.
@@ -245,6 +261,6 @@ class OpenAIBackend:
                 time.sleep(self._delay(attempt, response))
                 continue
             if last:
-                raise BackendError(f"{self._where(method, url)}: {problem}{tries}")
+                raise BackendError(f"{self._where(method, url)}: {problem}{tries}", kind=kind)
             time.sleep(self._delay(attempt, None))
         raise AssertionError("unreachable")  # the loop always returns or raises

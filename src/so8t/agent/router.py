@@ -7,6 +7,11 @@ REFUSE    -> a safe message with alternatives, and an audit record
 gate not ok (error / timeout) -> the fail action (REFUSE or ESCALATE, never ALLOW), audited
 gate busy (its queue was full) -> refused, nothing scored, queued or audited: the HTTP layer
              answers 503 with Retry-After (a flood must not fill the approval queue or the log)
+LLM failed (down, timed out, garbage, an error status) -> outcome "failed" with ``error`` set
+             (BackendFailure: 504 for a timeout, 502 for any other backend failure, 500 for an
+             in-process one) and an ``llm.error`` audit record that says which failure; the HTTP
+             layer answers with that status in OpenAI's error shape, never a 200 that looks
+             like an answer
 
 The verdict always comes before the LLM (and, later, any tool) is called.
 """
@@ -19,6 +24,7 @@ from typing import Literal
 from so8t.agent import messages as msg
 from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditError, AuditLog, Redactor
+from so8t.agent.backends import BackendError
 from so8t.agent.inprocess import InProcessBackend
 from so8t.canonical import request_hash
 from so8t.gate import ConversationError, Decision, Gate, normalize_conversation
@@ -28,6 +34,43 @@ log = logging.getLogger("so8t.router")
 Outcome = Literal["answered", "pending", "refused", "failed"]
 
 
+@dataclass(frozen=True)
+class BackendFailure:
+    """Why the LLM gave no answer, as the HTTP layer reports it: ``status`` (504 timeout, 502 any
+    other backend failure, 500 in-process), OpenAI's error ``type`` and ``code``, and a message
+    for the client. The message never carries the backend's URL or its reply (those stay in the
+    server's log and the audit record)."""
+
+    status: int
+    type: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "type": self.type, "code": self.code, "message": self.message}
+
+
+def backend_failure(exc: BaseException) -> BackendFailure:
+    """Map an exception from a backend (or the tool loop's LLM turn) to the client's error."""
+    if isinstance(exc, BackendError):
+        upstream = f" (HTTP {exc.status})" if exc.status is not None else ""
+        what = {
+            "timeout": (504, "backend_timeout", "the LLM backend did not answer in time"),
+            "unreachable": (502, "backend_unreachable",
+                            "the LLM backend could not be reached, or closed the connection before answering"),
+            "bad_response": (502, "backend_bad_response",
+                             f"the LLM backend's reply{upstream} was not a chat completion"),
+            "http_error": (502, "backend_http_error", f"the LLM backend answered with an error{upstream}"),
+        }[exc.kind]
+        status, code, reason = what
+        kind = "timeout_error" if status == 504 else "bad_gateway"
+    else:
+        status, code, kind = 500, "backend_error", "server_error"
+        reason = f"the in-process LLM failed ({type(exc).__name__})"
+    return BackendFailure(status, kind, code, f"{reason}; the request was allowed by the gate but nothing was "
+                          "answered, and the failure is in the audit log (llm.error)")
+
+
 @dataclass
 class RouterResult:
     outcome: Outcome           # answered: the LLM's text; pending: waits for a person; refused; failed: LLM error
@@ -35,10 +78,12 @@ class RouterResult:
     decision: Decision
     approval_id: str | None = None
     request_hash: str | None = None
+    error: BackendFailure | None = None  # set when the LLM failed: the HTTP layer answers with it
 
     def to_dict(self) -> dict:
         return {"outcome": self.outcome, "text": self.text, "decision": self.decision.to_dict(),
-                "approval_id": self.approval_id, "request_hash": self.request_hash}
+                "approval_id": self.approval_id, "request_hash": self.request_hash,
+                "error": self.error.to_dict() if self.error else None}
 
 
 class Router:
@@ -106,9 +151,18 @@ class Router:
                 text = self.backend.complete(convo, max_tokens=max_tokens, temperature=temperature)
         except Exception as exc:  # noqa: BLE001 - the LLM failing must not crash the service
             log.error("LLM backend failed: %s", exc)
-            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": self.audit.preview(str(exc), 500)})
-            return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
+            return self._failed(exc, decision, lang, requester)
         return RouterResult("answered", msg.answer_text(text), decision)
+
+    def _failed(self, exc: Exception, decision: Decision, lang: str, requester: str) -> RouterResult:
+        """The LLM gave no answer: an llm.error record (which failure, the HTTP status it becomes)
+        and a failed result carrying the client's error."""
+        failure = backend_failure(exc)
+        self.audit.append("llm.error", {"requester": requester, "decision": decision.to_dict(),
+                                        "failure": failure.code, "http_status": failure.status,
+                                        "upstream_status": getattr(exc, "status", None),
+                                        "error": self.audit.preview(str(exc), 500)})
+        return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision, error=failure)
 
     def _answer_with_tools(self, convo, decision: Decision, lang: str, requester: str) -> RouterResult:
         try:
@@ -117,8 +171,7 @@ class Router:
             raise  # nothing may run unrecorded: the service fails closed (503)
         except Exception as exc:  # noqa: BLE001 - the LLM or a tool failing must not crash the service
             log.error("tool loop failed: %s", exc)
-            self.audit.append("llm.error", {"decision": decision.to_dict(), "error": self.audit.preview(str(exc), 500)})
-            return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision)
+            return self._failed(exc, decision, lang, requester)
         text = res.text
         if res.outcome == "pending":
             text = _pending_message(lang, self.approvals.get(res.approval_id))

@@ -31,6 +31,12 @@ JSON bodies need their Content-Type: a POST under /v1 with a body is read only w
 on purpose: a web page may send one to localhost without a CORS preflight, so guessing would
 let any site the operator visits call the gate, the chat and the tools.
 
+A backend that fails (down, timed out, a reply that is not a chat completion, an error status)
+is a 5xx in OpenAI's error shape, for `stream: true` too (before any event is sent): 504
+`backend_timeout`, 502 `backend_unreachable` / `backend_bad_response` / `backend_http_error`,
+500 `backend_error` for the in-process model; the body's `so8t` field still carries the gate's
+decision, and the audit log has an `llm.error` record naming the failure.
+
 Bounded work: a conversation over one of the gate's caps (server config gate_max_turns,
 gate_max_chars, gate_max_tokens, gate_max_views) is a 413 naming the cap, the value and the
 config key, before anything is scored; when gate_queue_max requests already wait for the gate,
@@ -274,6 +280,11 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         finish = {"answered": "stop", "pending": "stop", "refused": "content_filter", "failed": "stop"}[result.outcome]
         meta = {"outcome": result.outcome, "action": result.decision.action.name, "status": result.decision.status,
                 "approval_id": result.approval_id, "decision": result.decision.to_dict()}
+        if result.error is not None:
+            # The LLM gave no answer: a 5xx in OpenAI's error shape, streamed or not, never a 200
+            # that a client could take for an answer (the decision and llm.error are recorded).
+            return error_response(result.error.status, result.error.message, kind=result.error.type,
+                                  code=result.error.code, extra={"so8t": meta})
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         model = MODEL_NAMES[0]
         if req.stream:

@@ -105,9 +105,12 @@ class ChatRequest(BaseModel):
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def error_response(status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-    """OpenAI's error shape, so OpenAI clients (and OpenAIBackend's excerpt) show the real reason."""
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param, "code": None}})
+def error_response(status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
+                   code: str | None = None, extra: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape, so OpenAI clients (and OpenAIBackend's excerpt) show the real reason.
+    ``extra``: more top-level fields next to "error" (the gated server's "so8t" decision)."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}, **(extra or {})}
+    return JSONResponse(status_code=status, content=body)
 
 
 def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
