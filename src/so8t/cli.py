@@ -224,6 +224,16 @@ def _require_run(run: str | None, command: str) -> None:
     check_run(run)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from so8t.model.export import export_run
+
+    result = export_run(args.run, args.out, force=args.force, gguf_types=tuple(args.gguf),
+                        progress=lambda m: print(m, file=sys.stderr))
+    print(result.summary())
+    print(f"next: see {result.out}/README.txt (quantize to Q4_K_M, serve with Ollama or llama-server behind so8t serve)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -484,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     from so8t.config import ServerConfig
 
     server_defaults = ServerConfig()
+    p = sub.add_parser("export", help="the fine-tuned LLM for other runtimes: merged safetensors, the head, GGUF, "
+                                      "an Ollama Modelfile and README.txt")
+    p.add_argument("run", help="the trained run folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write (absent or empty, unless --force)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty DIR, replacing the export's own files (others are left alone)")
+    p.add_argument("--gguf", nargs="*", default=["f16", "q8_0"], choices=["f16", "q8_0"],
+                   help="GGUF types to write for supported architectures (default: f16 q8_0; none: --gguf)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("serve", help="the gated agent server: OpenAI-compatible chat, gate, approvals page, audit",
                        description="Serve a trained run behind the Safety Gate. Config: defaults <- --config <- --set.")
     p.add_argument("run", nargs="?", help="the trained run folder (or 'run:' in --config)")
@@ -561,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from so8t.data import DataError
     from so8t.model import ModelLoadError, RunError
     from so8t.agent.approvals import ApprovalError
+    from so8t.model.export import ExportError
     from so8t.train.recipe import RunFolderError
 
     try:
@@ -568,6 +589,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, FileExistsError, ValueError,
-            ApprovalError) as exc:
+            ApprovalError, ExportError) as exc:
         print(f"so8t: error: {exc}", file=sys.stderr)
         return 2
