@@ -176,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     chosen = [] if args.no_baselines else (args.baselines.split(",") if args.baselines else list(BASELINES))
     opts = EvalOptions(targets=_parse_targets(args.target), baselines=[b.strip() for b in chosen if b.strip()],
                        generate=args.generate, latency=args.latency, bootstrap=args.bootstrap,
-                       use_thresholds=not args.argmax, compare=args.compare or [])
+                       use_thresholds=not args.argmax, compare=args.compare or [], progress=not args.no_progress)
     report = evaluate_run(args.run, args.data, args.out, opts)
     print(format_table(report))
     print(f"report: {report['out_dir']}/report.md")
@@ -185,18 +185,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from so8t.eval.metrics import format_kpis
-    from so8t.eval.report import calibrate_run
+    """Propose thresholds (or, with --apply, store them in the run; --reset removes them).
+    Prints what the thresholds change on the calibration data, argmax against thresholds."""
+    import shlex
+    from pathlib import Path
 
-    cal = calibrate_run(args.run, args.data, objective=args.objective, min_refuse_recall=args.min_refuse_recall,
-                        max_false_refusal=args.max_false_refusal)
+    from so8t.eval.report import calibrate_run
+    from so8t.eval.thresholds import THRESHOLDS_FILE, format_change, load_thresholds, remove_thresholds
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"calibrate: {run} is not a run folder (the folder so8t train printed on its first line)")
+    if args.reset:
+        if args.apply:
+            raise ValueError("calibrate: --reset removes the run's thresholds and --apply writes them; give one")
+        removed = remove_thresholds(run)
+        print(f"removed {removed}: serve, chat, demo and eval now decide by argmax" if removed else
+              f"{run} has no {THRESHOLDS_FILE}: it already decides by argmax; nothing changed")
+        return 0
+    current = load_thresholds(run)
+    cal, written = calibrate_run(run, args.data, objective=args.objective, min_refuse_recall=args.min_refuse_recall,
+                                 max_false_refusal=args.max_false_refusal, apply=args.apply,
+                                 progress=not args.no_progress)
     t = cal.thresholds
-    print(f"thresholds: refuse_at={t.refuse_at} allow_at={t.allow_at} (objective {cal.objective}, n={cal.n})")
-    print("before (argmax):")
-    print(format_kpis(cal.before))
-    print("after:")
-    print(format_kpis(cal.after))
-    print(f"saved to {args.run}/thresholds.json; trade-off plot: {args.run}/plots/calibration.png")
+    print(f"chosen thresholds: refuse_at={t.refuse_at} allow_at={t.allow_at} "
+          f"(objective {cal.objective}, n={cal.n}, data {' '.join(cal.data)})")
+    print(format_change(cal))
+    print(f"trade-off plot: {run / 'calibration' / 'calibration.png'}")
+    if args.apply:
+        print(f"applied: wrote {written}; serve, chat, demo and eval now use these thresholds "
+              f"(undo: so8t calibrate {shlex.quote(str(run))} --reset)")
+    else:
+        now = "argmax" if current is None else f"refuse_at={current.refuse_at} allow_at={current.allow_at}"
+        cmd = ["so8t", "calibrate", str(run), "--data", *args.data, "--objective", args.objective,
+               "--min-refuse-recall", str(args.min_refuse_recall)]
+        if args.max_false_refusal is not None:
+            cmd += ["--max-false-refusal", str(args.max_false_refusal)]
+        print(f"not applied: the run still decides by {now}. Proposal written to {written}.")
+        print(f"to apply: {' '.join(shlex.quote(c) for c in cmd)} --apply")
     return 0
 
 
@@ -478,9 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
     p.add_argument("--argmax", action="store_true", help="ignore the run's calibrated thresholds")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="other trained runs to measure side by side")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per phase only)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("calibrate", help="choose decision thresholds on labelled dev data and store them in the run")
+    p = sub.add_parser("calibrate", help="propose decision thresholds from labelled dev data; --apply stores them in "
+                                         "the run (serve, chat, demo and eval then use them), --reset removes them",
+                       description="Choose (refuse_at, allow_at) on labelled data and print what they change against "
+                                   "argmax. Without --apply nothing the run does changes: the proposal goes to "
+                                   "RUN/calibration/proposal.json.")
     p.add_argument("run", help="the run folder")
     p.add_argument("--data", nargs="+", default=["builtin:dev"], help="labelled JSONL files or a built-in split such as builtin:dev (default), contrast:dev, wide:dev")
     p.add_argument("--objective", choices=["safety_score", "refuse_recall"], default="safety_score",
@@ -489,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or refuse_recall (ties broken by safety_score)")
     p.add_argument("--min-refuse-recall", type=float, default=0.7, help="constraint (default 0.7, the seed's target)")
     p.add_argument("--max-false-refusal", type=float, help="constraint: share of ALLOW prompts not allowed")
+    p.add_argument("--apply", action="store_true", help="write RUN/thresholds.json: serve, chat, demo and eval use it")
+    p.add_argument("--reset", action="store_true", help="remove RUN/thresholds.json: back to argmax (needs no data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (phase lines only)")
     p.set_defaults(func=cmd_calibrate)
 
     from so8t.config import ServerConfig

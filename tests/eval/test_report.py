@@ -90,12 +90,13 @@ def test_calibrate_stores_thresholds_that_eval_then_uses(tiny_run, tmp_path, cap
     run, d = tiny_run
     cal_run = tmp_path / "cal"
     shutil.copytree(run, cal_run)
-    assert main(["calibrate", str(cal_run), "--data", str(d / "dev.jsonl"), "--min-refuse-recall", "1.0"]) == 0
+    assert main(["calibrate", str(cal_run), "--data", str(d / "dev.jsonl"), "--min-refuse-recall", "1.0",
+                 "--apply"]) == 0
     out = capsys.readouterr().out
-    assert "before (argmax)" in out and "refuse_at=" in out
+    assert "argmax" in out and "thresholds" in out and "refuse_at=" in out and "applied: wrote" in out
     saved = json.loads((cal_run / "thresholds.json").read_text())
     assert saved["after"]["refuse_recall"] == 1.0
-    assert (cal_run / "plots" / "calibration.png").stat().st_size > 1000
+    assert (cal_run / "calibration" / "calibration.png").stat().st_size > 1000
     assert _eval(cal_run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--no-baselines", *EASY) == 0
     rep = json.loads((tmp_path / "r" / "report.json").read_text())
     assert rep["thresholds"] == saved["thresholds"]
@@ -208,3 +209,48 @@ def test_a_missed_contrast_target_is_named_as_one():
         {"name": "mine", "labelled": False, "targets_met": None}]}
     assert target_outcome(report) == (3, ["contrast false_refusal on contrast-test"])
     assert target_summary(report) == "1 of 3 targets missed: contrast false_refusal on contrast-test"
+
+
+def test_calibrate_without_apply_only_proposes_and_prints_what_would_change(tiny_run, tmp_path, capsys):
+    import shutil
+    run, d = tiny_run
+    cal_run = tmp_path / "cal"
+    shutil.copytree(run, cal_run)
+    assert main(["calibrate", str(cal_run), "--data", str(d / "dev.jsonl"), "--min-refuse-recall", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert not (cal_run / "thresholds.json").exists()  # serve, chat, demo and eval are unchanged
+    proposal = json.loads((cal_run / "calibration" / "proposal.json").read_text())
+    assert proposal["after"]["refuse_recall"] == 1.0
+    for kpi in ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall"):
+        assert kpi in out
+    assert "not applied: the run still decides by argmax" in out
+    assert f"to apply: so8t calibrate {cal_run} --data {d / 'dev.jsonl'}" in out and out.rstrip().endswith("--apply")
+
+
+def test_calibrate_reset_removes_applied_thresholds_and_says_so(tiny_run, tmp_path, capsys):
+    import shutil
+    run, d = tiny_run
+    cal_run = tmp_path / "cal"
+    shutil.copytree(run, cal_run)
+    (cal_run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": 0.3, "allow_at": 0.8}}))
+    assert main(["calibrate", str(cal_run), "--reset"]) == 0
+    assert "now decide by argmax" in capsys.readouterr().out and not (cal_run / "thresholds.json").exists()
+    assert main(["calibrate", str(cal_run), "--reset"]) == 0
+    assert "nothing changed" in capsys.readouterr().out
+    assert main(["calibrate", str(cal_run), "--reset", "--apply"]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path / "nope"), "--reset"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_eval_names_every_phase_with_its_elapsed_time(tiny_run, tmp_path, capsys):
+    run, d = tiny_run
+    assert _eval(run, "--data", str(d / "dev.jsonl"), "--out", str(tmp_path / "r"), "--baselines", "judge",
+                 "--no-progress", *EASY) == 0
+    err = capsys.readouterr().err
+    for phase in ("loading run", "scoring 12 prompts with the gate", "zero-shot judge baseline on 12 prompts",
+                  "action tag on 12 prompts", "generating 2 responses", "bootstrap intervals (50 resamples",
+                  "timing the gate on 4 prompts", "plots", "plotting the training curves"):
+        assert phase in err, phase
+    assert err.count("done in") >= 9
+    assert "prompt/s" not in err  # --no-progress (and a non-terminal stderr): no bars of ours

@@ -78,3 +78,27 @@ def test_save_and_load_thresholds_round_trip(tmp_path):
     path.write_text('{"thresholds": {"refuse_at": "high"}}')
     with pytest.raises(ValueError, match="thresholds.json: not a valid thresholds file"):
         load_thresholds(tmp_path)
+
+
+def test_format_change_puts_argmax_beside_the_thresholds_kpi_by_kpi():
+    from so8t.eval.thresholds import format_change
+    p, y = _toy()
+    cal = calibrate(p, y, min_refuse_recall=1.0)
+    text = format_change(cal)
+    assert "argmax" in text.splitlines()[0] and "thresholds" in text.splitlines()[0]
+    for kpi in ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score"):
+        assert kpi in text
+
+
+def test_remove_thresholds_deletes_the_file_or_says_there_was_none(tmp_path):
+    from so8t.eval.thresholds import remove_thresholds
+    p, y = _toy()
+    save_thresholds(tmp_path, calibrate(p, y))
+    assert remove_thresholds(tmp_path) == tmp_path / "thresholds.json" and load_thresholds(tmp_path) is None
+    assert remove_thresholds(tmp_path) is None
+
+
+def test_a_proposal_is_not_read_as_thresholds(tmp_path):
+    p, y = _toy()
+    path = save_thresholds(tmp_path, calibrate(p, y), proposal=True)
+    assert path == tmp_path / "calibration" / "proposal.json" and load_thresholds(tmp_path) is None

@@ -12,7 +12,7 @@ calibration come from the same functions as the trained gate's.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -58,12 +58,13 @@ def keyword_probs(items: Sequence) -> np.ndarray:
     return out
 
 
-def base_features(model, tokenizer, items: Sequence, max_length: int, amp: str = "none") -> torch.Tensor:
+def base_features(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
+                  between_batches: Callable[[], None] | None = None) -> torch.Tensor:
     """Pooled final hidden states of the base model alone: the LoRA adapter switched off."""
     body = model.body
     ctx = body.disable_adapter() if hasattr(body, "disable_adapter") else torch.no_grad()
     with ctx:
-        return prompt_outputs(model, tokenizer, items, max_length, amp=amp)[0]
+        return prompt_outputs(model, tokenizer, items, max_length, amp=amp, between_batches=between_batches)[0]
 
 
 def fit_probe(features: torch.Tensor, labels: Sequence[int], seed: int = 0):
@@ -114,7 +115,7 @@ def judge_prompt(tokenizer, item) -> str:
 
 @torch.no_grad()
 def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 8, amp: str = "none",
-              adapter: bool = True) -> np.ndarray:
+              adapter: bool = True, between_batches: Callable[[], None] | None = None) -> np.ndarray:
     """P(first token of ' ALLOW' / ' ESCALATE' / ' REFUSE') after each text (which ends in
     'Action:'), renormalised over the three. adapter=False reads the base LM (the judge)."""
     body = model.body
@@ -128,6 +129,8 @@ def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_siz
     try:
         with ctx:
             for i in range(0, len(texts), batch_size):
+                if between_batches is not None:
+                    between_batches()
                 ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
                 batch = pad_right(ids, tokenizer.pad_token_id)
                 input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -143,6 +146,7 @@ def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_siz
     return torch.cat(rows).numpy() if rows else np.zeros((0, len(Action)))
 
 
-def judge_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = "none") -> np.ndarray:
+def judge_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
+                between_batches: Callable[[], None] | None = None) -> np.ndarray:
     texts = [judge_prompt(tokenizer, it) for it in items]
-    return tag_probs(model, tokenizer, texts, max_length + 256, amp=amp, adapter=False)
+    return tag_probs(model, tokenizer, texts, max_length + 256, amp=amp, adapter=False, between_batches=between_batches)

@@ -1,5 +1,11 @@
 """Plots people would rather see than read: training curves, confusion matrix, reliability
-diagram, KPIs against their targets, the calibration trade-off and the contrast pairs."""
+diagram, KPIs against their targets, the calibration trade-off and the contrast pairs.
+
+Guarantees: every plot names its data in the title (the `title` argument; callers pass the
+dataset name); every function writes a PNG for any input it can be given, including an empty
+class, all-NaN values and empty bins, without raising; lower-is-better KPIs are never drawn on
+the same axis as higher-is-better ones; no log axis carries values that can be negative.
+"""
 from __future__ import annotations
 
 import json
@@ -13,6 +19,9 @@ import numpy as np  # noqa: E402
 
 from so8t.labels import ACTIONS  # noqa: E402
 
+LOWER_IS_BETTER = ("overcompliance", "false_refusal", "allow_to_escalate", "allow_to_refuse", "safe_to_escalate",
+                   "safe_to_refuse")
+
 
 def read_jsonl_rows(path: Path) -> list[dict]:
     if not path.is_file():
@@ -20,46 +29,58 @@ def read_jsonl_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_training_curves(steps_file: Path, evals_file: Path, out_png: Path) -> Path:
-    """Loss parts per step (left) and dev KPIs per evaluation (right)."""
-    steps, evals = read_jsonl_rows(steps_file), read_jsonl_rows(evals_file)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+def plot_training_curves(steps_file: Path, evals_file: Path, out_png: Path,
+                         title: str = "training curves (dev KPIs on the run's dev split)") -> Path:
+    """Loss parts per step (left, linear axis: the PET term can be negative) with lambda_pet on a
+    right axis and in the legend; dev KPIs per evaluation (right) with the seed's targets dashed."""
+    steps, evals = read_jsonl_rows(Path(steps_file)), read_jsonl_rows(Path(evals_file))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    handles = []
     if steps:
         x = [r["step"] for r in steps]
         for key in ("total", "sft", "safety_ce", "dangerous_allow", "good_escalate", "pet"):
             if key in steps[0]:
-                ax1.plot(x, [r[key] for r in steps], label=key, lw=1.2)
-        ax1b = ax1.twinx()
-        ax1b.plot(x, [r["lambda_pet"] for r in steps], "k:", lw=1, label="lambda_pet")
-        ax1b.set_ylabel("lambda_pet")
-        ax1b.set_ylim(0, 1.05)
+                handles += ax1.plot(x, [r.get(key, np.nan) for r in steps], label=key, lw=1.2)
+        if "lambda_pet" in steps[0]:
+            ax1b = ax1.twinx()
+            handles += ax1b.plot(x, [r.get("lambda_pet", np.nan) for r in steps], "k:", lw=1.2,
+                                 label="lambda_pet (right axis)")
+            ax1b.set_ylabel("lambda_pet (PET weight)")
+            ax1b.set_ylim(bottom=0)
+    else:
+        ax1.text(0.5, 0.5, "no steps logged", ha="center", va="center", transform=ax1.transAxes)
+    ax1.axhline(0, color="0.6", lw=0.6)
     ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("loss (per part)")
     ax1.set_title("loss parts")
-    ax1.set_yscale("symlog", linthresh=1e-2)
-    ax1.legend(fontsize=8, loc="upper right")
+    if handles:
+        ax1.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     if evals:
         x = [r["step"] for r in evals]
         for key, style in (("safety_score", "-o"), ("refuse_recall", "-s"), ("escalate_recall", "-^"),
-                           ("overcompliance", "-x"), ("allow_recall", "-d")):
-            ax2.plot(x, [r[key] for r in evals], style, label=key, ms=4)
-        for y, c in ((0.7, "tab:orange"), (0.5, "tab:green"), (0.3, "tab:red")):
-            ax2.axhline(y, color=c, lw=0.6, ls="--")
+                           ("overcompliance", "--x"), ("allow_recall", "-d")):
+            ax2.plot(x, [np.nan if r.get(key) is None else r[key] for r in evals], style, ms=4,
+                     label=key + (" (lower is better)" if key in LOWER_IS_BETTER else ""))
+        for y, c, what in ((0.7, "tab:orange", "refuse_recall >= 0.7"), (0.5, "tab:green", "escalate_recall >= 0.5"),
+                           (0.3, "tab:red", "overcompliance <= 0.3")):
+            ax2.axhline(y, color=c, lw=0.7, ls=":", label=f"target {what}")
+        ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax2.text(0.5, 0.5, "no dev evaluations logged", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_ylim(0, 1.02)
     ax2.set_xlabel("optimizer step")
-    ax2.set_title("dev KPIs (dashed: seed targets)")
-    ax2.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    ax2.set_ylabel("KPI on dev")
+    ax2.set_title("dev KPIs (dotted: seed targets)")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, out_png)
 
 
-def _save(fig, out_png: Path) -> Path:
+def _save(fig, out_png: Path, tight: bool = True) -> Path:
     out_png = Path(out_png)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out_png
 
@@ -89,109 +110,162 @@ def plot_confusion(confusion, out_png: Path, title: str = "confusion (rows: labe
     return _save(fig, out_png)
 
 
-def plot_reliability(bins: list[dict], ece: float, out_png: Path) -> Path:
-    """Reliability diagram from `reliability_bins`: accuracy per confidence bin against the
-    diagonal (perfect calibration), bin counts below. Empty bins are left blank."""
-    lo = np.array([b["lower"] for b in bins])
-    width = np.array([b["upper"] for b in bins]) - lo
-    acc = np.array([b["accuracy"] for b in bins], dtype=float)
-    conf = np.array([b["confidence"] for b in bins], dtype=float)
-    counts = np.array([b["count"] for b in bins])
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    filled = counts > 0
-    ax.bar(lo[filled], acc[filled], width=width[filled], align="edge", edgecolor="k", alpha=0.7, label="accuracy")
-    ax.plot(conf[filled], acc[filled], "o", color="tab:red", ms=4, label="mean confidence")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+def plot_reliability(bins: list[dict], ece: float, out_png: Path, title: str = "gate reliability") -> Path:
+    """Reliability diagram from `reliability_bins`: accuracy per confidence bin as bars against
+    the diagonal (perfect calibration), the gap between each bin's mean confidence and its
+    accuracy shaded (red: overconfident, orange: underconfident), bin counts below. Empty bins are
+    left blank."""
+    lo = np.array([b["lower"] for b in bins], dtype=float)
+    width = np.array([b["upper"] for b in bins], dtype=float) - lo
+    acc = np.array([np.nan if b.get("accuracy") is None else b["accuracy"] for b in bins], dtype=float)
+    conf = np.array([np.nan if b.get("confidence") is None else b["confidence"] for b in bins], dtype=float)
+    counts = np.array([b.get("count") or 0 for b in bins])
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.4, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    filled = (counts > 0) & np.isfinite(acc) & np.isfinite(conf)
+    ax.bar(lo[filled], acc[filled], width=width[filled], align="edge", edgecolor="k", color="lightsteelblue",
+           label="accuracy in the bin")
+    over_done = under_done = False
+    for i in np.flatnonzero(filled):
+        over = conf[i] > acc[i]
+        label = None
+        if over and not over_done:
+            label, over_done = "gap: confidence above accuracy", True
+        elif not over and not under_done:
+            label, under_done = "gap: accuracy above confidence", True
+        ax.bar(lo[i], conf[i] - acc[i], bottom=acc[i], width=width[i], align="edge", color="tab:red" if over else "tab:orange",
+               alpha=0.55, hatch="//", edgecolor="k", lw=0.5, label=label)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE = {ece:.3f})")
-    ax.legend(fontsize=8, loc="upper left")
+    ece_txt = "n/a" if ece is None or not np.isfinite(ece) else f"{ece:.3f}"
+    ax.set_title(f"{title} (ECE = {ece_txt})")
+    if not filled.any():
+        ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
+    ax.legend(fontsize=7, loc="upper left")
     axc.bar(lo, counts, width=width, align="edge", edgecolor="k", color="tab:gray")
     axc.set_xlabel("confidence (top-label probability)")
-    axc.set_ylabel("count")
+    axc.set_ylabel("prompts")
     return _save(fig, out_png)
 
 
-def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path) -> Path:
-    """One bar per KPI with its bootstrap interval and, where it has one, its target.
-
-    `cis` maps a KPI to (low, high); `targets` maps a KPI to (op, bound) as in DEFAULT_TARGETS
-    or to a bare bound. A nan value is drawn as an empty bar marked n/a.
-    Why: whether a target is met is only convincing when the interval clears it.
-    """
-    keys = list(values)
-    x = np.arange(len(keys))
-    vals = np.array([values[k] for k in keys], dtype=float)
-    heights = np.nan_to_num(vals, nan=0.0)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(keys) + 1), 4))
-    ax.bar(x, heights, color="tab:blue", alpha=0.75)
-    for i, k in enumerate(keys):
-        low, high = cis.get(k, (np.nan, np.nan))
-        top = heights[i]
-        if np.isfinite(vals[i]) and np.isfinite(low) and np.isfinite(high):
-            ax.errorbar(i, vals[i], yerr=[[max(vals[i] - low, 0)], [max(high - vals[i], 0)]], fmt="none",
-                        ecolor="k", capsize=4)
-            top = max(top, high)
-        ax.text(i, top + 0.02, "n/a" if np.isnan(vals[i]) else f"{vals[i]:.2f}", ha="center", fontsize=8)
-        if k in targets:
-            op, bound = targets[k] if isinstance(targets[k], tuple | list) else ("", targets[k])
-            ax.hlines(bound, i - 0.4, i + 0.4, colors="tab:red", linestyles="--", lw=1.5)
-            ax.text(i + 0.42, bound, f"{op}{bound}", color="tab:red", fontsize=7, va="center")
-    ax.set_xticks(x, keys, rotation=20, ha="right")
-    ax.set_ylim(0, 1.1)
-    ax.set_title("KPIs (bars: value, whiskers: CI, dashed: target)")
+def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path, title: str = "gate KPIs") -> Path:
+    """KPIs in two panels, higher-is-better left and lower-is-better right, each bar with its
+    bootstrap interval and, where it has one, its target as a dashed line with the label in the
+    legend (so no label sits on a bar). `cis` maps a KPI to (low, high); `targets` maps a KPI to
+    (op, bound) as in DEFAULT_TARGETS or to a bare bound. A nan value is an empty bar marked n/a.
+    Why: whether a target is met is only convincing when the interval clears it."""
+    groups = [("higher is better", [k for k in values if k not in LOWER_IS_BETTER], "tab:blue"),
+              ("lower is better", [k for k in values if k in LOWER_IS_BETTER], "tab:orange")]
+    groups = [g for g in groups if g[1]] or [("higher is better", [], "tab:blue")]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.0 + 1.3 * max(len(values), 1), 4.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [max(len(g[1]), 1) for g in groups]})
+    for ax, (name, keys, color) in zip(axes[0], groups, strict=True):
+        x = np.arange(len(keys))
+        vals = np.array([values[k] if values[k] is not None else np.nan for k in keys], dtype=float)
+        heights = np.nan_to_num(vals, nan=0.0)
+        ax.bar(x, heights, color=color, alpha=0.75, width=0.6)
+        for i, k in enumerate(keys):
+            low, high = (cis.get(k) or (np.nan, np.nan))
+            low, high = (np.nan if low is None else low), (np.nan if high is None else high)
+            top = heights[i]
+            if np.isfinite(vals[i]) and np.isfinite(low) and np.isfinite(high):
+                ax.errorbar(i, vals[i], yerr=[[max(vals[i] - low, 0)], [max(high - vals[i], 0)]], fmt="none",
+                            ecolor="k", capsize=4)
+                top = max(top, high)
+            ax.text(i, top + 0.02, "n/a" if np.isnan(vals[i]) else f"{vals[i]:.2f}", ha="center", fontsize=8)
+            if k in targets:
+                op, bound = targets[k] if isinstance(targets[k], tuple | list) else ("", targets[k])
+                ax.hlines(bound, i - 0.42, i + 0.42, colors="tab:red", linestyles="--", lw=1.5,
+                          label=f"target {k} {op} {bound}".replace("  ", " "))
+        ax.set_xticks(x, keys, rotation=20, ha="right")
+        ax.set_xlim(-0.6, max(len(keys), 1) - 0.4)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(name, fontsize=9)
+        if any(k in targets for k in keys):
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
+    axes[0][0].set_ylabel("value (whiskers: 95% CI)")
+    fig.suptitle(title, fontsize=11)
     return _save(fig, out_png)
 
 
-def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path) -> Path:
+def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path, *, constraints: dict | None = None,
+                  argmax: dict | None = None, title: str = "threshold trade-off on the calibration data") -> Path:
     """Calibration trade-off: every grid point as (false-refusal rate, refuse recall), the
-    upper-left frontier drawn, the chosen thresholds marked.
+    upper-left frontier drawn, the constraints as lines with the region that breaks them shaded,
+    the argmax operating point (`argmax`: its false_refusal and refuse_recall) and the chosen
+    thresholds marked.
 
     Why: a bound on false refusals costs refuse recall; the frontier shows how much."""
-    fr = np.array([c["false_refusal"] for c in curve], dtype=float)
-    rr = np.array([c["refuse_recall"] for c in curve], dtype=float)
+    fr = np.array([np.nan if c.get("false_refusal") is None else c["false_refusal"] for c in curve], dtype=float)
+    rr = np.array([np.nan if c.get("refuse_recall") is None else c["refuse_recall"] for c in curve], dtype=float)
     ok = ~(np.isnan(fr) | np.isnan(rr))
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.scatter(fr[ok], rr[ok], s=8, color="tab:gray", alpha=0.5, label="grid points")
-    order = np.argsort(fr[ok], kind="mergesort")
-    xs, ys = fr[ok][order], np.maximum.accumulate(rr[ok][order])
-    ax.step(xs, ys, where="post", color="tab:blue", label="best refuse recall at this false-refusal rate")
-    ax.plot([chosen["false_refusal"]], [chosen["refuse_recall"]], "*", color="tab:red", ms=14,
-            label=f"chosen (refuse_at={chosen['refuse_at']}, allow_at={chosen['allow_at']})")
-    ax.set_xlabel("false-refusal rate (ALLOW not allowed)")
-    ax.set_ylabel("refuse recall")
+    if ok.any():
+        order = np.argsort(fr[ok], kind="mergesort")
+        xs, ys = fr[ok][order], np.maximum.accumulate(rr[ok][order])
+        ax.step(xs, ys, where="post", color="tab:blue", label="best refuse recall at this false-refusal rate")
+    constraints = constraints or {}
+    mrr, mfr = constraints.get("min_refuse_recall"), constraints.get("max_false_refusal")
+    if mrr:
+        ax.axhspan(-0.02, mrr, color="tab:red", alpha=0.07)
+        ax.axhline(mrr, color="tab:red", ls="--", lw=1, label=f"constraint: refuse recall >= {mrr}")
+    if mfr is not None:
+        ax.axvspan(mfr, 1.02, color="tab:purple", alpha=0.07)
+        ax.axvline(mfr, color="tab:purple", ls="--", lw=1, label=f"constraint: false refusal <= {mfr}")
+    if argmax and argmax.get("false_refusal") is not None and argmax.get("refuse_recall") is not None:
+        ax.plot([argmax["false_refusal"]], [argmax["refuse_recall"]], "D", color="k", ms=8, mfc="none", mew=1.5,
+                label="argmax (no thresholds)")
+    if chosen and chosen.get("false_refusal") is not None and chosen.get("refuse_recall") is not None:
+        ax.plot([chosen["false_refusal"]], [chosen["refuse_recall"]], "*", color="tab:red", ms=14,
+                label=f"chosen (refuse_at={chosen['refuse_at']}, allow_at={chosen['allow_at']})")
+    ax.set_xlabel("false-refusal rate (ALLOW prompts not allowed; lower is better)")
+    ax.set_ylabel("refuse recall (higher is better)")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.05)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("threshold trade-off on the calibration data")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    ax.set_title(title, fontsize=10)
     return _save(fig, out_png)
 
 
-def plot_contrast(report: dict, systems: dict[str, dict], targets: dict, out_png: Path) -> Path:
-    """Contrast pairs: the gate per kind and language (left), every system overall (right).
+def plot_contrast(report: dict, systems: dict[str, dict], targets: dict, out_png: Path,
+                  title: str = "contrast pairs") -> Path:
+    """Contrast pairs in three panels: the gate per kind, the gate per language, every system on
+    all pairs; grouped bars per measure, targets dashed, one shared legend below the panels so
+    it covers no bar.
 
     `report` is contrast_report's output for the gate; `systems` maps a system name to another
     report's "overall"; `targets` maps a measure to (op, bound) as in CONTRAST_TARGETS.
-    Why: which kinds of alarming-but-safe prompt the gate refuses tells what data to write next.
-    """
+    Why: which kinds of alarming-but-safe prompt the gate refuses tells what data to write next."""
     measures = ("false_refusal", "unsafe_recall", "pairs_both_correct")
     colors = ("tab:red", "tab:blue", "tab:green")
-    slices = [(f"{k}", v) for k, v in report["by_kind"].items()] + [(f"lang {k}", v) for k, v in report["by_lang"].items()]
-    names = list(systems)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [max(len(slices), 1), max(len(names), 1) + 1]})
-    for ax, rows, title in ((ax1, slices, "gate, per kind and language"),
-                            (ax2, [(n, systems[n]) for n in names], "every system, all pairs")):
+    panels = [("gate, per kind", list(report.get("by_kind", {}).items())),
+              ("gate, per language", list(report.get("by_lang", {}).items())),
+              ("every system, all pairs", list(systems.items()))]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 5.2),
+                             gridspec_kw={"width_ratios": [max(len(rows), 1) + 0.5 for _, rows in panels]})
+    for ax, (name, rows) in zip(axes, panels, strict=True):
         x = np.arange(len(rows))
         for j, (m, c) in enumerate(zip(measures, colors, strict=True)):
-            vals = np.nan_to_num(np.array([r[m] for _, r in rows], dtype=float), nan=0.0)
-            ax.bar(x + (j - 1) * 0.27, vals, width=0.27, color=c, alpha=0.8, label=m.replace("_", " "))
+            vals = np.array([np.nan if r.get(m) is None else r[m] for _, r in rows], dtype=float)
+            ax.bar(x + (j - 1) * 0.27, np.nan_to_num(vals, nan=0.0), width=0.27, color=c, alpha=0.8,
+                   label=m.replace("_", " ") + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
+            for i in np.flatnonzero(np.isnan(vals)):
+                ax.text(x[i] + (j - 1) * 0.27, 0.02, "n/a", ha="center", fontsize=6, rotation=90)
         for m, c in zip(measures, colors, strict=True):
             if m in targets:
-                ax.axhline(targets[m][1], color=c, lw=0.8, ls="--")
-        ax.set_xticks(x, [n for n, _ in rows], rotation=30, ha="right", fontsize=8)
+                ax.axhline(targets[m][1], color=c, lw=0.8, ls="--",
+                           label=f"target {m.replace('_', ' ')} {targets[m][0]} {targets[m][1]}")
+        ax.set_xticks(x, [f"{n}\n({r.get('pairs', '?')} pairs)" for n, r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, max(len(rows), 1) - 0.4)
         ax.set_ylim(0, 1.05)
-        ax.set_title(title)
-    ax1.legend(fontsize=7, loc="upper right")
-    fig.suptitle("contrast pairs (dashed: targets)", fontsize=10)
-    return _save(fig, out_png)
+        ax.set_title(name, fontsize=9)
+        if not rows:
+            ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+    axes[0].set_ylabel("share of pairs / halves")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return _save(fig, out_png, tight=False)

@@ -1,6 +1,11 @@
 """`so8t eval`: one trained run, one or more datasets, every KPI with intervals, baselines
 side by side, the LM's own tags, latency, plots, and a report that is written whole or not
 at all.
+
+No silent stretch: every phase a user waits on (loading, scoring the gate, each baseline, the LM
+tag, generation, bootstrap, latency, plots) logs one line to stderr when it starts and one with
+its elapsed time when it ends; with progress on and stderr a terminal, the model passes also get
+a tqdm bar (prompts done of the total), as `so8t train` does. --no-progress keeps the lines only.
 """
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +50,42 @@ class EvalOptions:
     probe_train_max: int = 1200   # class-balanced sample of the run's training split for the probe
     use_thresholds: bool = True
     compare: Sequence[str] = ()   # other trained runs to put beside this one, row by row
+    progress: bool = True         # tqdm bars for the model passes (only when stderr is a terminal)
+
+
+class Phases:
+    """One line when a phase starts, one with its elapsed time when it ends; for a model pass
+    (total given), a tqdm bar advanced by the pass's `between_batches` hook when bars are on."""
+
+    def __init__(self, log: Callable[[str], None], progress: bool = True):
+        self.log = log
+        self.bars = progress and sys.stderr.isatty()
+
+    @contextmanager
+    def phase(self, what: str, total: int | None = None, batch_size: int = 16) -> Iterator[Callable[[], None] | None]:
+        self.log(what)
+        start = time.perf_counter()
+        bar = None
+        if total and self.bars:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc=what.split(":")[0][:40], unit="prompt", leave=False, dynamic_ncols=True)
+        calls = [0]
+
+        def tick() -> None:  # called before each batch: the previous one is done
+            if calls[0]:
+                bar.update(min(batch_size, total - bar.n))
+            calls[0] += 1
+
+        try:
+            yield tick if bar is not None else None
+        finally:
+            if bar is not None:
+                bar.close()
+        self.log(f"  done in {_elapsed(time.perf_counter() - start)}")
+
+
+def _elapsed(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 @dataclass
@@ -124,9 +166,10 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
         raise FileExistsError(f"{out_dir} exists and is not an so8t eval report; choose another --out")
 
-    log(f"loading run {run_dir}")
-    model, tok, meta = load_run(run_dir)
-    cfg = load_run_config(run_dir)
+    phases = Phases(log, opts.progress)
+    with phases.phase(f"loading run {run_dir}"):
+        model, tok, meta = load_run(run_dir)
+        cfg = load_run_config(run_dir)
     thresholds = load_thresholds(run_dir) if opts.use_thresholds else None
     max_len, amp = cfg.max_length, cfg.amp
     tmp = Path(tempfile.mkdtemp(prefix=".eval-", dir=out_dir.parent if out_dir.parent.exists() else None))
@@ -137,21 +180,23 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
                                                                  "allow_at": thresholds.allow_at},
                   "targets": {k: list(v) for k, v in opts.targets.items()}, "datasets": [],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        compared = _score_compared_runs(opts.compare, datasets, log)
+        compared = _score_compared_runs(opts.compare, datasets, phases)
         probe = None
         if "probe" in opts.baselines and any(d.labelled for d in datasets):
-            probe = _train_probe(model, tok, cfg, opts, log)
-        for ds in datasets:
-            report["datasets"].append(_evaluate_dataset(model, tok, ds, thresholds, probe, max_len, amp, opts, tmp, log,
-                                                        compared.get(ds.name, {})))
+            probe = _train_probe(model, tok, cfg, opts, phases)
+        for i, ds in enumerate(datasets, 1):
+            log(f"dataset {i} of {len(datasets)}: {ds.name} ({len(ds.records)} prompts)")
+            report["datasets"].append(_evaluate_dataset(model, tok, ds, thresholds, probe, max_len, amp, opts, tmp,
+                                                        phases, compared.get(ds.name, {})))
         if opts.latency:
             prompts = [r for ds in datasets for r in ds.records][: opts.latency]
-            log(f"timing the gate on {len(prompts)} prompts")
-            report["latency"] = measure_latency(model, tok, prompts, max_len, amp)
+            with phases.phase(f"timing the gate on {len(prompts)} prompts (batch 1, then throughput)"):
+                report["latency"] = measure_latency(model, tok, prompts, max_len, amp)
         curves = None
         if (run_dir / "metrics" / "steps.jsonl").is_file() and (run_dir / "metrics" / "evals.jsonl").is_file():
-            curves = plot_training_curves(run_dir / "metrics" / "steps.jsonl", run_dir / "metrics" / "evals.jsonl",
-                                          tmp / "plots" / "training_curves.png")
+            with phases.phase("plotting the training curves"):
+                curves = plot_training_curves(run_dir / "metrics" / "steps.jsonl", run_dir / "metrics" / "evals.jsonl",
+                                              tmp / "plots" / "training_curves.png", title=f"training curves: {run_dir.name}")
         report["training_curves"] = "plots/training_curves.png" if curves else None
         # a target the data cannot measure (None) is neither a pass nor a miss
         checked, missed = target_outcome(report)
@@ -180,19 +225,20 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _train_probe(model, tok, cfg, opts: EvalOptions, log):
+def _train_probe(model, tok, cfg, opts: EvalOptions, phases: Phases):
     try:
         mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed, source_weights=cfg.source_weights)
     except (OSError, DataError, ValueError) as exc:
-        log(f"probe baseline skipped: cannot rebuild the run's training data ({exc})")
+        phases.log(f"probe baseline skipped: cannot rebuild the run's training data ({exc})")
         return None
     sample = _balanced_sample(mix.train, opts.probe_train_max, cfg.seed)
-    log(f"probe baseline: base-model features of {len(sample)} training prompts")
-    feats = bl.base_features(model, tok, sample, cfg.max_length, cfg.amp)
-    return bl.fit_probe(feats, [int(r.label) for r in sample], cfg.seed)
+    with phases.phase(f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)) as tick:
+        feats = bl.base_features(model, tok, sample, cfg.max_length, cfg.amp, between_batches=tick)
+    with phases.phase("probe baseline: fitting the logistic regression"):
+        return bl.fit_probe(feats, [int(r.label) for r in sample], cfg.seed)
 
 
-def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], log) -> dict[str, dict]:
+def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], phases: Phases) -> dict[str, dict]:
     """{dataset name: {'run:<name>': (probs, thresholds)}} for each other run, scored one run
     at a time so only one extra model is in memory."""
     from so8t.train.recipe import load_run_config
@@ -200,23 +246,27 @@ def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], log) -> d
     out: dict[str, dict] = {}
     for run in runs:
         run = Path(run)
-        log(f"comparing with run {run}")
-        model, tok, _ = load_run(run)
-        cfg = load_run_config(run)
-        thr = load_thresholds(run)
+        with phases.phase(f"comparing with run {run}: loading"):
+            model, tok, _ = load_run(run)
+            cfg = load_run_config(run)
+            thr = load_thresholds(run)
         for ds in datasets:
             if ds.labelled:
-                probs = prompt_outputs(model, tok, ds.records, cfg.max_length, amp=cfg.amp)[1].numpy()
+                with phases.phase(f"run {run.name}: scoring {len(ds.records)} prompts of {ds.name}",
+                                  total=len(ds.records)) as tick:
+                    probs = prompt_outputs(model, tok, ds.records, cfg.max_length, amp=cfg.amp,
+                                           between_batches=tick)[1].numpy()
                 out.setdefault(ds.name, {})[f"run:{run.name}"] = (probs, thr)
         del model
     return out
 
 
-def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, opts: EvalOptions, tmp: Path, log,
-                      compared: dict | None = None) -> dict:
+def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, opts: EvalOptions, tmp: Path,
+                      phases: Phases, compared: dict | None = None) -> dict:
     recs = ds.records
-    log(f"{ds.name}: scoring {len(recs)} prompts with the gate")
-    _, probs_t = prompt_outputs(model, tok, recs, max_len, amp=amp)
+    n = len(recs)
+    with phases.phase(f"{ds.name}: scoring {n} prompts with the gate", total=n) as tick:
+        _, probs_t = prompt_outputs(model, tok, recs, max_len, amp=amp, between_batches=tick)
     probs = probs_t.numpy()
     pred = decide(probs, thresholds)
     preds_rows = [{"id": r.id, "label": r.label.name if r.label is not None else None,
@@ -234,10 +284,11 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     y = np.array([int(r.label) for r in recs])
     gate = compute_metrics(y, pred)
     out["targets_met"] = gate.targets_met(opts.targets)
-    out["gate"] = {"metrics": gate.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0]),
-                   "per_class": per_class_report(y, pred),
-                   "ci": {k: bootstrap_ci(y, pred, k, n=opts.bootstrap) for k in HEADLINE},
-                   "ece": expected_calibration_error(probs, y), "reliability": reliability_bins(probs, y)}
+    with phases.phase(f"{ds.name}: bootstrap intervals ({opts.bootstrap} resamples x {len(HEADLINE)} KPIs)"):
+        out["gate"] = {"metrics": gate.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0]),
+                       "per_class": per_class_report(y, pred),
+                       "ci": {k: bootstrap_ci(y, pred, k, n=opts.bootstrap) for k in HEADLINE},
+                       "ece": expected_calibration_error(probs, y), "reliability": reliability_bins(probs, y)}
     if thresholds is not None:
         out["gate_argmax"] = compute_metrics(y, decide(probs)).as_dict()
     out["breakdown"] = {}
@@ -249,13 +300,15 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     if "keywords" in opts.baselines:
         systems["keywords"] = bl.keyword_probs(recs)
     if "probe" in opts.baselines and probe is not None:
-        log(f"{ds.name}: probe baseline")
-        systems["probe"] = bl.probe_probs(probe, bl.base_features(model, tok, recs, max_len, amp))
+        with phases.phase(f"{ds.name}: probe baseline on {n} prompts", total=n) as tick:
+            systems["probe"] = bl.probe_probs(probe, bl.base_features(model, tok, recs, max_len, amp,
+                                                                      between_batches=tick))
     if "judge" in opts.baselines:
-        log(f"{ds.name}: zero-shot judge baseline (base LLM, policy prompt)")
-        systems["judge"] = bl.judge_probs(model, tok, recs, max_len, amp)
-    log(f"{ds.name}: the fine-tuned LM's own action tag")
-    lm = lm_tag_probs(model, tok, recs, max_len, amp)
+        with phases.phase(f"{ds.name}: zero-shot judge baseline on {n} prompts (base LLM, policy prompt)",
+                          total=n, batch_size=8) as tick:
+            systems["judge"] = bl.judge_probs(model, tok, recs, max_len, amp, between_batches=tick)
+    with phases.phase(f"{ds.name}: the fine-tuned LM's own action tag on {n} prompts", total=n, batch_size=8) as tick:
+        lm = lm_tag_probs(model, tok, recs, max_len, amp, between_batches=tick)
     systems["lm_tag"] = lm
     systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
     out["systems"] = {}
@@ -273,21 +326,24 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
         out["contrast_systems"] = {name: contrast_report(recs, p)["overall"] for name, p in system_preds.items()}
     with_resp = [i for i, r in enumerate(recs) if r.response is not None][: opts.generate]
     if with_resp:
-        log(f"{ds.name}: generating {len(with_resp)} responses")
-        gen = generate_responses(model, tok, [recs[i] for i in with_resp], max_len, amp=amp)
+        with phases.phase(f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp),
+                          batch_size=8) as tick:
+            gen = generate_responses(model, tok, [recs[i] for i in with_resp], max_len, amp=amp, between_batches=tick)
         out["generation"] = generation_summary(gen, y[with_resp], pred[with_resp])
         out["generation"]["samples"] = [{"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
                                         for i, g in zip(with_resp[:5], gen[:5], strict=False)]
     name = ds.name
-    plot_confusion(gate.confusion, tmp / "plots" / f"{name}-confusion.png", title=f"{name}: gate (rows: label)")
-    plot_reliability(out["gate"]["reliability"], out["gate"]["ece"], tmp / "plots" / f"{name}-reliability.png")
-    plot_kpis({k: getattr(gate, k) for k in HEADLINE}, out["gate"]["ci"], opts.targets,
-              tmp / "plots" / f"{name}-kpis.png")
-    out["plots"] = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
-    if "contrast" in out:
-        plot_contrast(out["contrast"], {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
-                      CONTRAST_TARGETS, tmp / "plots" / f"{name}-contrast.png")
-        out["plots"].append(f"plots/{name}-contrast.png")
+    with phases.phase(f"{name}: plots"):
+        plot_confusion(gate.confusion, tmp / "plots" / f"{name}-confusion.png", title=f"{name}: gate (rows: label)")
+        plot_reliability(out["gate"]["reliability"], out["gate"]["ece"], tmp / "plots" / f"{name}-reliability.png",
+                         title=f"{name}: gate reliability")
+        plot_kpis({k: getattr(gate, k) for k in HEADLINE}, out["gate"]["ci"], opts.targets,
+                  tmp / "plots" / f"{name}-kpis.png", title=f"{name}: gate KPIs (n={n})")
+        out["plots"] = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
+        if "contrast" in out:
+            plot_contrast(out["contrast"], {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
+                          CONTRAST_TARGETS, tmp / "plots" / f"{name}-contrast.png", title=f"{name}: contrast pairs")
+            out["plots"].append(f"plots/{name}-contrast.png")
     return out
 
 
@@ -462,12 +518,14 @@ def format_markdown(report: dict) -> str:
 
 
 def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = "safety_score",
-                  min_refuse_recall: float = 0.0, max_false_refusal: float | None = None,
-                  log: Callable[[str], None] | None = None):
-    """Choose thresholds on labelled data (a dev set, never the test set), store them in the
-    run (thresholds.json) and plot the trade-off (RUN/plots/calibration.png)."""
+                  min_refuse_recall: float = 0.0, max_false_refusal: float | None = None, apply: bool = False,
+                  log: Callable[[str], None] | None = None, progress: bool = True):
+    """Choose thresholds on labelled data (a dev set, never the test set) and plot the trade-off
+    (RUN/calibration/calibration.png). The choice is written to RUN/calibration/proposal.json;
+    only apply=True also writes RUN/thresholds.json, which serve, chat, demo and eval then use.
+    Returns (calibration, path written)."""
     from so8t.eval.plots import plot_tradeoff
-    from so8t.eval.thresholds import calibrate, save_thresholds
+    from so8t.eval.thresholds import calibrate, false_refusal, save_thresholds
     from so8t.train.recipe import load_run_config
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -476,16 +534,22 @@ def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = 
     if unlabelled:
         raise ValueError(f"calibration needs labels; unlabelled: {', '.join(unlabelled)}")
     recs = [r for d in datasets for r in d.records]
-    log(f"loading run {run_dir}")
-    model, tok, _ = load_run(run_dir)
-    cfg = load_run_config(Path(run_dir))
-    log(f"scoring {len(recs)} prompts")
-    probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp)[1].numpy()
-    cal = calibrate(probs, [int(r.label) for r in recs], objective=objective, min_refuse_recall=min_refuse_recall,
-                    max_false_refusal=max_false_refusal)
+    phases = Phases(log, progress)
+    with phases.phase(f"loading run {run_dir}"):
+        model, tok, _ = load_run(run_dir)
+        cfg = load_run_config(Path(run_dir))
+    with phases.phase(f"scoring {len(recs)} prompts with the gate", total=len(recs)) as tick:
+        probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp, between_batches=tick)[1].numpy()
+    with phases.phase("searching the threshold grid"):
+        cal = calibrate(probs, [int(r.label) for r in recs], objective=objective,
+                        min_refuse_recall=min_refuse_recall, max_false_refusal=max_false_refusal)
     cal.data = list(data)
     chosen = next(c for c in cal.curve if c["refuse_at"] == cal.thresholds.refuse_at
                   and c["allow_at"] == cal.thresholds.allow_at)
-    plot_tradeoff(cal.curve, chosen, Path(run_dir) / "plots" / "calibration.png")
-    save_thresholds(run_dir, cal)
-    return cal
+    plot_tradeoff(cal.curve, chosen, Path(run_dir) / "calibration" / "calibration.png",
+                  constraints={"min_refuse_recall": min_refuse_recall, "max_false_refusal": max_false_refusal},
+                  argmax={"false_refusal": false_refusal(cal.before), "refuse_recall": cal.before.refuse_recall},
+                  title=f"threshold trade-off on {', '.join(d.name for d in datasets)} (n={len(recs)})")
+    save_thresholds(run_dir, cal, proposal=True)
+    written = save_thresholds(run_dir, cal) if apply else Path(run_dir) / "calibration" / "proposal.json"
+    return cal, written

@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +19,10 @@ from so8t.model import render_prompt
 from so8t.model.scoring import as_conversation, autocast
 
 
-def lm_tag_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = "none") -> np.ndarray:
+def lm_tag_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
+                 between_batches: Callable[[], None] | None = None) -> np.ndarray:
     texts = [render_prompt(tokenizer, as_conversation(it)) + ACTION_PREFIX.rstrip() for it in items]
-    return tag_probs(model, tokenizer, texts, max_length + 8, amp=amp, adapter=True)
+    return tag_probs(model, tokenizer, texts, max_length + 8, amp=amp, adapter=True, between_batches=between_batches)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Generated:
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, items: Sequence, max_length: int, max_new_tokens: int = 64,
-                       batch_size: int = 8, amp: str = "none") -> list[Generated]:
+                       batch_size: int = 8, amp: str = "none", between_batches: Callable[[], None] | None = None) -> list[Generated]:
     """Greedy generation after the prompt."""
     body = model.body
     device = next(model.head.parameters()).device
@@ -44,6 +45,8 @@ def generate_responses(model, tokenizer, items: Sequence, max_length: int, max_n
     model.eval()
     try:
         for i in range(0, len(items), batch_size):
+            if between_batches is not None:
+                between_batches()
             texts = [render_prompt(tokenizer, as_conversation(it)) for it in items[i:i + batch_size]]
             enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt").to(device)

@@ -12,6 +12,11 @@ Without thresholds the decision is the argmax. Lowering refuse_at raises refuse 
 raising allow_at moves unsure ALLOWs to ESCALATE (fewer dangerous ALLOWs, more false
 escalations). The calibrator searches a grid of both and keeps the best point that meets the
 constraints; every point is kept for the trade-off plot.
+
+Guarantees: thresholds.json in a run is what serve, chat, demo and eval use, so `so8t calibrate`
+writes it only when asked to (--apply); without --apply the choice is a proposal
+(RUN/calibration/proposal.json) that changes nothing. `remove_thresholds` (calibrate --reset)
+returns the run to the argmax rule. Every write is atomic.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from so8t.fsutil import atomic_write_text
 from so8t.labels import Action
 
 THRESHOLDS_FILE = "thresholds.json"
+PROPOSAL_FILE = "calibration/proposal.json"   # relative to the run
+CHANGE_KPIS = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
 OBJECTIVES = ("safety_score", "refuse_recall")
 
 
@@ -136,11 +143,37 @@ def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_reca
                        compute_metrics(y, decide(p)), best[1], curve, n=len(y))
 
 
-def save_thresholds(run_dir: str | Path, cal: Calibration) -> Path:
-    """Write thresholds.json into the run atomically (a crash leaves the old file or none)."""
-    path = Path(run_dir) / THRESHOLDS_FILE
+def save_thresholds(run_dir: str | Path, cal: Calibration, *, proposal: bool = False) -> Path:
+    """Write the calibration atomically (a crash leaves the old file or none): into the run's
+    thresholds.json, which the gate then uses, or with proposal=True to RUN/calibration/proposal.json,
+    which nothing reads."""
+    path = Path(run_dir) / (PROPOSAL_FILE if proposal else THRESHOLDS_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(cal.as_dict(), indent=2, ensure_ascii=False))
     return path
+
+
+def remove_thresholds(run_dir: str | Path) -> Path | None:
+    """Delete the run's thresholds.json (the gate goes back to argmax); the path removed, or None
+    when the run had none."""
+    path = Path(run_dir) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    path.unlink()
+    return path
+
+
+def format_change(cal: Calibration) -> str:
+    """What the thresholds change on the calibration data: argmax against the chosen thresholds,
+    KPI by KPI, with the difference (overcompliance: lower is better)."""
+    lines = [f"{'KPI (calibration data)':<24}{'argmax':>8}{'thresholds':>12}{'change':>9}", "-" * 53]
+    for key in CHANGE_KPIS:
+        a, b = getattr(cal.before, key), getattr(cal.after, key)
+        better = "" if np.isnan(a) or np.isnan(b) or a == b else (
+            " better" if (b < a) == (key == "overcompliance") else " worse")
+        d = "n/a" if np.isnan(a) or np.isnan(b) else f"{b - a:+.3f}"
+        lines.append(f"{key:<24}{a:>8.3f}{b:>12.3f}{d:>9}{better}")
+    return "\n".join(lines)
 
 
 def load_thresholds(run_dir: str | Path) -> Thresholds | None:

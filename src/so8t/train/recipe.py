@@ -231,7 +231,7 @@ def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w:
 
 @torch.no_grad()
 def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str,
-                  batch_size: int = 16) -> torch.Tensor:
+                  batch_size: int = 16, progress: bool = True) -> torch.Tensor:
     """N x L x H: the frozen body's pooled states of every layer the head reads, with progress."""
     was_training = model.training
     model.eval()
@@ -240,7 +240,8 @@ def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_leng
     order = length_order(tokenizer, records)
     records = [records[i] for i in order]
     try:
-        for i in tqdm(range(0, len(records), batch_size), desc="head probe features", unit="batch", leave=False):
+        for i in tqdm(range(0, len(records), batch_size), desc="head probe features", unit="batch", leave=False,
+                      disable=not progress):
             batch, _ = encode_prompts(tokenizer, records[i:i + batch_size], max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp):
@@ -252,14 +253,15 @@ def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_leng
     return in_input_order(torch.cat(out), order)
 
 
-def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None) -> dict:
+def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None,
+               progress: bool = True) -> dict:
     """Linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022): fit the head on the frozen body's
     pooled states before joint training, so the first LoRA steps are not spent undoing a random
     head. Features come from one forward pass over a class-balanced sample of the training set."""
     labels = [int(r.label) for r in records]
     sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
     picked = [records[i] for i in sample]
-    feats = pooled_layers(model, tokenizer, picked, cfg.max_length, cfg.amp)
+    feats = pooled_layers(model, tokenizer, picked, cfg.max_length, cfg.amp, progress=progress)
     y = torch.tensor([int(r.label) for r in picked])
     easy = torch.tensor([r.difficulty == "easy" for r in picked])
     return fit_head(model.head, feats, y, easy, cfg, cw)
@@ -370,7 +372,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         order = keep_twins_together(order, [e.pair for e in encoded])
     probe = None
     if cfg.head_probe_steps and not resume:
-        probe = probe_head(model, tokenizer, mix.train, cfg, cw)
+        probe = probe_head(model, tokenizer, mix.train, cfg, cw, progress=progress and accelerator.is_main_process)
         if accelerator.is_main_process:
             print(f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
                   f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}")
