@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 SRC=${1:-../shared/data}
 OUT=${2:-imported}
 SO8T=${SO8T:-.venv/bin/so8t}
+if [ ! -d "$SRC" ]; then
+  echo "import_public.sh: no folder $SRC; pass the folder holding the public sets as the first" \
+       "argument, laid out as docs/importers.md ('Getting the data') lists them" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 run() { "$SO8T" data import "$1" "$SRC/$2" -o "$OUT/$3"; }
 run advbench          advbench/harmful_behaviors.csv            advbench.jsonl

@@ -235,7 +235,7 @@ def test_summary_counts_kept_by_label_and_dropped_by_reason():
 
 
 def test_missing_file_names_the_file(tmp_path):
-    with pytest.raises(ValueError, match="missing.csv.*cannot read"):
+    with pytest.raises(ValueError, match="missing.csv: no such file; the advbench importer expects"):
         import_dataset("advbench", tmp_path / "missing.csv")
 
 
@@ -408,3 +408,36 @@ def test_every_importer_on_the_real_data():
             assert len({r.id for r in result.records}) == len(result.records), rel
             seen_labels |= {r.label.name for r in result.records}
     assert seen_labels == set(ACTIONS)
+
+
+# --- a missing file names what is expected (issue 17, item 4) ----------------------------------
+
+
+@pytest.mark.parametrize("name", list(IMPORTERS))
+def test_a_missing_path_names_the_expected_file_where_to_get_it_and_the_docs(tmp_path, name):
+    importer = IMPORTERS[name]
+    expected = importer.expects.rstrip("/")
+    missing = tmp_path / "data" / expected
+    with pytest.raises(DataError) as err:
+        import_dataset(name, missing)
+    [problem] = err.value.problems
+    assert problem.file == str(missing)
+    assert f"expects the {'folder' if importer.expects.endswith('/') else 'file'} {Path(expected).name!r}" in problem.message
+    assert f"<shared data folder>/{expected}" in problem.message
+    assert importer.origin and importer.origin in problem.message
+    assert "docs/importers.md" in problem.message
+
+
+def test_a_missing_file_suggests_the_closest_file_in_its_folder(tmp_path):
+    (tmp_path / "harmful_behaviors.csv").write_text("goal,target\nx,y\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"did you mean '.*harmful_behaviors\.csv'"):
+        import_dataset("advbench", tmp_path / "harmful_behavior.csv")
+
+
+def test_the_docs_give_every_importer_its_licence_source_and_file():
+    docs = (REPO / "docs" / "importers.md").read_text(encoding="utf-8")
+    section = docs.split("## Getting the data", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in section.splitlines() if line.startswith("| `")}
+    assert set(rows) == set(IMPORTERS)
+    for name, importer in IMPORTERS.items():
+        assert importer.expects.rstrip("/") in rows[name], name

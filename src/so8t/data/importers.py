@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,11 @@ class Importer:
     description: str
     mapping: dict[str, str]  # default: raw key -> ALLOW / ESCALATE / REFUSE / drop
     read: Reader  # yields rows; appends row problems to the list, raises DataError when it cannot go on
+    # What the path must be, as scripts/import_public.sh lays the shared data out (a file, or a
+    # folder ending in "/"), and where the public set comes from; both appear in the error raised
+    # when the path is missing. docs/importers.md, "Getting the data", has the same table.
+    expects: str = ""
+    origin: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,27 +474,38 @@ BEAVERTAILS = {
 IMPORTERS: dict[str, Importer] = {
     imp.name: imp
     for imp in [
-        Importer("advbench", "AdvBench harmful_behaviors.csv: harmful goals, all REFUSE", ADVBENCH, _read_advbench),
+        Importer("advbench", "AdvBench harmful_behaviors.csv: harmful goals, all REFUSE", ADVBENCH, _read_advbench,
+                 expects="advbench/harmful_behaviors.csv", origin="GitHub llm-attacks/llm-attacks, data/advbench/harmful_behaviors.csv"),
         Importer("strongreject", "StrongREJECT strongreject_dataset.csv: forbidden prompts by category, all REFUSE",
-                 STRONGREJECT, _read_strongreject),
+                 STRONGREJECT, _read_strongreject,
+                 expects="strongreject/strongreject_dataset.csv", origin="GitHub alexandrasouly/strongreject, strongreject_dataset/strongreject_dataset.csv"),
         Importer("do-not-answer", "Do-Not-Answer do_not_answer_en.csv: questions by harm type (REFUSE / ESCALATE / ALLOW)",
-                 DO_NOT_ANSWER, _read_do_not_answer),
+                 DO_NOT_ANSWER, _read_do_not_answer,
+                 expects="do-not-answer/do_not_answer_en.csv", origin="GitHub Libr-AI/do-not-answer, datasets/Instruction/do_not_answer_en.csv"),
         Importer("coconot", "CoCoNot coconot_eval.jsonl: safety concerns REFUSE, other non-compliance ALLOW",
-                 COCONOT, _read_coconot),
+                 COCONOT, _read_coconot,
+                 expects="coconot/coconot_eval.jsonl", origin="GitHub allenai/noncompliance (CoCoNot), coconot_eval.jsonl"),
         Importer("coconot-contrast", "CoCoNot coconot_contrast_eval.jsonl: benign look-alikes, all ALLOW",
-                 COCONOT_CONTRAST, _read_coconot),
+                 COCONOT_CONTRAST, _read_coconot,
+                 expects="coconot/coconot_contrast_eval.jsonl", origin="GitHub allenai/noncompliance (CoCoNot), coconot_contrast_eval.jsonl"),
         Importer("toxic-chat", "ToxicChat toxic_chat_train.json: toxic or jailbreaking REFUSE, else ALLOW",
-                 TOXIC_CHAT, _read_toxic_chat),
+                 TOXIC_CHAT, _read_toxic_chat,
+                 expects="toxic-chat/toxic_chat_train.json", origin="GitHub dmg-illc/JUDGE-BENCH, data/toxic_chat/toxic_chat_train.json"),
         Importer("medicheck", "MediCheck medicheck-{expert,crowd}.csv: serious/critical ESCALATE, else ALLOW",
-                 MEDICHECK, _read_medicheck),
+                 MEDICHECK, _read_medicheck,
+                 expects="medical-safety/medicheck-expert.csv", origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-expert.csv or data/medicheck-crowd.csv"),
         Importer("medicheck-neg", "MediCheck medicheck-neg.csv: non-medical queries, all ALLOW",
-                 MEDICHECK_NEG, _read_medicheck_neg),
+                 MEDICHECK_NEG, _read_medicheck_neg,
+                 expects="medical-safety/medicheck-neg.csv", origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-neg.csv"),
         Importer("japanese-toxic", "Japanese toxic comments subset.csv: vote majority (ALLOW / ESCALATE / REFUSE)",
-                 JAPANESE_TOXIC, _read_japanese_toxic),
+                 JAPANESE_TOXIC, _read_japanese_toxic,
+                 expects="japanese-toxic/subset.csv", origin="GitHub inspection-ai/japanese-toxic-dataset, data/subset.csv"),
         Importer("xsafety", "XSafety folder of {en,ja}/*.csv: category per file (REFUSE / ESCALATE / ALLOW)",
-                 XSAFETY, _read_xsafety),
+                 XSAFETY, _read_xsafety,
+                 expects="xsafety/", origin="GitHub Jarviswang94/Multilingual_safety_benchmark (XSafety): the en/ and ja/ folders of CSV files"),
         Importer("beavertails", "BeaverTails sample beavertails_sample.csv: REFUSE, politics ESCALATE",
-                 BEAVERTAILS, _read_beavertails),
+                 BEAVERTAILS, _read_beavertails,
+                 expects="beavertails-sample/beavertails_sample.csv", origin="the BeaverTails (PKU-Alignment) sample in the artkit examples, GitHub BCG-X-Official/artkit"),
     ]
 }
 
@@ -544,12 +561,31 @@ def import_dataset(
     """Read one public dataset, map its keys to labels, dedup; write JSONL atomically if `out` is given."""
     importer = get_importer(name)
     labels = resolve_mapping(name, mapping)  # checked first: a bad override should not cost a full read
+    _check_path(importer, Path(path))
     rows = _read_all(importer, Path(path))
     result = _convert(name, rows, labels)
     if out is not None:
         write_jsonl(out, result.records)
         result.out = Path(out)
     return result
+
+
+def _check_path(importer: Importer, path: Path) -> None:
+    """DataError naming the expected file and where to get it when `path` is not there."""
+    if path.exists():
+        return
+    wants_folder = importer.expects.endswith("/")
+    what = "folder" if wants_folder else "file"
+    expected = importer.expects.rstrip("/")
+    hint = f"the {importer.name} importer expects the {what} {Path(expected).name!r}"
+    if path.parent.is_dir() and not wants_folder:
+        near = get_close_matches(path.name, [p.name for p in path.parent.iterdir() if p.is_file()], n=1)
+        if near:
+            hint += f" (did you mean {str(path.parent / near[0])!r}?)"
+    message = (f"no such {what}; {hint}, laid out as <shared data folder>/{expected} by "
+               f"scripts/import_public.sh; get it from {importer.origin} "
+               f"(docs/importers.md, 'Getting the data', lists every set, its licence and its files)")
+    raise DataError([Problem(str(path), 0, "", message)])
 
 
 def _read_all(importer: Importer, path: Path) -> list[RawRow]:
