@@ -44,3 +44,19 @@ def test_parse_response_rejects_other_shapes(bad):
 def test_rationale_must_be_one_line():
     with pytest.raises(ValueError, match="one line"):
         format_response("ALLOW", "ok", "two\nlines")
+
+
+# --- an Action prints as its name, stays an int everywhere else (issue 17, item 12) -------------
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_an_action_prints_as_its_name_and_compares_and_serialises_as_its_number(action, capsys):
+    import json
+
+    assert str(action) == f"{action}" == "%s" % action == format(action) == action.name
+    assert f"{action:>9}" == f"{action.name:>9}"
+    print(action)
+    assert capsys.readouterr().out == f"{action.name}\n"
+    assert action == int(action) and "%d" % action == str(int(action))
+    assert json.dumps({"action": action}) == json.dumps({"action": int(action)})
+    assert repr(action) == f"<Action.{action.name}: {int(action)}>"

@@ -18,11 +18,22 @@ from dataclasses import dataclass
 
 
 class Action(enum.IntEnum):
-    """Class index order is the safety head's output order: 0 ALLOW, 1 ESCALATE, 2 REFUSE."""
+    """Class index order is the safety head's output order: 0 ALLOW, 1 ESCALATE, 2 REFUSE.
+
+    An Action is an int (comparisons, indexing, `int()`, `%d` and JSON give 0 / 1 / 2), but it
+    prints as its name: `str()`, `print()`, f-strings and `format()` give "ALLOW", not "0"
+    (Python 3.11's IntEnum would print the number).
+    """
 
     ALLOW = 0
     ESCALATE = 1
     REFUSE = 2
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
 
 
 ACTIONS: tuple[str, ...] = tuple(a.name for a in Action)
