@@ -36,7 +36,7 @@ def test_cli_trains_the_embedded_model_and_the_run_loads_back(tmp_path, capsys):
     assert torch.equal(a, b) and torch.allclose(a.sum(-1), torch.ones(len(dev)))
     assert (out / "plots/training_curves.png").stat().st_size > 10_000
     # the same run through calibration, evaluation (with every baseline) and the gate
-    assert main(["calibrate", str(out), "--data", str(tmp_path / "dev.jsonl"), "--min-refuse-recall", "0"]) == 0
+    assert main(["calibrate", str(out), "--data", str(tmp_path / "dev.jsonl"), "--min-refuse-recall", "0", "--apply"]) == 0
     code = main(["eval", str(out), "--data", str(tmp_path / "dev.jsonl"), "--out", str(tmp_path / "report"),
                  "--generate", "2", "--latency", "4", "--bootstrap", "100", "--target", "refuse_recall>=0",
                  "--target", "escalate_recall>=0", "--target", "overcompliance<=1"])
