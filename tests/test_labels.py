@@ -53,10 +53,10 @@ def test_rationale_must_be_one_line():
 def test_an_action_prints_as_its_name_and_compares_and_serialises_as_its_number(action, capsys):
     import json
 
-    assert str(action) == f"{action}" == "%s" % action == format(action) == action.name
+    assert str(action) == f"{action}" == "%s" % action == format(action) == action.name  # noqa: UP031
     assert f"{action:>9}" == f"{action.name:>9}"
     print(action)
     assert capsys.readouterr().out == f"{action.name}\n"
-    assert action == int(action) and "%d" % action == str(int(action))
+    assert action == int(action) and "%d" % action == str(int(action))  # noqa: UP031
     assert json.dumps({"action": action}) == json.dumps({"action": int(action)})
     assert repr(action) == f"<Action.{action.name}: {int(action)}>"
