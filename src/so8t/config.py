@@ -34,16 +34,17 @@ class TrainConfig:
     # taxonomy x agent actions) and/or JSONL files
     data: list[str] = dataclasses.field(default_factory=lambda: ["builtin", "contrast", "wide"])
     dev_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin dev / a split of `data`
-    test_data: list[str] = dataclasses.field(default_factory=list)
+    test_data: list[str] = dataclasses.field(default_factory=list)  # empty: builtin test / a split of `data`
     # scale each source's share of the training split: {'xsafety': 0.3, 'so8t-wide': 2} (1 = as is)
     source_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     max_length: int = 384                       # tokens per example (prompt + response)
-    class_balance: Literal["sampler", "weights", "none"] = "sampler"
+    class_balance: Literal["sampler", "weights", "none"] = "sampler"  # equal labels per batch, or loss weights, or neither
     sft_response_tokens: int = 0                # SFT on the response's first N tokens only (0 = all of it)
     # --- adapter ---
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: int = 16                            # LoRA rank
+    lora_alpha: int = 32                        # LoRA scale (alpha / r multiplies the update)
+    lora_dropout: float = 0.05                  # dropout on the LoRA input
+    # the linear modules LoRA adapts (names as in the base model)
     lora_targets: list[str] = dataclasses.field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
     lora_layers: int = 0                        # adapt only the top N blocks (0 = all); backward stops there
@@ -52,37 +53,37 @@ class TrainConfig:
     head_layers: str | list[int] = "last"       # 'last' (final state), 'mix' (learned mix of upper blocks), or indices
     head_probe_steps: int = 0                   # fit the head alone on frozen features first (LP-FT); 0 = off
     head_probe_examples: int = 1024             # class-balanced training examples whose features the probe uses
-    head_probe_lr: float = 1e-3
+    head_probe_lr: float = 1e-3                 # probe learning rate, decayed to 0 (cosine)
     head_probe_batch: int = 32                  # examples per probe step
     # --- loss: L = sft + alpha*ce + beta*dangerous_allow - gamma*good_escalate + pet(t)*pet ---
-    alpha: float = 3.0
-    beta: float = 7.0
-    gamma: float = 1.5
+    alpha: float = 3.0                          # weight of the safety head's cross-entropy
+    beta: float = 7.0                           # weight of the dangerous-ALLOW penalty (P(ALLOW) on REFUSE / ESCALATE rows)
+    gamma: float = 1.5                          # weight of the reward for ESCALATE on grey (ESCALATE) rows
     pair_margin: float = 0.0                    # weight of the contrast-pair margin term (0: off)
     pair_margin_value: float = 0.5              # the unsafe twin's 1-P(ALLOW) must exceed the safe half's by this
     safe_allow_reward: float = 0.0              # phase 2, off by default
     escalate_penalty: float = 0.0               # phase 2, off by default
-    pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
-    pet_values: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.15, 1.0])
+    pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])  # training fractions where lambda_pet steps
+    pet_values: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.15, 1.0])  # lambda_pet in each phase
     pet_normalize: bool = True                  # divide each layer's term by its mean squared activation
     pet_checkpoint: bool = False                # recompute PET in backward instead of storing differences
     # --- optimisation ---
     lr: float = 1e-4                            # LoRA (body and task head)
     head_lr: float = 1e-5                       # safety head
     head_freeze_at: float = 0.5                 # fraction of training after which the head is frozen (1.0 = never)
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    epochs: float = 1.0
+    weight_decay: float = 0.0                   # AdamW weight decay
+    warmup_ratio: float = 0.03                  # fraction of steps with a linear warm-up
+    epochs: float = 1.0                         # passes over the training data (when max_steps is 0)
     max_steps: int = 0                          # optimizer steps; 0 = from epochs
-    micro_batch: int = 4
-    grad_accum: int = 4
-    gradient_checkpointing: bool = False
-    optim: Literal["adamw", "paged_adamw_8bit"] = "adamw"
+    micro_batch: int = 4                        # examples per forward pass
+    grad_accum: int = 4                         # micro-batches per optimizer step
+    gradient_checkpointing: bool = False        # recompute activations in backward: less memory, more time
+    optim: Literal["adamw", "paged_adamw_8bit"] = "adamw"  # paged 8-bit AdamW needs CUDA + bitsandbytes
     # --- evaluation and stopping ---
     eval_every: int = 50                        # optimizer steps
-    early_stop_metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"
+    early_stop_metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"  # dev KPI that picks the best step
     patience: int = 3                           # evaluations without improvement
-    seed: int = 0
+    seed: int = 0                               # data order, sampling and head initialisation
 
     def validate(self) -> None:
         def need(cond: bool, key: str, msg: str) -> None:
@@ -131,11 +132,11 @@ class ServerConfig:
     here, never from the YAML file itself.
     """
     run: str = ""                               # the trained run folder the gate loads
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = "127.0.0.1"                     # address to listen on (loopback by default)
+    port: int = 8000                            # port to listen on
     # --- gate ---
     fail_action: Literal["REFUSE", "ESCALATE"] = "REFUSE"  # what a failed gate does (never ALLOW)
-    gate_timeout_s: float = 10.0
+    gate_timeout_s: float = 10.0                # a decision slower than this fails closed (fail_action)
     gate_max_views: int = 64                    # turns + windows of long text judged per request; beyond: 413
     gate_max_turns: int = 512                   # messages per request; beyond: 413, before anything is scored
     gate_max_chars: int = 200_000               # characters of all messages together; beyond: 413
@@ -149,23 +150,23 @@ class ServerConfig:
     # --- LLM backend for allowed requests ---
     backend: Literal["in-process", "openai"] = "in-process"  # in-process: the fine-tuned model itself
     backend_url: str = ""                       # OpenAI-compatible base URL with /v1 (Ollama, llama-server, vLLM)
-    backend_model: str = ""
-    backend_api_key_env: str = "SO8T_BACKEND_API_KEY"
-    backend_timeout_s: float = 60.0
-    backend_retries: int = 2
-    max_tokens: int = 256
+    backend_model: str = ""                     # model name sent to the backend
+    backend_api_key_env: str = "SO8T_BACKEND_API_KEY"  # environment variable holding the backend's API key
+    backend_timeout_s: float = 60.0             # per backend request; then 504
+    backend_retries: int = 2                    # retries on timeouts, 429 and 5xx, with backoff
+    max_tokens: int = 256                       # answer length cap for the LLM
     # --- agent tools (off when empty) ---
     tools: str = ""                             # tools YAML: which tools, where, autonomy per risk tier
     tool_max_steps: int = 6                     # tool rounds per request
     # --- approvals and audit ---
     approvals_url: str = "sqlite:///so8t-state/approvals.db"  # any SQLAlchemy URL
     approval_ttl_s: float = 3600.0              # an unanswered approval expires (TIMEOUT, denied)
-    audit_path: str = "so8t-state/audit.jsonl"
+    audit_path: str = "so8t-state/audit.jsonl"  # the hash-chained JSONL audit log
     audit_allow: bool = False                   # also log ALLOW decisions
     redact_patterns: list[str] = dataclasses.field(default_factory=list)  # extra 'name=regex' redactions
     redact_disable: list[str] = dataclasses.field(default_factory=list)   # default patterns to switch off
     admin_token_env: str = "SO8T_ADMIN_TOKEN"   # token for the approvals page and API
-    admin_session_ttl_s: float = 8 * 3600.0   # an operator's sign-in lasts this long (in-memory session)
+    admin_session_ttl_s: float = 8 * 3600.0     # an operator's sign-in lasts this long (in-memory session)
     worker_interval_s: float = 2.0              # how often expiry runs and approved requests execute
 
     def validate(self) -> None:
