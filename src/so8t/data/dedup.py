@@ -5,11 +5,12 @@ Near-duplicates are found exactly (no sampling) with a prefix filter: two sets w
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _WS = re.compile(r"\s+")
 
@@ -57,8 +58,10 @@ def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.8, n: int = 
     return sorted(pairs)
 
 
-def duplicate_groups(texts: Sequence[str], threshold: float = 0.8) -> list[int]:
-    """A group id per text; texts linked by near-duplication (transitively) share a group."""
+def duplicate_groups(texts: Sequence[str], threshold: float = 0.8,
+                     links: Iterable[tuple[int, int]] = ()) -> list[int]:
+    """A group id per text; texts linked by near-duplication, or by an extra (i, j) in `links`
+    (a twin pair), share a group, transitively."""
     parent = list(range(len(texts)))
 
     def find(x: int) -> int:
@@ -67,6 +70,6 @@ def duplicate_groups(texts: Sequence[str], threshold: float = 0.8) -> list[int]:
             x = parent[x]
         return x
 
-    for i, j, _ in near_duplicate_pairs(texts, threshold):
+    for i, j in itertools.chain(((i, j) for i, j, _ in near_duplicate_pairs(texts, threshold)), links):
         parent[find(i)] = find(j)
     return [find(i) for i in range(len(texts))]

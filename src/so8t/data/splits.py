@@ -27,9 +27,9 @@ def split_records(
     pair) go to one split, as near-duplicates do."""
     if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
-    groups = duplicate_groups([r.prompt_text() for r in records], threshold)
-    if together is not None:
-        groups = _join(groups, together)
+    first: dict[object, int] = {}
+    links = [(i, first.setdefault(key, i)) for i, key in enumerate(together or ()) if key is not None]
+    groups = duplicate_groups([r.prompt_text() for r in records], threshold, links)
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
@@ -52,18 +52,3 @@ def split_records(
             seen += len(members[g])
     return out
 
-
-def _join(groups: list[int], keys: Sequence[object]) -> list[int]:
-    """Merge near-duplicate groups that hold records with the same (non-None) key."""
-    parent = {g: g for g in groups}
-
-    def find(g: int) -> int:
-        while parent[g] != g:
-            g = parent[g]
-        return g
-
-    first: dict[object, int] = {}
-    for g, key in zip(groups, keys, strict=True):
-        if key is not None:
-            parent[find(g)] = find(first.setdefault(key, g))
-    return [find(g) for g in groups]
