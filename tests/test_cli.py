@@ -4,21 +4,15 @@ import sys
 
 import pytest
 
+from cli_parsers import subcommands
+
 from so8t.cli import build_parser, main
 
 
-def _subcommands(parser, prefix=()):
-    import argparse
-
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield prefix + (name,)
-                yield from _subcommands(sub, prefix + (name,))
 
 
 def test_every_command_has_help(capsys):
-    commands = list(_subcommands(build_parser()))
+    commands = list(subcommands(build_parser()))
     assert ("model", "info") in commands and ("data", "validate") in commands
     for cmd in commands:
         with pytest.raises(SystemExit) as exc:

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_parsers import subcommands
+
 from so8t.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -463,15 +465,9 @@ def test_the_cheap_readme_commands_run_as_written_and_exit_0(commands, tmp_path)
     assert shown in res.stdout, f"{where}: `{command.text}` printed:\n{res.stdout[-2000:]}"
 
 
-def _subcommands(parser, prefix=()):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield prefix + (name,)
-                yield from _subcommands(sub, prefix + (name,))
 
 
 def test_so8t_help_and_every_subcommands_help_run_and_exit_0(tmp_path):
-    for cmd in [(), *_subcommands(build_parser())]:
+    for cmd in [(), *subcommands(build_parser())]:
         res = _run([*cmd, "--help"], tmp_path, timeout=20)
         assert res.returncode == 0 and res.stdout.startswith("usage: so8t"), (cmd, res.stderr[-1000:])
