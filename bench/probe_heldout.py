@@ -200,7 +200,7 @@ def fit_training_head(preset_name: str, overrides: list[str], records, stacked: 
 
     cfg = from_dict(TrainConfig, {**preset(preset_name), **parse_overrides(overrides)})
     torch.manual_seed(cfg.seed)
-    head = SafetyHead(stacked.size(-1), layers=layers)
+    head = SafetyHead(stacked.size(-1), layers=layers, combine=cfg.head_combine)
     labels = [int(r.label) for r in records]
     sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
     y = torch.tensor([labels[i] for i in sample])

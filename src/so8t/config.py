@@ -50,7 +50,8 @@ class TrainConfig:
     lora_layers: int = 0                        # adapt only the top N blocks (0 = all); backward stops there
     # --- safety head ---
     pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the hidden states the head reads
-    head_layers: str | list[int] = "last"       # 'last' (final state), 'mix' (learned mix of upper blocks), or indices
+    head_layers: str | list[int] = "last"       # 'last' (final state), 'mix' (blocks across the upper two thirds), or indices
+    head_combine: Literal["concat", "mix"] = "concat"  # several layers: side by side, or a learned softmax average
     head_probe_steps: int = 0                   # fit the head alone on frozen features first (LP-FT); 0 = off
     head_probe_examples: int = 1024             # class-balanced training examples whose features the probe uses
     head_probe_lr: float = 1e-3                 # probe learning rate, decayed to 0 (cosine)
@@ -83,6 +84,9 @@ class TrainConfig:
     eval_every: int = 50                        # optimizer steps
     early_stop_metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"  # dev KPI that picks the best step
     patience: int = 3                           # evaluations without improvement
+    # choose the decision thresholds (refuse_at, allow_at) on the dev split at the end, as
+    # `so8t calibrate --apply` would (objective safety_score), and write them into the run
+    calibrate: bool = False
     seed: int = 0                               # data order, sampling and head initialisation
 
     def validate(self) -> None:
@@ -101,6 +105,7 @@ class TrainConfig:
         need(not isinstance(self.head_layers, str) or self.head_layers in ("last", "mix"), "head_layers",
              f"expected 'last', 'mix' or a list of layer indices, got {self.head_layers!r}")
         need(isinstance(self.head_layers, str) or bool(self.head_layers), "head_layers", "an empty list reads nothing")
+        need(self.head_combine in ("concat", "mix"), "head_combine", f"expected 'concat' or 'mix', got {self.head_combine!r}")
         need(self.head_probe_batch >= 1, "head_probe_batch", "must be >= 1")
         need(self.head_probe_steps >= 0 and self.head_probe_examples >= 1 and self.head_probe_lr > 0,
              "head_probe_steps", "head_probe_steps >= 0, head_probe_examples >= 1 and head_probe_lr > 0")

@@ -39,7 +39,7 @@ def test_head_layers_resolve_to_upper_blocks_or_the_final_state():
 
 
 def test_layer_mix_reads_every_chosen_block_and_round_trips(tmp_path):
-    head = SafetyHead(8, layers=(1, 3))
+    head = SafetyHead(8, layers=(1, 3), combine="mix")
     hidden = [torch.randn(2, 5, 8) for _ in range(4)]  # embeddings + 3 blocks
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     with torch.no_grad():
@@ -55,6 +55,39 @@ def test_layer_mix_reads_every_chosen_block_and_round_trips(tmp_path):
     again, meta = load_head(tmp_path)
     assert again.layers == (1, 3) and meta["layers"] == [1, 3]
     assert torch.equal(again.read(hidden, mask, "mean"), mixed)
+
+
+def test_concatenation_keeps_each_block_apart_and_round_trips(tmp_path):
+    head = SafetyHead(8, layers=(1, 3))  # concat is the default
+    hidden = [torch.randn(2, 5, 8) for _ in range(4)]
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    read = head.read(hidden, mask, "mean")
+    assert read.shape == (2, 16) and not hasattr(head, "mix")
+    for k, block in enumerate((1, 3)):  # each block's layer-normalised pool, in order, unmixed
+        normed = torch.nn.functional.layer_norm(pool(hidden[block], mask, "mean"), (8,))
+        assert torch.allclose(read[:, 8 * k:8 * (k + 1)], normed, atol=1e-5)
+    assert head.net[0].in_features == 16
+    save_head(head, tmp_path, {"pooling": "mean"})
+    again, meta = load_head(tmp_path)
+    assert meta["combine"] == "concat" and again.combine_mode == "concat"
+    assert torch.equal(again(again.read(hidden, mask, "mean")), head(read))
+
+
+def test_a_multi_block_head_saved_before_combine_existed_loads_as_the_mix_it_was(tmp_path):
+    import json
+
+    head = SafetyHead(8, layers=(1, 3), combine="mix")
+    save_head(head, tmp_path, {"pooling": "mean"})
+    cfg = json.loads((tmp_path / "head.json").read_text())
+    del cfg["combine"]
+    (tmp_path / "head.json").write_text(json.dumps(cfg))
+    again, _ = load_head(tmp_path)
+    assert again.combine_mode == "mix" and again.net[0].in_features == 8
+
+
+def test_an_unknown_combine_is_an_error_that_names_the_choices():
+    with pytest.raises(ValueError, match="concat, mix"):
+        SafetyHead(8, layers=(1, 3), combine="sum")
 
 
 def test_a_head_saved_before_layer_mixes_existed_still_loads(tmp_path):

@@ -378,15 +378,41 @@ def test_the_probe_fits_the_layer_mix_and_the_run_reads_the_same_blocks_back(tin
     from so8t.model import load_run
     from so8t.train.recipe import probe_head
 
-    cfg = tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=40, head_probe_lr=5e-2)
+    cfg = tiny_cfg(tiny_model_dir, head_layers="mix", head_combine="mix", head_probe_steps=40, head_probe_lr=5e-2)
     model, tok, _ = build_model(cfg)
     assert len(model.head.layers) > 1 and torch.equal(model.head.mix, torch.zeros(len(model.head.layers)))
     probe_head(model, tok, read_jsonl(data_files / "train.jsonl"), cfg, None)
     assert not torch.equal(model.head.mix, torch.zeros(len(model.head.layers)))  # the probe learns the weights
-    train(tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=5, **data_kw(data_files)), tmp_path / "run",
-          progress=False)
+    train(tiny_cfg(tiny_model_dir, head_layers="mix", head_combine="mix", head_probe_steps=5, **data_kw(data_files)),
+          tmp_path / "run", progress=False)
     loaded, _, _ = load_run(tmp_path / "run")
-    assert loaded.head.layers == model.head.layers
+    assert loaded.head.layers == model.head.layers and loaded.head.combine_mode == "mix"
+
+
+def test_a_run_with_calibrate_ships_thresholds_chosen_on_dev_and_reads_its_blocks_side_by_side(
+        tiny_model_dir, data_files, tmp_path):
+    import json
+
+    from so8t.eval.thresholds import load_thresholds
+    from so8t.model import load_run
+
+    result = train(tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=5, calibrate=True, **data_kw(data_files)),
+                   tmp_path / "run", progress=False)
+    thr = load_thresholds(tmp_path / "run")
+    assert thr is not None  # what serve, chat and eval will use
+    saved = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    assert saved["data"] == ["dev split"] and saved["after"] == result.dev.as_dict()
+    final = json.loads((tmp_path / "run" / "metrics" / "final.json").read_text())
+    assert final["thresholds"] == {"refuse_at": thr.refuse_at, "allow_at": thr.allow_at}
+    loaded, _, _ = load_run(tmp_path / "run")
+    n = len(loaded.head.layers)
+    assert n > 1 and loaded.head.combine_mode == "concat"
+    assert loaded.head.net[0].in_features == n * loaded.head.hidden_size
+
+
+def test_a_run_without_calibrate_keeps_the_argmax_rule(tiny_model_dir, data_files, tmp_path):
+    train(tiny_cfg(tiny_model_dir, **data_kw(data_files)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "thresholds.json").exists()
 
 
 def test_fit_head_decays_its_rate_to_zero_and_two_seeds_agree_on_separable_features():

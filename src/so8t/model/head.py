@@ -3,11 +3,18 @@
 The head is a separate module: it shares no weight with the LM head and is kept in fp32 (at a
 1e-5 learning rate most bf16 updates would round to zero). It reads hidden states that the
 plain forward returns anyway (`output_hidden_states=True`), pooled over the prompt tokens:
-either the final state after the final norm (layers = (-1,), the seed's choice), or a learned
-mix of several blocks' states (each pooled, layer-normalised without parameters so blocks of
-different scale weigh alike, then averaged with softmax weights that train with the head).
+either the final state after the final norm (layers = (-1,), the seed's choice), or several
+blocks' states, each pooled and layer-normalised without parameters so blocks of different
+scale weigh alike, then combined in one of two ways:
+
+- combine='concat' (the default): the pooled states side by side (L x H features), so the
+  head's first layer weighs every block's every feature on its own;
+- combine='mix': averaged with softmax weights that train with the head (H features).
+
 Middle blocks separate dangerous from harmless look-alikes better than the last one in our
-frozen-probe study (bench/probe_layers.py), which is why the mix exists.
+frozen-probe study (bench/probe_layers.py), which is why several blocks are read. Concatenation
+beat the learned mix on every dev split (README, "Which head"): an average lets one block's
+features cancel another's, a concatenation keeps them apart.
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ from torch import nn
 from so8t.labels import ACTIONS
 
 Pooling = Literal["mean", "last"]
+Combine = Literal["concat", "mix"]
+COMBINES = ("concat", "mix")
 HEAD_WEIGHTS = "head.safetensors"
 HEAD_CONFIG = "head.json"
 # From a third of the depth to the end, every ~tenth of it: what `head_layers: mix` reads.
@@ -48,19 +57,25 @@ def resolve_head_layers(spec: str | Sequence[int], num_blocks: int) -> tuple[int
 
 
 class SafetyHead(nn.Module):
-    """(mix of pooled layers) -> hidden/2 -> GELU -> 3 (ALLOW, ESCALATE, REFUSE)."""
+    """(pooled layers, concatenated or mixed) -> hidden/2 -> GELU -> 3 (ALLOW, ESCALATE, REFUSE)."""
 
-    def __init__(self, hidden_size: int, num_labels: int = len(ACTIONS), layers: Sequence[int] = (-1,)):
+    def __init__(self, hidden_size: int, num_labels: int = len(ACTIONS), layers: Sequence[int] = (-1,),
+                 combine: Combine = "concat"):
         super().__init__()
+        if combine not in COMBINES:
+            raise ValueError(f"head combine must be one of {', '.join(COMBINES)}, got {combine!r}")
         self.hidden_size = hidden_size
         self.layers = tuple(int(i) for i in layers)
-        if len(self.layers) > 1:
+        # One layer: both ways read that layer as it is (no mix weights, H features).
+        self.combine_mode: Combine = combine if len(self.layers) > 1 else "concat"
+        if self.combine_mode == "mix":
             self.mix = nn.Parameter(torch.zeros(len(self.layers)))
-        self.net = nn.Sequential(nn.Linear(hidden_size, hidden_size // 2), nn.GELU(), nn.Linear(hidden_size // 2, num_labels))
+        features = hidden_size * len(self.layers) if self.combine_mode == "concat" else hidden_size
+        self.net = nn.Sequential(nn.Linear(features, hidden_size // 2), nn.GELU(), nn.Linear(hidden_size // 2, num_labels))
         self.float()
 
     def read(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-        """B x H: what the head reads from the body's hidden states (embeddings + every block)."""
+        """B x F (F = L*H concatenated, H mixed): what the head reads from the body's hidden states (embeddings + every block)."""
         return self.combine(self.pool_layers(hidden_states, prompt_mask, pooling))
 
     def pool_layers(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor,
@@ -73,9 +88,9 @@ class SafetyHead(nn.Module):
                             for i in self.layers], 1)
 
     def combine(self, pooled_layers: torch.Tensor) -> torch.Tensor:
-        """B x L x H -> B x H with the learned softmax weights (the one layer as it is)."""
-        if len(self.layers) == 1:
-            return pooled_layers[:, 0]
+        """B x L x H -> B x L*H side by side, or B x H with the learned softmax weights."""
+        if self.combine_mode == "concat":
+            return pooled_layers.flatten(1)
         return (pooled_layers * self.mix.softmax(0)[None, :, None]).sum(1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -102,7 +117,8 @@ def save_head(head: SafetyHead, folder: str | Path, meta: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_WEIGHTS))
-    config = {"hidden_size": head.hidden_size, "labels": list(ACTIONS), "layers": list(head.layers), **meta}
+    config = {"hidden_size": head.hidden_size, "labels": list(ACTIONS), "layers": list(head.layers),
+              "combine": head.combine_mode, **meta}
     (folder / HEAD_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
@@ -111,6 +127,7 @@ def load_head(folder: str | Path) -> tuple[SafetyHead, dict]:
     config = json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
     if config.get("labels") != list(ACTIONS):
         raise ValueError(f"{folder / HEAD_CONFIG}: label map {config.get('labels')} differs from {list(ACTIONS)}")
-    head = SafetyHead(int(config["hidden_size"]), layers=config.get("layers", [-1]))
+    # Runs saved before 'combine' existed mixed their layers (one layer: either reads it as it is).
+    head = SafetyHead(int(config["hidden_size"]), layers=config.get("layers", [-1]), combine=config.get("combine", "mix"))
     head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     return head, config

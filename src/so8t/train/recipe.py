@@ -17,7 +17,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml
 from so8t.data import Mix, Record, assemble
 from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.eval.plots import plot_training_curves
+from so8t.eval.thresholds import Calibration, Thresholds, calibrate, decide, save_thresholds
 from so8t.labels import Action
 from so8t.model import (
     RUN_MARKER,
@@ -150,7 +151,7 @@ def build_model(cfg: TrainConfig):
     body = get_peft_model(base, lora)
     hidden = base.config.get_text_config().hidden_size
     layers = resolve_head_layers(cfg.head_layers, n_layers)
-    model = SafetyModel(body, SafetyHead(hidden, layers=layers), cfg.pooling)
+    model = SafetyModel(body, SafetyHead(hidden, layers=layers, combine=cfg.head_combine), cfg.pooling)
     model.head.to(next(base.parameters()).device)
     return model, tokenizer, base_fp
 
@@ -295,9 +296,19 @@ def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg
             "last_batch_loss": last, "head_loss_on_probe_set": full, "final_lr": optimizer.param_groups[0]["lr"]}
 
 
-def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none") -> SafetyMetrics:
+def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none",
+             thresholds: Thresholds | None = None) -> SafetyMetrics:
     probs = predict_probs(model, tokenizer, records, max_length, amp=amp)
-    return compute_metrics([int(r.label) for r in records], probs.argmax(-1).tolist())
+    return compute_metrics([int(r.label) for r in records], decide(probs.float().numpy(), thresholds).tolist())
+
+
+def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig) -> tuple[Calibration, SafetyMetrics]:
+    """Thresholds chosen on the dev split (so8t calibrate's grid and objective), and dev's KPIs
+    under them. The test split plays no part, so its numbers stay an honest estimate."""
+    probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp).float().numpy()
+    cal = calibrate(probs, [int(r.label) for r in records])
+    cal.data = ["dev split"]
+    return cal, cal.after
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -474,14 +485,25 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     accelerator.wait_for_everyone()
     if (out / BEST).is_dir():
         load_adapter_and_head(out / BEST, raw_model)
-    dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp)
-    test = evaluate(raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp) if mix.test else None
+    cal = None
+    if cfg.calibrate:
+        cal, dev = calibrate_on_dev(raw_model, tokenizer, mix.dev, cfg)
+    else:
+        dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp)
+    thresholds = cal.thresholds if cal else None
+    test = evaluate(raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp, thresholds) if mix.test else None
     seconds = time.perf_counter() - start
     if accelerator.is_main_process:
         save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
+        if cal:
+            save_thresholds(out, cal)
+            print(f"thresholds chosen on dev: refuse_at={cal.thresholds.refuse_at} allow_at={cal.thresholds.allow_at} "
+                  f"(dev safety_score {cal.before.safety_score:.3f} -> {cal.after.safety_score:.3f}; "
+                  f"undo: so8t calibrate {out} --reset)")
         (out / "metrics" / "final.json").write_text(json.dumps(
             {"best_step": state.best_step, "steps": state.step, "stopped_early": state.stopped_early,
              "seconds": round(seconds, 1), "truncated_train_examples": truncated, "data": mix.summary(), "head_probe": probe,
+             "thresholds": asdict(cal.thresholds) if cal else None,
              "dev": dev.as_dict(), "test": test.as_dict() if test else None}, indent=2))
         plot_training_curves(out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl",
                              out / "plots" / "training_curves.png")
