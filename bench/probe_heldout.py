@@ -52,6 +52,9 @@ def main() -> None:
                          "(class-balanced sample, composite head loss) with this preset's settings (cpu-quick)")
     ap.add_argument("--head-set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override the preset's settings for --head (beta=1 head_probe_steps=4000)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="with --head: also choose decision thresholds on the --test sets named '<set>:dev' (as "
+                         "`so8t train` with calibrate: true does) and score every set under them")
     ap.add_argument("--dev-frac", type=float, default=0.0, metavar="F",
                     help="hold a seeded fraction F of every imported (non-so8t) training source out of the fit and "
                          "score it as a dev set: choose source weights on it, not on a test split")
@@ -156,6 +159,12 @@ def main() -> None:
         for spec, recs, f in f_tests:
             print(f"\n{spec} (n={len(recs)}), the safety head fitted as {args.head} fits it\n{header}")
             print(row(f"head ({args.head})", clf, f["stack"], recs))
+        if args.calibrate:
+            thr = dev_thresholds(clf, [(recs, f["stack"]) for spec, recs, f in f_tests if spec.endswith(":dev")])
+            for spec, recs, f in f_tests:
+                print(f"\n{spec} (n={len(recs)}), the head at thresholds chosen on the dev sets "
+                      f"(refuse_at={thr.refuse_at}, allow_at={thr.allow_at})\n{header}")
+                print(row(f"head ({args.head}), dev thr", clf, f["stack"], recs, thr))
     if args.ablate:
         sources = sorted({r.source or "" for r in train})
         variants = {"all": probes["mix"]}
@@ -165,6 +174,17 @@ def main() -> None:
             print(f"\n{spec} (n={len(recs)}), mix features, one training source left out\n{header}")
             for name, clf in variants.items():
                 print(row(name, clf, f["mix"], recs))
+
+
+def dev_thresholds(clf, dev_sets):
+    """The thresholds so8t calibrate (and training's calibrate: true) choose on these dev sets together."""
+    from so8t.eval.baselines import probe_probs
+    from so8t.eval.thresholds import calibrate
+
+    if not dev_sets:
+        raise SystemExit("--calibrate needs at least one '<set>:dev' among --test")
+    probs = np.concatenate([probe_probs(clf, x) for _, x in dev_sets])
+    return calibrate(probs, [int(r.label) for recs, _ in dev_sets for r in recs]).thresholds
 
 
 def held_out_rows(train, frac: float) -> set[int]:
@@ -209,15 +229,17 @@ def fit_training_head(preset_name: str, overrides: list[str], records, stacked: 
     return _HeadProbs(head.eval())
 
 
-def row(name: str, clf, x: torch.Tensor, recs) -> str:
+def row(name: str, clf, x: torch.Tensor, recs, thresholds=None) -> str:
     from sklearn.metrics import roc_auc_score
 
     from so8t.eval import compute_metrics
     from so8t.eval.baselines import probe_probs
 
     y = np.array([int(r.label) for r in recs])
+    from so8t.eval.thresholds import decide
+
     p = probe_probs(clf, x)
-    pred = p.argmax(1)
+    pred = decide(p, thresholds)
     m = compute_metrics(y, pred)
     unsafe = (y != 0).astype(int)
     auroc = roc_auc_score(unsafe, 1 - p[:, 0]) if 0 < unsafe.sum() < len(y) else float("nan")

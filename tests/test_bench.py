@@ -64,3 +64,21 @@ def test_probe_heldout_dev_frac_scores_a_held_back_share_of_each_imported_source
     assert out.returncode == 0, out.stderr[-2000:]
     assert "imported dev (0.25 of each imported source, not fitted) (n=10)" in out.stdout
     assert f"probe trained on {len(load_builtin('dev')) + 30} prompts" in out.stdout
+
+
+def test_probe_heldout_calibrate_chooses_thresholds_on_the_dev_sets_only(tiny_model_dir, tmp_path):
+    """--calibrate picks thresholds on the '<set>:dev' test sets, as training's calibrate does, and
+    scores every set under them; without a dev set it says what it needs."""
+    from so8t.data import load_builtin, write_jsonl
+
+    write_jsonl(tmp_path / "held.jsonl", load_builtin("test")[:20])
+    base = [sys.executable, str(ROOT / "bench" / "probe_heldout.py"), "--model", str(tiny_model_dir),
+            "--train", "builtin:dev", "--features", "mix", "--head", "cpu-quick", "--head-set", "head_probe_steps=20",
+            "--calibrate", "--amp", "none", "--cache", str(tmp_path / "cache")]
+    out = subprocess.run(base + ["--test", "contrast:dev", str(tmp_path / "held.jsonl")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("the head at thresholds chosen on the dev sets") == 2
+    assert len([ln for ln in out.stdout.splitlines() if "dev thr |" in ln]) == 2
+    out = subprocess.run(base + ["--test", str(tmp_path / "held.jsonl")], capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "needs at least one '<set>:dev'" in out.stderr
