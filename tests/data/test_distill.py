@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 import so8t
 from so8t.cli import main
-from so8t.data import DataError, assemble, check_jsonl
+from so8t.data import DataError, assemble
 from so8t.data.distill import (
     DEFAULT_POLICY, Teacher, TeacherUnavailable, distill, read_choice, side_files,
 )

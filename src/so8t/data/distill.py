@@ -570,10 +570,10 @@ class Summary:
         return len(self.refused) + len(self.malformed) + len(self.errors)
 
     def format(self) -> str:
-        lines = [f"{self.prompts_file}: {self.prompts} prompt(s): {self.already_done} already done, "
-                 f"{self.written} labelled now, {len(self.review)} flagged for review, {self.failed} failed",
-                 f"{self.out}: {sum(self.labels.values())} row(s): "
-                 + " ".join(f"{a}={self.labels[a]}" for a in ACTIONS)]
+        counts = " ".join(f"{a}={self.labels[a]}" for a in ACTIONS)
+        lines = [(f"{self.prompts_file}: {self.prompts} prompt(s): {self.already_done} already done, "
+                  f"{self.written} labelled now, {len(self.review)} flagged for review, {self.failed} failed"),
+                 f"{self.out}: {sum(self.labels.values())} row(s): {counts}"]
         if self.review_total:
             lines.append(f"{self.review_file}: {self.review_total} ESCALATE candidate(s) where the teacher's samples "
                          f"disagree, for a person to confirm or relabel{_lines(self.review)}")
