@@ -103,6 +103,37 @@ def cmd_data_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Label prompts with a teacher model; exit 0 when every prompt is done, 1 when some failed
+    (listed in OUT.failures.jsonl; a re-run asks them again), 2 when the run stopped."""
+    from pathlib import Path
+
+    from so8t.data.distill import Teacher, TeacherUnavailable, api_key_from_env, distill
+
+    policy = None
+    if args.policy:
+        try:
+            policy = Path(args.policy).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--policy {args.policy}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        if not policy.strip():
+            raise ValueError(f"--policy {args.policy}: the file is empty")
+    teacher = Teacher(args.teacher_url, args.teacher_model, api_key_from_env(args.api_key_env), timeout_s=args.timeout,
+                      retries=args.retries, temperature=args.temperature, max_tokens=args.max_tokens)
+    try:
+        summary = distill(args.prompts, args.out, teacher, policy=policy, samples=args.samples,
+                          min_agreement=args.min_agreement, concurrency=args.concurrency,
+                          progress=not args.no_progress)
+    except TeacherUnavailable as exc:
+        if exc.summary is not None:
+            print(exc.summary.format())
+        print(f"so8t: error: {exc}; every row written so far is kept: run the same command again to go on",
+              file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 1 if summary.failed else 0
+
+
 def train_config_from_args(args: argparse.Namespace):
     """defaults <- --preset <- --config FILE <- --set key=value and typed flags, validated once."""
     from so8t.config import TrainConfig, load_yaml, parse_overrides, resolve
@@ -473,6 +504,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing split files")
     p.set_defaults(func=cmd_data_split)
+    p = sub.add_parser("distill", help="label prompts with a teacher model behind an OpenAI-compatible endpoint: "
+                                       "its action tag becomes the label, its answer the response",
+                       description="Role distillation. The teacher (Ollama, llama-server, vLLM, a cloud API) answers "
+                                   "every prompt in the output format; rows go to OUT as they are done, failures to "
+                                   "OUT.failures.jsonl, disagreeing samples to OUT.review.jsonl. A re-run skips what is "
+                                   "done. The API key is read from $SO8T_TEACHER_API_KEY (or --api-key-env).")
+    p.add_argument("prompts", metavar="PROMPTS.jsonl", help="one record per line; only 'prompt' is needed")
+    p.add_argument("--teacher-url", required=True, help="the API base, e.g. http://localhost:11434/v1 (Ollama)")
+    p.add_argument("--teacher-model", required=True, help="the model name the server knows, e.g. qwen2.5:32b")
+    p.add_argument("--policy", metavar="POLICY.md", help="the policy text for the teacher's system prompt "
+                                                         "(default: so8t's ALLOW / ESCALATE / REFUSE policy)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl", help="labelled records (appended; resumable)")
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
+                                                        "(default: SO8T_TEACHER_API_KEY when set)")
+    p.add_argument("--samples", type=int, default=1, help="answers per prompt; the majority is kept (default 1)")
+    p.add_argument("--min-agreement", type=float, default=1.0,
+                   help="share of the samples that must agree, else the prompt goes to review (default 1)")
+    p.add_argument("--temperature", type=float, help="default 0 for one sample, 0.7 for several")
+    p.add_argument("--max-tokens", type=int, help="cap on the teacher's answer (default: the server's)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
                        description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.")
     p.add_argument("--config", help="YAML file with TrainConfig fields")

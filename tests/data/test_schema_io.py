@@ -77,3 +77,18 @@ def test_write_is_atomic_and_round_trips(tmp_path):
         write_jsonl(out, boom())
     assert read_jsonl(out) == recs  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temp file left
+
+
+def test_check_jsonl_gives_the_file_line_of_every_record_it_keeps(tmp_path):
+    f = write_lines(tmp_path / "mixed.jsonl", [json.dumps(GOOD), "", "{broken", json.dumps({"prompt": "b", "label": "REFUSE"})])
+    checked = check_jsonl(f)
+    assert [r.prompt for r in checked.records] == ["List my files", "b"]
+    assert checked.lines == [1, 4]
+
+
+def test_a_teacher_field_is_optional_and_round_trips(tmp_path):
+    row = {**GOOD, "label": "ALLOW", "source": "distill", "teacher": "qwen2.5:32b"}
+    f = write_lines(tmp_path / "t.jsonl", [json.dumps(row)])
+    rec = read_jsonl(f)[0]
+    assert rec.teacher == "qwen2.5:32b" and rec.to_json()["teacher"] == "qwen2.5:32b"
+    assert "teacher" not in read_jsonl(write_lines(tmp_path / "u.jsonl", [json.dumps(GOOD)]))[0].to_json()

@@ -43,6 +43,7 @@ def check_jsonl(path: str | Path, require_label: bool = True) -> Checked:
                 continue
             seen_ids[rec.id] = lineno
         out.records.append(rec)
+        out.lines.append(lineno)
     if not out.records and not out.problems:
         out.problems.append(Problem(name, 0, "", "no records (the file is empty)"))
     return out

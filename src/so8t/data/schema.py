@@ -35,6 +35,8 @@ class Record(BaseModel):
     lang: str | None = None
     category: str | None = None
     source: str | None = None
+    # The model whose answer gave the label (`so8t distill`), e.g. "qwen2.5:32b"; None: written by hand or imported.
+    teacher: str | None = None
     id: str | None = None
     # Free-form extras (importer provenance, contrast-pair ids): kept, never interpreted by the schema.
     meta: dict[str, Any] | None = None
@@ -121,6 +123,7 @@ class DataError(ValueError):
 class Checked:
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # the file line of each record, in step with `records`
 
 
 _KNOWN_FIELDS = ", ".join(Record.model_fields)
