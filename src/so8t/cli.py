@@ -331,7 +331,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     _require_run(str(run), "demo")
-    result = run_demo(run, args.workdir)
+    result = run_demo(run, args.workdir, keep=args.keep)
     return 0 if result["as_expected"] else 1
 
 
@@ -555,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the gated agent end to end: sandbox, tools, approval, refusal, audit")
     p.add_argument("run", nargs="?", help="a trained run (default: the newest under runs/)")
-    p.add_argument("--workdir", help="where the sandbox, queue and audit log go (default: a temporary folder)")
+    p.add_argument("--workdir", help="where the sandbox, queue and audit log go, kept afterwards "
+                                     "(default: a temporary folder, removed at the end)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary folder and print where its audit log is")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")
