@@ -281,40 +281,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive conversation through the same router as the server (gate first)."""
     from so8t.agent.service import build_service
+    from so8t.agent.terminal import run_chat
 
     cfg = server_config_from_args(args)
     _require_run(cfg.run, "chat")
     service = build_service(cfg)
     if not service.gate.ready:
         print(f"warning: the gate is not ready and will refuse everything: {service.gate.load_error}", file=sys.stderr)
-    user = os.environ.get("USER", "terminal")
-    print("so8t chat: every message goes through the Safety Gate. /reset starts over, /quit (or Ctrl-D) ends.")
-    convo: list[dict[str, str]] = []
     try:
-        while True:
-            try:
-                line = input("you> ").strip()
-            except EOFError:
-                print()
-                break
-            if not line:
-                continue
-            if line in ("/quit", "/exit"):
-                break
-            if line == "/reset":
-                convo = []
-                print("(new conversation)")
-                continue
-            convo.append({"role": "user", "content": line})
-            res = service.router.handle(convo, user)
-            d = res.decision
-            probs = " ".join(f"{a[0]}={p:.2f}" for a, p in zip(("ALLOW", "ESCALATE", "REFUSE"), d.probs or ()))
-            print(f"[{d.action.name} {d.status}{' ' + probs if probs else ''}] {res.outcome}")
-            print(f"so8t> {res.text}")
-            if res.outcome == "answered":
-                convo.append({"role": "assistant", "content": res.text})
-            else:
-                convo.pop()  # an unanswered turn does not stay in the context
+        run_chat(service)
     finally:
         service.close()
     return 0
@@ -380,7 +355,8 @@ def cmd_approvals_show(args: argparse.Namespace) -> int:
 def cmd_approvals_approve(args: argparse.Namespace) -> int:
     queue = _approvals(args)
     a = queue.approve(queue.resolve_id(args.id), args.by, args.note)
-    print(f"{a.id} approved by {args.by}; the server runs it once, exactly as approved")
+    print(f"{a.id} approved by {args.by}; the server's worker (or the so8t chat that asked) runs it once, "
+          "exactly as approved")
     return 0
 
 
