@@ -312,40 +312,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive conversation through the same router as the server (gate first)."""
     from so8t.agent.service import build_service
+    from so8t.agent.terminal import run_chat
 
     cfg = server_config_from_args(args)
     _require_run(cfg.run, "chat")
     service = build_service(cfg)
     if not service.gate.ready:
         print(f"warning: the gate is not ready and will refuse everything: {service.gate.load_error}", file=sys.stderr)
-    user = os.environ.get("USER", "terminal")
-    print("so8t chat: every message goes through the Safety Gate. /reset starts over, /quit (or Ctrl-D) ends.")
-    convo: list[dict[str, str]] = []
     try:
-        while True:
-            try:
-                line = input("you> ").strip()
-            except EOFError:
-                print()
-                break
-            if not line:
-                continue
-            if line in ("/quit", "/exit"):
-                break
-            if line == "/reset":
-                convo = []
-                print("(new conversation)")
-                continue
-            convo.append({"role": "user", "content": line})
-            res = service.router.handle(convo, user)
-            d = res.decision
-            probs = " ".join(f"{a[0]}={p:.2f}" for a, p in zip(("ALLOW", "ESCALATE", "REFUSE"), d.probs or ()))
-            print(f"[{d.action.name} {d.status}{' ' + probs if probs else ''}] {res.outcome}")
-            print(f"so8t> {res.text}")
-            if res.outcome == "answered":
-                convo.append({"role": "assistant", "content": res.text})
-            else:
-                convo.pop()  # an unanswered turn does not stay in the context
+        run_chat(service)
     finally:
         service.close()
     return 0
@@ -362,7 +337,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     _require_run(str(run), "demo")
-    result = run_demo(run, args.workdir)
+    result = run_demo(run, args.workdir, keep=args.keep)
     return 0 if result["as_expected"] else 1
 
 
@@ -411,7 +386,8 @@ def cmd_approvals_show(args: argparse.Namespace) -> int:
 def cmd_approvals_approve(args: argparse.Namespace) -> int:
     queue = _approvals(args)
     a = queue.approve(queue.resolve_id(args.id), args.by, args.note)
-    print(f"{a.id} approved by {args.by}; the server runs it once, exactly as approved")
+    print(f"{a.id} approved by {args.by}; the server's worker (or the so8t chat that asked) runs it once, "
+          "exactly as approved")
     return 0
 
 
@@ -611,7 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the gated agent end to end: sandbox, tools, approval, refusal, audit")
     p.add_argument("run", nargs="?", help="a trained run (default: the newest under runs/)")
-    p.add_argument("--workdir", help="where the sandbox, queue and audit log go (default: a temporary folder)")
+    p.add_argument("--workdir", help="where the sandbox, queue and audit log go, kept afterwards "
+                                     "(default: a temporary folder, removed at the end)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary folder and print where its audit log is")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")

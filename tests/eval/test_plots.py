@@ -106,3 +106,23 @@ def test_plot_contrast_with_no_kinds_and_all_nan_systems(tmp_path):
     nan_row = {"pairs": 0, "false_refusal": math.nan, "unsafe_recall": math.nan, "pairs_both_correct": math.nan}
     rep = {"overall": nan_row, "by_kind": {}, "by_lang": {}}
     assert _is_png(plot_contrast(rep, {"gate": nan_row}, CONTRAST_TARGETS, tmp_path / "c.png", title="ds"))
+
+
+def test_the_contrast_plots_n_a_marks_are_readable_and_do_not_overlap(tmp_path, monkeypatch):
+    from so8t.eval import plots
+    from so8t.eval.contrast import CONTRAST_TARGETS
+    figs, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out, **kw: (figs.append(fig), save(fig, out, **kw))[1])
+    row = {"pairs": 5, "false_refusal": 0.2, "unsafe_recall": 0.9, "pairs_both_correct": 0.7}
+    nan_row = {"pairs": 0, "false_refusal": math.nan, "unsafe_recall": math.nan, "pairs_both_correct": math.nan}
+    rep = {"overall": row, "by_kind": {"homonym": row}, "by_lang": {"en": row}}
+    plot_contrast(rep, {"gate": row, "probe": {**row, "unsafe_recall": math.nan}, "judge": nan_row},
+                  CONTRAST_TARGETS, tmp_path / "c.png", title="ds")
+    fig = figs[0]
+    marks = [t for t in fig.axes[2].texts if t.get_text() == "n/a"]
+    assert len(marks) == 4                                    # probe's unsafe recall, the judge's three
+    assert all(t.get_fontsize() >= 8 and t.get_rotation() == 0 for t in marks)   # was 6 pt, on its side
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in marks]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

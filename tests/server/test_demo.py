@@ -18,3 +18,45 @@ def test_demo_needs_a_trained_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert latest_run() is None
     assert main(["demo"]) == 2 and "so8t train" in capsys.readouterr().err
+
+
+def _demo_folders(root):
+    return sorted(p.name for p in root.glob("so8t-demo-*"))
+
+
+def test_demo_removes_its_temporary_folder_unless_asked_to_keep_it(run_with_thresholds, tmp_path, monkeypatch):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # the demo's temporary folders land here
+    monkeypatch.delenv("SO8T_ADMIN_TOKEN", raising=False)
+    run, lines = run_with_thresholds(1.0, 0.0), []
+    res = run_demo(run, say=lines.append, self_test=False)
+    assert res["audit_ok"] and _demo_folders(tmp_path) == []      # was: every demo left a so8t-demo-* folder
+    assert "removed the temporary folder" in lines[-1] and "--keep" in lines[-1]
+    assert "SO8T_ADMIN_TOKEN" not in __import__("os").environ     # nor its admin token in the environment
+
+    lines.clear()
+    res = run_demo(run, say=lines.append, self_test=False, keep=True)
+    kept = tmp_path / _demo_folders(tmp_path)[0]
+    assert res["workdir"] == str(kept) and (kept / "audit.jsonl").stat().st_size > 0
+    assert lines[-1] == f"kept {kept}; read the audit log with: so8t audit verify {kept / 'audit.jsonl'}"
+
+
+def test_a_demo_that_fails_midway_still_removes_its_folder(run_with_thresholds, tmp_path, monkeypatch):
+    import tempfile
+
+    import pytest
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def say(line):
+        if line.startswith("gated server"):
+            raise RuntimeError("the terminal went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        run_demo(run_with_thresholds(1.0, 0.0), say=say, self_test=False)
+    assert _demo_folders(tmp_path) == []
+
+
+def test_a_workdir_the_user_names_is_kept(run_with_thresholds, tmp_path):
+    lines = []
+    run_demo(run_with_thresholds(1.0, 0.0), tmp_path / "mine", say=lines.append, self_test=False)
+    assert (tmp_path / "mine" / "audit.jsonl").exists() and not any("removed" in x for x in lines)

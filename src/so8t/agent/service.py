@@ -1,6 +1,11 @@
 """Everything `so8t serve` runs, wired from one ServerConfig: the gate, the LLM backend, the
 approval queue, the audit log and the router, plus the worker step that expires unanswered
 approvals and runs approved requests. The HTTP server and the CLI only call into this.
+
+A requester outside the server (`so8t chat`) follows its own escalated request with
+``follow_up``: edits are followed to the item that now stands for it, and an approved one is
+run there, exactly once (the queue's claim makes a server's worker and the requester run it at
+most once between them), so the requester gets the answer without a server.
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from so8t.agent.approvals import Approval, ApprovalQueue, Status
+from so8t.agent.approvals import TERMINAL, AlreadyClaimed, Approval, ApprovalQueue, Status
 from so8t.agent.audit import AuditError, AuditLog, Redactor, key_from_env
 from so8t.agent.backends import OpenAIBackend
 from so8t.agent.inprocess import InProcessBackend
@@ -53,6 +58,25 @@ def open_approvals(cfg: ServerConfig, audit: AuditLog | None = None) -> Approval
 def open_audit(cfg: ServerConfig) -> AuditLog:
     # the queue and the log create their own folders (the queue's SQLite file, the log's parent)
     return AuditLog(cfg.audit_path, redact=redactor_from(cfg), key=key_from_env())
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """Where an escalated request stands: ``id`` is the item that now stands for ``asked_id``
+    (itself, or the last edit of it); ``answer`` is the text once it ran; ``by`` who approved,
+    rejected or edited it last; ``reason`` a rejection's or failure's reason."""
+
+    asked_id: str
+    id: str
+    status: Status
+    answer: str | None = None
+    by: str | None = None
+    reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will happen to it (ran, failed, rejected or expired)."""
+        return self.status in TERMINAL
 
 
 @dataclass
@@ -105,18 +129,42 @@ class Service:
         ran, failed = 0, 0
         if self.backend is not None:
             for item in self.approvals.list(status=Status.APPROVED, limit=50):
-                if item.kind == "tool_call" and self.router.toolloop is None:
-                    continue  # no tools configured here: leave it for a server that has them
                 try:
-                    if item.kind == "tool_call":
-                        self.router.toolloop.execute_approved(item.id, expected_hash=item.request_hash)
-                    else:
-                        self.router.run_approved(item.id, expected_hash=item.request_hash)
-                    ran += 1
+                    ran += self._run_approved(item)
                 except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
                     failed += 1
                     log.error("approved request %s failed: %s", item.id, exc)
         return {"expired": len(expired), "ran": ran, "failed": failed}
+
+    def _run_approved(self, item: Approval) -> bool:
+        """Run one APPROVED item exactly once, if this service can (False: no backend, or a tool
+        call and no tools configured here; it is left for a server that has them)."""
+        if self.backend is None or (item.kind == "tool_call" and self.router.toolloop is None):
+            return False
+        if item.kind == "tool_call":
+            self.router.toolloop.execute_approved(item.id, expected_hash=item.request_hash)
+        else:
+            self.router.run_approved(item.id, expected_hash=item.request_hash)
+        return True
+
+    def follow_up(self, approval_id: str) -> FollowUp:
+        """Where the escalated request ``approval_id`` stands, after its edits; an approved one is
+        run here first (see the module's docstring). A run that fails is FAILED in the queue with
+        its reason, which the FollowUp carries; ApprovalNotFound when there is no such item."""
+        item, seen = self.approvals.get(approval_id), {approval_id}
+        while item.status is Status.EDITED and item.superseded_by and item.superseded_by not in seen:
+            seen.add(item.superseded_by)  # an edit makes a new item; follow it to the latest
+            item = self.approvals.get(item.superseded_by)
+        if item.status is Status.APPROVED:
+            try:
+                self._run_approved(item)
+            except AlreadyClaimed:
+                pass  # a server's worker took it first: its result is read below
+            except Exception as exc:  # noqa: BLE001 - the queue has it FAILED, with the reason
+                log.error("approved request %s failed: %s", item.id, exc)
+            item = self.approvals.get(item.id)
+        answer = (item.result or {}).get("text") if item.status is Status.EXECUTED else None
+        return FollowUp(approval_id, item.id, item.status, answer, item.approved_by or item.decided_by, item.reason)
 
     def start_worker(self) -> None:
         def loop():

@@ -251,8 +251,9 @@ def plot_contrast(report: dict, systems: dict[str, dict], targets: dict, out_png
             vals = np.array([np.nan if r.get(m) is None else r[m] for _, r in rows], dtype=float)
             ax.bar(x + (j - 1) * 0.27, np.nan_to_num(vals, nan=0.0), width=0.27, color=c, alpha=0.8,
                    label=m.replace("_", " ") + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
-            for i in np.flatnonzero(np.isnan(vals)):
-                ax.text(x[i] + (j - 1) * 0.27, 0.02, "n/a", ha="center", fontsize=6, rotation=90)
+            for i in np.flatnonzero(np.isnan(vals)):  # no bar: say so where it would stand, over any target line
+                ax.text(x[i] + (j - 1) * 0.27, 0.015, "n/a", ha="center", va="bottom", fontsize=8, color=c,
+                        fontweight="bold", zorder=5, bbox={"facecolor": "white", "edgecolor": c, "pad": 1.5, "lw": 0.6})
         for m, c in zip(measures, colors, strict=True):
             if m in targets:
                 ax.axhline(targets[m][1], color=c, lw=0.8, ls="--",

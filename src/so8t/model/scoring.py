@@ -3,6 +3,9 @@
 
 Only the prompt is encoded: attention is causal, so a response could not change what the
 head reads, and the gate never has one.
+
+Progress: given a `desc`, a pass shows a tqdm bar (prompts scored of the total) that removes
+itself when the pass ends; without one (the gate, the default) it prints nothing.
 """
 from __future__ import annotations
 
@@ -55,17 +58,19 @@ def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tens
 @torch.no_grad()
 def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
                    amp: str = "none", between_batches: Callable[[], None] | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled states N x H, head probabilities N x 3) for records, conversations or strings.
 
     `between_batches` is called before each batch; whatever it raises stops the scoring there
-    (the gate raises once its request has timed out, so abandoned work ends within one batch)."""
+    (the gate raises once its request has timed out, so abandoned work ends within one batch).
+    `desc`: show a progress bar with this label, gone when the pass ends."""
     was_training = model.training
     model.eval()
     device = next(model.head.parameters()).device
     pooled, probs = [], []
     order = length_order(tokenizer, items)
     items = [items[i] for i in order]
+    bar = _bar(desc, len(items))
     try:
         for i in range(0, len(items), batch_size):
             if between_batches is not None:
@@ -76,11 +81,23 @@ def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: i
                 res = model(batch["input_ids"], batch["attention_mask"], batch["attention_mask"], logits_from=None)
             pooled.append(res.pooled.float().cpu())
             probs.append(res.head_logits.float().softmax(-1).cpu())
+            if bar is not None:
+                bar.update(len(batch["input_ids"]))
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     if not pooled:
         return torch.zeros(0, model.head.hidden_size), torch.zeros(0, 3)
     return in_input_order(torch.cat(pooled), order), in_input_order(torch.cat(probs), order)
+
+
+def _bar(desc: str | None, total: int):
+    """A tqdm bar over `total` prompts that leaves no line behind; None without a label."""
+    if desc is None or not total:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="prompt", leave=False, dynamic_ncols=True)
 
 
 def length_order(tokenizer, items: Sequence) -> list[int]:
@@ -93,8 +110,8 @@ def length_order(tokenizer, items: Sequence) -> list[int]:
 
 
 def predict_probs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
-                  amp: str = "none") -> torch.Tensor:
-    return prompt_outputs(model, tokenizer, items, max_length, batch_size, amp)[1]
+                  amp: str = "none", desc: str | None = None) -> torch.Tensor:
+    return prompt_outputs(model, tokenizer, items, max_length, batch_size, amp, desc=desc)[1]
 
 
 def in_input_order(rows: torch.Tensor, order: Sequence[int]) -> torch.Tensor:

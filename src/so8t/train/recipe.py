@@ -297,15 +297,17 @@ def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg
 
 
 def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none",
-             thresholds: Thresholds | None = None) -> SafetyMetrics:
-    probs = predict_probs(model, tokenizer, records, max_length, amp=amp)
+             thresholds: Thresholds | None = None, desc: str | None = None) -> SafetyMetrics:
+    """KPIs of `records` under `thresholds` (argmax without); `desc` labels a progress bar."""
+    probs = predict_probs(model, tokenizer, records, max_length, amp=amp, desc=desc)
     return compute_metrics([int(r.label) for r in records], decide(probs.float().numpy(), thresholds).tolist())
 
 
-def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig) -> tuple[Calibration, SafetyMetrics]:
+def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig,
+                     desc: str | None = None) -> tuple[Calibration, SafetyMetrics]:
     """Thresholds chosen on the dev split (so8t calibrate's grid and objective), and dev's KPIs
     under them. The test split plays no part, so its numbers stay an honest estimate."""
-    probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp).float().numpy()
+    probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp, desc=desc).float().numpy()
     cal = calibrate(probs, [int(r.label) for r in records])
     cal.data = ["dev split"]
     return cal, cal.after
@@ -417,12 +419,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     weights = weights_of(cfg)
     steps_log = (out / "metrics" / "steps.jsonl").open("a", encoding="utf-8")
     evals_log = (out / "metrics" / "evals.jsonl").open("a", encoding="utf-8")
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (progress and accelerator.is_main_process),
-               desc="so8t train", dynamic_ncols=True)
+    show = progress and accelerator.is_main_process  # bars: the steps, and each dev evaluation below them
+    bar = tqdm(total=total_steps, initial=state.step, disable=not show, desc="so8t train", dynamic_ncols=True)
     model.train()
     if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
         _evaluate_and_checkpoint(raw_model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out,
-                                 evals_log, accelerator.is_main_process, bar)
+                                 evals_log, accelerator.is_main_process, bar, show)
     try:
         while state.step < total_steps and not state.stopped_early:
             frac = state.step / max(1, total_steps - 1)
@@ -464,7 +466,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
 
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
                 _evaluate_and_checkpoint(raw_model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out,
-                                         evals_log, accelerator.is_main_process, bar)
+                                         evals_log, accelerator.is_main_process, bar, show)
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             bar.close()
@@ -487,11 +489,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         load_adapter_and_head(out / BEST, raw_model)
     cal = None
     if cfg.calibrate:
-        cal, dev = calibrate_on_dev(raw_model, tokenizer, mix.dev, cfg)
+        cal, dev = calibrate_on_dev(raw_model, tokenizer, mix.dev, cfg,
+                                    desc="dev: choosing thresholds" if show else None)
     else:
-        dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp)
+        dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp, desc="dev: final" if show else None)
     thresholds = cal.thresholds if cal else None
-    test = evaluate(raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp, thresholds) if mix.test else None
+    test = evaluate(raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp, thresholds,
+                    desc="test: final" if show else None) if mix.test else None
     seconds = time.perf_counter() - start
     if accelerator.is_main_process:
         save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
@@ -513,8 +517,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
 
 
 def _evaluate_and_checkpoint(model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out, evals_log,
-                             main: bool, bar) -> None:
-    dev = evaluate(model, tokenizer, mix.dev, cfg.max_length, cfg.amp)
+                             main: bool, bar, show: bool) -> None:
+    dev = evaluate(model, tokenizer, mix.dev, cfg.max_length, cfg.amp,
+                   desc=f"dev eval at step {state.step}" if show else None)
     value = getattr(dev, cfg.early_stop_metric)
     improved = value > state.best + 1e-9
     if improved:
