@@ -20,6 +20,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # score (the seed's choice): selected on macro F1 an earlier run kept its last step, with
     # dev refuse recall 0.67 and overcompliance 0.12 against 0.81 and 0.04 for the probed head
     # at step 0 (README, "Which checkpoint").
+    # LoRA gets one short chance (dev evaluation after 10 steps, patience 1): in the three runs
+    # before, no LoRA step beat the probed head on dev and 20 of 40 minutes went to steps that
+    # were thrown away. Training goes on (up to 100 steps) while every evaluation improves on dev.
     # The head reads the blocks side by side (head_combine: concat, the TrainConfig default),
     # not their learned average: dev AUROC rose on all three dev splits for three seeds
     # (README, "Which head"). At the end the decision thresholds are chosen on dev
@@ -27,9 +30,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-quick": {
         "model": "embedded:gemma3-270m", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
         "head_layers": "mix", "lora_layers": 6, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
-        "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 25,
+        "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 10,
         "head_probe_steps": 4000, "head_probe_examples": 8192, "head_probe_batch": 256, "sft_response_tokens": 48,
-        "beta": 5.0, "pair_margin": 5.0, "early_stop_metric": "safety_score", "patience": 2,
+        "beta": 5.0, "pair_margin": 5.0, "early_stop_metric": "safety_score", "patience": 1,
         "calibrate": True,
     },
     # The built-in and contrast sets plus the public sets imported from ../shared/data
