@@ -1,9 +1,14 @@
-"""A throwaway PostgreSQL server for the SQL tool's tests: started once per test session in a
-temporary folder (initdb, then pg_ctl on a free loopback port with its unix socket in that
-folder), stopped and removed at the end. Each test module asks it for a database of its own.
+"""Throwaway PostgreSQL servers for the tests (the SQL tool's, and approvals / audit on a shared
+database): initdb in a temporary folder, then pg_ctl on a free loopback port with its unix socket in
+that folder; stopped and removed at the end. tests/conftest.py exposes two fixtures:
+
+* ``postgresql``: one server for the whole test session; each test module asks it for a database
+  of its own (``new_database``).
+* ``private_postgresql``: a server of the test's own, which the test may stop and start again
+  (a database that goes away mid-run).
 
 ./setup.sh installs the server binaries (Debian's postgresql) and the psycopg driver (the dev
-extra). Without the binaries the tests that use it are skipped, saying so; when the binaries are
+extra). Without the binaries the tests that use them are skipped, saying so; when the binaries are
 there but the server does not start, they fail with its log. PostgreSQL refuses to run as root:
 run as root, the server runs as the 'postgres' user that Debian's package creates."""
 from __future__ import annotations
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+PASSWORD = "s3cret-pg-pw"  # the 'so8t' role's password (the 'postgres' role needs none: trust)
 
 
 def _pg_bin(name: str) -> str | None:
@@ -38,6 +45,11 @@ def _free_port() -> int:
 class PostgresServer:
     port: int
     folder: Path
+    _run: object = None  # runs a server program as the right user
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -48,14 +60,40 @@ class PostgresServer:
 
         with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
                              autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def password_url(self, database: str) -> str:
+        """The URL of ``database`` for the role 'so8t' with a password (created on first use), as a
+        deployment would write it: for tests that check a password is never shown."""
+        import psycopg
 
-@pytest.fixture(scope="session")
-def postgresql():
-    """The session's PostgreSQL server (PostgresServer)."""
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'so8t'").fetchone() is None:
+                conn.execute(f"CREATE ROLE so8t LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+        return f"postgresql+psycopg://so8t:{PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        """Stop the server at once (as a crash or a network cut looks to its clients)."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Start it again, on the same port."""
+        _start(self._run, self.data, self.folder, self.port)
+
+
+def _start(run, data: Path, folder: Path, port: int, check: bool = True):
+    # No fsync anywhere: a throwaway cluster, and the fsyncs cost seconds on a busy disk.
+    options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 "
+               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    return run(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o", options,
+               "start", check=check)
+
+
+def _server():
+    """A started server (a generator: the server is stopped and removed when it is closed)."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): ./setup.sh installs Debian's "
@@ -87,25 +125,31 @@ def postgresql():
                               stdin=subprocess.DEVNULL, **as_user)
         if check and done.returncode != 0:
             server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            shutil.rmtree(folder, ignore_errors=True)
             pytest.fail(f"{Path(cmd[0]).name} failed ({done.returncode}): "
                         f"{(done.stdout + done.stderr).strip()[-2000:]}\n{server_log}")
         return done
 
-    # No fsync anywhere: a throwaway cluster, and the fsyncs cost seconds on a busy disk.
-    run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync")
-    for attempt in range(3):
-        port = _free_port()
-        options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        done = run(pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start",
-                   check=attempt == 2)
-        if done.returncode == 0:
-            break
-        # The free port was taken between our look and the server's bind: another port.
-        run(pg_ctl, "-D", str(data), "-m", "immediate", "stop", check=False)
     try:
-        yield PostgresServer(port=port, folder=folder)
+        run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync")
+        for attempt in range(3):
+            port = _free_port()
+            if _start(run, data, folder, port, check=attempt == 2).returncode == 0:
+                break
+            # The free port was taken between our look and the server's bind: another port.
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "stop", check=False)
+        yield PostgresServer(port=port, folder=folder, _run=run)
     finally:
         run(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """The session's PostgreSQL server (PostgresServer)."""
+    yield from _server()
+
+
+@pytest.fixture
+def private_postgresql():
+    """A PostgreSQL server of this test's own (PostgresServer), which it may stop and start."""
+    yield from _server()
