@@ -5,8 +5,8 @@ Guaranteed:
 
 * A URL is never shown with its password: every message uses ``safe_url`` (``***`` instead).
 * A bad URL is a ValueError naming the URL and an example of a good one; a URL whose driver is not
-  installed (``postgresql://`` means psycopg2, which so8t does not install) is StoreUnavailable
-  naming the driver to use (``postgresql+psycopg://``).
+  installed (``postgresql+psycopg2://``, or ``postgresql://`` on SQLAlchemy 2.0, where it means
+  psycopg2) is StoreUnavailable naming the driver to use (``postgresql+psycopg://``).
 * Every driver error (unreachable server, lost connection, full or read-only disk, a missing
   table) becomes StoreUnavailable naming the store and its URL, so a server can fail closed with
   one exception type (503), never with a half-done change: the transaction is rolled back first.
