@@ -76,8 +76,9 @@ class PostgresServer:
         return f"postgresql+psycopg://so8t:{PASSWORD}@127.0.0.1:{self.port}/{database}"
 
     def stop(self) -> None:
-        """Stop the server at once (as a crash or a network cut looks to its clients)."""
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        """Stop the server now: every client's connection is cut, new ones are refused. (A "fast"
+        stop, not "immediate": with synchronous_commit off, an immediate one loses recent commits.)"""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def start(self) -> None:
         """Start it again, on the same port."""
