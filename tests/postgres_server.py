@@ -65,8 +65,9 @@ class PostgresServer:
         return self.url(name)
 
     def password_url(self, database: str) -> str:
-        """The URL of ``database`` for the role 'so8t' with a password (created on first use), as a
-        deployment would write it: for tests that check a password is never shown."""
+        """The URL of ``database`` for the role 'so8t' with a password (created on first use; the
+        server checks it), as a deployment would write it: for tests that check a password is
+        needed, and never shown."""
         import psycopg
 
         with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
@@ -132,6 +133,10 @@ def _server():
 
     try:
         run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync")
+        # The role 'so8t' (password_url) must give its password over TCP, so a wrong one fails;
+        # 'postgres' stays trusted.
+        hba = data / "pg_hba.conf"
+        hba.write_text("host all so8t 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         for attempt in range(3):
             port = _free_port()
             if _start(run, data, folder, port, check=attempt == 2).returncode == 0:

@@ -97,6 +97,17 @@ def test_an_unreachable_database_stops_serve_at_start_naming_the_key_and_url(tin
         assert PASSWORD not in err and "Connection refused" in err
 
 
+def test_a_wrong_password_stops_serve_at_start_without_showing_it(postgresql, tiny_run, tmp_path, capsys):
+    postgresql.new_database("wrong_pw")
+    url = postgresql.password_url("wrong_pw").replace(PASSWORD, "not-the-password")
+    config = tmp_path / "server.yaml"
+    config.write_text(yaml.safe_dump({"run": str(tiny_run[0]), "approvals_url": url, "audit_url": url}))
+    assert cli(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("so8t: error: audit_url: ") and 'password authentication failed for user "so8t"' in err
+    assert "not-the-password" not in err and "so8t:***@" in err
+
+
 @pytest.mark.parametrize(("key", "value", "says"), [
     ("approvals_url", "so8t-state/approvals.db", "approvals_url: expected a database URL"),
     ("audit_url", "mysql://so8t@db/so8t", "audit_url: expected a SQLite or PostgreSQL URL"),

@@ -33,10 +33,10 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 class Replica:
-    def __init__(self, config: Path, log: Path):
+    def __init__(self, config: Path, log: Path, **env_extra: str):
         self.port, self.log = _free_port(), log
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "SO8T_ADMIN_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+               "SO8T_ADMIN_TOKEN": TOKEN, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env_extra}
         self._out = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "so8t", "serve", "--config", str(config),
                                       "--port", str(self.port)], stdout=self._out, stderr=subprocess.STDOUT, env=env)
@@ -80,18 +80,23 @@ class Replica:
 
 @pytest.fixture(scope="module")
 def replicas(postgresql, tiny_run, tmp_path_factory):
-    """Two `so8t serve` processes on one PostgreSQL database (its URL carries a password), shared
-    by this module's tests (starting them is most of its time)."""
+    """Two `so8t serve` processes on one PostgreSQL database, shared by this module's tests
+    (starting them is most of its time). The first has the password in its URL, the second's URL
+    has none and libpq reads it from PGPASSWORD (the server checks it)."""
     tmp_path = tmp_path_factory.mktemp("replicas")
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)
     (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": 1.0, "allow_at": 1.0}}))  # ESCALATE
     postgresql.new_database("replicas")
     url = postgresql.password_url("replicas")
-    config = tmp_path / "server.yaml"
-    config.write_text(yaml.safe_dump({"run": str(run), "approvals_url": url, "audit_url": url, "self_test": False,
-                                      "max_tokens": 4, "worker_interval_s": 0.3}))
-    started = [Replica(config, tmp_path / f"replica{i}.log") for i in range(2)]
+    without = url.replace(f":{PASSWORD}@", "@")
+    configs = []
+    for i, db in enumerate((url, without)):
+        configs.append(tmp_path / f"replica{i}.yaml")
+        configs[-1].write_text(yaml.safe_dump({"run": str(run), "approvals_url": db, "audit_url": db,
+                                               "self_test": False, "max_tokens": 4, "worker_interval_s": 0.3}))
+    started = [Replica(configs[0], tmp_path / "replica0.log"),
+               Replica(configs[1], tmp_path / "replica1.log", PGPASSWORD=PASSWORD)]
     try:
         deadline = time.monotonic() + 120
         for r in started:
