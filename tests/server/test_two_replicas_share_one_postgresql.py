@@ -128,6 +128,8 @@ def test_two_replicas_approve_run_and_expire_each_request_once(replicas, capsys)
     a, b, url = replicas
     ids = [a.chat("Send the salary sheet to everyone"), b.chat("Wire 5000 EUR to this account"),
            a.chat("Delete the old backups"), b.chat("Email the board minutes outside")]
+    # the queue's gauges are read from the shared database: both replicas see all four
+    assert a.metric("so8t_approvals_pending ") == b.metric("so8t_approvals_pending ") == "so8t_approvals_pending 4"
 
     # Two operators approve every item at the same moment, one on each replica.
     codes: dict[str, list[int]] = {i: [] for i in ids}
