@@ -23,7 +23,7 @@ import pytest
 import yaml
 from postgres_server import PASSWORD, _free_port
 
-from so8t.agent.approvals import ApprovalQueue, Status
+from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit_db import DatabaseAuditLog
 from so8t.agent.service import approval_audit_record
 from so8t.cli import main as cli

@@ -7,9 +7,10 @@ Guaranteed:
 * A bad URL is a ValueError naming the URL and an example of a good one; a URL whose driver is not
   installed (``postgresql+psycopg2://``, or ``postgresql://`` on SQLAlchemy 2.0, where it means
   psycopg2) is StoreUnavailable naming the driver to use (``postgresql+psycopg://``).
-* Every driver error (unreachable server, lost connection, full or read-only disk, a missing
-  table) becomes StoreUnavailable naming the store and its URL, so a server can fail closed with
-  one exception type (503), never with a half-done change: the transaction is rolled back first.
+* A database that cannot be reached when a store opens is StoreUnavailable naming the store and
+  its URL. Later driver errors (lost connection, full or read-only disk, a missing table) become
+  StoreUnavailable in the approval queue and AuditError in the audit database, after the
+  transaction was rolled back: a server fails closed (503), never with a half-done change.
 * SQLite: every transaction starts with BEGIN IMMEDIATE (a writer waits up to 30 s for another
   process's lock instead of failing half-way), WAL journal, synchronous FULL.
   PostgreSQL: pre-ping on checkout (a restarted server is reconnected to), a 10 s connect timeout.
