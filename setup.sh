@@ -38,8 +38,9 @@ fi
 # - fonts-noto-cjk: with Chromium, when no font covers Japanese (fc-list :lang=ja finds none), so
 #   Japanese text on the approvals page and in the browser tool is not drawn as empty boxes.
 #   SO8T_CJK_FONT=skip (or SO8T_CHROMIUM=skip) opts out.
-# - postgresql: the SQL tool's tests start a throwaway PostgreSQL server (initdb, pg_ctl) in a
-#   temporary folder. SO8T_POSTGRES=skip opts out.
+# - postgresql: the tests of the SQL tool, of approvals and audit on PostgreSQL and of two server
+#   replicas start a throwaway PostgreSQL server (initdb, pg_ctl) in a temporary folder.
+#   SO8T_POSTGRES=skip opts out.
 APT_WANT=()
 if [ ! -x /usr/bin/chromium ] && [ "${SO8T_CHROMIUM:-auto}" != "skip" ]; then APT_WANT+=(chromium); fi
 if [ "${SO8T_CHROMIUM:-auto}" != "skip" ] && [ "${SO8T_CJK_FONT:-auto}" != "skip" ] \

@@ -159,3 +159,7 @@ def scripted_llm():
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
         return app, seen
     return make
+
+
+# Throwaway PostgreSQL servers (initdb + pg_ctl in a temporary folder): see tests/postgres_server.py.
+from postgres_server import postgresql, private_postgresql  # noqa: E402, F401

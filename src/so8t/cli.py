@@ -398,20 +398,30 @@ def cmd_approvals_reject(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_target(args: argparse.Namespace) -> str:
+    """The audit log the command reads: the argument (a JSONL path or a database URL), else the
+    config's audit_url when set, else its audit_path."""
+    if args.path:
+        return args.path
+    cfg = server_config_from_args(args)
+    return cfg.audit_url or cfg.audit_path
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from so8t.agent.audit import format_report, key_from_env, verify
+    from so8t.agent.audit_db import is_database_url, verify_database
 
-    path = args.path or server_config_from_args(args).audit_path
-    report = verify(path, key=key_from_env())
+    target = _audit_target(args)
+    report = (verify_database if is_database_url(target) else verify)(target, key=key_from_env())
     print(format_report(report))
     return 0 if report.ok else 1
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    from so8t.agent.audit import format_record, tail
+    from so8t.agent.audit import format_record
+    from so8t.agent.audit_db import tail_records
 
-    path = args.path or server_config_from_args(args).audit_path
-    for rec in tail(path, args.n):
+    for rec in tail_records(_audit_target(args), args.n):
         print(format_record(rec))
     return 0
 
@@ -634,11 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = au.add_parser("verify", help="check the chain; names every edited, deleted, inserted or reordered record "
                                      "(exit 1 when tampered; SO8T_AUDIT_KEY for an HMAC-keyed log)")
     state_args(q)
-    q.add_argument("path", nargs="?", help="the audit log (default: the config's audit_path)")
+    q.add_argument("path", nargs="?", help="the audit log: a JSONL file or a database URL (default: the config's "
+                                           "audit_url, else its audit_path)")
     q.set_defaults(func=cmd_audit_verify)
     q = au.add_parser("tail", help="the last records, one line each")
     state_args(q)
-    q.add_argument("path", nargs="?")
+    q.add_argument("path", nargs="?", help="a JSONL file or a database URL (default: as for verify)")
     q.add_argument("-n", type=int, default=20)
     q.set_defaults(func=cmd_audit_tail)
     return parser
@@ -650,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from so8t.data import DataError
     from so8t.model import ModelLoadError, RunError
     from so8t.agent.approvals import ApprovalError
+    from so8t.agent.sqlstore import StoreUnavailable
     from so8t.model.export import ExportError
     from so8t.train.recipe import RunFolderError
 
@@ -658,6 +670,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, FileExistsError, ValueError,
-            ApprovalError, ExportError) as exc:
+            ApprovalError, ExportError, StoreUnavailable) as exc:
         print(f"so8t: error: {exc}", file=sys.stderr)
         return 2

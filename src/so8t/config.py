@@ -167,6 +167,10 @@ class ServerConfig:
     approvals_url: str = "sqlite:///so8t-state/approvals.db"  # any SQLAlchemy URL
     approval_ttl_s: float = 3600.0              # an unanswered approval expires (TIMEOUT, denied)
     audit_path: str = "so8t-state/audit.jsonl"  # the hash-chained JSONL audit log
+    # The audit chain in a database instead of audit_path: a SQLAlchemy URL, SQLite or PostgreSQL
+    # (postgresql+psycopg://user:password@host/db). Replicas sharing one chain set the same URL;
+    # verify with `so8t audit verify <url>`. Empty: the JSONL file.
+    audit_url: str = ""
     audit_allow: bool = False                   # also log ALLOW decisions
     redact_patterns: list[str] = dataclasses.field(default_factory=list)  # extra 'name=regex' redactions
     redact_disable: list[str] = dataclasses.field(default_factory=list)   # default patterns to switch off
@@ -193,6 +197,11 @@ class ServerConfig:
         need(self.admin_session_ttl_s > 0, "admin_session_ttl_s", "must be > 0")
         for item in self.redact_patterns:
             need("=" in item, "redact_patterns", f"expected 'name=regex', got {item!r}")
+        need("://" in self.approvals_url, "approvals_url", "expected a database URL such as "
+             "sqlite:///so8t-state/approvals.db or postgresql+psycopg://user:password@host/so8t")
+        need(not self.audit_url or self.audit_url.split("://", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql"),
+             "audit_url", "expected a SQLite or PostgreSQL URL such as sqlite:///so8t-state/audit.db or "
+             "postgresql+psycopg://user:password@host/so8t (empty: the JSONL file audit_path)")
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

@@ -40,6 +40,14 @@ Terminal: REJECTED, TIMEOUT, EDITED, EXECUTED, FAILED. Choices worth knowing:
   wins. A step that crashes after its claim stays EXECUTING and is never run again by the queue;
   ``recover_stuck`` (or an operator, with ``fail``) closes it. A FAILED item is not retried: submit
   a new request.
+* Several servers on one database (replicas sharing PostgreSQL): every change reads its row with
+  ``SELECT ... FOR UPDATE`` and then makes the conditional UPDATE above, so two approvers, two
+  claimers or two expiring workers on different machines serialise on the row: one changes it,
+  the other sees the change (AlreadyClaimed / InvalidTransition naming the new status; an item
+  already expired is not expired again, so ``approval.timeout`` is recorded once).
+* A database that cannot be used (unreachable, connection lost, disk full) raises
+  ``so8t.agent.sqlstore.StoreUnavailable`` naming the URL without its password; the transaction is
+  rolled back, so nothing changed (the server answers 503). ``health()`` says so for /readyz.
 * Exactly as approved: the stored text is re-hashed at approve and claim time and compared with
   the stored hash and with an ``expected_hash`` the caller may pass (the hash ``submit``
   returned). A mismatch raises RequestHashMismatch and leaves the item as it was. Someone who can
@@ -79,16 +87,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, create_engine, event, func, inspect, select, update
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import DateTime, Index, Integer, String, Text, func, inspect, select, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
+from so8t.agent.sqlstore import (StoreUnavailable, create_tables, is_memory_sqlite, open_engine, parse_url, reason,
+                                 safe_url)
 from so8t.canonical import canonical_json, hash_text as _hash_text, request_hash
 from so8t.labels import parse_label
 
@@ -106,6 +114,7 @@ __all__ = [
     "RECOVERY_EVENTS",
     "RequestHashMismatch",
     "Status",
+    "StoreUnavailable",
     "canonical_json",
     "request_hash",
 ]
@@ -117,7 +126,7 @@ SYSTEM_EXPIRY = "system:expiry"  # decided_by of a TIMEOUT: nobody decided
 SYSTEM_RECOVERY = "system:recovery"  # decided_by of a step recover_stuck closed
 GATE_DECIDER = "gate"  # decided_by of an edit the gate refused
 INTERRUPTED_REASON = "interrupted"  # the reason of a step recover_stuck closed starts with this
-_SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another process's lock
+STORE = "the approvals database"  # how errors name it
 _MAX_ERROR_CHARS = 4000
 MIN_ID_PREFIX = 8  # resolve_id: the shortest id prefix accepted (the page shows 12 characters)
 _HEX = re.compile(r"[0-9a-f]+")
@@ -352,10 +361,6 @@ def _ttl(ttl_s: float) -> timedelta:
     return timedelta(seconds=ttl_s)
 
 
-def _is_memory_sqlite(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-
-
 class ApprovalQueue:
     """The approval queue on one database; safe to share between threads, and (through the
     database) between processes. See the module docstring for the state machine."""
@@ -374,49 +379,34 @@ class ApprovalQueue:
         self._on_event = on_event
         self._write_ahead = write_ahead
         self._clock = clock or _utcnow
-        self.url = make_url(url)
-        self._memory = _is_memory_sqlite(self.url)
+        self.url = parse_url(url)
+        self._memory = is_memory_sqlite(self.url)
         # A memory database is one shared connection: serialise its users. File databases and
         # servers get real per-thread connections and rely on the database's own locking.
         self._lock: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self._memory else contextlib.nullcontext()
         )
-        self.engine = self._make_engine()
+        self.engine = open_engine(self.url, STORE)
         with self._lock:
-            _Base.metadata.create_all(self.engine)
-            self._add_missing_columns()
+            create_tables(self.engine, _Base.metadata, STORE)
+            try:
+                self._add_missing_columns()
+            except DBAPIError as exc:
+                raise self._unavailable(exc) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def _make_engine(self) -> Engine:
-        url = self.url
-        if url.get_backend_name() != "sqlite":
-            return create_engine(url, pool_pre_ping=True)
-        if self._memory:
-            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-        else:
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"check_same_thread": False})
-        memory = self._memory
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"{STORE} {safe_url(self.url)} cannot be used: {reason(exc, self.url)}; "
+                                "nothing was changed")
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Take transaction control from pysqlite so every transaction starts with BEGIN
-            # IMMEDIATE (below): a writer then waits for the lock up front (busy_timeout) rather
-            # than failing with SQLITE_BUSY when it upgrades a read to a write mid-transaction.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-            if not memory:
-                # Readers do not block the writer. synchronous stays FULL (the default): with
-                # NORMAL a power cut can lose a committed claim, and the step could run twice.
-                cur.execute("PRAGMA journal_mode = WAL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
+    def health(self) -> str | None:
+        """None when the database answers; otherwise why not (for a readiness check)."""
+        try:
+            with self._lock, self.engine.connect() as conn:
+                conn.execute(select(func.count()).select_from(ApprovalRow).where(ApprovalRow.id == ""))
+        except SQLAlchemyError as exc:
+            return str(self._unavailable(exc))
+        return None
 
     def _add_missing_columns(self) -> None:
         """A queue created by an older version lacks ``claimed_at``: add it (NULL for old rows)."""
@@ -462,20 +452,30 @@ class ApprovalQueue:
                     batch = [(name, snap.to_dict()) for name, snap in events]
                     self._write_ahead(batch)
                     written = batch
+        except DBAPIError as exc:  # rolled back: the database is gone, full, read-only, ...
+            self._aborted(written, exc)
+            raise self._unavailable(exc) from None
         except BaseException as exc:
-            if written:  # recorded, then the commit failed: say so (best-effort)
-                with contextlib.suppress(Exception):
-                    self._write_ahead([("approval.aborted", {**data, "aborted": name,
-                                                             "error": f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]})
-                                       for name, data in written])
+            self._aborted(written, exc)
             raise
         if self._on_event is not None:
             for name, snap in events:
                 self._on_event(name, snap.to_dict())
 
+    def _aborted(self, written: builtins.list[tuple[str, dict[str, Any]]], exc: BaseException) -> None:
+        if written:  # recorded, then the commit failed: say so (best-effort)
+            error = f"{type(exc).__name__}: {reason(exc, self.url)}"[:_MAX_ERROR_CHARS]
+            with contextlib.suppress(Exception):
+                self._write_ahead([("approval.aborted", {**data, "aborted": name, "error": error})
+                                   for name, data in written])
+
     @staticmethod
-    def _load(session: Session, id: str) -> ApprovalRow:
-        row = session.get(ApprovalRow, id, populate_existing=True) if isinstance(id, str) else None
+    def _load(session: Session, id: str, *, lock: bool = False) -> ApprovalRow:
+        """The row as committed now; ``lock``: SELECT ... FOR UPDATE, held to the end of the
+        transaction (PostgreSQL: a second replica changing the same item waits, then sees this
+        change; SQLite: BEGIN IMMEDIATE already holds the whole database)."""
+        row = session.get(ApprovalRow, id, populate_existing=True, with_for_update=lock) \
+            if isinstance(id, str) else None
         if row is None:
             raise ApprovalNotFound(id)
         return row
@@ -525,8 +525,11 @@ class ApprovalQueue:
             q = select(ApprovalRow).where(ApprovalRow.status == Status.PENDING.value, ApprovalRow.expires_at <= now)
             if id is not None:
                 q = q.where(ApprovalRow.id == id)
+            # FOR UPDATE: of two replicas expiring at once, the second waits for the first, and
+            # PostgreSQL then re-checks status = PENDING on the new row: it skips what was expired.
+            q = q.order_by(ApprovalRow.expires_at, ApprovalRow.id).with_for_update()
             out = []
-            for row in s.scalars(q.order_by(ApprovalRow.expires_at)).all():
+            for row in s.scalars(q.execution_options(populate_existing=True)).all():
                 snap = self._move(
                     s, row, "expire", Status.PENDING, Status.TIMEOUT,
                     decided_at=row.expires_at, decided_by=SYSTEM_EXPIRY, reason=EXPIRED_REASON,
@@ -627,7 +630,7 @@ class ApprovalQueue:
         approver = _require_text(approver, "approver")
         self._expire(id)
         with self._tx() as (s, events):
-            row = self._load(s, id)
+            row = self._load(s, id, lock=True)
             if row.status == Status.PENDING.value:
                 self._verify(row, expected_hash, "approve")
             snap = self._move(s, row, "approve", Status.PENDING, Status.APPROVED,
@@ -641,7 +644,7 @@ class ApprovalQueue:
         reason = _require_text(reason, "reason")
         self._expire(id)
         with self._tx() as (s, events):
-            row = self._load(s, id)
+            row = self._load(s, id, lock=True)
             snap = self._move(s, row, "reject", Status.PENDING, Status.REJECTED,
                               decided_at=self._now(), decided_by=approver, reason=reason)
             events.append(("approval.rejected", snap))
@@ -676,7 +679,7 @@ class ApprovalQueue:
         self._expire(id)  # it may have expired while the gate ran
         now = self._now()
         with self._tx() as (s, events):
-            old = self._load(s, id)
+            old = self._load(s, id, lock=True)
             refused = action == "REFUSE"
             new = ApprovalRow(
                 id=uuid.uuid4().hex, kind=old.kind, request_json=text, request_hash=_hash_text(text),
@@ -705,7 +708,7 @@ class ApprovalQueue:
         """
         self._expire(id)
         with self._tx() as (s, events):
-            row = self._load(s, id)
+            row = self._load(s, id, lock=True)
             # verify only what could be claimed: a second claimer must hear AlreadyClaimed
             text = self._verify(row, expected_hash, "claim") if row.status == Status.APPROVED.value else ""
             snap = self._move(s, row, "claim", Status.APPROVED, Status.EXECUTING, claimed_at=self._now())
@@ -718,7 +721,7 @@ class ApprovalQueue:
         """EXECUTING -> EXECUTED, storing ``result`` (canonical JSON) for idempotent replays."""
         result_text = canonical_json(result)
         with self._tx() as (s, events):
-            row = self._load(s, id)
+            row = self._load(s, id, lock=True)
             snap = self._move(s, row, "complete", Status.EXECUTING, Status.EXECUTED, result_json=result_text)
             events.append(("approval.executed", snap))
         return snap
@@ -727,7 +730,7 @@ class ApprovalQueue:
         """EXECUTING -> FAILED; also how an operator closes a step that crashed after its claim."""
         error = _require_text(error, "error")[:_MAX_ERROR_CHARS]
         with self._tx() as (s, events):
-            row = self._load(s, id)
+            row = self._load(s, id, lock=True)
             snap = self._move(s, row, "fail", Status.EXECUTING, Status.FAILED, reason=error)
             events.append(("approval.failed", snap))
         return snap
@@ -751,7 +754,7 @@ class ApprovalQueue:
         out = []
         for id in ids:  # one transaction (and one record) each: a failure stops at that item
             with self._tx() as (s, events):
-                row = self._load(s, id)
+                row = self._load(s, id, lock=True)
                 if row.status != Status.EXECUTING.value:
                     continue  # completed meanwhile
                 since = "an unknown time" if row.claimed_at is None else row.claimed_at.isoformat()

@@ -1,7 +1,9 @@
 """Tamper-evident, append-only audit log for the agent (JSONL, hash-chained).
 
 Every REFUSE, ESCALATE, approval decision, approval expiry and gate error is written here (ALLOW
-optionally); see the ``GATE_*`` / ``APPROVAL_*`` event names below.
+optionally); see the ``GATE_*`` / ``APPROVAL_*`` event names below. This module is the JSONL file
+store; ``so8t.agent.audit_db`` keeps the same records and chain in a database (SQLite or
+PostgreSQL), for several server replicas that share one chain (server config ``audit_url``).
 
 Format: one UTF-8 JSON object per line (Japanese stays readable, ``ensure_ascii=False``)::
 
@@ -77,7 +79,7 @@ import tempfile
 import threading
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -152,6 +154,31 @@ def record_hash(record: Mapping[str, Any], key: bytes | None = None) -> str:
     if key is None:
         return hashlib.sha256(data).hexdigest()
     return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def new_record(seq: int, event: str, data: dict, prev: str, key: bytes | None) -> dict:
+    """The record that follows ``prev`` at ``seq``: timestamped, marked when keyed, hashed."""
+    rec = {"seq": seq, "ts": _utc_now(), "event": event, "data": data, "prev": prev}
+    if key is not None:
+        rec[MAC_FIELD] = HMAC_SHA256
+    rec["hash"] = record_hash(rec, key)
+    return rec
+
+
+def check_mode(last: dict, key: bytes | None, where: str) -> None:
+    """Never mix keyed and unkeyed records: without the key, a keyed log is not extended (that
+    would downgrade it); with the key, only a record with a valid HMAC under it is chained to
+    (a plain or re-chained log, or the wrong key, stops the write). ``where`` names the log."""
+    if key is None:
+        if MAC_FIELD in last:
+            raise AuditError(f"{where}: this log is HMAC-keyed; set {KEY_ENV} to append to it")
+        return
+    if not hmac.compare_digest(record_hash(last, key), last["hash"]):
+        plain = hmac.compare_digest(record_hash(last), last["hash"])
+        raise AuditError(f"{where}: the last record (seq {last['seq']}) " + (
+            "has a plain SHA-256 hash: the log is unkeyed or was re-chained without the key; start a "
+            "new log to use a key" if plain else "does not verify under this HMAC key: wrong key, or "
+            "the record was altered") + "; run `so8t audit verify`")
 
 
 def _utc_now() -> str:
@@ -263,23 +290,14 @@ def _open_read(path: Path) -> int:
 
 # --- writing ------------------------------------------------------------------------------------
 
-class AuditLog:
-    """Append-only, hash-chained JSONL audit log at ``path``.
+class AuditStore:
+    """What every audit store offers: this JSONL file (AuditLog) or a database
+    (so8t.agent.audit_db.DatabaseAuditLog). Records, hashes, keys and redaction are the same."""
 
-    ``redact`` defaults to ``Redactor()`` (the default patterns); pass ``Redactor({}, secret_keys=None)``
-    to store data as given. ``key`` switches the chain to HMAC-SHA256 (verify with the same key).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None,
-                 key: bytes | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, *, redact: Redactor | None = None, key: bytes | None = None) -> None:
         self.redactor = redact if redact is not None else Redactor()
         self._key = _check_key(key)
-        self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
-        # filelock's per-thread state already excludes threads; this makes it independent of that.
-        self._tlock = threading.Lock()
         self._failure: str | None = None
-        self._recorded: set[str] = set()  # side files known to have an audit.recovered record
 
     @property
     def failure(self) -> str | None:
@@ -310,6 +328,43 @@ class AuditLog:
         if not clean:
             raise ValueError("append_batch needs at least one record")
         return self._append_many(clean)
+
+    def preview(self, text: str, limit: int) -> str:
+        """``text`` as this log's redactor would store it, cut to ``limit`` characters (redacted
+        first, so a secret straddling the limit is still caught)."""
+        return self.redactor.preview(text, limit)
+
+    def _append_many(self, items: list[tuple[str, dict]]) -> list[dict]:
+        raise NotImplementedError
+
+    def recover(self) -> list[dict]:
+        raise NotImplementedError
+
+    def health(self) -> str | None:
+        raise NotImplementedError
+
+    def verify(self) -> VerifyReport:
+        raise NotImplementedError
+
+    def tail(self, n: int = 20) -> list[dict]:
+        raise NotImplementedError
+
+
+class AuditLog(AuditStore):
+    """Append-only, hash-chained JSONL audit log at ``path``.
+
+    ``redact`` defaults to ``Redactor()`` (the default patterns); pass ``Redactor({}, secret_keys=None)``
+    to store data as given. ``key`` switches the chain to HMAC-SHA256 (verify with the same key).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None,
+                 key: bytes | None = None) -> None:
+        super().__init__(redact=redact, key=key)
+        self.path = Path(path)
+        self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
+        # filelock's per-thread state already excludes threads; this makes it independent of that.
+        self._tlock = threading.Lock()
+        self._recorded: set[str] = set()  # side files known to have an audit.recovered record
 
     def recover(self) -> list[dict]:
         """Account for every torn fragment; returns the ``audit.recovered`` records it wrote.
@@ -353,11 +408,6 @@ class AuditLog:
     def verify(self) -> VerifyReport:
         return verify(self.path, key=self._key)
 
-    def preview(self, text: str, limit: int) -> str:
-        """``text`` as this log's redactor would store it, cut to ``limit`` characters (redacted
-        first, so a secret straddling the limit is still caught)."""
-        return self.redactor.preview(text, limit)
-
     def tail(self, n: int = 20) -> list[dict]:
         return tail(self.path, n)
 
@@ -399,10 +449,8 @@ class AuditLog:
         try:
             for event, data in found + items:
                 seq += 1
-                rec = {"seq": seq, "ts": _utc_now(), "event": event, "data": data, "prev": prev}
-                if self._key is not None:
-                    rec[MAC_FIELD] = HMAC_SHA256
-                rec["hash"] = prev = record_hash(rec, self._key)
+                rec = new_record(seq, event, data, prev, self._key)
+                prev = rec["hash"]
                 line = _encode_line(rec)
                 written = os.write(fd, line)  # one write: a crash leaves at most a torn tail
                 if written != len(line):
@@ -443,30 +491,15 @@ class AuditLog:
 
     def _chain_to(self, fd: int, end: int) -> tuple[int, str]:
         """Seq and hash of the last record in the file (not from memory: another process may have
-        appended), once it is known to be written the way this log writes (see ``_check_mode``).
+        appended), once it is known to be written the way this log writes (see ``check_mode``).
         Garbage lines at the end are stepped over; verify reports them."""
         for _, line in _lines_reversed(fd, end):
             rec = _parse(line)
             point = _chain_point(rec)
             if point is not None:
-                self._check_mode(rec)
+                check_mode(rec, self._key, str(self.path))
                 return point
         return -1, GENESIS
-
-    def _check_mode(self, last: dict) -> None:
-        """Never mix keyed and unkeyed records: without the key, a keyed log is not extended (that
-        would downgrade it); with the key, only a record with a valid HMAC under it is chained to
-        (a plain or re-chained log, or the wrong key, stops the write)."""
-        if self._key is None:
-            if MAC_FIELD in last:
-                raise AuditError(f"{self.path}: this log is HMAC-keyed; set {KEY_ENV} to append to it")
-            return
-        if not hmac.compare_digest(record_hash(last, self._key), last["hash"]):
-            plain = hmac.compare_digest(record_hash(last), last["hash"])
-            raise AuditError(f"{self.path}: the last record (seq {last['seq']}) " + (
-                "has a plain SHA-256 hash: the log is unkeyed or was re-chained without the key; start a "
-                "new log to use a key" if plain else "does not verify under this HMAC key: wrong key, or "
-                "the record was altered") + "; run `so8t audit verify`")
 
 
 def _create_side_file(path: Path, payload: bytes) -> Path:
@@ -588,6 +621,7 @@ class VerifyReport:
     head_hash: str        # hash of the last well-formed record (GENESIS for an empty log)
     problems: list[Problem] = field(default_factory=list)
     fragments: list[Fragment] = field(default_factory=list)  # every torn fragment, recorded or not
+    unit: str = "line"    # what Problem.line counts: file lines, or (a database) rows in seq order
 
 
 @dataclass(frozen=True)
@@ -633,33 +667,32 @@ def _entry(line: int, rec: dict, key: bytes | None) -> _Entry:
     return _Entry(line, rec["seq"], rec["prev"], rec["hash"], intact, MAC_FIELD in rec, plain)
 
 
-def _read_entries(path: Path, key: bytes | None) -> tuple[list[_Entry], list[Problem], str]:
+def _read_entries(lines: Iterable[bytes], key: bytes | None) -> tuple[list[_Entry], list[Problem], str]:
     """Parse every line; well-formed records become entries, the rest problems."""
     entries: list[_Entry] = []
     problems: list[Problem] = []
     head = GENESIS
-    with open(path, "rb") as f:
-        for no, raw in enumerate(f, start=1):
-            if not raw.endswith(b"\n"):
-                problems.append(Problem(no, None, "torn", f"last line has no newline ({len(raw)} bytes): "
-                                        "a write was interrupted; the next append sets it aside"))
-                break
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                problems.append(Problem(no, None, "malformed", "not valid UTF-8"))
-                continue
-            except ValueError as e:
-                problems.append(Problem(no, None, "malformed",
-                                        "empty line" if not raw.strip() else f"not JSON ({e.msg})"))
-                continue
-            why = _check_fields(rec)
-            if why is not None:
-                seq = rec.get("seq") if isinstance(rec, dict) and isinstance(rec.get("seq"), int) else None
-                problems.append(Problem(no, seq, "malformed", why))
-                continue
-            entries.append(_entry(no, rec, key))
-            head = rec["hash"]
+    for no, raw in enumerate(lines, start=1):
+        if not raw.endswith(b"\n"):
+            problems.append(Problem(no, None, "torn", f"last line has no newline ({len(raw)} bytes): "
+                                    "a write was interrupted; the next append sets it aside"))
+            break
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            problems.append(Problem(no, None, "malformed", "not valid UTF-8"))
+            continue
+        except ValueError as e:
+            problems.append(Problem(no, None, "malformed",
+                                    "empty line" if not raw.strip() else f"not JSON ({e.msg})"))
+            continue
+        why = _check_fields(rec)
+        if why is not None:
+            seq = rec.get("seq") if isinstance(rec, dict) and isinstance(rec.get("seq"), int) else None
+            problems.append(Problem(no, seq, "malformed", why))
+            continue
+        entries.append(_entry(no, rec, key))
+        head = rec["hash"]
     return entries, problems, head
 
 
@@ -694,19 +727,26 @@ def verify(path: str | os.PathLike[str], key: bytes | None = None) -> VerifyRepo
     """
     path = Path(path)
     _require(path)
+    with open(path, "rb") as f:
+        report = verify_lines(f, key)
+    fragments = _fragments(path)
+    problems = sorted(report.problems + _fragment_problems(fragments), key=lambda p: (p.line, p.kind))
+    return replace(report, ok=not problems, problems=problems, fragments=fragments)
+
+
+def verify_lines(lines: Iterable[bytes], key: bytes | None = None, unit: str = "line") -> VerifyReport:
+    """``verify``'s checks on records given as lines (each ending in b"\\n", in the order they are
+    stored), without the side files: what a database store verifies (``unit`` "row")."""
     key = _check_key(key)
-    entries, problems, head = _read_entries(path, key)
+    entries, problems, head = _read_entries(lines, key)
     keyed = next((e for e in entries if e.keyed), None)
     if key is None and keyed is not None:  # unkeyed hashes must not pass for a keyed log
         problems.append(Problem(keyed.line, keyed.seq, "key_required", KEYED_LOG))
     else:
         malformed = sorted(p.line for p in problems if p.kind == "malformed")
         problems += _Classifier(entries, malformed, _edit_hint(entries, key is not None)).run()
-    fragments = _fragments(path)
-    problems += _fragment_problems(fragments)
     problems.sort(key=lambda p: (p.line, p.kind))
-    return VerifyReport(ok=not problems, records=len(entries), head_hash=head, problems=problems,
-                        fragments=fragments)
+    return VerifyReport(ok=not problems, records=len(entries), head_hash=head, problems=problems, unit=unit)
 
 
 def _fragments(path: Path) -> list[Fragment]:
@@ -897,7 +937,7 @@ def format_report(report: VerifyReport) -> str:
                   f"head {report.head_hash}{note}")]
     for p in report.problems:
         seq = "?" if p.seq is None else p.seq
-        lines.append(f"line {p.line} (seq {seq}): {p.kind}: {p.detail}" if p.line else
+        lines.append(f"{report.unit} {p.line} (seq {seq}): {p.kind}: {p.detail}" if p.line else
                      f"outside the log: {p.kind}: {p.detail}")
     for f in frags:
         where = f"audit.recovered at line {f.line} (seq {f.seq})" if f.line else "no audit.recovered record"
@@ -907,9 +947,9 @@ def format_report(report: VerifyReport) -> str:
 
 __all__ = [
     "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AUDIT_RESTORED", "AuditError",
-    "AuditLog", "DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
+    "AuditLog", "AuditStore", "DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
     "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "Fragment", "HMAC_SHA256", "KEYED_LOG", "KEY_ENV", "MAC_FIELD", "Problem",
     "Redactor", "VerifyReport",
-    "canonical_bytes", "format_record", "format_report", "key_from_env", "record_hash", "tail",
-    "verify",
+    "canonical_bytes", "check_mode", "format_record", "format_report", "key_from_env", "new_record", "record_hash",
+    "tail", "verify", "verify_lines",
 ]

@@ -26,6 +26,7 @@ from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditError, AuditLog, Redactor
 from so8t.agent.backends import BackendError
 from so8t.agent.inprocess import InProcessBackend
+from so8t.agent.sqlstore import StoreUnavailable
 from so8t.canonical import request_hash
 from so8t.gate import ConversationError, Decision, Gate, normalize_conversation
 from so8t.labels import Action
@@ -167,8 +168,8 @@ class Router:
     def _answer_with_tools(self, convo, decision: Decision, lang: str, requester: str) -> RouterResult:
         try:
             res = self.toolloop.run(convo, requester)
-        except AuditError:
-            raise  # nothing may run unrecorded: the service fails closed (503)
+        except (AuditError, StoreUnavailable):
+            raise  # nothing may run unrecorded or unqueued: the service fails closed (503)
         except Exception as exc:  # noqa: BLE001 - the LLM or a tool failing must not crash the service
             log.error("tool loop failed: %s", exc)
             return self._failed(exc, decision, lang, requester)

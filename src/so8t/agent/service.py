@@ -15,12 +15,14 @@ import threading
 from dataclasses import dataclass, field
 
 from so8t.agent.approvals import TERMINAL, AlreadyClaimed, Approval, ApprovalQueue, Status
-from so8t.agent.audit import AuditError, AuditLog, Redactor, key_from_env
+from so8t.agent.audit import AuditError, AuditLog, AuditStore, Redactor, key_from_env
+from so8t.agent.audit_db import DatabaseAuditLog
 from so8t.agent.backends import OpenAIBackend
 from so8t.agent.inprocess import InProcessBackend
 from so8t.agent.review import RequestView, edit_approval, request_view
 from so8t.agent.router import Router
-from so8t.config import ServerConfig
+from so8t.agent.sqlstore import StoreUnavailable
+from so8t.config import ConfigError, ServerConfig
 from so8t.gate import Gate
 
 log = logging.getLogger("so8t.service")
@@ -45,18 +47,33 @@ def redactor_from(cfg: ServerConfig) -> Redactor:
     return Redactor.from_config({"disable": list(cfg.redact_disable), "patterns": patterns})
 
 
-def open_approvals(cfg: ServerConfig, audit: AuditLog | None = None) -> ApprovalQueue:
+def _opened(key: str, open_store):
+    """``open_store()``, its errors prefixed with the config key that named the store: a bad URL
+    is a ConfigError, an unreachable database StoreUnavailable (never showing the password)."""
+    try:
+        return open_store()
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"{key}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def open_approvals(cfg: ServerConfig, audit: AuditStore | None = None) -> ApprovalQueue:
     """The queue, recording every state change in ``audit`` write-ahead: the records are written
     (all or none) before the change commits, and a change whose records cannot be written does not
     happen (AuditError reaches the caller)."""
     def write_ahead(events: list[tuple[str, dict]]) -> None:
         audit.append_batch([(name, approval_audit_record(data)) for name, data in events])
-    return ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
-                         write_ahead=write_ahead if audit is not None else None)
+    return _opened("approvals_url", lambda: ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
+                                                          write_ahead=write_ahead if audit is not None else None))
 
 
-def open_audit(cfg: ServerConfig) -> AuditLog:
+def open_audit(cfg: ServerConfig) -> AuditStore:
+    """The JSONL file at audit_path, or the database at audit_url when one is set."""
     # the queue and the log create their own folders (the queue's SQLite file, the log's parent)
+    if cfg.audit_url:
+        return _opened("audit_url", lambda: DatabaseAuditLog(cfg.audit_url, redact=redactor_from(cfg),
+                                                             key=key_from_env()))
     return AuditLog(cfg.audit_path, redact=redactor_from(cfg), key=key_from_env())
 
 
@@ -85,7 +102,7 @@ class Service:
     gate: Gate
     backend: object | None
     approvals: ApprovalQueue
-    audit: AuditLog
+    audit: AuditStore
     router: Router
     stuck_after_s: float = STUCK_AFTER_S
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -95,6 +112,11 @@ class Service:
         """None when the audit log can take records; otherwise why not (the service is then not
         ready, and everything that needs a record fails closed with AuditError)."""
         return self.audit.health()
+
+    def approvals_problem(self) -> str | None:
+        """None when the approvals database answers; otherwise why not (the service is then not
+        ready, and every escalation fails closed: StoreUnavailable, a 503)."""
+        return self.approvals.health()
 
     @property
     def toolset(self):
@@ -131,6 +153,8 @@ class Service:
             for item in self.approvals.list(status=Status.APPROVED, limit=50):
                 try:
                     ran += self._run_approved(item)
+                except AlreadyClaimed:
+                    continue  # another worker (another replica) claimed it first: it runs there, once
                 except Exception as exc:  # noqa: BLE001 - one bad item must not stop the worker
                     failed += 1
                     log.error("approved request %s failed: %s", item.id, exc)
@@ -185,6 +209,8 @@ class Service:
         if hasattr(self.backend, "close"):
             self.backend.close()
         self.approvals.close()
+        if isinstance(self.audit, DatabaseAuditLog):
+            self.audit.close()
 
 
 def gate_options(cfg: ServerConfig) -> dict:

@@ -10,9 +10,11 @@ CSRF tokens and Origin checks on every POST, approvals bound to the request hash
   GET/POST /admin/login, POST /admin/logout
   GET  /admin/approvals         the approvals page; POST .../{id}/approve | reject | edit
   GET  /admin/api/approvals     the same as JSON (or Authorization: Bearer <admin token>)
-Health: GET /healthz (alive), /readyz (the gate is loaded and the audit log takes records),
-/metrics (Prometheus text). While the audit log cannot be written, every request that would need
-a record is a 503 with Retry-After (nothing run, queued or approved).
+Health: GET /healthz (alive), /readyz (the gate is loaded, the audit log takes records and the
+approvals database answers), /metrics (Prometheus text). While the audit log cannot be written,
+every request that would need a record is a 503 with Retry-After (nothing run, queued or
+approved); while the approvals database cannot be used, so is every request that would queue or
+change an approval (kind "approvals_unavailable"): an escalation is never answered instead.
 
 Policy lives on the server: request fields and headers cannot change thresholds, fail action
 or logging. Streaming never shows unchecked text: the gate decides before anything is
@@ -63,6 +65,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from so8t.agent.approvals import ApprovalNotFound, Status
 from so8t.agent.audit import AuditError
 from so8t.agent.service import Service
+from so8t.agent.sqlstore import StoreUnavailable
 from so8t.gate.gate import LATENCY_BUCKETS_MS, Gate, TooLarge
 from so8t.server.admin import mount_admin, parse_status  # noqa: F401  (parse_status: re-exported)
 from so8t.server.llm_server import ChatRequest, describe_validation, error_response
@@ -160,6 +163,19 @@ def wrong_content_type(content_type: str | None) -> JSONResponse:
                           kind="unsupported_media_type")
 
 
+def approval_gauges(service: Service) -> list[str]:
+    """The queue's gauges, read from the shared database (the same on every replica); when it
+    cannot be read, so8t_approvals_store_up 0 and no queue numbers (the gate's own metrics stay)."""
+    try:
+        pending, oldest = service.approvals.pending_count(), service.approvals.oldest_pending_age_s()
+    except StoreUnavailable:
+        return ["# TYPE so8t_approvals_store_up gauge", "so8t_approvals_store_up 0"]
+    return ["# TYPE so8t_approvals_store_up gauge", "so8t_approvals_store_up 1",
+            "# TYPE so8t_approvals_pending gauge", f"so8t_approvals_pending {pending}",
+            "# TYPE so8t_approvals_oldest_pending_seconds gauge",
+            f"so8t_approvals_oldest_pending_seconds {oldest or 0:.3f}"]
+
+
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -212,6 +228,15 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
         return resp
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store_failing(_: Request, exc: StoreUnavailable):
+        # Fail closed: the change (a queued escalation, an approval, a claim) was rolled back.
+        log.error("approvals database failing, request refused: %s", exc)
+        resp = error_response(503, "the approvals database cannot be used: nothing was run, queued or changed; "
+                              "retry later (/readyz says when the service is ready)", kind="approvals_unavailable")
+        resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
+        return resp
+
     # ------------------------------------------------------------------ health
 
     @app.get("/healthz")
@@ -222,9 +247,10 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     def readyz():
         g = service.gate
         audit = service.audit_problem()  # a store that cannot take records: not ready (fail closed)
-        ready = g.ready and audit is None
+        approvals = service.approvals_problem()
+        ready = g.ready and audit is None and approvals is None
         body = {"ready": ready, "model_version": g.model_version, "policy_version": g.policy_version,
-                "error": g.load_error or audit, "audit": audit or "ok"}
+                "error": g.load_error or audit or approvals, "audit": audit or "ok", "approvals": approvals or "ok"}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -238,11 +264,9 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
                   "# TYPE so8t_gate_latency_ms histogram"]
         lines += [f'so8t_gate_latency_ms_bucket{{le="{b}"}} {latency[b]}' for b in LATENCY_BUCKETS_MS]
         lines += [f'so8t_gate_latency_ms_bucket{{le="+Inf"}} {latency["count"]}',
-                  f"so8t_gate_latency_ms_sum {latency['sum']:.3f}", f"so8t_gate_latency_ms_count {latency['count']}",
-                  "# TYPE so8t_approvals_pending gauge", f"so8t_approvals_pending {service.approvals.pending_count()}",
-                  "# TYPE so8t_approvals_oldest_pending_seconds gauge",
-                  f"so8t_approvals_oldest_pending_seconds {service.approvals.oldest_pending_age_s() or 0:.3f}",
-                  "# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}",
+                  f"so8t_gate_latency_ms_sum {latency['sum']:.3f}", f"so8t_gate_latency_ms_count {latency['count']}"]
+        lines += approval_gauges(service)
+        lines += ["# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}",
                   "# TYPE so8t_gate_queue_pending gauge",
                   f"so8t_gate_queue_pending {service.gate.queue_state()['pending']}"]
         return "\n".join(lines) + "\n"
