@@ -456,12 +456,9 @@ def cmd_autonomy_set(args: argparse.Namespace) -> int:
                                  audit=open_audit(cfg), defaults=defaults)
     except AuditError as exc:
         raise ValueError(f"autonomy set: the audit log cannot take the record, so nothing changed: {exc}") from None
-    if not change.changed:
-        print(f"{change.domain} is already {change.level} (set in audit record {change.audit_hash[:12]}); "
-              "nothing recorded")
-    else:
-        print(f"{change.domain}: {change.previous} -> {change.level} by {args.by}; audit record "
-              f"{change.audit_hash[:12]}, state {store.path} (a running server applies it from its next call)")
+    what = "" if change.changed else " (the same level, recorded again: its count restarts)"
+    print(f"{change.domain}: {change.previous} -> {change.level} by {args.by}{what}; audit record "
+          f"{change.audit_hash[:12]}, state {store.path} (a running server applies it from its next call)")
     return 0
 
 

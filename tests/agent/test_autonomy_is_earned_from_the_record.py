@@ -112,11 +112,13 @@ def test_set_is_audited_and_a_running_server_applies_auto_at_its_next_call(world
     assert state["levels"]["files.write"]["audit_hash"] == rec["hash"]
     step = call(svc, "files.write", {"path": "b.txt", "content": "2"})
     assert step.status == "executed" and (tmp_path / "sandbox" / "files" / "b.txt").read_text() == "2"
-    # setting the same level again records nothing; demoting is recorded and applied the same way
-    assert autonomy(conf, "set", "files.write", "auto") == 0 and len(records(svc, "autonomy.set")) == 1
+    # demoting is recorded and applied the same way; the same level again is recorded too
     assert autonomy(conf, "set", "files.write", "ask", "--by", "dan") == 0
     assert call(svc, "files.write", {"path": "c.txt", "content": "3"}).status == "pending"
-    assert [r["data"]["level"] for r in records(svc, "autonomy.set")] == ["auto", "ask"]
+    assert autonomy(conf, "set", "files.write", "ask", "--by", "dan") == 0
+    assert "recorded again: its count restarts" in capsys.readouterr().out
+    assert [(r["data"]["previous"], r["data"]["level"]) for r in records(svc, "autonomy.set")] == [
+        ("ask", "auto"), ("auto", "ask"), ("ask", "ask")]
     assert verify(svc.config.audit_path).ok
 
 
@@ -225,6 +227,11 @@ def test_report_counts_decisions_per_domain_and_proposes_promotion_and_demotion(
     assert autonomy(conf, "report", "--min-approvals", "4") == 0
     text = capsys.readouterr().out
     assert "files.write: 3 of 4 approvals" in text and "-> propose ask: so8t autonomy set sql.query ask" in text
+    # re-setting mail.draft to ask restarts its count after the rejection
+    assert autonomy(conf, "set", "mail.draft", "ask") == 0 and autonomy(conf, "report", "--json") == 0
+    row = next(d for d in json.loads(capsys.readouterr().out.split("\n", 1)[1])["domains"]
+               if d["domain"] == "mail.draft")
+    assert (row["level"], row["source"], row["approved"], row["rejected"]) == ("ask", "set", 0, 0)
     # acting on the proposal starts a fresh record for that domain
     assert autonomy(conf, "set", "files.write", "auto") == 0 and autonomy(conf, "report", "--json") == 0
     row = next(d for d in json.loads(capsys.readouterr().out.split("\n", 1)[1])["domains"]

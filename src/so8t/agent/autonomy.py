@@ -32,7 +32,8 @@ The report counts, per domain, the gate-ALLOWed tool calls people decided on (th
 queue's original items, not their edits) since the domain's level was last set: approved (ran or
 about to), edited, rejected, still pending, expired. It proposes ``auto`` for an ``ask`` domain
 with at least ``min_approvals`` approvals and no edit or rejection, and ``ask`` for an ``auto``
-domain with any rejection. A person runs ``so8t autonomy set`` to act on a proposal.
+domain with any rejection. A person runs ``so8t autonomy set`` to act on a proposal; setting a
+domain to the level it already has is recorded too, and restarts its count.
 
 State file (JSON)::
 
@@ -248,13 +249,11 @@ class AutonomyStore:
             entries = read_state(self.path)  # a corrupt file stops here, unchanged
             current = entries.get(domain)
             previous = current.level if current else defaults[domain]
-            if current is not None and current.level == level:
-                return Change(domain, level, previous, False, current.audit_hash)
             rec = audit.append(SET_EVENT, {"domain": domain, "level": level, "previous": previous,
                                            "previous_source": "set" if current else "config", "by": by,
                                            "reason": reason})
             self._write(entries | {domain: Entry(level, by, rec["ts"], reason, rec["hash"])}, rec, audit)
-        return Change(domain, level, previous, True, rec["hash"])
+        return Change(domain, level, previous, previous != level, rec["hash"])
 
     def _write(self, entries: dict[str, Entry], rec: dict, audit) -> None:
         try:
