@@ -418,7 +418,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 def _autonomy(args):
     """The config, the autonomy store and every configured tool action's default level."""
-    from so8t.agent.service import autonomy_store
+    from so8t.agent.autonomy import store_for
     from so8t.agent.tools.config import load_tools
 
     cfg = server_config_from_args(args)
@@ -426,7 +426,7 @@ def _autonomy(args):
         raise ValueError("autonomy: no tools configured: levels apply to tool actions; set tools: in the server "
                          "config (--config) or pass --set tools=tools.yaml")
     toolset, policy = load_tools(cfg.tools)
-    return cfg, autonomy_store(cfg), policy.autonomy_defaults(toolset)
+    return cfg, store_for(cfg), policy.autonomy_defaults(toolset)
 
 
 def cmd_autonomy_report(args: argparse.Namespace) -> int:

@@ -183,6 +183,11 @@ class Change:
     audit_hash: str | None = None
 
 
+def store_for(cfg) -> AutonomyStore:
+    """The store a ServerConfig names: autonomy_path, or autonomy.json next to audit_path."""
+    return AutonomyStore(cfg.autonomy_path or Path(cfg.audit_path).parent / "autonomy.json")
+
+
 class AutonomyStore:
     """The recorded levels at ``path`` (None: nothing is ever recorded, every domain has its
     config default). Reads are cached until the file changes (its size, mtime or inode)."""

@@ -13,11 +13,9 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from so8t.agent.approvals import TERMINAL, AlreadyClaimed, Approval, ApprovalQueue, Status
 from so8t.agent.audit import AuditError, AuditLog, Redactor, key_from_env
-from so8t.agent.autonomy import AutonomyStore
 from so8t.agent.backends import OpenAIBackend
 from so8t.agent.inprocess import InProcessBackend
 from so8t.agent.review import RequestView, edit_approval, request_view
@@ -55,11 +53,6 @@ def open_approvals(cfg: ServerConfig, audit: AuditLog | None = None) -> Approval
         audit.append_batch([(name, approval_audit_record(data)) for name, data in events])
     return ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
                          write_ahead=write_ahead if audit is not None else None)
-
-
-def autonomy_store(cfg: ServerConfig) -> AutonomyStore:
-    """The recorded autonomy levels: cfg.autonomy_path, or autonomy.json next to the audit log."""
-    return AutonomyStore(cfg.autonomy_path or Path(cfg.audit_path).parent / "autonomy.json")
 
 
 def open_audit(cfg: ServerConfig) -> AuditLog:
@@ -223,12 +216,13 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
         log.warning("shadow mode: the gate's decisions are logged but NOT enforced")
     toolloop = None
     if cfg.tools and backend is not None:
+        from so8t.agent.autonomy import store_for
         from so8t.agent.toolloop import ToolLoop
         from so8t.agent.tools.config import load_tools
 
         toolset, policy = load_tools(cfg.tools)
         toolloop = ToolLoop(gate, backend, toolset, policy, approvals, audit, max_steps=cfg.tool_max_steps,
-                            max_tokens=cfg.max_tokens, autonomy=autonomy_store(cfg))
+                            max_tokens=cfg.max_tokens, autonomy=store_for(cfg))
         toolloop.autonomy.check()  # an unusable state is a warning at start (and 'ask' everywhere)
     router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
                     max_tokens=cfg.max_tokens, shadow=cfg.shadow, toolloop=toolloop)
