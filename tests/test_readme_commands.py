@@ -232,7 +232,7 @@ def _check_config(c: Command, args: argparse.Namespace) -> None:
         pytest.fail(f"{c.where}: `{c.text}`: unknown preset {preset!r}{_closest(preset, PRESETS)}")
     _check_values(c, args)
     schema = {"train": TrainConfig, "serve": ServerConfig, "chat": ServerConfig, "approvals": ServerConfig,
-              "audit": ServerConfig}.get(args.command)
+              "audit": ServerConfig, "autonomy": ServerConfig}.get(args.command)
     if schema is None or (schema is TrainConfig and args.resume):
         return
     try:

@@ -426,6 +426,52 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _autonomy(args):
+    """The config, the autonomy store and every configured tool action's default level."""
+    from so8t.agent.autonomy import store_for
+    from so8t.agent.tools.config import load_tools
+
+    cfg = server_config_from_args(args)
+    if not cfg.tools:
+        raise ValueError("autonomy: no tools configured: levels apply to tool actions; set tools: in the server "
+                         "config (--config) or pass --set tools=tools.yaml")
+    toolset, policy = load_tools(cfg.tools)
+    return cfg, store_for(cfg), policy.autonomy_defaults(toolset)
+
+
+def cmd_autonomy_report(args: argparse.Namespace) -> int:
+    from so8t.agent.autonomy import build_report, format_report
+    from so8t.agent.service import open_approvals, open_audit
+
+    cfg, store, defaults = _autonomy(args)
+    audit = open_audit(cfg)
+    try:
+        records = audit.tail(10**9)  # every record: the history of each level
+    except FileNotFoundError:
+        records = []
+    items = open_approvals(cfg, audit).list(limit=10**9)
+    report = build_report(store, defaults, items, records,
+                          min_approvals=cfg.autonomy_min_approvals if args.min_approvals is None else args.min_approvals)
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else format_report(report))
+    return 0
+
+
+def cmd_autonomy_set(args: argparse.Namespace) -> int:
+    from so8t.agent.audit import AuditError
+    from so8t.agent.service import open_audit
+
+    cfg, store, defaults = _autonomy(args)
+    try:
+        change = store.set_level(args.domain, args.level, by=args.by, reason=args.reason or "",
+                                 audit=open_audit(cfg), defaults=defaults)
+    except AuditError as exc:
+        raise ValueError(f"autonomy set: the audit log cannot take the record, so nothing changed: {exc}") from None
+    what = "" if change.changed else " (the same level, recorded again: its count restarts)"
+    print(f"{change.domain}: {change.previous} -> {change.level} by {args.by}{what}; audit record "
+          f"{change.audit_hash[:12]}, state {store.path} (a running server applies it from its next call)")
+    return 0
+
+
 def _dry_run(cfg) -> int:
     from so8t.train.memory import estimate_memory, model_config_for
 
@@ -652,6 +698,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("path", nargs="?", help="a JSONL file or a database URL (default: as for verify)")
     q.add_argument("-n", type=int, default=20)
     q.set_defaults(func=cmd_audit_tail)
+
+    at = sub.add_parser("autonomy", help="staged autonomy per tool action: what people decided, proposals, levels"
+                        ).add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
+    q = at.add_parser("report", help="per tool action: its level, how many gate-ALLOWed calls people approved, edited "
+                                     "or rejected since it was last set, and proposed promotions / demotions")
+    state_args(q)
+    q.add_argument("--min-approvals", type=int, help="approvals (none edited or rejected) before auto is proposed "
+                                                     "(default: the config's autonomy_min_approvals)")
+    q.add_argument("--json", action="store_true", help="the report as JSON")
+    q.set_defaults(func=cmd_autonomy_report)
+    q = at.add_parser("set", help="record a level for one tool action (audited; a running server applies it)")
+    state_args(q)
+    q.add_argument("domain", help="a configured tool action, e.g. mail.send")
+    q.add_argument("level", help="ask (every allowed call waits for a person) or auto (allowed calls run)")
+    q.add_argument("--by", default=os.environ.get("USER", "operator"))
+    q.add_argument("--reason", help="why (kept in the audit log)")
+    q.set_defaults(func=cmd_autonomy_set)
     return parser
 
 

@@ -163,6 +163,11 @@ class ServerConfig:
     # --- agent tools (off when empty) ---
     tools: str = ""                             # tools YAML: which tools, where, autonomy per risk tier
     tool_max_steps: int = 6                     # tool rounds per request
+    # Staged autonomy: the levels (ask / auto per tool action) recorded with `so8t autonomy set`,
+    # a JSON file replaced atomically; unreadable means every action waits for a person (ask).
+    # Empty: autonomy.json next to audit_path.
+    autonomy_path: str = ""
+    autonomy_min_approvals: int = 20            # `so8t autonomy report` proposes auto after this many approvals, none edited or rejected
     # --- approvals and audit ---
     approvals_url: str = "sqlite:///so8t-state/approvals.db"  # any SQLAlchemy URL
     approval_ttl_s: float = 3600.0              # an unanswered approval expires (TIMEOUT, denied)
@@ -195,6 +200,7 @@ class ServerConfig:
         need(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         need(self.worker_interval_s > 0, "worker_interval_s", "must be > 0")
         need(self.admin_session_ttl_s > 0, "admin_session_ttl_s", "must be > 0")
+        need(self.autonomy_min_approvals >= 1, "autonomy_min_approvals", "must be >= 1")
         for item in self.redact_patterns:
             need("=" in item, "redact_patterns", f"expected 'name=regex', got {item!r}")
         need("://" in self.approvals_url, "approvals_url", "expected a database URL such as "

@@ -242,12 +242,14 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
         log.warning("shadow mode: the gate's decisions are logged but NOT enforced")
     toolloop = None
     if cfg.tools and backend is not None:
+        from so8t.agent.autonomy import store_for
         from so8t.agent.toolloop import ToolLoop
         from so8t.agent.tools.config import load_tools
 
         toolset, policy = load_tools(cfg.tools)
         toolloop = ToolLoop(gate, backend, toolset, policy, approvals, audit, max_steps=cfg.tool_max_steps,
-                            max_tokens=cfg.max_tokens)
+                            max_tokens=cfg.max_tokens, autonomy=store_for(cfg))
+        toolloop.autonomy.check()  # an unusable state is a warning at start (and 'ask' everywhere)
     router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
                     max_tokens=cfg.max_tokens, shadow=cfg.shadow, toolloop=toolloop)
     service = Service(cfg, gate, backend, approvals, audit, router)

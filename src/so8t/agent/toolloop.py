@@ -2,9 +2,17 @@
 validated, gated and checked against the autonomy policy BEFORE it runs.
 
     proposed call --validate (schema, sandbox, size)--> invalid: refused, told to the model
-                  --gate (conversation + the call)-----> REFUSE: refused
-                  --policy tier / gate ESCALATE--------> approval queue: runs once, exactly as approved
-                  --ALLOW + tier auto------------------> executed
+                  --gate (conversation + the call)-----> REFUSE (or config deny): refused
+                  --gate ESCALATE----------------------> approval queue (hold "gate")
+                  --ALLOW + autonomy ask---------------> approval queue (hold "autonomy")
+                  --ALLOW + auto, but the tool asks----> approval queue (hold "review")
+                  --ALLOW + autonomy auto--------------> executed
+                  a queued call runs once, exactly as approved
+
+The autonomy level of an action (so8t.agent.autonomy) is the one recorded with `so8t autonomy
+set`, else the tools config's (ask for 'approval', auto for 'auto'); it only adds a hold to what
+the gate ALLOWed. A hold that is not the gate's is marked in the queued item's stored decision
+(``hold``, and ``autonomy``: domain, level, source) and in the tool.escalated record.
     tool result   --gate--> anything but ALLOW: withheld from the model (indirect prompt injection)
 
 Models with native function calling get the tools as OpenAI `tools`; others get a documented
@@ -23,6 +31,7 @@ from typing import Any, Literal
 
 from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit import AuditLog
+from so8t.agent.autonomy import AutonomyStore, Level as AutonomyLevel
 from so8t.agent.tools import RISKS, ToolError, Toolset, ValidatedCall
 from so8t.canonical import hash_text
 from so8t.gate import Gate
@@ -60,11 +69,21 @@ class ToolPolicy:
                                  f"configured: {', '.join(sorted(toolset.actions))}")
         return cls(merged, dict(actions or {}))
 
+    def configured(self, name: str, risk: str) -> str:
+        """The config's level for an action: its `actions:` entry, else its risk tier's."""
+        return self.actions.get(name, self.tiers.get(risk, "approval"))
+
     def level(self, call: ValidatedCall) -> str:
         """The configured level; never 'auto' for a call its tool says needs a person
         (call.needs_approval, e.g. a SQL query whose cost is unbounded)."""
-        level = self.actions.get(call.name, self.tiers.get(call.risk, "approval"))
+        level = self.configured(call.name, call.risk)
         return "approval" if level == "auto" and call.needs_approval else level
+
+    def autonomy_defaults(self, toolset: Toolset) -> dict[str, str]:
+        """Every action of ``toolset`` -> its default autonomy level: ask, auto, or deny (the
+        config's, which autonomy never lifts)."""
+        words = {"auto": "auto", "approval": "ask", "deny": "deny"}
+        return {name: words[self.configured(name, a.risk)] for name, a in toolset.actions.items()}
 
 
 @dataclass
@@ -162,8 +181,9 @@ class LoopResult:
 class ToolLoop:
     def __init__(self, gate: Gate, llm, toolset: Toolset, policy: ToolPolicy, approvals: ApprovalQueue,
                  audit: AuditLog, *, native: bool | None = None, max_steps: int = 6, max_result_chars: int = 4000,
-                 max_tokens: int = 256):
+                 max_tokens: int = 256, autonomy: AutonomyStore | None = None):
         self.gate, self.llm, self.toolset, self.policy = gate, llm, toolset, policy
+        self.autonomy = autonomy if autonomy is not None else AutonomyStore(None)  # None: config levels only
         self.approvals, self.audit = approvals, audit
         self.native = hasattr(llm, "chat") if native is None else native
         self.max_steps, self.max_result_chars, self.max_tokens = max_steps, max_result_chars, max_tokens
@@ -237,9 +257,11 @@ class ToolLoop:
         self.audit.append("tool.proposed", {"requester": requester, "call": call.name, "risk": call.risk,
                                             "call_hash": call_hash, "summary": summary})
         decision = self.gate.decide(list(conversation) + [gate_turn(call)])
-        level = self.policy.level(call)
+        level, autonomy = self._level(call)
         record = {"requester": requester, "call": call.name, "call_hash": call_hash, "decision": decision.to_dict(),
                   "level": level}
+        if autonomy is not None:
+            record["autonomy"] = autonomy.to_dict()
         if call.needs_approval:
             record["needs_approval"] = call.needs_approval
         if decision.status == "busy":  # nothing was judged: refused, and nothing is queued for a person
@@ -252,12 +274,25 @@ class ToolLoop:
             return Step(call.name, "refused", why, call_hash=call_hash), f"refused: {why}; nothing was run"
         if decision.action == Action.ESCALATE or level == "approval":
             request = {"tool": call.name, "arguments": json.loads(call.canonical)["arguments"]}
-            item = self.approvals.submit(request, decision.to_dict(), requester, kind="tool_call")
-            self.audit.append("tool.escalated", {**record, "approval_id": item.id})
+            hold = "gate" if decision.action == Action.ESCALATE else (
+                "autonomy" if autonomy is not None and autonomy.level == "ask" else "review")
+            stored = decision.to_dict() if hold == "gate" else {**decision.to_dict(), "hold": hold,
+                                                                  "autonomy": record.get("autonomy")}
+            item = self.approvals.submit(request, stored, requester, kind="tool_call")
+            self.audit.append("tool.escalated", {**record, "hold": hold, "approval_id": item.id})
             detail = "waits for approval" + (f": {call.needs_approval}" if level == "approval" and call.needs_approval
                                              else "")
             return Step(call.name, "pending", detail, item.id, call_hash), ""
         return self._execute(call, call_hash, record)
+
+    def _level(self, call: ValidatedCall) -> tuple[str, AutonomyLevel | None]:
+        """(auto | approval | deny, the autonomy level applied; None for a config deny). 'auto'
+        only when the domain's autonomy is auto and the tool does not ask for a person."""
+        configured = self.policy.configured(call.name, call.risk)
+        if configured == "deny":
+            return "deny", None
+        lv = self.autonomy.level(call.name, default="auto" if configured == "auto" else "ask")
+        return ("auto" if lv.level == "auto" and not call.needs_approval else "approval"), lv
 
     def _execute(self, call: ValidatedCall, call_hash: str, record: dict) -> tuple[Step, str]:
         try:
