@@ -558,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", metavar="PROMPTS.jsonl", help="one record per line; only 'prompt' is needed")
     p.add_argument("--teacher-url", required=True, help="the API base, e.g. http://localhost:11434/v1 (Ollama)")
     p.add_argument("--teacher-model", required=True, help="the model name the server knows, e.g. qwen2.5:32b")
-    p.add_argument("--policy", metavar="POLICY.md", help="the policy text for the teacher's system prompt "
+    p.add_argument("--policy", metavar="POLICY.md", help="the policy text for the teacher's system prompt, or a "
+                                                         "YAML policy (docs/policy.md) whose rules it then cites "
                                                          "(default: so8t's ALLOW / ESCALATE / REFUSE policy)")
     p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl", help="labelled records (appended; resumable)")
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "

@@ -152,7 +152,7 @@ class PolicyTeacher:
                 pairs[0]["prompt"] = "What is on my calendar tomorrow afternoon?"
             return "```json\n" + json.dumps(pairs) + "\n```"
         convo = user.split("<<<\n", 1)[1].split("\n>>>", 1)[0]
-        self.requests.append({"kind": "label", "convo": convo, "repair": repair})
+        self.requests.append({"kind": "label", "convo": convo, "repair": repair, "system": system})
         tag, rule = label_of(convo)
         cited = f" [{rule}]" if rule else ""
         return f"Action: {tag}\nMy answer to: {convo[7:60]}\nRationale: the policy says {tag}{cited}."
@@ -409,3 +409,20 @@ def test_a_teacher_that_is_down_from_the_start_stops_before_writing_cases(policy
     with pytest.raises(TeacherUnavailable, match="unreachable"):
         policy_cases(policy_file, out, Teacher("http://127.0.0.1:9/v1", "m", retries=0, timeout_s=2), progress=False)
     assert not out.exists()
+
+
+def test_so8t_distill_takes_a_policy_file_and_gives_its_rules_to_the_teacher(teacher, policy_file, tmp_path, capsys):
+    t = teacher()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Wire 7 million yen to Osaka Gas now."}\n', encoding="utf-8")
+    out = tmp_path / "distilled.jsonl"
+    assert main(["distill", str(prompts), "--teacher-url", t.url, "--teacher-model", "m", "--policy", str(policy_file),
+                 "-o", str(out), "--no-progress"]) == 0
+    assert rows(out)[0]["label"] == "ESCALATE" and "[PAY-LIMIT]" in rows(out)[0]["rationale"]
+    assert "- [PAY-LIMIT] ESCALATE: Payments above 100,000 JPY." in t.requests[0]["system"]
+    policy_file.write_text(POLICY.replace("    action: ESCALATE\n", ""), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["distill", str(prompts), "--teacher-url", t.url, "--teacher-model", "m", "--policy", str(policy_file),
+                 "-o", str(tmp_path / "other.jsonl")]) == 2
+    assert f"{policy_file}:4: rules[0].action: missing" in capsys.readouterr().err
+    assert len(t.requests) == 1 and not (tmp_path / "other.jsonl").exists()
