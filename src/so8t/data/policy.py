@@ -311,7 +311,8 @@ def load_policy(path: str | Path) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([Problem(str(path), 0, "", f"cannot read: {getattr(exc, 'strerror', None) or exc}")]) from None
+        why = getattr(exc, "strerror", None) or exc
+        raise PolicyError([Problem(str(path), 0, "", f"cannot read: {why}")]) from None
     return parse_policy(text, str(path))
 
 
@@ -335,8 +336,8 @@ def render_policy(policy: Policy) -> str:
     for rule in policy.rules:
         lines.append(f"- [{rule.id}] {rule.action.name}: {rule.scope}")
         lines += [f"  - e.g. {_quote(p.prompt)}" for p in rule.precedents]
-    lines += ["", "In the rationale, cite the id of the rule that decides, in brackets, e.g. "
-                  f"[{policy.rules[0].id}]."]
+    example = policy.rules[0].id
+    lines += ["", f"In the rationale, cite the id of the rule that decides, in brackets, e.g. [{example}]."]
     return "\n".join(lines)
 
 

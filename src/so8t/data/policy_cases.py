@@ -318,7 +318,8 @@ class _Run:
         self.journal.write(self.appender, {"kind": "prompts", "rule": rule.id, "pairs": pairs})
 
     async def label(self, client: _Client, rule: Rule, k: int, pair: dict, bar: tqdm) -> None:
-        conversations = [teacher_messages(Record(prompt=text), self.policy_text) for text in (pair["prompt"], pair["twin"])]
+        conversations = [teacher_messages(Record(prompt=text), self.policy_text)
+                         for text in (pair["prompt"], pair["twin"])]
         try:
             answers = await ask_all(client, conversations, 0.0)  # labels: the teacher's most likely answer
         except RowFailure as f:
@@ -345,7 +346,8 @@ class _Run:
         client = _Client(self.teacher, concurrency)
         try:
             await _together(self.generate(client, r) for r in self.policy.rules if r.id not in self.journal.prompts)
-            todo = [(rule, k, pair) for rule in self.policy.rules for k, pair in enumerate(self.journal.prompts.get(rule.id, []))
+            todo = [(rule, k, pair) for rule in self.policy.rules
+                    for k, pair in enumerate(self.journal.prompts.get(rule.id, []))
                     if (rule.id, k) not in self.journal.pairs]
             with tqdm(total=len(todo), desc="policy cases", unit="pair", disable=not self.progress,
                       dynamic_ncols=True) as bar:
@@ -393,14 +395,16 @@ def dedup_cases(cases: Sequence[Record], fixed: Sequence[Record],
     for i, j, score in near_duplicate_pairs(texts, threshold):
         if i < len(fixed) <= j:
             near.setdefault(j - len(fixed), (fixed[i].id or "?", score))
-    dropped += [(kept[k].id, f"a near copy (Jaccard {s:.2f}) of built-in row {fid}") for k, (fid, s) in sorted(near.items())]
+    dropped += [(kept[k].id, f"a near copy (Jaccard {s:.2f}) of built-in row {fid}")
+                for k, (fid, s) in sorted(near.items())]
     return [r for k, r in enumerate(kept) if k not in near], dropped
 
 
 def side_paths(out: Path) -> tuple[Path, Path, Path]:
     """CASES.test.jsonl, CASES.review.jsonl and CASES.teacher.jsonl, next to CASES."""
     stem = out.name.removesuffix(".jsonl")
-    return tuple(out.with_name(f"{stem}.{kind}.jsonl") for kind in ("test", "review", "teacher"))  # type: ignore[return-value]
+    test, review, journal = (out.with_name(f"{stem}.{kind}.jsonl") for kind in ("test", "review", "teacher"))
+    return test, review, journal
 
 
 def refuse_foreign(path: Path) -> None:

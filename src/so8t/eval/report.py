@@ -324,7 +324,8 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
             # per source too: "did adding data X cost recall on set Y" is a per-set question
             out["systems"][name]["by_source"] = {g: m.as_dict() for g, m in breakdown(y, system_preds[name], sources).items()}
         if rules:
-            out["systems"][name]["by_rule"] = {g: m.as_dict() for g, m in breakdown(y, system_preds[name], rules).items()}
+            by_rule = breakdown(y, system_preds[name], rules)
+            out["systems"][name]["by_rule"] = {g: m.as_dict() for g, m in by_rule.items()}
     out["lm_tag_agrees_with_gate"] = float(np.mean(system_preds["lm_tag"] == pred))
     if has_pairs(recs):
         out["contrast"] = contrast_report(recs, pred)
