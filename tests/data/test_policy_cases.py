@@ -404,6 +404,21 @@ def test_a_journal_from_another_teacher_is_refused_naming_its_line(teacher, poli
     assert t.requests == [] and side_paths(out)[2].read_bytes() == before
 
 
+def test_a_hand_edited_journal_line_is_named_not_a_crash(teacher, policy_file, tmp_path):
+    t = teacher()
+    out = tmp_path / "cases.jsonl"
+    policy_cases(policy_file, out, fast(t), per_rule=1, progress=False)
+    journal = side_paths(out)[2]
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    broken = json.loads(lines[0])
+    del broken["pairs"]
+    journal.write_text("\n".join([json.dumps(broken)] + lines[1:]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        policy_cases(policy_file, out, fast(t), per_rule=1, progress=False)
+    first = info.value.problems[0]
+    assert (first.line, first.field) == (1, "prompts") and "not as so8t policy cases writes it" in first.message
+
+
 def test_a_teacher_that_is_down_from_the_start_stops_before_writing_cases(policy_file, tmp_path):
     out = tmp_path / "cases.jsonl"
     with pytest.raises(TeacherUnavailable, match="unreachable"):

@@ -233,6 +233,8 @@ class Journal:
         if wrong or obj["kind"] == "failure":
             self.failures += obj["kind"] == "failure"
             return wrong
+        if not _well_formed(obj):
+            return [Problem(file, line, obj["kind"], f"not as so8t policy cases writes it{hint}")]
         if obj["kind"] == "prompts":
             self.prompts[obj["rule"]] = obj["pairs"]
             return []
@@ -247,6 +249,18 @@ class Journal:
 
     def write(self, appender: _Appender, obj: dict[str, Any]) -> None:
         appender.write({**obj, **self.stamp})
+
+
+def _well_formed(obj: dict[str, Any]) -> bool:
+    """A 'prompts' or 'pair' journal line has the fields the run reads, of the right types."""
+    if not isinstance(obj.get("rule"), str):
+        return False
+    if obj["kind"] == "prompts":
+        return isinstance(obj.get("pairs"), list) and all(
+            isinstance(p, dict) and isinstance(p.get("prompt"), str) and isinstance(p.get("twin"), str)
+            for p in obj["pairs"])
+    return (isinstance(obj.get("k"), int) and isinstance(obj.get("review"), str)
+            and isinstance(obj.get("rows"), list) and len(obj["rows"]) == 2)
 
 
 # ---------------------------------------------------------------- the run
