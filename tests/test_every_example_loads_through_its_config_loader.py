@@ -1,7 +1,8 @@
 """Issue 17, item 12: the README points at files in examples/, and each must load as shipped
 through the loader its command uses: server.yaml as `so8t serve --config` reads it (ServerConfig),
 train.yaml as `so8t train --config` reads it (TrainConfig, and its --dry-run plan), tools.yaml
-through so8t.agent.tools.config.load_tools, whose sandbox (examples/sandbox) is shipped with it.
+through so8t.agent.tools.config.load_tools, whose sandbox (examples/sandbox) is shipped with it,
+policy-*.yaml as `so8t policy cases` reads it (so8t.data.policy.load_policy).
 A new example file without a loader here fails the test, so none goes unchecked."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from so8t.agent.tools.config import load_tools
 from so8t.cli import main
 from so8t.config import ServerConfig, TrainConfig, load_yaml, resolve
+from so8t.data.policy import load_policy
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -37,7 +39,13 @@ def _tools(path: Path) -> None:
     assert rows == [[3]]
 
 
-LOADERS = {"server.yaml": _server, "train.yaml": _train, "tools.yaml": _tools}
+def _policy(path: Path) -> None:
+    policy = load_policy(path)
+    assert len(policy.rules) >= 5 and {r.action.name for r in policy.rules} == {"ALLOW", "ESCALATE", "REFUSE"}
+
+
+LOADERS = {"server.yaml": _server, "train.yaml": _train, "tools.yaml": _tools,
+           "policy-en.yaml": _policy, "policy-ja.yaml": _policy}
 
 
 def test_every_file_in_examples_has_a_loader_here():

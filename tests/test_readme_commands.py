@@ -13,7 +13,8 @@ Guarantees, for every fenced ```bash block of README.md (English and Japanese pa
 - every file it mentions that ships with the repository (examples/*.yaml, scripts/*.sh,
   bench/*.py, heldout/*.jsonl, ./setup.sh) exists;
 - the cheap ones (RUNNABLE below: help, validating the built-in sets, the training dry-run,
-  listing importers, reading the approvals queue and the audit log) run as subprocesses in a
+  listing importers, reading the approvals queue and the audit log, checking the example policy
+  and writing its precedents as cases) run as subprocesses in a
   temporary folder, so nothing in the repository changes, and exit 0.
 
 Placeholders (ID, RUN, my.jsonl, runs/quick) are fine as positional values: only what the
@@ -385,6 +386,8 @@ def _runnable(argv: tuple[str, ...]) -> bool:
         return "--dry-run" in argv and "--config" not in argv and "--resume" not in argv
     if argv[:2] in {("approvals", "list"), ("audit", "verify"), ("audit", "tail")}:
         return "--config" in argv  # the example config: a fresh state folder under the temporary cwd
+    if argv[:2] in {("policy", "check"), ("policy", "cases")}:
+        return "--teacher-url" not in argv  # the example policy; the cases land under the temporary cwd
     return False
 
 
@@ -460,7 +463,7 @@ def test_the_cheap_readme_commands_run_as_written_and_exit_0(commands, tmp_path)
     assert (ROOT / "so8t-state").exists() == state_before  # the example config's state went to tmp_path
     expected = {("data", "validate"): "OK", ("data", "import"): "do-not-answer", ("train",): "peak GPU memory",
                 ("approvals", "list"): "no approval requests", ("audit", "verify"): "OK: 2 records",
-                ("audit", "tail"): "readme.test"}
+                ("audit", "tail"): "readme.test", ("policy", "check"): "OK", ("policy", "cases"): "per rule (train/test)"}
     shown = next(v for k, v in expected.items() if argv[:len(k)] == k)
     assert shown in res.stdout, f"{where}: `{command.text}` printed:\n{res.stdout[-2000:]}"
 

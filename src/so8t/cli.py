@@ -109,9 +109,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from so8t.data.distill import Teacher, TeacherUnavailable, api_key_from_env, distill
+    from so8t.data.policy import is_policy_file, load_policy, render_policy
 
     policy = None
-    if args.policy:
+    if args.policy and is_policy_file(args.policy):  # a YAML policy (so8t policy): its rules, rendered for the teacher
+        policy = render_policy(load_policy(args.policy))
+    elif args.policy:
         try:
             policy = Path(args.policy).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -132,6 +135,48 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 2
     print(summary.format())
     return 1 if summary.failed else 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    """Validate a policy file (every problem with file, line and field) and list its rules."""
+    from so8t.data.policy import load_policy
+
+    policy = load_policy(args.policy)
+    print(f"{args.policy}: OK, {policy.name}: {len(policy.rules)} rule(s)")
+    for rule in policy.rules:
+        print(f"  {rule.id:<20} {rule.action.name:<9} {len(rule.precedents)} precedent(s)  {rule.scope[:70]}")
+    return 0
+
+
+def cmd_policy_cases(args: argparse.Namespace) -> int:
+    """A policy's rules as training cases; exit 0 when done, 1 when some teacher requests failed (a
+    re-run asks them again), 2 when the run stopped (every answer so far is kept)."""
+    from pathlib import Path
+
+    from so8t.data.distill import Teacher, TeacherUnavailable, api_key_from_env
+    from so8t.data.policy_cases import policy_cases, side_paths
+
+    teacher = None
+    if bool(args.teacher_url) != bool(args.teacher_model):
+        raise ValueError("--teacher-url and --teacher-model go together")
+    if args.teacher_url:
+        teacher = Teacher(args.teacher_url, args.teacher_model, api_key_from_env(args.api_key_env),
+                          timeout_s=args.timeout, retries=args.retries, temperature=args.temperature,
+                          max_tokens=args.max_tokens)
+    elif args.per_rule is not None:
+        raise ValueError("--per-rule needs a teacher (--teacher-url and --teacher-model); without one the cases "
+                         "are the policy's precedents")
+    try:
+        summary = policy_cases(args.policy, args.out, teacher, per_rule=args.per_rule or 4,
+                               test_fraction=args.test_fraction, seed=args.seed, concurrency=args.concurrency,
+                               progress=not args.no_progress)
+    except TeacherUnavailable as exc:
+        journal = side_paths(Path(args.out))[2]
+        print(f"so8t: error: {exc}; every answer so far is kept in {journal}: run the same command again to go on",
+              file=sys.stderr)
+        return 2
+    print(summary.format())
+    return 1 if summary.failures else 0
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -545,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", metavar="PROMPTS.jsonl", help="one record per line; only 'prompt' is needed")
     p.add_argument("--teacher-url", required=True, help="the API base, e.g. http://localhost:11434/v1 (Ollama)")
     p.add_argument("--teacher-model", required=True, help="the model name the server knows, e.g. qwen2.5:32b")
-    p.add_argument("--policy", metavar="POLICY.md", help="the policy text for the teacher's system prompt "
+    p.add_argument("--policy", metavar="POLICY.md", help="the policy text for the teacher's system prompt, or a "
+                                                         "YAML policy (docs/policy.md) whose rules it then cites "
                                                          "(default: so8t's ALLOW / ESCALATE / REFUSE policy)")
     p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl", help="labelled records (appended; resumable)")
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
@@ -560,6 +606,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_distill)
+
+    pol = sub.add_parser("policy", help="a written policy (YAML rules) as training cases").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True)
+    q = pol.add_parser("check", help="validate a policy file and list its rules")
+    q.add_argument("policy", metavar="POLICY.yaml")
+    q.set_defaults(func=cmd_policy_check)
+    q = pol.add_parser("cases", help="every rule's precedents, and with a teacher N new prompts per rule with their "
+                                     "twins, as labelled cases: CASES.jsonl (train) and CASES.test.jsonl",
+                       description="Turn a written policy into training cases (docs/policy.md).")
+    q.add_argument("policy", metavar="POLICY.yaml", help="the policy (format: docs/policy.md, examples/policy-en.yaml)")
+    q.add_argument("-o", "--out", required=True, metavar="CASES.jsonl",
+                   help="training cases; the test cases go to CASES.test.jsonl beside it")
+    q.add_argument("--teacher-url", help="OpenAI-compatible API base of the teacher, e.g. http://localhost:11434/v1")
+    q.add_argument("--teacher-model", help="the model name the teacher's server knows")
+    q.add_argument("--per-rule", type=int, help="new prompts per rule, each with its twin (default 4; needs a teacher)")
+    q.add_argument("--test-fraction", type=float, default=0.2,
+                   help="share of the cases held out in CASES.test.jsonl (default 0.2; 0: none)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    q.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
+                                                       "(default: SO8T_TEACHER_API_KEY when set)")
+    q.add_argument("--temperature", type=float, help="for writing new prompts (default 0.8; labels are asked at 0)")
+    q.add_argument("--max-tokens", type=int, help="cap on each teacher answer (default: the server's)")
+    q.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    q.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    q.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_policy_cases)
 
     p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
                        description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.")

@@ -332,8 +332,14 @@ async def ask_once(client: _Client, messages: list[dict[str, str]], temperature:
 async def ask_samples(client: _Client, messages: list[dict[str, str]], samples: int,
                       temperature: float) -> list[ParsedResponse]:
     """K answers, asked together; when any fails, the prompt fails (refused before malformed before error)."""
-    got = await asyncio.gather(*(ask_once(client, messages, temperature) for _ in range(samples)),
-                               return_exceptions=True)
+    return await ask_all(client, [messages] * samples, temperature)
+
+
+async def ask_all(client: _Client, conversations: list[list[dict[str, str]]],
+                  temperature: float) -> list[ParsedResponse]:
+    """One answer per conversation, asked together; when any fails, all fail (refused before malformed
+    before error)."""
+    got = await asyncio.gather(*(ask_once(client, m, temperature) for m in conversations), return_exceptions=True)
     for exc in got:
         if isinstance(exc, BaseException) and not isinstance(exc, RowFailure):
             raise exc

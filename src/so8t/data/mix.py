@@ -2,7 +2,8 @@
 
 The built-in sets (builtin, contrast) keep their fixed splits. Other files are pooled, exact duplicates (normalised
 text) are dropped, anything that near-duplicates a built-in prompt is dropped, and the rest is
-split with near-duplicate groups kept on one side. Files given as dev/test are used as they are.
+split with near-duplicate groups, and twin pairs (rows sharing `meta.pair`, as `so8t policy
+cases` writes them), kept on one side. Files given as dev/test are used as they are.
 """
 from __future__ import annotations
 
@@ -81,6 +82,11 @@ def drop_duplicates(records: Sequence[Record], fixed: Sequence[Record] = (),
     return kept, dropped
 
 
+def pair_keys(records: Sequence[Record]) -> list[object]:
+    """Each record's twin-pair key (`meta.pair`, None when it has none): a pair stays in one split."""
+    return [(r.meta or {}).get("pair") if isinstance((r.meta or {}).get("pair"), str) else None for r in records]
+
+
 def weigh_sources(records: Sequence[Record], weights: Mapping[str, float], seed: int = 0) -> list[Record]:
     """The training rows with each source's share scaled by its weight: a weight w keeps every
     row floor(w) times and a seeded random (w - floor(w)) fraction of them once more, so 0.25
@@ -122,7 +128,8 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
         fractions = (1.0, 0.0, 0.0)
     elif dev_data or test_data:
         fractions = (0.9, 0.0, 0.1) if dev_data else (0.9, 0.1, 0.0)
-    parts = split_records(extra, fractions, seed, threshold) if extra else {s: [] for s in SPLITS}
+    parts = split_records(extra, fractions, seed, threshold, together=pair_keys(extra)) if extra else \
+        {s: [] for s in SPLITS}
     mix = Mix(
         train=base["train"] + parts["train"],
         dev=_load(dev_data, "dev") if dev_data else base["dev"] + parts["dev"],
@@ -153,4 +160,4 @@ def split_files(paths: Sequence[str], against: Sequence[str] = BUILTIN_SETS,
         raise ValueError(f"unknown built-in set(s) {unknown}; available: {', '.join(BUILTIN_SETS)}")
     fixed = [r for s in SPLITS for r in _fixed(against, s)]
     records, dropped = drop_duplicates(read_many(paths), fixed, threshold)
-    return split_records(records, fractions, seed, threshold), dropped
+    return split_records(records, fractions, seed, threshold, together=pair_keys(records)), dropped

@@ -22,9 +22,11 @@ def split_records(
     seed: int = 0,
     threshold: float = 0.8,
     together: Sequence[object] | None = None,
+    strata: Sequence[str] | None = None,
 ) -> dict[str, list[Record]]:
     """`together`: an optional key per record (None for none); records sharing a key (a twin
-    pair) go to one split, as near-duplicates do."""
+    pair) go to one split, as near-duplicates do. `strata`: an optional key per record to
+    stratify by instead of the label (a policy's rule id, so every rule is in every split)."""
     if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     first: dict[object, int] = {}
@@ -33,11 +35,11 @@ def split_records(
     members: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)
-    # A group's stratum is the label of its first member.
+    # A group's stratum is the label (or the given stratum) of its first member.
     by_label: dict[str, list[int]] = defaultdict(list)
     for g, idx in members.items():
         lab = records[idx[0]].label
-        by_label[lab.name if lab is not None else "?"].append(g)
+        by_label[strata[idx[0]] if strata is not None else lab.name if lab is not None else "?"].append(g)
     rng = random.Random(seed)
     out: dict[str, list[Record]] = {s: [] for s in SPLITS}
     for lab in sorted(by_label):

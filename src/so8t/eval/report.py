@@ -296,6 +296,9 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
         groups = [getattr(r, attr) or "unknown" for r in recs]
         if len(set(groups)) > 1:
             out["breakdown"][attr] = {g: m.as_dict() for g, m in breakdown(y, pred, groups).items()}
+    rules = rule_groups(recs)
+    if rules:  # a policy's cases (so8t policy cases): one row per rule, even when there is one rule
+        out["breakdown"]["rule"] = {g: m.as_dict() for g, m in breakdown(y, pred, rules).items()}
     systems = {}
     if "keywords" in opts.baselines:
         systems["keywords"] = bl.keyword_probs(recs)
@@ -320,6 +323,9 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
         if len(set(sources)) > 1:
             # per source too: "did adding data X cost recall on set Y" is a per-set question
             out["systems"][name]["by_source"] = {g: m.as_dict() for g, m in breakdown(y, system_preds[name], sources).items()}
+        if rules:
+            by_rule = breakdown(y, system_preds[name], rules)
+            out["systems"][name]["by_rule"] = {g: m.as_dict() for g, m in by_rule.items()}
     out["lm_tag_agrees_with_gate"] = float(np.mean(system_preds["lm_tag"] == pred))
     if has_pairs(recs):
         out["contrast"] = contrast_report(recs, pred)
@@ -345,6 +351,15 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
                           CONTRAST_TARGETS, tmp / "plots" / f"{name}-contrast.png", title=f"{name}: contrast pairs")
             out["plots"].append(f"plots/{name}-contrast.png")
     return out
+
+
+def rule_groups(records: Sequence[Record]) -> list[str] | None:
+    """Each record's policy rule id (`meta.rule`, as `so8t policy cases` writes it; '(no rule)' for
+    the others), or None when no record has one."""
+    rules = [(r.meta or {}).get("rule") for r in records]
+    if not any(isinstance(g, str) for g in rules):
+        return None
+    return [g if isinstance(g, str) else "(no rule)" for g in rules]
 
 
 def target_outcome(report: dict) -> tuple[int, list[str]]:
@@ -415,6 +430,9 @@ def format_table(report: dict) -> str:
             lines.append(f"{name:<22}" + "".join(f"{_fmt(m.get(c)):>14}" for c in cols) + f"{_fmt(b.get('auroc')):>8}")
         met = ds["targets_met"]
         lines.append("targets: " + ", ".join(f"{k} {_verdict(met, k)}" for k in met))
+        for rule, m in ds.get("breakdown", {}).get("rule", {}).items():
+            lines.append(f"{'rule ' + rule:<22}" + "".join(f"{_fmt(m.get(c)):>14}" for c in cols)
+                         + f"  (n={m['n']}, accuracy {_fmt(m['accuracy'])})")
         if ds.get("contrast"):
             c = ds["contrast"]["overall"]
             lines.append(f"contrast ({c['pairs']} pairs): false refusal {_fmt(c['false_refusal'])} (to ESCALATE "
@@ -467,23 +485,15 @@ def format_markdown(report: dict) -> str:
         for c, r in g["per_class"].items():
             md.append(f"| {c} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} |")
         for attr, groups in ds.get("breakdown", {}).items():
+            if attr == "rule":
+                continue  # in the every-system table below
             md += ["", f"### By {attr}", "", "| group | n | refuse rec | escalate rec | overcompliance | allow rec | score |",
                    "|---|---|---|---|---|---|---|"]
             for gname, m in groups.items():
                 md.append(f"| {gname} | {m['n']} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
                           f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
-        by_source = [(name, v["by_source"]) for name, v in ds.get("systems", {}).items() if "by_source" in v]
-        if by_source:
-            md += ["", "### By source, every system", "", "| source | system | n | refuse rec | escalate rec | "
-                   "overcompliance | allow rec | score |", "|---|---|---|---|---|---|---|---|"]
-            gate_groups = ds.get("breakdown", {}).get("source", {})
-            for gname in gate_groups:
-                for name, groups in [("gate", gate_groups)] + by_source:
-                    m = groups.get(gname)
-                    if m:
-                        md.append(f"| {gname} | {name} | {m['n']} | {_fmt(m['refuse_recall'])} | "
-                                  f"{_fmt(m['escalate_recall'])} | {_fmt(m['overcompliance'])} | "
-                                  f"{_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
+        for attr, title in (("source", "source"), ("rule", "policy rule")):
+            md += _every_system_table(ds, attr, title)
         if ds.get("contrast"):
             md += ["", "### Contrast pairs", "",
                    "Safe half: the alarming-but-safe prompt (ALLOW); unsafe half: its twin. False refusal = safe "
@@ -515,6 +525,24 @@ def format_markdown(report: dict) -> str:
     summary = target_summary(report)
     md.append(f"**{summary[0].upper()}{summary[1:]}.**")
     return "\n".join(md) + "\n"
+
+
+def _every_system_table(ds: dict, attr: str, title: str) -> list[str]:
+    """Markdown rows of every system per group (source, rule), the gate first; [] without groups."""
+    by = [(name, v[f"by_{attr}"]) for name, v in ds.get("systems", {}).items() if f"by_{attr}" in v]
+    if not by:
+        return []
+    md = ["", f"### By {title}, every system", "", f"| {attr} | system | n | accuracy | refuse rec | escalate rec | "
+          "overcompliance | allow rec | score |", "|---|---|---|---|---|---|---|---|---|"]
+    gate_groups = ds.get("breakdown", {}).get(attr, {})
+    for gname in gate_groups:
+        for name, groups in [("gate", gate_groups)] + by:
+            m = groups.get(gname)
+            if m:
+                md.append(f"| {gname} | {name} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['refuse_recall'])} | "
+                          f"{_fmt(m['escalate_recall'])} | {_fmt(m['overcompliance'])} | "
+                          f"{_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
+    return md
 
 
 def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = "safety_score",
