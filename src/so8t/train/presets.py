@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # LM head would otherwise double the step time. Checkpoints are selected on the dev safety
     # score (the seed's choice): selected on macro F1 an earlier run kept its last step, with
     # dev refuse recall 0.67 and overcompliance 0.12 against 0.81 and 0.04 for the probed head
-    # at step 0 (README, "Which checkpoint").
+    # at step 0 (README, "Train a gate").
     # LoRA gets one short chance (dev evaluation after 10 steps, patience 1): in the three runs
     # before, no LoRA step beat the probed head on dev and 20 of 40 minutes went to steps that
     # were thrown away. Training goes on (up to 100 steps) while every evaluation improves on dev.
