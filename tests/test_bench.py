@@ -82,3 +82,18 @@ def test_probe_heldout_calibrate_chooses_thresholds_on_the_dev_sets_only(tiny_mo
     assert len([ln for ln in out.stdout.splitlines() if "dev thr |" in ln]) == 2
     out = subprocess.run(base + ["--test", str(tmp_path / "held.jsonl")], capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "needs at least one '<set>:dev'" in out.stderr
+
+
+def test_load_runs_so8t_serve_with_batching_off_and_on_and_prints_every_level():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--model", "tiny", "--requests", "8",
+                          "--concurrency", "1", "4", "16", "--time-limit-s", "240", "--startup-s", "240"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    rows = [r.split() for r in out.stdout.splitlines() if r.split()[:1] in (["off"], ["on"]) and len(r.split()) == 12]
+    assert [(r[0], int(r[1])) for r in rows] == [(s, c) for s in ("off", "on") for c in (1, 4, 16)]
+    for r in rows:
+        ok, errors, skipped = int(r[2]), int(r[3]), int(r[4])
+        assert (ok, errors, skipped) == (8, 0, 0)
+        assert float(r[9]) > 0 and float(r[10]) > 0      # the server's RSS, before and after
+    assert all(float(r[11]) == 1.0 for r in rows if r[0] == "off")   # batching off: one request per pass
+    assert out.stdout.count("target") == 8

@@ -44,18 +44,32 @@ def gate_factory(tiny_run):
         g.close()
 
 
-def together(fn, args: list) -> list:
-    """fn(*a) for every a, all started at once on their own threads; results in order."""
+def one_round(g: Gate, monkeypatch, fn, args: list) -> list:
+    """fn(*a) for every a, each on its own thread, all queued while one more request ("hold")
+    keeps the worker busy, so the worker takes them as one round; results in order."""
+    real, entered, release = g.model.forward, threading.Event(), threading.Event()
+
+    def forward(*a, **k):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(g.model, "forward", forward)
+    hold = threading.Thread(target=g.decide, args=("hold",))
+    hold.start()
+    assert entered.wait(30)
     out: list = [None] * len(args)
-    start = threading.Barrier(len(args))
 
     def one(k: int) -> None:
-        start.wait()
         out[k] = fn(*args[k])
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(args))]
     for t in threads:
         t.start()
-    for t in threads:
+    end = time.monotonic() + 30
+    while g.queue_state()["queued"] < len(args) and time.monotonic() < end:
+        time.sleep(0.005)
+    release.set()
+    for t in [hold, *threads]:
         t.join(60)
     return out
 
@@ -70,12 +84,12 @@ def marked(tokenizer, poison: str, others: list) -> int:
     return mine[0]
 
 
-def test_requests_arriving_together_get_one_pass_and_the_decisions_they_get_alone(gate_factory):
+def test_requests_arriving_together_get_one_pass_and_the_decisions_they_get_alone(gate_factory, monkeypatch):
     alone_gate = gate_factory(batching=False)
     alone = [alone_gate.decide(p) for p in PROMPTS]
-    g = gate_factory(batch_window_ms=500, batch_max=32)
-    batched = together(g.decide, [(p,) for p in PROMPTS])
-    assert g.batch_sizes == {len(PROMPTS): 1}          # one round held them all
+    g = gate_factory(batch_max=32)
+    batched = one_round(g, monkeypatch, g.decide, [(p,) for p in PROMPTS])
+    assert g.batch_sizes == {1: 1, len(PROMPTS): 1}     # the held request, then one round for them all
     assert alone_gate.batch_sizes == {1: len(PROMPTS)}
     for a, b in zip(alone, batched, strict=True):
         assert (b.status, b.action, b.reason) == ("ok", a.action, a.reason)
@@ -85,34 +99,40 @@ def test_requests_arriving_together_get_one_pass_and_the_decisions_they_get_alon
 
 
 def test_a_batch_never_holds_more_prompts_than_batch_max(gate_factory, monkeypatch):
-    g = gate_factory(batch_window_ms=500, batch_max=3)
+    g = gate_factory(batch_max=3)
     widths = []
     real = g.model.forward
     monkeypatch.setattr(g.model, "forward", lambda ids, *a, **k: (widths.append(ids.size(0)), real(ids, *a, **k))[1])
-    out = together(g.decide, [(f"List the files in folder {k}",) for k in range(7)])
+    out = one_round(g, monkeypatch, g.decide, [(f"List the files in folder {k}",) for k in range(7)])
     assert all(d.status == "ok" for d in out)
-    assert max(widths) <= 3 and sum(widths) == 7 and sum(g.batch_sizes.values()) == len(widths)
+    assert widths == [1, 3, 3, 1] and g.batch_sizes == {1: 2, 3: 2}   # the held one, then 3 + 3 + 1
 
 
-def test_a_request_waits_for_others_no_longer_than_the_window(gate_factory):
-    g = gate_factory(batch_window_ms=300)
-    g.decide("hi")  # warm-up
+def test_a_request_waits_for_others_no_longer_than_the_window_and_only_while_requests_come_together(
+        gate_factory, monkeypatch):
+    g = gate_factory(batch_window_ms=1000)
     t0 = time.monotonic()
-    d = g.decide("List my files")
-    took = time.monotonic() - t0
-    assert d.status == "ok" and 0.3 <= took < 0.3 + 2.0
-    assert g.batch_sizes[1] == 2
+    assert g.decide("hi").status == "ok"                 # a lone request, nobody came with it: no wait
+    assert time.monotonic() - t0 < 1.0
+    one_round(g, monkeypatch, g.decide, [("List my files",), ("hi there",)])
+    assert g.batch_sizes == {1: 2, 2: 1}
+    t0 = time.monotonic()
+    assert g.decide("List my files").status == "ok"      # after a shared round: waits the window, no longer
+    assert 1.0 <= time.monotonic() - t0 < 1.0 + 2.0
+    t0 = time.monotonic()
+    assert g.decide("List my files").status == "ok"      # alone again: no wait
+    assert time.monotonic() - t0 < 1.0
 
 
-def test_a_batched_prefill_is_the_rows_own_cache_and_generates_what_it_would_alone(gate_factory):
+def test_a_batched_prefill_is_the_rows_own_cache_and_generates_what_it_would_alone(gate_factory, monkeypatch):
     convos = [[{"role": "user", "content": p}] for p in PROMPTS if isinstance(p, str)][:4]
     alone_gate = gate_factory(batching=False)
     backend = InProcessBackend(alone_gate)
     alone = [alone_gate.decide_with_prefill(c) for c in convos]
     texts = [backend.complete(c, max_tokens=6, prefill=p) for c, (_, p) in zip(convos, alone, strict=True)]
-    g = gate_factory(batch_window_ms=500)
-    batched = together(g.decide_with_prefill, [(c,) for c in convos])
-    assert g.batch_sizes == {len(convos): 1}
+    g = gate_factory()
+    batched = one_round(g, monkeypatch, g.decide_with_prefill, [(c,) for c in convos])
+    assert g.batch_sizes == {1: 1, len(convos): 1}
     for (a, pa), (b, pb), c, text in zip(alone, batched, convos, texts, strict=True):
         assert b.action == a.action and np.allclose(b.probs, a.probs, atol=1e-5)
         assert torch.equal(pb.input_ids, pa.input_ids)   # no padding carried into the answer
@@ -123,7 +143,7 @@ def test_a_batched_prefill_is_the_rows_own_cache_and_generates_what_it_would_alo
 def test_an_exception_in_a_batched_pass_fails_only_the_request_that_causes_it(gate_factory, monkeypatch):
     prompts = [p for p in PROMPTS if isinstance(p, str)][:5]
     poison = "§§ poison §§"
-    g = gate_factory(batch_window_ms=500)
+    g = gate_factory()
     alone = [g.decide(p) for p in prompts]
     bad = marked(g.tokenizer, poison, prompts)
     real = g.model.forward
@@ -133,7 +153,7 @@ def test_an_exception_in_a_batched_pass_fails_only_the_request_that_causes_it(ga
             raise RuntimeError("this batch holds the poison token")
         return real(ids, *a, **k)
     monkeypatch.setattr(g.model, "forward", forward)
-    out = together(g.decide, [(p,) for p in [*prompts, poison]])
+    out = one_round(g, monkeypatch, g.decide, [(p,) for p in [*prompts, poison]])
     assert (out[-1].status, out[-1].action, out[-1].probs) == ("error", Action.REFUSE, None)
     assert "poison token" in out[-1].reason
     for a, b in zip(alone, out[:-1], strict=True):
@@ -144,7 +164,7 @@ def test_an_exception_in_a_batched_pass_fails_only_the_request_that_causes_it(ga
 def test_a_nan_row_fails_only_its_own_request(gate_factory, monkeypatch):
     prompts = [p for p in PROMPTS if isinstance(p, str)][:4]
     poison = "§§ poison §§"
-    g = gate_factory(batch_window_ms=500)
+    g = gate_factory()
     bad = marked(g.tokenizer, poison, prompts)
     real = g.model.forward
 
@@ -154,8 +174,8 @@ def test_a_nan_row_fails_only_its_own_request(gate_factory, monkeypatch):
         out.head_logits = torch.where(rows[:, None], torch.full_like(out.head_logits, float("nan")), out.head_logits)
         return out
     monkeypatch.setattr(g.model, "forward", forward)
-    out = together(g.decide, [(p,) for p in [poison, *prompts]])
-    assert g.batch_sizes == {len(prompts) + 1: 1}
+    out = one_round(g, monkeypatch, g.decide, [(p,) for p in [poison, *prompts]])
+    assert g.batch_sizes == {1: 1, len(prompts) + 1: 1}
     assert (out[0].status, out[0].action) == ("error", Action.REFUSE) and "invalid probabilities" in out[0].reason
     assert all(d.status == "ok" for d in out[1:])
 
@@ -163,13 +183,15 @@ def test_a_nan_row_fails_only_its_own_request(gate_factory, monkeypatch):
 @pytest.mark.parametrize("fail_action", ["REFUSE", "ESCALATE"])
 def test_a_batch_that_times_out_never_allows_even_when_the_thresholds_allow_everything(
         gate_factory, run_with_thresholds, monkeypatch, fail_action):
-    g = gate_factory(run_with_thresholds(1.0, 0.0), batch_window_ms=200, timeout_s=0.6, fail_action=fail_action)
+    g = gate_factory(run_with_thresholds(1.0, 0.0), timeout_s=1.0, fail_action=fail_action)
     assert g.decide("List my files").action == Action.ALLOW      # the gate allows everything
     real = g.model.forward
-    monkeypatch.setattr(g.model, "forward", lambda *a, **k: (time.sleep(1.5), real(*a, **k))[1])
-    out = together(g.decide, [(f"List the files in folder {k}",) for k in range(4)])
+    # a batched pass hangs past every deadline (a pass of one request does not)
+    monkeypatch.setattr(g.model, "forward", lambda ids, *a, **k: (time.sleep(2.0 * (ids.size(0) > 1)),
+                                                                  real(ids, *a, **k))[1])
+    out = one_round(g, monkeypatch, g.decide, [(f"List the files in folder {k}",) for k in range(4)])
     assert [(d.status, d.action.name) for d in out] == [("timeout", fail_action)] * 4
-    assert g.wait_idle(5.0)
+    assert g.wait_idle(5.0) and g.batch_sizes[4] == 1   # they were one round
 
 
 def test_a_full_queue_turns_requests_away_at_once_with_batching_on(gate_factory, run_with_thresholds, monkeypatch):

@@ -5,6 +5,7 @@ error at start that names the key."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -47,30 +48,41 @@ def ask(url: str, k: int) -> dict:
     return r.json()["so8t"]["decision"]
 
 
-def test_gate_and_chat_requests_sent_at_once_are_one_round_with_their_own_decisions(serve):
-    url, svc = serve(gate_batch_window_ms=1500)
-    alone = []
-    for k in range(len(TEXTS)):
-        alone.append(ask(url, k))
+def test_gate_and_chat_requests_sent_at_once_are_one_round_with_their_own_decisions(serve, monkeypatch):
+    url, svc = serve(gate_batch_window_ms=50)
+    alone = [ask(url, k) for k in range(len(TEXTS))]
     assert dict(svc.gate.batch_sizes) == {1: len(TEXTS)}
+    # One more request holds the gate's worker (its forward pass waits) while the others arrive.
+    real, entered, release = svc.gate.model.forward, threading.Event(), threading.Event()
+
+    def forward(*a, **k):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(30)
+        return real(*a, **k)
+    monkeypatch.setattr(svc.gate.model, "forward", forward)
+    hold = threading.Thread(target=ask, args=(url, 0))
+    hold.start()
+    assert entered.wait(30)
     out: list = [None] * len(TEXTS)
-    start = threading.Barrier(len(TEXTS))
 
     def one(k: int) -> None:
-        start.wait()
         out[k] = ask(url, k)
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(TEXTS))]
     for t in threads:
         t.start()
-    for t in threads:
+    end = time.monotonic() + 30
+    while svc.gate.queue_state()["queued"] < len(TEXTS) and time.monotonic() < end:
+        time.sleep(0.01)
+    release.set()
+    for t in [hold, *threads]:
         t.join(60)
-    rounds = dict(svc.gate.batch_sizes)
-    assert sum(n * c for n, c in rounds.items()) == 2 * len(TEXTS) and max(rounds) >= 4, rounds
+    assert dict(svc.gate.batch_sizes) == {1: len(TEXTS) + 1, len(TEXTS): 1}
     for a, b in zip(alone, out, strict=True):
         assert (b["status"], b["action"]) == ("ok", a["action"])
         np.testing.assert_allclose(b["probs"], a["probs"], atol=1e-5)
     metrics = httpx.get(f"{url}/metrics").text
-    assert f'so8t_gate_batches_total{{requests="{max(rounds)}"}} {rounds[max(rounds)]}' in metrics
+    assert f'so8t_gate_batches_total{{requests="{len(TEXTS)}"}} 1' in metrics
 
 
 def test_a_batch_size_of_zero_is_an_error_at_start_naming_the_key(tiny_run, capsys):

@@ -28,7 +28,8 @@ Batching (`batching`, on by default): requests that wait together are scored in 
 pass. The worker takes the oldest job, then the jobs queued behind it, oldest first, while
 their prompts (views) together stay within `batch_max`; when the queue runs dry it waits for
 more, but never past `batch_window_ms` after the oldest job was queued (0: only jobs already
-waiting). A job with more views than `batch_max` is scored alone, in passes of `batch_max`.
+waiting), and only while requests come in together (the previous round held more than one): a
+lone client never waits for others that are not coming. A job with more views than `batch_max` is scored alone, in passes of `batch_max`.
 A batched decision is the one the request gets alone: prompts are right-padded with attention
 masks, so a row reads only its own tokens (tests compare the two, probabilities included);
 the in-process LLM's prefill (`decide_with_prefill`) is that row's own KV cache, cut to its
@@ -219,6 +220,7 @@ class Gate:
         self.queue_max = queue_max
         self.batching, self.batch_window_s, self.batch_max = batching, batch_window_ms / 1000, batch_max
         self.batch_sizes: Counter = Counter()   # requests scored together in one round -> rounds
+        self._last_round = 1                    # requests in the latest round (> 1: wait the window for more)
         self.load_error = load_error
         self.counts: Counter = Counter()         # "fail_closed"; per action / status: see stats()
         self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
@@ -448,6 +450,7 @@ class Gate:
                     with self._cv:
                         self._pending -= len(group)
                         self.batch_sizes[len(group)] += 1
+                        self._last_round = len(group)
                         per_job = took / len(group)
                         self._job_s = 0.8 * self._job_s + 0.2 * per_job if self._job_s else per_job
                         for job in group:
@@ -464,8 +467,8 @@ class Gate:
     def _take(self, me: threading.Thread) -> list[_Job] | None:
         """The next jobs to score together (oldest first), or None once this worker is retired or
         the gate closes. With batching, the jobs queued behind the oldest join it while their
-        views fit in batch_max, waiting for more at most until batch_window_ms after the oldest
-        was queued."""
+        views fit in batch_max; when the previous round was shared, it waits for more at most
+        until batch_window_ms after the oldest was queued."""
         with self._cv:
             while self._worker is me and not self._closed and not self._queue:
                 self._cv.wait()
@@ -473,7 +476,7 @@ class Gate:
                 return None                        # retired (or closing): a fresh worker has the queue
             group = [self._claim(me)]
             views = len(group[0].items)
-            until = group[0].queued + self.batch_window_s
+            until = group[0].queued + (self.batch_window_s if self._last_round > 1 else 0.0)
             while self.batching and views < self.batch_max and self._worker is me and not self._closed:
                 if self._queue:
                     if views + len(self._queue[0].items) > self.batch_max:
