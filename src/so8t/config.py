@@ -152,6 +152,10 @@ class ServerConfig:
     gate_batching: bool = True
     gate_batch_window_ms: float = 5.0           # how long the oldest waiting request waits for others to join (0: only those already waiting)
     gate_batch_max: int = 16                    # most prompts (a request's turns and windows count each) in one forward pass of the gate
+    # The gate's forward: 'run' (the run's own amp, as trained), 'fp32', 'bf16' (autocast; fast with
+    # native CPU bf16) or 'int8' (dynamic int8 quantization of the blocks' linear layers, CPU).
+    # bench/gate_latency.py measures the agreement of each with fp32 and their safety KPIs.
+    gate_precision: Literal["run", "fp32", "bf16", "int8"] = "run"
     each_turn: bool = True                      # judge every user turn too, not only the conversation
     use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
     self_test: bool = True                      # at start: blunt dangerous prompts must not be ALLOWed, else not ready

@@ -228,7 +228,8 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
     audit = open_audit(cfg)
     approvals = open_approvals(cfg, audit)
     if gate is None:
-        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, **gate_options(cfg))
+        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, precision=cfg.gate_precision,
+                         **gate_options(cfg))
     if gate.ready and cfg.self_test:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)

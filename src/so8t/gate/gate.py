@@ -64,6 +64,7 @@ from so8t.gate.decision import SEVERITY, Decision, finite_probs
 from so8t.labels import Action, parse_label
 from so8t.model import load_run
 from so8t.model.head import HEAD_WEIGHTS
+from so8t.model.precision import amp_for, check_precision, quantize_int8
 from so8t.model.prompt import encode_prompt
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
 
@@ -244,20 +245,27 @@ class Gate:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, **opts) -> "Gate":
+    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, precision: str = "run", **opts) -> "Gate":
         """Load a trained run. A missing or broken run does not raise: the gate comes up not
-        ready and fails closed on every request (the service stays up and says why)."""
+        ready and fails closed on every request (the service stays up and says why); so does a
+        precision (model.precision: run, fp32, bf16, int8) that cannot run here. An unknown
+        precision name is a PrecisionError (a ValueError)."""
         from so8t.train.recipe import load_run_config
 
+        check_precision(precision)
         run_dir = Path(run_dir)
         try:
-            model, tok, meta = load_run(run_dir)
+            model, tok, meta = load_run(run_dir, merge=precision == "int8")
             cfg = load_run_config(run_dir)
             thresholds = load_thresholds(run_dir) if use_thresholds else None
             head_sha = hashlib.sha256((run_dir / HEAD_WEIGHTS).read_bytes()).hexdigest()[:12]
             version = f"{meta.get('base_model')}@{meta.get('base_fingerprint')}+head:{head_sha}"
+            if precision == "int8":
+                quantize_int8(model.body)
+            if precision != "run":
+                version += f"+{precision}"
             opts.setdefault("max_length", cfg.max_length)
-            opts.setdefault("amp", cfg.amp)
+            opts.setdefault("amp", amp_for(precision, cfg.amp))
             return cls(model, tok, thresholds=thresholds, model_version=version, **opts)
         except Exception as exc:  # noqa: BLE001 - any failure to load must fail closed, not crash
             log.error("gate: cannot load run %s: %s", run_dir, exc)
