@@ -57,7 +57,8 @@ def tiny_model(folder: Path) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(PROMPTS * 5, trainer)
+    # the action tags too, so each has its own first token (the zero-shot judge reads them)
+    tok.train_from_iterator((PROMPTS + ["Action: ALLOW", "Action: ESCALATE", "Action: REFUSE"]) * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = (

@@ -97,3 +97,17 @@ def test_load_runs_so8t_serve_with_batching_off_and_on_and_prints_every_level():
         assert float(r[9]) > 0 and float(r[10]) > 0      # the server's RSS, before and after
     assert all(float(r[11]) == 1.0 for r in rows if r[0] == "off")   # batching off: one request per pass
     assert out.stdout.count("target") == 8
+
+
+def test_gate_latency_compares_fp32_int8_and_bf16_on_both_test_sets_and_times_the_overhead():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gate_latency.py"), "--model", "tiny", "--prompts", "4",
+                          "--repeats", "1", "--limit", "12", "--b1-prompts", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    assert "gate / bare forward (worst of batch 1 and 16)" in out.stdout and "time to first token" in out.stdout
+    rows = [r.split() for r in out.stdout.splitlines() if r.split()[:1] in (["fp32"], ["int8"], ["bf16"])]
+    assert [(r[0], r[1], int(r[2])) for r in rows] == [(p, s, 12) for p in ("fp32", "int8", "bf16")
+                                                        for s in ("builtin:test", "contrast:test")]
+    assert all(r[5] == "100.0%" and float(r[6]) == 0.0 for r in rows if r[0] == "fp32")   # the reference itself
+    assert all(int(r[7]) == 0 for r in rows)                                              # no decision failed
+    assert len([line for line in out.stdout.splitlines() if "default candidate:" in line]) == 2

@@ -59,8 +59,9 @@ def quantize_int8(body: nn.Module) -> int:
         raise PrecisionError("int8: the model has no linear layers to quantize (is the adapter merged?)")
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao; it still works
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings():  # torch announces the move of its quantization to torchao; it still works
+        warnings.filterwarnings("ignore", message=".*quantiz", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz", category=UserWarning)
         quantize_dynamic(body, {name: default_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
     return len(names)
 
