@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gate_load import tiny_tokenizer  # noqa: E402
+from gate_load import tiny_tokenizer
 
 GIB = 2**30
 
