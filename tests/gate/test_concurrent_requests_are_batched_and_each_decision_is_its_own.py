@@ -220,3 +220,33 @@ def test_a_batch_size_of_zero_or_a_window_past_the_timeout_is_an_error_at_constr
         Gate(batch_max=0)
     with pytest.raises(ValueError, match="batch_window_ms must be >= 0 and shorter than the timeout"):
         Gate(batch_window_ms=2000, timeout_s=1.0)
+
+
+def test_a_rows_cache_is_its_own_on_a_sliding_window_model_too():
+    """cpu-quick's base is Gemma 3 (sliding-window layers): a padded row's cache, cut out of the
+    batch's, holds what the row alone computes and generates the same tokens."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from so8t.gate.gate import row_cache
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, sliding_window=512, max_position_embeddings=1024)).eval()
+    ids = torch.randint(5, 300, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
+        mine = row_cache(batch, 1, 7)
+        alone = model(input_ids=ids[1:, :7], use_cache=True).past_key_values
+        assert mine.get_seq_length() == 7 and batch.get_seq_length() == 12     # the batch's cache is untouched
+        for a, b in zip(alone.layers, mine.layers, strict=True):
+            torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=0)
+            torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=0)
+        texts = []
+        for cache in (mine, alone):
+            cache.crop(-1)
+            texts.append(model.generate(input_ids=ids[1:, :7], attention_mask=torch.ones(1, 7, dtype=torch.long),
+                                        past_key_values=cache, max_new_tokens=5, do_sample=False).tolist())
+    assert texts[0] == texts[1]

@@ -681,6 +681,8 @@ class Gate:
             res = self.model(input_ids, mask, mask, logits_from=None, use_cache=bool(keep))
         probs = res.head_logits.float().softmax(-1).cpu().numpy()
         lengths = mask.sum(1).tolist()
+        if len(items) == 1:  # one row, no padding: its cache as it is
+            return probs, {i: Prefill(input_ids, res.past_key_values) for i in keep}
         prefills = {i: Prefill(input_ids[i:i + 1, :lengths[i]], row_cache(res.past_key_values, i, lengths[i]))
                     for i in keep}
         return probs, prefills
@@ -710,10 +712,8 @@ class Gate:
 
 def row_cache(cache, row: int, length: int):
     """Row `row` of a batch's KV cache, its first `length` positions (its own tokens; right
-    padding follows them); the cache itself when it is already one row of that length. The
-    layers are copied shallowly, so the batch's cache is left as it is."""
-    if cache.batch_size == 1 and cache.get_seq_length() == length:
-        return cache
+    padding follows them). The layers are copied shallowly (the tensors are sliced, not
+    changed), so the batch's cache is left as it is for the other rows."""
     mine = copy.copy(cache)
     mine.layers = [copy.copy(layer) for layer in cache.layers]
     mine.batch_select_indices(torch.tensor([row], device=cache.layers[0].keys.device))
