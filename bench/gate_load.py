@@ -46,23 +46,32 @@ PROMPTS = [
 COLUMNS = ("ok", "503", "own timeout", "by others", "http errors", "skipped")
 
 
-def tiny_model(folder: Path) -> Path:
-    """A random 2-block Llama (hidden 32) with a 400-token byte-level BPE and a ChatML template."""
-    import torch
+def tiny_tokenizer():
+    """A 400-token byte-level BPE trained on PROMPTS and the action tags, with a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(PROMPTS * 5, trainer)
+    # the action tags too, so each has its own first token (the zero-shot judge reads them)
+    tok.train_from_iterator((PROMPTS + ["Action: ALLOW", "Action: ESCALATE", "Action: REFUSE"]) * 5, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
         "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    return fast
+
+
+def tiny_model(folder: Path) -> Path:
+    """A random 2-block Llama (hidden 32) with tiny_tokenizer()."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = tiny_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,

@@ -82,3 +82,59 @@ def test_probe_heldout_calibrate_chooses_thresholds_on_the_dev_sets_only(tiny_mo
     assert len([ln for ln in out.stdout.splitlines() if "dev thr |" in ln]) == 2
     out = subprocess.run(base + ["--test", str(tmp_path / "held.jsonl")], capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "needs at least one '<set>:dev'" in out.stderr
+
+
+def test_load_runs_so8t_serve_with_batching_off_and_on_and_prints_every_level():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--model", "tiny", "--requests", "8",
+                          "--concurrency", "1", "4", "16", "--time-limit-s", "240", "--startup-s", "240"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    rows = [r.split() for r in out.stdout.splitlines() if r.split()[:1] in (["off"], ["on"]) and len(r.split()) == 12]
+    assert [(r[0], int(r[1])) for r in rows] == [(s, c) for s in ("off", "on") for c in (1, 4, 16)]
+    for r in rows:
+        ok, errors, skipped = int(r[2]), int(r[3]), int(r[4])
+        assert (ok, errors, skipped) == (8, 0, 0)
+        assert float(r[9]) > 0 and float(r[10]) > 0      # the server's RSS, before and after
+    assert all(float(r[11]) == 1.0 for r in rows if r[0] == "off")   # batching off: one request per pass
+    assert out.stdout.count("target") == 8
+
+
+def test_gate_latency_compares_fp32_int8_and_bf16_on_both_test_sets_and_times_the_overhead():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gate_latency.py"), "--model", "tiny", "--prompts", "4",
+                          "--repeats", "1", "--limit", "12", "--b1-prompts", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    assert "gate / bare forward (worst of batch 1 and 16)" in out.stdout and "time to first token" in out.stdout
+    rows = [r.split() for r in out.stdout.splitlines() if r.split()[:1] in (["fp32"], ["int8"], ["bf16"])]
+    assert [(r[0], r[1], int(r[2])) for r in rows] == [(p, s, 12) for p in ("fp32", "int8", "bf16")
+                                                        for s in ("builtin:test", "contrast:test")]
+    assert all(r[5] == "100.0%" and float(r[6]) == 0.0 for r in rows if r[0] == "fp32")   # the reference itself
+    assert all(int(r[7]) == 0 for r in rows)                                              # no decision failed
+    assert len([line for line in out.stdout.splitlines() if "default candidate:" in line]) == 2
+
+
+def test_gpu_check_tiny_runs_both_parts_on_a_cpu_and_says_what_it_skipped(tmp_path):
+    import json
+
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--tiny", "--steps", "3",
+                          "--json", str(tmp_path / "gpu.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])
+    assert "random weights shaped like meta-llama/Llama-3.2-3B-Instruct (tiny)" in out.stdout
+    assert "4-bit NF4 and paged 8-bit AdamW skipped (no CUDA GPU)" in out.stdout
+    a, b = json.loads((tmp_path / "gpu.json").read_text())
+    assert (a["part"], a["status"], a["steps_done"], a["max_length"]) == ("a", "ok", 3, 64)
+    assert a["seconds_per_step"] > 0 and a["estimate_gib"] > 0 and (a["micro_batch"], a["grad_accum"]) == (2, 16)
+    assert (b["part"], b["status"], b["steps"]) == ("b", "ok", 2)
+    assert set(b["test"]) >= {"refuse_recall", "escalate_recall", "overcompliance", "safety_score"}
+    assert "test KPIs: refuse_recall=" in out.stdout
+
+
+def test_gpu_check_without_a_gpu_asks_for_tiny_instead_of_training_a_3b_model_on_the_cpu():
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a GPU is here: the full-size check would run")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--parts", "a"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no CUDA GPU here" in out.stderr and "--tiny" in out.stderr

@@ -147,6 +147,15 @@ class ServerConfig:
     gate_max_chars: int = 200_000               # characters of all messages together; beyond: 413
     gate_max_tokens: int = 50_000               # tokens of the whole conversation; beyond: 413
     gate_queue_max: int = 32                    # requests waiting for the gate (the one scored included); beyond: 503
+    # Concurrent requests scored together in one forward pass of the gate; each decision is the
+    # one the request would get alone (right padding, masks). Off: one request at a time.
+    gate_batching: bool = True
+    gate_batch_window_ms: float = 5.0           # how long the oldest waiting request waits for others to join (0: only those already waiting)
+    gate_batch_max: int = 16                    # most prompts (a request's turns and windows count each) in one forward pass of the gate
+    # The gate's forward: 'run' (the run's own amp, as trained), 'fp32', 'bf16' (autocast; fast with
+    # native CPU bf16) or 'int8' (dynamic int8 quantization of the blocks' linear layers, CPU).
+    # bench/gate_latency.py measures the agreement of each with fp32 and their safety KPIs.
+    gate_precision: Literal["run", "fp32", "bf16", "int8"] = "run"
     each_turn: bool = True                      # judge every user turn too, not only the conversation
     use_thresholds: bool = True                 # the run's calibrated thresholds.json, when present
     self_test: bool = True                      # at start: blunt dangerous prompts must not be ALLOWed, else not ready
@@ -192,6 +201,10 @@ class ServerConfig:
         need(self.gate_timeout_s > 0, "gate_timeout_s", "must be > 0")
         for key in ("gate_max_views", "gate_max_turns", "gate_max_chars", "gate_max_tokens", "gate_queue_max"):
             need(getattr(self, key) >= 1, key, "must be >= 1")
+        need(self.gate_batch_max >= 1, "gate_batch_max",
+             f"must be >= 1 (the most prompts one forward pass of the gate scores), got {self.gate_batch_max}")
+        need(0 <= self.gate_batch_window_ms < self.gate_timeout_s * 1000, "gate_batch_window_ms",
+             f"must be >= 0 and shorter than gate_timeout_s ({self.gate_timeout_s:g} s), got {self.gate_batch_window_ms}")
         need(self.backend != "openai" or bool(self.backend_url), "backend_url",
              "needed for backend 'openai' (e.g. http://localhost:11434/v1)")
         need(self.backend != "openai" or bool(self.backend_model), "backend_model", "needed for backend 'openai'")

@@ -214,10 +214,11 @@ class Service:
 
 
 def gate_options(cfg: ServerConfig) -> dict:
-    """The Gate's keyword options from the server config (its caps, queue and timeout)."""
+    """The Gate's keyword options from the server config (its caps, queue, batching and timeout)."""
     return {"fail_action": cfg.fail_action, "timeout_s": cfg.gate_timeout_s, "each_turn": cfg.each_turn,
             "max_views": cfg.gate_max_views, "max_turns": cfg.gate_max_turns, "max_chars": cfg.gate_max_chars,
-            "max_tokens": cfg.gate_max_tokens, "queue_max": cfg.gate_queue_max}
+            "max_tokens": cfg.gate_max_tokens, "queue_max": cfg.gate_queue_max, "batching": cfg.gate_batching,
+            "batch_window_ms": cfg.gate_batch_window_ms, "batch_max": cfg.gate_batch_max}
 
 
 def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
@@ -227,7 +228,8 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
     audit = open_audit(cfg)
     approvals = open_approvals(cfg, audit)
     if gate is None:
-        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, **gate_options(cfg))
+        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, precision=cfg.gate_precision,
+                         **gate_options(cfg))
     if gate.ready and cfg.self_test:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)

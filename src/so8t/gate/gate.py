@@ -17,13 +17,26 @@ windows of its text (each a view of its own, strictest wins).
 Bounded work per request: a conversation over the caps -- `max_turns` messages, `max_chars`
 characters, `max_tokens` tokens, `max_views` views -- fails closed as "input too long" before
 anything is scored (`size_problem` names the cap, so the HTTP layer answers 413 first). Scoring
-runs on one worker thread, one request (job) at a time, oldest first, each with its own deadline
-(`timeout_s` from when it was queued): a request past its deadline fails closed as a timeout,
-and only it: a queued job is taken out of the queue, a running one is cancelled between
-scoring batches (its worker finishes at most the batch it is in, then exits, and a fresh
-worker takes the queue), and every other request keeps its place. At most `queue_max` jobs wait
-or run; one more fails closed at once with status "busy" (the HTTP layer answers 503 with
-Retry-After).
+runs on one worker thread, oldest request (job) first, each with its own deadline (`timeout_s`
+from when it was queued): a request past its deadline fails closed as a timeout, and only it: a
+queued job is taken out of the queue, a running one is cancelled between scoring batches (its
+worker finishes at most the batch it is in, then exits, and a fresh worker takes the queue),
+and every other request keeps its place. At most `queue_max` jobs wait or run; one more fails
+closed at once with status "busy" (the HTTP layer answers 503 with Retry-After).
+
+Batching (`batching`, on by default): requests that wait together are scored in one forward
+pass. The worker takes the oldest job, then the jobs queued behind it, oldest first, while
+their prompts (views) together stay within `batch_max`; when the queue runs dry it waits for
+more, but never past `batch_window_ms` after the oldest job was queued (0: only jobs already
+waiting), and only while requests come in together (the previous round held more than one): a
+lone client never waits for others that are not coming. A job with more views than `batch_max` is scored alone, in passes of `batch_max`.
+A batched decision is the one the request gets alone: prompts are right-padded with attention
+masks, so a row reads only its own tokens (tests compare the two, probabilities included);
+the in-process LLM's prefill (`decide_with_prefill`) is that row's own KV cache, cut to its
+length. Failures stay with the request that caused them: a NaN row fails only its request,
+and when a batched pass raises, each of its requests is scored again alone, so the error
+stays with the one that causes it and the others are decided. `batch_max` also bounds each
+pass of a single request.
 
 Every message is read after NFKC normalisation without format characters (model.prompt), so
 full-width letters and zero-width joiners do not change what the head sees.
@@ -31,6 +44,7 @@ full-width letters and zero-width joiners do not change what the head sees.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import copy
 import hashlib
 import logging
 import math
@@ -50,6 +64,7 @@ from so8t.gate.decision import SEVERITY, Decision, finite_probs
 from so8t.labels import Action, parse_label
 from so8t.model import load_run
 from so8t.model.head import HEAD_WEIGHTS
+from so8t.model.precision import amp_for, check_precision, quantize_int8
 from so8t.model.prompt import encode_prompt
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
 
@@ -86,10 +101,14 @@ class TooLarge:
 
 
 class _Job:
-    """One request's scoring on the worker: its deadline, and its own cancel flag."""
+    """One request's scoring on the worker: its prompts, its deadline, and its own cancel flag.
 
-    def __init__(self, fn, deadline: float):
-        self.fn, self.deadline = fn, deadline
+    `items`: the prompts (views) to score, each a list of messages; `cache`: one prompt whose
+    KV cache is kept for the in-process LLM (result: (probs, Prefill) instead of probs)."""
+
+    def __init__(self, items: list[list[dict[str, str]]], deadline: float, cache: bool = False):
+        self.items, self.deadline, self.cache = items, deadline, cache
+        self.queued = time.monotonic()
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self.worker: threading.Thread | None = None   # set when a worker takes it
@@ -179,16 +198,19 @@ class Gate:
                  thresholds: Thresholds | None = None, model_version: str = "unknown", fail_action: str = "REFUSE",
                  timeout_s: float = 10.0, each_turn: bool = True, load_error: str | None = None,
                  max_views: int = 64, max_turns: int = 512, max_chars: int = 200_000, max_tokens: int = 50_000,
-                 queue_max: int = 32):
+                 queue_max: int = 32, batching: bool = True, batch_window_ms: float = 0.0, batch_max: int = 16):
         self.fail_action = parse_label(fail_action)
         if self.fail_action == Action.ALLOW:
             raise ValueError("fail_action must be REFUSE or ESCALATE: a failed gate never allows")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         for name, value in (("max_views", max_views), ("max_turns", max_turns), ("max_chars", max_chars),
-                            ("max_tokens", max_tokens), ("queue_max", queue_max)):
+                            ("max_tokens", max_tokens), ("queue_max", queue_max), ("batch_max", batch_max)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0 <= batch_window_ms < timeout_s * 1000:
+            raise ValueError(f"batch_window_ms must be >= 0 and shorter than the timeout ({timeout_s:g} s), "
+                             f"got {batch_window_ms}")
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.amp = max_length, amp
         self.thresholds = thresholds
@@ -197,6 +219,9 @@ class Gate:
         self.each_turn = each_turn
         self.max_views, self.max_turns, self.max_chars, self.max_tokens = max_views, max_turns, max_chars, max_tokens
         self.queue_max = queue_max
+        self.batching, self.batch_window_s, self.batch_max = batching, batch_window_ms / 1000, batch_max
+        self.batch_sizes: Counter = Counter()   # requests scored together in one round -> rounds
+        self._last_round = 1                    # requests in the latest round (> 1: wait the window for more)
         self.load_error = load_error
         self.counts: Counter = Counter()         # "fail_closed"; per action / status: see stats()
         self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
@@ -220,20 +245,27 @@ class Gate:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, **opts) -> "Gate":
+    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, precision: str = "run", **opts) -> "Gate":
         """Load a trained run. A missing or broken run does not raise: the gate comes up not
-        ready and fails closed on every request (the service stays up and says why)."""
+        ready and fails closed on every request (the service stays up and says why); so does a
+        precision (model.precision: run, fp32, bf16, int8) that cannot run here. An unknown
+        precision name is a PrecisionError (a ValueError)."""
         from so8t.train.recipe import load_run_config
 
+        check_precision(precision)
         run_dir = Path(run_dir)
         try:
-            model, tok, meta = load_run(run_dir)
+            model, tok, meta = load_run(run_dir, merge=precision == "int8")
             cfg = load_run_config(run_dir)
             thresholds = load_thresholds(run_dir) if use_thresholds else None
             head_sha = hashlib.sha256((run_dir / HEAD_WEIGHTS).read_bytes()).hexdigest()[:12]
             version = f"{meta.get('base_model')}@{meta.get('base_fingerprint')}+head:{head_sha}"
+            if precision == "int8":
+                quantize_int8(model.body)
+            if precision != "run":
+                version += f"+{precision}"
             opts.setdefault("max_length", cfg.max_length)
-            opts.setdefault("amp", cfg.amp)
+            opts.setdefault("amp", amp_for(precision, cfg.amp))
             return cls(model, tok, thresholds=thresholds, model_version=version, **opts)
         except Exception as exc:  # noqa: BLE001 - any failure to load must fail closed, not crash
             log.error("gate: cannot load run %s: %s", run_dir, exc)
@@ -308,7 +340,7 @@ class Gate:
                                        "(server config gate_max_views)")
                     else:
                         views += [(i, name, msgs) for name, msgs in mine]
-                probs, failure = self._attempt(lambda: self._score([v[2] for v in views])) if views else ([], None)
+                probs, failure = self._attempt([v[2] for v in views]) if views else ([], None)
                 for i, convo, h in jobs:
                     if i in unscored:
                         out[i] = self._failed("error", unscored[i], h, t0)
@@ -342,11 +374,11 @@ class Gate:
                     return out
         return out
 
-    def _attempt(self, fn) -> tuple[object, tuple[str, str] | None]:
-        """(fn's result, None), or (None, (status, reason)) when it timed out or raised: OOM,
+    def _attempt(self, items: list[list[dict[str, str]]], cache: bool = False) -> tuple[object, tuple[str, str] | None]:
+        """(the job's result, None), or (None, (status, reason)) when it timed out or raised: OOM,
         CUDA errors and bugs all fail closed; only Ctrl-C goes through."""
         try:
-            return self._run(fn), None
+            return self._run(items, cache), None
         except cf.TimeoutError:
             return None, ("timeout", f"no decision within {self.timeout_s:g} s")
         except GateBusy as exc:
@@ -366,15 +398,16 @@ class Gate:
 
     # ------------------------------------------------------------------ the worker
 
-    def _run(self, fn):
-        """Run fn on the gate's worker as one job with its own deadline (timeout_s from now).
+    def _run(self, items: list[list[dict[str, str]]], cache: bool = False):
+        """Score `items` on the gate's worker as one job with its own deadline (timeout_s from now).
 
         Raises GateBusy when queue_max jobs already wait or run, and cf.TimeoutError when the
         deadline passes. A timeout touches only this job: queued, it leaves the queue; running,
         its cancel flag stops it at the next batch (Cancelled, from _between_batches), and since
         torch cannot be interrupted inside a batch, its worker is retired (it exits after that
-        batch) and a fresh worker takes the queue at once, everyone else in their places."""
-        job = _Job(fn, time.monotonic() + self.timeout_s)
+        batch, finishing the other requests batched with it) and a fresh worker takes the queue
+        at once, everyone else in their places."""
+        job = _Job(items, time.monotonic() + self.timeout_s, cache)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the gate is closed")
@@ -416,30 +449,21 @@ class Gate:
     def _work(self) -> None:
         me = threading.current_thread()
         try:
-            while True:
-                with self._cv:
-                    while self._worker is me and not self._closed and not self._queue:
-                        self._cv.wait()
-                    if self._worker is not me or self._closed:
-                        return                     # retired (or closing): a fresh worker has the queue
-                    job = self._queue.popleft()
-                    job.worker = me
-                    self._running.add(job)
-                self._local.job = job
+            while (group := self._take(me)) is not None:
                 t0 = time.perf_counter()
                 try:
-                    job.check()                    # its deadline may have passed while it waited
-                    job.result = job.fn()
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, which fails closed
-                    job.error = exc
+                    self._score_group(group)
                 finally:
-                    self._local.job = None
                     took = time.perf_counter() - t0
                     with self._cv:
-                        self._pending -= 1
-                        self._running.discard(job)
-                        self._job_s = 0.8 * self._job_s + 0.2 * took if self._job_s else took
-                        job.done.set()
+                        self._pending -= len(group)
+                        self.batch_sizes[len(group)] += 1
+                        self._last_round = len(group)
+                        per_job = took / len(group)
+                        self._job_s = 0.8 * self._job_s + 0.2 * per_job if self._job_s else per_job
+                        for job in group:
+                            self._running.discard(job)
+                            job.done.set()
                         self._cv.notify_all()
         finally:
             with self._cv:
@@ -447,6 +471,84 @@ class Gate:
                 if self._worker is me:
                     self._worker = None
                 self._cv.notify_all()
+
+    def _take(self, me: threading.Thread) -> list[_Job] | None:
+        """The next jobs to score together (oldest first), or None once this worker is retired or
+        the gate closes. With batching, the jobs queued behind the oldest join it while their
+        views fit in batch_max; when the previous round was shared, it waits for more at most
+        until batch_window_ms after the oldest was queued."""
+        with self._cv:
+            while self._worker is me and not self._closed and not self._queue:
+                self._cv.wait()
+            if self._worker is not me or self._closed:
+                return None                        # retired (or closing): a fresh worker has the queue
+            group = [self._claim(me)]
+            views = len(group[0].items)
+            until = group[0].queued + (self.batch_window_s if self._last_round > 1 else 0.0)
+            while self.batching and views < self.batch_max and self._worker is me and not self._closed:
+                if self._queue:
+                    if views + len(self._queue[0].items) > self.batch_max:
+                        break                      # too big to join: it goes first next round
+                    group.append(self._claim(me))
+                    views += len(group[-1].items)
+                    continue
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            return group
+
+    def _claim(self, me: threading.Thread) -> _Job:
+        """(Under self._cv.) Take the oldest queued job onto worker `me`."""
+        job = self._queue.popleft()
+        job.worker = me
+        self._running.add(job)
+        return job
+
+    def _score_group(self, group: list[_Job]) -> None:
+        """Set each job's result or error: one job alone through its own batches, several in one
+        forward pass; if that pass raises, each is scored again alone so the error stays with
+        the request that causes it. A job past its deadline is dropped before its pass."""
+        live = []
+        for job in group:
+            try:
+                job.check()                        # its deadline may have passed while it waited
+                live.append(job)
+            except Cancelled as exc:
+                job.error = exc
+        if len(live) > 1:
+            try:
+                self._between_batches()
+                self._score_together(live)
+                return
+            except BaseException as exc:  # noqa: BLE001 - each is scored again alone, below
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                log.warning("gate: a batched pass of %d requests failed (%s: %s); scoring each alone",
+                            len(live), type(exc).__name__, exc)
+        for job in live:
+            self._score_alone(job)
+
+    def _score_alone(self, job: _Job) -> None:
+        self._local.job = job
+        try:
+            job.result = self._score_with_cache(job.items[0]) if job.cache else self._score(job.items)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting request, which fails closed
+            job.error = exc
+        finally:
+            self._local.job = None
+
+    def _score_together(self, jobs: list[_Job]) -> None:
+        """One forward pass over every job's views (at most batch_max): each job gets its rows."""
+        items = [item for job in jobs for item in job.items]
+        rows = [k for k, job in enumerate(jobs) for _ in job.items]
+        keep = [i for i, k in enumerate(rows) if jobs[k].cache]
+        probs, prefills = self._forward(items, keep)
+        at = 0
+        for job in jobs:
+            n = len(job.items)
+            job.result = (probs[at], prefills[at]) if job.cache else probs[at:at + n]
+            at += n
 
     def _between_batches(self) -> None:
         """Called by the scorer before each batch on the worker: stops a timed-out job."""
@@ -510,8 +612,8 @@ class Gate:
         return None
 
     def _score(self, conversations: list[list[dict[str, str]]]) -> np.ndarray:
-        return prompt_outputs(self.model, self.tokenizer, conversations, self.max_length, amp=self.amp,
-                              between_batches=self._between_batches)[1].numpy()
+        return prompt_outputs(self.model, self.tokenizer, conversations, self.max_length, self.batch_max,
+                              amp=self.amp, between_batches=self._between_batches)[1].numpy()
 
     def _combine(self, views: list[tuple[str, np.ndarray]], input_hash: str, t0: float) -> Decision:
         broken = [name for name, p in views if not finite_probs(p)]
@@ -553,7 +655,7 @@ class Gate:
             return self.decide(conversation), None
         if not single:
             return self.decide(convo), None
-        result, failure = self._attempt(lambda: self._score_with_cache(convo))
+        result, failure = self._attempt([convo], cache=True)
         if failure:
             d, prefill = self._failed(*failure, h, t0), None
         else:
@@ -562,16 +664,28 @@ class Gate:
         self._tally(d)
         return d, prefill
 
-    @torch.no_grad()
     def _score_with_cache(self, convo) -> tuple[np.ndarray, Prefill]:
         self._between_batches()  # one batch: the same cancel check and hook as _score's batches
-        batch, _ = encode_prompts(self.tokenizer, [convo], self.max_length)
+        probs, prefills = self._forward([convo], [0])
+        return probs[0], prefills[0]
+
+    @torch.no_grad()
+    def _forward(self, items: list[list[dict[str, str]]], keep: list[int]) -> tuple[np.ndarray, dict[int, Prefill]]:
+        """One right-padded forward pass: (probabilities, {row: Prefill} for the rows in `keep`),
+        each Prefill holding only its own row's ids and KV cache, cut to that row's length."""
+        batch, _ = encode_prompts(self.tokenizer, items, self.max_length)
         device = next(self.model.head.parameters()).device
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         self.model.eval()
         with autocast(device, self.amp):
-            res = self.model(input_ids, mask, mask, logits_from=None, use_cache=True)
-        return res.head_logits.float().softmax(-1)[0].cpu().numpy(), Prefill(input_ids, res.past_key_values)
+            res = self.model(input_ids, mask, mask, logits_from=None, use_cache=bool(keep))
+        probs = res.head_logits.float().softmax(-1).cpu().numpy()
+        lengths = mask.sum(1).tolist()
+        if len(items) == 1:  # one row, no padding: its cache as it is
+            return probs, {i: Prefill(input_ids, res.past_key_values) for i in keep}
+        prefills = {i: Prefill(input_ids[i:i + 1, :lengths[i]], row_cache(res.past_key_values, i, lengths[i]))
+                    for i in keep}
+        return probs, prefills
 
     def stats(self) -> dict:
         """Counts by "status:<s>" and "action:<a>" (from the decisions tally) and "fail_closed"."""
@@ -594,6 +708,18 @@ class Gate:
             for job in self._running:
                 job.cancelled.set()
             self._cv.notify_all()
+
+
+def row_cache(cache, row: int, length: int):
+    """Row `row` of a batch's KV cache, its first `length` positions (its own tokens; right
+    padding follows them). The layers are copied shallowly (the tensors are sliced, not
+    changed), so the batch's cache is left as it is for the other rows."""
+    mine = copy.copy(cache)
+    mine.layers = [copy.copy(layer) for layer in cache.layers]
+    mine.batch_select_indices(torch.tensor([row], device=cache.layers[0].keys.device))
+    if cache.get_seq_length() > length:
+        mine.crop(length - cache.get_seq_length())
+    return mine
 
 
 def _ms(t0: float) -> float:

@@ -43,7 +43,10 @@ Bounded work: a conversation over one of the gate's caps (server config gate_max
 gate_max_chars, gate_max_tokens, gate_max_views) is a 413 naming the cap, the value and the
 config key, before anything is scored; when gate_queue_max requests already wait for the gate,
 /v1/gate and /v1/chat/completions answer 503 with Retry-After (nothing scored, queued for a
-person or audited). A gate timeout fails closed only the request that timed out.
+person or audited). A gate timeout fails closed only the request that timed out. Concurrent
+/v1/gate and chat requests are scored together in one forward pass of the gate (server config
+gate_batching, gate_batch_window_ms, gate_batch_max; each decision is the one the request gets
+alone); /metrics counts the rounds by size (so8t_gate_batches_total{requests="n"}).
 """
 from __future__ import annotations
 
@@ -269,6 +272,10 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         lines += ["# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}",
                   "# TYPE so8t_gate_queue_pending gauge",
                   f"so8t_gate_queue_pending {service.gate.queue_state()['pending']}"]
+        # scoring rounds by how many requests one forward pass held (gate_batching)
+        sizes = dict(service.gate.batch_sizes)
+        lines += ["# TYPE so8t_gate_batches_total counter"]
+        lines += [f'so8t_gate_batches_total{{requests="{n}"}} {sizes[n]}' for n in sorted(sizes)]
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ clients
