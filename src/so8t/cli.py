@@ -794,10 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from so8t.data import DataError
-    from so8t.model import ModelLoadError, RunError
     from so8t.agent.approvals import ApprovalError
     from so8t.agent.sqlstore import StoreUnavailable
+    from so8t.data import DataError
+    from so8t.model import ModelLoadError, RunError
     from so8t.model.export import ExportError
     from so8t.train.recipe import RunFolderError
 

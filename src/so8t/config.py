@@ -246,14 +246,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
         return value
-    if origin in (list, typing.List):
+    if origin is list:
         (item,) = get_args(hint)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
-    if origin in (dict, typing.Dict):
+    if origin is dict:
         key_hint, value_hint = get_args(hint)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping such as {{name: value}}, got {value!r}")

@@ -2,10 +2,9 @@
 import dataclasses
 
 import pytest
-
-from so8t.cli import main
 from transformers import LlamaConfig
 
+from so8t.cli import main
 from so8t.config import TrainConfig, resolve
 from so8t.model import ModelLoadError
 from so8t.train import memory

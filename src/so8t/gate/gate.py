@@ -245,7 +245,7 @@ class Gate:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, precision: str = "run", **opts) -> "Gate":
+    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, precision: str = "run", **opts) -> Gate:
         """Load a trained run. A missing or broken run does not raise: the gate comes up not
         ready and fails closed on every request (the service stays up and says why); so does a
         precision (model.precision: run, fp32, bf16, int8) that cannot run here. An unknown
@@ -275,7 +275,7 @@ class Gate:
     def ready(self) -> bool:
         return self.load_error is None and self.model is not None
 
-    def self_test(self) -> "SelfTest":
+    def self_test(self) -> SelfTest:
         """Decide a few fixed prompts: no blunt dangerous request (both languages) may be
         ALLOWed, no plainly harmless one REFUSEd, and each dangerous one must have a higher
         P(REFUSE) than every harmless one (a cautious gate may ESCALATE a harmless request; it

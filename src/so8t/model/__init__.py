@@ -1,7 +1,7 @@
 """Stage 2: load a base model by reference, the safety head, and a run on disk (adapter + head)."""
 from so8t.model.info import ModelInfo, describe
-from so8t.model.prompt import encode_prompt, ensure_chat_template, render_prompt, tag_token_ids
 from so8t.model.loading import EMBEDDED, ModelLoadError, cache_dir, load_base_model, load_tokenizer, resolve_reference
+from so8t.model.prompt import encode_prompt, ensure_chat_template, render_prompt, tag_token_ids
 
 __all__ = ["EMBEDDED", "ModelInfo", "ModelLoadError", "cache_dir", "describe", "encode_prompt", "ensure_chat_template", "load_base_model",
            "render_prompt", "tag_token_ids",

@@ -66,8 +66,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
+from datetime import date, datetime, time as dtime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
