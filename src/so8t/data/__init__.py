@@ -8,7 +8,8 @@ from so8t.data.splits import SPLITS, split_records
 from so8t.data.stats import DataStats, compute_stats
 
 __all__ = [
-    "BUILTIN", "BUILTIN_SETS", "CONTRAST", "SPLITS", "DataError", "DataStats", "Message", "Mix", "assemble", "drop_duplicates", "split_files", "Problem", "Record",
+    "BUILTIN", "BUILTIN_SETS", "CONTRAST", "SPLITS", "DataError", "DataStats", "Message", "Mix", "assemble",
+    "drop_duplicates", "split_files", "Problem", "Record",
     "builtin_path", "check_jsonl", "compute_stats", "load_builtin", "near_duplicate_pairs",
     "normalize_text", "read_jsonl", "read_many", "split_records", "write_jsonl",
 ]
