@@ -110,7 +110,8 @@ def overhead(run: Path, args, precision: str) -> None:
     for rep in range(args.repeats):
         for bs in (1, 16):
             for name, fn in systems.items():  # interleaved, so drift hits all systems alike
-                total = sum(timed(lambda: fn(convos[i:i + bs])) for i in range(0, len(convos), bs))
+                total = sum(timed(lambda: fn(convos[i:i + bs]))  # noqa: B023 - each lambda runs within its iteration
+                            for i in range(0, len(convos), bs))
                 results.setdefault((name, bs), []).append(total / len(convos) * 1000)
         print(f"round {rep + 1}/{args.repeats} done", flush=True)
 
@@ -129,11 +130,11 @@ def overhead(run: Path, args, precision: str) -> None:
     shared, separate = [], []
     for _ in range(args.repeats):
         for c in convos[:16]:
-            def with_prefill():
+            def with_prefill(c=c):
                 _, prefill = gate.decide_with_prefill(c)
                 backend.complete(c, max_tokens=1, prefill=prefill)
 
-            def without():
+            def without(c=c):
                 gate.decide(c)
                 backend.complete(c, max_tokens=1)
             shared.append(timed(with_prefill) * 1000)

@@ -31,9 +31,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
     from so8t.config import TrainConfig
     from so8t.data import load_builtin
-    from so8t.train import losses
     from so8t.model import tag_token_ids
     from so8t.model.scoring import autocast
+    from so8t.train import losses
     from so8t.train.batching import collate, encode_record, epoch_order
     from so8t.train.recipe import build_model, loss_parts, weights_of
 

@@ -4,11 +4,9 @@ import sys
 
 import pytest
 
-from cli_parsers import subcommands
-
 from so8t.cli import build_parser, main
 
-
+from cli_parsers import subcommands
 
 
 def test_every_command_has_help(capsys):

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import pytest
 
-from cli_parsers import subcommands
-
 from so8t.cli import build_parser
+
+from cli_parsers import subcommands
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

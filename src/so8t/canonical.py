@@ -10,6 +10,7 @@ import json
 import math
 from typing import Any
 
+
 def _check_json(obj: Any, path: str) -> None:
     # json.dumps alone is too lenient: it turns int keys into strings (two different dicts, one
     # hash) and writes NaN; walking first also lets the error say where the bad value is.

@@ -542,7 +542,8 @@ def _parse_mapping(items: Sequence[str] | None) -> dict[str, str] | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="so8t", description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM.")
+    parser = argparse.ArgumentParser(prog="so8t",
+                                     description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM.")
     parser.add_argument("--version", action="version", version=f"so8t {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -552,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_model_info)
 
-    data = sub.add_parser("data", help="validate, inspect and import datasets").add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
+    data = sub.add_parser("data", help="validate, inspect and import datasets").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True)
     p = data.add_parser("validate", help="check JSONL files; every problem with file, line and field")
     p.add_argument("files", nargs="+", metavar="DATA",
                    help="JSONL files and/or built-in sets: builtin, contrast, wide (every split) or one split "
@@ -571,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the importers and exit")
     p.add_argument("--map", action="append", metavar="KEY=LABEL", help="override one entry of the label mapping (repeatable)")
     p.set_defaults(func=cmd_data_import)
-    p = data.add_parser("split", help="a fixed train/dev/test split of JSONL files, to score several runs on the same held-out rows")
+    p = data.add_parser("split",
+                        help="a fixed train/dev/test split of JSONL files, to score several runs on the same held-out rows")
     p.add_argument("files", nargs="+")
     p.add_argument("-o", "--out", required=True, help="folder for train.jsonl, dev.jsonl, test.jsonl")
     p.add_argument("--fractions", nargs=3, type=float, default=[0.9, 0.0, 0.1], metavar=("TRAIN", "DEV", "TEST"),
@@ -674,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "argmax. Without --apply nothing the run does changes: the proposal goes to "
                                    "RUN/calibration/proposal.json.")
     p.add_argument("run", help="the run folder")
-    p.add_argument("--data", nargs="+", default=["builtin:dev"], help="labelled JSONL files or a built-in split such as builtin:dev (default), contrast:dev, wide:dev")
+    p.add_argument("--data", nargs="+", default=["builtin:dev"],
+                   help="labelled JSONL files or a built-in split such as builtin:dev (default), contrast:dev, wide:dev")
     p.add_argument("--objective", choices=["safety_score", "refuse_recall"], default="safety_score",
                    help="what the thresholds maximise, within the constraints below: safety_score (default; "
                         "0.35 refuse recall + 0.25 escalate recall + 0.25 (1 - overcompliance) + 0.15 allow recall) "
@@ -794,10 +798,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from so8t.data import DataError
-    from so8t.model import ModelLoadError, RunError
     from so8t.agent.approvals import ApprovalError
     from so8t.agent.sqlstore import StoreUnavailable
+    from so8t.data import DataError
+    from so8t.model import ModelLoadError, RunError
     from so8t.model.export import ExportError
     from so8t.train.recipe import RunFolderError
 

@@ -64,7 +64,8 @@ class TrainConfig:
     pair_margin_value: float = 0.5              # the unsafe twin's 1-P(ALLOW) must exceed the safe half's by this
     safe_allow_reward: float = 0.0              # phase 2, off by default
     escalate_penalty: float = 0.0               # phase 2, off by default
-    pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])  # training fractions where lambda_pet steps
+    # training fractions where lambda_pet steps
+    pet_boundaries: list[float] = dataclasses.field(default_factory=lambda: [0.3, 0.6])
     pet_values: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.15, 1.0])  # lambda_pet in each phase
     pet_normalize: bool = True                  # divide each layer's term by its mean squared activation
     pet_checkpoint: bool = False                # recompute PET in backward instead of storing differences
@@ -150,8 +151,10 @@ class ServerConfig:
     # Concurrent requests scored together in one forward pass of the gate; each decision is the
     # one the request would get alone (right padding, masks). Off: one request at a time.
     gate_batching: bool = True
-    gate_batch_window_ms: float = 5.0           # how long the oldest waiting request waits for others to join (0: only those already waiting)
-    gate_batch_max: int = 16                    # most prompts (a request's turns and windows count each) in one forward pass of the gate
+    # how long the oldest waiting request waits for others to join (0: only those already waiting)
+    gate_batch_window_ms: float = 5.0
+    # most prompts (a request's turns and windows count each) in one forward pass of the gate
+    gate_batch_max: int = 16
     # The gate's forward: 'run' (the run's own amp, as trained), 'fp32', 'bf16' (autocast; fast with
     # native CPU bf16) or 'int8' (dynamic int8 quantization of the blocks' linear layers, CPU).
     # bench/gate_latency.py measures the agreement of each with fp32 and their safety KPIs.
@@ -176,7 +179,8 @@ class ServerConfig:
     # a JSON file replaced atomically; unreadable means every action waits for a person (ask).
     # Empty: autonomy.json next to audit_path.
     autonomy_path: str = ""
-    autonomy_min_approvals: int = 20            # `so8t autonomy report` proposes auto after this many approvals, none edited or rejected
+    # `so8t autonomy report` proposes auto after this many approvals, none edited or rejected
+    autonomy_min_approvals: int = 20
     # --- approvals and audit ---
     approvals_url: str = "sqlite:///so8t-state/approvals.db"  # any SQLAlchemy URL
     approval_ttl_s: float = 3600.0              # an unanswered approval expires (TIMEOUT, denied)
@@ -246,14 +250,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if value not in get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, get_args(hint)))}")
         return value
-    if origin in (list, typing.List):
+    if origin is list:
         (item,) = get_args(hint)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item, where) for v in value]
-    if origin in (dict, typing.Dict):
+    if origin is dict:
         key_hint, value_hint = get_args(hint)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping such as {{name: value}}, got {value!r}")

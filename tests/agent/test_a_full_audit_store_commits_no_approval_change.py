@@ -12,13 +12,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from full_filesystem import FILLER_EVENT, KINDS, full_filesystem
 from sqlalchemy import event
 
 from so8t.agent.approvals import AlreadyClaimed, ApprovalQueue, Status
 from so8t.agent.audit import AuditError, AuditLog, verify
 from so8t.agent.service import approval_audit_record, build_service, open_approvals
 from so8t.config import ServerConfig
+
+from full_filesystem import FILLER_EVENT, KINDS, full_filesystem
 
 ESCALATE = {"action": "ESCALATE", "status": "ok"}
 

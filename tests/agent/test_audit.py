@@ -88,7 +88,7 @@ def test_japanese_stays_readable(tmp_path):
     path = tmp_path / "audit.jsonl"
     plain_log(path).append("gate.escalate", {"prompt": "本番DBのテーブルを削除して。"})
     raw = path.read_bytes()
-    assert "本番DBのテーブルを削除して。".encode("utf-8") in raw and b"\\u" not in raw
+    assert "本番DBのテーブルを削除して。".encode() in raw and b"\\u" not in raw
     assert verify(path).ok
 
 
@@ -188,7 +188,7 @@ def test_hmac_key(tmp_path):
 
 
 def test_key_from_env():
-    assert key_from_env({"SO8T_AUDIT_KEY": "秘密"}) == "秘密".encode("utf-8")
+    assert key_from_env({"SO8T_AUDIT_KEY": "秘密"}) == "秘密".encode()
     assert key_from_env({"SO8T_AUDIT_KEY": ""}) is None
     assert key_from_env({}) is None
 
@@ -226,7 +226,7 @@ def test_sigkill_mid_write_loses_nothing(tmp_path):
     # Simulate a write cut short: half a record, no newline (adds to any tail the kill left).
     with open(path, "ab") as f:
         f.write('{"seq": 99999, "ts": "2026-01-01T00:00:00Z", "event": "gate.refuse", "data": {"p": "途中'
-                .encode("utf-8"))
+                .encode())
     raw = path.read_bytes()
     torn = raw[raw.rfind(b"\n") + 1:]
     n_lines = raw.count(b"\n") + 1

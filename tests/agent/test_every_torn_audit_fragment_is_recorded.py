@@ -9,9 +9,10 @@ import hashlib
 import json
 
 import pytest
-from full_filesystem import full_filesystem
 
 from so8t.agent.audit import AuditError, AuditLog, format_report, verify
+
+from full_filesystem import full_filesystem
 
 TORN = '{"seq": 9, "ts": "2026-01-01T00:00:00Z", "event": "gate.refuse", "data": {"p": "途中'.encode()
 

@@ -8,13 +8,10 @@ import time
 
 import pytest
 
-
 from so8t.agent.approvals import Status
 from so8t.agent.audit import verify
 from so8t.agent.service import build_service
 from so8t.config import ServerConfig
-
-
 
 
 def _service(tmp_path, run, **kw):

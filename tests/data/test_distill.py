@@ -24,7 +24,12 @@ import so8t
 from so8t.cli import main
 from so8t.data import DataError, assemble
 from so8t.data.distill import (
-    DEFAULT_POLICY, Teacher, TeacherUnavailable, distill, read_choice, side_files,
+    DEFAULT_POLICY,
+    Teacher,
+    TeacherUnavailable,
+    distill,
+    read_choice,
+    side_files,
 )
 from so8t.labels import parse_response
 from so8t.server.llm_server import serve_in_thread

@@ -234,8 +234,8 @@ def test_no_test_file_with_a_test_fraction_of_zero_and_per_rule_needs_a_teacher(
 def test_precedents_that_copy_built_in_rows_are_dropped_and_named(policy_file, tmp_path):
     builtin = load_builtin("train")
     exact, near = builtin[0], builtin[1]
-    text = POLICY + ("      - {prompt: %s}\n      - {prompt: %s}\n"
-                     % (json.dumps(exact.prompt), json.dumps(near.prompt_text() + " thanks")))
+    text = POLICY + (f"      - {{prompt: {json.dumps(exact.prompt)}}}\n"
+                     f"      - {{prompt: {json.dumps(near.prompt_text() + ' thanks')}}}\n")
     policy_file.write_text(text, encoding="utf-8")
     out = tmp_path / "cases.jsonl"
     summary = policy_cases(policy_file, out, progress=False)

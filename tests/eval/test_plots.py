@@ -53,7 +53,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from so8t.eval.plots import LOWER_IS_BETTER, plot_training_curves, plot_tradeoff  # noqa: E402
+from so8t.eval.plots import LOWER_IS_BETTER, plot_tradeoff, plot_training_curves  # noqa: E402
 
 
 def test_plot_reliability_survives_all_nan_and_empty_bins(tmp_path):

@@ -3,8 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from so8t.eval.thresholds import (CalibrationError, Thresholds, calibrate, decide, load_thresholds,
-                                  save_thresholds)
+from so8t.eval.thresholds import CalibrationError, Thresholds, calibrate, decide, load_thresholds, save_thresholds
 
 A, E, R = 0, 1, 2
 

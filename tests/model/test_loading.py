@@ -4,8 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from so8t.model import ModelLoadError, describe, encode_prompt, ensure_chat_template, load_base_model
-from so8t.model import loading
+from so8t.model import ModelLoadError, describe, encode_prompt, ensure_chat_template, load_base_model, loading
 
 
 def test_local_folder_gives_the_plain_transformers_model(tiny_model_dir):

@@ -13,7 +13,6 @@ import time
 import httpx
 import pytest
 import yaml
-from postgres_server import PASSWORD, _free_port
 
 from so8t.agent.approvals import Status
 from so8t.agent.audit_db import verify_database
@@ -22,6 +21,8 @@ from so8t.cli import main as cli
 from so8t.config import ServerConfig
 from so8t.server.app import create_app
 from so8t.server.llm_server import serve_in_thread
+
+from postgres_server import PASSWORD, _free_port
 
 TOKEN = "db-gone-admin-token"
 ASK = {"messages": [{"role": "user", "content": "Forward the board minutes to partner@example.com"}]}

@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-from full_filesystem import FILLER_EVENT, KINDS, full_filesystem
 
 from so8t.agent.approvals import Status
 from so8t.agent.audit import verify
@@ -18,6 +17,8 @@ from so8t.agent.service import build_service
 from so8t.config import ServerConfig
 from so8t.server.app import create_app
 from so8t.server.llm_server import serve_in_thread
+
+from full_filesystem import FILLER_EVENT, KINDS, full_filesystem
 
 TOKEN = "full-store-admin-token"
 ASK = {"messages": [{"role": "user", "content": "Forward the board minutes to partner@example.com"}]}

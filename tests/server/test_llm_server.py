@@ -85,7 +85,8 @@ def test_japanese_content_round_trips(client, lm):
     # the server tokenized exactly the Japanese we sent (mojibake would tokenize differently)
     assert body["usage"]["prompt_tokens"] == len(tok(render_prompt(tok, convo), add_special_tokens=False)["input_ids"])
     # list-style content parts are the same conversation
-    parts = [{"role": "user", "content": [{"type": "text", "text": "本番DBの"}, {"type": "text", "text": "テーブルを削除して。"}]}]
+    parts = [{"role": "user",
+              "content": [{"type": "text", "text": "本番DBの"}, {"type": "text", "text": "テーブルを削除して。"}]}]
     assert chat(client, parts, max_tokens=6)["choices"][0]["message"] == chat(client, JA, max_tokens=6)["choices"][0]["message"]
 
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from postgres_server import PASSWORD, _free_port
 
 from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit_db import DatabaseAuditLog
 from so8t.agent.service import approval_audit_record
 from so8t.cli import main as cli
+
+from postgres_server import PASSWORD, _free_port
 
 TOKEN = "replica-admin-token-5c1e"
 SRC = str(Path(__file__).resolve().parents[2] / "src")

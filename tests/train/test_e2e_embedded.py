@@ -7,8 +7,7 @@ import torch
 
 from so8t.cli import main
 from so8t.data import load_builtin, write_jsonl
-from so8t.model import load_run
-from so8t.model import predict_probs
+from so8t.model import load_run, predict_probs
 
 pytestmark = pytest.mark.e2e
 

@@ -2,10 +2,9 @@
 import dataclasses
 
 import pytest
-
-from so8t.cli import main
 from transformers import LlamaConfig
 
+from so8t.cli import main
 from so8t.config import TrainConfig, resolve
 from so8t.model import ModelLoadError
 from so8t.train import memory
@@ -73,7 +72,7 @@ def test_logits_pet_and_head_by_hand():
 
 
 def test_activations_by_hand():
-    tokens, s, H, I, q = 2 * 16, 2, 64, 128, 64
+    tokens, s, H, I, q = 2 * 16, 2, 64, 128, 64  # noqa: E741 - the names in memory.py's formulas
     hidden_states = 3 * tokens * H * s  # embeddings + 2 block outputs
     final_norm = tokens * H * (4 + s)
     per_token = (2 * (4 + s) * H  # two RMSNorms: fp32 input + output

@@ -303,7 +303,8 @@ def test_runs_under_accelerate_launch(tiny_model_dir, data_files, tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "so8t", "train", "--preset", "cpu-quick",
            "--set", f"model={tiny_model_dir}", "--set", "max_length=48", "--set", "micro_batch=2",
-           "--set", "amp=none", "--set", "lora_layers=0", "--max-steps", "2", "--set", "eval_every=2", "--data", str(data_files / "train.jsonl"),
+           "--set", "amp=none", "--set", "lora_layers=0", "--max-steps", "2", "--set", "eval_every=2",
+           "--data", str(data_files / "train.jsonl"),
            "--set", f"dev_data=[{data_files / 'dev.jsonl'}]", "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -95,8 +95,15 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from so8t.agent.sqlstore import (StoreUnavailable, create_tables, is_memory_sqlite, open_engine, parse_url, reason,
-                                 safe_url)
+from so8t.agent.sqlstore import (
+    StoreUnavailable,
+    create_tables,
+    is_memory_sqlite,
+    open_engine,
+    parse_url,
+    reason,
+    safe_url,
+)
 from so8t.canonical import canonical_json, hash_text as _hash_text, request_hash
 from so8t.labels import parse_label
 

@@ -10,8 +10,8 @@ pool, and a plain ``httpx.Client`` there is simpler and safer than nesting event
 from __future__ import annotations
 
 import email.utils
-from dataclasses import dataclass, field
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 

@@ -53,7 +53,7 @@ class ToolPolicy:
 
     @classmethod
     def from_config(cls, tiers: dict | None, actions: dict | None, toolset: Toolset | None = None,
-                    where: str = "tools config") -> "ToolPolicy":
+                    where: str = "tools config") -> ToolPolicy:
         merged = dict(DEFAULT_TIERS)
         for risk, level in (tiers or {}).items():
             if risk not in RISKS:

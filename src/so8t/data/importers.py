@@ -178,7 +178,8 @@ def _csv_column(path: Path, problems: list[Problem], **fmt: Any) -> Iterator[tup
         while len(fields) > 1 and not fields[-1].strip():
             fields = fields[:-1]
         if len(fields) != 1:
-            problems.append(Problem(str(path), line, "", f"row {row} has {len(fields)} fields, expected one (an unquoted comma?)"))
+            problems.append(Problem(str(path), line, "",
+                                    f"row {row} has {len(fields)} fields, expected one (an unquoted comma?)"))
             continue
         yield row, line, fields[0]
 
@@ -475,37 +476,46 @@ IMPORTERS: dict[str, Importer] = {
     imp.name: imp
     for imp in [
         Importer("advbench", "AdvBench harmful_behaviors.csv: harmful goals, all REFUSE", ADVBENCH, _read_advbench,
-                 expects="advbench/harmful_behaviors.csv", origin="GitHub llm-attacks/llm-attacks, data/advbench/harmful_behaviors.csv"),
+                 expects="advbench/harmful_behaviors.csv",
+                 origin="GitHub llm-attacks/llm-attacks, data/advbench/harmful_behaviors.csv"),
         Importer("strongreject", "StrongREJECT strongreject_dataset.csv: forbidden prompts by category, all REFUSE",
                  STRONGREJECT, _read_strongreject,
-                 expects="strongreject/strongreject_dataset.csv", origin="GitHub alexandrasouly/strongreject, strongreject_dataset/strongreject_dataset.csv"),
+                 expects="strongreject/strongreject_dataset.csv",
+                 origin="GitHub alexandrasouly/strongreject, strongreject_dataset/strongreject_dataset.csv"),
         Importer("do-not-answer", "Do-Not-Answer do_not_answer_en.csv: questions by harm type (REFUSE / ESCALATE / ALLOW)",
                  DO_NOT_ANSWER, _read_do_not_answer,
-                 expects="do-not-answer/do_not_answer_en.csv", origin="GitHub Libr-AI/do-not-answer, datasets/Instruction/do_not_answer_en.csv"),
+                 expects="do-not-answer/do_not_answer_en.csv",
+                 origin="GitHub Libr-AI/do-not-answer, datasets/Instruction/do_not_answer_en.csv"),
         Importer("coconot", "CoCoNot coconot_eval.jsonl: safety concerns REFUSE, other non-compliance ALLOW",
                  COCONOT, _read_coconot,
                  expects="coconot/coconot_eval.jsonl", origin="GitHub allenai/noncompliance (CoCoNot), coconot_eval.jsonl"),
         Importer("coconot-contrast", "CoCoNot coconot_contrast_eval.jsonl: benign look-alikes, all ALLOW",
                  COCONOT_CONTRAST, _read_coconot,
-                 expects="coconot/coconot_contrast_eval.jsonl", origin="GitHub allenai/noncompliance (CoCoNot), coconot_contrast_eval.jsonl"),
+                 expects="coconot/coconot_contrast_eval.jsonl",
+                 origin="GitHub allenai/noncompliance (CoCoNot), coconot_contrast_eval.jsonl"),
         Importer("toxic-chat", "ToxicChat toxic_chat_train.json: toxic or jailbreaking REFUSE, else ALLOW",
                  TOXIC_CHAT, _read_toxic_chat,
-                 expects="toxic-chat/toxic_chat_train.json", origin="GitHub dmg-illc/JUDGE-BENCH, data/toxic_chat/toxic_chat_train.json"),
+                 expects="toxic-chat/toxic_chat_train.json",
+                 origin="GitHub dmg-illc/JUDGE-BENCH, data/toxic_chat/toxic_chat_train.json"),
         Importer("medicheck", "MediCheck medicheck-{expert,crowd}.csv: serious/critical ESCALATE, else ALLOW",
                  MEDICHECK, _read_medicheck,
-                 expects="medical-safety/medicheck-expert.csv", origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-expert.csv or data/medicheck-crowd.csv"),
+                 expects="medical-safety/medicheck-expert.csv",
+                 origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-expert.csv or data/medicheck-crowd.csv"),
         Importer("medicheck-neg", "MediCheck medicheck-neg.csv: non-medical queries, all ALLOW",
                  MEDICHECK_NEG, _read_medicheck_neg,
-                 expects="medical-safety/medicheck-neg.csv", origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-neg.csv"),
+                 expects="medical-safety/medicheck-neg.csv",
+                 origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-neg.csv"),
         Importer("japanese-toxic", "Japanese toxic comments subset.csv: vote majority (ALLOW / ESCALATE / REFUSE)",
                  JAPANESE_TOXIC, _read_japanese_toxic,
                  expects="japanese-toxic/subset.csv", origin="GitHub inspection-ai/japanese-toxic-dataset, data/subset.csv"),
         Importer("xsafety", "XSafety folder of {en,ja}/*.csv: category per file (REFUSE / ESCALATE / ALLOW)",
                  XSAFETY, _read_xsafety,
-                 expects="xsafety/", origin="GitHub Jarviswang94/Multilingual_safety_benchmark (XSafety): the en/ and ja/ folders of CSV files"),
+                 expects="xsafety/",
+                 origin="GitHub Jarviswang94/Multilingual_safety_benchmark (XSafety): the en/ and ja/ folders of CSV files"),
         Importer("beavertails", "BeaverTails sample beavertails_sample.csv: REFUSE, politics ESCALATE",
                  BEAVERTAILS, _read_beavertails,
-                 expects="beavertails-sample/beavertails_sample.csv", origin="the BeaverTails (PKU-Alignment) sample in the artkit examples, GitHub BCG-X-Official/artkit"),
+                 expects="beavertails-sample/beavertails_sample.csv",
+                 origin="the BeaverTails (PKU-Alignment) sample in the artkit examples, GitHub BCG-X-Official/artkit"),
     ]
 }
 

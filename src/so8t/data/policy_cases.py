@@ -51,8 +51,20 @@ from tqdm.auto import tqdm
 
 from so8t.data.builtin import BUILTIN_SETS, load_builtin
 from so8t.data.dedup import near_duplicate_pairs, normalize_text
-from so8t.data.distill import (_THINK, MAX_ERRORS_IN_A_ROW, RowFailure, Teacher, TeacherUnavailable, _Appender,
-                               _Client, _parses, _repair_tail, ask_all, read_choice, teacher_messages)
+from so8t.data.distill import (
+    _THINK,
+    MAX_ERRORS_IN_A_ROW,
+    RowFailure,
+    Teacher,
+    TeacherUnavailable,
+    _Appender,
+    _Client,
+    _parses,
+    _repair_tail,
+    ask_all,
+    read_choice,
+    teacher_messages,
+)
 from so8t.data.io import write_jsonl
 from so8t.data.policy import LANG, Policy, Rule, load_policy, render_policy
 from so8t.data.schema import DataError, Problem, Record, check_row

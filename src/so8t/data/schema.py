@@ -67,7 +67,7 @@ class Record(BaseModel):
         return v.strip().lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _response_matches_label(self) -> "Record":
+    def _response_matches_label(self) -> Record:
         if self.response is None:
             return self
         parsed = parse_response(self.response)

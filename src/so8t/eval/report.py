@@ -28,8 +28,17 @@ from so8t.data.builtin import parse_builtin_spec
 from so8t.eval import baselines as bl
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
-from so8t.eval.metrics import (DEFAULT_TARGETS, binary_metrics, bootstrap_ci, breakdown,
-                               compute_metrics, expected_calibration_error, per_class_report, reliability_bins, verdict)
+from so8t.eval.metrics import (
+    DEFAULT_TARGETS,
+    binary_metrics,
+    bootstrap_ci,
+    breakdown,
+    compute_metrics,
+    expected_calibration_error,
+    per_class_report,
+    reliability_bins,
+    verdict,
+)
 from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
 from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
 from so8t.eval.thresholds import decide, load_thresholds

@@ -33,7 +33,8 @@ class Generated:
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, items: Sequence, max_length: int, max_new_tokens: int = 64,
-                       batch_size: int = 8, amp: str = "none", between_batches: Callable[[], None] | None = None) -> list[Generated]:
+                       batch_size: int = 8, amp: str = "none",
+                       between_batches: Callable[[], None] | None = None) -> list[Generated]:
     """Greedy generation after the prompt."""
     body = model.body
     device = next(model.head.parameters()).device

@@ -29,7 +29,8 @@ pass. The worker takes the oldest job, then the jobs queued behind it, oldest fi
 their prompts (views) together stay within `batch_max`; when the queue runs dry it waits for
 more, but never past `batch_window_ms` after the oldest job was queued (0: only jobs already
 waiting), and only while requests come in together (the previous round held more than one): a
-lone client never waits for others that are not coming. A job with more views than `batch_max` is scored alone, in passes of `batch_max`.
+lone client never waits for others that are not coming. A job with more views than `batch_max` is
+scored alone, in passes of `batch_max`.
 A batched decision is the one the request gets alone: prompts are right-padded with attention
 masks, so a row reads only its own tokens (tests compare the two, probabilities included);
 the in-process LLM's prefill (`decide_with_prefill`) is that row's own KV cache, cut to its
@@ -245,7 +246,7 @@ class Gate:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, precision: str = "run", **opts) -> "Gate":
+    def load(cls, run_dir: str | Path, *, use_thresholds: bool = True, precision: str = "run", **opts) -> Gate:
         """Load a trained run. A missing or broken run does not raise: the gate comes up not
         ready and fails closed on every request (the service stays up and says why); so does a
         precision (model.precision: run, fp32, bf16, int8) that cannot run here. An unknown
@@ -275,7 +276,7 @@ class Gate:
     def ready(self) -> bool:
         return self.load_error is None and self.model is not None
 
-    def self_test(self) -> "SelfTest":
+    def self_test(self) -> SelfTest:
         """Decide a few fixed prompts: no blunt dangerous request (both languages) may be
         ALLOWed, no plainly harmless one REFUSEd, and each dangerous one must have a higher
         P(REFUSE) than every harmless one (a cautious gate may ESCALATE a harmless request; it
@@ -326,7 +327,7 @@ class Gate:
                     out[i] = self._failed("error", self.load_error or "no model loaded", h, t0)
             else:
                 views, unscored = [], {}  # unscored: index -> why it fails closed
-                for i, convo, h in jobs:
+                for i, convo, _h in jobs:
                     try:
                         big = self._size_problem(convo, count_views=False)
                         mine = [] if big else self.views(convo)
@@ -341,7 +342,7 @@ class Gate:
                     else:
                         views += [(i, name, msgs) for name, msgs in mine]
                 probs, failure = self._attempt([v[2] for v in views]) if views else ([], None)
-                for i, convo, h in jobs:
+                for i, _convo, h in jobs:
                     if i in unscored:
                         out[i] = self._failed("error", unscored[i], h, t0)
                     elif failure:

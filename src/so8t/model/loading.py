@@ -156,7 +156,8 @@ def converted_gguf_folder(gguf: Path) -> Path:
 
 def _check_4bit() -> None:
     if not torch.cuda.is_available():
-        raise ModelLoadError("load_in_4bit needs a CUDA GPU (bitsandbytes NF4); none is visible here. Drop --load-in-4bit to train in full precision.")
+        raise ModelLoadError("load_in_4bit needs a CUDA GPU (bitsandbytes NF4); none is visible here. "
+                             "Drop --load-in-4bit to train in full precision.")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError("load_in_4bit needs bitsandbytes: pip install 'so8t[gpu]' (or pip install bitsandbytes)")
 

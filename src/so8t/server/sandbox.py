@@ -37,7 +37,7 @@ class LocalSmtp:
     def messages(self) -> list[dict]:
         return self._inbox.messages
 
-    def __enter__(self) -> "LocalSmtp":
+    def __enter__(self) -> LocalSmtp:
         self._controller.start()
         return self
 

@@ -71,7 +71,8 @@ class MemoryEstimate:
     overhead: int
     description: str = ""
 
-    PARTS: ClassVar[tuple[str, ...]] = ("weights", "lora_and_optimizer", "activations", "logits", "pet", "safety_head", "overhead")
+    PARTS: ClassVar[tuple[str, ...]] = ("weights", "lora_and_optimizer", "activations", "logits", "pet", "safety_head",
+                                        "overhead")
 
     @property
     def total(self) -> int:
@@ -211,7 +212,7 @@ def _layer_working_set_per_token(cfg: TrainConfig, d: _Dims, s: int) -> int:
     The frozen base linears need only their weight for the input gradient, so what is saved
     is what the non-linear ops and the LoRA branches need.
     """
-    H, I, q = d.hidden, d.inter, d.q_dim
+    H, I, q = d.hidden, d.inter, d.q_dim  # noqa: E741 - the formulas' names: hidden, intermediate, q width
     # Two RMSNorms: each keeps its fp32 input for the rsqrt backward and emits a normalized
     # output (the projections' / LoRA A's input).
     norms = 2 * (4 + s) * H

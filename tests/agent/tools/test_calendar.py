@@ -39,7 +39,10 @@ def test_create_list_move_delete_round_trip(tmp_path):
     assert listed[0] == {"uid": a["uid"], "summary": "歯医者", "start": "2025-05-01T00:00:00+00:00",
                          "end": "2025-05-01T01:00:00+00:00", "attendees": [], "location": "駅前クリニック",
                          "all_day": False}
-    day = lambda **r: [e["summary"] for e in _run(ts, "calendar.list", r)["events"]]
+
+    def day(**r):
+        return [e["summary"] for e in _run(ts, "calendar.list", r)["events"]]
+
     assert day(**{"from": "2025-05-02"}) == ["Lunch"]
     assert day(to="2025-05-01") == ["歯医者"]  # a date "to" includes that whole day
     assert day(**{"from": "2025-05-01T00:30Z", "to": "2025-05-02T12:00Z"}) == ["歯医者"]  # overlap; "to" exclusive

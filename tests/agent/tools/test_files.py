@@ -6,8 +6,7 @@ import stat
 
 import pytest
 
-from so8t.agent.tools import ToolError, Toolset
-from so8t.agent.tools import files as files_mod
+from so8t.agent.tools import ToolError, Toolset, files as files_mod
 from so8t.agent.tools.files import DeleteArgs, ListArgs, MoveArgs, ReadArgs, WriteArgs, files_tool
 
 

@@ -13,8 +13,17 @@ import pytest
 
 from so8t.agent.tools import ToolError, Toolset
 from so8t.agent.tools.files import files_tool
-from so8t.agent.tools.sql import (ExecuteArgs, QueryArgs, SchemaChangeArgs, _Database, _jsonable, _prepare,
-                                  _Refused, _syntax_for, sql_tool)
+from so8t.agent.tools.sql import (
+    ExecuteArgs,
+    QueryArgs,
+    SchemaChangeArgs,
+    _Database,
+    _jsonable,
+    _prepare,
+    _Refused,
+    _syntax_for,
+    sql_tool,
+)
 
 
 @pytest.fixture

@@ -381,8 +381,7 @@ def _browse(url: str, rules: list[Rule], *, executable_path: str, screenshot_dir
             max_text_chars: int) -> dict:
     """Launch Chromium (through our proxy), load the page, collect text + screenshot, close everything."""
     try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import Error as PlaywrightError, sync_playwright
     except ImportError:
         raise ToolError("browser.open: the playwright package is not installed (pip install playwright)") from None
 

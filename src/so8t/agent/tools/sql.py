@@ -43,7 +43,8 @@ Result size: at most `max_rows` rows and `max_result_bytes` bytes (each value co
 JSON it becomes) come back. Rows are fetched a few at a time (`fetchmany`, with a server-side
 cursor where the driver has one: PostgreSQL, MySQL -- for SELECT, WITH and VALUES, the reads
 PostgreSQL can declare a cursor for) and counted as they arrive, so a huge result is never held
-in memory (tested on SQLite, and on a real PostgreSQL where psycopg is installed); past either cap the result says `truncated: true`, which cap cut it
+in memory (tested on SQLite, and on a real PostgreSQL where psycopg is installed); past either cap
+the result says `truncated: true`, which cap cut it
 (`truncated_by`) and a `note`. On SQLite no string or blob may be larger than max_result_bytes
 (SQLITE_LIMIT_LENGTH, for the statement), so `SELECT randomblob(1000000000)` is an error that
 names the cap instead of a gigabyte in memory.
@@ -66,8 +67,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
+from datetime import date, datetime, time as dtime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
