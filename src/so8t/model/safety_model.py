@@ -1,8 +1,8 @@
 """The body (base model, optionally with a LoRA adapter) and the safety head, side by side.
 
 Nothing inside the body is replaced or patched: the head reads hidden states that the plain
-forward returns anyway (the final one after the final norm, or a learned mix of several
-blocks: `SafetyHead.read`). Training
+forward returns anyway (the final one after the final norm, or several blocks' states side
+by side or mixed: `SafetyHead.read`). Training
 and the gate both call `forward` here, so prompt -> pooled state is one code path.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default: Gemma 3 270M base (multilingual; a frozen probe on its middle blocks beat
     # SmolLM2-135M's best block on the held-out agent set, AUROC 0.84 vs 0.77) on all three
     # built-in sets (office work, contrast pairs, the wide hazard taxonomy), sized for ~30 minutes
-    # on 2 CPU cores. The head reads a learned mix of the upper two thirds of the blocks, is
+    # on 2 CPU cores. The head reads blocks across the upper two thirds (side by side), is
     # first fitted on frozen features of the whole training set (LP-FT; scored at step 0 and
     # kept if no LoRA step beats it on dev), then LoRA on the top 6 of 18 blocks learns at 1e-3.
     # The probe fit: 4000 steps of 256 examples with a cosine-decayed rate. With 2000 steps of
