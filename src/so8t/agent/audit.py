@@ -341,6 +341,23 @@ class AuditStore:
         raise NotImplementedError
 
     def health(self) -> str | None:
+        """None when the store can take a record now; otherwise why not (for readiness checks).
+
+        The store's own probe runs first. After a failed write the store counts as failing until a
+        write succeeds: when the probe passes, this writes an ``audit.restored`` record (naming the
+        failure), which is that test."""
+        problem = self._probe()
+        if problem is not None:
+            return problem
+        if self._failure is not None:
+            try:
+                self.append(AUDIT_RESTORED, {"after": self._failure})
+            except AuditError as exc:
+                return str(exc)
+        return None
+
+    def _probe(self) -> str | None:
+        """Why the store cannot take a record now, or None; writes no record."""
         raise NotImplementedError
 
     def verify(self) -> VerifyReport:
@@ -378,13 +395,9 @@ class AuditLog(AuditStore):
             return []  # nothing to recover, and no empty log is created
         return self._append_many([], orphans=True)
 
-    def health(self) -> str | None:
-        """None when the store can take a record now; otherwise why not (for readiness checks).
-
-        Writes, fsyncs and removes a ``PROBE_BYTES`` probe file next to the log, so a full or
-        read-only filesystem shows up before a record is lost. After a failed write the store
-        counts as failing until a write succeeds: when the probe passes, this writes an
-        ``audit.restored`` record (naming the failure), which is that test."""
+    def _probe(self) -> str | None:
+        """Writes, fsyncs and removes a ``PROBE_BYTES`` probe file next to the log, so a full or
+        read-only filesystem shows up before a record is lost."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.probe-")
@@ -398,11 +411,6 @@ class AuditLog(AuditStore):
                 os.unlink(tmp)
         except OSError as exc:
             return f"the audit store {self.path.parent} cannot take records: {exc.strerror or exc}"
-        if self._failure is not None:
-            try:
-                self.append(AUDIT_RESTORED, {"after": self._failure})
-            except AuditError as exc:
-                return str(exc)
         return None
 
     def verify(self) -> VerifyReport:

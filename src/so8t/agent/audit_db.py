@@ -37,7 +37,6 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from so8t.agent.audit import (
-    AUDIT_RESTORED,
     GENESIS,
     AuditError,
     AuditStore,
@@ -143,17 +142,13 @@ class DatabaseAuditLog(AuditStore):
         """Nothing to recover: a transaction is never half-written (see the module docstring)."""
         return []
 
-    def health(self) -> str | None:
+    def _probe(self) -> str | None:
+        """A read of the table: the database is reachable and the table is there."""
         try:
             with self._tlock, self.engine.connect() as conn:
                 conn.execute(select(func.max(_records.c.seq)))
         except SQLAlchemyError as exc:
             return f"{STORE} {self.location} cannot take records: {reason(exc, self.url)}"
-        if self._failure is not None:
-            try:
-                self.append(AUDIT_RESTORED, {"after": self._failure})
-            except AuditError as exc:
-                return str(exc)
         return None
 
     def verify(self) -> VerifyReport:
