@@ -541,6 +541,18 @@ def _parse_mapping(items: Sequence[str] | None) -> dict[str, str] | None:
     return out
 
 
+def _teacher_client_args(p: argparse.ArgumentParser, *, temperature: str) -> None:
+    """The teacher client's options, shared by `distill` and `policy cases` (one client behind both)."""
+    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
+                                                        "(default: SO8T_TEACHER_API_KEY when set)")
+    p.add_argument("--temperature", type=float, help=temperature)
+    p.add_argument("--max-tokens", type=int, help="cap on each teacher answer (default: the server's)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="so8t",
                                      description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM.")
@@ -597,17 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "YAML policy (docs/policy.md) whose rules it then cites "
                                                          "(default: so8t's ALLOW / ESCALATE / REFUSE policy)")
     p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl", help="labelled records (appended; resumable)")
-    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
-                                                        "(default: SO8T_TEACHER_API_KEY when set)")
     p.add_argument("--samples", type=int, default=1, help="answers per prompt; the majority is kept (default 1)")
     p.add_argument("--min-agreement", type=float, default=1.0,
                    help="share of the samples that must agree, else the prompt goes to review (default 1)")
-    p.add_argument("--temperature", type=float, help="default 0 for one sample, 0.7 for several")
-    p.add_argument("--max-tokens", type=int, help="cap on the teacher's answer (default: the server's)")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _teacher_client_args(p, temperature="default 0 for one sample, 0.7 for several")
     p.set_defaults(func=cmd_distill)
 
     pol = sub.add_parser("policy", help="a written policy (YAML rules) as training cases").add_subparsers(
@@ -627,14 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-fraction", type=float, default=0.2,
                    help="share of the cases held out in CASES.test.jsonl (default 0.2; 0: none)")
     q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    q.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
-                                                       "(default: SO8T_TEACHER_API_KEY when set)")
-    q.add_argument("--temperature", type=float, help="for writing new prompts (default 0.8; labels are asked at 0)")
-    q.add_argument("--max-tokens", type=int, help="cap on each teacher answer (default: the server's)")
-    q.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    q.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    q.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _teacher_client_args(q, temperature="for writing new prompts (default 0.8; labels are asked at 0)")
     q.set_defaults(func=cmd_policy_cases)
 
     p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
