@@ -140,19 +140,9 @@ class FakeTeacher:
 
 
 @pytest.fixture
-def teacher():
+def teacher(serve_teacher):
     """Factory: start a FakeTeacher on a free port; every one is stopped at the end."""
-    started = []
-
-    def start(**kw) -> FakeTeacher:
-        t = FakeTeacher(**kw)
-        t.handle = serve_in_thread(t.app(), graceful_timeout_s=0.5)
-        started.append(t)
-        return t
-
-    yield start
-    for t in started:
-        t.handle.stop()
+    return lambda **kw: serve_teacher(FakeTeacher(**kw))
 
 
 def prompts_file(path: Path, rows: list) -> Path:

@@ -18,7 +18,6 @@ from so8t.data import DataError, assemble, load_builtin
 from so8t.data.distill import Teacher, TeacherUnavailable
 from so8t.data.policy_cases import policy_cases, side_paths
 from so8t.labels import parse_response
-from so8t.server.llm_server import serve_in_thread
 
 POLICY = """\
 name: Test trading policy
@@ -159,18 +158,9 @@ class PolicyTeacher:
 
 
 @pytest.fixture
-def teacher():
-    started = []
-
-    def start(**kw) -> PolicyTeacher:
-        t = PolicyTeacher(**kw)
-        t.handle = serve_in_thread(t.app(), graceful_timeout_s=0.5)
-        started.append(t)
-        return t
-
-    yield start
-    for t in started:
-        t.handle.stop()
+def teacher(serve_teacher):
+    """Factory: start a PolicyTeacher on a free port; every one is stopped at the end."""
+    return lambda **kw: serve_teacher(PolicyTeacher(**kw))
 
 
 @pytest.fixture
