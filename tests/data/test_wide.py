@@ -19,13 +19,15 @@ HELDOUT = Path(__file__).resolve().parents[2] / "heldout"
 LABELS = ("ALLOW", "ESCALATE", "REFUSE")
 
 
-def test_at_least_4000_examples_balanced_and_40_percent_japanese():
+def test_at_least_4000_examples_balanced_and_40_percent_japanese_and_other_languages_tagged():
     assert len(RECORDS) >= 4000
     share = Counter(r.label.name for r in RECORDS)
     assert all(0.28 <= share[lab] / len(RECORDS) <= 0.38 for lab in LABELS), share
     assert sum(r.lang == "ja" for r in RECORDS) / len(RECORDS) >= 0.40
     for split in SPLITS:
-        assert {r.label.name for r in ALL[split]} == set(LABELS) and {r.lang for r in ALL[split]} == {"en", "ja"}
+        assert {r.label.name for r in ALL[split]} == set(LABELS) and {"en", "ja"} <= {r.lang for r in ALL[split]}
+    # A third language (the chat slice's Spanish, French, Chinese, ...) carries its own code, never "en".
+    assert all(re.fullmatch(r"[a-z]{2}", r.lang or "") for r in RECORDS)
 
 
 def test_every_example_has_a_response_whose_tag_is_its_label_and_a_unique_id():

@@ -440,3 +440,21 @@ def test_fit_head_decays_its_rate_to_zero_and_two_seeds_agree_on_separable_featu
             preds.append(head(head.combine(feats)).argmax(-1))
     assert torch.equal(preds[0], preds[1])
     assert (preds[0] == y).float().mean() > 0.95
+
+
+def test_the_probe_reads_each_distinct_row_once_although_the_sampler_repeats_rare_classes(
+        tiny_model_dir, data_files, monkeypatch):
+    import so8t.train.recipe as recipe
+    from so8t.data import read_jsonl
+
+    recs = read_jsonl(data_files / "train.jsonl")
+    recs = recs + [r for r in recs if r.label.name == "ALLOW"] * 3     # ALLOW outnumbers: the others repeat
+    seen = []
+    real = recipe.pooled_layers
+    monkeypatch.setattr(recipe, "pooled_layers", lambda m, t, rows, *a, **k: seen.append(list(rows)) or real(m, t, rows, *a, **k))
+    cfg = tiny_cfg(tiny_model_dir, head_probe_steps=3)
+    model, tok, _ = build_model(cfg)
+    info = recipe.probe_head(model, tok, recs, cfg, None)
+    sample = recipe.epoch_order([int(r.label) for r in recs], "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
+    assert len(sample) > len(set(sample)) and info["examples"] == len(sample)
+    assert len(seen) == 1 and len(seen[0]) == len(set(sample))

@@ -27,11 +27,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # not their learned average: dev AUROC rose on all three dev splits for three seeds
     # (README, "Which head"). At the end the decision thresholds are chosen on dev
     # (calibrate: true), as `so8t calibrate --apply` would; `so8t calibrate RUN --reset` undoes it.
+    # The probe sample (every class oversampled to the largest) is capped above the built-in
+    # training sets' size, so no written row is left out of the head's fit; each distinct row
+    # costs one forward pass however often the sampler repeats it.
     "cpu-quick": {
         "model": "embedded:gemma3-270m", "data": ["builtin", "contrast", "wide"], "max_length": 192, "amp": "bf16",
         "head_layers": "mix", "lora_layers": 6, "lora_r": 8, "lora_alpha": 16, "micro_batch": 8, "grad_accum": 1,
         "max_steps": 100, "lr": 1e-3, "head_lr": 1e-3, "head_freeze_at": 0.67, "warmup_ratio": 0.05, "eval_every": 10,
-        "head_probe_steps": 4000, "head_probe_examples": 8192, "head_probe_batch": 256, "sft_response_tokens": 48,
+        "head_probe_steps": 4000, "head_probe_examples": 12288, "head_probe_batch": 256, "sft_response_tokens": 48,
         "beta": 5.0, "pair_margin": 5.0, "early_stop_metric": "safety_score", "patience": 1,
         "calibrate": True,
     },

@@ -262,7 +262,12 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     labels = [int(r.label) for r in records]
     sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
     picked = [records[i] for i in sample]
-    feats = pooled_layers(model, tokenizer, picked, cfg.max_length, cfg.amp, progress=progress)
+    # The sampler repeats the rarer classes' rows; each distinct row goes through the body once
+    # (its pooled state does not depend on the copy), which saves the repeats' forward passes.
+    distinct = sorted(set(sample))
+    row_of = {i: k for k, i in enumerate(distinct)}
+    feats = pooled_layers(model, tokenizer, [records[i] for i in distinct], cfg.max_length, cfg.amp, progress=progress)
+    feats = feats[torch.tensor([row_of[i] for i in sample], dtype=torch.long)]
     y = torch.tensor([int(r.label) for r in picked])
     easy = torch.tensor([r.difficulty == "easy" for r in picked])
     return fit_head(model.head, feats, y, easy, cfg, cw)
