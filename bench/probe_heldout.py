@@ -13,7 +13,10 @@ on prompts nobody tuned on. Features are cached per (model, texts, max_length) u
 `--head cpu-quick` also fits the safety head itself on the mix, exactly as training's probe
 does (class-balanced sample, composite head loss, the preset's steps, batch and rate;
 `--head-set beta=1` overrides): at step 0 that head is what the default run ships, so this
-reproduces its held-out numbers in seconds once the features are cached. `--skip-first N`
+reproduces its held-out numbers in seconds once the features are cached. `--head-set
+head_kind=split` fits a split head (primary head + escalation judge, with their binary losses)
+the same way, and `--calibrate` then chooses its refuse_at and escalate_at: split against
+three-way on the same cached features. `--skip-first N`
 leaves each prompt's first N tokens (BOS, the opening turn marker) out of the mean pool. `--weights
 xsafety=0.2` scales a training source as TrainConfig.source_weights does, and `--ablate` refits
 the mix probe with each source left out in turn (what each set adds).
@@ -157,13 +160,13 @@ def main() -> None:
     if args.head:
         clf = fit_training_head(args.head, args.head_set, [train[i] for i in rows], f_all["stack"][rows], mix)
         for spec, recs, f in f_tests:
-            print(f"\n{spec} (n={len(recs)}), the safety head fitted as {args.head} fits it\n{header}")
+            print(f"\n{spec} (n={len(recs)}), the {clf.head.kind} safety head fitted as {args.head} fits it\n{header}")
             print(row(f"head ({args.head})", clf, f["stack"], recs))
         if args.calibrate:
             thr = dev_thresholds(clf, [(recs, f["stack"]) for spec, recs, f in f_tests if spec.endswith(":dev")])
             for spec, recs, f in f_tests:
                 print(f"\n{spec} (n={len(recs)}), the head at thresholds chosen on the dev sets "
-                      f"(refuse_at={thr.refuse_at}, allow_at={thr.allow_at})\n{header}")
+                      f"({thr.describe()})\n{header}")
                 print(row(f"head ({args.head}), dev thr", clf, f["stack"], recs, thr))
     if args.ablate:
         sources = sorted({r.source or "" for r in train})
@@ -184,7 +187,7 @@ def dev_thresholds(clf, dev_sets):
     if not dev_sets:
         raise SystemExit("--calibrate needs at least one '<set>:dev' among --test")
     probs = np.concatenate([probe_probs(clf, x) for _, x in dev_sets])
-    return calibrate(probs, [int(r.label) for recs, _ in dev_sets for r in recs]).thresholds
+    return calibrate(probs, [int(r.label) for recs, _ in dev_sets for r in recs], kind=clf.head.kind).thresholds
 
 
 def held_out_rows(train, frac: float) -> set[int]:
@@ -220,7 +223,7 @@ def fit_training_head(preset_name: str, overrides: list[str], records, stacked: 
 
     cfg = from_dict(TrainConfig, {**preset(preset_name), **parse_overrides(overrides)})
     torch.manual_seed(cfg.seed)
-    head = SafetyHead(stacked.size(-1), layers=layers, combine=cfg.head_combine)
+    head = SafetyHead(stacked.size(-1), layers=layers, combine=cfg.head_combine, kind=cfg.head_kind)
     labels = [int(r.label) for r in records]
     sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
     y = torch.tensor([labels[i] for i in sample])

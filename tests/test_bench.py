@@ -84,6 +84,23 @@ def test_probe_heldout_calibrate_chooses_thresholds_on_the_dev_sets_only(tiny_mo
     assert out.returncode != 0 and "needs at least one '<set>:dev'" in out.stderr
 
 
+def test_probe_heldout_fits_a_split_head_as_training_does_and_calibrates_both_its_thresholds(tiny_model_dir, tmp_path):
+    """--head-set head_kind=split: the split head fitted on the cached features (training's step-0
+    fit), and --calibrate choosing its refuse_at and escalate_at on the dev sets."""
+    from so8t.data import load_builtin, write_jsonl
+
+    write_jsonl(tmp_path / "held.jsonl", load_builtin("test")[:20])
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "probe_heldout.py"), "--model", str(tiny_model_dir),
+                          "--train", "builtin:dev", "--features", "mix", "--head", "cpu-quick", "--head-set",
+                          "head_probe_steps=20", "head_kind=split", "--calibrate", "--amp", "none",
+                          "--test", "contrast:dev", str(tmp_path / "held.jsonl"), "--cache", str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("the split safety head fitted as cpu-quick fits it") == 2
+    chosen = [ln for ln in out.stdout.splitlines() if "the head at thresholds chosen on the dev sets" in ln]
+    assert len(chosen) == 2 and all("escalate_at=" in ln and "allow_at" not in ln for ln in chosen)
+
+
 def test_load_runs_so8t_serve_with_batching_off_and_on_and_prints_every_level():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--model", "tiny", "--requests", "8",
                           "--concurrency", "1", "4", "16", "--time-limit-s", "240", "--startup-s", "240"],

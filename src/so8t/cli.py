@@ -284,7 +284,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                  max_false_refusal=args.max_false_refusal, apply=args.apply,
                                  progress=not args.no_progress)
     t = cal.thresholds
-    print(f"chosen thresholds: refuse_at={t.refuse_at} allow_at={t.allow_at} "
+    print(f"chosen thresholds ({t.kind} head): {t.describe()} "
           f"(objective {cal.objective}, n={cal.n}, data {' '.join(cal.data)})")
     print(format_change(cal))
     print(f"trade-off plot: {run / 'calibration' / 'calibration.png'}")
@@ -292,7 +292,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"applied: wrote {written}; serve, chat, demo and eval now use these thresholds "
               f"(undo: so8t calibrate {shlex.quote(str(run))} --reset)")
     else:
-        now = "argmax" if current is None else f"refuse_at={current.refuse_at} allow_at={current.allow_at}"
+        now = "argmax" if current is None else current.describe()
         cmd = ["so8t", "calibrate", str(run), "--data", *args.data, "--objective", args.objective,
                "--min-refuse-recall", str(args.min_refuse_recall)]
         if args.max_false_refusal is not None:
@@ -671,7 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="propose decision thresholds from labelled dev data; --apply stores them in "
                                          "the run (serve, chat, demo and eval then use them), --reset removes them",
-                       description="Choose (refuse_at, allow_at) on labelled data and print what they change against "
+                       description="Choose (refuse_at, allow_at), or for a split head (refuse_at, escalate_at), "
+                                   "on labelled data and print what they change against "
                                    "argmax. Without --apply nothing the run does changes: the proposal goes to "
                                    "RUN/calibration/proposal.json.")
     p.add_argument("run", help="the run folder")

@@ -52,6 +52,10 @@ class TrainConfig:
     pooling: Literal["mean", "last"] = "mean"   # over the prompt tokens of the hidden states the head reads
     head_layers: str | list[int] = "last"       # 'last' (final state), 'mix' (blocks across the upper two thirds), or indices
     head_combine: Literal["concat", "mix"] = "concat"  # several layers: side by side, or a learned softmax average
+    # 'three_way': one head -> ALLOW / ESCALATE / REFUSE; 'split': a primary head (REFUSE vs the
+    # rest) and an escalation judge (needs a person?), decided by refuse_at then escalate_at
+    head_kind: Literal["three_way", "split"] = "three_way"
+    head_split_weight: float = 1.0              # split heads: weight of each head's own binary loss
     head_probe_steps: int = 0                   # fit the head alone on frozen features first (LP-FT); 0 = off
     head_probe_examples: int = 1024             # class-balanced training examples whose features the probe uses
     head_probe_lr: float = 1e-3                 # probe learning rate, decayed to 0 (cosine)
@@ -85,8 +89,9 @@ class TrainConfig:
     eval_every: int = 50                        # optimizer steps
     early_stop_metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"  # dev KPI that picks the best step
     patience: int = 3                           # evaluations without improvement
-    # choose the decision thresholds (refuse_at, allow_at) on the dev split at the end, as
-    # `so8t calibrate --apply` would (objective safety_score), and write them into the run
+    # choose the decision thresholds (refuse_at, allow_at; a split head: refuse_at, escalate_at) on
+    # the dev split at the end, as `so8t calibrate --apply` would (objective safety_score), and
+    # write them into the run
     calibrate: bool = False
     seed: int = 0                               # data order, sampling and head initialisation
 
@@ -107,10 +112,12 @@ class TrainConfig:
              f"expected 'last', 'mix' or a list of layer indices, got {self.head_layers!r}")
         need(isinstance(self.head_layers, str) or bool(self.head_layers), "head_layers", "an empty list reads nothing")
         need(self.head_combine in ("concat", "mix"), "head_combine", f"expected 'concat' or 'mix', got {self.head_combine!r}")
+        need(self.head_kind in ("three_way", "split"), "head_kind",
+             f"expected 'three_way' or 'split', got {self.head_kind!r}")
         need(self.head_probe_batch >= 1, "head_probe_batch", "must be >= 1")
         need(self.head_probe_steps >= 0 and self.head_probe_examples >= 1 and self.head_probe_lr > 0,
              "head_probe_steps", "head_probe_steps >= 0, head_probe_examples >= 1 and head_probe_lr > 0")
-        for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty", "pair_margin"):
+        for key in ("alpha", "beta", "gamma", "safe_allow_reward", "escalate_penalty", "pair_margin", "head_split_weight"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
         need(len(self.pet_values) == len(self.pet_boundaries) + 1, "pet_values",
              "needs one value more than pet_boundaries (a value for each interval)")

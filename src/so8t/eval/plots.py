@@ -189,6 +189,9 @@ def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path, title: str 
     return _save(fig, out_png)
 
 
+THRESHOLD_KEYS = ("refuse_at", "allow_at", "escalate_at")
+
+
 def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path, *, constraints: dict | None = None,
                   argmax: dict | None = None, title: str = "threshold trade-off on the calibration data") -> Path:
     """Calibration trade-off: every grid point as (false-refusal rate, refuse recall), the
@@ -219,7 +222,7 @@ def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path, *, constraints
                 label="argmax (no thresholds)")
     if chosen and chosen.get("false_refusal") is not None and chosen.get("refuse_recall") is not None:
         ax.plot([chosen["false_refusal"]], [chosen["refuse_recall"]], "*", color="tab:red", ms=14,
-                label=f"chosen (refuse_at={chosen['refuse_at']}, allow_at={chosen['allow_at']})")
+                label="chosen (" + ", ".join(f"{k}={chosen[k]}" for k in THRESHOLD_KEYS if k in chosen) + ")")
     ax.set_xlabel("false-refusal rate (ALLOW prompts not allowed; lower is better)")
     ax.set_ylabel("refuse recall (higher is better)")
     ax.set_xlim(-0.02, 1.02)

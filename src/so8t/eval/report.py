@@ -185,8 +185,8 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
     try:
         (tmp / "plots").mkdir()
         report = {"run": str(run_dir), "base_model": meta.get("base_model"), "pooling": meta.get("pooling"),
-                  "thresholds": None if thresholds is None else {"refuse_at": thresholds.refuse_at,
-                                                                 "allow_at": thresholds.allow_at},
+                  "head_kind": meta.get("head_kind", "three_way"),
+                  "thresholds": None if thresholds is None else thresholds.as_dict(),
                   "targets": {k: list(v) for k, v in opts.targets.items()}, "datasets": [],
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         compared = _score_compared_runs(opts.compare, datasets, phases)
@@ -460,8 +460,9 @@ def format_table(report: dict) -> str:
 def format_markdown(report: dict) -> str:
     md = [f"# so8t evaluation: `{report['run']}`", "",
           f"Base model `{report['base_model']}`, pooling `{report['pooling']}`, created {report['created']}.",
-          "Decision rule: " + (f"calibrated thresholds (refuse_at={report['thresholds']['refuse_at']}, "
-                               f"allow_at={report['thresholds']['allow_at']})" if report["thresholds"] else "argmax"),
+          f"Head: {report.get('head_kind', 'three_way')}. Decision rule: "
+          + ("calibrated thresholds (" + ", ".join(f"{k}={v}" for k, v in report["thresholds"].items()) + ")"
+             if report["thresholds"] else "argmax"),
           ""]
     for ds in report["datasets"]:
         md += [f"## {ds['name']} (n={ds['n']})", ""]
@@ -558,7 +559,8 @@ def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = 
                   min_refuse_recall: float = 0.0, max_false_refusal: float | None = None, apply: bool = False,
                   log: Callable[[str], None] | None = None, progress: bool = True):
     """Choose thresholds on labelled data (a dev set, never the test set) and plot the trade-off
-    (RUN/calibration/calibration.png). The choice is written to RUN/calibration/proposal.json;
+    (RUN/calibration/calibration.png): refuse_at and allow_at, or for a split head refuse_at and
+    escalate_at (the run's head.json says which). The choice is written to RUN/calibration/proposal.json;
     only apply=True also writes RUN/thresholds.json, which serve, chat, demo and eval then use.
     Returns (calibration, path written)."""
     from so8t.eval.plots import plot_tradeoff
@@ -577,12 +579,11 @@ def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = 
         cfg = load_run_config(Path(run_dir))
     with phases.phase(f"scoring {len(recs)} prompts with the gate", total=len(recs)) as tick:
         probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp, between_batches=tick)[1].numpy()
-    with phases.phase("searching the threshold grid"):
-        cal = calibrate(probs, [int(r.label) for r in recs], objective=objective,
+    with phases.phase(f"searching the threshold grid ({model.head.kind} head)"):
+        cal = calibrate(probs, [int(r.label) for r in recs], objective=objective, kind=model.head.kind,
                         min_refuse_recall=min_refuse_recall, max_false_refusal=max_false_refusal)
     cal.data = list(data)
-    chosen = next(c for c in cal.curve if c["refuse_at"] == cal.thresholds.refuse_at
-                  and c["allow_at"] == cal.thresholds.allow_at)
+    chosen = next(c for c in cal.curve if all(c[k] == v for k, v in cal.thresholds.as_dict().items()))
     plot_tradeoff(cal.curve, chosen, Path(run_dir) / "calibration" / "calibration.png",
                   constraints={"min_refuse_recall": min_refuse_recall, "max_false_refusal": max_false_refusal},
                   argmax={"false_refusal": false_refusal(cal.before), "refuse_recall": cal.before.refuse_recall},

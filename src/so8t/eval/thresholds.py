@@ -8,10 +8,21 @@ The rule, for probabilities (p_allow, p_escalate, p_refuse):
     else p_allow >= allow_at         -> ALLOW     (ALLOW only when the head is sure enough)
     else                             -> ESCALATE  (everything unsure goes to a person)
 
+A split head (model.head, kind 'split': a primary head r = P(REFUSE) and an escalation judge
+e = P(needs a person | not refused)) has its own rule, one threshold per head:
+
+    r >= refuse_at                   -> REFUSE
+    else e >= escalate_at            -> ESCALATE
+    else                             -> ALLOW
+
+read from its composed probabilities as r = p_refuse, e = p_escalate / (p_allow + p_escalate).
+
 Without thresholds the decision is the argmax. Lowering refuse_at raises refuse recall;
-raising allow_at moves unsure ALLOWs to ESCALATE (fewer dangerous ALLOWs, more false
-escalations). The calibrator searches a grid of both and keeps the best point that meets the
-constraints; every point is kept for the trade-off plot.
+raising allow_at (lowering escalate_at) moves unsure ALLOWs to ESCALATE (fewer dangerous
+ALLOWs, more false escalations). The calibrator searches a grid of both thresholds of the
+run's kind and keeps the best point that meets the constraints; every point is kept for the
+trade-off plot. thresholds.json records the kind (`head_kind`; a file without it is
+three-way), and loading refuses thresholds of the other kind than the run's head.
 
 Guarantees: thresholds.json in a run is what serve, chat, demo and eval use, so `so8t calibrate`
 writes it only when asked to (--apply); without --apply the choice is a proposal
@@ -21,7 +32,7 @@ returns the run to the argmax rule. Every write is atomic.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +40,7 @@ import numpy as np
 from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.fsutil import atomic_write_text
 from so8t.labels import Action
+from so8t.model.head import HEAD_CONFIG, HEAD_KINDS, HeadKind, run_head_kind
 
 THRESHOLDS_FILE = "thresholds.json"
 PROPOSAL_FILE = "calibration/proposal.json"   # relative to the run
@@ -42,14 +54,35 @@ class CalibrationError(ValueError):
 
 @dataclass(frozen=True)
 class Thresholds:
+    """refuse_at and allow_at (the three-way rule), or refuse_at and escalate_at (a split head's)."""
     refuse_at: float
-    allow_at: float
+    allow_at: float | None = None
+    escalate_at: float | None = None
 
     def __post_init__(self):
-        for name in ("refuse_at", "allow_at"):
+        if (self.allow_at is None) == (self.escalate_at is None):
+            raise ValueError("thresholds need refuse_at and exactly one of allow_at (three-way head) "
+                             "or escalate_at (split head)")
+        for name in ("refuse_at", "allow_at", "escalate_at"):
             v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+            if v is not None and not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
                 raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
+
+    @property
+    def kind(self) -> HeadKind:
+        return "split" if self.escalate_at is not None else "three_way"
+
+    def as_dict(self) -> dict[str, float]:
+        """The two thresholds of this kind, by name (what thresholds.json and decisions record)."""
+        second = "escalate_at" if self.kind == "split" else "allow_at"
+        return {"refuse_at": self.refuse_at, second: getattr(self, second)}
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.as_dict().items())
+
+    @classmethod
+    def of_kind(cls, kind: HeadKind, refuse_at: float, second: float) -> Thresholds:
+        return cls(refuse_at, escalate_at=second) if kind == "split" else cls(refuse_at, allow_at=second)
 
 
 def decide(probs, thresholds: Thresholds | None = None) -> np.ndarray:
@@ -64,6 +97,10 @@ def decide(probs, thresholds: Thresholds | None = None) -> np.ndarray:
     broken = ~np.isfinite(p).all(axis=1)
     if thresholds is None:
         out = (len(Action) - 1) - p[:, ::-1].argmax(axis=1)
+    elif thresholds.kind == "split":
+        out = np.full(len(p), int(Action.ALLOW))
+        out[escalation_prob(p) >= thresholds.escalate_at] = int(Action.ESCALATE)
+        out[p[:, Action.REFUSE] >= thresholds.refuse_at] = int(Action.REFUSE)  # the primary head first
     else:
         out = np.full(len(p), int(Action.ESCALATE))
         allow = p[:, Action.ALLOW] >= thresholds.allow_at
@@ -72,6 +109,14 @@ def decide(probs, thresholds: Thresholds | None = None) -> np.ndarray:
         out[refuse] = int(Action.REFUSE)  # REFUSE wins over ALLOW
     out[broken] = int(Action.REFUSE)
     return out
+
+
+def escalation_prob(p: np.ndarray) -> np.ndarray:
+    """e = P(ESCALATE | not REFUSE) for N x 3 probabilities: the split head's judge, recovered
+    from its composed probabilities (for a three-way head: ESCALATE's share of the rest). Where
+    nothing is left beside REFUSE (r = 1) it is 1: the stricter reading."""
+    rest = p[:, Action.ALLOW] + p[:, Action.ESCALATE]
+    return np.divide(p[:, Action.ESCALATE], rest, out=np.ones(len(p)), where=rest > 0)
 
 
 def false_refusal(m: SafetyMetrics) -> float:
@@ -93,15 +138,16 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return {
-            "thresholds": asdict(self.thresholds), "objective": self.objective,
+            "head_kind": self.thresholds.kind, "thresholds": self.thresholds.as_dict(), "objective": self.objective,
             "min_refuse_recall": self.min_refuse_recall, "max_false_refusal": self.max_false_refusal,
             "data": self.data, "n": self.n, "before": self.before.as_dict(), "after": self.after.as_dict(),
         }
 
 
 def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_recall: float = 0.0,
-              max_false_refusal: float | None = None, grid: int = 19) -> Calibration:
-    """Grid-search (refuse_at, allow_at) on labelled probabilities.
+              max_false_refusal: float | None = None, grid: int = 19, kind: HeadKind = "three_way") -> Calibration:
+    """Grid-search (refuse_at, allow_at), or for kind='split' (refuse_at, escalate_at), on
+    labelled probabilities.
 
     objective 'safety_score' maximises the combined score; 'refuse_recall' maximises refuse
     recall (ties: the higher score). Constraints: refuse recall >= min_refuse_recall and, if
@@ -110,6 +156,8 @@ def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_reca
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(probs, dtype=float)
     if not len(y):
@@ -120,10 +168,10 @@ def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_reca
     curve, best, best_key = [], None, None
     for r in values:
         for a in values:
-            thr = Thresholds(round(float(r), 4), round(float(a), 4))
+            thr = Thresholds.of_kind(kind, round(float(r), 4), round(float(a), 4))
             m = compute_metrics(y, decide(p, thr))
             fr = false_refusal(m)
-            point = {**asdict(thr), **{k: getattr(m, k) for k in ("refuse_recall", "escalate_recall", "overcompliance",
+            point = {**thr.as_dict(), **{k: getattr(m, k) for k in ("refuse_recall", "escalate_recall", "overcompliance",
                                                                    "allow_recall", "safety_score")}, "false_refusal": fr}
             curve.append(point)
             rr = 0.0 if np.isnan(m.refuse_recall) else m.refuse_recall
@@ -177,12 +225,22 @@ def format_change(cal: Calibration) -> str:
 
 
 def load_thresholds(run_dir: str | Path) -> Thresholds | None:
-    """The run's calibrated thresholds, or None when it was never calibrated."""
+    """The run's calibrated thresholds, or None when it was never calibrated. A file of another
+    kind than the run's head (head.json) is a ValueError: the gate would apply the wrong rule."""
     path = Path(run_dir) / THRESHOLDS_FILE
     if not path.is_file():
         return None
     try:
-        t = json.loads(path.read_text(encoding="utf-8"))["thresholds"]
-        return Thresholds(float(t["refuse_at"]), float(t["allow_at"]))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        kind = data.get("head_kind", "three_way")
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head_kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
+        t = data["thresholds"]
+        second = "escalate_at" if kind == "split" else "allow_at"
+        thresholds = Thresholds.of_kind(kind, float(t["refuse_at"]), float(t[second]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid thresholds file ({exc}); rerun so8t calibrate") from exc
+    if (Path(run_dir) / HEAD_CONFIG).is_file() and (head := run_head_kind(run_dir)) != kind:
+        raise ValueError(f"{path}: thresholds for a {kind} head, but the run's head ({HEAD_CONFIG}) is {head}; "
+                         f"rerun so8t calibrate {run_dir} --apply")
+    return thresholds

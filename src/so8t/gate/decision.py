@@ -6,8 +6,9 @@ never be ALLOW, so "the guard failed" is never read as "the guard passed".
 
 `why_escalated(decision_dict)` tells an approver why a stored decision is ESCALATE when the head
 itself did not pick ESCALATE: a confidence threshold (the head's top choice was ALLOW or REFUSE,
-but not with the probability the calibrated threshold asks), or a gate failure with the fail
-action ESCALATE. It reads only what a Decision records (action, status, probs, thresholds, reason).
+but not with the probability the calibrated threshold asks; for a split head, whose thresholds
+are refuse_at and escalate_at, the escalation judge's threshold), or a gate failure with the
+fail action ESCALATE. It reads only what a Decision records (action, status, probs, thresholds, reason).
 """
 from __future__ import annotations
 
@@ -87,18 +88,34 @@ def why_escalated(decision: dict) -> str | None:
         return (f"the gate did not decide (status {decision.get('status')}): {reason or 'no reason recorded'}; "
                 "it fails closed to ESCALATE")
     probs, thr = decision.get("probs"), decision.get("thresholds")
-    if not isinstance(thr, dict) or not finite_probs(probs) or not {"allow_at", "refuse_at"} <= set(thr):
+    if not isinstance(thr, dict) or not finite_probs(probs) or "refuse_at" not in thr \
+            or not ({"allow_at", "escalate_at"} & set(thr)):
         return None  # argmax, or not recorded: the head itself chose ESCALATE
     p = [float(x) for x in probs]
     top = Action(max(range(3), key=lambda i: (p[i], SEVERITY[Action(i)])))  # ties: the stricter, as decide()
     if top == Action.ESCALATE:
         return None
-    allow_at, refuse_at = float(thr["allow_at"]), float(thr["refuse_at"])
     where = reason.split("; ", 1)[1] if "; " in reason else ""
     where = f" ({where})" if where else ""
+    if "escalate_at" in thr:
+        return _why_split(p, top, float(thr["refuse_at"]), float(thr["escalate_at"]), where)
+    allow_at, refuse_at = float(thr["allow_at"]), float(thr["refuse_at"])
     if top == Action.ALLOW:
         return (f"escalated by the confidence threshold, not by the head: its top choice was ALLOW, but P(ALLOW) "
                 f"{p[0]:.2f} is below allow_at {allow_at:.2f}, so it was not sure enough to allow{where}")
     return (f"escalated by the confidence threshold, not by the head: its top choice was REFUSE, but P(REFUSE) "
             f"{p[2]:.2f} is below refuse_at {refuse_at:.2f} (and P(ALLOW) {p[0]:.2f} below allow_at "
             f"{allow_at:.2f}), so it was not sure enough to refuse{where}")
+
+
+def _why_split(p: list[float], top: Action, refuse_at: float, escalate_at: float, where: str) -> str:
+    """A split head's ESCALATE where its composed top choice was ALLOW or REFUSE: the judge's
+    e = P(needs a person | not refused) reached escalate_at (and P(REFUSE) stayed below refuse_at)."""
+    rest = p[0] + p[1]
+    e = p[1] / rest if rest > 0 else 1.0
+    judge = (f"the escalation judge's P(needs a person | not refused) {e:.2f} is at or above escalate_at "
+             f"{escalate_at:.2f}")
+    if top == Action.ALLOW:
+        return f"escalated by the escalation judge's threshold, not by the top choice (ALLOW): {judge}{where}"
+    return (f"escalated by the thresholds, not by the top choice (REFUSE): P(REFUSE) {p[2]:.2f} is below refuse_at "
+            f"{refuse_at:.2f}, so the primary head did not refuse, and {judge}{where}")

@@ -239,7 +239,7 @@ class Gate:
         self._closed = False
         self._job_s = 0.0                       # moving average of a job's run time (for Retry-After)
         self._local = threading.local()         # the worker's current job
-        policy = {"thresholds": None if thresholds is None else vars(thresholds), "fail_action": self.fail_action.name,
+        policy = {"thresholds": None if thresholds is None else thresholds.as_dict(), "fail_action": self.fail_action.name,
                   "each_turn": each_turn, "max_length": max_length}
         self.policy_version = request_hash(policy)[:12]
 
@@ -638,8 +638,7 @@ class Gate:
                         input_hash, _ms(t0), f"fail-closed: {reason}")
 
     def _thr(self) -> dict | None:
-        return None if self.thresholds is None else {"refuse_at": self.thresholds.refuse_at,
-                                                     "allow_at": self.thresholds.allow_at}
+        return None if self.thresholds is None else self.thresholds.as_dict()
 
     # ------------------------------------------------------------------ prefill reuse
 

@@ -2,10 +2,28 @@
 
     L = L_sft + alpha*CE_safety + beta*L_dangerous_allow - gamma*R_good_escalate + lambda_pet(t)*L_pet
         [- safe_allow_reward*R_safe_allow + escalate_penalty*L_escalate_penalty]   (phase 2, off by default)
+        [+ head_split_weight*(BCE_refuse + BCE_judge)]                             (split heads only)
 
 Each term is a per-example quantity averaged over the batch, so a batch of 4 gives the same
-gradient as 4 accumulated batches of 1. Rewards are log-probabilities (<= 0): subtracting
-them adds a non-negative amount, so the total is bounded below.
+gradient as 4 accumulated batches of 1 (except pair_margin and BCE_judge, see there). Rewards
+are log-probabilities (<= 0): subtracting them adds a non-negative amount, so the total is
+bounded below.
+
+Split heads (model.head, kind 'split') are trained with both: each head's own binary loss
+(`split_heads`: the primary head on REFUSE vs the rest over every row, the escalation judge on
+ESCALATE vs ALLOW over the non-REFUSE rows only) and the whole composite above on their
+composed three-class probabilities. Why both:
+- the composite alone would train the same objective as the three-way head: every term that
+  carries the project's priorities (dangerous_allow's heavy cost of ALLOW on unsafe rows,
+  good_escalate, the pair margin, phase 2) is defined on the three actions, so it has to see
+  the composed probabilities, and keeping it means a split-vs-three-way comparison measures the
+  heads, not different losses;
+- the binary losses are what make the two heads answer their own questions with their own
+  scale: unweighted, CE on the composed probabilities is exactly BCE_refuse plus the judge's
+  BCE summed over the non-REFUSE rows (log P(y) factors), so what they add is (a) the judge's
+  term is a mean over the rows it is defined on, so it learns P(needs a person | not refused)
+  at full strength however many REFUSE rows a batch holds, and (b) their own weight,
+  head_split_weight, to lean on the two decisions the split rule thresholds separately.
 """
 from __future__ import annotations
 
@@ -16,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from so8t.labels import Action
+from so8t.model.head import decompose
 
 IGNORE = -100
 
@@ -36,6 +55,29 @@ def safety_ce(head_logits: torch.Tensor, y: torch.Tensor, class_weights: torch.T
     if class_weights is not None:
         per = per * class_weights.to(per.device)[y]
     return per.mean()
+
+
+def split_heads(head_logits: torch.Tensor, y: torch.Tensor,
+                class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A split head's two binary losses, from its composed logits (model.head.decompose gives
+    back each head's logit):
+
+        refuse_bce: BCE(primary logit, y == REFUSE), per example, averaged over the batch;
+        judge_bce:  BCE(judge logit, y == ESCALATE) on the rows with y != REFUSE, averaged over
+                    those rows (0 when the batch has none). The judge models P(needs a person |
+                    not refused), so a REFUSE row says nothing about it.
+
+    Class weights scale each example's term, as in safety_ce. The judge's mean over its own
+    rows means a micro-batch's term depends on how many such rows it holds (like pair_margin,
+    it is not exactly additive over gradient accumulation)."""
+    refuse_logit, judge_logit = decompose(head_logits)
+    w = class_weights.to(y.device)[y] if class_weights is not None else torch.ones_like(refuse_logit)
+    refuse = F.binary_cross_entropy_with_logits(refuse_logit, (y == Action.REFUSE).float(), reduction="none")
+    rest = y != Action.REFUSE
+    judge = F.binary_cross_entropy_with_logits(judge_logit[rest], (y[rest] == Action.ESCALATE).float(),
+                                               reduction="none")
+    return {"refuse_bce": (refuse * w).mean(),
+            "judge_bce": (judge * w[rest]).mean() if rest.any() else refuse_logit.new_zeros(())}
 
 
 def _log1m(p: torch.Tensor) -> torch.Tensor:
@@ -142,6 +184,7 @@ class LossWeights:
     safe_allow_reward: float = 0.0
     escalate_penalty: float = 0.0
     pair_margin: float = 0.0
+    head_split: float = 1.0  # split heads' binary losses (parts absent for a three-way head: no effect)
 
 
 def composite(parts: dict[str, torch.Tensor], w: LossWeights, lambda_pet: float) -> torch.Tensor:
@@ -157,4 +200,5 @@ def composite(parts: dict[str, torch.Tensor], w: LossWeights, lambda_pet: float)
         - w.safe_allow_reward * get("safe_allow_reward")
         + w.escalate_penalty * get("escalate_penalty")
         + w.pair_margin * get("pair_margin")
+        + w.head_split * (get("refuse_bce") + get("judge_bce"))
     )

@@ -17,7 +17,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -151,7 +151,8 @@ def build_model(cfg: TrainConfig):
     body = get_peft_model(base, lora)
     hidden = base.config.get_text_config().hidden_size
     layers = resolve_head_layers(cfg.head_layers, n_layers)
-    model = SafetyModel(body, SafetyHead(hidden, layers=layers, combine=cfg.head_combine), cfg.pooling)
+    head = SafetyHead(hidden, layers=layers, combine=cfg.head_combine, kind=cfg.head_kind)
+    model = SafetyModel(body, head, cfg.pooling)
     model.head.to(next(base.parameters()).device)
     return model, tokenizer, base_fp
 
@@ -206,23 +207,28 @@ def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[in
         parts["escalate_penalty"] = losses.escalate_penalty(probs, y, batch["easy"])
     if cfg.pair_margin:
         parts["pair_margin"] = losses.pair_margin(probs, batch["pair"], batch["half"], cfg.pair_margin_value)
+    if cfg.head_kind == "split":  # each head's own binary loss, beside the composite on the composed probabilities
+        parts.update(losses.split_heads(out.head_logits, y, cw))
     return parts
 
 
 def weights_of(cfg: TrainConfig) -> losses.LossWeights:
     return losses.LossWeights(cfg.alpha, cfg.beta, cfg.gamma, cfg.safe_allow_reward, cfg.escalate_penalty,
-                              cfg.pair_margin)
+                              cfg.pair_margin, cfg.head_split_weight)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
 def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w: losses.LossWeights,
-              cw: torch.Tensor | None = None) -> torch.Tensor:
-    """The composite's safety-head terms alone (what the probe fits)."""
+              cw: torch.Tensor | None = None, split: bool = False) -> torch.Tensor:
+    """The composite's safety-head terms alone (what the probe fits); split: a split head's two
+    binary losses too, as in training (losses.split_heads)."""
     probs = head_logits.softmax(-1)
     total = w.alpha * losses.safety_ce(head_logits, y, cw) + w.beta * losses.dangerous_allow(probs, y) \
         - w.gamma * losses.good_escalate(probs, y)
+    if split:
+        total = total + w.head_split * sum(losses.split_heads(head_logits, y, cw).values())
     if w.safe_allow_reward:
         total = total - w.safe_allow_reward * losses.safe_allow_reward(probs, y, easy)
     if w.escalate_penalty:
@@ -288,7 +294,7 @@ def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg
     weights, first, last = weights_of(cfg), None, None
     for _ in range(cfg.head_probe_steps):
         idx = torch.randint(0, len(y), (min(cfg.head_probe_batch, len(y)),), generator=gen).to(device)
-        loss = head_loss(head(head.combine(feats[idx])), y[idx], easy[idx], weights, cw)
+        loss = head_loss(head(head.combine(feats[idx])), y[idx], easy[idx], weights, cw, head.kind == "split")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -296,7 +302,7 @@ def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg
         first = loss.item() if first is None else first
         last = loss.item()
     with torch.no_grad():
-        full = head_loss(head(head.combine(feats)), y, easy, weights, cw).item()
+        full = head_loss(head(head.combine(feats)), y, easy, weights, cw, head.kind == "split").item()
     return {"probe_steps": cfg.head_probe_steps, "examples": len(y), "first_batch_loss": first,
             "last_batch_loss": last, "head_loss_on_probe_set": full, "final_lr": optimizer.param_groups[0]["lr"]}
 
@@ -313,7 +319,7 @@ def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: 
     """Thresholds chosen on the dev split (so8t calibrate's grid and objective), and dev's KPIs
     under them. The test split plays no part, so its numbers stay an honest estimate."""
     probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp, desc=desc).float().numpy()
-    cal = calibrate(probs, [int(r.label) for r in records])
+    cal = calibrate(probs, [int(r.label) for r in records], kind=cfg.head_kind)
     cal.data = ["dev split"]
     return cal, cal.after
 
@@ -506,13 +512,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
         if cal:
             save_thresholds(out, cal)
-            print(f"thresholds chosen on dev: refuse_at={cal.thresholds.refuse_at} allow_at={cal.thresholds.allow_at} "
+            print(f"thresholds chosen on dev: {cal.thresholds.describe()} "
                   f"(dev safety_score {cal.before.safety_score:.3f} -> {cal.after.safety_score:.3f}; "
                   f"undo: so8t calibrate {out} --reset)")
         (out / "metrics" / "final.json").write_text(json.dumps(
             {"best_step": state.best_step, "steps": state.step, "stopped_early": state.stopped_early,
              "seconds": round(seconds, 1), "truncated_train_examples": truncated, "data": mix.summary(), "head_probe": probe,
-             "thresholds": asdict(cal.thresholds) if cal else None,
+             "thresholds": cal.thresholds.as_dict() if cal else None,
              "dev": dev.as_dict(), "test": test.as_dict() if test else None}, indent=2))
         plot_training_curves(out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl",
                              out / "plots" / "training_curves.png")
