@@ -203,7 +203,8 @@ def estimate_memory(cfg: TrainConfig, model_config: Any) -> MemoryEstimate:
     desc = (f"{cfg.model}, {quant}, B={B} x T={T}, LoRA r={cfg.lora_r}, {cfg.optim}, "
             f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
             f"PET checkpoint {'on' if cfg.pet_checkpoint else 'off'}")
-    return MemoryEstimate(*(round(p) for p in parts), round(overhead), description=desc)
+    return MemoryEstimate(round(weights), round(lora_and_optimizer), round(activations), round(logits), round(pet),
+                          round(safety_head), round(overhead), description=desc)
 
 
 def _layer_working_set_per_token(cfg: TrainConfig, d: _Dims, s: int) -> int:
