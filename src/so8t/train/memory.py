@@ -36,7 +36,6 @@ GIB = 2**30
 # NF4 with double quantization (QLoRA): 4 bits per weight, one 8-bit absmax per block of 64
 # weights, and one fp32 scale per 256 of those absmax values -> 0.5 + 1/64 + 4/(64*256).
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # ~0.5159
-NF4_BYTES = NF4_BYTES_PER_PARAM  # short alias
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
