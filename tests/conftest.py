@@ -161,5 +161,18 @@ def scripted_llm():
     return make
 
 
+# Tests that need a service beyond Python carry its marker, so `-m "not postgres"` (or chromium,
+# smtp) deselects them. These are marked by the fixture that starts the service (a fixture they
+# use through another counts too: pytest's closure); the Chromium ones are marked where they
+# launch it, and a test that starts one in its body (LocalSmtp) is marked by hand.
+SERVICE_FIXTURES = {"postgresql": "postgres", "private_postgresql": "postgres", "smtp": "smtp"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in sorted({SERVICE_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SERVICE_FIXTURES}):
+            item.add_marker(marker)
+
+
 # Throwaway PostgreSQL servers (initdb + pg_ctl in a temporary folder): see tests/postgres_server.py.
 from postgres_server import postgresql, private_postgresql  # noqa: E402, F401

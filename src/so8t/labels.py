@@ -37,8 +37,6 @@ class Action(enum.IntEnum):
 
 
 ACTIONS: tuple[str, ...] = tuple(a.name for a in Action)
-LABEL_TO_ID: dict[str, int] = {a.name: int(a) for a in Action}
-ID_TO_LABEL: dict[int, str] = {int(a): a.name for a in Action}
 
 _ALIASES: dict[str, Action] = {
     "allow": Action.ALLOW,

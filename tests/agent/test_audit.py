@@ -407,6 +407,18 @@ def test_verify_malformed_lines(tmp_path):
     assert report.problems[2].detail == "empty line"
 
 
+def test_verify_reports_a_line_with_a_number_too_long_to_read_as_malformed(tmp_path):
+    # json.loads raises a plain ValueError (no .msg) for an integer over Python's 4300-digit limit;
+    # verify used to crash on it with AttributeError instead of naming the line.
+    path = tmp_path / "audit.jsonl"
+    make_log(path)
+    lines = lines_of(path)
+    write_lines(path, lines[:2] + [b'{"seq": ' + b"1" * 5000 + b"}\n"] + lines[3:])
+    report = verify(path)
+    assert found(report)[0] == ("malformed", 3)
+    assert "digits" in report.problems[0].detail
+
+
 def test_recomputed_chain_passes_plain_but_not_hmac(tmp_path):
     def tamper(path: Path) -> None:
         """Edit line 3 and recompute every later hash (the attacker has no key)."""

@@ -23,7 +23,7 @@ KEY = b"replica-shared-key"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def url(request, tmp_path) -> str:
     """An empty audit database: a SQLite file, or a fresh database on the session's PostgreSQL."""
     if request.param == "sqlite":

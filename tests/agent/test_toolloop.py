@@ -166,6 +166,7 @@ def test_only_outside_content_in_a_result_is_gated():
                                     "a cell with enough characters to count")
 
 
+@pytest.mark.chromium
 def test_an_injected_web_page_does_not_reach_the_model(world, tmp_path, monkeypatch, scripted_llm):
     from pathlib import Path
 

@@ -92,3 +92,11 @@ def test_a_teacher_field_is_optional_and_round_trips(tmp_path):
     rec = read_jsonl(f)[0]
     assert rec.teacher == "qwen2.5:32b" and rec.to_json()["teacher"] == "qwen2.5:32b"
     assert "teacher" not in read_jsonl(write_lines(tmp_path / "u.jsonl", [json.dumps(GOOD)]))[0].to_json()
+
+
+def test_a_step_that_needs_a_label_names_the_record_without_one():
+    assert Record.model_validate(GOOD).required_label() == Action.ALLOW
+    with pytest.raises(ValueError, match=r"record 'row-7' has no label"):
+        Record(prompt="x", id="row-7").required_label()
+    with pytest.raises(ValueError, match=r"record 'List my files' has no label"):
+        Record(prompt="List my files").required_label()

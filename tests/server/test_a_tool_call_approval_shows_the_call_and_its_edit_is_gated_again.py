@@ -24,6 +24,8 @@ from so8t.agent.audit import verify
 from so8t.canonical import canonical_json
 from so8t.server.sandbox import LocalSmtp, make_sandbox
 
+pytestmark = pytest.mark.smtp  # every test's world has a LocalSmtp
+
 CHROMIUM = Path("/usr/bin/chromium")
 CARD = "4111 1111 1111 1111"
 KEY = "sk_live_abcdefghijklmnop1234"
@@ -98,6 +100,7 @@ def test_a_mail_send_approval_shows_the_tool_its_arguments_and_the_draft(world):
     assert _cell(row, "recipients") == "eve@example.com"                      # who it reaches, in clear
 
 
+@pytest.mark.chromium
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (./setup.sh installs it)")
 def test_the_operator_reads_the_draft_in_a_real_browser(world):
     from playwright.sync_api import sync_playwright

@@ -172,6 +172,7 @@ def test_a_bearer_script_needs_no_csrf_token_but_cannot_post_from_another_origin
     assert r.status_code == 303 and srv.status(second) == "APPROVED"
 
 
+@pytest.mark.chromium
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (./setup.sh installs it)")
 def test_the_attack_in_a_real_browser_a_page_on_another_port_auto_submits_an_approve_form(admin_server, tmp_path):
     """The reported attack, as it happened: the operator signed in in Chromium opens a page served

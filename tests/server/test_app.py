@@ -92,6 +92,7 @@ def test_admin_api_needs_the_token(run_with_thresholds, tmp_path, serve):
     assert [i["id"] for i in items] == [r["so8t"]["approval_id"]] and items[0]["status"] == "PENDING"
 
 
+@pytest.mark.chromium
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (./setup.sh installs it)")
 def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serve):
     from playwright.sync_api import sync_playwright

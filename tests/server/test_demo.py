@@ -1,9 +1,12 @@
 """`so8t demo` end to end on the tiny run (gate set to allow, so the tiers decide): real
 sandbox, real SMTP server, real browser-less tools, real server and approval worker."""
+import pytest
+
 from so8t.cli import main
 from so8t.server.demo import latest_run, run_demo
 
 
+@pytest.mark.smtp  # the demo starts a LocalSmtp
 def test_demo_walks_through_allowed_and_escalated_then_approved(run_with_thresholds, tmp_path, monkeypatch):
     lines = []
     res = run_demo(run_with_thresholds(1.0, 0.0), tmp_path / "demo", say=lines.append, self_test=False)
@@ -24,6 +27,7 @@ def _demo_folders(root):
     return sorted(p.name for p in root.glob("so8t-demo-*"))
 
 
+@pytest.mark.smtp  # the demo starts a LocalSmtp
 def test_demo_removes_its_temporary_folder_unless_asked_to_keep_it(run_with_thresholds, tmp_path, monkeypatch):
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # the demo's temporary folders land here
@@ -41,10 +45,10 @@ def test_demo_removes_its_temporary_folder_unless_asked_to_keep_it(run_with_thre
     assert lines[-1] == f"kept {kept}; read the audit log with: so8t audit verify {kept / 'audit.jsonl'}"
 
 
+@pytest.mark.smtp  # the demo starts a LocalSmtp
 def test_a_demo_that_fails_midway_still_removes_its_folder(run_with_thresholds, tmp_path, monkeypatch):
     import tempfile
 
-    import pytest
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def say(line):
@@ -56,6 +60,7 @@ def test_a_demo_that_fails_midway_still_removes_its_folder(run_with_thresholds, 
     assert _demo_folders(tmp_path) == []
 
 
+@pytest.mark.smtp  # the demo starts a LocalSmtp
 def test_a_workdir_the_user_names_is_kept(run_with_thresholds, tmp_path):
     lines = []
     run_demo(run_with_thresholds(1.0, 0.0), tmp_path / "mine", say=lines.append, self_test=False)

@@ -470,7 +470,7 @@ class ApprovalQueue:
                 self._on_event(name, snap.to_dict())
 
     def _aborted(self, written: builtins.list[tuple[str, dict[str, Any]]], exc: BaseException) -> None:
-        if written:  # recorded, then the commit failed: say so (best-effort)
+        if written and self._write_ahead is not None:  # recorded, then the commit failed: say so (best-effort)
             error = f"{type(exc).__name__}: {reason(exc, self.url)}"[:_MAX_ERROR_CHARS]
             with contextlib.suppress(Exception):
                 self._write_ahead([("approval.aborted", {**data, "aborted": name, "error": error})
@@ -503,7 +503,7 @@ class ApprovalQueue:
             .values(status=to.value, version=row.version + 1, **values)
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount != 1:
+        if res.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
             now_status = session.execute(select(ApprovalRow.status).where(ApprovalRow.id == row.id)).scalar_one()
             cls = AlreadyClaimed if action == "claim" and now_status in _CLAIMED else InvalidTransition
             raise cls(row.id, now_status, action, "changed concurrently")
@@ -627,10 +627,11 @@ class ApprovalQueue:
         if oldest is None:
             return None
         # func.min bypasses the column type on some backends: normalise here too
-        oldest = UTCDateTime().process_result_value(
+        created = UTCDateTime().process_result_value(
             datetime.fromisoformat(oldest) if isinstance(oldest, str) else oldest, None
         )
-        return max(0.0, (self._now() - oldest).total_seconds())
+        assert created is not None  # not None in, not None out
+        return max(0.0, (self._now() - created).total_seconds())
 
     def approve(self, id: str, approver: str, note: str | None = None, *, expected_hash: str | None = None) -> Approval:
         """PENDING -> APPROVED. Pass ``expected_hash`` to bind the approval to the request you saw."""

@@ -504,7 +504,7 @@ class AuditLog(AuditStore):
         for _, line in _lines_reversed(fd, end):
             rec = _parse(line)
             point = _chain_point(rec)
-            if point is not None:
+            if rec is not None and point is not None:
                 check_mode(rec, self._key, str(self.path))
                 return point
         return -1, GENESIS
@@ -690,9 +690,9 @@ def _read_entries(lines: Iterable[bytes], key: bytes | None) -> tuple[list[_Entr
         except UnicodeDecodeError:
             problems.append(Problem(no, None, "malformed", "not valid UTF-8"))
             continue
-        except ValueError as e:
-            problems.append(Problem(no, None, "malformed",
-                                    "empty line" if not raw.strip() else f"not JSON ({e.msg})"))
+        except ValueError as e:  # JSONDecodeError, or a plain ValueError (an integer of over 4300 digits)
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+            problems.append(Problem(no, None, "malformed", "empty line" if not raw.strip() else f"not JSON ({msg})"))
             continue
         why = _check_fields(rec)
         if why is not None:
@@ -789,7 +789,7 @@ def _fragment_problems(fragments: list[Fragment]) -> list[Problem]:
                                "from the log but no audit.recovered record names it; the server records it at "
                                "start-up (AuditLog.recover)"))
         elif f.state == "changed":
-            out.append(Problem(f.line, f.seq, "fragment_changed", f"{f.side_file} no longer has the length and "
+            out.append(Problem(f.line or 0, f.seq, "fragment_changed", f"{f.side_file} no longer has the length and "
                                "SHA-256 this audit.recovered record gives"))
     return out
 

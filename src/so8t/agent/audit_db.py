@@ -133,7 +133,7 @@ class DatabaseAuditLog(AuditStore):
         for (text,) in rows:
             rec = _parse(text.encode("utf-8"))
             point = _chain_point(rec)
-            if point is not None:
+            if rec is not None and point is not None:
                 check_mode(rec, self._key, self.location)
                 return point
         return -1, GENESIS
@@ -172,7 +172,7 @@ def _reading(url: str | URL, engine: Engine | None = None) -> Iterator[Engine]:
     """An engine on an existing audit table (FileNotFoundError naming the URL when there is none);
     driver errors become StoreUnavailable."""
     own = engine is None
-    if own:
+    if engine is None:
         url, engine = _engine(url)
     try:
         if not inspect(engine).has_table(TABLE):

@@ -261,6 +261,7 @@ class AutonomyStore:
         return Change(domain, level, previous, previous != level, rec["hash"])
 
     def _write(self, entries: dict[str, Entry], rec: dict, audit) -> None:
+        assert self.path is not None  # set_level checked it
         try:
             write_state(self.path, entries)
         except OSError as exc:

@@ -241,7 +241,7 @@ def _edited_tool_call(old: dict, arguments: str | None, *, gate: Any, redactor: 
     original = old.get("arguments", {})
     restored, left = _restore(parsed, redactor.redact(original), original, "arguments")
     if left:
-        raise EditError(f"{left[0]}: still holds a redaction marker ({_MARKER.search(left[1]).group()}); "
+        raise EditError(f"{left[0]}: still holds a redaction marker ({left[1]}); "
                         "type the full value, or leave the field exactly as shown to keep it", left[0])
     tool = str(old.get("tool", ""))
     try:
@@ -257,7 +257,7 @@ def _edited_tool_call(old: dict, arguments: str | None, *, gate: Any, redactor: 
 
 def _restore(new: Any, shown: Any, original: Any, where: str) -> tuple[Any, tuple[str, str] | None]:
     """``new`` with every value left exactly as it was shown (redacted) put back to its stored
-    value; also (path, text) of the first changed string that still holds a redaction marker."""
+    value; also (path, marker) of the first changed string that still holds a redaction marker."""
     if isinstance(new, dict):
         out, left = {}, None
         for k, v in new.items():
@@ -273,8 +273,8 @@ def _restore(new: Any, shown: Any, original: Any, where: str) -> tuple[Any, tupl
         return items, left
     if shown is not _MISSING and new == shown and shown != original:
         return original, None  # untouched: the stored value, not its redacted form
-    if isinstance(new, str) and _MARKER.search(new) and not (isinstance(original, str) and new == original):
-        return new, (where, new)
+    if isinstance(new, str) and (marker := _MARKER.search(new)) and not (isinstance(original, str) and new == original):
+        return new, (where, marker.group())
     return new, None
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from so8t.agent import messages as msg
 from so8t.agent.approvals import ApprovalQueue
-from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditError, AuditLog, Redactor
+from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditError, AuditStore, Redactor
 from so8t.agent.backends import BackendError
 from so8t.agent.inprocess import InProcessBackend
 from so8t.agent.sqlstore import StoreUnavailable
@@ -88,7 +88,7 @@ class RouterResult:
 
 
 class Router:
-    def __init__(self, gate: Gate, backend, approvals: ApprovalQueue, audit: AuditLog, *,
+    def __init__(self, gate: Gate, backend, approvals: ApprovalQueue, audit: AuditStore, *,
                  audit_allow: bool = False, approval_ttl_s: float = 3600.0, max_tokens: int = 256,
                  shadow: bool = False, toolloop=None):
         self.gate, self.backend, self.approvals, self.audit = gate, backend, approvals, audit

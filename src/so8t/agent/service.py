@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from so8t.agent.approvals import TERMINAL, AlreadyClaimed, Approval, ApprovalQueue, Status
@@ -62,10 +63,15 @@ def open_approvals(cfg: ServerConfig, audit: AuditStore | None = None) -> Approv
     """The queue, recording every state change in ``audit`` write-ahead: the records are written
     (all or none) before the change commits, and a change whose records cannot be written does not
     happen (AuditError reaches the caller)."""
+    write_ahead = None if audit is None else _write_ahead_to(audit)
+    return _opened("approvals_url", lambda: ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
+                                                          write_ahead=write_ahead))
+
+
+def _write_ahead_to(audit: AuditStore) -> Callable[[list[tuple[str, dict]]], None]:
     def write_ahead(events: list[tuple[str, dict]]) -> None:
         audit.append_batch([(name, approval_audit_record(data)) for name, data in events])
-    return _opened("approvals_url", lambda: ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
-                                                          write_ahead=write_ahead if audit is not None else None))
+    return write_ahead
 
 
 def open_audit(cfg: ServerConfig) -> AuditStore:
@@ -235,6 +241,7 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
         log.info("gate self-test: %s", result.reason)
     if not gate.ready:
         audit.append("gate.error", {"error": gate.load_error, "at": "startup"})
+    backend: OpenAIBackend | InProcessBackend | None
     if cfg.backend == "openai":
         backend = OpenAIBackend(cfg.backend_url, cfg.backend_model, api_key=os.environ.get(cfg.backend_api_key_env),
                                 timeout_s=cfg.backend_timeout_s, retries=cfg.backend_retries)

@@ -88,6 +88,7 @@ def open_engine(url: str | URL, what: str) -> Engine:
         if is_memory_sqlite(url):
             engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
+            assert url.database  # not an in-memory URL, so it names a file
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"check_same_thread": False})
     except ImportError as exc:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from so8t.agent.approvals import ApprovalQueue
-from so8t.agent.audit import AuditLog
+from so8t.agent.audit import AuditStore
 from so8t.agent.autonomy import AutonomyStore, Level as AutonomyLevel
 from so8t.agent.tools import RISKS, ToolError, Toolset, ValidatedCall
 from so8t.canonical import hash_text
@@ -180,7 +180,7 @@ class LoopResult:
 
 class ToolLoop:
     def __init__(self, gate: Gate, llm, toolset: Toolset, policy: ToolPolicy, approvals: ApprovalQueue,
-                 audit: AuditLog, *, native: bool | None = None, max_steps: int = 6, max_result_chars: int = 4000,
+                 audit: AuditStore, *, native: bool | None = None, max_steps: int = 6, max_result_chars: int = 4000,
                  max_tokens: int = 256, autonomy: AutonomyStore | None = None):
         self.gate, self.llm, self.toolset, self.policy = gate, llm, toolset, policy
         self.autonomy = autonomy if autonomy is not None else AutonomyStore(None)  # None: config levels only

@@ -46,7 +46,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -58,6 +58,9 @@ from so8t.data.mix import HELDOUT_SOURCE
 from so8t.data.schema import DataError, Problem, Record, check_row
 from so8t.fsutil import atomic_write_text
 from so8t.labels import ACTIONS, Action, ParsedResponse, format_response, parse_response
+
+if TYPE_CHECKING:
+    from so8t.data.policy_cases import CasesSummary
 
 SOURCE = "distill"
 API_KEY_ENV = "SO8T_TEACHER_API_KEY"
@@ -102,9 +105,9 @@ _THINK = re.compile(r"\A\s*<think>.*?</think>", re.S)  # reasoning models (Qwen3
 
 class TeacherUnavailable(RuntimeError):
     """The teacher cannot be used at all: the run stops (what was written stays). `summary` is
-    the run's Summary up to that point."""
+    the run's Summary (a CasesSummary from so8t policy cases) up to that point."""
 
-    summary: Summary | None = None
+    summary: Summary | CasesSummary | None = None
 
 
 class RowFailure(Exception):
@@ -420,7 +423,9 @@ def load_prompts(path: Path) -> tuple[list[Item], list[tuple[int, int]]]:
     DataError with every problem (file, line, field) before anything is asked."""
     checked = check_jsonl(path, require_label=False)
     problems = list(checked.problems)
-    items, first, repeats = [], {}, []
+    items: list[Item] = []
+    first: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
     for rec, line in zip(checked.records, checked.lines):
         if (rec.source or "").startswith(HELDOUT_SOURCE):
             problems.append(Problem(str(path), line, "source", f"{rec.source!r} is a held-out row; heldout/ is for "
@@ -490,13 +495,13 @@ def _check_done_line(raw: bytes, file: str, line: int, s: Settings, done: dict[s
         return [] if torn_ok else [Problem(file, line, "", f"invalid JSON ({exc}): not a file so8t distill wrote; "
                                                              "write to a new -o")]
     rec, problems = check_row(obj, file, line)
-    if problems:
+    if rec is None:
         return problems
     distill = (rec.meta or {}).get("distill")
     if not isinstance(distill, dict) or not isinstance(distill.get("key"), str):
         return [Problem(file, line, "meta.distill", "missing: not a row so8t distill wrote; write to a new -o")]
     problems = _check_settings(rec, distill, s, (file, line))
-    done[distill["key"]] = rec.label
+    done[distill["key"]] = rec.required_label()
     return problems
 
 
@@ -516,7 +521,8 @@ class _Appender:
     """Append one JSON line at a time, flushed and fsynced: a kill loses nothing already written."""
 
     def __init__(self, path: Path):
-        self.path, self._f = path, None
+        self.path = path
+        self._f: BinaryIO | None = None
 
     def write(self, obj: dict[str, Any]) -> None:
         if self._f is None:
@@ -624,7 +630,7 @@ class _Run:
         self.done.add(item.key)
         if where == "out":
             self.summary.written += 1
-            self.summary.labels[rec.label.name] += 1
+            self.summary.labels[rec.required_label().name] += 1
         else:
             self.summary.review.append(item.line)
             self.summary.review_total += 1
@@ -683,7 +689,7 @@ def distill(prompts: str | Path, out: str | Path, teacher: Teacher, *, policy: s
     summary = Summary(str(prompts), str(out), str(failures_path), str(review_path), prompts=len(items) + len(repeats),
                       repeats=repeats, already_done=len(items) - len(todo), labels=Counter(a.name for a in in_out.values()),
                       review_total=len(in_review))
-    appenders = [_Appender(out), _Appender(review_path), _Appender(failures_path)]
+    appenders = (_Appender(out), _Appender(review_path), _Appender(failures_path))
     run = _Run(s, summary, *appenders, done=done)
     try:
         if todo:

@@ -260,12 +260,13 @@ def _read_toxic_chat(path: Path, problems: list[Problem]) -> Iterator[RawRow]:
         if not isinstance(inst, dict) or not isinstance(inst.get("instance"), str):
             problems.append(Problem(str(path), 0, f"{where}.instance", "missing or not a string"))
             continue
-        flags = [_toxic_chat_flag(path, problems, inst, where, metric) for metric in ("toxicity", "jailbreaking")]
-        if None in flags:
+        toxic, jailbreak = (_toxic_chat_flag(path, problems, inst, where, metric)
+                            for metric in ("toxicity", "jailbreaking"))
+        if toxic is None or jailbreak is None:
             continue
         extra = {"source_id": inst["id"]} if inst.get("id") else {}
         # ToxicChat is mostly English (a few rows are in other languages); there is no per-row language.
-        yield RawRow(inst["instance"], _TOXIC_CHAT_KEYS[tuple(flags)], "en", path.name, i + 1, 0, extra=extra)
+        yield RawRow(inst["instance"], _TOXIC_CHAT_KEYS[toxic, jailbreak], "en", path.name, i + 1, 0, extra=extra)
 
 
 def _toxic_chat_flag(path: Path, problems: list[Problem], inst: dict, where: str, metric: str) -> int | None:
@@ -274,7 +275,7 @@ def _toxic_chat_flag(path: Path, problems: list[Problem], inst: dict, where: str
     if str(value) not in ("0", "1"):
         problems.append(Problem(str(path), 0, column, f"expected '0' or '1', got {value!r}"))
         return None
-    return int(value)
+    return int(str(value))
 
 
 # The expert file grades queries 0-3; the crowd file spells the same grades out.
@@ -635,7 +636,8 @@ def _drop_reason(row: RawRow, labels: dict[str, Action | None], first_seen: dict
     if first is not None:
         detail = f"same text as {first.file} row {first.row}"
         here, there = labels[row.key], labels[first.key]
-        if here != there:
+        # (neither is None: a row mapped to None is dropped above and never becomes a first copy)
+        if here is not None and there is not None and here != there:
             # the dataset labels one text two ways: worth seeing, the first copy wins
             detail += f", which is {there.name}; this copy would be {here.name}"
         return DUPLICATE, detail

@@ -147,7 +147,8 @@ class _Checker:
     """Collects problems while reading one file's mappings."""
 
     def __init__(self, file: str):
-        self.file, self.problems = file, []
+        self.file = file
+        self.problems: list[Problem] = []
 
     def add(self, line: int, field: str, message: str) -> None:
         self.problems.append(Problem(self.file, line, field, message))
@@ -303,6 +304,7 @@ def parse_policy(text: str, file: str) -> Policy:
                 rules.append(rule)
     if c.problems:
         raise PolicyError(c.problems)
+    assert name is not None  # a missing or empty name is a problem above
     return Policy(file, name, tuple(rules), lang, description)
 
 

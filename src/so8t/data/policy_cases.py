@@ -253,7 +253,7 @@ class Journal:
         rows = []
         for row in obj["rows"]:
             rec, problems = check_row(row, file, line)
-            if problems:
+            if rec is None:
                 return problems
             rows.append(rec)
         self.pairs[(obj["rule"], obj["k"])] = (rows, obj["review"])
@@ -410,18 +410,18 @@ def dedup_cases(cases: Sequence[Record], fixed: Sequence[Record],
     for r in cases:
         key = normalize_text(r.prompt_text())
         if key in builtin:
-            dropped.append((r.id, f"the same prompt as built-in row {builtin[key]}"))
+            dropped.append((r.id or "?", f"the same prompt as built-in row {builtin[key]}"))
         elif key in first:
-            dropped.append((r.id, f"the same prompt as {first[key]}"))
+            dropped.append((r.id or "?", f"the same prompt as {first[key]}"))
         else:
-            first[key] = r.id
+            first[key] = r.id or "?"
             kept.append(r)
     texts = [r.prompt_text() for r in fixed] + [r.prompt_text() for r in kept]
     near: dict[int, tuple[str, float]] = {}
     for i, j, score in near_duplicate_pairs(texts, threshold):
         if i < len(fixed) <= j:
             near.setdefault(j - len(fixed), (fixed[i].id or "?", score))
-    dropped += [(kept[k].id, f"a near copy (Jaccard {s:.2f}) of built-in row {fid}")
+    dropped += [(kept[k].id or "?", f"a near copy (Jaccard {s:.2f}) of built-in row {fid}")
                 for k, (fid, s) in sorted(near.items())]
     return [r for k, r in enumerate(kept) if k not in near], dropped
 
@@ -526,15 +526,15 @@ def _write_split(kept: list[Record], policy: Policy, out: Path, test_out: Path, 
                  summary: CasesSummary) -> None:
     together = [(r.meta or {}).get("pair") for r in kept]
     parts = split_records(kept, (1 - test_fraction, 0.0, test_fraction), seed, together=together,
-                          strata=[r.meta["rule"] for r in kept])  # every rule on both sides when it has enough cases
+                          strata=[(r.meta or {})["rule"] for r in kept])  # every rule on both sides when it has enough cases
     order = {id(r): i for i, r in enumerate(kept)}
     train = sorted(parts["train"] + parts["dev"], key=lambda r: order[id(r)])
     test = sorted(parts["test"], key=lambda r: order[id(r)])
     summary.per_rule = {r.id: Counter() for r in policy.rules}
     for split, rows in (("train", train), ("test", test)):
         for r in rows:
-            summary.per_rule[r.meta["rule"]][split] += 1
-    summary.labels = Counter(r.label.name for r in kept)
+            summary.per_rule[(r.meta or {})["rule"]][split] += 1
+    summary.labels = Counter(r.required_label().name for r in kept)
     summary.written[str(out)] = write_jsonl(out, train)
     if test:
         summary.written[str(test_out)] = write_jsonl(test_out, test)

@@ -5,6 +5,7 @@ file, the line and the field, and loading fails if there is any.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,6 +81,13 @@ class Record(BaseModel):
             raise ValueError(f"response: its tag {parsed.action.name} differs from label {self.label.name}")
         return self
 
+    def required_label(self) -> Action:
+        """The label of a record that must have one (training and evaluation data, which
+        `check_row` loads with require_label); ValueError naming the record when it has none."""
+        if self.label is None:
+            raise ValueError(f"record {self.id or self.prompt_text()[:60]!r} has no label; this step needs labelled data")
+        return self.label
+
     def messages(self) -> list[dict[str, str]]:
         """The prompt as chat messages (a string prompt becomes one user turn)."""
         if isinstance(self.prompt, str):
@@ -142,7 +150,7 @@ def check_row(obj: object, file: str, line: int, require_label: bool = True) -> 
     return rec, []
 
 
-def _problem_from(err: dict[str, Any], file: str, line: int) -> Problem:
+def _problem_from(err: Mapping[str, Any], file: str, line: int) -> Problem:
     loc = [str(p) for p in err.get("loc", ())]
     # pydantic reports union branches as extra loc parts ('str', 'list[Message]'); keep the field path.
     path = ".".join(p for p in loc if p not in ("str", "list[Message]", "function-after[_prompt(), union[str,list[Message]]]"))

@@ -42,8 +42,8 @@ def split_records(
         by_label[strata[idx[0]] if strata is not None else lab.name if lab is not None else "?"].append(g)
     rng = random.Random(seed)
     out: dict[str, list[Record]] = {s: [] for s in SPLITS}
-    for lab in sorted(by_label):
-        gs = sorted(by_label[lab])
+    for stratum in sorted(by_label):
+        gs = sorted(by_label[stratum])
         rng.shuffle(gs)
         total = sum(len(members[g]) for g in gs)
         cut_train, cut_dev = fractions[0] * total, (fractions[0] + fractions[1]) * total

@@ -23,13 +23,14 @@ def measure_latency(model, tokenizer, items: Sequence, max_length: int, amp: str
         t0 = time.perf_counter()
         prompt_outputs(model, tokenizer, [it], max_length, batch_size=1, amp=amp)
         per_prompt.append((time.perf_counter() - t0) * 1000)
+    throughput = {"1": len(items) / (sum(per_prompt) / 1000)}
     out = {"n": len(items), "p50_ms": float(np.percentile(per_prompt, 50)),
            "p95_ms": float(np.percentile(per_prompt, 95)),
-           "throughput": {"1": len(items) / (sum(per_prompt) / 1000)}}
+           "throughput": throughput}
     for b in batch_sizes:
         if b == 1:
             continue
         t0 = time.perf_counter()
         prompt_outputs(model, tokenizer, items, max_length, batch_size=b, amp=amp)
-        out["throughput"][str(b)] = len(items) / (time.perf_counter() - t0)
+        throughput[str(b)] = len(items) / (time.perf_counter() - t0)
     return out

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class Phases:
         calls = [0]
 
         def tick() -> None:  # called before each batch: the previous one is done
-            if calls[0]:
+            if calls[0] and bar is not None:
                 bar.update(min(batch_size, total - bar.n))
             calls[0] += 1
 
@@ -144,11 +145,11 @@ def _system_row(probs: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict:
 
 def _balanced_sample(records: list[Record], k: int, seed: int = 0) -> list[Record]:
     rng = np.random.default_rng(seed)
-    by = {}
+    by: dict[int, list[Record]] = {}
     for r in records:
-        by.setdefault(int(r.label), []).append(r)
+        by.setdefault(int(r.required_label()), []).append(r)
     per = max(1, k // max(1, len(by)))
-    out = []
+    out: list[Record] = []
     for c in sorted(by):
         idx = rng.permutation(len(by[c]))[:per]
         out.extend(by[c][i] for i in idx)
@@ -244,7 +245,7 @@ def _train_probe(model, tok, cfg, opts: EvalOptions, phases: Phases):
     with phases.phase(f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)) as tick:
         feats = bl.base_features(model, tok, sample, cfg.max_length, cfg.amp, between_batches=tick)
     with phases.phase("probe baseline: fitting the logistic regression"):
-        return bl.fit_probe(feats, [int(r.label) for r in sample], cfg.seed)
+        return bl.fit_probe(feats, [int(r.required_label()) for r in sample], cfg.seed)
 
 
 def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], phases: Phases) -> dict[str, dict]:
@@ -253,8 +254,8 @@ def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], phases: P
     from so8t.train.recipe import load_run_config
 
     out: dict[str, dict] = {}
-    for run in runs:
-        run = Path(run)
+    for given in runs:
+        run = Path(given)
         with phases.phase(f"comparing with run {run}: loading"):
             model, tok, _ = load_run(run)
             cfg = load_run_config(run)
@@ -284,13 +285,13 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     with open(tmp / f"predictions-{ds.name}.jsonl", "w", encoding="utf-8") as f:
         for row in preds_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    out = {"name": ds.name, "n": len(recs), "labelled": ds.labelled,
+    out: dict[str, Any] = {"name": ds.name, "n": len(recs), "labelled": ds.labelled,
            "predicted": {a: int((pred == i).sum()) for i, a in enumerate(ACTIONS)},
            "predictions": f"predictions-{ds.name}.jsonl", "targets_met": None}
     if not ds.labelled:
         out["note"] = "no labels: predictions only, no metrics"
         return out
-    y = np.array([int(r.label) for r in recs])
+    y = np.array([int(r.required_label()) for r in recs])
     gate = compute_metrics(y, pred)
     out["targets_met"] = gate.targets_met(opts.targets)
     with phases.phase(f"{ds.name}: bootstrap intervals ({opts.bootstrap} resamples x {len(HEADLINE)} KPIs)"):
@@ -308,7 +309,7 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     rules = rule_groups(recs)
     if rules:  # a policy's cases (so8t policy cases): one row per rule, even when there is one rule
         out["breakdown"]["rule"] = {g: m.as_dict() for g, m in breakdown(y, pred, rules).items()}
-    systems = {}
+    systems: dict[str, Any] = {}
     if "keywords" in opts.baselines:
         systems["keywords"] = bl.keyword_probs(recs)
     if "probe" in opts.baselines and probe is not None:
@@ -580,7 +581,7 @@ def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = 
     with phases.phase(f"scoring {len(recs)} prompts with the gate", total=len(recs)) as tick:
         probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp, between_batches=tick)[1].numpy()
     with phases.phase(f"searching the threshold grid ({model.head.kind} head)"):
-        cal = calibrate(probs, [int(r.label) for r in recs], objective=objective, kind=model.head.kind,
+        cal = calibrate(probs, [int(r.required_label()) for r in recs], objective=objective, kind=model.head.kind,
                         min_refuse_recall=min_refuse_recall, max_false_refusal=max_false_refusal)
     cal.data = list(data)
     chosen = next(c for c in cal.curve if all(c[k] == v for k, v in cal.thresholds.as_dict().items()))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from so8t.eval.baselines import tag_probs
+from so8t.eval.metrics import Labels
 from so8t.labels import ACTION_PREFIX, parse_response
 from so8t.model import render_prompt
 from so8t.model.scoring import as_conversation, autocast
@@ -64,7 +65,7 @@ def generate_responses(model, tokenizer, items: Sequence, max_length: int, max_n
     return out
 
 
-def generation_summary(gen: list[Generated], labels: Sequence[int] | None, head_pred: Sequence[int]) -> dict:
+def generation_summary(gen: list[Generated], labels: Labels | None, head_pred: Labels) -> dict:
     """Format compliance, and agreement of the generated tag with the label and with the head
     (agreements are over the outputs that parsed)."""
     n = len(gen)

@@ -13,8 +13,9 @@ fail action ESCALATE. It reads only what a Decision records (action, status, pro
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeGuard
 
 from so8t.labels import Action
 
@@ -53,7 +54,7 @@ class Decision:
         return out
 
 
-def finite_probs(probs) -> bool:
+def finite_probs(probs) -> TypeGuard[Iterable[Any]]:
     """Three finite numbers in [0, 1] that sum to 1 (within float error)."""
     try:
         values = [float(x) for x in probs]

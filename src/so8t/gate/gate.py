@@ -55,13 +55,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from so8t.canonical import request_hash
 from so8t.eval.thresholds import Thresholds, decide, load_thresholds
-from so8t.gate.decision import SEVERITY, Decision, finite_probs
+from so8t.gate.decision import SEVERITY, Decision, Status, finite_probs
 from so8t.labels import Action, parse_label
 from so8t.model import load_run
 from so8t.model.head import HEAD_WEIGHTS
@@ -113,7 +114,7 @@ class _Job:
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self.worker: threading.Thread | None = None   # set when a worker takes it
-        self.result = None
+        self.result: Any = None
         self.error: BaseException | None = None
 
     def check(self) -> None:
@@ -191,7 +192,7 @@ class SelfTest:
 class Prefill:
     """The gate's forward pass kept for generation: the prompt ids and the body's KV cache."""
     input_ids: torch.Tensor
-    past_key_values: object
+    past_key_values: Any  # a transformers Cache (its class depends on the model and version)
 
 
 class Gate:
@@ -286,7 +287,7 @@ class Gate:
         if not self.ready:
             return SelfTest(False, self.load_error or "no model loaded", [])
         decisions = self.decide_batch([p for p, _ in SELF_TEST_PROMPTS])
-        rows = [{"prompt": p, "dangerous": bad, "action": d.action.name, "status": d.status,
+        rows: list[dict[str, Any]] = [{"prompt": p, "dangerous": bad, "action": d.action.name, "status": d.status,
                  "p_refuse": None if d.probs is None else round(d.probs[2], 4)}
                 for (p, bad), d in zip(SELF_TEST_PROMPTS, decisions, strict=True)]
         problems = [f"{r['prompt']!r}: status {r['status']}" for r in rows if r["status"] != "ok"]
@@ -348,17 +349,18 @@ class Gate:
                     elif failure:
                         out[i] = self._failed(*failure, h, t0)
                     else:
-                        mine = [(name, p) for (j, name, _), p in zip(views, probs, strict=True) if j == i]
-                        out[i] = self._combine(mine, h, t0)
-        for d in out:
+                        scored = [(name, p) for (j, name, _), p in zip(views, probs, strict=True) if j == i]
+                        out[i] = self._combine(scored, h, t0)
+        decided = cast(list[Decision], out)  # every slot is filled above
+        for d in decided:
             self._tally(d)
-        return out  # type: ignore[return-value]
+        return decided
 
     def views(self, convo: list[dict[str, str]]) -> list[tuple[str, list[dict[str, str]]]]:
         """Every view this gate scores for a conversation: the turns (views_of); a view longer
         than max_length is scored by its end and, for each message too long to fit, by
         overlapping windows over that message's text."""
-        out = []
+        out: list[tuple[str, list[dict[str, str]]]] = []
         for name, msgs in (views_of(convo) if self.each_turn else [("conversation", convo)]):
             if len(out) > self.max_views:  # stop early: the caller fails closed anyway
                 return out
@@ -375,7 +377,7 @@ class Gate:
                     return out
         return out
 
-    def _attempt(self, items: list[list[dict[str, str]]], cache: bool = False) -> tuple[object, tuple[str, str] | None]:
+    def _attempt(self, items: list[list[dict[str, str]]], cache: bool = False) -> tuple[Any, tuple[Status, str] | None]:
         """(the job's result, None), or (None, (status, reason)) when it timed out or raised: OOM,
         CUDA errors and bugs all fail closed; only Ctrl-C goes through."""
         try:
@@ -395,7 +397,7 @@ class Gate:
             if d.latency_ms <= bound:
                 self.latency[bound] += 1
         self.latency["count"] += 1
-        self.latency["sum"] += d.latency_ms
+        self.latency["sum"] += d.latency_ms  # type: ignore[assignment]  # a Counter holds this float sum as well
 
     # ------------------------------------------------------------------ the worker
 
@@ -624,12 +626,13 @@ class Gate:
         k = max(range(len(views)), key=lambda j: (SEVERITY[actions[j]], -j))  # strictest; first on ties
         name, p = views[k]
         rule = "thresholds" if self.thresholds else "argmax"
-        return Decision(actions[k], "ok", tuple(float(x) for x in p), self._thr(), self.model_version,
-                        self.policy_version, input_hash, _ms(t0), f"{rule}; decided by the {name}",
+        return Decision(actions[k], "ok", tuple(float(x) for x in p),  # type: ignore[arg-type]  # a 3-class row
+                        self._thr(), self.model_version, self.policy_version, input_hash, _ms(t0),
+                        f"{rule}; decided by the {name}",
                         [{"view": n, "action": a.name, "probs": [round(float(x), 6) for x in q]}
                          for (n, q), a in zip(views, actions, strict=True)])
 
-    def _failed(self, status: str, reason: str, input_hash: str, t0: float) -> Decision:
+    def _failed(self, status: Status, reason: str, input_hash: str, t0: float) -> Decision:
         self.counts["fail_closed"] += 1
         # a full queue is load shedding, not a broken gate: under a flood, one warning a request is noise
         log.log(logging.INFO if status == "busy" else logging.WARNING, "gate fail-closed (%s -> %s): %s", status,

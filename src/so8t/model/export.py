@@ -453,7 +453,8 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False, gguf_ty
     result = ExportResult(out)
 
     say(f"writing {out / MODEL_DIR} (merged weights, tokenizer)")
-    merged.save_pretrained(str(out / MODEL_DIR), safe_serialization=True)
+    # nn.Module.__getattr__ types an attribute as Tensor | Module: mypy sees no method here
+    merged.save_pretrained(str(out / MODEL_DIR), safe_serialization=True)  # type: ignore[operator]
     tokenizer.save_pretrained(str(out / MODEL_DIR))
     result.files.append(f"{MODEL_DIR}/")
     for name in (HEAD_WEIGHTS, HEAD_CONFIG, "thresholds.json"):
@@ -482,8 +483,9 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False, gguf_ty
     result.files.append("Modelfile")
     (out / "README.txt").write_text(readme_text(out, result, fmt, note), encoding="utf-8")
     result.files.append("README.txt")
+    merged_fingerprint = fingerprint(merged)  # type: ignore[arg-type]  # load_run(merge=True): a PreTrainedModel
     manifest = {"run": str(run.resolve()), "base_model": meta.get("base_model"),
-                "base_fingerprint": meta.get("base_fingerprint"), "merged_fingerprint": fingerprint(merged),
+                "base_fingerprint": meta.get("base_fingerprint"), "merged_fingerprint": merged_fingerprint,
                 "architecture": cfg.model_type, "dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
                 "gguf": result.gguf, "gguf_note": note, "chat_format": fmt.name, "files": result.files}
     (out / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

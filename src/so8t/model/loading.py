@@ -140,7 +140,7 @@ def converted_gguf_folder(gguf: Path) -> Path:
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             # transformers marks a GGUF-loaded model as quantized and refuses to save it; the weights
             # are already dequantized to fp32, so saving them as plain safetensors is exact.
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # typed via nn.Module.__setattr__
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(tmp)
@@ -178,8 +178,10 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype) or name == "auto":
-        return None if name == "auto" else name
+    if name is None or name == "auto":
+        return None
+    if isinstance(name, torch.dtype):
+        return name
     try:
         return _DTYPES[name]
     except KeyError:

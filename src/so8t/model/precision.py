@@ -53,7 +53,8 @@ def quantize_int8(body: nn.Module) -> int:
                              f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
     if any("lora_" in name for name, _ in body.named_modules()):
         raise PrecisionError("int8: merge the LoRA adapter into the base weights first (load_run(merge=True))")
-    head = body.get_output_embeddings() if hasattr(body, "get_output_embeddings") else None
+    # nn.Module.__getattr__ types an attribute as Tensor | Module: mypy sees no method here
+    head = body.get_output_embeddings() if hasattr(body, "get_output_embeddings") else None  # type: ignore[operator]
     names = {name for name, m in body.named_modules() if type(m) is nn.Linear and m is not head}
     if not names:
         raise PrecisionError("int8: the model has no linear layers to quantize (is the adapter merged?)")

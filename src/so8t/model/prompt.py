@@ -66,7 +66,8 @@ def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
     """The prompt text up to (and including) the assistant header, ready for the response."""
     messages = [{**m, "content": clean_text(m["content"])} for m in messages]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # tokenize=False: the text (the hint covers every mode's return type)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)  # type: ignore[return-value]
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:

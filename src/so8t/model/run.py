@@ -39,7 +39,8 @@ def fingerprint(model: PreTrainedModel) -> str:
     """A short hash of the base weights that survives dtype changes (fp32 / bf16 / 4-bit keep
     the embeddings): shape facts plus coarse statistics of the input embedding table."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    emb = model.get_input_embeddings().weight.detach().float()
+    # nn.Module.__getattr__ types an attribute as Tensor | Module: mypy sees no method here
+    emb = model.get_input_embeddings().weight.detach().float()  # type: ignore[operator]
     rows = emb[:: max(1, emb.size(0) // 256)]
     stats = [emb.mean().item(), emb.std().item(), rows.abs().mean().item()]
     text = f"{cfg.model_type}|{cfg.hidden_size}|{cfg.num_hidden_layers}|{emb.size(0)}|" + "|".join(f"{s:.3e}" for s in stats)
@@ -49,7 +50,8 @@ def fingerprint(model: PreTrainedModel) -> str:
 def save_artifacts(folder: str | Path, model: SafetyModel, tokenizer: PreTrainedTokenizerBase, meta: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.body.save_pretrained(str(folder / ADAPTER_DIR))
+    # nn.Module.__getattr__ types an attribute as Tensor | Module: mypy sees no method here
+    model.body.save_pretrained(str(folder / ADAPTER_DIR))  # type: ignore[operator]
     save_head(model.head, folder, {"pooling": model.pooling, **meta})
     tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
 

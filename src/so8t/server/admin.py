@@ -392,7 +392,7 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
             return sign_in_page(503, f"the approvals UI is disabled: set {env}")
         client = request.client.host if request.client else "unknown"
         if (wait := limiter.retry_after(client)) > 0:
-            resp = sign_in_page(429, f"too many failed sign-ins: try again in {int(wait) + 1} s")
+            resp: Response = sign_in_page(429, f"too many failed sign-ins: try again in {int(wait) + 1} s")
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
         if not token_matches(token, expected):

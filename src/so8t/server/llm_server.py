@@ -362,7 +362,8 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, *, startup
     url_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound_host, bound_host)
 
     config = uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=graceful_timeout_s, lifespan="auto")
+                            timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # hinted int; asyncio.timeout takes a float
+                            lifespan="auto")
     server = _ThreadServer(config)
     failure: list[BaseException] = []
 

@@ -54,9 +54,9 @@ def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: i
     labels = [IGNORE] * len(prompt) + response_ids
     tag_pos = len(prompt) + len(prefix_ids)
     meta = rec.meta or {}
-    return Encoded(ids, len(prompt), labels, tag_pos if tag_pos < len(ids) else -1, int(rec.label),
+    return Encoded(ids, len(prompt), labels, tag_pos if tag_pos < len(ids) else -1, int(rec.required_label()),
                    rec.difficulty == "easy", truncated, meta.get("pair"),
-                   {"safe": 0, "unsafe": 1}.get(meta.get("half"), -1))
+                   {"safe": 0, "unsafe": 1}.get(str(meta.get("half")), -1))
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -36,7 +36,6 @@ GIB = 2**30
 # NF4 with double quantization (QLoRA): 4 bits per weight, one 8-bit absmax per block of 64
 # weights, and one fp32 scale per 256 of those absmax values -> 0.5 + 1/64 + 4/(64*256).
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # ~0.5159
-NF4_BYTES = NF4_BYTES_PER_PARAM  # short alias
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -203,7 +202,8 @@ def estimate_memory(cfg: TrainConfig, model_config: Any) -> MemoryEstimate:
     desc = (f"{cfg.model}, {quant}, B={B} x T={T}, LoRA r={cfg.lora_r}, {cfg.optim}, "
             f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
             f"PET checkpoint {'on' if cfg.pet_checkpoint else 'off'}")
-    return MemoryEstimate(*(round(p) for p in parts), round(overhead), description=desc)
+    return MemoryEstimate(round(weights), round(lora_and_optimizer), round(activations), round(logits), round(pet),
+                          round(safety_head), round(overhead), description=desc)
 
 
 def _layer_working_set_per_token(cfg: TrainConfig, d: _Dims, s: int) -> int:

@@ -265,7 +265,7 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     """Linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022): fit the head on the frozen body's
     pooled states before joint training, so the first LoRA steps are not spent undoing a random
     head. Features come from one forward pass over a class-balanced sample of the training set."""
-    labels = [int(r.label) for r in records]
+    labels = [int(r.required_label()) for r in records]
     sample = epoch_order(labels, "sampler", cfg.seed, -1)[: cfg.head_probe_examples]
     picked = [records[i] for i in sample]
     # The sampler repeats the rarer classes' rows; each distinct row goes through the body once
@@ -274,7 +274,7 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     row_of = {i: k for k, i in enumerate(distinct)}
     feats = pooled_layers(model, tokenizer, [records[i] for i in distinct], cfg.max_length, cfg.amp, progress=progress)
     feats = feats[torch.tensor([row_of[i] for i in sample], dtype=torch.long)]
-    y = torch.tensor([int(r.label) for r in picked])
+    y = torch.tensor([int(r.required_label()) for r in picked])
     easy = torch.tensor([r.difficulty == "easy" for r in picked])
     return fit_head(model.head, feats, y, easy, cfg, cw)
 
@@ -311,7 +311,7 @@ def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: i
              thresholds: Thresholds | None = None, desc: str | None = None) -> SafetyMetrics:
     """KPIs of `records` under `thresholds` (argmax without); `desc` labels a progress bar."""
     probs = predict_probs(model, tokenizer, records, max_length, amp=amp, desc=desc)
-    return compute_metrics([int(r.label) for r in records], decide(probs.float().numpy(), thresholds).tolist())
+    return compute_metrics([int(r.required_label()) for r in records], decide(probs.float().numpy(), thresholds).tolist())
 
 
 def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig,
@@ -319,7 +319,7 @@ def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: 
     """Thresholds chosen on the dev split (so8t calibrate's grid and objective), and dev's KPIs
     under them. The test split plays no part, so its numbers stay an honest estimate."""
     probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp, desc=desc).float().numpy()
-    cal = calibrate(probs, [int(r.label) for r in records], kind=cfg.head_kind)
+    cal = calibrate(probs, [int(r.required_label()) for r in records], kind=cfg.head_kind)
     cal.data = ["dev split"]
     return cal, cal.after
 

@@ -93,6 +93,7 @@ def _open(ts: Toolset, url: str) -> dict:
     return ts.execute(ts.validate("browser.open", {"url": url}))
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_a_page_is_read_with_its_title_text_screenshot_and_status(servers, tools, tmp_path):
     good, _, hits = servers
@@ -108,6 +109,7 @@ def test_a_page_is_read_with_its_title_text_screenshot_and_status(servers, tools
     assert hits == []
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_a_redirect_off_the_allowlist_is_blocked_and_returns_nothing(servers, tools):
     good, bad, hits = servers
@@ -116,6 +118,7 @@ def test_a_redirect_off_the_allowlist_is_blocked_and_returns_nothing(servers, to
     assert hits == []  # the redirect target was never contacted
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_a_script_navigation_off_the_allowlist_is_blocked(servers, tools):
     good, bad, hits = servers
@@ -124,6 +127,7 @@ def test_a_script_navigation_off_the_allowlist_is_blocked(servers, tools):
     assert hits == []
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_subresources_from_other_origins_are_blocked(servers, tools):
     good, bad, hits = servers
@@ -135,6 +139,7 @@ def test_subresources_from_other_origins_are_blocked(servers, tools):
     assert hits == []  # not one request reached the other origin, redirect target included
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_page_text_is_untrusted_data_even_when_it_gives_orders(servers, tools):
     good, _, _ = servers
@@ -142,6 +147,7 @@ def test_page_text_is_untrusted_data_even_when_it_gives_orders(servers, tools):
     assert INJECTION in r["text"] and r["untrusted"] is True  # returned as data, flagged for the gate
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_long_text_is_truncated_with_a_flag(servers, tools):
     good, _, _ = servers
@@ -160,6 +166,7 @@ def _our_chromium_processes() -> list[int]:
     return found
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_a_page_that_hangs_the_browser_is_stopped(servers, tmp_path):
     good, _, _ = servers
@@ -169,6 +176,7 @@ def test_a_page_that_hangs_the_browser_is_stopped(servers, tmp_path):
     assert _our_chromium_processes() == []
 
 
+@pytest.mark.chromium
 @needs_chromium
 def test_it_works_when_called_from_inside_an_event_loop(servers, tools):
     good, _, _ = servers

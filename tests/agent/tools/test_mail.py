@@ -219,6 +219,7 @@ def _received_headers(smtp) -> list[list[str]]:
     return [list(BytesParser(policy=policy.default).parsebytes(m["data"]).keys()) for m in smtp.messages]
 
 
+@pytest.mark.smtp
 @pytest.mark.parametrize("field, value", [
     ("subject", "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="),
     ("subject", "Invoice =?utf-8?b?DQpSZXBseS1UbzogZXZpbEB4LmNvbQ==?= attached"),  # base64: "\r\nReply-To: ..."
@@ -245,6 +246,7 @@ def test_encoded_words_that_decode_to_line_breaks_never_reach_smtp(tmp_path, fie
     assert not (tmp_path / "drafts").exists() or not list((tmp_path / "drafts").glob("*.eml"))
 
 
+@pytest.mark.smtp
 def test_header_like_text_on_one_line_is_sent_as_plain_text(tmp_path):
     subject = "Reply-To: evil@x.com =?utf-8?q?caf=C3=A9?= Bcc: spy@evil.test"  # harmless: no line break
     with LocalSmtp() as smtp:
@@ -262,6 +264,7 @@ def test_the_sender_name_is_checked_too(tmp_path):
         mail_tool(tmp_path, sender="=?utf-8?q?Agent=0D=0ABcc=3A_spy=40evil.test?= <agent@example.com>")
 
 
+@pytest.mark.smtp
 @pytest.mark.parametrize("tamper", ["body", "recipient", "hash file removed", "draft dropped in by hand"])
 def test_a_draft_changed_on_disk_after_drafting_is_not_sent(tmp_path, tamper):
     with LocalSmtp() as smtp:
@@ -290,6 +293,7 @@ def test_a_draft_changed_on_disk_after_drafting_is_not_sent(tmp_path, tamper):
     assert listed[d["draft_id"]]["intact"] is False
 
 
+@pytest.mark.smtp
 def test_an_untouched_draft_is_intact_and_its_hash_moves_with_it(tmp_path):
     with LocalSmtp() as smtp:
         ts = _tools(tmp_path, smtp.port)
@@ -302,6 +306,7 @@ def test_an_untouched_draft_is_intact_and_its_hash_moves_with_it(tmp_path):
     assert list((tmp_path / "drafts").glob("*.sha256")) == []
 
 
+@pytest.mark.smtp
 def test_the_generated_message_is_checked_even_if_input_checks_miss_something(tmp_path, monkeypatch):
     import so8t.agent.tools.mail as mail
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from so8t.agent.toolloop import ToolPolicy
 from so8t.agent.tools.base import MAX_ARGS_BYTES, Toolset
@@ -60,9 +61,10 @@ class CalendarSection:
     owner: str = ""
 
 
-SECTIONS = {"files": (FilesSection, ("root",)), "sql": (SqlSection, ("url",)),
-            "browser": (BrowserSection, ("allowlist",)), "mail": (MailSection, ("drafts_dir", "sender")),
-            "calendar": (CalendarSection, ("ics_path", "owner"))}
+SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
+    "files": (FilesSection, ("root",)), "sql": (SqlSection, ("url",)),
+    "browser": (BrowserSection, ("allowlist",)), "mail": (MailSection, ("drafts_dir", "sender")),
+    "calendar": (CalendarSection, ("ics_path", "owner"))}
 TOP_KEYS = {"tiers", "actions", "max_args_bytes", *SECTIONS}
 
 
@@ -99,7 +101,7 @@ def load_tools(path: str | Path) -> tuple[Toolset, ToolPolicy]:
         if name not in raw:
             continue
         values = raw[name] or {}
-        sec = from_dict(cls, values, f"{path}: {name}")
+        sec: Any = from_dict(cls, values, f"{path}: {name}")
         for key in required:
             if not getattr(sec, key):
                 raise ConfigError(f"{path}: {name}: {key} is required")

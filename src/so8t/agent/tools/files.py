@@ -196,8 +196,15 @@ class _Files:
             raise ToolError(f"{action}: path {_short(path)} leads outside the files root through a symbolic link")
         return resolved.relative_to(self.root).parts
 
-    def _locate(self, action: str, path: str, *, follow: bool,
-                allow_root: bool = False) -> tuple[tuple[str, ...], str | None]:
+    def _locate(self, action: str, path: str, *, follow: bool) -> tuple[tuple[str, ...], str]:
+        """(folder parts, final name) of a path that is not the root itself (see `_locate_any`)."""
+        folder, name = self._locate_any(action, path, follow=follow)
+        if name is None:
+            raise ToolError(f"{action}: path {_short(path)} is the files root itself, which "
+                            f"{action} does not accept")
+        return folder, name
+
+    def _locate_any(self, action: str, path: str, *, follow: bool) -> tuple[tuple[str, ...], str | None]:
         """(folder parts, final name) of a path, checked to stay inside the root.
 
         The whole path is resolved either way, so a link at any component that leads out is
@@ -208,9 +215,6 @@ class _Files:
         parts = self._parts(action, path)
         full = self._inside(action, path, self.root.joinpath(*parts))
         if not parts or not full:
-            if not allow_root:
-                raise ToolError(f"{action}: path {_short(path)} is the files root itself, which "
-                                f"{action} does not accept")
             return (), None
         if follow:
             return full[:-1], full[-1]
@@ -282,7 +286,7 @@ class _Files:
     # -- actions ------------------------------------------------------------------------------
 
     def list(self, a: ListArgs) -> dict:
-        folder, name = self._locate("files.list", a.path, follow=True, allow_root=True)
+        folder, name = self._locate_any("files.list", a.path, follow=True)
         parts = folder + ((name,) if name else ())
         entries: list[dict] = []
 
@@ -438,6 +442,7 @@ class _Files:
                 shutil.rmtree(d.path / name)
             else:
                 with self._open_child(d, name) as sub:
+                    assert sub.fd is not None  # a child of a folder opened by descriptor is one too
                     count = _rmtree_fd(sub.fd)
                 os.rmdir(name, dir_fd=d.fd)
             return {"path": rel, "deleted": "dir", "entries": count}

@@ -350,7 +350,7 @@ def _to_address(mailbox: str) -> Address:
 
 
 def _header_addresses(msg: Any, header: str) -> list[Any]:
-    out = []
+    out: list[Any] = []
     for value in msg.get_all(header, []):
         out.extend(getattr(value, "addresses", ()))
     return out

@@ -403,8 +403,8 @@ def _unbounded(toks: tuple[_Tok, ...], max_bytes: int) -> str | None:
                                 f"({max_bytes}): its output has no bound")
             elif name == "generate_series":
                 args = _call_args(toks, i + 1)
-                ends = [_literal_int(a) for a in args[:2]]
-                if len(ends) < 2 or None in ends or abs(ends[1] - ends[0]) > _SERIES_MAX:
+                ends = [e for e in (_literal_int(a) for a in args[:2]) if e is not None]
+                if len(ends) < 2 or abs(ends[1] - ends[0]) > _SERIES_MAX:
                     return f"generate_series() without literal bounds at most {_SERIES_MAX} apart: its rows have no bound"
         if w in ("UNION", "EXCEPT", "INTERSECT"):      # a new SELECT at this level: its own FROM and WHERE
             cross = cross or close(level)
@@ -458,8 +458,8 @@ def _jsonable(v: Any) -> tuple[Any, str | None]:
         pairs = [_jsonable(x) for x in v]
         return [p[0] for p in pairs], next((p[1] for p in pairs if p[1]), None)
     if isinstance(v, dict):
-        pairs = {str(k): _jsonable(x) for k, x in v.items()}
-        return {k: p[0] for k, p in pairs.items()}, next((p[1] for p in pairs.values() if p[1]), None)
+        by_key = {str(k): _jsonable(x) for k, x in v.items()}
+        return {k: p[0] for k, p in by_key.items()}, next((p[1] for p in by_key.values() if p[1]), None)
     return str(v), f"str ({type(v).__name__})"
 
 
@@ -539,7 +539,7 @@ class _Database:
     def _guarded(self, conn: Connection, *, write: bool, max_bytes: int | None = None) -> Iterator[None]:
         """Read-only settings for a read, the statement timeout and (SQLite) the largest string
         or blob a statement may make, for one transaction."""
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection  # sqlite3, psycopg, ...: its methods differ
         if not write and (self.backend == "postgresql"
                           or self.backend in ("mysql", "mariadb") and not self.read_only):
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")     # first: before any other statement
@@ -554,13 +554,13 @@ class _Database:
             deadline = time.monotonic() + self.timeout_s
             raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
         length = None
-        if max_bytes is not None and hasattr(raw, "setlimit"):     # sqlite3, Python >= 3.11
-            length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(max_bytes, 1024))
+        if max_bytes is not None and hasattr(raw, "setlimit"):     # sqlite3, Python >= 3.11 (as is the constant)
+            length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(max_bytes, 1024))  # type: ignore[attr-defined]
         try:
             yield
         finally:
             if length is not None:
-                raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
+                raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)  # type: ignore[attr-defined]  # 3.11+
             if handler:
                 raw.set_progress_handler(None, 0)
             if toggle:
@@ -700,7 +700,7 @@ class _SqlTool:
         self.read_only = read_only
         self.max_rows, self.max_bytes = max_rows, max_bytes
 
-    def review(self, args: BaseModel) -> str | None:
+    def review(self, args: QueryArgs | ExecuteArgs) -> str | None:
         """Why this (validated) statement needs a person's approval, or None: its cost has no
         bound in its text (_unbounded)."""
         why = _unbounded(_prepare(args.sql, self.db.syntax).tokens, self.max_bytes)
