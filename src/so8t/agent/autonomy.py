@@ -55,6 +55,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from so8t import jsonerr
 from so8t.agent.approvals import Approval, Status
 from so8t.agent.audit import AuditError
 
@@ -133,8 +134,8 @@ def read_state(path: Path) -> dict[str, Entry]:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise AutonomyError(f"{path}: cannot read the autonomy state ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise AutonomyError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except ValueError as exc:
+        raise AutonomyError(f"{path}: not valid JSON ({jsonerr.describe(exc)})") from None
     if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT or not isinstance(raw.get("levels"), dict):
         raise AutonomyError(f"{path}: not an autonomy state (expected {{\"format\": \"{STATE_FORMAT}\", "
                             "\"levels\": {...}})")

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from so8t import jsonerr
 from so8t.agent.approvals import Approval, ApprovalQueue, InvalidTransition, Status
 from so8t.agent.redaction import Redactor
 from so8t.agent.toolloop import gate_turn
@@ -233,9 +234,8 @@ def _edited_tool_call(old: dict, arguments: str | None, *, gate: Any, redactor: 
                         "reject it instead", "arguments")
     try:
         parsed = json.loads(arguments)
-    except json.JSONDecodeError as exc:
-        raise EditError(f"arguments: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
-                        "arguments") from None
+    except ValueError as exc:
+        raise EditError(f"arguments: not valid JSON: {jsonerr.describe(exc)}", "arguments") from None
     if not isinstance(parsed, dict):
         raise EditError(f"arguments: must be a JSON object ({{...}}), got {type(parsed).__name__}", "arguments")
     original = old.get("arguments", {})

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from so8t import jsonerr
 from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit import AuditStore
 from so8t.agent.autonomy import AutonomyStore, Level as AutonomyLevel
@@ -102,8 +103,8 @@ def parse_text_calls(text: str) -> tuple[str, list[Proposal]]:
         pid = f"text_{k}"
         try:
             obj = json.loads(m.group(1))
-        except json.JSONDecodeError as exc:
-            proposals.append(Proposal(pid, "?", None, f"tool call {k + 1} is not valid JSON: {exc.msg}"))
+        except ValueError as exc:
+            proposals.append(Proposal(pid, "?", None, f"tool call {k + 1} is not valid JSON: {jsonerr.describe(exc)}"))
             continue
         if not isinstance(obj, dict) or set(obj) != {"name", "arguments"} or not isinstance(obj["name"], str) \
                 or not isinstance(obj["arguments"], dict):
@@ -224,8 +225,8 @@ class ToolLoop:
                 try:
                     args = json.loads(c.arguments) if isinstance(c.arguments, str) else c.arguments
                     proposals.append(Proposal(c.id, c.name, args))
-                except json.JSONDecodeError as exc:
-                    proposals.append(Proposal(c.id, c.name, None, f"arguments are not valid JSON: {exc.msg}"))
+                except ValueError as exc:
+                    proposals.append(Proposal(c.id, c.name, None, f"arguments are not valid JSON: {jsonerr.describe(exc)}"))
             return (turn.content or "").strip(), proposals
         return parse_text_calls(self.llm.complete(messages, max_tokens=self.max_tokens))
 

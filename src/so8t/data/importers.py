@@ -22,6 +22,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+from so8t import jsonerr
 from so8t.data.dedup import normalize_text
 from so8t.data.io import write_jsonl
 from so8t.data.schema import DataError, Problem, Record
@@ -193,8 +194,8 @@ def _jsonl_objects(path: Path, problems: list[Problem], required: list[str]) -> 
         row += 1
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(str(path), line, "", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+        except ValueError as exc:  # bad syntax, or a number json refuses (over 4,300 digits)
+            problems.append(Problem(str(path), line, "", f"invalid JSON: {jsonerr.describe(exc)}"))
             continue
         if not isinstance(obj, dict):
             problems.append(Problem(str(path), line, "", f"expected a JSON object, got {type(obj).__name__}"))
@@ -210,8 +211,9 @@ def _jsonl_objects(path: Path, problems: list[Problem], required: list[str]) -> 
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise _fail(path, exc.lineno, "", f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except ValueError as exc:
+        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 0
+        raise _fail(path, line, "", f"invalid JSON: {jsonerr.describe(exc)}") from None
 
 
 # ---------------------------------------------------------------------------------------------

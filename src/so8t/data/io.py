@@ -5,6 +5,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from so8t import jsonerr
 from so8t.data.schema import Checked, DataError, Problem, Record, check_row
 from so8t.fsutil import atomic_write_text
 
@@ -30,8 +31,8 @@ def check_jsonl(path: str | Path, require_label: bool = True) -> Checked:
             continue
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            out.problems.append(Problem(name, lineno, "", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+        except ValueError as exc:  # bad syntax, or a number json refuses (over 4,300 digits)
+            out.problems.append(Problem(name, lineno, "", f"invalid JSON: {jsonerr.describe(exc)}"))
             continue
         rec, problems = check_row(obj, name, lineno, require_label)
         out.problems.extend(problems)
