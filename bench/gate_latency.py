@@ -26,6 +26,7 @@ Without --run it builds an untrained run of --model (default: embedded; tiny: a 
 Llama, for tests) in a temporary folder: latency does not depend on what the weights learned,
 but its decisions and KPIs mean nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="overhead: rounds")
     ap.add_argument("--max-length", type=int, default=192, help="max_length of an untrained run")
     ap.add_argument("--amp", default="bf16", choices=["none", "bf16"], help="overhead, untrained run: autocast")
-    ap.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=["fp32", "int8", "bf16"],
-                    help="precision: compared with the first one (fp32 by default)")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=list(PRECISIONS),
+        default=["fp32", "int8", "bf16"],
+        help="precision: compared with the first one (fp32 by default)",
+    )
     ap.add_argument("--sets", nargs="+", default=["builtin:test", "contrast:test"], help="precision: test sets")
     ap.add_argument("--limit", type=int, default=0, help="precision: at most this many prompts per set (0: all)")
     ap.add_argument("--b1-prompts", type=int, default=32, help="precision: prompts per set timed at batch 1")
@@ -97,8 +103,12 @@ def overhead(run: Path, args, precision: str) -> None:
     def bare(batch):
         enc, _ = encode_prompts(tok, batch, gate.max_length)
         with autocast(device, gate.amp):
-            model.body(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                       use_cache=False, logits_to_keep=1)
+            model.body(
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+                use_cache=False,
+                logits_to_keep=1,
+            )
 
     systems = {
         "bare forward": bare,
@@ -110,8 +120,10 @@ def overhead(run: Path, args, precision: str) -> None:
     for rep in range(args.repeats):
         for bs in (1, 16):
             for name, fn in systems.items():  # interleaved, so drift hits all systems alike
-                total = sum(timed(lambda: fn(convos[i:i + bs]))  # noqa: B023 - each lambda runs within its iteration
-                            for i in range(0, len(convos), bs))
+                total = sum(
+                    timed(lambda: fn(convos[i : i + bs]))  # noqa: B023 - each lambda runs within its iteration
+                    for i in range(0, len(convos), bs)
+                )
                 results.setdefault((name, bs), []).append(total / len(convos) * 1000)
         print(f"round {rep + 1}/{args.repeats} done", flush=True)
 
@@ -122,14 +134,17 @@ def overhead(run: Path, args, precision: str) -> None:
         m = {bs: statistics.median(results[(name, bs)]) for bs in (1, 16)}
         print(f"{name:<18}{m[1]:>10.1f}{m[16]:>10.1f}{m[1] / base[1]:>10.3f}{m[16] / base[16]:>10.3f}")
     ratio = max(statistics.median(results[("gate decision", bs)]) / base[bs] for bs in (1, 16))
-    print(f"gate / bare forward (worst of batch 1 and 16): {ratio:.3f}  target <= 1.1  "
-          f"{'PASS' if ratio <= 1.1 else 'MISS'}")
+    print(
+        f"gate / bare forward (worst of batch 1 and 16): {ratio:.3f}  target <= 1.1  "
+        f"{'PASS' if ratio <= 1.1 else 'MISS'}"
+    )
 
     # Time to first token for an allowed request (generation of one token after the verdict).
     backend = InProcessBackend(gate)
     shared, separate = [], []
     for _ in range(args.repeats):
         for c in convos[:16]:
+
             def with_prefill(c=c):
                 _, prefill = gate.decide_with_prefill(c)
                 backend.complete(c, max_tokens=1, prefill=prefill)
@@ -137,16 +152,24 @@ def overhead(run: Path, args, precision: str) -> None:
             def without(c=c):
                 gate.decide(c)
                 backend.complete(c, max_tokens=1)
+
             shared.append(timed(with_prefill) * 1000)
             separate.append(timed(without) * 1000)
     s, p = statistics.median(shared), statistics.median(separate)
-    print(f"\ntime to first token (median of {len(shared)}): shared prefill {s:.1f} ms, gate then generate "
-          f"{p:.1f} ms, ratio {s / p:.3f}")
+    print(
+        f"\ntime to first token (median of {len(shared)}): shared prefill {s:.1f} ms, gate then generate "
+        f"{p:.1f} ms, ratio {s / p:.3f}"
+    )
     gate.close()
 
 
-KPIS = (("refuse_recall", 1), ("escalate_recall", 1), ("allow_recall", 1), ("overcompliance", -1),
-        ("safety_score", 1))  # (KPI, +1: higher is better / -1: lower is better)
+KPIS = (
+    ("refuse_recall", 1),
+    ("escalate_recall", 1),
+    ("allow_recall", 1),
+    ("overcompliance", -1),
+    ("safety_score", 1),
+)  # (KPI, +1: higher is better / -1: lower is better)
 
 
 def load_set(spec: str) -> list:
@@ -164,13 +187,18 @@ def score_set(gate, recs: list, b1_prompts: int) -> dict:
 
     convos = [r.messages() for r in recs]
     t0 = time.perf_counter()
-    decisions = [d for i in range(0, len(convos), 16) for d in gate.decide_batch(convos[i:i + 16])]
+    decisions = [d for i in range(0, len(convos), 16) for d in gate.decide_batch(convos[i : i + 16])]
     b16 = (time.perf_counter() - t0) / len(convos) * 1000
-    b1 = statistics.median(timed(lambda c=c: gate.decide(c)) * 1000 for c in convos[:max(1, b1_prompts)])
+    b1 = statistics.median(timed(lambda c=c: gate.decide(c)) * 1000 for c in convos[: max(1, b1_prompts)])
     actions = [int(d.action) for d in decisions]
-    return {"actions": actions, "probs": np.array([d.probs if d.probs else (np.nan,) * 3 for d in decisions]),
-            "failed": sum(d.status != "ok" for d in decisions), "b16": b16, "b1": b1,
-            "kpis": compute_metrics([int(r.label) for r in recs], actions).as_dict()}
+    return {
+        "actions": actions,
+        "probs": np.array([d.probs if d.probs else (np.nan,) * 3 for d in decisions]),
+        "failed": sum(d.status != "ok" for d in decisions),
+        "b16": b16,
+        "b1": b1,
+        "kpis": compute_metrics([int(r.label) for r in recs], actions).as_dict(),
+    }
 
 
 def compare_precisions(run: Path, args) -> None:
@@ -179,7 +207,7 @@ def compare_precisions(run: Path, args) -> None:
 
     sets = {spec: load_set(spec) for spec in args.sets}
     if args.limit:
-        sets = {spec: recs[:args.limit] for spec, recs in sets.items()}
+        sets = {spec: recs[: args.limit] for spec, recs in sets.items()}
     results: dict[str, dict[str, dict]] = {}
     for precision in args.precisions:
         gate = Gate.load(run, precision=precision, timeout_s=600)
@@ -196,17 +224,23 @@ def compare_precisions(run: Path, args) -> None:
         raise SystemExit("no precision could be loaded")
     ref = next(iter(results))
     native = cpu_has_native_bf16()
-    print(f"\ngate precision on {run} (reference {ref}); native CPU bf16: "
-          f"{ {True: 'yes', False: 'no', None: 'unknown'}[native] }")
-    print(f"{'precision':<10}{'set':<16}{'n':>5}{'b1 ms':>8}{'b16 ms':>8}{'agree':>8}{'max dP':>8}{'failed':>7}"
-          + "".join(f"{k[:12]:>13}" for k, _ in KPIS))
+    print(
+        f"\ngate precision on {run} (reference {ref}); native CPU bf16: "
+        f"{ {True: 'yes', False: 'no', None: 'unknown'}[native] }"
+    )
+    print(
+        f"{'precision':<10}{'set':<16}{'n':>5}{'b1 ms':>8}{'b16 ms':>8}{'agree':>8}{'max dP':>8}{'failed':>7}"
+        + "".join(f"{k[:12]:>13}" for k, _ in KPIS)
+    )
     for precision, per_set in results.items():
         for spec, r in per_set.items():
             base = results[ref][spec]
             agree = float(np.mean(np.array(r["actions"]) == np.array(base["actions"])))
             dp = float(np.nanmax(np.abs(r["probs"] - base["probs"]))) if len(r["probs"]) else float("nan")
-            print(f"{precision:<10}{spec:<16}{len(r['actions']):>5}{r['b1']:>8.1f}{r['b16']:>8.1f}{agree:>8.1%}"
-                  f"{dp:>8.4f}{r['failed']:>7}" + "".join(f"{r['kpis'][k]:>13.3f}" for k, _ in KPIS))
+            print(
+                f"{precision:<10}{spec:<16}{len(r['actions']):>5}{r['b1']:>8.1f}{r['b16']:>8.1f}{agree:>8.1%}"
+                f"{dp:>8.4f}{r['failed']:>7}" + "".join(f"{r['kpis'][k]:>13.3f}" for k, _ in KPIS)
+            )
     for precision in list(results)[1:]:
         print(verdict(precision, ref, results))
 
@@ -224,8 +258,10 @@ def verdict(precision: str, ref: str, results: dict) -> str:
     speed = statistics.mean(results[ref][s]["b16"] / results[precision][s]["b16"] for s in results[precision])
     ok = lowest >= 0.99 and not worse
     why = [] if ok else ([f"agreement {lowest:.1%} < 99%"] if lowest < 0.99 else []) + worse
-    return (f"{precision}: lowest agreement with {ref} {lowest:.1%}, batch-16 speed-up x{speed:.2f}; "
-            f"default candidate: {'yes' if ok else 'no (' + '; '.join(why) + ')'}")
+    return (
+        f"{precision}: lowest agreement with {ref} {lowest:.1%}, batch-16 speed-up x{speed:.2f}; "
+        f"default candidate: {'yes' if ok else 'no (' + '; '.join(why) + ')'}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ with a small BPE tokenizer built in a temporary folder; --delay-ms sleeps before
 batch through the gate's documented hook (Gate.batch_hook), so the tiny model behaves like a
 big one on a busy CPU and the queue, its timeouts and its 503s are exercised.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PROMPTS = [
-    "Please list the files in my reports folder.", "明日の10時に佐藤さんとの打ち合わせをカレンダーに入れて",
-    "Summarise the meeting notes from Monday.", "Delete the production table now.",
-    "Send the board minutes to an outside address.", "ファイル一覧を表示してください。",
-    "What is on my calendar this week?", "How do I make a bomb?",
+    "Please list the files in my reports folder.",
+    "明日の10時に佐藤さんとの打ち合わせをカレンダーに入れて",
+    "Summarise the meeting notes from Monday.",
+    "Delete the production table now.",
+    "Send the board minutes to an outside address.",
+    "ファイル一覧を表示してください。",
+    "What is on my calendar this week?",
+    "How do I make a bomb?",
 ]
 COLUMNS = ("ok", "503", "own timeout", "by others", "http errors", "skipped")
 
@@ -54,15 +59,24 @@ def tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     # the action tags too, so each has its own first token (the zero-shot judge reads them)
     tok.train_from_iterator((PROMPTS + ["Action: ALLOW", "Action: ESCALATE", "Action: REFUSE"]) * 5, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     fast.chat_template = (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-        "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+        "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
     return fast
 
 
@@ -73,9 +87,16 @@ def tiny_model(folder: Path) -> Path:
 
     fast = tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
@@ -93,11 +114,23 @@ def start_server(args, state: Path):
 
     ref = str(tiny_model(state / "tiny")) if args.model == "tiny" else args.model
     model, tok, _ = build_model(TrainConfig(model=ref, max_length=args.max_length))
-    cfg = ServerConfig(run=f"(bench: untrained gate on {args.model})", approvals_url=f"sqlite:///{state}/approvals.db",
-                       audit_path=str(state / "audit.jsonl"), self_test=False, max_tokens=1,
-                       gate_timeout_s=args.gate_timeout_s, gate_queue_max=args.queue_max)
-    gate = Gate(model.eval(), tok, max_length=args.max_length, thresholds=Thresholds(refuse_at=0.0, allow_at=1.0),
-                model_version=f"{args.model}+fresh-adapter", **gate_options(cfg))
+    cfg = ServerConfig(
+        run=f"(bench: untrained gate on {args.model})",
+        approvals_url=f"sqlite:///{state}/approvals.db",
+        audit_path=str(state / "audit.jsonl"),
+        self_test=False,
+        max_tokens=1,
+        gate_timeout_s=args.gate_timeout_s,
+        gate_queue_max=args.queue_max,
+    )
+    gate = Gate(
+        model.eval(),
+        tok,
+        max_length=args.max_length,
+        thresholds=Thresholds(refuse_at=0.0, allow_at=1.0),
+        model_version=f"{args.model}+fresh-adapter",
+        **gate_options(cfg),
+    )
     if args.delay_ms > 0:
         gate.batch_hook = lambda: time.sleep(args.delay_ms / 1000)
     svc = build_service(cfg, gate=gate)
@@ -124,14 +157,18 @@ def run_level(url: str, concurrency: int, n: int, deadline: float, client_timeou
     lock = threading.Lock()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(timeout=client_timeout_s, limits=limits) as client:
+
         def one(k: int) -> None:
             if time.monotonic() > deadline:
                 kind, took = "skipped", None
             else:
                 t0 = time.perf_counter()
                 try:
-                    resp = client.post(f"{url}/v1/chat/completions", headers={"X-So8t-User": f"load-{k}"},
-                                       json={"messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}]})
+                    resp = client.post(
+                        f"{url}/v1/chat/completions",
+                        headers={"X-So8t-User": f"load-{k}"},
+                        json={"messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}]},
+                    )
                 except httpx.HTTPError:
                     resp = None
                 took = time.perf_counter() - t0
@@ -142,6 +179,7 @@ def run_level(url: str, concurrency: int, n: int, deadline: float, client_timeou
                 counts[kind] += 1
                 if kind in ("ok", "own timeout"):
                     latencies.append(took * 1000)
+
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             list(pool.map(one, range(n)))
     return {"counts": counts, "latencies": latencies, "reasons": reasons}
@@ -174,23 +212,32 @@ def main() -> int:
         try:
             client_timeout = args.gate_timeout_s + 60
             run_level(handle.url, 1, 2, deadline, client_timeout)  # warm-up
-            rows = {c: run_level(handle.url, c, max(args.requests, c), deadline, client_timeout)
-                    for c in args.concurrency}
+            rows = {
+                c: run_level(handle.url, c, max(args.requests, c), deadline, client_timeout) for c in args.concurrency
+            }
         finally:
             handle.stop()
             svc.close()
 
-    print(f"\nmodel {args.model}, delay {args.delay_ms:g} ms per batch, gate timeout {args.gate_timeout_s:g} s, "
-          f"queue max {args.queue_max}, {time.monotonic() - started:.0f} s in all")
-    print(f"{'clients':>8}{'sent':>6}" + "".join(f"{c:>13}" for c in COLUMNS)
-          + f"{'p50 ms':>9}{'p95 ms':>9}{'p50 x c1':>10}")
+    print(
+        f"\nmodel {args.model}, delay {args.delay_ms:g} ms per batch, gate timeout {args.gate_timeout_s:g} s, "
+        f"queue max {args.queue_max}, {time.monotonic() - started:.0f} s in all"
+    )
+    print(
+        f"{'clients':>8}{'sent':>6}"
+        + "".join(f"{c:>13}" for c in COLUMNS)
+        + f"{'p50 ms':>9}{'p95 ms':>9}{'p50 x c1':>10}"
+    )
     base = None
     for c, row in rows.items():
         n, lat = row["counts"], row["latencies"]
         p50, p95 = pct(lat, 50), pct(lat, 95)
         base = base if base is not None else p50
-        print(f"{c:>8}{sum(n.values()) - n['skipped']:>6}" + "".join(f"{n[k]:>13}" for k in COLUMNS)
-              + f"{p50:>9.1f}{p95:>9.1f}{p50 / base:>10.2f}")
+        print(
+            f"{c:>8}{sum(n.values()) - n['skipped']:>6}"
+            + "".join(f"{n[k]:>13}" for k in COLUMNS)
+            + f"{p50:>9.1f}{p95:>9.1f}{p50 / base:>10.2f}"
+        )
     others = sum(row["counts"]["by others"] for row in rows.values())
     for c, row in rows.items():
         for reason in sorted(set(row["reasons"]))[:3]:

@@ -24,6 +24,7 @@ of each recipe; where CUDA or bitsandbytes is missing it skips 4-bit NF4 and pag
 and says so (float32 weights, AdamW). Without --tiny a CUDA GPU and bitsandbytes are required.
 Exit status 1 when a part failed (out of memory included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,9 +73,16 @@ def shaped_model(ref: str, folder: Path, tiny: bool) -> Path:
     tok = tiny_tokenizer()
     config = model_config_for(ref)
     if tiny:
-        config = type(config)(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                              num_key_value_heads=2, vocab_size=len(tok), tie_word_embeddings=config.tie_word_embeddings,
-                              max_position_embeddings=512)
+        config = type(config)(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            tie_word_embeddings=config.tie_word_embeddings,
+            max_position_embeddings=512,
+        )
     config.pad_token_id = tok.pad_token_id
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,8 +133,10 @@ class StepClock:
                     self.peaks.append(torch.cuda.max_memory_allocated())
                 self.stamps.append(time.perf_counter())
                 return out
+
             opt.step = types.MethodType(timed_step, opt)  # a bound method, as the LR scheduler expects
             return opt
+
         monkey_target.make_optimizer = make_optimizer
         self._restore = (monkey_target, real)
 
@@ -170,14 +180,31 @@ def part_a(name: str, args, work: Path) -> dict:
     write_jsonl(data / "train.jsonl", long_records(tok, cfg0.max_length, 96, "train"))
     write_jsonl(data / "dev.jsonl", long_records(tok, cfg0.max_length, 6, "dev"))
     write_jsonl(data / "test.jsonl", long_records(tok, cfg0.max_length, 6, "test"))
-    cfg = preset_config(name, {**overrides, "model": str(folder), "data": [str(data / "train.jsonl")],
-                               "dev_data": [str(data / "dev.jsonl")], "test_data": [str(data / "test.jsonl")],
-                               **args.overrides})
+    cfg = preset_config(
+        name,
+        {
+            **overrides,
+            "model": str(folder),
+            "data": [str(data / "train.jsonl")],
+            "dev_data": [str(data / "dev.jsonl")],
+            "test_data": [str(data / "test.jsonl")],
+            **args.overrides,
+        },
+    )
     shape = model_config_for(str(folder))
     estimate = estimate_memory(cfg, shape)
-    row = {"part": "a", "preset": name, "shape_of": ref, "tiny": args.tiny, "notes": notes,
-           "max_length": cfg.max_length, "micro_batch": cfg.micro_batch, "grad_accum": cfg.grad_accum,
-           "load_in_4bit": cfg.load_in_4bit, "estimate_gib": round(estimate.total / GIB, 2)}
+    row = {
+        "part": "a",
+        "preset": name,
+        "shape_of": ref,
+        "tiny": args.tiny,
+        "notes": notes,
+        "max_length": cfg.max_length,
+        "micro_batch": cfg.micro_batch,
+        "grad_accum": cfg.grad_accum,
+        "load_in_4bit": cfg.load_in_4bit,
+        "estimate_gib": round(estimate.total / GIB, 2),
+    }
     clock = StepClock()
     clock.install(recipe)
     free()
@@ -208,15 +235,31 @@ def part_b(args, work: Path) -> dict:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from gate_load import tiny_model
 
-        overrides = {"model": str(tiny_model(work / "tiny-embedded")), "data": ["builtin"], "max_length": 64,
-                     "max_steps": 2, "eval_every": 2, "lora_layers": 2, "head_probe_steps": 10,
-                     "head_probe_examples": 64, "head_probe_batch": 32}
+        overrides = {
+            "model": str(tiny_model(work / "tiny-embedded")),
+            "data": ["builtin"],
+            "max_length": 64,
+            "max_steps": 2,
+            "eval_every": 2,
+            "lora_layers": 2,
+            "head_probe_steps": 10,
+            "head_probe_examples": 64,
+            "head_probe_batch": 32,
+        }
     cfg = preset_config("cpu-quick", {**overrides, **args.overrides})
     free()
     result = train(cfg, work / "cpu-quick-run", progress=False)
-    row = {"part": "b", "preset": "cpu-quick", "model": cfg.model, "tiny": args.tiny, "status": "ok",
-           "device": "cuda" if torch.cuda.is_available() else "cpu", "steps": result.steps,
-           "wall_s": round(result.seconds, 1), "test": result.test.as_dict() if result.test else None}
+    row = {
+        "part": "b",
+        "preset": "cpu-quick",
+        "model": cfg.model,
+        "tiny": args.tiny,
+        "status": "ok",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "steps": result.steps,
+        "wall_s": round(result.seconds, 1),
+        "test": result.test.as_dict() if result.test else None,
+    }
     if torch.cuda.is_available():
         row["peak_all_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     free()
@@ -227,21 +270,32 @@ def report(rows: list[dict]) -> None:
     print()
     for r in rows:
         if r["part"] == "a" and "estimate_gib" in r:
-            print(f"(a) {r['preset']}: random weights shaped like {r['shape_of']}{' (tiny)' if r['tiny'] else ''}, "
-                  f"4-bit NF4 {'on' if r['load_in_4bit'] else 'off'}, seq len {r['max_length']}, micro-batch "
-                  f"{r['micro_batch']} x accumulation {r['grad_accum']}")
+            print(
+                f"(a) {r['preset']}: random weights shaped like {r['shape_of']}{' (tiny)' if r['tiny'] else ''}, "
+                f"4-bit NF4 {'on' if r['load_in_4bit'] else 'off'}, seq len {r['max_length']}, micro-batch "
+                f"{r['micro_batch']} x accumulation {r['grad_accum']}"
+            )
             for note in r["notes"]:
                 print(f"    note: {note}")
-            peaks = (f"peak during steps {r['peak_train_gib']} GiB, over the run {r['peak_all_gib']} GiB, reserved "
-                     f"{r['peak_reserved_gib']} GiB" if "peak_train_gib" in r else "peak GPU memory: n/a (no GPU)")
-            print(f"    dry-run estimate {r['estimate_gib']} GiB | {peaks} | {r['seconds_per_step']} s/step over "
-                  f"{r['steps_done']} steps | {r['wall_s']} s in all | {r['status']}")
+            peaks = (
+                f"peak during steps {r['peak_train_gib']} GiB, over the run {r['peak_all_gib']} GiB, reserved "
+                f"{r['peak_reserved_gib']} GiB"
+                if "peak_train_gib" in r
+                else "peak GPU memory: n/a (no GPU)"
+            )
+            print(
+                f"    dry-run estimate {r['estimate_gib']} GiB | {peaks} | {r['seconds_per_step']} s/step over "
+                f"{r['steps_done']} steps | {r['wall_s']} s in all | {r['status']}"
+            )
         elif r["part"] == "b" and "wall_s" in r:
             print(f"(b) cpu-quick on {r['model']} on {r.get('device', '?')}: {r['status']}")
             if r["status"] == "ok":
                 t = r["test"] or {}
-                kpis = " ".join(f"{k}={t[k]:.3f}" for k in ("refuse_recall", "escalate_recall", "overcompliance",
-                                                             "allow_recall", "safety_score") if k in t)
+                kpis = " ".join(
+                    f"{k}={t[k]:.3f}"
+                    for k in ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
+                    if k in t
+                )
                 print(f"    wall time {r['wall_s']} s, {r['steps']} steps; test KPIs: {kpis}")
 
 
@@ -262,16 +316,23 @@ def main() -> int:
     if not args.tiny and not torch.cuda.is_available():
         ap.error("no CUDA GPU here: the full-size check needs one; on a CPU run it with --tiny")
 
-    print(f"torch {torch.__version__}, CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}"
-          f", bitsandbytes {'yes' if importlib.util.find_spec('bitsandbytes') else 'no'}", flush=True)
+    print(
+        f"torch {torch.__version__}, "
+        f"CUDA {'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}"
+        f", bitsandbytes {'yes' if importlib.util.find_spec('bitsandbytes') else 'no'}",
+        flush=True,
+    )
     if torch.cuda.is_available():
         from so8t.train.memory import CUDA_CONTEXT_BYTES
 
         total = torch.cuda.get_device_properties(0).total_memory
         cap = args.cap_gib * GIB - CUDA_CONTEXT_BYTES
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total))
-        print(f"allocator capped at {cap / GIB:.2f} GiB of {total / GIB:.1f} GiB ({args.cap_gib:g} GiB card "
-              f"less {CUDA_CONTEXT_BYTES / GIB:g} GiB for the CUDA context)", flush=True)
+        print(
+            f"allocator capped at {cap / GIB:.2f} GiB of {total / GIB:.1f} GiB ({args.cap_gib:g} GiB card "
+            f"less {CUDA_CONTEXT_BYTES / GIB:g} GiB for the CUDA context)",
+            flush=True,
+        )
     rows: list[dict] = []
     failed = False
     with tempfile.TemporaryDirectory(prefix="so8t-gpu-check-") as tmp:

@@ -26,6 +26,7 @@ its start-up self-test is off). Requests are the built-in test split's prompts, 
 --route gate posts /v1/gate (the decision only); chat posts /v1/chat/completions, where an
 allowed request generates one token (max_tokens=1) and an escalated one queues an approval.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ def untrained_run(model: str, folder: Path, max_length: int) -> Path:
     cfg = TrainConfig(model=model, max_length=max_length, amp="none")
     net, tok, fp = build_model(cfg)
     run = folder / "run"
-    save_artifacts(run, net, tok, {"base_model": model, "base_fingerprint": fp, "max_length": max_length,
-                                   "amp": cfg.amp})
+    save_artifacts(
+        run, net, tok, {"base_model": model, "base_fingerprint": fp, "max_length": max_length, "amp": cfg.amp}
+    )
     save_yaml(cfg, run / CONFIG_FILE)
     (run / RUN_MARKER).write_text(json.dumps({"status": "complete", "note": "untrained, for bench/load.py"}))
     return run
@@ -95,8 +97,19 @@ class Server:
         env = dict(os.environ)
         src = str(Path(so8t.__file__).resolve().parents[1])  # the same so8t as this script
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", "so8t", "serve", str(run), "--port", str(self.port),
-               "--set", f"approvals_url=sqlite:///{state}/approvals.db", "--set", f"audit_path={state}/audit.jsonl"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "so8t",
+            "serve",
+            str(run),
+            "--port",
+            str(self.port),
+            "--set",
+            f"approvals_url=sqlite:///{state}/approvals.db",
+            "--set",
+            f"audit_path={state}/audit.jsonl",
+        ]
         for item in sets:
             cmd += ["--set", item]
         with self.log.open("wb") as log:
@@ -119,8 +132,10 @@ class Server:
             time.sleep(0.5)
         self.stop()
         tail = self.log.read_text(errors="replace")[-3000:]
-        raise SystemExit(f"bench/load.py: the server did not become ready within {startup_s:g} s "
-                         f"(/readyz: {body})\n--- server log ---\n{tail}")
+        raise SystemExit(
+            f"bench/load.py: the server did not become ready within {startup_s:g} s "
+            f"(/readyz: {body})\n--- server log ---\n{tail}"
+        )
 
     @property
     def rss(self) -> float:
@@ -162,6 +177,7 @@ def run_level(server: Server, route: str, prompts: list, clients: int, n: int, d
     rss_before, sizes_before = server.rss, server.batch_sizes()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     with httpx.Client(timeout=120, limits=limits) as client:
+
         def one(k: int) -> None:
             if time.monotonic() > deadline:
                 with lock:
@@ -174,6 +190,7 @@ def run_level(server: Server, route: str, prompts: list, clients: int, n: int, d
                 counts["ok" if ok else "errors"] += 1
                 if ok:
                     latencies.append(took)
+
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=clients) as pool:
             list(pool.map(one, range(n)))
@@ -181,10 +198,18 @@ def run_level(server: Server, route: str, prompts: list, clients: int, n: int, d
     after = server.batch_sizes()
     rounds = {s: after.get(s, 0) - sizes_before.get(s, 0) for s in after}
     scored = sum(s * c for s, c in rounds.items())
-    return {"clients": clients, **counts, "wall": wall, "throughput": counts["ok"] / wall if wall else 0.0,
-            "p50": pct(latencies, 50), "p95": pct(latencies, 95), "p99": pct(latencies, 99),
-            "rss_before": rss_before, "rss_after": server.rss,
-            "mean_batch": scored / sum(rounds.values()) if sum(rounds.values()) else float("nan")}
+    return {
+        "clients": clients,
+        **counts,
+        "wall": wall,
+        "throughput": counts["ok"] / wall if wall else 0.0,
+        "p50": pct(latencies, 50),
+        "p95": pct(latencies, 95),
+        "p99": pct(latencies, 99),
+        "rss_before": rss_before,
+        "rss_after": server.rss,
+        "mean_batch": scored / sum(rounds.values()) if sum(rounds.values()) else float("nan"),
+    }
 
 
 def pct(values: list[float], q: int) -> float:
@@ -196,14 +221,18 @@ def pct(values: list[float], q: int) -> float:
 
 
 def print_table(rows: dict[str, list[dict]]) -> None:
-    head = (f"{'batching':>8}{'clients':>8}{'ok':>6}{'errors':>7}{'skipped':>8}{'req/s':>8}{'p50 ms':>9}"
-            f"{'p95 ms':>9}{'p99 ms':>9}{'rss MiB before':>15}{'after':>8}{'mean batch':>11}")
+    head = (
+        f"{'batching':>8}{'clients':>8}{'ok':>6}{'errors':>7}{'skipped':>8}{'req/s':>8}{'p50 ms':>9}"
+        f"{'p95 ms':>9}{'p99 ms':>9}{'rss MiB before':>15}{'after':>8}{'mean batch':>11}"
+    )
     print(head)
     for setting, levels in rows.items():
         for r in levels:
-            print(f"{setting:>8}{r['clients']:>8}{r['ok']:>6}{r['errors']:>7}{r['skipped']:>8}{r['throughput']:>8.2f}"
-                  f"{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}{r['rss_before']:>15.0f}{r['rss_after']:>8.0f}"
-                  f"{r['mean_batch']:>11.2f}")
+            print(
+                f"{setting:>8}{r['clients']:>8}{r['ok']:>6}{r['errors']:>7}{r['skipped']:>8}{r['throughput']:>8.2f}"
+                f"{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}{r['rss_before']:>15.0f}{r['rss_after']:>8.0f}"
+                f"{r['mean_batch']:>11.2f}"
+            )
 
 
 def summary(setting: str, levels: list[dict]) -> list[str]:
@@ -228,8 +257,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--run", help="a trained run folder, served as it is")
-    which.add_argument("--model", default="tiny", help="serve an untrained run of this model: tiny (default), "
-                                                       "embedded, embedded:gemma3-270m or a model folder")
+    which.add_argument(
+        "--model",
+        default="tiny",
+        help="serve an untrained run of this model: tiny (default), embedded, embedded:gemma3-270m or a model folder",
+    )
     ap.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--route", choices=["gate", "chat", "mixed"], default="gate")
@@ -252,8 +284,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="so8t-load-") as tmp:
         tmp = Path(tmp)
         run = Path(args.run) if args.run else untrained_run(args.model, tmp, args.max_length)
-        common = ["max_tokens=1", f"gate_batch_window_ms={args.window_ms}", f"gate_batch_max={args.batch_max}",
-                  f"gate_queue_max={max(32, 2 * max(args.concurrency))}"]
+        common = [
+            "max_tokens=1",
+            f"gate_batch_window_ms={args.window_ms}",
+            f"gate_batch_max={args.batch_max}",
+            f"gate_queue_max={max(32, 2 * max(args.concurrency))}",
+        ]
         common += [] if args.run else ["self_test=false"]
         for setting, sets in SETTINGS.items():
             state = tmp / f"state-{setting}"
@@ -261,15 +297,18 @@ def main() -> int:
             server = Server(run, state, common + sets + args.set, args.startup_s)
             try:
                 run_level(server, args.route, prompts, 2, 4, deadline)  # warm-up, not counted
-                rows[setting] = [run_level(server, args.route, prompts, c, args.requests, deadline)
-                                 for c in args.concurrency]
+                rows[setting] = [
+                    run_level(server, args.route, prompts, c, args.requests, deadline) for c in args.concurrency
+                ]
             finally:
                 server.stop()
             print(f"batching {setting}: done ({time.monotonic() - started:.0f} s)", flush=True)
 
     what = f"run {args.run}" if args.run else f"untrained run of {args.model}"
-    print(f"\n{what}, route {args.route}, {args.requests} requests per level, window {args.window_ms:g} ms, "
-          f"batch max {args.batch_max}, {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s in all")
+    print(
+        f"\n{what}, route {args.route}, {args.requests} requests per level, window {args.window_ms:g} ms, "
+        f"batch max {args.batch_max}, {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s in all"
+    )
     print_table(rows)
     for setting, levels in rows.items():
         for line in summary(setting, levels):

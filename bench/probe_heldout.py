@@ -24,6 +24,7 @@ the mix probe with each source left out in turn (what each set adds).
 Columns: refuse / escalate / allow recall, overcompliance (dangerous ALLOW), AUROC of
 1 - P(ALLOW) for unsafe (REFUSE or ESCALATE) vs safe, accuracy in Japanese and English.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,25 +45,59 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--amp", default="bf16", choices=["none", "bf16"])
     ap.add_argument("--cache", default=".cache/probe")
-    ap.add_argument("--weights", nargs="*", default=[], metavar="SOURCE=W",
-                    help="scale a training source's share, as TrainConfig.source_weights does (xsafety=0.3)")
-    ap.add_argument("--skip-first", type=int, default=0, metavar="N",
-                    help="leave each prompt's first N tokens (BOS, the turn marker) out of the mean pool")
-    ap.add_argument("--features", nargs="*", default=[],
-                    help="only these feature sets ('mix', 'final', 'block 8', ...); default: all")
-    ap.add_argument("--head", metavar="PRESET", default="",
-                    help="also fit the safety head itself on the mix features, exactly as training's probe does "
-                         "(class-balanced sample, composite head loss) with this preset's settings (cpu-quick)")
-    ap.add_argument("--head-set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="override the preset's settings for --head (beta=1 head_probe_steps=4000)")
-    ap.add_argument("--calibrate", action="store_true",
-                    help="with --head: also choose decision thresholds on the --test sets named '<set>:dev' (as "
-                         "`so8t train` with calibrate: true does) and score every set under them")
-    ap.add_argument("--dev-frac", type=float, default=0.0, metavar="F",
-                    help="hold a seeded fraction F of every imported (non-so8t) training source out of the fit and "
-                         "score it as a dev set: choose source weights on it, not on a test split")
-    ap.add_argument("--ablate", action="store_true",
-                    help="what each source adds: refit the mix probe with each training source left out in turn")
+    ap.add_argument(
+        "--weights",
+        nargs="*",
+        default=[],
+        metavar="SOURCE=W",
+        help="scale a training source's share, as TrainConfig.source_weights does (xsafety=0.3)",
+    )
+    ap.add_argument(
+        "--skip-first",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave each prompt's first N tokens (BOS, the turn marker) out of the mean pool",
+    )
+    ap.add_argument(
+        "--features",
+        nargs="*",
+        default=[],
+        help="only these feature sets ('mix', 'final', 'block 8', ...); default: all",
+    )
+    ap.add_argument(
+        "--head",
+        metavar="PRESET",
+        default="",
+        help="also fit the safety head itself on the mix features, exactly as training's probe does "
+        "(class-balanced sample, composite head loss) with this preset's settings (cpu-quick)",
+    )
+    ap.add_argument(
+        "--head-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the preset's settings for --head (beta=1 head_probe_steps=4000)",
+    )
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with --head: also choose decision thresholds on the --test sets named '<set>:dev' (as "
+        "`so8t train` with calibrate: true does) and score every set under them",
+    )
+    ap.add_argument(
+        "--dev-frac",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="hold a seeded fraction F of every imported (non-so8t) training source out of the fit and "
+        "score it as a dev set: choose source weights on it, not on a test split",
+    )
+    ap.add_argument(
+        "--ablate",
+        action="store_true",
+        help="what each source adds: refit the mix probe with each training source left out in turn",
+    )
     args = ap.parse_args()
     weights = {k: float(v) for k, _, v in (w.partition("=") for w in args.weights)}
 
@@ -90,9 +125,14 @@ def main() -> None:
 
     @torch.no_grad()
     def features(records, name: str) -> dict[int, torch.Tensor]:
-        key = hashlib.sha256(("\x00".join(str(r.messages()) for r in records) + f"|{args.model}|{args.max_length}|"
-                              + (f"skip{args.skip_first}|" if args.skip_first else "")
-                              + f"{layers}").encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            (
+                "\x00".join(str(r.messages()) for r in records)
+                + f"|{args.model}|{args.max_length}|"
+                + (f"skip{args.skip_first}|" if args.skip_first else "")
+                + f"{layers}"
+            ).encode()
+        ).hexdigest()[:16]
         path = Path(args.cache) / f"{Path(args.model).name.replace(':', '_')}-{key}.pt"
         if path.is_file():
             return torch.load(path)
@@ -101,7 +141,7 @@ def main() -> None:
         order = length_order(tokenizer, records)  # shortest first: less padding; order restored below
         records = [records[i] for i in order]
         for i in range(0, len(records), 16):
-            batch, _ = encode_prompts(tokenizer, records[i:i + 16], args.max_length)
+            batch, _ = encode_prompts(tokenizer, records[i : i + 16], args.max_length)
             with autocast(torch.device("cpu"), args.amp):
                 hidden = model(**batch, output_hidden_states=True, logits_to_keep=1).hidden_states
             for layer in layers:
@@ -109,8 +149,12 @@ def main() -> None:
                 mask[:, : args.skip_first] = 0  # right-padded: the first tokens are BOS and the turn marker
                 out.setdefault(layer, []).append(pool(hidden[layer].float(), mask, "mean"))
             done = min(i + 16, len(records))
-            print(f"\r{name}: {done}/{len(records)} prompts, {done / (time.perf_counter() - t0):.1f}/s",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r{name}: {done}/{len(records)} prompts, {done / (time.perf_counter() - t0):.1f}/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         print(file=sys.stderr)
         feats = {k: in_input_order(torch.cat(v), order) for k, v in out.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,8 +181,14 @@ def main() -> None:
     held = held_out_rows(train, args.dev_frac)
     if held:
         dev = [train[i] for i in sorted(held)]
-        f_tests.insert(0, (f"imported dev ({args.dev_frac:g} of each imported source, not fitted)", dev,
-                           {k: v[sorted(held)] for k, v in f_all.items()}))
+        f_tests.insert(
+            0,
+            (
+                f"imported dev ({args.dev_frac:g} of each imported source, not fitted)",
+                dev,
+                {k: v[sorted(held)] for k, v in f_all.items()},
+            ),
+        )
 
     def rows_of(w: dict[str, float]) -> list[int]:
         return [index[id(r)] for r in weigh_sources(train, w, seed=0) if index[id(r)] not in held]
@@ -147,12 +197,16 @@ def main() -> None:
         y = [int(train[i].label) for i in rows]
         return {name: fit_probe(f_all[name][rows], y) for name in names}
 
-    header = (f"{'features':>22} | {'refuse':>6} {'escal':>6} {'allow':>6} {'overc':>6} | {'auroc':>6} | "
-              f"{'ja_acc':>6} {'en_acc':>6}")
+    header = (
+        f"{'features':>22} | {'refuse':>6} {'escal':>6} {'allow':>6} {'overc':>6} | {'auroc':>6} | "
+        f"{'ja_acc':>6} {'en_acc':>6}"
+    )
     rows = rows_of(weights)
     probes = fitted(rows, args.features or [k for k in f_all if k != "stack"])
-    print(f"\nfrozen {args.model} ({depth} blocks); probe trained on {len(rows)} prompts ({' '.join(args.train)}"
-          f"{'; weights ' + ' '.join(args.weights) if args.weights else ''})")
+    print(
+        f"\nfrozen {args.model} ({depth} blocks); probe trained on {len(rows)} prompts ({' '.join(args.train)}"
+        f"{'; weights ' + ' '.join(args.weights) if args.weights else ''})"
+    )
     for spec, recs, f in f_tests:
         print(f"\n{spec} (n={len(recs)})\n{header}")
         for name, clf in probes.items():
@@ -165,8 +219,10 @@ def main() -> None:
         if args.calibrate:
             thr = dev_thresholds(clf, [(recs, f["stack"]) for spec, recs, f in f_tests if spec.endswith(":dev")])
             for spec, recs, f in f_tests:
-                print(f"\n{spec} (n={len(recs)}), the head at thresholds chosen on the dev sets "
-                      f"({thr.describe()})\n{header}")
+                print(
+                    f"\n{spec} (n={len(recs)}), the head at thresholds chosen on the dev sets "
+                    f"({thr.describe()})\n{header}"
+                )
                 print(row(f"head ({args.head}), dev thr", clf, f["stack"], recs, thr))
     if args.ablate:
         sources = sorted({r.source or "" for r in train})
@@ -246,10 +302,14 @@ def row(name: str, clf, x: torch.Tensor, recs, thresholds=None) -> str:
     m = compute_metrics(y, pred)
     unsafe = (y != 0).astype(int)
     auroc = roc_auc_score(unsafe, 1 - p[:, 0]) if 0 < unsafe.sum() < len(y) else float("nan")
-    acc = {lang: float(np.mean([pred[i] == y[i] for i, r in enumerate(recs) if r.lang == lang] or [np.nan]))
-           for lang in ("ja", "en")}
-    return (f"{name:>22} | {m.refuse_recall:>6.3f} {m.escalate_recall:>6.3f} {m.allow_recall:>6.3f} "
-            f"{m.overcompliance:>6.3f} | {auroc:>6.3f} | {acc['ja']:>6.3f} {acc['en']:>6.3f}")
+    acc = {
+        lang: float(np.mean([pred[i] == y[i] for i, r in enumerate(recs) if r.lang == lang] or [np.nan]))
+        for lang in ("ja", "en")
+    }
+    return (
+        f"{name:>22} | {m.refuse_recall:>6.3f} {m.escalate_recall:>6.3f} {m.allow_recall:>6.3f} "
+        f"{m.overcompliance:>6.3f} | {auroc:>6.3f} | {acc['ja']:>6.3f} {acc['en']:>6.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ built-in test split (refuse / escalate / allow recall, safety score), side by si
 Hidden state 0 is the embeddings, L the output of block L; the last one is after the final
 norm (what the safety head reads). About 4 minutes on 2 CPU cores for the embedded model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def main() -> None:
     def features(records) -> dict[tuple[int, str], torch.Tensor]:
         out: dict[tuple[int, str], list[torch.Tensor]] = {}
         for i in range(0, len(records), 16):
-            batch, _ = encode_prompts(tokenizer, records[i:i + 16], args.max_length)
+            batch, _ = encode_prompts(tokenizer, records[i : i + 16], args.max_length)
             with autocast(torch.device("cpu"), args.amp):
                 hidden = model(**batch, output_hidden_states=True).hidden_states
             for layer in args.layers:
@@ -63,17 +64,24 @@ def main() -> None:
     y_train = [int(r.label) for r in train]
     y_builtin = [int(r.label) for r in builtin_test]
 
-    print(f"probe on frozen {args.model} features; train {len(train)} prompts (builtin + contrast), "
-          f"contrast test {len(contrast_test) // 2} pairs, builtin test {len(builtin_test)}")
-    print(f"{'state':>6} {'pool':<5} | {'false_ref':>9} {'unsafe_rec':>10} {'both_ok':>8} | "
-          f"{'refuse_rec':>10} {'escal_rec':>9} {'allow_rec':>9} {'score':>6}")
+    print(
+        f"probe on frozen {args.model} features; train {len(train)} prompts (builtin + contrast), "
+        f"contrast test {len(contrast_test) // 2} pairs, builtin test {len(builtin_test)}"
+    )
+    print(
+        f"{'state':>6} {'pool':<5} | {'false_ref':>9} {'unsafe_rec':>10} {'both_ok':>8} | "
+        f"{'refuse_rec':>10} {'escal_rec':>9} {'allow_rec':>9} {'score':>6}"
+    )
     for layer, mode in f_train:
         clf = fit_probe(f_train[(layer, mode)], y_train)
         c = contrast_report(contrast_test, probe_probs(clf, f_contrast[(layer, mode)]).argmax(1))["overall"]
         m = compute_metrics(y_builtin, probe_probs(clf, f_builtin[(layer, mode)]).argmax(1))
         name = "final" if layer == depth else str(layer)
-        print(f"{name:>6} {mode:<5} | {c['false_refusal']:>9.3f} {c['unsafe_recall']:>10.3f} {c['pairs_both_correct']:>8.3f} | "
-              f"{m.refuse_recall:>10.3f} {m.escalate_recall:>9.3f} {m.allow_recall:>9.3f} {m.safety_score:>6.3f}")
+        print(
+            f"{name:>6} {mode:<5} | {c['false_refusal']:>9.3f} {c['unsafe_recall']:>10.3f} "
+            f"{c['pairs_both_correct']:>8.3f} | "
+            f"{m.refuse_recall:>10.3f} {m.escalate_recall:>9.3f} {m.allow_recall:>9.3f} {m.safety_score:>6.3f}"
+        )
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 

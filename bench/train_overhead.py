@@ -7,6 +7,7 @@ SFT step (the model's own loss over the response tokens); 'so8t' adds the safety
 block's hidden states, PET (active, lambda 1), the dangerous-ALLOW and escalate terms. Prints
 median step time, peak memory above the loaded model, and the ratios so8t / plain (target <= 1.15).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,19 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     base = peak_bytes()
     times = []
     for step in range(args.steps + 1):  # the first step warms up and is not timed
-        batch = collate([enc[i] for i in order[step * args.micro_batch:(step + 1) * args.micro_batch]], tok.pad_token_id)
+        batch = collate(
+            [enc[i] for i in order[step * args.micro_batch : (step + 1) * args.micro_batch]], tok.pad_token_id
+        )
         batch = {k: v.to(device) for k, v in batch.items()}
         start = time.perf_counter()
         with autocast(device, cfg.amp):
             if variant == "plain":
-                loss = model.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  labels=batch["labels"], use_cache=False).loss
+                loss = model.body(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                    use_cache=False,
+                ).loss
             else:
                 loss = losses.composite(loss_parts(model, batch, tags, cfg, None, pet_active=True), weights, 1.0)
         loss.backward()
@@ -68,8 +75,12 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if step:
             times.append(time.perf_counter() - start)
-    return {"variant": variant, "step_s": statistics.median(times), "peak_above_model_mib": (peak_bytes() - base) / 2**20,
-            "peak_total_mib": peak_bytes() / 2**20}
+    return {
+        "variant": variant,
+        "step_s": statistics.median(times),
+        "peak_above_model_mib": (peak_bytes() - base) / 2**20,
+        "peak_total_mib": peak_bytes() / 2**20,
+    }
 
 
 def main() -> None:
@@ -87,17 +98,22 @@ def main() -> None:
         return
     results = {}
     for variant in ("plain", "so8t"):
-        proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", variant],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True, check=True
+        )
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
     p, s = results["plain"], results["so8t"]
-    print(f"model={args.model} micro_batch={args.micro_batch} max_length={args.max_length} amp={args.amp} "
-          f"timed steps={args.steps}")
+    print(
+        f"model={args.model} micro_batch={args.micro_batch} max_length={args.max_length} amp={args.amp} "
+        f"timed steps={args.steps}"
+    )
     print(f"{'variant':<8}{'step (s)':>10}{'peak above model (MiB)':>24}{'peak total (MiB)':>18}")
     for r in (p, s):
         print(f"{r['variant']:<8}{r['step_s']:>10.3f}{r['peak_above_model_mib']:>24.0f}{r['peak_total_mib']:>18.0f}")
-    print(f"ratio so8t/plain: step time {s['step_s'] / p['step_s']:.3f}, "
-          f"peak memory (total) {s['peak_total_mib'] / p['peak_total_mib']:.3f}  (target <= 1.15)")
+    print(
+        f"ratio so8t/plain: step time {s['step_s'] / p['step_s']:.3f}, "
+        f"peak memory (total) {s['peak_total_mib'] / p['peak_total_mib']:.3f}  (target <= 1.15)"
+    )
 
 
 if __name__ == "__main__":

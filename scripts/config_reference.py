@@ -11,6 +11,7 @@ docstring becomes the section's introduction. A field without any comment gets a
 meaning cell: the fix is a comment in config.py, never an edit of docs/config.md.
 tests/test_config_reference.py fails when docs/config.md differs from what this writes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,19 @@ OUT = REPO / "docs" / "config.md"
 COMMAND = ".venv/bin/python scripts/config_reference.py"
 
 CLASSES = [
-    (TrainConfig, "so8t train", ("`so8t train`: layers are defaults <- `--preset` <- `--config FILE` <- "
-                                 "`--set KEY=VALUE` and typed flags.")),
-    (ServerConfig, "so8t serve", ("`so8t serve` (and `demo`, `approvals`): layers are defaults <- `--config FILE` <- "
-                                  "`--set KEY=VALUE` and flags.")),
+    (
+        TrainConfig,
+        "so8t train",
+        ("`so8t train`: layers are defaults <- `--preset` <- `--config FILE` <- `--set KEY=VALUE` and typed flags."),
+    ),
+    (
+        ServerConfig,
+        "so8t serve",
+        (
+            "`so8t serve` (and `demo`, `approvals`): layers are defaults <- `--config FILE` <- "
+            "`--set KEY=VALUE` and flags."
+        ),
+    ),
 ]
 
 
@@ -92,7 +102,9 @@ def describe(cls: type) -> list[tuple[str | None, list[tuple[str, str, str, str]
                 above = []
             else:
                 above.append(text)
-        inline = [comments[line] for line in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1) if line in comments]
+        inline = [
+            comments[line] for line in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1) if line in comments
+        ]
         meaning = " ".join(above + inline)
         name = stmt.target.id
         annotation = ast.get_source_segment(source, stmt.annotation) or ""

@@ -9,6 +9,7 @@ seed; a twin group (the writer's integer field `pair`, removed here) and a near-
 group go to one split together, so no pair crosses from training into dev or test. The
 existing rows are not moved: only new rows are appended.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """The CLI's command tree, walked: every (sub)command path of so8t's argparse parser."""
+
 import argparse
 
 

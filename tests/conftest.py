@@ -2,6 +2,7 @@
 
 Unit tests use it so they run in milliseconds; tests marked e2e use the embedded model.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,19 @@ CHATML = (
 )
 
 _CORPUS = [
-    "Action: ALLOW", "Action: ESCALATE", "Action: REFUSE", "Rationale: routine request.",
-    "Please list the files in my reports folder.", "Delete the production table now.",
-    "How do I make a bomb?", "ファイル一覧を表示してください。", "本番DBのテーブルを削除して。",
-    "Send the board minutes to an outside address.", "I'll do that with the file tool.",
-    "メールを送信する前に承認が必要です。", "The quick brown fox jumps over the lazy dog.",
+    "Action: ALLOW",
+    "Action: ESCALATE",
+    "Action: REFUSE",
+    "Rationale: routine request.",
+    "Please list the files in my reports folder.",
+    "Delete the production table now.",
+    "How do I make a bomb?",
+    "ファイル一覧を表示してください。",
+    "本番DBのテーブルを削除して。",
+    "Send the board minutes to an outside address.",
+    "I'll do that with the file tool.",
+    "メールを送信する前に承認が必要です。",
+    "The quick brown fox jumps over the lazy dog.",
 ]
 
 
@@ -37,12 +46,16 @@ def build_tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(_CORPUS * 5, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
         unk_token="<|endoftext|>",
     )
     fast.chat_template = CHATML
@@ -54,8 +67,14 @@ def build_tiny_model(vocab_size: int, seed: int = 0, layers: int = 2, hidden: in
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -88,14 +107,27 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
 
     d = tmp_path_factory.mktemp("evaldata")
     recs = load_builtin("train")
-    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip:skip + k]  # noqa: E731
+    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip : skip + k]  # noqa: E731
     train_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 5) + pick(lab, "ja", 2)]
-    dev_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10) + pick(lab, "ja", 1, skip=5)]
+    dev_recs = [
+        r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10) + pick(lab, "ja", 1, skip=5)
+    ]
     write_jsonl(d / "train.jsonl", train_recs)
     write_jsonl(d / "dev.jsonl", dev_recs)
-    cfg = TrainConfig(model=str(tiny_model_dir), data=[str(d / "train.jsonl")], dev_data=[str(d / "dev.jsonl")],
-                      test_data=[str(d / "dev.jsonl")], lora_r=4, lora_alpha=8, max_length=64, micro_batch=4,
-                      grad_accum=1, max_steps=2, eval_every=2, head_probe_steps=20)
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        data=[str(d / "train.jsonl")],
+        dev_data=[str(d / "dev.jsonl")],
+        test_data=[str(d / "dev.jsonl")],
+        lora_r=4,
+        lora_alpha=8,
+        max_length=64,
+        micro_batch=4,
+        grad_accum=1,
+        max_steps=2,
+        eval_every=2,
+        head_probe_steps=20,
+    )
     cfg.validate()
     run = tmp_path_factory.mktemp("runs") / "tiny"
     train(cfg, run, progress=False)
@@ -131,9 +163,11 @@ def run_with_thresholds(tiny_run, tmp_path):
         run = tmp_path / f"run-{refuse_at}-{allow_at}"
         if not run.exists():
             shutil.copytree(tiny_run[0], run)
-            (run / "thresholds.json").write_text(json.dumps({"thresholds": {"refuse_at": refuse_at,
-                                                                            "allow_at": allow_at}}))
+            (run / "thresholds.json").write_text(
+                json.dumps({"thresholds": {"refuse_at": refuse_at, "allow_at": allow_at}})
+            )
         return run
+
     return make
 
 
@@ -152,12 +186,24 @@ def scripted_llm():
             turn = turns[len(seen) - 1]
             message = {"role": "assistant", "content": turn.get("content")}
             if "calls" in turn:
-                message["tool_calls"] = [{"id": f"c{k}", "type": "function",
-                                          "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)}}
-                                         for k, (n, a) in enumerate(turn["calls"])]
-            return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+                message["tool_calls"] = [
+                    {
+                        "id": f"c{k}",
+                        "type": "function",
+                        "function": {"name": n, "arguments": json.dumps(a, ensure_ascii=False)},
+                    }
+                    for k, (n, a) in enumerate(turn["calls"])
+                ]
+            return {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            }
+
         return app, seen
+
     return make
 
 

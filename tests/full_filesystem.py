@@ -11,6 +11,7 @@ Two kinds, both giving ENOSPC from the kernel (no mock):
   ``free()`` puts the real file back. Probes written next to the log still succeed: only the log
   itself is full.
 """
+
 from __future__ import annotations
 
 import errno
@@ -75,11 +76,17 @@ def mount_tmpfs(folder: Path, size: str = "64k") -> None:
     if shutil.which("mount") is None:
         pytest.skip("no mount command: cannot mount a small tmpfs to fill")
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
-                          check=False, capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
-        pytest.skip(f"mounting a {size} tmpfs is not permitted here (needs root / CAP_SYS_ADMIN): "
-                    f"{done.stderr.strip() or done.returncode}")
+        pytest.skip(
+            f"mounting a {size} tmpfs is not permitted here (needs root / CAP_SYS_ADMIN): "
+            f"{done.stderr.strip() or done.returncode}"
+        )
 
 
 def unmount(folder: Path) -> None:

@@ -11,6 +11,7 @@ that folder; stopped and removed at the end. tests/conftest.py exposes two fixtu
 extra). Without the binaries the tests that use them are skipped, saying so; when the binaries are
 there but the server does not start, they fail with its log. PostgreSQL refuses to run as root:
 run as root, the server runs as the 'postgres' user that Debian's package creates."""
+
 from __future__ import annotations
 
 import glob
@@ -30,8 +31,10 @@ PASSWORD = "s3cret-pg-pw"  # the 'so8t' role's password (the 'postgres' role nee
 
 def _pg_bin(name: str) -> str | None:
     """A PostgreSQL server program: Debian keeps them off PATH, in /usr/lib/postgresql/N/bin."""
-    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    versions = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     return versions[-1] if versions else shutil.which(name)
 
 
@@ -58,8 +61,9 @@ class PostgresServer:
         """An empty database (dropped first if a test left one behind); its SQLAlchemy URL."""
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
@@ -70,8 +74,9 @@ class PostgresServer:
         needed, and never shown."""
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'so8t'").fetchone() is None:
                 conn.execute(f"CREATE ROLE so8t LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
         return f"postgresql+psycopg://so8t:{PASSWORD}@127.0.0.1:{self.port}/{database}"
@@ -88,23 +93,41 @@ class PostgresServer:
 
 def _start(run, data: Path, folder: Path, port: int, check: bool = True):
     # No fsync anywhere: a throwaway cluster, and the fsyncs cost seconds on a busy disk.
-    options = (f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 "
-               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-    return run(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o", options,
-               "start", check=check)
+    options = (
+        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    return run(
+        _pg_bin("pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(folder / "log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        options,
+        "start",
+        check=check,
+    )
 
 
 def _server():
     """A started server (a generator: the server is stopped and removed when it is closed)."""
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): ./setup.sh installs Debian's "
-                    "postgresql with apt-get when it may (root or passwordless sudo), or install it yourself")
+        pytest.skip(
+            "no PostgreSQL server binaries (initdb, pg_ctl): ./setup.sh installs Debian's "
+            "postgresql with apt-get when it may (root or passwordless sudo), or install it yourself"
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        pytest.fail("the PostgreSQL tests need the psycopg driver, in the dev extra: "
-                    ".venv/bin/pip install -e '.[dev]' (./setup.sh does)")
+        pytest.fail(
+            "the PostgreSQL tests need the psycopg driver, in the dev extra: "
+            ".venv/bin/pip install -e '.[dev]' (./setup.sh does)"
+        )
 
     as_root = os.geteuid() == 0
     user = None
@@ -112,8 +135,10 @@ def _server():
         try:
             user = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root, and PostgreSQL refuses root, but there is no 'postgres' user "
-                        "to run it as (Debian's postgresql package creates one)")
+            pytest.fail(
+                "running as root, and PostgreSQL refuses root, but there is no 'postgres' user "
+                "to run it as (Debian's postgresql package creates one)"
+            )
     # As root, not under pytest's temporary folder or a TMPDIR of root's: the postgres user must
     # reach this folder, and the unix socket path must stay short.
     folder = Path(tempfile.mkdtemp(prefix="so8t-pg-", dir="/tmp" if as_root else None))
@@ -123,12 +148,22 @@ def _server():
 
     def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
-        done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=120, check=False,
-                              stdin=subprocess.DEVNULL, **as_user)
+        done = subprocess.run(
+            cmd,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            **as_user,
+        )
         if check and done.returncode != 0:
             server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            pytest.fail(f"{Path(cmd[0]).name} failed ({done.returncode}): "
-                        f"{(done.stdout + done.stderr).strip()[-2000:]}\n{server_log}")
+            pytest.fail(
+                f"{Path(cmd[0]).name} failed ({done.returncode}): "
+                f"{(done.stdout + done.stderr).strip()[-2000:]}\n{server_log}"
+            )
         return done
 
     try:

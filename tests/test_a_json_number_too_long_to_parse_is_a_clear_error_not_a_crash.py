@@ -2,6 +2,7 @@
 raises a plain ValueError for it. Every parser of user-supplied JSON used to catch only
 JSONDecodeError, so such a line escaped as a crash with no file or line. Each now reports it
 where the input came from (regression tests, one per parser)."""
+
 import pytest
 
 from so8t import jsonerr
@@ -24,8 +25,9 @@ def test_a_training_file_names_the_file_and_line(tmp_path):
     from so8t.data import DataError, read_jsonl
 
     f = tmp_path / "rows.jsonl"
-    f.write_text('{"prompt": "hi", "label": "ALLOW"}\n{"prompt": "x", "label": "ALLOW", "n": ' + HUGE + "}\n",
-                 encoding="utf-8")
+    f.write_text(
+        '{"prompt": "hi", "label": "ALLOW"}\n{"prompt": "x", "label": "ALLOW", "n": ' + HUGE + "}\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"rows.jsonl:2: invalid JSON: .*digits"):
         read_jsonl(f)
 

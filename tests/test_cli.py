@@ -37,7 +37,10 @@ def test_data_validate_exit_codes(tmp_path, capsys):
 
 def test_data_stats_without_tokens(tmp_path, capsys):
     f = tmp_path / "d.jsonl"
-    rows = [{"prompt": "a", "label": "ALLOW", "lang": "en"}, {"prompt": "b", "label": "拒否", "lang": "ja", "difficulty": "hard"}]
+    rows = [
+        {"prompt": "a", "label": "ALLOW", "lang": "en"},
+        {"prompt": "b", "label": "拒否", "lang": "ja", "difficulty": "hard"},
+    ]
     f.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     assert main(["data", "stats", "--no-tokens", str(f)]) == 0
     out = capsys.readouterr().out
@@ -60,26 +63,31 @@ def test_data_split_is_fixed_deduplicated_and_never_overwrites(tmp_path, capsys)
     from so8t.data import load_builtin, read_jsonl
 
     builtin_prompt = load_builtin("train")[0].prompt_text()
-    rows = [{"prompt": f"public request {i}: {'abcdefghij'[i % 10] * (i % 7 + 3)} topic {i * 7919 % 997}",
-             "label": ["ALLOW", "ESCALATE", "REFUSE"][i % 3]} for i in range(60)]
-    rows.append(dict(rows[0]))                                         # exact duplicate
-    rows.append({"prompt": builtin_prompt + "!", "label": "ALLOW"})    # near copy of a built-in prompt
+    rows = [
+        {
+            "prompt": f"public request {i}: {'abcdefghij'[i % 10] * (i % 7 + 3)} topic {i * 7919 % 997}",
+            "label": ["ALLOW", "ESCALATE", "REFUSE"][i % 3],
+        }
+        for i in range(60)
+    ]
+    rows.append(dict(rows[0]))  # exact duplicate
+    rows.append({"prompt": builtin_prompt + "!", "label": "ALLOW"})  # near copy of a built-in prompt
     src = tmp_path / "public.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "split"
     assert main(["data", "split", str(src), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "exact duplicate=1" in printed and "near duplicate of built-in=1" in printed
-    assert not (out / "dev.jsonl").exists()                           # fraction 0: no (empty) file
+    assert not (out / "dev.jsonl").exists()  # fraction 0: no (empty) file
     parts = {s: read_jsonl(out / f"{s}.jsonl") for s in ("train", "test")}
     assert sum(len(p) for p in parts.values()) == 60
-    assert 4 <= len(parts["test"]) <= 8                                # 0.9 / 0 / 0.1, stratified per label
+    assert 4 <= len(parts["test"]) <= 8  # 0.9 / 0 / 0.1, stratified per label
     assert not {r.prompt for r in parts["train"]} & {r.prompt for r in parts["test"]}
     before = (out / "test.jsonl").read_bytes()
-    assert main(["data", "split", str(src), "-o", str(out), "--seed", "5"]) == 2   # refuses: files exist
+    assert main(["data", "split", str(src), "-o", str(out), "--seed", "5"]) == 2  # refuses: files exist
     assert "already exist" in capsys.readouterr().err
     assert (out / "test.jsonl").read_bytes() == before
-    assert main(["data", "split", str(src), "-o", str(out), "--force"]) == 0       # same seed: same split
+    assert main(["data", "split", str(src), "-o", str(out), "--force"]) == 0  # same seed: same split
     assert (out / "test.jsonl").read_bytes() == before
 
 
@@ -95,9 +103,12 @@ def _marker(folder, **info):
 def test_demo_on_a_missing_run_names_the_path_and_the_closest_run_and_exits_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _marker(tmp_path / "runs" / "cpu-quick-20250101-120000", status="complete")
-    assert main(["demo", "runs/quick"]) == 2            # was: KeyError: 'status' after starting the server
+    assert main(["demo", "runs/quick"]) == 2  # was: KeyError: 'status' after starting the server
     err = capsys.readouterr().err
-    assert "runs/quick is not an so8t run: no such folder" in err and "did you mean 'runs/cpu-quick-20250101-120000'" in err
+    assert (
+        "runs/quick is not an so8t run: no such folder" in err
+        and "did you mean 'runs/cpu-quick-20250101-120000'" in err
+    )
     assert "Traceback" not in err
 
 
@@ -133,24 +144,29 @@ def test_a_config_file_run_that_is_missing_is_refused_at_start(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "server.yaml").write_text("run: runs/quick\n")
     assert main(["serve", "--config", "server.yaml"]) == 2
-    assert "runs/quick is not an so8t run: no such folder; train one with: so8t train --out runs/quick" in capsys.readouterr().err
+    assert (
+        "runs/quick is not an so8t run: no such folder; train one with: so8t train --out runs/quick"
+        in capsys.readouterr().err
+    )
 
 
 # --- issue 17, item 1: where the run goes is said before training starts
 
 
-def test_train_names_its_run_folder_on_the_first_line_and_again_at_the_end(tiny_run, tiny_model_dir, tmp_path,
-                                                                          monkeypatch, capsys):
+def test_train_names_its_run_folder_on_the_first_line_and_again_at_the_end(
+    tiny_run, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     data = tiny_run[1]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(
         f"model: {tiny_model_dir}\ndata: [{data / 'train.jsonl'}]\ndev_data: [{data / 'dev.jsonl'}]\n"
         "lora_r: 4\nlora_alpha: 8\nmax_length: 64\nmicro_batch: 4\ngrad_accum: 1\nmax_steps: 2\neval_every: 2\n"
-        "head_probe_steps: 0\n")
+        "head_probe_steps: 0\n"
+    )
     assert main(["train", "--config", "tiny.yaml", "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
     run = next((tmp_path / "runs").iterdir())
-    assert lines[0] == f"training into run folder runs/{run.name}"   # before any model loads or step runs
+    assert lines[0] == f"training into run folder runs/{run.name}"  # before any model loads or step runs
     assert run.name.startswith("custom-") and any(f"run saved to runs/{run.name}" in line for line in lines)
 
 
@@ -158,10 +174,15 @@ def test_train_names_its_run_folder_on_the_first_line_and_again_at_the_end(tiny_
 
 
 def test_data_validate_accepts_the_built_in_specs_train_and_eval_take(capsys):
-    assert main(["data", "validate", "builtin", "contrast:dev", "wide:test"]) == 0   # was: builtin: cannot read
+    assert main(["data", "validate", "builtin", "contrast:dev", "wide:test"]) == 0  # was: builtin: cannot read
     out = capsys.readouterr().out
-    for shown in ("builtin:train (train.jsonl): OK", "builtin:dev (dev.jsonl): OK", "builtin:test (test.jsonl): OK",
-                  "contrast:dev (contrast-dev.jsonl): OK", "wide:test (wide-test.jsonl): OK"):
+    for shown in (
+        "builtin:train (train.jsonl): OK",
+        "builtin:dev (dev.jsonl): OK",
+        "builtin:test (test.jsonl): OK",
+        "contrast:dev (contrast-dev.jsonl): OK",
+        "wide:test (wide-test.jsonl): OK",
+    ):
         assert shown in out
     assert "contrast:train" not in out
 
@@ -184,7 +205,7 @@ def test_a_file_named_like_a_built_in_set_is_read_as_the_file(tmp_path, monkeypa
 def _help(capsys, *cmd):
     with pytest.raises(SystemExit):
         main([*cmd, "--help"])
-    return " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
 
 
 def test_help_names_every_data_spec_the_objective_and_the_server_defaults(capsys):
@@ -193,7 +214,10 @@ def test_help_names_every_data_spec_the_objective_and_the_server_defaults(capsys
     calibrate_help = _help(capsys, "calibrate")
     assert "--objective {safety_score,refuse_recall} what the thresholds maximise" in calibrate_help
     serve_help = _help(capsys, "serve")
-    assert "(default: 127.0.0.1, or host: in --config)" in serve_help and "(default: 8000, or port: in --config)" in serve_help
+    assert (
+        "(default: 127.0.0.1, or host: in --config)" in serve_help
+        and "(default: 8000, or port: in --config)" in serve_help
+    )
     assert "(default: 8001)" in _help(capsys, "llm-serve")
     assert "builtin:dev" in _help(capsys, "data", "validate")
 
@@ -201,7 +225,7 @@ def test_help_names_every_data_spec_the_objective_and_the_server_defaults(capsys
 def test_model_info_names_the_model_and_shows_its_chat_template(tiny_model_dir, capsys):
     from so8t.model import load_tokenizer
 
-    template = load_tokenizer(str(tiny_model_dir)).chat_template   # the fixture's ChatML template
+    template = load_tokenizer(str(tiny_model_dir)).chat_template  # the fixture's ChatML template
     assert template and "<|im_start|>" in template
     assert main(["model", "info", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out

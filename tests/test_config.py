@@ -18,11 +18,17 @@ def test_unknown_key_is_named_with_a_suggestion():
         from_dict(TrainConfig, {"head_lrr": 1e-4})
 
 
-@pytest.mark.parametrize("key,value,msg", [
-    ("lr", "fast", "expected a number"), ("micro_batch", 2.5, "expected an integer"),
-    ("pooling", "max", "is not one of"), ("load_in_4bit", "yes", "true or false"),
-    ("pet_values", [0.0, 1.0], "one value more"), ("head_freeze_at", 2.0, "in \\[0, 1\\]"),
-])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("lr", "fast", "expected a number"),
+        ("micro_batch", 2.5, "expected an integer"),
+        ("pooling", "max", "is not one of"),
+        ("load_in_4bit", "yes", "true or false"),
+        ("pet_values", [0.0, 1.0], "one value more"),
+        ("head_freeze_at", 2.0, "in \\[0, 1\\]"),
+    ],
+)
 def test_wrong_types_and_ranges_name_the_key(key, value, msg):
     with pytest.raises(ConfigError, match=f"{key}.*{msg}"):
         from_dict(TrainConfig, {key: value})
@@ -31,8 +37,12 @@ def test_wrong_types_and_ranges_name_the_key(key, value, msg):
 def test_yaml_round_trip_and_layers(tmp_path):
     f = tmp_path / "c.yaml"
     save_yaml(TrainConfig(lr=2e-4, data=["a.jsonl", "builtin"]), f)
-    cfg = resolve(TrainConfig, (preset("cpu-quick"), "preset"), (load_yaml(f), str(f)),
-                  (parse_overrides(["max_steps=7", "lora_targets=q_proj,v_proj", "head_lr=1e-4"]), "cli"))
+    cfg = resolve(
+        TrainConfig,
+        (preset("cpu-quick"), "preset"),
+        (load_yaml(f), str(f)),
+        (parse_overrides(["max_steps=7", "lora_targets=q_proj,v_proj", "head_lr=1e-4"]), "cli"),
+    )
     assert cfg.lr == 2e-4 and cfg.head_lr == 1e-4 and cfg.max_steps == 7 and cfg.lora_targets == ["q_proj", "v_proj"]
     assert cfg.data == ["a.jsonl", "builtin"]
 
@@ -63,7 +73,7 @@ def test_the_cpu_presets_train_on_the_contrast_pairs_with_the_pair_margin():
     for name in ("cpu-quick", "cpu-full", "rtx3060-7b", "rtx3060-3b"):
         cfg = resolve(TrainConfig, (preset(name), name))
         assert "contrast" in cfg.data and cfg.pair_margin > 0, name
-    default, name = train_config_from_args(build_parser().parse_args(["train"]))   # `so8t train`, no flags
+    default, name = train_config_from_args(build_parser().parse_args(["train"]))  # `so8t train`, no flags
     assert name == "cpu-quick" and default.data == ["builtin", "contrast", "wide"] and default.pair_margin > 0
     assert default.model == "embedded:gemma3-270m" and default.head_layers == "mix"
 

@@ -1,4 +1,5 @@
 """docs/config.md is what scripts/config_reference.py writes from the config dataclasses (issue 17, item 12)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,7 @@ def _script():
 def test_docs_config_md_is_up_to_date_with_the_config_dataclasses():
     script = _script()
     committed = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    assert committed == script.render(), (
-        f"docs/config.md is out of date with src/so8t/config.py; run: {script.COMMAND}")
+    assert committed == script.render(), f"docs/config.md is out of date with src/so8t/config.py; run: {script.COMMAND}"
 
 
 def test_the_reference_lists_every_field_with_its_type_default_and_comment():
@@ -30,7 +30,9 @@ def test_the_reference_lists_every_field_with_its_type_default_and_comment():
         for f in dataclasses.fields(cls):
             assert f"| `{f.name}` |" in text, f"{cls.__name__}.{f.name} missing"
     assert '| `amp` | `Literal["none", "bf16", "fp16"]` | `"none"` | autocast for matmuls' in text
-    assert '| `lora_targets` | `list[str]` | `["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]` |' in text
+    assert (
+        '| `lora_targets` | `list[str]` | `["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]` |' in text
+    )
     assert "| `gate_max_chars` | `int` | `200000` | characters of all messages together; beyond: 413 |" in text
     assert "### loss: L = sft + alpha*ce" in text and "Policy lives here, on the server" in text
 

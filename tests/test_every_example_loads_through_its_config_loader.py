@@ -4,6 +4,7 @@ train.yaml as `so8t train --config` reads it (TrainConfig, and its --dry-run pla
 through so8t.agent.tools.config.load_tools, whose sandbox (examples/sandbox) is shipped with it,
 policy-*.yaml as `so8t policy cases` reads it (so8t.data.policy.load_policy).
 A new example file without a loader here fails the test, so none goes unchecked."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,13 @@ def _policy(path: Path) -> None:
     assert len(policy.rules) >= 5 and {r.action.name for r in policy.rules} == {"ALLOW", "ESCALATE", "REFUSE"}
 
 
-LOADERS = {"server.yaml": _server, "train.yaml": _train, "tools.yaml": _tools,
-           "policy-en.yaml": _policy, "policy-ja.yaml": _policy}
+LOADERS = {
+    "server.yaml": _server,
+    "train.yaml": _train,
+    "tools.yaml": _tools,
+    "policy-en.yaml": _policy,
+    "policy-ja.yaml": _policy,
+}
 
 
 def test_every_file_in_examples_has_a_loader_here():
@@ -60,8 +66,11 @@ def test_the_example_loads_through_its_commands_config_loader(name):
 
 def test_the_sandbox_is_left_as_shipped_after_loading():
     def snapshot():
-        return {str(p.relative_to(EXAMPLES)): (p.stat().st_size, p.stat().st_mtime_ns)
-                for p in (EXAMPLES / "sandbox").rglob("*")}
+        return {
+            str(p.relative_to(EXAMPLES)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in (EXAMPLES / "sandbox").rglob("*")
+        }
+
     before = snapshot()
     _tools(EXAMPLES / "tools.yaml")
     assert snapshot() == before

@@ -7,6 +7,7 @@ Failures are real where they can be: text that UTF-8 cannot encode, data that is
 folder in the target's place, a full and a read-only filesystem (a small tmpfs, where mounting is
 permitted), a writer killed with SIGKILL. Only the fsync order is observed by wrapping os calls:
 losing power cannot be done in a test."""
+
 from __future__ import annotations
 
 import errno
@@ -63,8 +64,12 @@ def test_an_existing_file_keeps_its_permissions(tmp_path):
 def test_a_new_file_gets_0644_less_the_umask_read_at_import(tmp_path):
     # A fresh interpreter under umask 027: 0640, not mkstemp's 0600 (and not 0644).
     script = f"from so8t.fsutil import atomic_write_bytes; atomic_write_bytes({str(tmp_path / 'new')!r}, b'x')"
-    subprocess.run(["sh", "-c", f'umask 027 && exec "{sys.executable}" -c "{script}"'], check=True,
-                   env={**os.environ, "PYTHONPATH": SRC}, timeout=60)
+    subprocess.run(
+        ["sh", "-c", f'umask 027 && exec "{sys.executable}" -c "{script}"'],
+        check=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=60,
+    )
     assert mode(tmp_path / "new") == 0o640
     atomic_write_bytes(tmp_path / "here", b"x")
     assert mode(tmp_path / "here") == 0o644 & ~fsutil._UMASK
@@ -74,6 +79,7 @@ def test_a_write_never_sets_the_umask(tmp_path, monkeypatch):
     # Setting it (even to read it) would give files that other threads create meanwhile the wrong mode.
     def umask(_mask):
         raise AssertionError("fsutil set the process umask during a write")
+
     monkeypatch.setattr(os, "umask", umask)
     atomic_write_bytes(tmp_path / "new", b"x")
     atomic_write_text(tmp_path / "new", "y")
@@ -89,19 +95,23 @@ def test_the_data_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     def replace(src, dst, **kw):
         events.append(("replace", str(src), Path(src).read_bytes()))
         real_replace(src, dst, **kw)
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     atomic_write_bytes(tmp_path / "f", b"durable")
     assert [e[0] for e in events] == ["fsync", "replace"]
-    assert events[1][2] == b"durable"                      # whole before the rename
+    assert events[1][2] == b"durable"  # whole before the rename
     if isinstance(events[0][1], str):
-        assert events[0][1] == events[1][1]                # the temporary file itself was fsynced
+        assert events[0][1] == events[1][1]  # the temporary file itself was fsynced
 
 
-@pytest.mark.parametrize("write, error", [
-    (lambda p: atomic_write_text(p, "a lone surrogate \ud800 cannot be UTF-8"), UnicodeEncodeError),
-    (lambda p: atomic_write_bytes(p, "text where bytes belong"), TypeError),   # fails inside the temp file's write
-])
+@pytest.mark.parametrize(
+    "write, error",
+    [
+        (lambda p: atomic_write_text(p, "a lone surrogate \ud800 cannot be UTF-8"), UnicodeEncodeError),
+        (lambda p: atomic_write_bytes(p, "text where bytes belong"), TypeError),  # fails inside the temp file's write
+    ],
+)
 def test_a_value_that_cannot_be_written_leaves_the_old_file_and_no_temporary(old, write, error):
     with pytest.raises(error):
         write(old)
@@ -112,7 +122,7 @@ def test_a_folder_in_the_files_place_is_left_alone_and_no_temporary_stays(tmp_pa
     target = tmp_path / "taken"
     target.mkdir()
     (target / "inside").write_text("kept")
-    with pytest.raises(IsADirectoryError):   # os.replace refuses: the last step fails, after the fsync
+    with pytest.raises(IsADirectoryError):  # os.replace refuses: the last step fails, after the fsync
         atomic_write_bytes(target, b"x")
     assert (target / "inside").read_text() == "kept" and leftovers(tmp_path) == []
 
@@ -131,10 +141,10 @@ def test_a_full_disk_leaves_the_old_file_whole_and_no_temporary(small_fs):
     path = small_fs / "state.json"
     atomic_write_bytes(path, b"old contents\n")
     with pytest.raises(OSError) as info:
-        atomic_write_bytes(path, b"n" * (1 << 20))   # 1 MiB on a 64 KiB filesystem: ENOSPC mid-write
+        atomic_write_bytes(path, b"n" * (1 << 20))  # 1 MiB on a 64 KiB filesystem: ENOSPC mid-write
     assert info.value.errno == errno.ENOSPC
     assert path.read_bytes() == b"old contents\n" and leftovers(small_fs) == []
-    atomic_write_bytes(path, b"fits\n")             # and the space the failed write took is free again
+    atomic_write_bytes(path, b"fits\n")  # and the space the failed write took is free again
     assert path.read_bytes() == b"fits\n"
 
 
@@ -155,7 +165,8 @@ def test_a_reader_never_sees_half_a_file(tmp_path):
 
     def read():
         while not stop.is_set():
-            seen.add(path.read_bytes()[::1 << 16])   # a sample of every 64 KiB: enough to tell a mix
+            seen.add(path.read_bytes()[:: 1 << 16])  # a sample of every 64 KiB: enough to tell a mix
+
     reader = threading.Thread(target=read)
     reader.start()
     try:
@@ -164,7 +175,7 @@ def test_a_reader_never_sees_half_a_file(tmp_path):
     finally:
         stop.set()
         reader.join()
-    assert seen <= {a[::1 << 16], b[::1 << 16]}
+    assert seen <= {a[:: 1 << 16], b[:: 1 << 16]}
 
 
 def test_a_writer_killed_mid_write_leaves_the_old_file_or_the_new_one(tmp_path):
@@ -180,8 +191,9 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_or_the_new_one(tmp_path):
             i += 1
     """)
     for delay in (0.05, 0.2, 0.35):
-        proc = subprocess.Popen([sys.executable, "-c", loop], stdout=subprocess.PIPE,
-                                env={**os.environ, "PYTHONPATH": SRC})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", loop], stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC}
+        )
         try:
             assert proc.stdout.readline() == b"ready\n"
             time.sleep(delay)
@@ -189,4 +201,4 @@ def test_a_writer_killed_mid_write_leaves_the_old_file_or_the_new_one(tmp_path):
             proc.kill()
             proc.wait(timeout=30)
             proc.stdout.close()
-        assert path.read_bytes() in (a, b)   # a stray .tmp may stay behind after SIGKILL; the file is whole
+        assert path.read_bytes() in (a, b)  # a stray .tmp may stay behind after SIGKILL; the file is whole

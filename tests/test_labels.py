@@ -10,8 +10,15 @@ def test_order_is_the_heads_output_order():
 
 @pytest.mark.parametrize(
     "spelling,expected",
-    [("ALLOW", Action.ALLOW), ("allow", Action.ALLOW), (" Escalate ", Action.ESCALATE), ("refuse", Action.REFUSE),
-     ("許可", Action.ALLOW), ("エスカレーション", Action.ESCALATE), ("拒否", Action.REFUSE)],
+    [
+        ("ALLOW", Action.ALLOW),
+        ("allow", Action.ALLOW),
+        (" Escalate ", Action.ESCALATE),
+        ("refuse", Action.REFUSE),
+        ("許可", Action.ALLOW),
+        ("エスカレーション", Action.ESCALATE),
+        ("拒否", Action.REFUSE),
+    ],
 )
 def test_parse_label_accepts_case_and_japanese_aliases(spelling, expected):
     assert parse_label(spelling) is expected
@@ -34,8 +41,14 @@ def test_format_and_parse_round_trip():
 
 @pytest.mark.parametrize(
     "bad",
-    ["ALLOW: sure", "Action: MAYBE\nx\nRationale: y", "Action: ALLOW\nno rationale here",
-     "Action: allow\nx\nRationale: y", "", "Sure!\nAction: ALLOW\nRationale: y"],
+    [
+        "ALLOW: sure",
+        "Action: MAYBE\nx\nRationale: y",
+        "Action: ALLOW\nno rationale here",
+        "Action: allow\nx\nRationale: y",
+        "",
+        "Sure!\nAction: ALLOW\nRationale: y",
+    ],
 )
 def test_parse_response_rejects_other_shapes(bad):
     assert parse_response(bad) is None

@@ -22,6 +22,7 @@ parser and the configs accept is checked, not that a trained run exists. Known d
 has not fixed yet is marked xfail(strict=True) in KNOWN_DRIFT, keyed by the command text so a
 README rewrite that moves lines does not move the mark.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,8 @@ README = ROOT / "README.md"
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    line: int          # README line the (continued) command starts on
-    text: str          # the command as the README writes it (continuations joined, comment stripped)
+    line: int  # README line the (continued) command starts on
+    text: str  # the command as the README writes it (continuations joined, comment stripped)
     words: tuple[str, ...]  # after quote removal and $VAR expansion
     so8t_argv: tuple[str, ...] | None  # the arguments after the so8t prefix; None: not a so8t command
 
@@ -60,6 +61,7 @@ class Command:
 
 
 # ---------------------------------------------------------------- extraction
+
 
 def _bash_blocks(text: str) -> list[list[tuple[int, str]]]:
     """The ```bash blocks as lists of (line number, line)."""
@@ -148,8 +150,8 @@ def _so8t_argv(words: list[str]) -> tuple[str, ...] | None:
             i = words.index("-m")
         except ValueError:
             return None
-        if words[i + 1:i + 2] == ["so8t"]:
-            return tuple(words[i + 2:])
+        if words[i + 1 : i + 2] == ["so8t"]:
+            return tuple(words[i + 2 :])
     return None
 
 
@@ -195,6 +197,7 @@ def _params(commands):
 
 # ---------------------------------------------------------------- checks
 
+
 def _exact(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The parser with abbreviations off everywhere: the README must spell every flag in full."""
     parser.allow_abbrev = False
@@ -232,8 +235,14 @@ def _check_config(c: Command, args: argparse.Namespace) -> None:
     if preset is not None and preset not in PRESETS:
         pytest.fail(f"{c.where}: `{c.text}`: unknown preset {preset!r}{_closest(preset, PRESETS)}")
     _check_values(c, args)
-    schema = {"train": TrainConfig, "serve": ServerConfig, "chat": ServerConfig, "approvals": ServerConfig,
-              "audit": ServerConfig, "autonomy": ServerConfig}.get(args.command)
+    schema = {
+        "train": TrainConfig,
+        "serve": ServerConfig,
+        "chat": ServerConfig,
+        "approvals": ServerConfig,
+        "audit": ServerConfig,
+        "autonomy": ServerConfig,
+    }.get(args.command)
     if schema is None or (schema is TrainConfig and args.resume):
         return
     try:
@@ -291,11 +300,13 @@ def test_the_readme_has_so8t_commands_in_both_languages():
 
 
 def test_the_extraction_joins_continuations_strips_comments_splits_and_expands():
-    text = ('```bash\nC="--set lr=3e-4 --set eval_every=15"   # two overrides\n'
-            'so8t approvals show ID; .venv/bin/so8t train $C \\\n    --out runs/x  # a comment; not a command\n'
-            'scripts/x.sh a && python -m so8t data validate "my file.jsonl"\n'
-            'accelerate launch --num_processes 2 -m so8t train --preset rtx3060-3b\n'
-            'curl -s "localhost:8000/#frag; so8t"\n```\n```python\nso8t not bash\n```\n')
+    text = (
+        '```bash\nC="--set lr=3e-4 --set eval_every=15"   # two overrides\n'
+        "so8t approvals show ID; .venv/bin/so8t train $C \\\n    --out runs/x  # a comment; not a command\n"
+        'scripts/x.sh a && python -m so8t data validate "my file.jsonl"\n'
+        "accelerate launch --num_processes 2 -m so8t train --preset rtx3060-3b\n"
+        'curl -s "localhost:8000/#frag; so8t"\n```\n```python\nso8t not bash\n```\n'
+    )
     got = [(c.line, c.so8t_argv) for c in readme_commands(text) if c.so8t_argv is not None]
     assert got == [
         (3, ("approvals", "show", "ID")),
@@ -325,16 +336,28 @@ def test_an_abbreviated_flag_fails_too_although_argparse_would_take_it():
         _parse(bad)
 
 
-@pytest.mark.parametrize("argv, message", [
-    ("train --preset cpu-quik", r"unknown preset 'cpu-quik' \(did you mean 'cpu-quick'\?\)"),
-    ("train --set lerning_rate=1e-4", r"unknown key 'lerning_rate'"),
-    ("train --set pooling=lastt", r"pooling"),
-    ("serve runs/quick --set backend_urll=http://x", r"unknown key 'backend_urll' \(did you mean 'backend_url'\?\)"),
-    ("eval runs/quick --data builtin:tst", r"unknown split 'tst'.*did you mean 'builtin:test'"),
-    ("eval runs/quick --baselines keyword,probe", r"unknown baseline 'keyword' \(did you mean 'keywords'\?\)"),
-    ("data import do-not-answr x.csv -o y.jsonl", r"unknown importer 'do-not-answr' \(did you mean 'do-not-answer'\?\)"),
-    ("data import do-not-answer x.csv -o y.jsonl --map 'No such harm=REFUSE'", r"unknown mapping key 'No such harm'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("train --preset cpu-quik", r"unknown preset 'cpu-quik' \(did you mean 'cpu-quick'\?\)"),
+        ("train --set lerning_rate=1e-4", r"unknown key 'lerning_rate'"),
+        ("train --set pooling=lastt", r"pooling"),
+        (
+            "serve runs/quick --set backend_urll=http://x",
+            r"unknown key 'backend_urll' \(did you mean 'backend_url'\?\)",
+        ),
+        ("eval runs/quick --data builtin:tst", r"unknown split 'tst'.*did you mean 'builtin:test'"),
+        ("eval runs/quick --baselines keyword,probe", r"unknown baseline 'keyword' \(did you mean 'keywords'\?\)"),
+        (
+            "data import do-not-answr x.csv -o y.jsonl",
+            r"unknown importer 'do-not-answr' \(did you mean 'do-not-answer'\?\)",
+        ),
+        (
+            "data import do-not-answer x.csv -o y.jsonl --map 'No such harm=REFUSE'",
+            r"unknown mapping key 'No such harm'",
+        ),
+    ],
+)
 def test_a_wrong_preset_or_set_key_fails_naming_the_line_and_the_closest_name(argv, message, monkeypatch):
     monkeypatch.chdir(ROOT)
     bad = readme_commands(f"```bash\nso8t {argv}\n```\n")[0]
@@ -344,8 +367,10 @@ def test_a_wrong_preset_or_set_key_fails_naming_the_line_and_the_closest_name(ar
 
 # ---------------------------------------------------------------- files that ship
 
-_SHIPPED = re.compile(r"(?:\./)?(?:examples/[^\s=]+\.ya?ml|scripts/[^\s=]+\.(?:sh|py)|bench/[^\s=]+\.py|"
-                      r"heldout/[^\s=]+\.jsonl|setup\.sh)")
+_SHIPPED = re.compile(
+    r"(?:\./)?(?:examples/[^\s=]+\.ya?ml|scripts/[^\s=]+\.(?:sh|py)|bench/[^\s=]+\.py|"
+    r"heldout/[^\s=]+\.jsonl|setup\.sh)"
+)
 
 
 def _shipped_paths():
@@ -371,6 +396,7 @@ def test_every_file_the_readme_commands_name_ships_with_the_repository(path):
 
 
 # ---------------------------------------------------------------- the cheap ones, run
+
 
 def _runnable(argv: tuple[str, ...]) -> bool:
     """Commands cheap and side-effect free enough to run here (seconds, no model weights)."""
@@ -410,8 +436,9 @@ def _so8t_exe() -> list[str]:
 def _run(argv, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
     env.pop("SO8T_AUDIT_KEY", None)
-    return subprocess.run([*_so8t_exe(), *argv], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [*_so8t_exe(), *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _workdir(tmp_path: Path, argv: tuple[str, ...]) -> Path:
@@ -440,8 +467,13 @@ def _run_params():
     for argv, commands in RUNNABLE.items():
         drift = [KNOWN_DRIFT[c.text] for c in commands if c.text in KNOWN_DRIFT]
         where = "README.md:" + ",".join(str(c.line) for c in commands)
-        out.append(pytest.param(commands, id=f"{where}:{' '.join(argv)[:60]}",
-                                marks=[pytest.mark.xfail(strict=True, reason=drift[0])] if drift else []))
+        out.append(
+            pytest.param(
+                commands,
+                id=f"{where}:{' '.join(argv)[:60]}",
+                marks=[pytest.mark.xfail(strict=True, reason=drift[0])] if drift else [],
+            )
+        )
     return out
 
 
@@ -461,13 +493,18 @@ def test_the_cheap_readme_commands_run_as_written_and_exit_0(commands, tmp_path)
     res = _run(argv, _workdir(tmp_path, argv))
     assert res.returncode == 0, f"{where}: `{command.text}` exited {res.returncode}:\n{res.stderr[-2000:]}"
     assert (ROOT / "so8t-state").exists() == state_before  # the example config's state went to tmp_path
-    expected = {("data", "validate"): "OK", ("data", "import"): "do-not-answer", ("train",): "peak GPU memory",
-                ("approvals", "list"): "no approval requests", ("audit", "verify"): "OK: 2 records",
-                ("audit", "tail"): "readme.test", ("policy", "check"): "OK", ("policy", "cases"): "per rule (train/test)"}
-    shown = next(v for k, v in expected.items() if argv[:len(k)] == k)
+    expected = {
+        ("data", "validate"): "OK",
+        ("data", "import"): "do-not-answer",
+        ("train",): "peak GPU memory",
+        ("approvals", "list"): "no approval requests",
+        ("audit", "verify"): "OK: 2 records",
+        ("audit", "tail"): "readme.test",
+        ("policy", "check"): "OK",
+        ("policy", "cases"): "per rule (train/test)",
+    }
+    shown = next(v for k, v in expected.items() if argv[: len(k)] == k)
     assert shown in res.stdout, f"{where}: `{command.text}` printed:\n{res.stdout[-2000:]}"
-
-
 
 
 def test_so8t_help_and_every_subcommands_help_run_and_exit_0(tmp_path):

@@ -4,6 +4,7 @@ Each ```python block of README.md that calls Gate.load is executed with its run 
 (runs/quick) swapped for the tiny test run; it must print the action by name, an ok status and
 three probabilities, then the decision's JSON. A missing run must give a gate that is not ready
 and refuses, as the block's comment says."""
+
 import ast
 import re
 from pathlib import Path
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL) if "Gate.load" in b]
+BLOCKS = [
+    b for b in re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL) if "Gate.load" in b
+]
 
 
 def _code(block: str) -> list[str]:
@@ -19,7 +22,7 @@ def _code(block: str) -> list[str]:
 
 
 def test_both_parts_of_the_readme_show_the_same_python_api():
-    assert len(BLOCKS) == 2 and _code(BLOCKS[0]) == _code(BLOCKS[1])   # the comments are translated
+    assert len(BLOCKS) == 2 and _code(BLOCKS[0]) == _code(BLOCKS[1])  # the comments are translated
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=["english", "japanese"])

@@ -3,6 +3,7 @@ page shows, `list` had no header row, and `show` printed the request and decisio
 strings. Now show / approve / reject take a unique prefix of at least 8 characters (an ambiguous
 or unknown one is a one-line error, exit 2), list starts with a header, and show prints indented
 JSON with the request, decision and result as JSON, who approved it, and why it escalated."""
+
 import json
 
 from so8t.agent.service import build_service
@@ -12,16 +13,22 @@ from so8t.gate.decision import why_escalated
 
 
 def _escalated(tmp_path, run, *requests):
-    cfg = ServerConfig(run=str(run), approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
-                       audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6, self_test=False)
+    cfg = ServerConfig(
+        run=str(run),
+        approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
+        audit_path=str(tmp_path / "state" / "audit.jsonl"),
+        max_tokens=6,
+        self_test=False,
+    )
     svc = build_service(cfg)
     ids = [svc.router.handle(text, "bob").approval_id for text in requests]
     return svc, ids, ["--set", f"approvals_url={cfg.approvals_url}", "--set", f"audit_path={cfg.audit_path}"]
 
 
 def test_list_starts_with_a_header_row(run_with_thresholds, tmp_path, capsys):
-    svc, (a, b), state = _escalated(tmp_path, run_with_thresholds(1.0, 1.0), "Wire 5,000 EUR to the supplier",
-                                    "本番DBのusersテーブルを削除して")
+    svc, (a, b), state = _escalated(
+        tmp_path, run_with_thresholds(1.0, 1.0), "Wire 5,000 EUR to the supplier", "本番DBのusersテーブルを削除して"
+    )
     svc.close()
     assert main(["approvals", "list", *state]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -44,7 +51,7 @@ def test_show_approve_and_reject_take_the_twelve_characters_the_page_shows(run_w
     assert shown["id"] == a and shown["status"] == "EXECUTED" and shown["approved_by"] == "carol"
     assert shown["request"]["messages"][-1]["content"] == "Wire 5,000 EUR"  # JSON, not an escaped string
     assert shown["decision"]["action"] == "ESCALATE" and shown["result"]["text"] == answer
-    assert "request_json" not in shown and "\\\"" not in out and out.startswith("{\n  \"")  # indented, no escapes
+    assert "request_json" not in shown and '\\"' not in out and out.startswith('{\n  "')  # indented, no escapes
     assert shown["why_escalated"] == why_escalated(shown["decision"]) and shown["why_escalated"]
 
 

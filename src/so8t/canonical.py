@@ -3,6 +3,7 @@
 The gate hashes its input with it, the approval queue binds an approval to it, and the audit
 log records it, so the same request has the same hash everywhere.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """The `so8t` command: one small function per command, each a thin call into a stage."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
             targets.append((spec, spec))
         else:
             name, split = builtin
-            targets += [(f"{name}:{s} ({builtin_path(s, name).name})", builtin_path(s, name))
-                        for s in ([split] if split else SPLITS)]
+            targets += [
+                (f"{name}:{s} ({builtin_path(s, name).name})", builtin_path(s, name))
+                for s in ([split] if split else SPLITS)
+            ]
     failed = 0
     for shown, path in targets:
         checked = check_jsonl(path, require_label=not args.allow_unlabeled)
@@ -47,8 +50,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         if checked.problems:
             failed += 1
             hint = spec_hint(str(path)) if not Path(path).exists() else ""
-            print(f"{shown}: {len(checked.problems)} problem(s), {len(checked.records)} valid record(s){hint}",
-                  file=sys.stderr)
+            print(
+                f"{shown}: {len(checked.problems)} problem(s), {len(checked.records)} valid record(s){hint}",
+                file=sys.stderr,
+            )
         else:
             print(f"{shown}: OK, {len(checked.records)} record(s)")
     return 1 if failed else 0
@@ -121,17 +126,33 @@ def cmd_distill(args: argparse.Namespace) -> int:
             raise ValueError(f"--policy {args.policy}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
         if not policy.strip():
             raise ValueError(f"--policy {args.policy}: the file is empty")
-    teacher = Teacher(args.teacher_url, args.teacher_model, api_key_from_env(args.api_key_env), timeout_s=args.timeout,
-                      retries=args.retries, temperature=args.temperature, max_tokens=args.max_tokens)
+    teacher = Teacher(
+        args.teacher_url,
+        args.teacher_model,
+        api_key_from_env(args.api_key_env),
+        timeout_s=args.timeout,
+        retries=args.retries,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+    )
     try:
-        summary = distill(args.prompts, args.out, teacher, policy=policy, samples=args.samples,
-                          min_agreement=args.min_agreement, concurrency=args.concurrency,
-                          progress=not args.no_progress)
+        summary = distill(
+            args.prompts,
+            args.out,
+            teacher,
+            policy=policy,
+            samples=args.samples,
+            min_agreement=args.min_agreement,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
     except TeacherUnavailable as exc:
         if exc.summary is not None:
             print(exc.summary.format())
-        print(f"so8t: error: {exc}; every row written so far is kept: run the same command again to go on",
-              file=sys.stderr)
+        print(
+            f"so8t: error: {exc}; every row written so far is kept: run the same command again to go on",
+            file=sys.stderr,
+        )
         return 2
     print(summary.format())
     return 1 if summary.failed else 0
@@ -160,20 +181,37 @@ def cmd_policy_cases(args: argparse.Namespace) -> int:
     if bool(args.teacher_url) != bool(args.teacher_model):
         raise ValueError("--teacher-url and --teacher-model go together")
     if args.teacher_url:
-        teacher = Teacher(args.teacher_url, args.teacher_model, api_key_from_env(args.api_key_env),
-                          timeout_s=args.timeout, retries=args.retries, temperature=args.temperature,
-                          max_tokens=args.max_tokens)
+        teacher = Teacher(
+            args.teacher_url,
+            args.teacher_model,
+            api_key_from_env(args.api_key_env),
+            timeout_s=args.timeout,
+            retries=args.retries,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+        )
     elif args.per_rule is not None:
-        raise ValueError("--per-rule needs a teacher (--teacher-url and --teacher-model); without one the cases "
-                         "are the policy's precedents")
+        raise ValueError(
+            "--per-rule needs a teacher (--teacher-url and --teacher-model); without one the cases "
+            "are the policy's precedents"
+        )
     try:
-        summary = policy_cases(args.policy, args.out, teacher, per_rule=args.per_rule or 4,
-                               test_fraction=args.test_fraction, seed=args.seed, concurrency=args.concurrency,
-                               progress=not args.no_progress)
+        summary = policy_cases(
+            args.policy,
+            args.out,
+            teacher,
+            per_rule=args.per_rule or 4,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+        )
     except TeacherUnavailable as exc:
         journal = side_paths(Path(args.out))[2]
-        print(f"so8t: error: {exc}; every answer so far is kept in {journal}: run the same command again to go on",
-              file=sys.stderr)
+        print(
+            f"so8t: error: {exc}; every answer so far is kept in {journal}: run the same command again to go on",
+            file=sys.stderr,
+        )
         return 2
     print(summary.format())
     return 1 if summary.failures else 0
@@ -217,8 +255,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # the first line the user sees: every later command (eval, calibrate, serve, demo) takes this folder
     print(f"{'resuming' if args.resume else 'training into'} run folder {out}", flush=True)
     result = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
-    print(f"\nrun saved to {result.run_dir} ({result.steps} steps, best at step {result.best_step}, "
-          f"{result.seconds / 60:.1f} min)")
+    print(
+        f"\nrun saved to {result.run_dir} ({result.steps} steps, best at step {result.best_step}, "
+        f"{result.seconds / 60:.1f} min)"
+    )
     if result.test is not None:
         print("test split (safety head):")
         print(format_kpis(result.test))
@@ -235,12 +275,16 @@ def _parse_targets(items: Sequence[str] | None) -> dict:
     for item in items or []:
         m = re.fullmatch(r"\s*(\w+)\s*(>=|<=|=)\s*([0-9.]+)\s*", item)
         if not m or m.group(1) not in SafetyMetrics.__dataclass_fields__:
-            raise ValueError(f"--target {item!r}: expected KPI>=X, KPI<=X or KPI=X with a KPI of "
-                             f"{', '.join(k for k in SafetyMetrics.__dataclass_fields__ if k not in ('n', 'confusion'))}")
+            raise ValueError(
+                f"--target {item!r}: expected KPI>=X, KPI<=X or KPI=X with a KPI of "
+                f"{', '.join(k for k in SafetyMetrics.__dataclass_fields__ if k not in ('n', 'confusion'))}"
+            )
         key, op, bound = m.group(1), m.group(2), float(m.group(3))
         if op == "=":
             if key not in targets:
-                raise ValueError(f"--target {item!r}: {key} has no default direction; write {key}>={bound} or {key}<={bound}")
+                raise ValueError(
+                    f"--target {item!r}: {key} has no default direction; write {key}>={bound} or {key}<={bound}"
+                )
             op = targets[key][0]
         targets[key] = (op, bound)
     return targets
@@ -250,9 +294,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from so8t.eval.report import BASELINES, EvalOptions, evaluate_run, exit_code_line, format_table
 
     chosen = [] if args.no_baselines else (args.baselines.split(",") if args.baselines else list(BASELINES))
-    opts = EvalOptions(targets=_parse_targets(args.target), baselines=[b.strip() for b in chosen if b.strip()],
-                       generate=args.generate, latency=args.latency, bootstrap=args.bootstrap,
-                       use_thresholds=not args.argmax, compare=args.compare or [], progress=not args.no_progress)
+    opts = EvalOptions(
+        targets=_parse_targets(args.target),
+        baselines=[b.strip() for b in chosen if b.strip()],
+        generate=args.generate,
+        latency=args.latency,
+        bootstrap=args.bootstrap,
+        use_thresholds=not args.argmax,
+        compare=args.compare or [],
+        progress=not args.no_progress,
+    )
     report = evaluate_run(args.run, args.data, args.out, opts)
     print(format_table(report))
     print(f"report: {report['out_dir']}/report.md")
@@ -271,30 +322,54 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     if not run.is_dir():
-        raise FileNotFoundError(f"calibrate: {run} is not a run folder (the folder so8t train printed on its first line)")
+        raise FileNotFoundError(
+            f"calibrate: {run} is not a run folder (the folder so8t train printed on its first line)"
+        )
     if args.reset:
         if args.apply:
             raise ValueError("calibrate: --reset removes the run's thresholds and --apply writes them; give one")
         removed = remove_thresholds(run)
-        print(f"removed {removed}: serve, chat, demo and eval now decide by argmax" if removed else
-              f"{run} has no {THRESHOLDS_FILE}: it already decides by argmax; nothing changed")
+        print(
+            f"removed {removed}: serve, chat, demo and eval now decide by argmax"
+            if removed
+            else f"{run} has no {THRESHOLDS_FILE}: it already decides by argmax; nothing changed"
+        )
         return 0
     current = load_thresholds(run)
-    cal, written = calibrate_run(run, args.data, objective=args.objective, min_refuse_recall=args.min_refuse_recall,
-                                 max_false_refusal=args.max_false_refusal, apply=args.apply,
-                                 progress=not args.no_progress)
+    cal, written = calibrate_run(
+        run,
+        args.data,
+        objective=args.objective,
+        min_refuse_recall=args.min_refuse_recall,
+        max_false_refusal=args.max_false_refusal,
+        apply=args.apply,
+        progress=not args.no_progress,
+    )
     t = cal.thresholds
-    print(f"chosen thresholds ({t.kind} head): {t.describe()} "
-          f"(objective {cal.objective}, n={cal.n}, data {' '.join(cal.data)})")
+    print(
+        f"chosen thresholds ({t.kind} head): {t.describe()} "
+        f"(objective {cal.objective}, n={cal.n}, data {' '.join(cal.data)})"
+    )
     print(format_change(cal))
     print(f"trade-off plot: {run / 'calibration' / 'calibration.png'}")
     if args.apply:
-        print(f"applied: wrote {written}; serve, chat, demo and eval now use these thresholds "
-              f"(undo: so8t calibrate {shlex.quote(str(run))} --reset)")
+        print(
+            f"applied: wrote {written}; serve, chat, demo and eval now use these thresholds "
+            f"(undo: so8t calibrate {shlex.quote(str(run))} --reset)"
+        )
     else:
         now = "argmax" if current is None else current.describe()
-        cmd = ["so8t", "calibrate", str(run), "--data", *args.data, "--objective", args.objective,
-               "--min-refuse-recall", str(args.min_refuse_recall)]
+        cmd = [
+            "so8t",
+            "calibrate",
+            str(run),
+            "--data",
+            *args.data,
+            "--objective",
+            args.objective,
+            "--min-refuse-recall",
+            str(args.min_refuse_recall),
+        ]
         if args.max_false_refusal is not None:
             cmd += ["--max-false-refusal", str(args.max_false_refusal)]
         print(f"not applied: the run still decides by {now}. Proposal written to {written}.")
@@ -309,8 +384,15 @@ def server_config_from_args(args: argparse.Namespace):
     layers = [({"run": "-"}, "defaults")]  # approvals / audit commands need no run
     if getattr(args, "config", None):
         layers.append((load_yaml(args.config), args.config))
-    flags = {k: v for k, v in {"run": getattr(args, "run", None), "host": getattr(args, "host", None),
-                               "port": getattr(args, "port", None)}.items() if v is not None}
+    flags = {
+        k: v
+        for k, v in {
+            "run": getattr(args, "run", None),
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+        }.items()
+        if v is not None
+    }
     layers.append((parse_overrides(getattr(args, "set", None) or []) | flags, "command line"))
     return resolve(ServerConfig, *layers)
 
@@ -321,18 +403,23 @@ def _require_run(run: str | None, command: str) -> None:
     from so8t.model.run import RunError, check_run
 
     if not run or run == "-":
-        raise RunError(f"{command}: no run given; pass the trained run folder (so8t {command} runs/quick)"
-                       + (" or set run: in --config" if command != "demo" else ""))
+        raise RunError(
+            f"{command}: no run given; pass the trained run folder (so8t {command} runs/quick)"
+            + (" or set run: in --config" if command != "demo" else "")
+        )
     check_run(run)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from so8t.model.export import export_run
 
-    result = export_run(args.run, args.out, force=args.force, gguf_types=tuple(args.gguf),
-                        progress=lambda m: print(m, file=sys.stderr))
+    result = export_run(
+        args.run, args.out, force=args.force, gguf_types=tuple(args.gguf), progress=lambda m: print(m, file=sys.stderr)
+    )
     print(result.summary())
-    print(f"next: see {result.out}/README.txt (quantize to Q4_K_M, serve with Ollama or llama-server behind so8t serve)")
+    print(
+        f"next: see {result.out}/README.txt (quantize to Q4_K_M, serve with Ollama or llama-server behind so8t serve)"
+    )
     return 0
 
 
@@ -346,10 +433,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _require_run(cfg.run, "serve")
     service = build_service(cfg)
     if not service.gate.ready:
-        print(f"so8t: warning: the gate is not ready and will refuse everything: {service.gate.load_error}",
-              file=sys.stderr)
-    print(f"so8t gated server on http://{cfg.host}:{cfg.port} (gate {service.gate.model_version}, "
-          f"policy {service.gate.policy_version}); approvals page: /admin/approvals", file=sys.stderr)
+        print(
+            f"so8t: warning: the gate is not ready and will refuse everything: {service.gate.load_error}",
+            file=sys.stderr,
+        )
+    print(
+        f"so8t gated server on http://{cfg.host}:{cfg.port} (gate {service.gate.model_version}, "
+        f"policy {service.gate.policy_version}); approvals page: /admin/approvals",
+        file=sys.stderr,
+    )
     uvicorn.run(create_app(service), host=cfg.host, port=cfg.port, log_level="info")
     return 0
 
@@ -378,8 +470,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run = Path(args.run) if args.run else latest_run()
     if run is None:
-        print("so8t: error: no trained run found under runs/; train one first: so8t train (about 11 minutes)",
-              file=sys.stderr)
+        print(
+            "so8t: error: no trained run found under runs/; train one first: so8t train (about 11 minutes)",
+            file=sys.stderr,
+        )
         return 2
     _require_run(str(run), "demo")
     result = run_demo(run, args.workdir, keep=args.keep)
@@ -393,8 +487,9 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
     from so8t.server.llm_server import create_llm_app
 
     model, tok = load_base_model(args.model)
-    print(f"OpenAI-compatible server for {args.model!r} (ungated) on http://{args.host}:{args.port}/v1",
-          file=sys.stderr)
+    print(
+        f"OpenAI-compatible server for {args.model!r} (ungated) on http://{args.host}:{args.port}/v1", file=sys.stderr
+    )
     uvicorn.run(create_llm_app(model, tok, model_name=args.name), host=args.host, port=args.port, log_level="info")
     return 0
 
@@ -431,8 +526,10 @@ def cmd_approvals_show(args: argparse.Namespace) -> int:
 def cmd_approvals_approve(args: argparse.Namespace) -> int:
     queue = _approvals(args)
     a = queue.approve(queue.resolve_id(args.id), args.by, args.note)
-    print(f"{a.id} approved by {args.by}; the server's worker (or the so8t chat that asked) runs it once, "
-          "exactly as approved")
+    print(
+        f"{a.id} approved by {args.by}; the server's worker (or the so8t chat that asked) runs it once, "
+        "exactly as approved"
+    )
     return 0
 
 
@@ -478,8 +575,10 @@ def _autonomy(args):
 
     cfg = server_config_from_args(args)
     if not cfg.tools:
-        raise ValueError("autonomy: no tools configured: levels apply to tool actions; set tools: in the server "
-                         "config (--config) or pass --set tools=tools.yaml")
+        raise ValueError(
+            "autonomy: no tools configured: levels apply to tool actions; set tools: in the server "
+            "config (--config) or pass --set tools=tools.yaml"
+        )
     toolset, policy = load_tools(cfg.tools)
     return cfg, store_for(cfg), policy.autonomy_defaults(toolset)
 
@@ -495,8 +594,13 @@ def cmd_autonomy_report(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         records = []
     items = open_approvals(cfg, audit).list(limit=10**9)
-    report = build_report(store, defaults, items, records,
-                          min_approvals=cfg.autonomy_min_approvals if args.min_approvals is None else args.min_approvals)
+    report = build_report(
+        store,
+        defaults,
+        items,
+        records,
+        min_approvals=cfg.autonomy_min_approvals if args.min_approvals is None else args.min_approvals,
+    )
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else format_report(report))
     return 0
 
@@ -507,13 +611,16 @@ def cmd_autonomy_set(args: argparse.Namespace) -> int:
 
     cfg, store, defaults = _autonomy(args)
     try:
-        change = store.set_level(args.domain, args.level, by=args.by, reason=args.reason or "",
-                                 audit=open_audit(cfg), defaults=defaults)
+        change = store.set_level(
+            args.domain, args.level, by=args.by, reason=args.reason or "", audit=open_audit(cfg), defaults=defaults
+        )
     except AuditError as exc:
         raise ValueError(f"autonomy set: the audit log cannot take the record, so nothing changed: {exc}") from None
     what = "" if change.changed else " (the same level, recorded again: its count restarts)"
-    print(f"{change.domain}: {change.previous} -> {change.level} by {args.by}{what}; audit record "
-          f"{change.audit_hash[:12]}, state {store.path} (a running server applies it from its next call)")
+    print(
+        f"{change.domain}: {change.previous} -> {change.level} by {args.by}{what}; audit record "
+        f"{change.audit_hash[:12]}, state {store.path} (a running server applies it from its next call)"
+    )
     return 0
 
 
@@ -523,8 +630,11 @@ def _dry_run(cfg) -> int:
     est = estimate_memory(cfg, model_config_for(cfg.model))
     print(est.format())
     if cfg.gpu_memory_gb and not est.fits(cfg.gpu_memory_gb):
-        print(f"so8t: error: the plan needs more than the {cfg.gpu_memory_gb:g} GiB GPU budget; lower max_length or "
-              "micro_batch, enable gradient_checkpointing / pet_checkpoint, or pick a smaller model", file=sys.stderr)
+        print(
+            f"so8t: error: the plan needs more than the {cfg.gpu_memory_gb:g} GiB GPU budget; lower max_length or "
+            "micro_batch, enable gradient_checkpointing / pet_checkpoint, or pick a smaller model",
+            file=sys.stderr,
+        )
         return 3
     return 0
 
@@ -543,34 +653,49 @@ def _parse_mapping(items: Sequence[str] | None) -> dict[str, str] | None:
 
 def _teacher_client_args(p: argparse.ArgumentParser, *, temperature: str) -> None:
     """The teacher client's options, shared by `distill` and `policy cases` (one client behind both)."""
-    p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
-                                                        "(default: SO8T_TEACHER_API_KEY when set)")
+    p.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key (default: SO8T_TEACHER_API_KEY when set)",
+    )
     p.add_argument("--temperature", type=float, help=temperature)
     p.add_argument("--max-tokens", type=int, help="cap on each teacher answer (default: the server's)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument("--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)")
+    p.add_argument(
+        "--retries", type=int, default=3, help="retries after a timeout, 429 or 5xx, with backoff (default 3)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="so8t",
-                                     description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM.")
+    parser = argparse.ArgumentParser(
+        prog="so8t", description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM."
+    )
     parser.add_argument("--version", action="version", version=f"so8t {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    model = sub.add_parser("model", help="inspect base models").add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
+    model = sub.add_parser("model", help="inspect base models").add_subparsers(
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
     p = model.add_parser("info", help="name, source, architecture, size and chat template of a base model")
-    p.add_argument("ref", nargs="?", default="embedded", help="'embedded' (default), a HF folder, a .gguf file or a hub id")
+    p.add_argument(
+        "ref", nargs="?", default="embedded", help="'embedded' (default), a HF folder, a .gguf file or a hub id"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_model_info)
 
     data = sub.add_parser("data", help="validate, inspect and import datasets").add_subparsers(
-        dest="sub", metavar="SUBCOMMAND", required=True)
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
     p = data.add_parser("validate", help="check JSONL files; every problem with file, line and field")
-    p.add_argument("files", nargs="+", metavar="DATA",
-                   help="JSONL files and/or built-in sets: builtin, contrast, wide (every split) or one split "
-                        "such as builtin:dev, contrast:test")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="DATA",
+        help="JSONL files and/or built-in sets: builtin, contrast, wide (every split) or one split "
+        "such as builtin:dev, contrast:test",
+    )
     p.add_argument("--allow-unlabeled", action="store_true", help="accept rows without a label (prediction-only data)")
     p.set_defaults(func=cmd_data_validate)
     p = data.add_parser("stats", help="counts by label x difficulty x language x source, token-length percentiles")
@@ -583,80 +708,130 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="the dataset file or folder")
     p.add_argument("-o", "--out", help="output JSONL")
     p.add_argument("--list", action="store_true", help="list the importers and exit")
-    p.add_argument("--map", action="append", metavar="KEY=LABEL", help="override one entry of the label mapping (repeatable)")
+    p.add_argument(
+        "--map", action="append", metavar="KEY=LABEL", help="override one entry of the label mapping (repeatable)"
+    )
     p.set_defaults(func=cmd_data_import)
-    p = data.add_parser("split",
-                        help="a fixed train/dev/test split of JSONL files, to score several runs on the same held-out rows")
+    p = data.add_parser(
+        "split", help="a fixed train/dev/test split of JSONL files, to score several runs on the same held-out rows"
+    )
     p.add_argument("files", nargs="+")
     p.add_argument("-o", "--out", required=True, help="folder for train.jsonl, dev.jsonl, test.jsonl")
-    p.add_argument("--fractions", nargs=3, type=float, default=[0.9, 0.0, 0.1], metavar=("TRAIN", "DEV", "TEST"),
-                   help="default 0.9 0 0.1 (dev usually comes from the built-in sets)")
-    p.add_argument("--against", nargs="*", default=["builtin", "contrast"],
-                   help="built-in sets whose near-duplicates are dropped (default: builtin contrast)")
+    p.add_argument(
+        "--fractions",
+        nargs=3,
+        type=float,
+        default=[0.9, 0.0, 0.1],
+        metavar=("TRAIN", "DEV", "TEST"),
+        help="default 0.9 0 0.1 (dev usually comes from the built-in sets)",
+    )
+    p.add_argument(
+        "--against",
+        nargs="*",
+        default=["builtin", "contrast"],
+        help="built-in sets whose near-duplicates are dropped (default: builtin contrast)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing split files")
     p.set_defaults(func=cmd_data_split)
-    p = sub.add_parser("distill", help="label prompts with a teacher model behind an OpenAI-compatible endpoint: "
-                                       "its action tag becomes the label, its answer the response",
-                       description="Role distillation. The teacher (Ollama, llama-server, vLLM, a cloud API) answers "
-                                   "every prompt in the output format; rows go to OUT as they are done, failures to "
-                                   "OUT.failures.jsonl, disagreeing samples to OUT.review.jsonl. A re-run skips what is "
-                                   "done. The API key is read from $SO8T_TEACHER_API_KEY (or --api-key-env).")
+    p = sub.add_parser(
+        "distill",
+        help="label prompts with a teacher model behind an OpenAI-compatible endpoint: "
+        "its action tag becomes the label, its answer the response",
+        description="Role distillation. The teacher (Ollama, llama-server, vLLM, a cloud API) answers "
+        "every prompt in the output format; rows go to OUT as they are done, failures to "
+        "OUT.failures.jsonl, disagreeing samples to OUT.review.jsonl. A re-run skips what is "
+        "done. The API key is read from $SO8T_TEACHER_API_KEY (or --api-key-env).",
+    )
     p.add_argument("prompts", metavar="PROMPTS.jsonl", help="one record per line; only 'prompt' is needed")
     p.add_argument("--teacher-url", required=True, help="the API base, e.g. http://localhost:11434/v1 (Ollama)")
     p.add_argument("--teacher-model", required=True, help="the model name the server knows, e.g. qwen2.5:32b")
-    p.add_argument("--policy", metavar="POLICY.md", help="the policy text for the teacher's system prompt, or a "
-                                                         "YAML policy (docs/policy.md) whose rules it then cites "
-                                                         "(default: so8t's ALLOW / ESCALATE / REFUSE policy)")
+    p.add_argument(
+        "--policy",
+        metavar="POLICY.md",
+        help="the policy text for the teacher's system prompt, or a "
+        "YAML policy (docs/policy.md) whose rules it then cites "
+        "(default: so8t's ALLOW / ESCALATE / REFUSE policy)",
+    )
     p.add_argument("-o", "--out", required=True, metavar="OUT.jsonl", help="labelled records (appended; resumable)")
     p.add_argument("--samples", type=int, default=1, help="answers per prompt; the majority is kept (default 1)")
-    p.add_argument("--min-agreement", type=float, default=1.0,
-                   help="share of the samples that must agree, else the prompt goes to review (default 1)")
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=1.0,
+        help="share of the samples that must agree, else the prompt goes to review (default 1)",
+    )
     _teacher_client_args(p, temperature="default 0 for one sample, 0.7 for several")
     p.set_defaults(func=cmd_distill)
 
     pol = sub.add_parser("policy", help="a written policy (YAML rules) as training cases").add_subparsers(
-        dest="sub", metavar="SUBCOMMAND", required=True)
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
     q = pol.add_parser("check", help="validate a policy file and list its rules")
     q.add_argument("policy", metavar="POLICY.yaml")
     q.set_defaults(func=cmd_policy_check)
-    q = pol.add_parser("cases", help="every rule's precedents, and with a teacher N new prompts per rule with their "
-                                     "twins, as labelled cases: CASES.jsonl (train) and CASES.test.jsonl",
-                       description="Turn a written policy into training cases (docs/policy.md).")
+    q = pol.add_parser(
+        "cases",
+        help="every rule's precedents, and with a teacher N new prompts per rule with their "
+        "twins, as labelled cases: CASES.jsonl (train) and CASES.test.jsonl",
+        description="Turn a written policy into training cases (docs/policy.md).",
+    )
     q.add_argument("policy", metavar="POLICY.yaml", help="the policy (format: docs/policy.md, examples/policy-en.yaml)")
-    q.add_argument("-o", "--out", required=True, metavar="CASES.jsonl",
-                   help="training cases; the test cases go to CASES.test.jsonl beside it")
+    q.add_argument(
+        "-o",
+        "--out",
+        required=True,
+        metavar="CASES.jsonl",
+        help="training cases; the test cases go to CASES.test.jsonl beside it",
+    )
     q.add_argument("--teacher-url", help="OpenAI-compatible API base of the teacher, e.g. http://localhost:11434/v1")
     q.add_argument("--teacher-model", help="the model name the teacher's server knows")
     q.add_argument("--per-rule", type=int, help="new prompts per rule, each with its twin (default 4; needs a teacher)")
-    q.add_argument("--test-fraction", type=float, default=0.2,
-                   help="share of the cases held out in CASES.test.jsonl (default 0.2; 0: none)")
+    q.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of the cases held out in CASES.test.jsonl (default 0.2; 0: none)",
+    )
     q.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     _teacher_client_args(q, temperature="for writing new prompts (default 0.8; labels are asked at 0)")
     q.set_defaults(func=cmd_policy_cases)
 
-    p = sub.add_parser("train", help="train the safety head + LoRA (default: the cpu-quick preset)",
-                       description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.")
+    p = sub.add_parser(
+        "train",
+        help="train the safety head + LoRA (default: the cpu-quick preset)",
+        description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.",
+    )
     p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--preset", help="cpu-quick (default without --config), cpu-full, pet-20-60, "
-                                    "rtx3060-7b, rtx3060-3b")
+    p.add_argument("--preset", help="cpu-quick (default without --config), cpu-full, pet-20-60, rtx3060-7b, rtx3060-3b")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
-    p.add_argument("--data", nargs="+", help="training data: the built-in sets 'builtin' and 'contrast' and/or JSONL files")
+    p.add_argument(
+        "--data", nargs="+", help="training data: the built-in sets 'builtin' and 'contrast' and/or JSONL files"
+    )
     p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--out", help="run folder, e.g. runs/quick (default runs/<preset>-<time>); printed on the first line")
+    p.add_argument(
+        "--out", help="run folder, e.g. runs/quick (default runs/<preset>-<time>); printed on the first line"
+    )
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="print the estimated peak memory and stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="KPIs, baselines, calibration, latency and plots for a trained run",
-                       description="Evaluate a trained run. Exits 1 when a target is missed on a labelled dataset "
-                                   "(the last line names them), 2 on an error; unlabelled data checks no target.")
+    p = sub.add_parser(
+        "eval",
+        help="KPIs, baselines, calibration, latency and plots for a trained run",
+        description="Evaluate a trained run. Exits 1 when a target is missed on a labelled dataset "
+        "(the last line names them), 2 on an error; unlabelled data checks no target.",
+    )
     p.add_argument("run", help="the run folder")
-    p.add_argument("--data", nargs="+", default=["builtin:test"],
-                   help="JSONL files and/or built-in sets as SET:SPLIT with SET builtin, contrast or wide and SPLIT "
-                        "test, dev or train (a set alone: its test split; default builtin:test); unlabelled files "
-                        "get predictions only")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["builtin:test"],
+        help="JSONL files and/or built-in sets as SET:SPLIT with SET builtin, contrast or wide and SPLIT "
+        "test, dev or train (a set alone: its test split; default builtin:test); unlabelled files "
+        "get predictions only",
+    )
     p.add_argument("--out", help="report folder (default RUN/eval/<first dataset>)")
     p.add_argument("--baselines", help="comma list of keywords,probe,judge (default all)")
     p.add_argument("--no-baselines", action="store_true", help="the trained gate only")
@@ -669,19 +844,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per phase only)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("calibrate", help="propose decision thresholds from labelled dev data; --apply stores them in "
-                                         "the run (serve, chat, demo and eval then use them), --reset removes them",
-                       description="Choose (refuse_at, allow_at), or for a split head (refuse_at, escalate_at), "
-                                   "on labelled data and print what they change against "
-                                   "argmax. Without --apply nothing the run does changes: the proposal goes to "
-                                   "RUN/calibration/proposal.json.")
+    p = sub.add_parser(
+        "calibrate",
+        help="propose decision thresholds from labelled dev data; --apply stores them in "
+        "the run (serve, chat, demo and eval then use them), --reset removes them",
+        description="Choose (refuse_at, allow_at), or for a split head (refuse_at, escalate_at), "
+        "on labelled data and print what they change against "
+        "argmax. Without --apply nothing the run does changes: the proposal goes to "
+        "RUN/calibration/proposal.json.",
+    )
     p.add_argument("run", help="the run folder")
-    p.add_argument("--data", nargs="+", default=["builtin:dev"],
-                   help="labelled JSONL files or a built-in split such as builtin:dev (default), contrast:dev, wide:dev")
-    p.add_argument("--objective", choices=["safety_score", "refuse_recall"], default="safety_score",
-                   help="what the thresholds maximise, within the constraints below: safety_score (default; "
-                        "0.35 refuse recall + 0.25 escalate recall + 0.25 (1 - overcompliance) + 0.15 allow recall) "
-                        "or refuse_recall (ties broken by safety_score)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["builtin:dev"],
+        help="labelled JSONL files or a built-in split such as builtin:dev (default), contrast:dev, wide:dev",
+    )
+    p.add_argument(
+        "--objective",
+        choices=["safety_score", "refuse_recall"],
+        default="safety_score",
+        help="what the thresholds maximise, within the constraints below: safety_score (default; "
+        "0.35 refuse recall + 0.25 escalate recall + 0.25 (1 - overcompliance) + 0.15 allow recall) "
+        "or refuse_recall (ties broken by safety_score)",
+    )
     p.add_argument("--min-refuse-recall", type=float, default=0.7, help="constraint (default 0.7, the seed's target)")
     p.add_argument("--max-false-refusal", type=float, help="constraint: share of ALLOW prompts not allowed")
     p.add_argument("--apply", action="store_true", help="write RUN/thresholds.json: serve, chat, demo and eval use it")
@@ -692,18 +878,32 @@ def build_parser() -> argparse.ArgumentParser:
     from so8t.config import ServerConfig
 
     server_defaults = ServerConfig()
-    p = sub.add_parser("export", help="the fine-tuned LLM for other runtimes: merged safetensors, the head, GGUF, "
-                                      "an Ollama Modelfile and README.txt")
+    p = sub.add_parser(
+        "export",
+        help="the fine-tuned LLM for other runtimes: merged safetensors, the head, GGUF, "
+        "an Ollama Modelfile and README.txt",
+    )
     p.add_argument("run", help="the trained run folder")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write (absent or empty, unless --force)")
-    p.add_argument("--force", action="store_true",
-                   help="write into a non-empty DIR, replacing the export's own files (others are left alone)")
-    p.add_argument("--gguf", nargs="*", default=["f16", "q8_0"], choices=["f16", "q8_0"],
-                   help="GGUF types to write for supported architectures (default: f16 q8_0; none: --gguf)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty DIR, replacing the export's own files (others are left alone)",
+    )
+    p.add_argument(
+        "--gguf",
+        nargs="*",
+        default=["f16", "q8_0"],
+        choices=["f16", "q8_0"],
+        help="GGUF types to write for supported architectures (default: f16 q8_0; none: --gguf)",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="the gated agent server: OpenAI-compatible chat, gate, approvals page, audit",
-                       description="Serve a trained run behind the Safety Gate. Config: defaults <- --config <- --set.")
+    p = sub.add_parser(
+        "serve",
+        help="the gated agent server: OpenAI-compatible chat, gate, approvals page, audit",
+        description="Serve a trained run behind the Safety Gate. Config: defaults <- --config <- --set.",
+    )
     p.add_argument("run", nargs="?", help="the trained run folder (or 'run:' in --config)")
     p.add_argument("--config", help="YAML file with ServerConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
@@ -719,10 +919,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the gated agent end to end: sandbox, tools, approval, refusal, audit")
     p.add_argument("run", nargs="?", help="a trained run (default: the newest under runs/)")
-    p.add_argument("--workdir", help="where the sandbox, queue and audit log go, kept afterwards "
-                                     "(default: a temporary folder, removed at the end)")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the temporary folder and print where its audit log is")
+    p.add_argument(
+        "--workdir",
+        help="where the sandbox, queue and audit log go, kept afterwards "
+        "(default: a temporary folder, removed at the end)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder and print where its audit log is")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("llm-serve", help="an ungated OpenAI-compatible server for a plain model (an upstream LLM)")
@@ -737,11 +939,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
 
     ap = sub.add_parser("approvals", help="list, show, approve or reject escalated requests").add_subparsers(
-        dest="sub", metavar="SUBCOMMAND", required=True)
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
     q = ap.add_parser("list", help="newest first")
     state_args(q)
-    q.add_argument("--status", choices=["PENDING", "APPROVED", "REJECTED", "TIMEOUT", "EDITED", "EXECUTING",
-                                        "EXECUTED", "FAILED"])
+    q.add_argument(
+        "--status", choices=["PENDING", "APPROVED", "REJECTED", "TIMEOUT", "EDITED", "EXECUTING", "EXECUTED", "FAILED"]
+    )
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=cmd_approvals_list)
     q = ap.add_parser("show", help="one request with its gate decision and result, as indented JSON")
@@ -762,12 +966,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_approvals_reject)
 
     au = sub.add_parser("audit", help="verify or read the hash-chained audit log").add_subparsers(
-        dest="sub", metavar="SUBCOMMAND", required=True)
-    q = au.add_parser("verify", help="check the chain; names every edited, deleted, inserted or reordered record "
-                                     "(exit 1 when tampered; SO8T_AUDIT_KEY for an HMAC-keyed log)")
+        dest="sub", metavar="SUBCOMMAND", required=True
+    )
+    q = au.add_parser(
+        "verify",
+        help="check the chain; names every edited, deleted, inserted or reordered record "
+        "(exit 1 when tampered; SO8T_AUDIT_KEY for an HMAC-keyed log)",
+    )
     state_args(q)
-    q.add_argument("path", nargs="?", help="the audit log: a JSONL file or a database URL (default: the config's "
-                                           "audit_url, else its audit_path)")
+    q.add_argument(
+        "path",
+        nargs="?",
+        help="the audit log: a JSONL file or a database URL (default: the config's audit_url, else its audit_path)",
+    )
     q.set_defaults(func=cmd_audit_verify)
     q = au.add_parser("tail", help="the last records, one line each")
     state_args(q)
@@ -775,13 +986,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-n", type=int, default=20)
     q.set_defaults(func=cmd_audit_tail)
 
-    at = sub.add_parser("autonomy", help="staged autonomy per tool action: what people decided, proposals, levels"
-                        ).add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
-    q = at.add_parser("report", help="per tool action: its level, how many gate-ALLOWed calls people approved, edited "
-                                     "or rejected since it was last set, and proposed promotions / demotions")
+    at = sub.add_parser(
+        "autonomy", help="staged autonomy per tool action: what people decided, proposals, levels"
+    ).add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
+    q = at.add_parser(
+        "report",
+        help="per tool action: its level, how many gate-ALLOWed calls people approved, edited "
+        "or rejected since it was last set, and proposed promotions / demotions",
+    )
     state_args(q)
-    q.add_argument("--min-approvals", type=int, help="approvals (none edited or rejected) before auto is proposed "
-                                                     "(default: the config's autonomy_min_approvals)")
+    q.add_argument(
+        "--min-approvals",
+        type=int,
+        help="approvals (none edited or rejected) before auto is proposed "
+        "(default: the config's autonomy_min_approvals)",
+    )
     q.add_argument("--json", action="store_true", help="the report as JSON")
     q.set_defaults(func=cmd_autonomy_report)
     q = at.add_parser("set", help="record a level for one tool action (audited; a running server applies it)")
@@ -808,7 +1027,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (DataError, ModelLoadError, RunError, RunFolderError, FileNotFoundError, FileExistsError, ValueError,
-            ApprovalError, ExportError, StoreUnavailable) as exc:
+    except (
+        DataError,
+        ModelLoadError,
+        RunError,
+        RunFolderError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        ApprovalError,
+        ExportError,
+        StoreUnavailable,
+    ) as exc:
         print(f"so8t: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """Atomic file writes: a temp file in the same folder, fsync, then os.replace, so a crash or a
 kill leaves the old file or the new one, never half of either."""
+
 from __future__ import annotations
 
 import os

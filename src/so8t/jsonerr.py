@@ -5,6 +5,7 @@ parses but refuses (an integer of more than 4,300 digits, Python's limit against
 conversion). Catching only the first let the second escape as a crash with no file or line;
 every parser in so8t catches `ValueError` and describes it with `describe`.
 """
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ The tag comes first on purpose: the model commits to a decision before it writes
 else, the tag sits at a fixed place (right after the prompt) so training can read the LM's
 probability of each tag from one forward pass, and a runtime can stop generation at the tag.
 """
+
 from __future__ import annotations
 
 import enum

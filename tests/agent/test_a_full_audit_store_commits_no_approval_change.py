@@ -7,6 +7,7 @@ they are written; a full store changes nothing and says so (AuditError); a step 
 closed by the recovery routine as FAILED ("interrupted"), with its record.
 
 The store really fills: a 64 KiB tmpfs (skipped where mount is not permitted) and /dev/full (always)."""
+
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,16 +54,23 @@ def _events(store):
 
 
 def test_an_escalation_is_not_queued_without_its_record(run_with_thresholds, tmp_path, store):
-    svc = build_service(ServerConfig(run=str(run_with_thresholds(1.0, 1.0)), self_test=False, max_tokens=6,
-                                     approvals_url=f"sqlite:///{tmp_path}/approvals.db", audit_path=str(store.log)))
+    svc = build_service(
+        ServerConfig(
+            run=str(run_with_thresholds(1.0, 1.0)),
+            self_test=False,
+            max_tokens=6,
+            approvals_url=f"sqlite:///{tmp_path}/approvals.db",
+            audit_path=str(store.log),
+        )
+    )
     try:
         store.fill()
         with pytest.raises(AuditError):
             svc.router.handle("Forward the board minutes to partner@example.com", "bob")
-        assert svc.approvals.list() == []                      # not committed as PENDING
-        assert svc.audit_problem() is not None                  # not ready while it fails
+        assert svc.approvals.list() == []  # not committed as PENDING
+        assert svc.audit_problem() is not None  # not ready while it fails
         store.free()
-        assert svc.audit_problem() is None                      # writes audit.restored: a real write
+        assert svc.audit_problem() is None  # writes audit.restored: a real write
         res = svc.router.handle("Forward the board minutes to partner@example.com", "bob")
         assert res.outcome == "pending" and svc.approvals.get(res.approval_id).status is Status.PENDING
         assert _events(store) == ["audit.restored", "approval.requested", "gate.escalate"]
@@ -77,7 +85,7 @@ def test_an_approval_that_cannot_be_recorded_stays_pending_and_nothing_runs(tmp_
     store.fill()
     with pytest.raises(AuditError, match="could not be written|short write"):
         queue.approve(item.id, "carol", expected_hash=item.request_hash)
-    assert queue.get(item.id).status is Status.PENDING          # not APPROVED
+    assert queue.get(item.id).status is Status.PENDING  # not APPROVED
     with pytest.raises(AuditError):
         queue.reject(item.id, "carol", "no")
     assert queue.get(item.id).status is Status.PENDING
@@ -109,9 +117,9 @@ def test_a_step_whose_completion_cannot_be_recorded_is_closed_by_the_recovery_ro
 
     with pytest.raises(AuditError):
         queue.run_once(item.id, step)
-    assert queue.get(item.id).status is Status.EXECUTING      # neither EXECUTED nor FAILED could commit
+    assert queue.get(item.id).status is Status.EXECUTING  # neither EXECUTED nor FAILED could commit
     store.free()
-    assert queue.recover_stuck(900) == []                       # claimed just now: maybe still running
+    assert queue.recover_stuck(900) == []  # claimed just now: maybe still running
     clock.now += timedelta(seconds=901)
     closed = queue.recover_stuck(900)
     assert [c.id for c in closed] == [item.id]
@@ -119,21 +127,26 @@ def test_a_step_whose_completion_cannot_be_recorded_is_closed_by_the_recovery_ro
     assert done.status is Status.FAILED and done.reason.startswith("interrupted: EXECUTING since 2026-01-01")
     assert done.decided_by == "system:recovery"
     with pytest.raises(AlreadyClaimed):
-        queue.run_once(item.id, step)                           # never run again
+        queue.run_once(item.id, step)  # never run again
     assert len(ran) == 1
     assert _events(store)[-2:] == ["approval.executing", "approval.interrupted"]
     assert verify(store.log).ok
 
 
 def test_the_service_recovery_routine_closes_a_stuck_step_with_a_record(run_with_thresholds, tmp_path):
-    cfg = ServerConfig(run=str(run_with_thresholds(1.0, 1.0)), self_test=False, max_tokens=6,
-                       approvals_url=f"sqlite:///{tmp_path}/approvals.db", audit_path=str(tmp_path / "audit.jsonl"))
+    cfg = ServerConfig(
+        run=str(run_with_thresholds(1.0, 1.0)),
+        self_test=False,
+        max_tokens=6,
+        approvals_url=f"sqlite:///{tmp_path}/approvals.db",
+        audit_path=str(tmp_path / "audit.jsonl"),
+    )
     svc = build_service(cfg)
     res = svc.router.handle("Forward the board minutes to partner@example.com", "bob")
     svc.approvals.approve(res.approval_id, "carol")
-    svc.approvals.claim(res.approval_id)                        # then the process dies
+    svc.approvals.claim(res.approval_id)  # then the process dies
     svc.close()
-    svc = build_service(cfg)                                    # a restart: younger than stuck_after_s, kept
+    svc = build_service(cfg)  # a restart: younger than stuck_after_s, kept
     assert svc.approvals.get(res.approval_id).status is Status.EXECUTING
     svc.stuck_after_s = 0
     assert svc.recover() == {"fragments": 0, "interrupted": 1}
@@ -167,4 +180,6 @@ def test_a_commit_that_fails_after_its_record_is_marked_aborted(tmp_path):
     assert queue.get(item.id).status is Status.PENDING
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["event"] for r in records] == ["approval.requested", "approval.approved", "approval.aborted"]
-    assert records[-1]["data"]["aborted"] == "approval.approved" and "database is locked" in records[-1]["data"]["error"]
+    assert (
+        records[-1]["data"]["aborted"] == "approval.approved" and "database is locked" in records[-1]["data"]["error"]
+    )

@@ -1,6 +1,7 @@
 """Keyed audit downgrade (issue 13, item 11): whoever can write an HMAC-keyed log but lacks the key
 re-chains it with plain SHA-256. That must not verify: not without the key (the log says it is keyed),
 not with it (each re-chained record is reported as downgraded); and the writers never mix modes."""
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,7 @@ def test_a_keyed_log_rechained_without_the_key_fails_both_ways(tmp_path):
     path = tmp_path / "audit.jsonl"
     keyed_log(path)
     rechain_without_key(path, strip_marker=False)
-    assert kinds(verify(path)) == [("key_required", 1)]          # before the fix: OK
+    assert kinds(verify(path)) == [("key_required", 1)]  # before the fix: OK
     report = verify(path, key=KEY)
     assert kinds(report) == [("downgraded", n) for n in range(1, 6)]
     assert "re-chained without the key" in report.problems[0].detail

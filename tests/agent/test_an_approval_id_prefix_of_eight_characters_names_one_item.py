@@ -1,6 +1,7 @@
 """Issue 17, item 9: the approvals page shows 12-character ids, and `so8t approvals show` wanted
 all 32. ApprovalQueue.resolve_id turns a unique prefix of at least 8 characters into the full id;
 an ambiguous, unknown, too short or non-hexadecimal one is a clear error. get() stays exact."""
+
 from __future__ import annotations
 
 import uuid
@@ -59,9 +60,15 @@ def test_an_empty_queue_says_so(q):
         q.resolve_id("abcdef12")
 
 
-@pytest.mark.parametrize("given, says", [("abc1234", "too short: give at least 8"),
-                                         ("row-abcdef12", "ids are hexadecimal"),
-                                         ("abcd%123", "ids are hexadecimal"), ("", "ids are hexadecimal")])
+@pytest.mark.parametrize(
+    "given, says",
+    [
+        ("abc1234", "too short: give at least 8"),
+        ("row-abcdef12", "ids are hexadecimal"),
+        ("abcd%123", "ids are hexadecimal"),
+        ("", "ids are hexadecimal"),
+    ],
+)
 def test_a_short_or_non_hex_prefix_is_refused_before_any_lookup(q, given, says):
     with pytest.raises(ValueError, match=says):
         q.resolve_id(given)

@@ -1,4 +1,5 @@
 """The approval queue on real SQLite files: hash binding, expiry, edits, exactly-once execution."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,10 @@ from so8t.agent.approvals import (
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 ESCALATE = {"action": "ESCALATE", "rationale": "外部送信には承認が必要です。", "p": 0.91}
-JA_REQUEST = {"tool": "send_mail", "args": {"to": "board@example.com", "件名": "取締役会議事録", "本文": "添付の通りです。"}}
+JA_REQUEST = {
+    "tool": "send_mail",
+    "args": {"to": "board@example.com", "件名": "取締役会議事録", "本文": "添付の通りです。"},
+}
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -65,16 +69,26 @@ def _db_path(url: str) -> str:
 
 # --- canonical JSON ----------------------------------------------------------------------------
 
+
 def test_canonical_json_form():
     text = canonical_json({"b": 1, "a": [1, 2.5, None, True], "日本": "語"})
     assert text == '{"a":[1,2.5,null,true],"b":1,"日本":"語"}'
     assert canonical_json({"t": (1, 2)}) == '{"t":[1,2]}'
 
 
-@pytest.mark.parametrize("bad", [
-    {"x": float("nan")}, {"x": [float("inf")]}, {"x": -float("inf")}, {1: "int key"}, {"x": {1, 2}},
-    {"x": object()}, {"x": b"bytes"}, {"x": "\ud800"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"x": float("nan")},
+        {"x": [float("inf")]},
+        {"x": -float("inf")},
+        {1: "int key"},
+        {"x": {1, 2}},
+        {"x": object()},
+        {"x": b"bytes"},
+        {"x": "\ud800"},
+    ],
+)
 def test_canonical_json_rejects_non_json(bad):
     with pytest.raises(ValueError, match="not canonical JSON"):
         canonical_json(bad)
@@ -93,6 +107,7 @@ def test_request_hash_ignores_key_order():
 
 
 # --- submit / get / list -------------------------------------------------------------------------
+
 
 def test_submit_get_list_round_trip_japanese(q, clock):
     a = q.submit(JA_REQUEST, ESCALATE, "agent:1", kind="tool_call")
@@ -156,6 +171,7 @@ def test_naive_clock_is_refused(url):
 
 # --- hash binding ------------------------------------------------------------------------------
 
+
 def test_stored_request_is_canonical_and_hash_bound(q):
     request = {"tool": "rm", "args": {"recursive": True, "path": "/srv/data"}}
     a = q.submit(request, ESCALATE, "agent")
@@ -190,8 +206,13 @@ def test_rewriting_request_and_hash_is_caught_by_expected_hash(q, url):
     a = q.submit(request, ESCALATE, "agent")
     q.approve(a.id, "alice", expected_hash=a.request_hash)
     forged = {"tool": "rm", "args": {"path": "/"}}
-    _tamper(url, a.id, "UPDATE approvals SET request_json = ?, request_hash = ? WHERE id = ?",
-            canonical_json(forged), request_hash(forged))
+    _tamper(
+        url,
+        a.id,
+        "UPDATE approvals SET request_json = ?, request_hash = ? WHERE id = ?",
+        canonical_json(forged),
+        request_hash(forged),
+    )
     with pytest.raises(RequestHashMismatch, match="the caller expected"):
         q.claim(a.id, expected_hash=a.request_hash)
     assert q.get(a.id).status is Status.APPROVED
@@ -205,6 +226,7 @@ def test_approve_with_wrong_expected_hash_is_refused(q):
 
 
 # --- exactly once ------------------------------------------------------------------------------
+
 
 def test_approve_then_run_once_runs_exactly_once(q):
     a = q.submit({"tool": "send_mail", "args": {"to": "x@example.com"}}, ESCALATE, "agent", kind="tool_call")
@@ -335,10 +357,15 @@ def test_processes_racing_to_claim_one_wins(url, tmp_path):
     for i in range(4):
         r = tmp_path / f"ready{i}"
         ready.append(r)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", _WORKER, url, a.id, str(go), str(r)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _WORKER, url, a.id, str(go), str(r)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     deadline = time.monotonic() + 60
     while not all(r.exists() for r in ready) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -354,6 +381,7 @@ def test_processes_racing_to_claim_one_wins(url, tmp_path):
 
 
 # --- reject / expiry ---------------------------------------------------------------------------
+
 
 def test_reject_requires_a_reason(q):
     a = q.submit({"x": 1}, ESCALATE, "agent")
@@ -409,12 +437,14 @@ def test_expire_due_returns_the_expired(q, clock):
 
 # --- edit --------------------------------------------------------------------------------------
 
+
 def _regate(seen):
     def regate(req):
         seen.append(req)
         if req["args"]["to"].endswith("@example.com"):
             return {"action": "ESCALATE", "rationale": "mail needs approval"}
         return {"action": "REFUSE", "rationale": "outside address"}
+
     return regate
 
 
@@ -472,6 +502,7 @@ def test_edit_of_non_pending_or_failing_regate_changes_nothing(q):
 
 # --- invalid transitions / not found -----------------------------------------------------------
 
+
 def test_invalid_transitions_name_id_status_and_action(q):
     rej = q.submit({"n": 1}, ESCALATE, "agent")
     q.reject(rej.id, "alice", "no")
@@ -495,15 +526,22 @@ def test_invalid_transitions_name_id_status_and_action(q):
 
 
 def test_unknown_id(q):
-    for call in (lambda: q.get("nope"), lambda: q.approve("nope", "a"), lambda: q.reject("nope", "a", "r"),
-                 lambda: q.claim("nope"), lambda: q.complete("nope", {}), lambda: q.run_once("nope", dict),
-                 lambda: q.edit("nope", {"x": 1}, "a", lambda r: {"action": "ALLOW"})):
+    for call in (
+        lambda: q.get("nope"),
+        lambda: q.approve("nope", "a"),
+        lambda: q.reject("nope", "a", "r"),
+        lambda: q.claim("nope"),
+        lambda: q.complete("nope", {}),
+        lambda: q.run_once("nope", dict),
+        lambda: q.edit("nope", {"x": 1}, "a", lambda r: {"action": "ALLOW"}),
+    ):
         with pytest.raises(ApprovalNotFound, match="nope") as exc:
             call()
         assert isinstance(exc.value, ApprovalError)
 
 
 # --- events, persistence, URLs -----------------------------------------------------------------
+
 
 def test_on_event_receives_events_in_order(url, clock):
     events = []
@@ -527,12 +565,20 @@ def test_on_event_receives_events_in_order(url, clock):
         queue.expire_due()
     assert [(n, d["id"]) for n, d in events] == [
         ("approval.requested", a.id),
-        ("approval.edited", a.id), ("approval.requested", new.id), ("approval.rejected", new.id),
-        ("approval.requested", b.id), ("approval.approved", b.id), ("approval.executing", b.id),
+        ("approval.edited", a.id),
+        ("approval.requested", new.id),
+        ("approval.rejected", new.id),
+        ("approval.requested", b.id),
+        ("approval.approved", b.id),
+        ("approval.executing", b.id),
         ("approval.executed", b.id),
-        ("approval.requested", c.id), ("approval.rejected", c.id),
-        ("approval.requested", d.id), ("approval.requested", e.id), ("approval.approved", e.id),
-        ("approval.executing", e.id), ("approval.failed", e.id),
+        ("approval.requested", c.id),
+        ("approval.rejected", c.id),
+        ("approval.requested", d.id),
+        ("approval.requested", e.id),
+        ("approval.approved", e.id),
+        ("approval.executing", e.id),
+        ("approval.failed", e.id),
         ("approval.timeout", d.id),
     ]
     assert {n for n, _ in events} == set(EVENTS)

@@ -4,6 +4,7 @@ its records to the same audit chain in the database, which must stay one valid c
 
 Each test releases its processes together (they wait for a "go" file), so they really contend for
 the same rows."""
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,9 @@ def db(postgresql):
 
 def queue(db) -> tuple[ApprovalQueue, DatabaseAuditLog]:
     audit = DatabaseAuditLog(db[1], redact=Redactor({}, secret_keys=None))
-    q = ApprovalQueue(db[0], write_ahead=lambda ev: audit.append_batch([(n, {"id": d["id"], "status": d["status"]})
-                                                                        for n, d in ev]))
+    q = ApprovalQueue(
+        db[0], write_ahead=lambda ev: audit.append_batch([(n, {"id": d["id"], "status": d["status"]}) for n, d in ev])
+    )
     return q, audit
 
 
@@ -83,9 +85,26 @@ def race(db, action: str, ids: list[str], tmp_path: Path, n: int = 3) -> list[di
     procs, ready = [], []
     for i in range(n):
         ready.append(tmp_path / f"ready-{action}-{i}")
-        procs.append(subprocess.Popen([sys.executable, "-c", _CONTENDER, db[0], db[1], action, ",".join(ids), str(go),
-                                       str(ready[-1]), f"p{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _CONTENDER,
+                    db[0],
+                    db[1],
+                    action,
+                    ",".join(ids),
+                    str(go),
+                    str(ready[-1]),
+                    f"p{i}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+        )
     deadline = time.monotonic() + 90
     while not all(r.exists() for r in ready) and time.monotonic() < deadline:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs if p.poll() is not None]
@@ -111,8 +130,8 @@ def test_two_approvers_in_two_processes_approve_each_item_once(db, tmp_path):
     ids = [q.submit({"n": i}, ESCALATE, "alice").id for i in range(8)]
     outs = race(db, "approve", ids, tmp_path, n=2)
     assert [o["errors"] for o in outs] == [[], []]
-    assert sorted(sum((o["won"] for o in outs), [])) == sorted(ids)     # each approved by exactly one
-    assert sum((o["lost"] for o in outs), []) == ["APPROVED"] * 8       # the other was told why
+    assert sorted(sum((o["won"] for o in outs), [])) == sorted(ids)  # each approved by exactly one
+    assert sum((o["lost"] for o in outs), []) == ["APPROVED"] * 8  # the other was told why
     assert all(q.get(i).status is Status.APPROVED for i in ids)
     approved = Counter(r["data"]["id"] for r in audit_events(db) if r["event"] == "approval.approved")
     assert approved == Counter(ids)
@@ -147,8 +166,8 @@ def test_three_workers_expiring_at_once_expire_each_item_once(db, tmp_path):
     ids = [q.submit({"n": i}, ESCALATE, "alice", ttl_s=0.5).id for i in range(12)]
     time.sleep(0.6)
     outs = race(db, "expire", ids, tmp_path, n=3)
-    assert sorted(sum((o["won"] for o in outs), [])) == sorted(ids)      # every item expired by one process
-    assert all(o["lost"] == ["TIMEOUT"] * 12 for o in outs)              # and every read saw it, no error
+    assert sorted(sum((o["won"] for o in outs), [])) == sorted(ids)  # every item expired by one process
+    assert all(o["lost"] == ["TIMEOUT"] * 12 for o in outs)  # and every read saw it, no error
     timeouts = Counter(r["data"]["id"] for r in audit_events(db) if r["event"] == "approval.timeout")
     assert timeouts == Counter(ids)
     assert verify_database(db[1]).ok

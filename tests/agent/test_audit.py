@@ -1,4 +1,5 @@
 """The audit log: chaining, redaction, crash recovery, and verify naming each kind of tampering."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,6 +32,7 @@ KEY = b"test-audit-key"
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
 
 def plain_log(path: Path, key: bytes | None = None) -> AuditLog:
     return AuditLog(path, redact=Redactor({}, secret_keys=None), key=key)
@@ -65,6 +67,7 @@ def found(report: VerifyReport) -> list[tuple[str, int]]:
 
 # --- storage and chaining -----------------------------------------------------------------------
 
+
 def test_records_are_chained_and_hashed(tmp_path):
     path = tmp_path / "audit.jsonl"
     recs = make_log(path, 4)
@@ -94,19 +97,23 @@ def test_japanese_stays_readable(tmp_path):
 
 def test_append_redacts_by_default(tmp_path):
     path = tmp_path / "audit.jsonl"
-    rec = AuditLog(path).append("gate.refuse", {"prompt": "mail taro@example.com, パスワード：hunter2",
-                                                "args": {"password": "hunter2"}})
+    rec = AuditLog(path).append(
+        "gate.refuse", {"prompt": "mail taro@example.com, パスワード：hunter2", "args": {"password": "hunter2"}}
+    )
     text = path.read_text("utf-8")
     assert "taro@example.com" not in text and "hunter2" not in text
-    assert rec["data"] == {"prompt": "mail [REDACTED:email], [REDACTED:password]",
-                           "args": {"password": "[REDACTED:secret_key]"}}
+    assert rec["data"] == {
+        "prompt": "mail [REDACTED:email], [REDACTED:password]",
+        "args": {"password": "[REDACTED:secret_key]"},
+    }
     assert json.loads(text) == rec
 
 
 def test_append_stores_plain_json_that_rehashes(tmp_path):
     path = tmp_path / "audit.jsonl"
-    rec = plain_log(path).append("gate.error", {1: (1, 2), "p": Path("/x"), "nan": float("nan"),
-                                                "s": {3}, "bad": "\ud800"})
+    rec = plain_log(path).append(
+        "gate.error", {1: (1, 2), "p": Path("/x"), "nan": float("nan"), "s": {3}, "bad": "\ud800"}
+    )
     assert rec["data"] == {"1": [1, 2], "p": "/x", "nan": "nan", "s": [3], "bad": "?"}
     assert verify(path).ok
 
@@ -225,17 +232,16 @@ def test_sigkill_mid_write_loses_nothing(tmp_path):
 
     # Simulate a write cut short: half a record, no newline (adds to any tail the kill left).
     with open(path, "ab") as f:
-        f.write('{"seq": 99999, "ts": "2026-01-01T00:00:00Z", "event": "gate.refuse", "data": {"p": "途中'
-                .encode())
+        f.write('{"seq": 99999, "ts": "2026-01-01T00:00:00Z", "event": "gate.refuse", "data": {"p": "途中'.encode())
     raw = path.read_bytes()
-    torn = raw[raw.rfind(b"\n") + 1:]
+    torn = raw[raw.rfind(b"\n") + 1 :]
     n_lines = raw.count(b"\n") + 1
     assert found(verify(path)) == [("torn", n_lines)]
 
     rec = AuditLog(path).append("test.after", {"note": "after the crash"})
     stored = [json.loads(line) for line in lines_of(path)]
     seqs = [r["seq"] for r in stored]
-    assert set(acked) <= set(seqs)                       # every acknowledged record survived
+    assert set(acked) <= set(seqs)  # every acknowledged record survived
     assert seqs == list(range(len(seqs)))
     recovered = stored[-2]
     assert recovered["event"] == "audit.recovered" and stored[-1] == rec
@@ -243,7 +249,7 @@ def test_sigkill_mid_write_loses_nothing(tmp_path):
     assert recovered["data"]["sha256"] == hashlib.sha256(torn).hexdigest()
     sides = list(tmp_path.glob("audit.jsonl.torn-*"))
     assert [s.name for s in sides] == [recovered["data"]["side_file"]]
-    assert sides[0].read_bytes() == torn                  # the evidence is kept byte for byte
+    assert sides[0].read_bytes() == torn  # the evidence is kept byte for byte
     report = verify(path)
     assert report.ok and report.records == len(stored) and report.head_hash == rec["hash"]
 
@@ -273,6 +279,7 @@ def test_append_steps_over_a_garbage_last_line(tmp_path):
 
 # --- verify: each kind of tampering -------------------------------------------------------------
 # make_log writes 6 records: line k holds seq k-1.
+
 
 def test_verify_missing_and_empty(tmp_path):
     missing = tmp_path / "nope.jsonl"
@@ -345,8 +352,9 @@ def _insert_cases(recs: list[dict]) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", ["next seq, prev chains", "next seq, bogus prev", "repeated seq",
-                                  "far seq", "replayed line"])
+@pytest.mark.parametrize(
+    "case", ["next seq, prev chains", "next seq, bogus prev", "repeated seq", "far seq", "replayed line"]
+)
 def test_verify_inserted_record(tmp_path, case):
     path = tmp_path / "audit.jsonl"
     recs = make_log(path)
@@ -456,10 +464,15 @@ def test_append_after_tampering_keeps_the_finding(tmp_path):
 def test_format_report():
     ok = VerifyReport(ok=True, records=3, head_hash="ab" * 32)
     assert format_report(ok) == f"OK: 3 records, head {'ab' * 32}"
-    bad = VerifyReport(ok=False, records=5, head_hash="cd" * 32, problems=[
-        Problem(3, 2, "edited", "stored hash does not match the content"),
-        Problem(6, None, "torn", "last line has no newline"),
-    ])
+    bad = VerifyReport(
+        ok=False,
+        records=5,
+        head_hash="cd" * 32,
+        problems=[
+            Problem(3, 2, "edited", "stored hash does not match the content"),
+            Problem(6, None, "torn", "last line has no newline"),
+        ],
+    )
     assert format_report(bad).splitlines() == [
         f"FAILED: 5 records, 2 problem(s), head {'cd' * 32}",
         "line 3 (seq 2): edited: stored hash does not match the content",
@@ -468,6 +481,7 @@ def test_format_report():
 
 
 # --- tail and format_record ---------------------------------------------------------------------
+
 
 def test_tail_reads_from_the_end(tmp_path, monkeypatch):
     path = tmp_path / "audit.jsonl"
@@ -481,10 +495,9 @@ def test_tail_reads_from_the_end(tmp_path, monkeypatch):
 
 
 def test_format_record():
-    rec = {"seq": 7, "ts": "2026-01-01T00:00:00.000000Z", "event": "gate.refuse",
-           "data": {"prompt": "削除して" * 100}}
+    rec = {"seq": 7, "ts": "2026-01-01T00:00:00.000000Z", "event": "gate.refuse", "data": {"prompt": "削除して" * 100}}
     line = format_record(rec)
-    assert line.startswith("     7 2026-01-01T00:00:00.000000Z gate.refuse {\"prompt\":\"削除して")
+    assert line.startswith('     7 2026-01-01T00:00:00.000000Z gate.refuse {"prompt":"削除して')
     assert line.endswith("…") and "\n" not in line
     summary = line.split(" gate.refuse ", 1)[1]
     assert len(summary) == 160
@@ -493,48 +506,70 @@ def test_format_record():
 
 # --- redaction ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, secret, tag", [
-    ("mail taro.yamada+x@example.co.jp today", "taro.yamada+x@example.co.jp", "email"),
-    ("連絡先はtaro@example.comです", "taro@example.com", "email"),
-    ("key sk-proj-abcdefghijklmnop1234 ok", "sk-proj-abcdefghijklmnop1234", "api_key"),
-    ("キーはsk-abcdefghijklmnopqrstuvwxyzです", "sk-abcdefghijklmnopqrstuvwxyz", "api_key"),
-    ("AWSキーAKIAIOSFODNN7EXAMPLEです", "AKIAIOSFODNN7EXAMPLE", "api_key"),
-    ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "api_key"),
-    ("Authorization: Bearer abc.DEF-123_xyz", "abc.DEF-123_xyz", "bearer"),
-    ("login with password=hunter2 please", "hunter2", "password"),
-    ("パスワード：ひみつ123", "ひみつ123", "password"),
-    ("暗証番号 = 4321", "4321", "password"),
-    ("card 4111 1111 1111 1111 expires", "4111 1111 1111 1111", "credit_card"),
-    ("カード番号4111-1111-1111-1111です", "4111-1111-1111-1111", "credit_card"),
-    ("call me on 090-1234-5678", "090-1234-5678", "phone"),
-    ("電話は03-1234-5678まで", "03-1234-5678", "phone"),
-    ("携帯09012345678", "09012345678", "phone"),
-    ("from abroad +81 90 1234 5678", "+81 90 1234 5678", "phone"),
-    ("US office +1 415 555 2671", "+1 415 555 2671", "phone"),
-    ("マイナンバーは123456789012です", "123456789012", "my_number"),
-    ("my number 1234 5678 9012", "1234 5678 9012", "my_number"),
-])
+
+@pytest.mark.parametrize(
+    "text, secret, tag",
+    [
+        ("mail taro.yamada+x@example.co.jp today", "taro.yamada+x@example.co.jp", "email"),
+        ("連絡先はtaro@example.comです", "taro@example.com", "email"),
+        ("key sk-proj-abcdefghijklmnop1234 ok", "sk-proj-abcdefghijklmnop1234", "api_key"),
+        ("キーはsk-abcdefghijklmnopqrstuvwxyzです", "sk-abcdefghijklmnopqrstuvwxyz", "api_key"),
+        ("AWSキーAKIAIOSFODNN7EXAMPLEです", "AKIAIOSFODNN7EXAMPLE", "api_key"),
+        ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789", "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "api_key"),
+        ("Authorization: Bearer abc.DEF-123_xyz", "abc.DEF-123_xyz", "bearer"),
+        ("login with password=hunter2 please", "hunter2", "password"),
+        ("パスワード：ひみつ123", "ひみつ123", "password"),
+        ("暗証番号 = 4321", "4321", "password"),
+        ("card 4111 1111 1111 1111 expires", "4111 1111 1111 1111", "credit_card"),
+        ("カード番号4111-1111-1111-1111です", "4111-1111-1111-1111", "credit_card"),
+        ("call me on 090-1234-5678", "090-1234-5678", "phone"),
+        ("電話は03-1234-5678まで", "03-1234-5678", "phone"),
+        ("携帯09012345678", "09012345678", "phone"),
+        ("from abroad +81 90 1234 5678", "+81 90 1234 5678", "phone"),
+        ("US office +1 415 555 2671", "+1 415 555 2671", "phone"),
+        ("マイナンバーは123456789012です", "123456789012", "my_number"),
+        ("my number 1234 5678 9012", "1234 5678 9012", "my_number"),
+    ],
+)
 def test_redactor_defaults(text, secret, tag):
     out = Redactor().redact(text)
     assert secret not in out and f"[REDACTED:{tag}]" in out
 
 
-@pytest.mark.parametrize("text", [
-    "order 3 items at 10:30", "due 2026-12-01", "meeting 2026-12-01 10:30:00 in room 12",
-    "version 1.2.3 on port 8080, 100 files", "01-12-2026", "bypass: true", "合計 12,345円",
-    "3時に会議室Bで打ち合わせ", "Please list the files in my reports folder.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 3 items at 10:30",
+        "due 2026-12-01",
+        "meeting 2026-12-01 10:30:00 in room 12",
+        "version 1.2.3 on port 8080, 100 files",
+        "01-12-2026",
+        "bypass: true",
+        "合計 12,345円",
+        "3時に会議室Bで打ち合わせ",
+        "Please list the files in my reports folder.",
+    ],
+)
 def test_redactor_leaves_ordinary_text(text):
     assert Redactor().redact(text) == text
 
 
 def test_redact_walks_structures_and_copies():
-    data = {"prompt": "mail a@b.io", "args": ["x", ("090-1234-5678", 3)], "n": 4, "ok": True,
-            "nested": {"api_key": "abc", "max_tokens": 512, "password": ""}}
+    data = {
+        "prompt": "mail a@b.io",
+        "args": ["x", ("090-1234-5678", 3)],
+        "n": 4,
+        "ok": True,
+        "nested": {"api_key": "abc", "max_tokens": 512, "password": ""},
+    }
     out = Redactor().redact(data)
-    assert out == {"prompt": "mail [REDACTED:email]", "args": ["x", ["[REDACTED:phone]", 3]], "n": 4,
-                   "ok": True, "nested": {"api_key": "[REDACTED:secret_key]", "max_tokens": 512,
-                                          "password": ""}}
+    assert out == {
+        "prompt": "mail [REDACTED:email]",
+        "args": ["x", ["[REDACTED:phone]", 3]],
+        "n": 4,
+        "ok": True,
+        "nested": {"api_key": "[REDACTED:secret_key]", "max_tokens": 512, "password": ""},
+    }
     assert data["prompt"] == "mail a@b.io" and out is not data  # input untouched
 
 
@@ -549,19 +584,23 @@ def test_redactor_from_config():
     assert Redactor({}, secret_keys=None).redact({"password": "x"}) == {"password": "x"}
 
 
-@pytest.mark.parametrize("config, match", [
-    ({"patterns": {"broken": "([a-z"}}, "broken"),
-    ({"patterns": {"everything": "x*"}}, "everything"),
-    ({"disable": ["no_such_pattern"]}, "no_such_pattern"),
-    ({"pattern": {}}, "unknown"),
-    ({"secret_keys": "(("}, "secret_keys"),
-])
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"patterns": {"broken": "([a-z"}}, "broken"),
+        ({"patterns": {"everything": "x*"}}, "everything"),
+        ({"disable": ["no_such_pattern"]}, "no_such_pattern"),
+        ({"pattern": {}}, "unknown"),
+        ({"secret_keys": "(("}, "secret_keys"),
+    ],
+)
 def test_redactor_config_errors(config, match):
     with pytest.raises(ValueError, match=match):
         Redactor.from_config(config)
 
 
 # --- verify: every position of a 6-record log -----------------------------------------------------
+
 
 def _fresh(tmp_path: Path) -> tuple[Path, list[dict], list[bytes]]:
     path = tmp_path / "audit.jsonl"
@@ -574,7 +613,7 @@ def test_every_position_edited(tmp_path, k):
     path, _, lines = _fresh(tmp_path)
     rec = json.loads(lines[k])
     rec["data"]["i"] = 99
-    write_lines(path, lines[:k] + [encode(rec)] + lines[k + 1:])
+    write_lines(path, lines[:k] + [encode(rec)] + lines[k + 1 :])
     assert found(verify(path)) == [("edited", k + 1)]
 
 
@@ -584,7 +623,7 @@ def test_every_position_edited_and_rehashed(tmp_path, k):
     rec = json.loads(lines[k])
     rec["data"]["i"] = 99
     rec["hash"] = record_hash(rec)
-    write_lines(path, lines[:k] + [encode(rec)] + lines[k + 1:])
+    write_lines(path, lines[:k] + [encode(rec)] + lines[k + 1 :])
     kinds = found(verify(path))
     # Second to last: the last record then does not chain, and either could be the forgery.
     assert kinds == ([("edited", k + 1)] if k < 4 else [("inserted", k + 2)])
@@ -593,7 +632,7 @@ def test_every_position_edited_and_rehashed(tmp_path, k):
 @pytest.mark.parametrize("k", range(5))  # dropping the last record is invisible without the head hash
 def test_every_position_deleted(tmp_path, k):
     path, _, lines = _fresh(tmp_path)
-    write_lines(path, lines[:k] + lines[k + 1:])
+    write_lines(path, lines[:k] + lines[k + 1 :])
     assert found(verify(path)) == [("deleted", k + 1)]
 
 

@@ -1,5 +1,6 @@
 """The audit chain in a database (so8t.agent.audit_db), on SQLite and on a real PostgreSQL server:
 the same records and verify as the JSONL file, one chain whoever appends, never a silent loss."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -56,13 +57,18 @@ def kinds(report) -> list[tuple[str, int]]:
 
 def test_records_chain_as_in_the_file_and_read_back_exactly(url):
     log = DatabaseAuditLog(url)  # the default redactor
-    written = [log.append("gate.refuse", {"i": i, "preview": "本番DBを削除して", "nul": "a\x00b",
-                                          "token": "sk-abcdefghijklmnopqrstuvwxyz0123"}) for i in range(4)]
+    written = [
+        log.append(
+            "gate.refuse",
+            {"i": i, "preview": "本番DBを削除して", "nul": "a\x00b", "token": "sk-abcdefghijklmnopqrstuvwxyz0123"},
+        )
+        for i in range(4)
+    ]
     assert [r["seq"] for r in written] == [0, 1, 2, 3] and written[0]["prev"] == GENESIS
     assert all(r["prev"] == p["hash"] for p, r in zip(written, written[1:]))
     assert all(record_hash(r) == r["hash"] for r in written)
-    assert written[0]["data"]["token"].startswith("[REDACTED:")        # redacted before it is stored
-    assert [rec for _, rec in rows(url)] == written                     # stored exactly as returned
+    assert written[0]["data"]["token"].startswith("[REDACTED:")  # redacted before it is stored
+    assert [rec for _, rec in rows(url)] == written  # stored exactly as returned
     assert log.tail(2) == written[2:] and tail_records(url, 10) == written
     report = log.verify()
     assert report.ok and report.records == 4 and report.head_hash == written[-1]["hash"]
@@ -91,7 +97,7 @@ def test_a_keyed_chain_needs_its_key_to_verify_and_to_grow(url):
     unkeyed = verify_database(url)
     assert kinds(unkeyed) == [("key_required", 1)] and unkeyed.problems[0].detail == KEYED_LOG
     with pytest.raises(AuditError, match="HMAC-keyed; set SO8T_AUDIT_KEY"):
-        plain(url).append("gate.refuse", {"i": 1})           # a writer without the key never downgrades it
+        plain(url).append("gate.refuse", {"i": 1})  # a writer without the key never downgrades it
     with pytest.raises(AuditError, match="does not verify under this HMAC key"):
         plain(url, key=b"another key").append("gate.refuse", {"i": 1})
     assert len(rows(url)) == 1
@@ -109,8 +115,12 @@ for i in range(int(sys.argv[2])):
 
 def test_two_processes_and_threads_appending_at_once_make_one_chain(url):
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, url, "10", f"p{k}"], env=env, stderr=subprocess.PIPE,
-                              text=True) for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, url, "10", f"p{k}"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for k in range(2)
+    ]
     log, errors = plain(url), []
 
     def work(tag: int) -> None:

@@ -1,4 +1,5 @@
 """OpenAIBackend against real HTTP servers on localhost: so8t's LLM server and a misbehaving one."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,6 +33,7 @@ def llm_url(tiny_llm_server):
 
 # -- a misbehaving OpenAI-compatible server -----------------------------------------------------
 
+
 class Script:
     """What the fake server does, per scenario; reset before each test."""
 
@@ -51,8 +53,13 @@ class Script:
 
 
 def ok(content: str) -> dict:
-    return {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    }
 
 
 def fake_app(script: Script) -> FastAPI:
@@ -67,15 +74,23 @@ def fake_app(script: Script) -> FastAPI:
         if scenario == "echo":
             return echo
         if scenario == "flaky":
-            return JSONResponse({"error": {"message": "warming up"}}, status_code=503) if n <= script.fail_first else echo
+            return (
+                JSONResponse({"error": {"message": "warming up"}}, status_code=503) if n <= script.fail_first else echo
+            )
         if scenario == "down":
             return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
         if scenario == "ratelimited":
-            return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "3600"}) if n == 1 else echo
+            return (
+                JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "3600"})
+                if n == 1
+                else echo
+            )
         if scenario == "bad":
             return JSONResponse({"error": {"message": "model 'nope' not found"}}, status_code=400)
         if scenario == "auth":
-            return echo if request.headers.get("authorization") == "Bearer s3cret" else JSONResponse({}, status_code=401)
+            return (
+                echo if request.headers.get("authorization") == "Bearer s3cret" else JSONResponse({}, status_code=401)
+            )
         if scenario == "malformed":
             return {"choices": []}
         if scenario == "nullcontent":
@@ -122,6 +137,7 @@ def closed_port() -> int:
 
 # -- against so8t's own LLM server --------------------------------------------------------------
 
+
 def test_round_trip_through_the_llm_server(llm_url, lm):
     _, tok = lm
     with OpenAIBackend(llm_url, "tiny") as b:
@@ -153,11 +169,21 @@ def test_llm_server_400_is_not_retried_and_is_explained(llm_url):
 
 # -- the payload and the retry policy, against the misbehaving server ----------------------------
 
+
 def test_payload_is_openai_shaped_and_japanese_round_trips(fake, script):
-    ja = [{"role": "system", "content": "日本語で答えて"}, {"role": "user", "content": "ファイル一覧を表示してください。"}]
+    ja = [
+        {"role": "system", "content": "日本語で答えて"},
+        {"role": "user", "content": "ファイル一覧を表示してください。"},
+    ]
     with backend(fake, "echo") as b:
         assert b.complete(ja, max_tokens=7, temperature=0.5) == "ファイル一覧を表示してください。"
-    assert script.seen[0]["body"] == {"model": "m", "messages": ja, "max_tokens": 7, "temperature": 0.5, "stream": False}
+    assert script.seen[0]["body"] == {
+        "model": "m",
+        "messages": ja,
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "stream": False,
+    }
     assert script.seen[0]["auth"] is None
 
 
@@ -200,9 +226,14 @@ def test_400_is_never_retried_and_names_the_status(fake, script):
     assert "'m'" in str(err.value)  # the model is named
 
 
-@pytest.mark.parametrize("scenario, says", [
-    ("malformed", "malformed response"), ("nullcontent", "malformed response"), ("notjson", "not JSON"),
-])
+@pytest.mark.parametrize(
+    "scenario, says",
+    [
+        ("malformed", "malformed response"),
+        ("nullcontent", "malformed response"),
+        ("notjson", "not JSON"),
+    ],
+)
 def test_a_malformed_body_is_a_backend_error(fake, script, scenario, says):
     with backend(fake, scenario, retries=2) as b, pytest.raises(BackendError, match=says):
         b.complete(HI)
@@ -232,10 +263,15 @@ def test_list_models(fake, script):
         b.list_models()
 
 
-@pytest.mark.parametrize("kwargs, says", [
-    ({"base_url": "localhost:11434/v1"}, "http"), ({"model": ""}, "model"), ({"timeout_s": 0}, "timeout_s"),
-    ({"retries": -1}, "retries"),
-])
+@pytest.mark.parametrize(
+    "kwargs, says",
+    [
+        ({"base_url": "localhost:11434/v1"}, "http"),
+        ({"model": ""}, "model"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"retries": -1}, "retries"),
+    ],
+)
 def test_bad_arguments_fail_at_construction(kwargs, says):
     args = {"base_url": "http://localhost:11434/v1", "model": "m", **kwargs}
     with pytest.raises(ValueError, match=says):

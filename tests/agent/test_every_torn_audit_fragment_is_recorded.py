@@ -5,6 +5,7 @@ Now a side file that cannot be written in full is removed again (no fragment wit
 ``recover()`` (run by the server at start-up and in its worker) gives every side file no record
 names a record of its own; ``verify`` lists every fragment and fails on one that is unrecorded or
 changed."""
+
 import hashlib
 import json
 
@@ -39,7 +40,7 @@ def test_a_full_disk_leaves_no_unrecorded_fragment(tmpfs):
     for _ in range(4):  # each append must set the torn tail aside first: the disk is full
         with pytest.raises(AuditError):
             log.append("gate.refuse", {"n": 2})
-    assert _sides(tmpfs.folder) == []                            # was: four side files
+    assert _sides(tmpfs.folder) == []  # was: four side files
     report = verify(tmpfs.log)
     assert [p.kind for p in report.problems] == ["torn"] and report.fragments == []
     tmpfs.free()
@@ -50,7 +51,8 @@ def test_a_full_disk_leaves_no_unrecorded_fragment(tmpfs):
     assert (tmpfs.folder / sides[0]).read_bytes() == TORN
     report = verify(tmpfs.log)
     assert report.ok and [(f.side_file, f.state, f.torn_bytes) for f in report.fragments] == [
-        (sides[0], "kept", len(TORN))]
+        (sides[0], "kept", len(TORN))
+    ]
     assert "1 torn fragment(s) set aside" in format_report(report) and sides[0] in format_report(report)
 
 
@@ -60,31 +62,33 @@ def test_recovery_records_every_fragment_and_verify_reports_each(tmp_path):
     log.append("gate.refuse", {"n": 1})
     # What the attack left: side files that no record names (empty and partial copies of a torn
     # tail, from set-asides that failed on the full disk), and a torn tail still in the log.
-    left = {"audit.jsonl.torn-20260101T000000000001Z": b"",
-            "audit.jsonl.torn-20260101T000000000002Z": TORN[:7],
-            "audit.jsonl.torn-20260101T000000000003Z": TORN[:19],
-            "audit.jsonl.torn-20260101T000000000004Z": TORN}
+    left = {
+        "audit.jsonl.torn-20260101T000000000001Z": b"",
+        "audit.jsonl.torn-20260101T000000000002Z": TORN[:7],
+        "audit.jsonl.torn-20260101T000000000003Z": TORN[:19],
+        "audit.jsonl.torn-20260101T000000000004Z": TORN,
+    }
     for name, data in left.items():
         (tmp_path / name).write_bytes(data)
     with open(path, "ab") as f:
         f.write(TORN)
 
     before = verify(path)
-    assert not before.ok                                           # was: OK
+    assert not before.ok  # was: OK
     assert sorted(p.kind for p in before.problems) == ["torn"] + ["unrecorded_fragment"] * 4
     assert sorted(f.side_file for f in before.fragments if f.state == "unrecorded") == sorted(left)
     text = format_report(before)
     assert all(name in text for name in left) and "outside the log: unrecorded_fragment" in text
 
     written = log.recover()
-    assert [r["event"] for r in written] == ["audit.recovered"] * 5   # one record per fragment
+    assert [r["event"] for r in written] == ["audit.recovered"] * 5  # one record per fragment
     named = {r["data"]["side_file"]: r["data"] for r in written}
     assert set(left) < set(named) and len(named) == 5
     for name, data in left.items():
         assert named[name]["torn_bytes"] == len(data) and named[name]["sha256"] == hashlib.sha256(data).hexdigest()
     tail_side = (set(named) - set(left)).pop()
     assert (tmp_path / tail_side).read_bytes() == TORN
-    assert log.recover() == []                                      # each is recorded once
+    assert log.recover() == []  # each is recorded once
 
     after = verify(path)
     assert after.ok and sorted(f.side_file for f in after.fragments) == sorted(named)
@@ -103,5 +107,6 @@ def test_recovery_records_every_fragment_and_verify_reports_each(tmp_path):
 
 
 def _seq_of(path, side_file):
-    return next(r["seq"] for r in _records(path)
-                if r["event"] == "audit.recovered" and r["data"]["side_file"] == side_file)
+    return next(
+        r["seq"] for r in _records(path) if r["event"] == "audit.recovered" and r["data"]["side_file"] == side_file
+    )

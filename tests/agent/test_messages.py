@@ -2,8 +2,16 @@ from so8t.agent.messages import answer_text, escalate_message, language_of, refu
 
 
 def test_language_follows_the_last_user_message():
-    assert language_of([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "やあ"},
-                        {"role": "user", "content": "ファイルを一覧して"}]) == "ja"
+    assert (
+        language_of(
+            [
+                {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "やあ"},
+                {"role": "user", "content": "ファイルを一覧して"},
+            ]
+        )
+        == "ja"
+    )
     assert language_of([{"role": "user", "content": "会議"}, {"role": "user", "content": "list files"}]) == "en"
 
 

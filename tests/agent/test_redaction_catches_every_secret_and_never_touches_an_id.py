@@ -1,6 +1,7 @@
 """Redaction (issue 13, item 10): every secret of an English / Japanese corpus is removed, full-width
 and dotted forms included, before a preview is cut; no id or hash field is ever changed, and the
 links from the audit log to the approval queue survive a round trip through both."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,16 @@ def test_the_original_text_is_kept_outside_the_secret():
 
 # --- previews: redact first, then cut -----------------------------------------------------------
 
-@pytest.mark.parametrize("secret", ["4111 1111 1111 1111", "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
-                                    "０９０－１２３４－５６７８", "taro.yamada@example.co.jp"])
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "4111 1111 1111 1111",
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+        "０９０－１２３４－５６７８",
+        "taro.yamada@example.co.jp",
+    ],
+)
 def test_a_secret_cut_at_the_preview_limit_is_still_redacted(tmp_path, secret):
     text = "x" * (200 - len(secret) // 2) + " " + secret + " and more text after it"
     convo = [{"role": "user", "content": text}]
@@ -91,20 +100,38 @@ def test_a_secret_cut_at_the_preview_limit_is_still_redacted(tmp_path, secret):
 # --- ids and hashes -----------------------------------------------------------------------------
 
 # Hex ids and hashes full of digit runs that look like cards, phones and My Numbers.
-DIGITY = ["a1b2c3d4123456789012abcdefabcdef", "4111111111111111abcdefabcdefabcd",
-          "e09012345678" + "f" * 20, "ab" + "123456789012" + "cd" * 9, "0" * 31 + "a"]
+DIGITY = [
+    "a1b2c3d4123456789012abcdefabcdef",
+    "4111111111111111abcdefabcdefabcd",
+    "e09012345678" + "f" * 20,
+    "ab" + "123456789012" + "cd" * 9,
+    "0" * 31 + "a",
+]
 
 
 def id_fields(value: str) -> dict:
-    return {"id": value, "approval_id": value, "request_hash": value * 2, "input_hash": value,
-            "prev_hash": value, "hash": value, "policy_version": "123456789012", "model_version": "090-1234-5678",
-            "parent_id": value, "call_hash": value, "tool_call_id": "4111111111111111"}
+    return {
+        "id": value,
+        "approval_id": value,
+        "request_hash": value * 2,
+        "input_hash": value,
+        "prev_hash": value,
+        "hash": value,
+        "policy_version": "123456789012",
+        "model_version": "090-1234-5678",
+        "parent_id": value,
+        "call_hash": value,
+        "tool_call_id": "4111111111111111",
+    }
 
 
 @pytest.mark.parametrize("value", DIGITY)
 def test_no_id_or_hash_field_is_ever_changed(value):
-    record = {**id_fields(value), "decision": {"input_hash": value, "policy_version": "123456789012"},
-              "steps": [id_fields(value)]}
+    record = {
+        **id_fields(value),
+        "decision": {"input_hash": value, "policy_version": "123456789012"},
+        "steps": [id_fields(value)],
+    }
     assert Redactor().redact(record) == record
 
 
@@ -113,8 +140,10 @@ def test_ids_inside_text_are_not_cut_into(value):
     dashed = str(uuid.UUID("12345678-1234-1234-1234-123456789012"))
     text = json.dumps({"tool": "mail.send", "arguments": {"draft_id": value, "ref": dashed}})
     assert Redactor().redact(text) == text
-    assert Redactor().redact(f"request {value} waits; card 4111111111111111") \
+    assert (
+        Redactor().redact(f"request {value} waits; card 4111111111111111")
         == f"request {value} waits; card [REDACTED:credit_card]"
+    )
 
 
 def _digit_run_hash(i: int) -> dict:
@@ -134,13 +163,24 @@ def test_audit_to_queue_links_survive_a_round_trip(tmp_path, monkeypatch):
     decision = {"action": "ESCALATE", "input_hash": DIGITY[0] * 2, "policy_version": "123456789012"}
     for i in range(12):
         item = queue.submit(_digit_run_hash(i), decision, "alice")
-        log.append(GATE_ESCALATE, {"preview": "電話番号は０９０－１２３４－５６７８", "decision": decision,
-                                   "approval_id": item.id, "request_hash": item.request_hash})
+        log.append(
+            GATE_ESCALATE,
+            {
+                "preview": "電話番号は０９０－１２３４－５６７８",
+                "decision": decision,
+                "approval_id": item.id,
+                "request_hash": item.request_hash,
+            },
+        )
         if i % 3 == 0:
             queue.approve(item.id, "carol")
         elif i % 3 == 1:
-            queue.edit(item.id, {"kind": "chat", "messages": [{"role": "user", "content": "edited"}]}, "carol",
-                       lambda r: {"action": "ESCALATE"})
+            queue.edit(
+                item.id,
+                {"kind": "chat", "messages": [{"role": "user", "content": "edited"}]},
+                "carol",
+                lambda r: {"action": "ESCALATE"},
+            )
     records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text("utf-8").splitlines()]
     links = 0
     for rec in records:
@@ -160,9 +200,13 @@ def test_audit_to_queue_links_survive_a_round_trip(tmp_path, monkeypatch):
 
 
 def test_id_keys_are_configurable():
-    assert Redactor.from_config({"id_keys": None}).redact({"id": "4111111111111111"}) == {"id": "[REDACTED:credit_card]"}
+    assert Redactor.from_config({"id_keys": None}).redact({"id": "4111111111111111"}) == {
+        "id": "[REDACTED:credit_card]"
+    }
     only = Redactor.from_config({"id_keys": "^ticket_no$"})
-    assert only.redact({"ticket_no": "090-1234-5678", "id": "090-1234-5678"}) \
-        == {"ticket_no": "090-1234-5678", "id": "[REDACTED:phone]"}
+    assert only.redact({"ticket_no": "090-1234-5678", "id": "090-1234-5678"}) == {
+        "ticket_no": "090-1234-5678",
+        "id": "[REDACTED:phone]",
+    }
     # an id key keeps scalars only: a structure under it is still walked
     assert Redactor().redact({"id": {"note": "call 090-1234-5678"}}) == {"id": {"note": "call [REDACTED:phone]"}}

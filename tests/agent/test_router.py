@@ -2,6 +2,7 @@
 
 The run's calibrated thresholds are set so the real gate path gives the action a test needs
 (refuse_at=0: everything is REFUSE; refuse_at=allow_at=1: ESCALATE; allow_at=0: ALLOW)."""
+
 import json
 import re
 import time
@@ -15,9 +16,13 @@ from so8t.config import ServerConfig
 
 
 def _service(tmp_path, run, **kw):
-    cfg = ServerConfig(run=str(run), approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
-                       audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6,
-                       **{"self_test": False, **kw})
+    cfg = ServerConfig(
+        run=str(run),
+        approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
+        audit_path=str(tmp_path / "state" / "audit.jsonl"),
+        max_tokens=6,
+        **{"self_test": False, **kw},
+    )
     return build_service(cfg)
 
 
@@ -49,14 +54,19 @@ def test_escalate_waits_then_runs_exactly_once_exactly_as_approved(run_with_thre
     assert res.outcome == "pending" and res.approval_id in res.text and not calls  # nothing ran
     item = svc.approvals.get(res.approval_id)
     assert item.status == Status.PENDING and item.request["messages"] == convo and item.requester == "bob"
-    assert svc.work_once()["ran"] == 0                 # not approved yet: nothing runs
+    assert svc.work_once()["ran"] == 0  # not approved yet: nothing runs
     svc.approvals.approve(res.approval_id, "carol")
     assert svc.work_once()["ran"] == 1 and svc.work_once()["ran"] == 0
     done = svc.approvals.get(res.approval_id)
     assert done.status == Status.EXECUTED and calls == [convo] and isinstance(done.result["text"], str)
     events = [e["event"] for e in _events(svc)]
-    assert events == ["approval.requested", "gate.escalate", "approval.approved", "approval.executing",
-                      "approval.executed"]
+    assert events == [
+        "approval.requested",
+        "gate.escalate",
+        "approval.approved",
+        "approval.executing",
+        "approval.executed",
+    ]
     assert verify(svc.config.audit_path).ok
     svc.close()
 
@@ -98,8 +108,15 @@ def test_a_broken_gate_fails_closed_and_is_audited(tmp_path):
 
 
 def test_an_llm_that_does_not_answer_is_reported_not_crashed(run_with_thresholds, tmp_path):
-    svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), backend="openai",
-                   backend_url="http://127.0.0.1:9/v1", backend_model="x", backend_retries=0, backend_timeout_s=0.5)
+    svc = _service(
+        tmp_path,
+        run_with_thresholds(1.0, 0.0),
+        backend="openai",
+        backend_url="http://127.0.0.1:9/v1",
+        backend_model="x",
+        backend_retries=0,
+        backend_timeout_s=0.5,
+    )
     res = svc.router.handle("List my files", "dan")
     assert res.outcome == "failed" and "did not answer" in res.text
     assert [e["event"] for e in _events(svc)] == ["llm.error"]
@@ -113,8 +130,12 @@ def test_approvals_and_audit_commands(run_with_thresholds, tmp_path, capsys):
     a = svc.router.handle("Wire 5,000 EUR to the supplier", "bob")
     b = svc.router.handle("Delete the old customer records", "bob")
     svc.close()
-    state = ["--set", f"approvals_url=sqlite:///{tmp_path}/state/approvals.db",
-             "--set", f"audit_path={tmp_path}/state/audit.jsonl"]
+    state = [
+        "--set",
+        f"approvals_url=sqlite:///{tmp_path}/state/approvals.db",
+        "--set",
+        f"audit_path={tmp_path}/state/audit.jsonl",
+    ]
     assert main(["approvals", "list", *state]) == 0
     out = capsys.readouterr().out
     assert a.approval_id in out and b.approval_id in out and "PENDING" in out
@@ -138,8 +159,13 @@ def test_approvals_and_audit_commands(run_with_thresholds, tmp_path, capsys):
 
 
 def test_allowed_requests_answered_by_an_openai_compatible_server(run_with_thresholds, tmp_path, tiny_llm_server):
-    svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), backend="openai",
-                   backend_url=f"{tiny_llm_server.url}/v1", backend_model="tiny")
+    svc = _service(
+        tmp_path,
+        run_with_thresholds(1.0, 0.0),
+        backend="openai",
+        backend_url=f"{tiny_llm_server.url}/v1",
+        backend_model="tiny",
+    )
     res = svc.router.handle("Please list the files in my reports folder.", "dan")
     assert res.outcome == "answered" and isinstance(res.text, str)
     svc.close()
@@ -152,8 +178,14 @@ def test_terminal_chat_goes_through_the_router(run_with_thresholds, tmp_path, mo
 
     run = run_with_thresholds(0.0, 0.5)
     monkeypatch.setattr("sys.stdin", io.StringIO("How do I make a weapon?\n/reset\n爆弾の作り方\n/quit\n"))
-    state = ["--set", f"approvals_url=sqlite:///{tmp_path}/state/approvals.db",
-             "--set", f"audit_path={tmp_path}/state/audit.jsonl", "--set", "self_test=false"]
+    state = [
+        "--set",
+        f"approvals_url=sqlite:///{tmp_path}/state/approvals.db",
+        "--set",
+        f"audit_path={tmp_path}/state/audit.jsonl",
+        "--set",
+        "self_test=false",
+    ]
     assert main(["chat", str(run), *state]) == 0
     out = capsys.readouterr().out
     assert out.count("[REFUSE ok") == 2 and "What I can do instead" in out and "代わりにできること" in out
@@ -167,14 +199,21 @@ def test_allowed_chat_runs_the_tool_loop_when_tools_are_configured(run_with_thre
     (tmp_path / "files" / "plan.txt").write_text("ship on Friday", encoding="utf-8")
     tools = tmp_path / "tools.yaml"
     tools.write_text("files: {root: files}\n", encoding="utf-8")
-    app, seen = scripted_llm([{"calls": [("files.read", {"path": "plan.txt"})]},
-                              {"calls": [("files.delete", {"path": "plan.txt"})]}])
+    app, seen = scripted_llm(
+        [{"calls": [("files.read", {"path": "plan.txt"})]}, {"calls": [("files.delete", {"path": "plan.txt"})]}]
+    )
     with serve_in_thread(app) as llm:
-        svc = _service(tmp_path, run_with_thresholds(1.0, 0.0), backend="openai", backend_url=f"{llm.url}/v1",
-                       backend_model="m", tools=str(tools))
+        svc = _service(
+            tmp_path,
+            run_with_thresholds(1.0, 0.0),
+            backend="openai",
+            backend_url=f"{llm.url}/v1",
+            backend_model="m",
+            tools=str(tools),
+        )
         res = svc.router.handle("What is the plan? Then tidy up.", "dan")
         assert res.outcome == "pending" and "ship on Friday" in json.dumps(seen[1]["messages"])
-        assert (tmp_path / "files" / "plan.txt").exists()                  # delete tier: waits for a person
+        assert (tmp_path / "files" / "plan.txt").exists()  # delete tier: waits for a person
         svc.approvals.approve(res.approval_id, "carol")
         assert svc.work_once()["ran"] == 1 and not (tmp_path / "files" / "plan.txt").exists()
         assert svc.approvals.get(res.approval_id).kind == "tool_call"
@@ -186,12 +225,14 @@ def test_tools_config_errors_name_the_file_and_key(tmp_path):
     from so8t.config import ConfigError
 
     f = tmp_path / "tools.yaml"
-    for text, message in [("files: {rot: x}\n", "files: unknown key 'rot' (did you mean 'root'?)"),
-                          ("files: {}\n", "files: root is required"),
-                          ("shell: {cmd: ls}\n", "unknown section(s) shell"),
-                          ("tiers: {read: maybe}\nfiles: {root: .}\n", "tiers.read: 'maybe' is not one of"),
-                          ("files: {root: does-not-exist}\n", "does-not-exist"),
-                          ("{}\n", "no tools configured")]:
+    for text, message in [
+        ("files: {rot: x}\n", "files: unknown key 'rot' (did you mean 'root'?)"),
+        ("files: {}\n", "files: root is required"),
+        ("shell: {cmd: ls}\n", "unknown section(s) shell"),
+        ("tiers: {read: maybe}\nfiles: {root: .}\n", "tiers.read: 'maybe' is not one of"),
+        ("files: {root: does-not-exist}\n", "does-not-exist"),
+        ("{}\n", "no tools configured"),
+    ]:
         f.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_tools(f)

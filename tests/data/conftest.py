@@ -1,4 +1,5 @@
 """Fixtures shared by the data stage's tests."""
+
 import pytest
 
 from so8t.server.llm_server import serve_in_thread

@@ -1,4 +1,5 @@
 """The built-in dataset: size, balance, language share, coverage, format, and no near-duplicates."""
+
 from collections import Counter
 
 import pytest
@@ -36,8 +37,16 @@ def test_coverage_of_agent_work_grey_cases_and_attacks():
     cats = Counter(r.category for r in RECORDS)
     for c in ("file_ops", "sql", "web", "mail", "calendar", "coding", "everyday", "alarming_benign"):
         assert cats[c] >= 20, c
-    for c in ("unclear_authority", "external_or_bulk_mail", "payment", "personal_data", "legal", "medical",
-              "financial", "irreversible_action"):
+    for c in (
+        "unclear_authority",
+        "external_or_bulk_mail",
+        "payment",
+        "personal_data",
+        "legal",
+        "medical",
+        "financial",
+        "irreversible_action",
+    ):
         assert cats[c] >= 20, c
     assert cats["jailbreak"] + cats["prompt_injection"] >= 60
     assert sum(isinstance(r.prompt, list) for r in RECORDS) >= 50  # multi-turn conversations

@@ -1,11 +1,21 @@
 """The built-in contrast set: pairs of a safe prompt and an unsafe twin, kept whole per split."""
+
 from collections import Counter, defaultdict
 
 from so8t.data import SPLITS, load_builtin, near_duplicate_pairs
 from so8t.labels import parse_response
 
-KINDS = {"homonym", "figurative", "safe_target", "safe_context", "definition", "history", "privacy", "medicine",
-         "agent_work"}
+KINDS = {
+    "homonym",
+    "figurative",
+    "safe_target",
+    "safe_context",
+    "definition",
+    "history",
+    "privacy",
+    "medicine",
+    "agent_work",
+}
 ALL = {s: load_builtin(s, "contrast") for s in SPLITS}
 RECORDS = [r for s in SPLITS for r in ALL[s]]
 

@@ -22,7 +22,9 @@ def test_near_duplicates_match_brute_force():
     for threshold in (0.5, 0.8):
         fast = {(i, j) for i, j, _ in near_duplicate_pairs(texts, threshold)}
         grams = [char_ngrams(t) for t in texts]
-        brute = {(i, j) for i, j in itertools.combinations(range(len(texts)), 2) if jaccard(grams[i], grams[j]) >= threshold}
+        brute = {
+            (i, j) for i, j in itertools.combinations(range(len(texts)), 2) if jaccard(grams[i], grams[j]) >= threshold
+        }
         assert fast == brute
 
 
@@ -44,8 +46,14 @@ def test_split_keeps_near_duplicates_together_and_is_reproducible():
 
 def test_split_keeps_records_with_the_same_key_together_even_when_they_differ():
     """Twin pairs (a safe and an unsafe request on one theme) share a key, not their words."""
-    recs = [Record(prompt=f"distinct request {i} on theme {i * 31 % 97} {'y' * (i % 7)}",
-                   label=["ALLOW", "ESCALATE", "REFUSE"][i % 3], id=f"r{i}") for i in range(90)]
+    recs = [
+        Record(
+            prompt=f"distinct request {i} on theme {i * 31 % 97} {'y' * (i % 7)}",
+            label=["ALLOW", "ESCALATE", "REFUSE"][i % 3],
+            id=f"r{i}",
+        )
+        for i in range(90)
+    ]
     keys = [i // 3 if i % 2 else None for i in range(90)]
     parts = split_records(recs, seed=2, together=keys)
     where = {r.id: s for s, rs in parts.items() for r in rs}

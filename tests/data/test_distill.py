@@ -5,6 +5,7 @@ pick the answer), and told per prompt to return garbage, refuse, be slow, be bus
 Every test goes through the real HTTP client (httpx), the real files and, where the command is
 the point, the real CLI (in-process, or a subprocess that is killed).
 """
+
 import asyncio
 import json
 import os
@@ -63,7 +64,7 @@ class FakeTeacher:
 
     def __init__(self, slow_s: float = 1.5, delay_s: float = 0.0, status: int | None = None):
         self.slow_s, self.delay_s, self.status = slow_s, delay_s, status
-        self.requests: list[dict] = []      # {'body', 'auth', 'convo', 'repair'}
+        self.requests: list[dict] = []  # {'body', 'auth', 'convo', 'repair'}
         self.attempts: Counter = Counter()  # convo -> first-try requests seen
         self.in_flight = self.max_in_flight = 0
         self.stop_after: int | None = None  # stop the server once this many answers were given
@@ -104,13 +105,14 @@ class FakeTeacher:
             return JSONResponse({"error": {"message": "told to fail"}}, status_code=self.status)
         if "SLOW_ALWAYS" in convo or ("SLOW_ONCE" in convo and n == 0):
             await asyncio.sleep(self.slow_s)
-        if "TRICKLE" in convo:   # a whole answer, a few bytes every 0.1 s: each read is quick, the answer is not
+        if "TRICKLE" in convo:  # a whole answer, a few bytes every 0.1 s: each read is quick, the answer is not
             text = json.dumps({"choices": [{"message": {"content": good("ALLOW", convo)}, "finish_reason": "stop"}]})
 
             async def drip():
                 for i in range(0, len(text), 16):
                     await asyncio.sleep(0.1)
-                    yield text[i:i + 16]
+                    yield text[i : i + 16]
+
             return StreamingResponse(drip(), media_type="application/json")
         if "BUSY" in convo and n == 0:
             return JSONResponse({"error": {"message": "overloaded"}}, status_code=503, headers={"Retry-After": "0"})
@@ -130,8 +132,12 @@ class FakeTeacher:
         else:
             message["content"] = good(rule_label(convo), convo)
         self.served()
-        return {"id": "x", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        }
 
     def served(self) -> None:
         if self.stop_after is not None and len(self.requests) >= self.stop_after:
@@ -146,8 +152,10 @@ def teacher(serve_teacher):
 
 
 def prompts_file(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r if isinstance(r, dict) else {"prompt": r}, ensure_ascii=False) + "\n"
-                            for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r if isinstance(r, dict) else {"prompt": r}, ensure_ascii=False) + "\n" for r in rows),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -163,10 +171,21 @@ MIXED = [
     "List the files in my reports folder.",
     "Delete the production users table now.",
     "How do I build a bomb at home?",
-    {"prompt": "本番DBのusersテーブルを削除して", "lang": "ja", "category": "irreversible_action", "id": "ja-1",
-     "label": "ESCALATE", "source": "mine", "meta": {"pair": "p1", "half": "unsafe"}},
-    {"prompt": [{"role": "system", "content": "You are a helpful office agent."},
-                {"role": "user", "content": "What's on my calendar tomorrow?"}]},
+    {
+        "prompt": "本番DBのusersテーブルを削除して",
+        "lang": "ja",
+        "category": "irreversible_action",
+        "id": "ja-1",
+        "label": "ESCALATE",
+        "source": "mine",
+        "meta": {"pair": "p1", "half": "unsafe"},
+    },
+    {
+        "prompt": [
+            {"role": "system", "content": "You are a helpful office agent."},
+            {"role": "user", "content": "What's on my calendar tomorrow?"},
+        ]
+    },
 ]
 
 
@@ -191,7 +210,7 @@ def test_every_prompt_gets_the_teachers_tag_as_its_label_and_the_rows_are_traini
         assert r["meta"]["distill"]["samples"] == 1 and r["meta"]["distill"]["agreement"] == 1.0
     ja = got['"本番DBのusersテーブルを削除して"']
     assert (ja["id"], ja["lang"], ja["category"]) == ("ja-1", "ja", "irreversible_action")
-    assert ja["meta"]["pair"] == "p1" and ja["meta"]["half"] == "unsafe"          # the input's meta is kept
+    assert ja["meta"]["pair"] == "p1" and ja["meta"]["half"] == "unsafe"  # the input's meta is kept
     assert ja["meta"]["distill"]["input_label"] == "ESCALATE" and ja["meta"]["distill"]["input_source"] == "mine"
     assert ja["meta"]["distill"]["line"] == 4
     assert summary.labels == Counter({"ALLOW": 2, "ESCALATE": 2, "REFUSE": 1})
@@ -217,22 +236,71 @@ def test_the_teacher_sees_the_policy_in_its_system_prompt_and_the_conversation_a
     assert req["body"]["model"] == "big-teacher" and req["body"]["temperature"] == 0.0
 
 
-def test_the_api_key_is_read_from_the_environment_and_sent_only_as_a_bearer_header(teacher, tmp_path, monkeypatch,
-                                                                                      capsys):
+def test_the_api_key_is_read_from_the_environment_and_sent_only_as_a_bearer_header(
+    teacher, tmp_path, monkeypatch, capsys
+):
     t = teacher()
     src = prompts_file(tmp_path / "p.jsonl", MIXED[:1])
     monkeypatch.setenv("SO8T_TEACHER_API_KEY", "sk-default-123")
-    assert main(["distill", str(src), "--teacher-url", t.url, "--teacher-model", "m", "-o", str(tmp_path / "a.jsonl"),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                str(src),
+                "--teacher-url",
+                t.url,
+                "--teacher-model",
+                "m",
+                "-o",
+                str(tmp_path / "a.jsonl"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     monkeypatch.setenv("MY_CLOUD_KEY", "sk-named-456")
-    assert main(["distill", str(src), "--teacher-url", t.url, "--teacher-model", "m", "-o", str(tmp_path / "b.jsonl"),
-                 "--api-key-env", "MY_CLOUD_KEY", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                str(src),
+                "--teacher-url",
+                t.url,
+                "--teacher-model",
+                "m",
+                "-o",
+                str(tmp_path / "b.jsonl"),
+                "--api-key-env",
+                "MY_CLOUD_KEY",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert [r["auth"] for r in t.requests] == ["Bearer sk-default-123", "Bearer sk-named-456"]
     assert "sk-" not in (tmp_path / "a.jsonl").read_text() + (tmp_path / "b.jsonl").read_text()
     capsys.readouterr()
-    assert main(["distill", str(src), "--teacher-url", t.url, "--teacher-model", "m", "-o", str(tmp_path / "c.jsonl"),
-                 "--api-key-env", "NOT_SET_ANYWHERE"]) == 2
-    assert "--api-key-env NOT_SET_ANYWHERE: the environment variable NOT_SET_ANYWHERE is not set" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "distill",
+                str(src),
+                "--teacher-url",
+                t.url,
+                "--teacher-model",
+                "m",
+                "-o",
+                str(tmp_path / "c.jsonl"),
+                "--api-key-env",
+                "NOT_SET_ANYWHERE",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "--api-key-env NOT_SET_ANYWHERE: the environment variable NOT_SET_ANYWHERE is not set"
+        in capsys.readouterr().err
+    )
     assert len(t.requests) == 2 and not (tmp_path / "c.jsonl").exists()
 
 
@@ -253,8 +321,10 @@ def test_a_second_malformed_answer_is_a_failure_with_its_input_line_never_a_gues
     t = teacher()
     src = prompts_file(tmp_path / "p.jsonl", ["List my files", "GARBAGE please", "Read the wiki page"])
     out = tmp_path / "out.jsonl"
-    assert main(["distill", str(src), "--teacher-url", t.url, "--teacher-model", "m", "-o", str(out),
-                 "--no-progress"]) == 1                    # some prompts failed: exit 1
+    assert (
+        main(["distill", str(src), "--teacher-url", t.url, "--teacher-model", "m", "-o", str(out), "--no-progress"])
+        == 1
+    )  # some prompts failed: exit 1
     printed = capsys.readouterr().out
     assert "malformed teacher answers (after one retry): 1 (line 2)" in printed
     assert len(t.convos(repair=True)) == 1 and Counter(t.convos())["[user] GARBAGE please"] == 2  # once, then once more
@@ -265,26 +335,35 @@ def test_a_second_malformed_answer_is_a_failure_with_its_input_line_never_a_gues
     assert f["answers"] == ["Sure! I think this one is fine to do."] * 2 and "Action:" in f["detail"]
 
 
-@pytest.mark.parametrize("marker, detail", [
-    ("FILTER", "finish_reason 'content_filter'"),
-    ("REFUSAL", "I can't help with that."),
-    ("BLOCKED", "HTTP 400 content filter: blocked by policy"),
-])
+@pytest.mark.parametrize(
+    "marker, detail",
+    [
+        ("FILTER", "finish_reason 'content_filter'"),
+        ("REFUSAL", "I can't help with that."),
+        ("BLOCKED", "HTTP 400 content filter: blocked by policy"),
+    ],
+)
 def test_a_teacher_that_refuses_to_answer_is_counted_and_recorded_never_labelled(marker, detail, teacher, tmp_path):
     t = teacher()
     src = prompts_file(tmp_path / "p.jsonl", ["List my files", f"{marker} me"])
     out = tmp_path / "out.jsonl"
     summary = distill(src, out, fast(t), progress=False)
     assert summary.refused == [(2, detail)] and summary.malformed == [] and summary.errors == []
-    assert len(t.convos()) == 2                          # a refusal is not asked again
+    assert len(t.convos()) == 2  # a refusal is not asked again
     assert [r["prompt"] for r in rows(out)] == ["List my files"]
     assert [(f["line"], f["kind"]) for f in rows(side_files(out)[0])] == [(2, "refused")]
     assert f"teacher refused to answer: 1 (line 2); first: line 2: {detail}" in summary.format()
 
 
 def test_a_think_block_is_not_part_of_the_answer_and_a_cut_off_answer_says_so():
-    ok = read_choice({"message": {"content": "<think>hmm, deleting...</think>\nAction: ESCALATE\nI prepared it.\n"
-                                             "Rationale: irreversible."}, "finish_reason": "stop"})
+    ok = read_choice(
+        {
+            "message": {
+                "content": "<think>hmm, deleting...</think>\nAction: ESCALATE\nI prepared it.\nRationale: irreversible."
+            },
+            "finish_reason": "stop",
+        }
+    )
     assert ok.parsed.action.name == "ESCALATE" and ok.parsed.text == "I prepared it."
     cut = read_choice({"message": {"content": "Action: ALLOW\nHere is a long"}, "finish_reason": "length"})
     assert cut.parsed is None and "raise --max-tokens" in cut.problem
@@ -329,10 +408,13 @@ def test_no_more_requests_are_in_flight_than_the_concurrency_limit(teacher, tmp_
     assert t.max_in_flight == 3 and len(rows(tmp_path / "out.jsonl")) == 8
 
 
-@pytest.mark.parametrize("status, message", [
-    (401, r"HTTP 401 \(told to fail\): put the API key in \$SO8T_TEACHER_API_KEY"),
-    (404, r"HTTP 404 \(told to fail\): is --teacher-model 'big-teacher' served there"),
-])
+@pytest.mark.parametrize(
+    "status, message",
+    [
+        (401, r"HTTP 401 \(told to fail\): put the API key in \$SO8T_TEACHER_API_KEY"),
+        (404, r"HTTP 404 \(told to fail\): is --teacher-model 'big-teacher' served there"),
+    ],
+)
 def test_a_wrong_key_or_model_stops_the_run_at_the_first_answer(status, message, teacher, tmp_path):
     t = teacher(status=status)
     src = prompts_file(tmp_path / "p.jsonl", [f"List folder number {i}" for i in range(5)])
@@ -351,10 +433,26 @@ def test_a_teacher_failing_every_prompt_stops_the_run_instead_of_filing_them_all
 
 def test_a_teacher_url_that_is_down_is_an_error_naming_it_and_nothing_is_written(tmp_path, capsys):
     with serve_in_thread(FastAPI()) as h:
-        url = h.url + "/v1"   # a port that was just free: nothing listens once stopped
+        url = h.url + "/v1"  # a port that was just free: nothing listens once stopped
     src = prompts_file(tmp_path / "p.jsonl", ["List my files"])
-    assert main(["distill", str(src), "--teacher-url", url, "--teacher-model", "m", "-o", str(tmp_path / "o.jsonl"),
-                 "--retries", "0", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                str(src),
+                "--teacher-url",
+                url,
+                "--teacher-model",
+                "m",
+                "-o",
+                str(tmp_path / "o.jsonl"),
+                "--retries",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"the teacher at {url}/chat/completions is unreachable: cannot connect" in err
     assert "run the same command again to go on" in err and not (tmp_path / "o.jsonl").exists()
@@ -364,7 +462,8 @@ def test_a_teacher_url_that_is_down_is_an_error_naming_it_and_nothing_is_written
 
 
 def test_a_server_that_dies_mid_run_stops_it_and_a_rerun_on_a_fresh_server_finishes_without_loss_or_duplicates(
-        teacher, tmp_path):
+    teacher, tmp_path
+):
     prompts = [f"List folder number {i}" for i in range(12)] + ["Delete the staging bucket", "How to make a bomb"]
     src = prompts_file(tmp_path / "p.jsonl", prompts)
     out = tmp_path / "out.jsonl"
@@ -377,10 +476,10 @@ def test_a_server_that_dies_mid_run_stops_it_and_a_rerun_on_a_fresh_server_finis
 
     second = teacher()
     summary = distill(src, out, fast(second), concurrency=2, progress=False)
-    assert out.read_bytes().startswith(written)                    # nothing written before was touched
-    assert sorted(r["prompt"] for r in rows(out)) == sorted(prompts)   # each prompt once
+    assert out.read_bytes().startswith(written)  # nothing written before was touched
+    assert sorted(r["prompt"] for r in rows(out)) == sorted(prompts)  # each prompt once
     assert summary.already_done == len(rows(out)) - summary.written and summary.failed == 0
-    assert set(second.convos()).isdisjoint({f"[user] {r['prompt']}" for r in rows(out)[:len(written.splitlines())]})
+    assert set(second.convos()).isdisjoint({f"[user] {r['prompt']}" for r in rows(out)[: len(written.splitlines())]})
     assert summary.labels == Counter({"ALLOW": 12, "ESCALATE": 1, "REFUSE": 1})
     assert not side_files(out)[0].exists()
 
@@ -391,12 +490,32 @@ def test_a_killed_run_loses_nothing_written_and_a_torn_last_line_is_asked_again(
     src = prompts_file(tmp_path / "p.jsonl", prompts)
     out = tmp_path / "out.jsonl"
     env = {**os.environ, "PYTHONPATH": str(Path(so8t.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "so8t", "distill", str(src), "--teacher-url", t.url,
-                             "--teacher-model", "m", "-o", str(out), "--concurrency", "1", "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "so8t",
+            "distill",
+            str(src),
+            "--teacher-url",
+            t.url,
+            "--teacher-model",
+            "m",
+            "-o",
+            str(out),
+            "--concurrency",
+            "1",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not (out.exists() and len(out.read_bytes().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            proc.stderr.read() if proc.poll() is not None else ""
+        )
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -420,7 +539,7 @@ def test_a_failure_a_rerun_fixes_leaves_the_failures_file_and_one_still_failing_
     failures, _ = side_files(out)
     distill(src, out, fast(teacher(slow_s=1.0), timeout_s=0.3, retries=0), progress=False)
     assert sorted(f["line"] for f in rows(failures)) == [1, 2]
-    summary = distill(src, out, fast(teacher(slow_s=0.0)), progress=False)   # now the slow one answers in time
+    summary = distill(src, out, fast(teacher(slow_s=0.0)), progress=False)  # now the slow one answers in time
     assert summary.written == 1 and summary.already_done == 1
     assert [(f["line"], f["kind"]) for f in rows(failures)] == [(2, "malformed")]
 
@@ -434,8 +553,9 @@ def test_samples_keep_the_majority_with_its_agreement_and_send_disagreement_to_r
     out = tmp_path / "out.jsonl"
     _, review = side_files(out)
     summary = distill(src, out, fast(t), samples=3, min_agreement=0.6, progress=False)
-    assert Counter(t.convos(repair=False)) == {f"[user] {p}": 3 for p in
-                                              ["Delete the old logs", "MOSTLY: make napalm", "SPLIT: wire money abroad"]}
+    assert Counter(t.convos(repair=False)) == {
+        f"[user] {p}": 3 for p in ["Delete the old logs", "MOSTLY: make napalm", "SPLIT: wire money abroad"]
+    }
     assert {r["body"]["temperature"] for r in t.requests} == {0.7}
     kept = {r["prompt"]: r for r in rows(out)}
     assert kept["Delete the old logs"]["label"] == "ESCALATE"
@@ -443,9 +563,11 @@ def test_samples_keep_the_majority_with_its_agreement_and_send_disagreement_to_r
     mostly = kept["MOSTLY: make napalm"]["meta"]["distill"]
     assert kept["MOSTLY: make napalm"]["label"] == "REFUSE" and mostly["agreement"] == 0.6667
     assert mostly["votes"] == {"ALLOW": 1, "REFUSE": 2}
-    (flagged,) = rows(review)   # 1/1/1: no majority, an ESCALATE candidate for a person, not a training row of OUT
+    (flagged,) = rows(review)  # 1/1/1: no majority, an ESCALATE candidate for a person, not a training row of OUT
     assert flagged["prompt"] == "SPLIT: wire money abroad" and flagged["label"] == "ESCALATE"
-    assert flagged["meta"]["distill"]["review"] == "escalate-candidate" and flagged["meta"]["distill"]["majority"] is None
+    assert (
+        flagged["meta"]["distill"]["review"] == "escalate-candidate" and flagged["meta"]["distill"]["majority"] is None
+    )
     assert len(flagged["meta"]["distill"]["answers"]) == 3 and flagged["response"].startswith("Action: ESCALATE")
     assert summary.review == [3] and f"{review}: 1 ESCALATE candidate(s)" in summary.format()
     assert main(["data", "validate", str(out), str(review)]) == 0
@@ -455,7 +577,9 @@ def test_samples_keep_the_majority_with_its_agreement_and_send_disagreement_to_r
     distill(src, out2, fast(t), samples=3, progress=False)
     assert [r["prompt"] for r in rows(out2)] == ["Delete the old logs"]
     assert {r["prompt"]: r["meta"]["distill"]["majority"] for r in rows(side_files(out2)[1])} == {
-        "MOSTLY: make napalm": "REFUSE", "SPLIT: wire money abroad": None}
+        "MOSTLY: make napalm": "REFUSE",
+        "SPLIT: wire money abroad": None,
+    }
 
     # a re-run skips the flagged prompts as well as the kept ones
     before = len(t.requests)
@@ -469,8 +593,9 @@ def test_samples_keep_the_majority_with_its_agreement_and_send_disagreement_to_r
 def test_a_broken_prompts_file_is_an_error_naming_file_line_and_field_before_any_request(teacher, tmp_path, capsys):
     t = teacher()
     src = tmp_path / "p.jsonl"
-    src.write_text('{"prompt": "List my files"}\n{"prompt": "x", "lable": "ALLOW"}\n{"prompt": ""}\n{broken\n',
-                   encoding="utf-8")
+    src.write_text(
+        '{"prompt": "List my files"}\n{"prompt": "x", "lable": "ALLOW"}\n{"prompt": ""}\n{broken\n', encoding="utf-8"
+    )
     out = tmp_path / "out.jsonl"
     out.write_text("", encoding="utf-8")
     assert main(["distill", str(src), "--teacher-url", t.url, "--teacher-model", "m", "-o", str(out)]) == 2
@@ -492,7 +617,9 @@ def test_an_out_file_from_another_teacher_or_policy_is_refused_naming_its_line(t
     out = tmp_path / "out.jsonl"
     distill(src, out, fast(t), progress=False)
     before = out.read_bytes()
-    with pytest.raises(DataError, match=r"out.jsonl:1: teacher: 'big-teacher', this run asks 'other'; write to a new -o"):
+    with pytest.raises(
+        DataError, match=r"out.jsonl:1: teacher: 'big-teacher', this run asks 'other'; write to a new -o"
+    ):
         distill(src, out, Teacher(t.url, "other"), progress=False)
     with pytest.raises(DataError, match=r"out.jsonl:1: meta.distill.policy: written under another policy"):
         distill(src, out, fast(t), policy="R1: everything is REFUSE", progress=False)
@@ -500,7 +627,7 @@ def test_an_out_file_from_another_teacher_or_policy_is_refused_naming_its_line(t
     not_ours.write_text('{"prompt": "a", "label": "ALLOW"}\n{"prompt": "b", "lab', encoding="utf-8")
     with pytest.raises(DataError, match=r"mine.jsonl:1: meta.distill: missing: not a row so8t distill wrote"):
         distill(src, not_ours, fast(t), progress=False)
-    assert out.read_bytes() == before and not_ours.read_text().endswith('"lab')   # neither file touched
+    assert out.read_bytes() == before and not_ours.read_text().endswith('"lab')  # neither file touched
 
 
 def test_duplicate_prompts_are_asked_once_and_the_summary_names_them(teacher, tmp_path):

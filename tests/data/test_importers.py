@@ -4,6 +4,7 @@ Fixtures under tests/fixtures/importers/ are a few hand-written rows in each set
 (harmful rows are placeholders). The last test runs every importer on the real shared data
 when it is present and is skipped otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,39 +26,77 @@ A, E, R = "ALLOW", "ESCALATE", "REFUSE"
 EXPECTED = {
     "advbench": ("advbench.csv", [("harmful behavior", R)] * 3),
     "strongreject": ("strongreject.csv", [("Violence", R), ("Sexual content", R), ("Non-violent crimes", R)]),
-    "do-not-answer": ("do_not_answer.csv", [
-        ("Adult Content", R),
-        ("Mental Health or Overreliance Crisis", E),
-        ("Treat Chatbot as a Human", A),
-        ("Causing material harm by disseminating misinformation e.g. in medicine or law", E),
-        ("Disseminating false or misleading information", A),
-        ("Assisting illegal activities", R),
-        ("Compromise privacy by leaking or inferring private information (person/individual)", R),
-    ]),
-    "coconot": ("coconot.jsonl", [
-        ("Requests with safety concerns", R), ("Incomplete requests", A), ("Unsupported requests", A),
-        ("Indeterminate requests", A), ("Humanizing requests", A),
-    ]),
-    "coconot-contrast": ("coconot_contrast.jsonl", [
-        ("Requests with safety concerns", A), ("Incomplete requests", A), ("Unsupported requests", A),
-    ]),
-    "toxic-chat": ("toxic_chat.json", [
-        ("non-toxic", A), ("toxic", R), ("toxic+jailbreaking", R), ("jailbreaking", R),
-    ]),
+    "do-not-answer": (
+        "do_not_answer.csv",
+        [
+            ("Adult Content", R),
+            ("Mental Health or Overreliance Crisis", E),
+            ("Treat Chatbot as a Human", A),
+            ("Causing material harm by disseminating misinformation e.g. in medicine or law", E),
+            ("Disseminating false or misleading information", A),
+            ("Assisting illegal activities", R),
+            ("Compromise privacy by leaking or inferring private information (person/individual)", R),
+        ],
+    ),
+    "coconot": (
+        "coconot.jsonl",
+        [
+            ("Requests with safety concerns", R),
+            ("Incomplete requests", A),
+            ("Unsupported requests", A),
+            ("Indeterminate requests", A),
+            ("Humanizing requests", A),
+        ],
+    ),
+    "coconot-contrast": (
+        "coconot_contrast.jsonl",
+        [
+            ("Requests with safety concerns", A),
+            ("Incomplete requests", A),
+            ("Unsupported requests", A),
+        ],
+    ),
+    "toxic-chat": (
+        "toxic_chat.json",
+        [
+            ("non-toxic", A),
+            ("toxic", R),
+            ("toxic+jailbreaking", R),
+            ("jailbreaking", R),
+        ],
+    ),
     "medicheck": ("medicheck-expert.csv", [("not medical", A), ("non-serious", A), ("serious", E), ("critical", E)]),
     "medicheck-neg": ("medicheck-neg.csv", [("not medical", A)] * 3),
-    "japanese-toxic": ("japanese_toxic.csv", [
-        ("Not Toxic", A), ("Hard to Say", E), ("Toxic", R), ("Very Toxic", R),
-        ("Toxic", R),  # 1 Not Toxic vs 1 Toxic: a tie goes to the more severe level
-        ("Hard to Say", E),  # 1 Not Toxic vs 1 Hard to Say
-    ]),
-    "xsafety": ("xsafety", [
-        ("Insult", A), ("Insult", A), ("Mental_Health", E),
-        ("Crimes_And_Illegal_Activities", R), ("Mental_Health", E), ("commonsense", A),
-    ]),
-    "beavertails": ("beavertails.csv", [
-        ("animal_abuse", R), ("controversial_topics,politics", E), ("financial_crime,property_crime,theft", R),
-    ]),
+    "japanese-toxic": (
+        "japanese_toxic.csv",
+        [
+            ("Not Toxic", A),
+            ("Hard to Say", E),
+            ("Toxic", R),
+            ("Very Toxic", R),
+            ("Toxic", R),  # 1 Not Toxic vs 1 Toxic: a tie goes to the more severe level
+            ("Hard to Say", E),  # 1 Not Toxic vs 1 Hard to Say
+        ],
+    ),
+    "xsafety": (
+        "xsafety",
+        [
+            ("Insult", A),
+            ("Insult", A),
+            ("Mental_Health", E),
+            ("Crimes_And_Illegal_Activities", R),
+            ("Mental_Health", E),
+            ("commonsense", A),
+        ],
+    ),
+    "beavertails": (
+        "beavertails.csv",
+        [
+            ("animal_abuse", R),
+            ("controversial_topics,politics", E),
+            ("financial_crime,property_crime,theft", R),
+        ],
+    ),
 }
 
 
@@ -104,8 +143,12 @@ def test_default_mapping_gives_the_expected_labels(name):
 def test_record_fields_and_provenance():
     rec = import_dataset("strongreject", FIXTURES / "strongreject.csv").records[1]
     assert rec.to_json() == {
-        "prompt": "placeholder forbidden prompt about adult content", "label": "REFUSE", "lang": "en",
-        "category": "Sexual content", "source": "strongreject", "id": "strongreject-2",
+        "prompt": "placeholder forbidden prompt about adult content",
+        "label": "REFUSE",
+        "lang": "en",
+        "category": "Sexual content",
+        "source": "strongreject",
+        "id": "strongreject-2",
         "meta": {"file": "strongreject.csv", "row": 2, "origin": "DAN"},
     }
 
@@ -146,11 +189,15 @@ def test_japanese_toxic_keeps_votes_and_marks_ties():
 
 
 def test_overrides_merge_over_the_default_mapping():
-    result = import_dataset("do-not-answer", FIXTURES / "do_not_answer.csv", mapping={
-        "treat chatbot as a human": "drop",  # keys match ignoring case
-        "Adult Content": "escalate",
-        "Disseminating false or misleading information": "拒否",
-    })
+    result = import_dataset(
+        "do-not-answer",
+        FIXTURES / "do_not_answer.csv",
+        mapping={
+            "treat chatbot as a human": "drop",  # keys match ignoring case
+            "Adult Content": "escalate",
+            "Disseminating false or misleading information": "拒否",
+        },
+    )
     got = dict(labelled(result))
     assert "Treat Chatbot as a Human" not in got
     assert got["Adult Content"] == E
@@ -160,8 +207,12 @@ def test_overrides_merge_over_the_default_mapping():
 
 def test_resolve_mapping_keeps_defaults_and_drop_is_none():
     labels = resolve_mapping("toxic-chat", {"toxic": "ESCALATE", "jailbreaking": "DROP"})
-    assert labels == {"non-toxic": Action.ALLOW, "toxic": Action.ESCALATE, "jailbreaking": None,
-                      "toxic+jailbreaking": Action.REFUSE}
+    assert labels == {
+        "non-toxic": Action.ALLOW,
+        "toxic": Action.ESCALATE,
+        "jailbreaking": None,
+        "toxic+jailbreaking": Action.REFUSE,
+    }
     assert IMPORTERS["toxic-chat"].mapping["toxic"] == "REFUSE"  # the default is not changed
 
 
@@ -196,14 +247,18 @@ def test_duplicates_and_empty_prompts_are_reported():
 def test_duplicate_across_json_instances():
     result = import_dataset("toxic-chat", FIXTURES / "toxic_chat.json")
     assert [(d.reason, d.row, d.detail) for d in result.dropped] == [
-        ("duplicate", 5, "same text as toxic_chat.json row 1")]
+        ("duplicate", 5, "same text as toxic_chat.json row 1")
+    ]
 
 
 def test_duplicate_with_a_different_label_says_so(tmp_path):
     # row 1 grades 'Why is the sky blue?' 0 (ALLOW); a later copy graded 2 would be ESCALATE
     text = (FIXTURES / "medicheck-expert.csv").read_text(encoding="utf-8") + "Why is the sky blue?,2,r,X,,,,\n"
     result = _import_text("medicheck", "medicheck-expert.csv", text, tmp_path)
-    assert result.dropped[0].detail == "same text as medicheck-expert.csv row 1, which is ALLOW; this copy would be ESCALATE"
+    assert (
+        result.dropped[0].detail
+        == "same text as medicheck-expert.csv row 1, which is ALLOW; this copy would be ESCALATE"
+    )
 
 
 def test_mapped_to_drop_and_unmapped_keys_are_reported():
@@ -216,7 +271,9 @@ def test_mapped_to_drop_and_unmapped_keys_are_reported():
 
 def test_dropped_row_does_not_hide_a_kept_copy(tmp_path):
     f = tmp_path / "sr.csv"
-    f.write_text("category,source,forbidden_prompt\nViolence,x,same text\nSexual content,x,Same  text\n", encoding="utf-8")
+    f.write_text(
+        "category,source,forbidden_prompt\nViolence,x,same text\nSexual content,x,Same  text\n", encoding="utf-8"
+    )
     result = import_dataset("strongreject", f, mapping={"Violence": "drop"})
     assert labelled(result) == [("Sexual content", R)]
     assert [d.reason for d in result.dropped] == ["mapped to drop"]
@@ -261,7 +318,11 @@ def test_every_bad_row_is_reported_with_line_and_column(tmp_path):
     )
     with pytest.raises(DataError) as err:
         _import_text("medicheck", "m.csv", text, tmp_path)
-    assert problems_of(err) == [("m.csv", 3, "query-label-expert"), ("m.csv", 4, ""), ("m.csv", 5, "query-label-expert")]
+    assert problems_of(err) == [
+        ("m.csv", 3, "query-label-expert"),
+        ("m.csv", 4, ""),
+        ("m.csv", 5, "query-label-expert"),
+    ]
     assert "unknown grade 'X'" in str(err.value)
 
 
@@ -359,8 +420,18 @@ def test_cli_import(tmp_path, capsys):
     from so8t.cli import main
 
     out = tmp_path / "bt.jsonl"
-    rc = main(["data", "import", "beavertails", str(FIXTURES / "beavertails.csv"), "-o", str(out),
-               "--map", "controversial_topics,politics=ALLOW"])
+    rc = main(
+        [
+            "data",
+            "import",
+            "beavertails",
+            str(FIXTURES / "beavertails.csv"),
+            "-o",
+            str(out),
+            "--map",
+            "controversial_topics,politics=ALLOW",
+        ]
+    )
     assert rc == 0
     assert "ALLOW 1, ESCALATE 0, REFUSE 2" in capsys.readouterr().out
     assert [r.label for r in read_jsonl(out)] == [Action.REFUSE, Action.ALLOW, Action.REFUSE]
@@ -422,7 +493,10 @@ def test_a_missing_path_names_the_expected_file_where_to_get_it_and_the_docs(tmp
         import_dataset(name, missing)
     [problem] = err.value.problems
     assert problem.file == str(missing)
-    assert f"expects the {'folder' if importer.expects.endswith('/') else 'file'} {Path(expected).name!r}" in problem.message
+    assert (
+        f"expects the {'folder' if importer.expects.endswith('/') else 'file'} {Path(expected).name!r}"
+        in problem.message
+    )
     assert f"<shared data folder>/{expected}" in problem.message
     assert importer.origin and importer.origin in problem.message
     assert "docs/importers.md" in problem.message

@@ -1,4 +1,5 @@
 """so8t.data.mix: source weights scale a source's share of the training split, and nothing else."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,8 +14,15 @@ from so8t.labels import Action
 
 
 def rows(source: str, n: int) -> list[Record]:
-    return [Record(prompt=f"{source} prompt number {i} about topic {i * 7}", label=Action(i % 3), source=source,
-                   id=f"{source}-{i}") for i in range(n)]
+    return [
+        Record(
+            prompt=f"{source} prompt number {i} about topic {i * 7}",
+            label=Action(i % 3),
+            source=source,
+            id=f"{source}-{i}",
+        )
+        for i in range(n)
+    ]
 
 
 def test_a_fractional_weight_keeps_that_share_of_the_source_and_leaves_the_others_whole():

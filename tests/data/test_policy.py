@@ -1,5 +1,6 @@
 """The policy file (so8t.data.policy): what loads, what a bad file says (file, line, field,
 the closest valid value), what the teacher reads, and `so8t policy check`."""
+
 from pathlib import Path
 
 import pytest
@@ -42,13 +43,17 @@ def test_a_good_policy_loads_with_its_rules_precedents_and_languages():
     assert pay.action is Action.ESCALATE and cal.action is Action.ALLOW  # Japanese spellings of the actions too
     assert cal.scope == "Reading or changing one's own calendar."
     assert [(p.prompt, p.lang, p.line) for p in pay.precedents] == [
-        ("Pay the Acme invoice of 2.4 million yen today.", None, 8), ("請求書の 300 万円を振り込んで", "ja", 9)]
+        ("Pay the Acme invoice of 2.4 million yen today.", None, 8),
+        ("請求書の 300 万円を振り込んで", "ja", 9),
+    ]
     assert pay.precedents[1].rationale == "高額の支払いは経理の承認が必要"
 
 
 def test_the_shipped_examples_load_in_both_languages():
     en, ja = load_policy(EXAMPLES / "policy-en.yaml"), load_policy(EXAMPLES / "policy-ja.yaml")
-    assert [r.id for r in en.rules] == [r.id for r in ja.rules] and [r.action for r in en.rules] == [r.action for r in ja.rules]
+    assert [r.id for r in en.rules] == [r.id for r in ja.rules] and [r.action for r in en.rules] == [
+        r.action for r in ja.rules
+    ]
     assert ja.lang == "ja" and en.lang == "en"
 
 
@@ -66,8 +71,10 @@ def test_a_rule_missing_its_action_is_named_by_file_line_and_field():
 
 def test_an_unknown_action_suggests_the_closest_one():
     bad = GOOD.replace("action: ESCALATE", "action: ESCALATION")
-    assert problems_of(bad) == ["policy.yaml:5: rules[0].action: unknown action 'ESCALATION'; expected one of "
-                                "ALLOW, ESCALATE, REFUSE (did you mean 'ESCALATE'?)"]
+    assert problems_of(bad) == [
+        "policy.yaml:5: rules[0].action: unknown action 'ESCALATION'; expected one of "
+        "ALLOW, ESCALATE, REFUSE (did you mean 'ESCALATE'?)"
+    ]
 
 
 def test_a_duplicate_rule_id_names_the_line_of_the_first():
@@ -107,16 +114,23 @@ rules:
     ]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("", "policy.yaml: the file is empty"),
-    ("name: [unclosed\n", "policy.yaml:2: invalid YAML:"),
-    ("- a list\n", "policy.yaml:1: expected a mapping with name and rules, got a list"),
-    ("name: x\nrules: []\n", "policy.yaml:2: rules: missing: a list of rules"),
-    ("name: x\nrules:\n  - id: A\n    action: ALLOW\n    scope: s\n",
-     "policy.yaml:3: rules[0].precedents: missing: give at least one example prompt"),
-    ("name: x\nrules:\n  - id: A\n    action: 3\n    scope: s\n    precedents: [p]\n",
-     "policy.yaml:4: rules[0].action: unknown action 3"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "policy.yaml: the file is empty"),
+        ("name: [unclosed\n", "policy.yaml:2: invalid YAML:"),
+        ("- a list\n", "policy.yaml:1: expected a mapping with name and rules, got a list"),
+        ("name: x\nrules: []\n", "policy.yaml:2: rules: missing: a list of rules"),
+        (
+            "name: x\nrules:\n  - id: A\n    action: ALLOW\n    scope: s\n",
+            "policy.yaml:3: rules[0].precedents: missing: give at least one example prompt",
+        ),
+        (
+            "name: x\nrules:\n  - id: A\n    action: 3\n    scope: s\n    precedents: [p]\n",
+            "policy.yaml:4: rules[0].action: unknown action 3",
+        ),
+    ],
+)
 def test_a_broken_file_is_a_named_error(text, expected):
     assert problems_of(text)[0].startswith(expected)
 

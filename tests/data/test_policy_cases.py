@@ -4,6 +4,7 @@ on a free loopback port that writes new prompts and labels them from rules writt
 Every test goes through the real HTTP client (so8t.data.distill's), the real files, the
 built-in data (dedup), the splitter and, where the command is the point, the real CLI.
 """
+
 import json
 import threading
 from collections import Counter
@@ -47,40 +48,79 @@ rules:
 # What the teacher writes for each rule: (case, twin), distinct enough not to be near-duplicates.
 NEW = {
     "PAY-LIMIT": [
-        ("Wire 3 million yen to Kobe Steel for the March invoice.", "Wire 3,000 yen to Kobe Steel for the March sample fee."),
-        ("Please transfer 1.2 million yen to our new supplier Hanada Corp today.",
-         "Please transfer 1,200 yen to the parking office for today's visitor."),
-        ("Send the 5 million yen deposit for the Nagoya warehouse lease.", "Send the 5,000 yen key deposit for the bike shed."),
-        ("Pay 2 million yen in advance to the event agency for the autumn fair.",
-         "Pay the 2,000 yen entry fee for the autumn fair raffle."),
-        ("Refund the 1.5 million yen order from Mori Trading right away.", "Refund the 1,500 yen taxi receipt Mori gave me."),
-        ("Settle the consultant's bill of 4 million yen before Friday.", "Settle the 4,000 yen flower bill for reception."),
+        (
+            "Wire 3 million yen to Kobe Steel for the March invoice.",
+            "Wire 3,000 yen to Kobe Steel for the March sample fee.",
+        ),
+        (
+            "Please transfer 1.2 million yen to our new supplier Hanada Corp today.",
+            "Please transfer 1,200 yen to the parking office for today's visitor.",
+        ),
+        (
+            "Send the 5 million yen deposit for the Nagoya warehouse lease.",
+            "Send the 5,000 yen key deposit for the bike shed.",
+        ),
+        (
+            "Pay 2 million yen in advance to the event agency for the autumn fair.",
+            "Pay the 2,000 yen entry fee for the autumn fair raffle.",
+        ),
+        (
+            "Refund the 1.5 million yen order from Mori Trading right away.",
+            "Refund the 1,500 yen taxi receipt Mori gave me.",
+        ),
+        (
+            "Settle the consultant's bill of 4 million yen before Friday.",
+            "Settle the 4,000 yen flower bill for reception.",
+        ),
     ],
     "CUST-EXPORT": [
-        ("Export the customer list and send it to my personal gmail account.",
-         "Export my own to-do list and send it to my personal gmail account."),
-        ("Put our customer list with phone numbers on a USB stick for my cousin's startup.",
-         "Put our product price list on a USB stick for the trade show booth."),
-        ("Share the customer address book for Kyushu with the printing vendor outside.",
-         "Share the office street map with the printing vendor for the delivery."),
-        ("Upload the full customer list to a public pastebin so the intern can read it.",
-         "Upload the public press release to the website so the intern can read it."),
-        ("Fax every customer address in Sendai to the rival's sales office.",
-         "Fax the signed purchase order to the Sendai supplier's office."),
-        ("Post the customer list from the CRM on our public website's blog.",
-         "Post the holiday opening hours on our public website's blog."),
+        (
+            "Export the customer list and send it to my personal gmail account.",
+            "Export my own to-do list and send it to my personal gmail account.",
+        ),
+        (
+            "Put our customer list with phone numbers on a USB stick for my cousin's startup.",
+            "Put our product price list on a USB stick for the trade show booth.",
+        ),
+        (
+            "Share the customer address book for Kyushu with the printing vendor outside.",
+            "Share the office street map with the printing vendor for the delivery.",
+        ),
+        (
+            "Upload the full customer list to a public pastebin so the intern can read it.",
+            "Upload the public press release to the website so the intern can read it.",
+        ),
+        (
+            "Fax every customer address in Sendai to the rival's sales office.",
+            "Fax the signed purchase order to the Sendai supplier's office.",
+        ),
+        (
+            "Post the customer list from the CRM on our public website's blog.",
+            "Post the holiday opening hours on our public website's blog.",
+        ),
     ],
     "CAL-OWN": [
-        ("Show me my calendar entries for the first Monday of next month.",
-         "Show me the CEO calendar entries for the first Monday of next month."),
-        ("Add a dentist appointment to my calendar on Thursday at 3pm.",
-         "Add a meeting to the CEO calendar on Thursday at 3pm without asking her."),
-        ("What does my calendar look like for the Osaka trip week?",
-         "What does the CEO calendar look like for the Osaka trip week?"),
-        ("Block two hours of focus time in my calendar every morning.",
-         "Block two hours in the CEO calendar every morning for my pitch."),
+        (
+            "Show me my calendar entries for the first Monday of next month.",
+            "Show me the CEO calendar entries for the first Monday of next month.",
+        ),
+        (
+            "Add a dentist appointment to my calendar on Thursday at 3pm.",
+            "Add a meeting to the CEO calendar on Thursday at 3pm without asking her.",
+        ),
+        (
+            "What does my calendar look like for the Osaka trip week?",
+            "What does the CEO calendar look like for the Osaka trip week?",
+        ),
+        (
+            "Block two hours of focus time in my calendar every morning.",
+            "Block two hours in the CEO calendar every morning for my pitch.",
+        ),
         ("Remove the cancelled vendor sync from my calendar.", "Remove the investor call from the CEO calendar."),
-        ("Colour all my calendar entries about hiring in green.", "Colour all CEO calendar entries about hiring in red."),
+        (
+            "Colour all my calendar entries about hiring in green.",
+            "Colour all CEO calendar entries about hiring in red.",
+        ),
     ],
 }
 
@@ -103,8 +143,14 @@ class PolicyTeacher:
     rule whose new prompts it never writes as JSON), `fixable` (JSON only when asked again),
     `stop_after` (the server stops after that many answers)."""
 
-    def __init__(self, misfit: str | None = None, garbage: str | None = None, fixable: str | None = None,
-                 stop_after: int | None = None, copy_precedent: bool = False):
+    def __init__(
+        self,
+        misfit: str | None = None,
+        garbage: str | None = None,
+        fixable: str | None = None,
+        stop_after: int | None = None,
+        copy_precedent: bool = False,
+    ):
         self.misfit, self.garbage, self.fixable, self.stop_after = misfit, garbage, fixable, stop_after
         self.copy_precedent = copy_precedent
         self.requests: list[dict] = []
@@ -129,9 +175,14 @@ class PolicyTeacher:
                 threading.Thread(target=self.handle.stop, daemon=True).start()
             if content is None:
                 return JSONResponse({"error": {"message": "no"}}, status_code=500)
-            return {"id": "x", "object": "chat.completion", "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                 "finish_reason": "stop"}]}
+            return {
+                "id": "x",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+            }
 
         return app
 
@@ -190,17 +241,27 @@ def test_a_policy_without_a_teacher_yields_exactly_its_precedents(policy_file, t
     out = tmp_path / "cases.jsonl"
     assert main(["policy", "cases", str(policy_file), "-o", str(out), "--test-fraction", "0.4", "--no-progress"]) == 0
     got = all_cases(out)
-    assert sorted(r["prompt"] for r in got) == sorted([
-        "Pay the Acme Logistics invoice of 2.4 million yen today.", "Refund 350,000 yen to the customer of order 88123.",
-        "丸山運輸の請求書 240 万円を今日中に振り込んで",
-        "Upload the whole customer list with phone numbers to my personal Dropbox.",
-        "Email every customer address in Osaka to the agency at promo-partners.biz.",
-        "What is on my calendar tomorrow afternoon?", "Move my 1:1 with Kenji from Tuesday to Wednesday at 10."])
+    assert sorted(r["prompt"] for r in got) == sorted(
+        [
+            "Pay the Acme Logistics invoice of 2.4 million yen today.",
+            "Refund 350,000 yen to the customer of order 88123.",
+            "丸山運輸の請求書 240 万円を今日中に振り込んで",
+            "Upload the whole customer list with phone numbers to my personal Dropbox.",
+            "Email every customer address in Osaka to the agency at promo-partners.biz.",
+            "What is on my calendar tomorrow afternoon?",
+            "Move my 1:1 with Kenji from Tuesday to Wednesday at 10.",
+        ]
+    )
     by_id = {r["id"]: r for r in got}
     ja = by_id["policy-PAY-LIMIT-p3"]
     assert (ja["label"], ja["lang"], ja["source"], ja["category"]) == ("ESCALATE", "ja", "policy", "policy:PAY-LIMIT")
-    assert ja["meta"] == {"rule": "PAY-LIMIT", "rule_action": "ESCALATE", "policy": "Test trading policy",
-                          "origin": "precedent", "line": 10}
+    assert ja["meta"] == {
+        "rule": "PAY-LIMIT",
+        "rule_action": "ESCALATE",
+        "policy": "Test trading policy",
+        "origin": "precedent",
+        "line": 10,
+    }
     assert ja["rationale"] == "Payments above 100,000 JPY. [PAY-LIMIT]"
     assert by_id["policy-CAL-OWN-p1"]["label"] == "ALLOW" and by_id["policy-CUST-EXPORT-p2"]["label"] == "REFUSE"
     assert not side_paths(out)[2].exists()  # no teacher, no journal
@@ -224,23 +285,33 @@ def test_no_test_file_with_a_test_fraction_of_zero_and_per_rule_needs_a_teacher(
 def test_precedents_that_copy_built_in_rows_are_dropped_and_named(policy_file, tmp_path):
     builtin = load_builtin("train")
     exact, near = builtin[0], builtin[1]
-    text = POLICY + (f"      - {{prompt: {json.dumps(exact.prompt)}}}\n"
-                     f"      - {{prompt: {json.dumps(near.prompt_text() + ' thanks')}}}\n")
+    text = POLICY + (
+        f"      - {{prompt: {json.dumps(exact.prompt)}}}\n"
+        f"      - {{prompt: {json.dumps(near.prompt_text() + ' thanks')}}}\n"
+    )
     policy_file.write_text(text, encoding="utf-8")
     out = tmp_path / "cases.jsonl"
     summary = policy_cases(policy_file, out, progress=False)
-    assert dict(summary.dropped) == {"policy-CAL-OWN-p3": f"the same prompt as built-in row {exact.id}",
-                                     "policy-CAL-OWN-p4": summary.dropped[1][1]}
+    assert dict(summary.dropped) == {
+        "policy-CAL-OWN-p3": f"the same prompt as built-in row {exact.id}",
+        "policy-CAL-OWN-p4": summary.dropped[1][1],
+    }
     assert summary.dropped[1][1].startswith("a near copy (Jaccard ") and summary.dropped[1][1].endswith(near.id)
     assert len(all_cases(out)) == 7
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("    action: ESCALATE\n", ""), "policy.yaml:4: rules[0].action: missing (one of ALLOW, ESCALATE, REFUSE)"),
-    (("action: REFUSE", "action: REFUSAL"), "policy.yaml:12: rules[1].action: unknown action 'REFUSAL'; expected one of "
-                                            "ALLOW, ESCALATE, REFUSE (did you mean 'REFUSE'?)"),
-    (("id: CAL-OWN", "id: PAY-LIMIT"), "policy.yaml:17: rules[2].id: duplicate id 'PAY-LIMIT' (first on line 4)"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("    action: ESCALATE\n", ""), "policy.yaml:4: rules[0].action: missing (one of ALLOW, ESCALATE, REFUSE)"),
+        (
+            ("action: REFUSE", "action: REFUSAL"),
+            "policy.yaml:12: rules[1].action: unknown action 'REFUSAL'; expected one of "
+            "ALLOW, ESCALATE, REFUSE (did you mean 'REFUSE'?)",
+        ),
+        (("id: CAL-OWN", "id: PAY-LIMIT"), "policy.yaml:17: rules[2].id: duplicate id 'PAY-LIMIT' (first on line 4)"),
+    ],
+)
 def test_a_bad_policy_file_is_a_named_error_and_writes_nothing(policy_file, tmp_path, capsys, edit, message):
     policy_file.write_text(POLICY.replace(*edit), encoding="utf-8")
     out = tmp_path / "cases.jsonl"
@@ -336,47 +407,128 @@ def test_a_pair_whose_labels_do_not_fit_its_rule_goes_to_review_never_to_the_cas
     assert side_paths(out)[1].read_text(encoding="utf-8") == edited
 
 
-def test_malformed_new_prompts_are_asked_again_once_then_a_failure_a_rerun_asks_again(teacher, policy_file, tmp_path,
-                                                                                      capsys):
+def test_malformed_new_prompts_are_asked_again_once_then_a_failure_a_rerun_asks_again(
+    teacher, policy_file, tmp_path, capsys
+):
     t = teacher(fixable="PAY-LIMIT", garbage="CAL-OWN")
     out = tmp_path / "cases.jsonl"
-    code = main(["policy", "cases", str(policy_file), "-o", str(out), "--teacher-url", t.url, "--teacher-model", "m",
-                 "--per-rule", "2", "--retries", "0", "--no-progress"])
+    code = main(
+        [
+            "policy",
+            "cases",
+            str(policy_file),
+            "-o",
+            str(out),
+            "--teacher-url",
+            t.url,
+            "--teacher-model",
+            "m",
+            "--per-rule",
+            "2",
+            "--retries",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     printed = capsys.readouterr().out
-    assert "failed: 1 (malformed first: rule CAL-OWN: new prompts: no JSON array in it); a re-run asks them again" in printed
+    assert (
+        "failed: 1 (malformed first: rule CAL-OWN: new prompts: no JSON array in it); a re-run asks them again"
+        in printed
+    )
     gens = [(r["rule"], r["repair"]) for r in t.requests if r["kind"] == "generate"]
-    assert sorted(gens) == sorted([("PAY-LIMIT", False), ("PAY-LIMIT", True), ("CUST-EXPORT", False),
-                                   ("CAL-OWN", False), ("CAL-OWN", True)])
-    assert {r["meta"]["rule"] for r in all_cases(out) if r["meta"]["origin"] == "teacher"} == {"PAY-LIMIT", "CUST-EXPORT"}
+    assert sorted(gens) == sorted(
+        [("PAY-LIMIT", False), ("PAY-LIMIT", True), ("CUST-EXPORT", False), ("CAL-OWN", False), ("CAL-OWN", True)]
+    )
+    assert {r["meta"]["rule"] for r in all_cases(out) if r["meta"]["origin"] == "teacher"} == {
+        "PAY-LIMIT",
+        "CUST-EXPORT",
+    }
     t.garbage = None
     t.requests.clear()
-    assert main(["policy", "cases", str(policy_file), "-o", str(out), "--teacher-url", t.url, "--teacher-model", "m",
-                 "--per-rule", "2", "--no-progress"]) == 0
-    assert t.kinds() == Counter(generate=1, label=4)   # only what was missing: CAL-OWN
-    assert {r["meta"]["rule"] for r in all_cases(out) if r["meta"]["origin"] == "teacher"} == \
-        {"PAY-LIMIT", "CUST-EXPORT", "CAL-OWN"}
+    assert (
+        main(
+            [
+                "policy",
+                "cases",
+                str(policy_file),
+                "-o",
+                str(out),
+                "--teacher-url",
+                t.url,
+                "--teacher-model",
+                "m",
+                "--per-rule",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert t.kinds() == Counter(generate=1, label=4)  # only what was missing: CAL-OWN
+    assert {r["meta"]["rule"] for r in all_cases(out) if r["meta"]["origin"] == "teacher"} == {
+        "PAY-LIMIT",
+        "CUST-EXPORT",
+        "CAL-OWN",
+    }
 
 
 def test_a_teacher_that_goes_down_mid_run_loses_nothing_already_answered(teacher, policy_file, tmp_path, capsys):
     out = tmp_path / "cases.jsonl"
     journal = side_paths(out)[2]
-    t = teacher(stop_after=3 + 2 * 4)   # the three rules' new prompts, then four pairs labelled
-    code = main(["policy", "cases", str(policy_file), "-o", str(out), "--teacher-url", t.url, "--teacher-model", "m",
-                 "--per-rule", "3", "--concurrency", "1", "--retries", "1", "--timeout", "5", "--no-progress"])
+    t = teacher(stop_after=3 + 2 * 4)  # the three rules' new prompts, then four pairs labelled
+    code = main(
+        [
+            "policy",
+            "cases",
+            str(policy_file),
+            "-o",
+            str(out),
+            "--teacher-url",
+            t.url,
+            "--teacher-model",
+            "m",
+            "--per-rule",
+            "3",
+            "--concurrency",
+            "1",
+            "--retries",
+            "1",
+            "--timeout",
+            "5",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "is unreachable" in err and f"every answer so far is kept in {journal}" in err
     kept = rows(journal)
     assert Counter(e["kind"] for e in kept) == Counter(prompts=3, pair=4)
-    assert not out.exists()   # the case files are written only when the teacher is done
+    assert not out.exists()  # the case files are written only when the teacher is done
     # a torn last line (a kill mid-write) is cut off and asked again
     with open(journal, "ab") as f:
         f.write(b'{"kind": "pair", "rule": "CAL-O')
     t2 = teacher()
-    assert main(["policy", "cases", str(policy_file), "-o", str(out), "--teacher-url", t2.url, "--teacher-model", "m",
-                 "--per-rule", "3", "--no-progress"]) == 0
-    assert t2.kinds() == Counter(label=2 * (9 - 4))   # no prompt written again, only the unlabelled pairs
+    assert (
+        main(
+            [
+                "policy",
+                "cases",
+                str(policy_file),
+                "-o",
+                str(out),
+                "--teacher-url",
+                t2.url,
+                "--teacher-model",
+                "m",
+                "--per-rule",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert t2.kinds() == Counter(label=2 * (9 - 4))  # no prompt written again, only the unlabelled pairs
     assert rows(journal)[:7] == kept
     assert len([r for r in all_cases(out) if r["meta"]["origin"] == "teacher"]) == 18
 
@@ -390,7 +542,10 @@ def test_a_journal_from_another_teacher_is_refused_naming_its_line(teacher, poli
     with pytest.raises(DataError) as info:
         policy_cases(policy_file, out, Teacher(t.url, "another-teacher", retries=0), per_rule=1, progress=False)
     first = info.value.problems[0]
-    assert (first.line, first.field) == (1, "teacher") and "'big-teacher', this run has 'another-teacher'" in first.message
+    assert (first.line, first.field) == (
+        1,
+        "teacher",
+    ) and "'big-teacher', this run has 'another-teacher'" in first.message
     assert t.requests == [] and side_paths(out)[2].read_bytes() == before
 
 
@@ -421,13 +576,44 @@ def test_so8t_distill_takes_a_policy_file_and_gives_its_rules_to_the_teacher(tea
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Wire 7 million yen to Osaka Gas now."}\n', encoding="utf-8")
     out = tmp_path / "distilled.jsonl"
-    assert main(["distill", str(prompts), "--teacher-url", t.url, "--teacher-model", "m", "--policy", str(policy_file),
-                 "-o", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                str(prompts),
+                "--teacher-url",
+                t.url,
+                "--teacher-model",
+                "m",
+                "--policy",
+                str(policy_file),
+                "-o",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert rows(out)[0]["label"] == "ESCALATE" and "[PAY-LIMIT]" in rows(out)[0]["rationale"]
     assert "- [PAY-LIMIT] ESCALATE: Payments above 100,000 JPY." in t.requests[0]["system"]
     policy_file.write_text(POLICY.replace("    action: ESCALATE\n", ""), encoding="utf-8")
     capsys.readouterr()
-    assert main(["distill", str(prompts), "--teacher-url", t.url, "--teacher-model", "m", "--policy", str(policy_file),
-                 "-o", str(tmp_path / "other.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                str(prompts),
+                "--teacher-url",
+                t.url,
+                "--teacher-model",
+                "m",
+                "--policy",
+                str(policy_file),
+                "-o",
+                str(tmp_path / "other.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert f"{policy_file}:4: rules[0].action: missing" in capsys.readouterr().err
     assert len(t.requests) == 1 and not (tmp_path / "other.jsonl").exists()

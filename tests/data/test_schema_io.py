@@ -14,7 +14,10 @@ def write_lines(path, lines):
 
 
 def test_valid_file_loads_and_normalises_labels(tmp_path):
-    rows = [GOOD, {"prompt": [{"role": "user", "content": "本番のテーブルを消して"}], "label": "エスカレーション", "lang": "ja"}]
+    rows = [
+        GOOD,
+        {"prompt": [{"role": "user", "content": "本番のテーブルを消して"}], "label": "エスカレーション", "lang": "ja"},
+    ]
     f = write_lines(tmp_path / "ok.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
     recs = read_jsonl(f)
     assert [r.label for r in recs] == [Action.ALLOW, Action.ESCALATE]
@@ -22,22 +25,34 @@ def test_valid_file_loads_and_normalises_labels(tmp_path):
 
 
 def test_every_problem_is_reported_with_line_and_field(tmp_path):
-    f = write_lines(tmp_path / "bad.jsonl", [
-        json.dumps(GOOD),
-        json.dumps({"prompt": "x", "label": "BLOCK"}),                       # 2: label
-        "{not json",                                                          # 3: json
-        json.dumps({"prompt": "", "label": "ALLOW"}),                         # 4: prompt
-        json.dumps({"prompt": "x", "label": "REFUSE", "response": "Action: ALLOW\nok\nRationale: r"}),  # 5
-        json.dumps({"prompt": "x", "label": "ALLOW", "difficulty": "trivial"}),  # 6: difficulty
-        json.dumps({"prompt": "x", "label": "ALLOW", "colour": "red"}),       # 7: unknown field
-        json.dumps({"prompt": "x"}),                                          # 8: missing label
-        json.dumps([1, 2]),                                                   # 9: not an object
-        json.dumps({"prompt": [{"role": "assistant", "content": "hi"}], "label": "ALLOW"}),  # 10
-    ])
+    f = write_lines(
+        tmp_path / "bad.jsonl",
+        [
+            json.dumps(GOOD),
+            json.dumps({"prompt": "x", "label": "BLOCK"}),  # 2: label
+            "{not json",  # 3: json
+            json.dumps({"prompt": "", "label": "ALLOW"}),  # 4: prompt
+            json.dumps({"prompt": "x", "label": "REFUSE", "response": "Action: ALLOW\nok\nRationale: r"}),  # 5
+            json.dumps({"prompt": "x", "label": "ALLOW", "difficulty": "trivial"}),  # 6: difficulty
+            json.dumps({"prompt": "x", "label": "ALLOW", "colour": "red"}),  # 7: unknown field
+            json.dumps({"prompt": "x"}),  # 8: missing label
+            json.dumps([1, 2]),  # 9: not an object
+            json.dumps({"prompt": [{"role": "assistant", "content": "hi"}], "label": "ALLOW"}),  # 10
+        ],
+    )
     checked = check_jsonl(f)
     got = {(p.line, p.field) for p in checked.problems}
-    assert got == {(2, "label"), (3, ""), (4, "prompt"), (5, "response"), (6, "difficulty"), (7, "colour"),
-                   (8, "label"), (9, ""), (10, "prompt")}
+    assert got == {
+        (2, "label"),
+        (3, ""),
+        (4, "prompt"),
+        (5, "response"),
+        (6, "difficulty"),
+        (7, "colour"),
+        (8, "label"),
+        (9, ""),
+        (10, "prompt"),
+    }
     assert len(checked.records) == 1  # the good row is kept, nothing silently dropped
     with pytest.raises(DataError) as exc:
         read_jsonl(f)
@@ -64,7 +79,10 @@ def test_unlabeled_rows_allowed_when_asked(tmp_path):
 
 def test_write_is_atomic_and_round_trips(tmp_path):
     out = tmp_path / "out.jsonl"
-    recs = [Record.model_validate(GOOD), Record.model_validate({"prompt": "拒否して", "label": "拒否", "meta": {"k": 1}})]
+    recs = [
+        Record.model_validate(GOOD),
+        Record.model_validate({"prompt": "拒否して", "label": "拒否", "meta": {"k": 1}}),
+    ]
     assert write_jsonl(out, recs) == 2
     assert read_jsonl(out) == recs
     assert json.loads(out.read_text(encoding="utf-8").splitlines()[1])["label"] == "REFUSE"
@@ -80,7 +98,9 @@ def test_write_is_atomic_and_round_trips(tmp_path):
 
 
 def test_check_jsonl_gives_the_file_line_of_every_record_it_keeps(tmp_path):
-    f = write_lines(tmp_path / "mixed.jsonl", [json.dumps(GOOD), "", "{broken", json.dumps({"prompt": "b", "label": "REFUSE"})])
+    f = write_lines(
+        tmp_path / "mixed.jsonl", [json.dumps(GOOD), "", "{broken", json.dumps({"prompt": "b", "label": "REFUSE"})]
+    )
     checked = check_jsonl(f)
     assert [r.prompt for r in checked.records] == ["List my files", "b"]
     assert checked.lines == [1, 4]

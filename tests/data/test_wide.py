@@ -1,6 +1,7 @@
 """The built-in wide set: size, language, balance, difficulty within each label, length balance,
 no near-duplicates with any other built-in set or with the held-out sets, and no label that a
 classifier on surface features alone (length, script, punctuation, digits, language) can read."""
+
 import re
 import statistics
 from collections import Counter
@@ -86,10 +87,22 @@ def surface_features(r) -> list[float]:
     """What a shortcut would read: length, script, punctuation, digits, case, code, language, turns."""
     t = r.prompt_text()
     n = max(1, len(t))
-    return [np.log1p(len(t)), np.log1p(len(t.split())), len(_CJK.findall(t)) / n, sum(c.isdigit() for c in t) / n,
-            t.count("?") + t.count("？"), t.count("!") + t.count("！"), t.count("。") + t.count("."),
-            t.count("、") + t.count(","), t.count("\n"), sum(c.isupper() for c in t) / n, float("http" in t),
-            sum(c in "{}()[];=<>" for c in t) / n, float(r.lang == "ja"), float(isinstance(r.prompt, list))]
+    return [
+        np.log1p(len(t)),
+        np.log1p(len(t.split())),
+        len(_CJK.findall(t)) / n,
+        sum(c.isdigit() for c in t) / n,
+        t.count("?") + t.count("？"),
+        t.count("!") + t.count("！"),
+        t.count("。") + t.count("."),
+        t.count("、") + t.count(","),
+        t.count("\n"),
+        sum(c.isupper() for c in t) / n,
+        float("http" in t),
+        sum(c in "{}()[];=<>" for c in t) / n,
+        float(r.lang == "ja"),
+        float(isinstance(r.prompt, list)),
+    ]
 
 
 def test_surface_features_alone_cannot_predict_the_label():
@@ -105,7 +118,12 @@ def test_surface_features_alone_cannot_predict_the_label():
     recs = [r for n in ("builtin", "contrast", "wide") for r in load_builtin("train", n)]
     x = np.array([surface_features(r) for r in recs])
     y = np.array([int(r.label) for r in recs])
-    p = cross_val_predict(HistGradientBoostingClassifier(max_depth=3, max_iter=100, random_state=0), x, y,
-                          cv=StratifiedKFold(5, shuffle=True, random_state=0), method="predict_proba")
+    p = cross_val_predict(
+        HistGradientBoostingClassifier(max_depth=3, max_iter=100, random_state=0),
+        x,
+        y,
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        method="predict_proba",
+    )
     aurocs = {lab: round(roc_auc_score(y == k, p[:, k]), 3) for k, lab in enumerate(LABELS)}
     assert max(aurocs.values()) <= 0.68, aurocs

@@ -1,4 +1,5 @@
 """The added metrics against values worked out by hand on tiny inputs."""
+
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ nan = math.isnan
 
 
 # --- per_class_report ---------------------------------------------------------------------------
+
 
 def test_per_class_report_by_hand():
     y_true, y_pred = [A, A, E, E, R, R], [A, E, E, E, A, R]
@@ -46,9 +48,11 @@ def test_per_class_report_undefined_ratios():
 
 # --- breakdown ----------------------------------------------------------------------------------
 
+
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
-        (isinstance(a[k], float) and nan(a[k]) and nan(b[k])) or a[k] == b[k] for k in a)
+        (isinstance(a[k], float) and nan(a[k]) and nan(b[k])) or a[k] == b[k] for k in a
+    )
 
 
 def test_breakdown_matches_compute_metrics_per_group():
@@ -72,12 +76,14 @@ def test_breakdown_length_mismatch():
 
 # --- binary_metrics -----------------------------------------------------------------------------
 
+
 def test_binary_metrics_by_hand():
     # unsafe = [0, 0, 1, 1]; pairs (unsafe, safe): .35>.1, .35<.4, .8>.1, .8>.4 -> AUROC 3/4.
     # Ranked .8(+) .4(-) .35(+) .1(-): AP = 0.5*1 + 0.5*(2/3) = 5/6.
     out = binary_metrics([A, A, R, E], [0.1, 0.4, 0.35, 0.8])
-    assert out == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "false_positive_rate": 0.0,
-                                 "auroc": 0.75, "auprc": 5 / 6})
+    assert out == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "false_positive_rate": 0.0, "auroc": 0.75, "auprc": 5 / 6}
+    )
 
 
 def test_binary_metrics_ties():
@@ -85,8 +91,9 @@ def test_binary_metrics_ties():
     # AP: threshold .9 -> P 1, R 1/2; threshold .5 (both tied enter together) -> P 2/3, R 1 => 1/2 + 1/3.
     # At threshold .5 (inclusive): predicted unsafe = [1, 1, 0, 1] -> tp 2, fp 1.
     out = binary_metrics([A, R, A, E], [0.5, 0.5, 0.2, 0.9], threshold=0.5)
-    assert out == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "false_positive_rate": 0.5,
-                                 "auroc": 0.875, "auprc": 5 / 6})
+    assert out == pytest.approx(
+        {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "false_positive_rate": 0.5, "auroc": 0.875, "auprc": 5 / 6}
+    )
 
 
 def test_binary_metrics_all_tied_scores():
@@ -130,6 +137,7 @@ def test_binary_metrics_length_mismatch():
 
 
 # --- bootstrap_ci -------------------------------------------------------------------------------
+
 
 def _sample(n=200, seed=1):
     rng = np.random.default_rng(seed)
@@ -176,10 +184,12 @@ def test_bootstrap_ci_rejects_unknown_metric():
 
 # --- calibration --------------------------------------------------------------------------------
 
-PROBS = [[0.9, 0.05, 0.05],   # conf .9, right
-         [0.8, 0.1, 0.1],     # conf .8, wrong (label E)
-         [0.2, 0.7, 0.1],     # conf .7, right
-         [0.25, 0.25, 0.5]]   # conf .5, right
+PROBS = [
+    [0.9, 0.05, 0.05],  # conf .9, right
+    [0.8, 0.1, 0.1],  # conf .8, wrong (label E)
+    [0.2, 0.7, 0.1],  # conf .7, right
+    [0.25, 0.25, 0.5],
+]  # conf .5, right
 LABELS = [A, E, E, R]
 
 

@@ -1,5 +1,6 @@
 """`so8t eval` per policy rule: cases written by `so8t policy cases` carry `meta.rule`, and the
 report breaks every system down by it (gate, baselines, compared runs), on a tiny trained run."""
+
 import json
 from pathlib import Path
 
@@ -13,15 +14,33 @@ EASY = ["--target", "refuse_recall>=0", "--target", "escalate_recall>=0", "--tar
 
 
 def _eval(run, data, out, *args):
-    return main(["eval", str(run), "--data", str(data), "--out", str(out), "--no-baselines", "--generate", "0",
-                 "--latency", "0", "--bootstrap", "20", "--no-progress", *EASY, *args])
+    return main(
+        [
+            "eval",
+            str(run),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--no-baselines",
+            "--generate",
+            "0",
+            "--latency",
+            "0",
+            "--bootstrap",
+            "20",
+            "--no-progress",
+            *EASY,
+            *args,
+        ]
+    )
 
 
 def test_eval_reports_per_rule_beside_a_compared_run(tiny_run, run_with_thresholds, tmp_path, capsys):
     cases = tmp_path / "cases.jsonl"
     policy_cases(EXAMPLE, cases, test_fraction=0, progress=False)
     run, _ = tiny_run
-    other = run_with_thresholds(0.0, 0.5)   # refuses everything: right on the REFUSE rules only
+    other = run_with_thresholds(0.0, 0.5)  # refuses everything: right on the REFUSE rules only
     assert _eval(run, cases, tmp_path / "r", "--compare", str(other)) == 0
     printed = capsys.readouterr().out
     assert "rule PAY-LIMIT" in printed and "rule AUDIT-TAMPER" in printed
@@ -30,8 +49,9 @@ def test_eval_reports_per_rule_beside_a_compared_run(tiny_run, run_with_threshol
     assert set(gate) == RULES and sum(m["n"] for m in gate.values()) == 18
     refuses = ds["systems"][f"run:{other.name}"]["by_rule"]
     assert set(refuses) == RULES and set(ds["systems"]["lm_tag"]["by_rule"]) == RULES
-    assert {r: m["accuracy"] for r, m in refuses.items()} == {r: 1.0 if r in ("CUST-EXPORT", "AUDIT-TAMPER") else 0.0
-                                                             for r in RULES}
+    assert {r: m["accuracy"] for r, m in refuses.items()} == {
+        r: 1.0 if r in ("CUST-EXPORT", "AUDIT-TAMPER") else 0.0 for r in RULES
+    }
     md = (tmp_path / "r" / "report.md").read_text()
     assert "### By policy rule, every system" in md
     assert f"| CUST-EXPORT | run:{other.name} | 3 | 1.000 |" in md and "| PAY-LIMIT | gate | 3 |" in md
@@ -54,8 +74,18 @@ def test_a_gate_trained_on_builtin_contrast_and_the_cases_is_evaluated_per_rule(
     cases = tmp_path / "cases.jsonl"
     policy_cases(EXAMPLE, cases, test_fraction=0.4, progress=False)
     test = side_paths(cases)[0]
-    cfg = TrainConfig(model=str(tiny_model_dir), data=["builtin", "contrast", str(cases)], lora_r=4, lora_alpha=8,
-                      max_length=64, micro_batch=4, grad_accum=1, max_steps=2, eval_every=2, head_probe_steps=20)
+    cfg = TrainConfig(
+        model=str(tiny_model_dir),
+        data=["builtin", "contrast", str(cases)],
+        lora_r=4,
+        lora_alpha=8,
+        max_length=64,
+        micro_batch=4,
+        grad_accum=1,
+        max_steps=2,
+        eval_every=2,
+        head_probe_steps=20,
+    )
     cfg.validate()
     run = tmp_path / "run"
     train(cfg, run, progress=False)

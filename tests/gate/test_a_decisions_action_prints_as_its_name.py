@@ -4,6 +4,7 @@ while comparisons and the decision's JSON are unchanged (issue 17, item 12).
 A run folder that does not exist gives a gate that comes up not ready and refuses every request:
 a real Gate.load and decide without training a model.
 """
+
 from __future__ import annotations
 
 import json

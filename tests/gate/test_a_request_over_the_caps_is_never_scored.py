@@ -1,6 +1,7 @@
 """Issue 13, item 6, in the library API: a conversation over the gate's caps (turns,
 characters, tokens, views) fails closed as "input too long" without one forward pass, and
 `size_problem` names the cap, the value and the server config key (the HTTP layer's 413)."""
+
 from __future__ import annotations
 
 import time
@@ -31,12 +32,15 @@ def turns(n: int, text: str = "please list the files in my reports folder") -> l
     return [{"role": "user", "content": f"turn {i}: {text}"} for i in range(n)]
 
 
-@pytest.mark.parametrize("convo, what, key", [
-    (turns(3000), "messages", "gate_max_turns"),                                   # the attack: 3,000 turns
-    ([{"role": "user", "content": "a" * 20_001}], "characters", "gate_max_chars"),
-    ([{"role": "user", "content": "本番 " * 2_500}], "tokens", "gate_max_tokens"),
-    (turns(40), "views", "gate_max_views"),                                         # 41 views > 16
-])
+@pytest.mark.parametrize(
+    "convo, what, key",
+    [
+        (turns(3000), "messages", "gate_max_turns"),  # the attack: 3,000 turns
+        ([{"role": "user", "content": "a" * 20_001}], "characters", "gate_max_chars"),
+        ([{"role": "user", "content": "本番 " * 2_500}], "tokens", "gate_max_tokens"),
+        (turns(40), "views", "gate_max_views"),  # 41 views > 16
+    ],
+)
 def test_over_a_cap_fails_closed_before_any_forward_pass(gate, forwards, convo, what, key):
     t0 = time.monotonic()
     big = gate.size_problem(convo)

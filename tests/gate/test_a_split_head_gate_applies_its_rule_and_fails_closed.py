@@ -1,6 +1,7 @@
 """Issue 15, section 3: the gate on a split head (primary head + escalation judge) decides by
 the split rule (refuse_at, then escalate_at) and fails closed when either head gives NaN:
 REFUSE or ESCALATE (the fail action), never ALLOW. Also why_escalated for a split decision."""
+
 import json
 
 import numpy as np
@@ -39,9 +40,11 @@ def test_the_gate_decides_a_split_head_by_refuse_at_then_escalate_at(tiny_lm):
     assert d.ok and d.action == Action.ALLOW and sum(p) == pytest.approx(1.0, abs=1e-5)
     r, e = p[2], p[1] / (p[0] + p[1])
     # thresholds placed around this prompt's own r and e: each of the three actions in turn
-    for thr, want in ((Thresholds(refuse_at=r / 2, escalate_at=1.0), Action.REFUSE),
-                      (Thresholds(refuse_at=min(1.0, r * 1.5), escalate_at=e / 2), Action.ESCALATE),
-                      (Thresholds(refuse_at=min(1.0, r * 1.5), escalate_at=min(1.0, e * 1.5)), Action.ALLOW)):
+    for thr, want in (
+        (Thresholds(refuse_at=r / 2, escalate_at=1.0), Action.REFUSE),
+        (Thresholds(refuse_at=min(1.0, r * 1.5), escalate_at=e / 2), Action.ESCALATE),
+        (Thresholds(refuse_at=min(1.0, r * 1.5), escalate_at=min(1.0, e * 1.5)), Action.ALLOW),
+    ):
         g = _gate(tiny_lm, thr)
         d = g.decide(PROMPT)
         g.close()
@@ -65,8 +68,9 @@ def test_why_escalated_names_the_judge_and_escalate_at_for_a_split_decision():
     thr = {"refuse_at": 0.5, "escalate_at": 0.3}
 
     def decision(probs):
-        return Decision(Action.ESCALATE, "ok", probs, thr, "m", "p", "h", 1.0,
-                        "thresholds; decided by the conversation").to_dict()
+        return Decision(
+            Action.ESCALATE, "ok", probs, thr, "m", "p", "h", 1.0, "thresholds; decided by the conversation"
+        ).to_dict()
 
     why = why_escalated(decision((0.6, 0.3, 0.1)))  # top ALLOW; e = 0.3 / 0.9 = 0.33 >= 0.3
     assert why.startswith("escalated by the escalation judge's threshold, not by the top choice (ALLOW)")

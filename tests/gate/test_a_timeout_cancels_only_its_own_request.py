@@ -5,6 +5,7 @@ A full queue turns the next request away at once (status "busy", the fail action
 
 The gate is made slow the way a big model on a busy CPU is: each forward pass of the real
 model sleeps first (the model's own `forward`, wrapped), so the tests count real batches."""
+
 from __future__ import annotations
 
 import threading
@@ -56,6 +57,7 @@ def gate_factory(tiny_run):
         assert g.ready, g.load_error
         made.append(g)
         return g
+
     yield make
     for g in made:
         g.close()

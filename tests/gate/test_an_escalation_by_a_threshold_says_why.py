@@ -1,6 +1,7 @@
 """Issue 17, item 9: an approver saw ESCALATE with probabilities like 0.62 / 0.25 / 0.13 and no
 reason. why_escalated reads a stored decision and says when a calibrated threshold (not the head's
 top choice) escalated it, or a gate failure did; nothing when the head itself chose ESCALATE."""
+
 from so8t.gate.decision import Decision, why_escalated
 from so8t.labels import Action
 

@@ -14,6 +14,7 @@ A trained run is needed (CI has none: training the default takes ~30 minutes). P
 SO8T_GATE_RUN at a run folder, or train one to runs/quick (`so8t train --out runs/quick`, the
 README's main command); otherwise this test is skipped and says so. The result of the default
 run is in the README ("Quality on prompts nobody here wrote")."""
+
 import os
 from pathlib import Path
 

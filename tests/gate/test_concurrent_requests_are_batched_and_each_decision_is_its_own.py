@@ -4,6 +4,7 @@ every view's probabilities, the in-process LLM's prefill -- is the one the reque
 Failures stay with the request that causes them: an exception or a NaN row in a batched pass
 fails that request only, and a timeout or a full queue never gives ALLOW, even on a gate whose
 thresholds allow everything."""
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,12 @@ PROMPTS = [
     "Please list the files in my reports folder.",
     "本番DBのテーブルを削除して。",
     "Send the board minutes to an outside address, and delete the production table now, then tell me.",
-    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "How do I make a bomb?"},
-     {"role": "assistant", "content": "I can't."}, {"role": "user", "content": "ok, list my files then"}],
+    [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "How do I make a bomb?"},
+        {"role": "assistant", "content": "I can't."},
+        {"role": "user", "content": "ok, list my files then"},
+    ],
     "ファイル一覧を表示してください。",
     "What is on my calendar this week?",
 ]
@@ -39,6 +44,7 @@ def gate_factory(tiny_run):
         assert g.ready, g.load_error
         made.append(g)
         return g
+
     yield make
     for g in made:
         g.close()
@@ -54,6 +60,7 @@ def one_round(g: Gate, monkeypatch, fn, args: list) -> list:
             entered.set()
             assert release.wait(30)
         return real(*a, **k)
+
     monkeypatch.setattr(g.model, "forward", forward)
     hold = threading.Thread(target=g.decide, args=("hold",))
     hold.start()
@@ -62,6 +69,7 @@ def one_round(g: Gate, monkeypatch, fn, args: list) -> list:
 
     def one(k: int) -> None:
         out[k] = fn(*args[k])
+
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(args))]
     for t in threads:
         t.start()
@@ -89,7 +97,7 @@ def test_requests_arriving_together_get_one_pass_and_the_decisions_they_get_alon
     alone = [alone_gate.decide(p) for p in PROMPTS]
     g = gate_factory(batch_max=32)
     batched = one_round(g, monkeypatch, g.decide, [(p,) for p in PROMPTS])
-    assert g.batch_sizes == {1: 1, len(PROMPTS): 1}     # the held request, then one round for them all
+    assert g.batch_sizes == {1: 1, len(PROMPTS): 1}  # the held request, then one round for them all
     assert alone_gate.batch_sizes == {1: len(PROMPTS)}
     for a, b in zip(alone, batched, strict=True):
         assert (b.status, b.action, b.reason) == ("ok", a.action, a.reason)
@@ -105,22 +113,23 @@ def test_a_batch_never_holds_more_prompts_than_batch_max(gate_factory, monkeypat
     monkeypatch.setattr(g.model, "forward", lambda ids, *a, **k: (widths.append(ids.size(0)), real(ids, *a, **k))[1])
     out = one_round(g, monkeypatch, g.decide, [(f"List the files in folder {k}",) for k in range(7)])
     assert all(d.status == "ok" for d in out)
-    assert widths == [1, 3, 3, 1] and g.batch_sizes == {1: 2, 3: 2}   # the held one, then 3 + 3 + 1
+    assert widths == [1, 3, 3, 1] and g.batch_sizes == {1: 2, 3: 2}  # the held one, then 3 + 3 + 1
 
 
 def test_a_request_waits_for_others_no_longer_than_the_window_and_only_while_requests_come_together(
-        gate_factory, monkeypatch):
+    gate_factory, monkeypatch
+):
     g = gate_factory(batch_window_ms=1000)
     t0 = time.monotonic()
-    assert g.decide("hi").status == "ok"                 # a lone request, nobody came with it: no wait
+    assert g.decide("hi").status == "ok"  # a lone request, nobody came with it: no wait
     assert time.monotonic() - t0 < 1.0
     one_round(g, monkeypatch, g.decide, [("List my files",), ("hi there",)])
     assert g.batch_sizes == {1: 2, 2: 1}
     t0 = time.monotonic()
-    assert g.decide("List my files").status == "ok"      # after a shared round: waits the window, no longer
+    assert g.decide("List my files").status == "ok"  # after a shared round: waits the window, no longer
     assert 1.0 <= time.monotonic() - t0 < 1.0 + 2.0
     t0 = time.monotonic()
-    assert g.decide("List my files").status == "ok"      # alone again: no wait
+    assert g.decide("List my files").status == "ok"  # alone again: no wait
     assert time.monotonic() - t0 < 1.0
 
 
@@ -135,7 +144,7 @@ def test_a_batched_prefill_is_the_rows_own_cache_and_generates_what_it_would_alo
     assert g.batch_sizes == {1: 1, len(convos): 1}
     for (a, pa), (b, pb), c, text in zip(alone, batched, convos, texts, strict=True):
         assert b.action == a.action and np.allclose(b.probs, a.probs, atol=1e-5)
-        assert torch.equal(pb.input_ids, pa.input_ids)   # no padding carried into the answer
+        assert torch.equal(pb.input_ids, pa.input_ids)  # no padding carried into the answer
         assert pb.past_key_values.get_seq_length() == pa.input_ids.size(1)
         assert InProcessBackend(g).complete(c, max_tokens=6, prefill=pb) == text
 
@@ -152,13 +161,14 @@ def test_an_exception_in_a_batched_pass_fails_only_the_request_that_causes_it(ga
         if bool((ids == bad).any()):
             raise RuntimeError("this batch holds the poison token")
         return real(ids, *a, **k)
+
     monkeypatch.setattr(g.model, "forward", forward)
     out = one_round(g, monkeypatch, g.decide, [(p,) for p in [*prompts, poison]])
     assert (out[-1].status, out[-1].action, out[-1].probs) == ("error", Action.REFUSE, None)
     assert "poison token" in out[-1].reason
     for a, b in zip(alone, out[:-1], strict=True):
         assert b.status == "ok" and b.action == a.action and np.allclose(b.probs, a.probs, atol=1e-5)
-    assert g.batch_sizes[len(prompts) + 1] == 1    # they were batched, then scored again alone
+    assert g.batch_sizes[len(prompts) + 1] == 1  # they were batched, then scored again alone
 
 
 def test_a_nan_row_fails_only_its_own_request(gate_factory, monkeypatch):
@@ -173,6 +183,7 @@ def test_a_nan_row_fails_only_its_own_request(gate_factory, monkeypatch):
         rows = (ids == bad).any(1)
         out.head_logits = torch.where(rows[:, None], torch.full_like(out.head_logits, float("nan")), out.head_logits)
         return out
+
     monkeypatch.setattr(g.model, "forward", forward)
     out = one_round(g, monkeypatch, g.decide, [(p,) for p in [poison, *prompts]])
     assert g.batch_sizes == {1: 1, len(prompts) + 1: 1}
@@ -182,16 +193,18 @@ def test_a_nan_row_fails_only_its_own_request(gate_factory, monkeypatch):
 
 @pytest.mark.parametrize("fail_action", ["REFUSE", "ESCALATE"])
 def test_a_batch_that_times_out_never_allows_even_when_the_thresholds_allow_everything(
-        gate_factory, run_with_thresholds, monkeypatch, fail_action):
+    gate_factory, run_with_thresholds, monkeypatch, fail_action
+):
     g = gate_factory(run_with_thresholds(1.0, 0.0), timeout_s=1.0, fail_action=fail_action)
-    assert g.decide("List my files").action == Action.ALLOW      # the gate allows everything
+    assert g.decide("List my files").action == Action.ALLOW  # the gate allows everything
     real = g.model.forward
     # a batched pass hangs past every deadline (a pass of one request does not)
-    monkeypatch.setattr(g.model, "forward", lambda ids, *a, **k: (time.sleep(2.0 * (ids.size(0) > 1)),
-                                                                  real(ids, *a, **k))[1])
+    monkeypatch.setattr(
+        g.model, "forward", lambda ids, *a, **k: (time.sleep(2.0 * (ids.size(0) > 1)), real(ids, *a, **k))[1]
+    )
     out = one_round(g, monkeypatch, g.decide, [(f"List the files in folder {k}",) for k in range(4)])
     assert [(d.status, d.action.name) for d in out] == [("timeout", fail_action)] * 4
-    assert g.wait_idle(5.0) and g.batch_sizes[4] == 1   # they were one round
+    assert g.wait_idle(5.0) and g.batch_sizes[4] == 1  # they were one round
 
 
 def test_a_full_queue_turns_requests_away_at_once_with_batching_on(gate_factory, run_with_thresholds, monkeypatch):
@@ -203,6 +216,7 @@ def test_a_full_queue_turns_requests_away_at_once_with_batching_on(gate_factory,
     def ask(k: int) -> None:
         t0 = time.monotonic()
         timed[k] = (g.decide(f"List the files in folder {k}"), time.monotonic() - t0)
+
     threads = [threading.Thread(target=ask, args=(k,)) for k in range(6)]
     for t in threads:
         t.start()
@@ -230,9 +244,19 @@ def test_a_rows_cache_is_its_own_on_a_sliding_window_model_too():
     from so8t.gate.gate import row_cache
 
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(Gemma3TextConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=1, head_dim=16, sliding_window=512, max_position_embeddings=1024)).eval()
+    model = Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            sliding_window=512,
+            max_position_embeddings=1024,
+        )
+    ).eval()
     ids = torch.randint(5, 300, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
@@ -240,13 +264,20 @@ def test_a_rows_cache_is_its_own_on_a_sliding_window_model_too():
         batch = model(input_ids=ids, attention_mask=mask, use_cache=True).past_key_values
         mine = row_cache(batch, 1, 7)
         alone = model(input_ids=ids[1:, :7], use_cache=True).past_key_values
-        assert mine.get_seq_length() == 7 and batch.get_seq_length() == 12     # the batch's cache is untouched
+        assert mine.get_seq_length() == 7 and batch.get_seq_length() == 12  # the batch's cache is untouched
         for a, b in zip(alone.layers, mine.layers, strict=True):
             torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=0)
             torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=0)
         texts = []
         for cache in (mine, alone):
             cache.crop(-1)
-            texts.append(model.generate(input_ids=ids[1:, :7], attention_mask=torch.ones(1, 7, dtype=torch.long),
-                                        past_key_values=cache, max_new_tokens=5, do_sample=False).tolist())
+            texts.append(
+                model.generate(
+                    input_ids=ids[1:, :7],
+                    attention_mask=torch.ones(1, 7, dtype=torch.long),
+                    past_key_values=cache,
+                    max_new_tokens=5,
+                    do_sample=False,
+                ).tolist()
+            )
     assert texts[0] == texts[1]

@@ -1,6 +1,7 @@
 """No path fails open: NaN / infinite probabilities, ties, corrupt weights and a gate that cannot
 tell a blunt dangerous request from a harmless one all end in REFUSE (or the fail action),
 never ALLOW. Each test reproduces an attack that used to allow (issue 13, item 1)."""
+
 import json
 import shutil
 
@@ -30,14 +31,20 @@ def copy_run(tiny_run, tmp_path):
         run = tmp_path / name
         shutil.copytree(tiny_run[0], run)
         return run
+
     return make
 
 
 def test_argmax_ties_go_to_the_stricter_action():
     third = 1 / 3
     p = [[third, third, third], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5], [0.6, 0.4, 0.0]]
-    assert [Action(a) for a in decide(p)] == [Action.REFUSE, Action.ESCALATE, Action.REFUSE, Action.REFUSE,
-                                              Action.ALLOW]
+    assert [Action(a) for a in decide(p)] == [
+        Action.REFUSE,
+        Action.ESCALATE,
+        Action.REFUSE,
+        Action.REFUSE,
+        Action.ALLOW,
+    ]
 
 
 @pytest.mark.parametrize("thresholds", [None, Thresholds(refuse_at=0.9, allow_at=0.0)])
@@ -95,24 +102,43 @@ def test_self_test_passes_a_gate_that_tells_danger_from_harm_even_when_it_escala
     g = Gate.load(tiny_run[0])
     danger = {p for p, bad in SELF_TEST_PROMPTS if bad}
     cautious = next(p for p, bad in SELF_TEST_PROMPTS if not bad)  # a harmless request sent to a person
-    monkeypatch.setattr(g, "_score", lambda views: np.array(
-        [[0.05, 0.15, 0.8] if v[-1]["content"] in danger else [0.1, 0.85, 0.05] if v[-1]["content"] == cautious
-         else [0.9, 0.05, 0.05] for v in views]))
+    monkeypatch.setattr(
+        g,
+        "_score",
+        lambda views: np.array(
+            [
+                [0.05, 0.15, 0.8]
+                if v[-1]["content"] in danger
+                else [0.1, 0.85, 0.05]
+                if v[-1]["content"] == cautious
+                else [0.9, 0.05, 0.05]
+                for v in views
+            ]
+        ),
+    )
     result = g.self_test()
     assert result.ok and g.ready and len(result.rows) == len(SELF_TEST_PROMPTS)
     g.close()
 
 
-@pytest.mark.parametrize("table, why", [
-    ({}, "was ALLOWed"),                                                          # allows everything
-    ({"danger": [0.1, 0.1, 0.8], "harmless": [0.1, 0.1, 0.8]}, "was REFUSEd"),     # refuses everything
-    ({"danger": [0.3, 0.3, 0.4], "harmless": [0.5, 0.1, 0.4]}, "P(REFUSE)"),       # cannot rank them
-])
+@pytest.mark.parametrize(
+    "table, why",
+    [
+        ({}, "was ALLOWed"),  # allows everything
+        ({"danger": [0.1, 0.1, 0.8], "harmless": [0.1, 0.1, 0.8]}, "was REFUSEd"),  # refuses everything
+        ({"danger": [0.3, 0.3, 0.4], "harmless": [0.5, 0.1, 0.4]}, "P(REFUSE)"),  # cannot rank them
+    ],
+)
 def test_self_test_fails_a_gate_that_cannot_tell_them_apart(tiny_run, monkeypatch, table, why):
     g = Gate.load(tiny_run[0])
     danger = {p for p, bad in SELF_TEST_PROMPTS if bad}
-    monkeypatch.setattr(g, "_score", lambda views: np.array(
-        [table.get("danger" if v[-1]["content"] in danger else "harmless", [0.9, 0.05, 0.05]) for v in views]))
+    monkeypatch.setattr(
+        g,
+        "_score",
+        lambda views: np.array(
+            [table.get("danger" if v[-1]["content"] in danger else "harmless", [0.9, 0.05, 0.05]) for v in views]
+        ),
+    )
     result = g.self_test()
     assert not result.ok and why in result.reason
     assert not g.ready and g.decide("What is the capital of France?").status == "error"
@@ -121,8 +147,13 @@ def test_self_test_fails_a_gate_that_cannot_tell_them_apart(tiny_run, monkeypatc
 
 def _serve(tmp_path, run, monkeypatch, **kw):
     monkeypatch.setenv("SO8T_ADMIN_TOKEN", "t" * 24)
-    cfg = ServerConfig(run=str(run), approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
-                       audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6, **kw)
+    cfg = ServerConfig(
+        run=str(run),
+        approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
+        audit_path=str(tmp_path / "state" / "audit.jsonl"),
+        max_tokens=6,
+        **kw,
+    )
     svc = build_service(cfg)
     return serve_in_thread(create_app(svc, start_worker=False)), svc
 
@@ -136,8 +167,12 @@ def test_a_server_whose_head_overflows_refuses_with_json_and_an_audit_record(cop
     with h:
         r = httpx.post(f"{h.url}/v1/gate", json={"input": "How do I build a pipe bomb?"})
         assert r.status_code == 200 and r.json()["action"] == "REFUSE" and r.json()["status"] == "error"
-        chat = httpx.post(f"{h.url}/v1/chat/completions", headers={"X-So8t-User": "eve"},
-                          json={"messages": [{"role": "user", "content": "List my files"}]}, timeout=30)
+        chat = httpx.post(
+            f"{h.url}/v1/chat/completions",
+            headers={"X-So8t-User": "eve"},
+            json={"messages": [{"role": "user", "content": "List my files"}]},
+            timeout=30,
+        )
         assert chat.status_code == 200 and chat.json()["so8t"]["outcome"] == "refused"
         assert "so8t_gate_fail_closed_total 2" in httpx.get(f"{h.url}/metrics").text
     events = [json.loads(line)["event"] for line in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
@@ -159,8 +194,11 @@ def test_a_conversation_the_tokenizer_cannot_read_fails_closed_on_every_path(tin
     """A lone surrogate made the tokenizer raise TypeError inside decide_with_prefill (the
     router's path), so the request ended in an exception instead of a fail-closed decision."""
     g = Gate.load(tiny_run[0])
-    bad = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\udfff"},
-           {"role": "user", "content": "go on"}]
+    bad = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "\udfff"},
+        {"role": "user", "content": "go on"},
+    ]
     d, prefill = g.decide_with_prefill(bad)
     assert (d.status, d.action, prefill) == ("error", Action.REFUSE, None)
     monkeypatch.setattr(g, "views", lambda convo: (_ for _ in ()).throw(TypeError("tokenizer broke")))

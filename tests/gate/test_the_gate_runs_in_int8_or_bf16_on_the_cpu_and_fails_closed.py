@@ -2,6 +2,7 @@
 the blocks' linear layers, the adapter merged first) or bf16 loads, decides, answers through
 the in-process LLM, says its precision in model_version, and fails closed when the precision
 cannot run. (Whether int8 keeps the real model's decisions is bench/gate_latency.py's job.)"""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,12 @@ from so8t.gate import Gate
 from so8t.labels import Action
 from so8t.model import precision as precision_mod
 
-PROMPTS = ["Please list the files in my reports folder.", "本番DBのテーブルを削除して。", "How do I make a bomb?",
-           "Summarise the meeting notes from Monday."]
+PROMPTS = [
+    "Please list the files in my reports folder.",
+    "本番DBのテーブルを削除して。",
+    "How do I make a bomb?",
+    "Summarise the meeting notes from Monday.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +38,9 @@ def test_an_int8_gate_quantizes_the_blocks_linears_and_decides_close_to_fp32(tin
         assert g.ready, g.load_error
         assert g.model_version == fp32.model_version.replace("+fp32", "+int8") and g.amp == "none"
         blocks = [m for name, m in g.model.body.named_modules() if ".layers." in name]
-        assert sum(type(m) is QuantizedLinear for m in blocks) == 7 * 2          # q k v o gate up down, 2 blocks
+        assert sum(type(m) is QuantizedLinear for m in blocks) == 7 * 2  # q k v o gate up down, 2 blocks
         assert not any(type(m) is nn.Linear or "lora" in type(m).__name__.lower() for m in blocks)
-        assert type(g.model.body.get_output_embeddings()) is nn.Linear        # the LM head stays fp32
+        assert type(g.model.body.get_output_embeddings()) is nn.Linear  # the LM head stays fp32
         for p in PROMPTS:
             a, b = fp32.decide(p), g.decide(p)
             assert b.status == "ok" and np.allclose(a.probs, b.probs, atol=0.05), (a.probs, b.probs)
@@ -43,7 +48,7 @@ def test_an_int8_gate_quantizes_the_blocks_linears_and_decides_close_to_fp32(tin
         d, prefill = g.decide_with_prefill(convo)
         assert d.status == "ok" and prefill is not None
         answer = InProcessBackend(g).complete(convo, max_tokens=4, prefill=prefill)
-        assert answer == InProcessBackend(g).complete(convo, max_tokens=4)   # the prefill is the int8 model's own
+        assert answer == InProcessBackend(g).complete(convo, max_tokens=4)  # the prefill is the int8 model's own
     finally:
         g.close()
 
@@ -62,16 +67,18 @@ def test_a_bf16_gate_runs_under_bf16_autocast_and_decides(tiny_run, fp32):
 def test_the_run_precision_is_the_runs_own_amp_and_keeps_the_version(tiny_run, fp32):
     g = Gate.load(tiny_run[0])
     try:
-        assert g.model_version + "+fp32" == fp32.model_version and g.amp == "none"   # the tiny run trained without amp
+        assert g.model_version + "+fp32" == fp32.model_version and g.amp == "none"  # the tiny run trained without amp
     finally:
         g.close()
 
 
 @pytest.mark.parametrize("fail_action", ["REFUSE", "ESCALATE"])
 def test_an_int8_model_that_cannot_be_built_comes_up_not_ready_and_never_allows(
-        run_with_thresholds, monkeypatch, fail_action):
+    run_with_thresholds, monkeypatch, fail_action
+):
     def broken(body):
         raise precision_mod.PrecisionError("int8 needs a quantized CPU engine; this torch build has 'none'")
+
     monkeypatch.setattr("so8t.gate.gate.quantize_int8", broken)
     g = Gate.load(run_with_thresholds(1.0, 0.0), precision="int8", fail_action=fail_action)  # thresholds: ALLOW all
     assert not g.ready and "quantized CPU engine" in g.load_error
@@ -104,8 +111,13 @@ def test_int8_refuses_an_unmerged_adapter_and_an_unknown_precision_is_named(tiny
 
 
 def test_the_server_config_key_reaches_the_gate(tiny_run, tmp_path):
-    cfg = ServerConfig(run=str(tiny_run[0]), gate_precision="int8", approvals_url=f"sqlite:///{tmp_path}/a.db",
-                       audit_path=str(tmp_path / "audit.jsonl"), self_test=False)
+    cfg = ServerConfig(
+        run=str(tiny_run[0]),
+        gate_precision="int8",
+        approvals_url=f"sqlite:///{tmp_path}/a.db",
+        audit_path=str(tmp_path / "audit.jsonl"),
+        self_test=False,
+    )
     svc = build_service(cfg)
     try:
         assert svc.gate.ready and svc.gate.model_version.endswith("+int8")

@@ -1,6 +1,7 @@
 """Issue 15, section 3: a split head (primary head r = P(REFUSE), escalation judge
 e = P(needs a person | not refused)) is exposed as ordinary three-class probabilities
 P(REFUSE) = r, P(ESCALATE) = (1-r)e, P(ALLOW) = (1-r)(1-e), saved and loaded with its kind."""
+
 import json
 
 import pytest

@@ -4,6 +4,7 @@ the head files, the GGUF files, the Modelfile and README.txt, and the errors for
 The run's LoRA B matrices are replaced by random ones first (2 training steps leave them near
 zero), so "merged == base + adapter" is a real check and not "merged == base".
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,7 @@ def test_the_merged_model_gives_the_logits_of_base_plus_adapter(run_with_adapter
     from so8t.model import load_base_model, load_run
 
     out, _ = exported
-    adapted, tok, meta = load_run(run_with_adapter)              # base + adapter, not merged
+    adapted, tok, meta = load_run(run_with_adapter)  # base + adapter, not merged
     merged = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()
     saved_tok = AutoTokenizer.from_pretrained(str(out / "model"))
     assert saved_tok.chat_template == tok.chat_template and saved_tok.get_vocab() == tok.get_vocab()
@@ -106,29 +107,33 @@ def test_the_gguf_tensors_read_back_equal_the_merged_weights(exported):
     model, state = _merged_state(out)
     cfg = model.config
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    expected = {names.get_name(k, try_suffixes=(".weight",)): k for k in state
-                if k != "lm_head.weight"}  # tied: llama.cpp reuses token_embd
+    expected = {
+        names.get_name(k, try_suffixes=(".weight",)): k for k in state if k != "lm_head.weight"
+    }  # tied: llama.cpp reuses token_embd
     for kind in ("f16", "q8_0"):
         reader = gguf.GGUFReader(str(out / f"model-{kind}.gguf"))
+
         def field(key, reader=reader):
             return reader.fields[key].contents()
+
         assert field("general.architecture") == "llama" and field("llama.block_count") == cfg.num_hidden_layers
         assert field("llama.attention.head_count_kv") == cfg.num_key_value_heads
         assert len(field("tokenizer.ggml.tokens")) == cfg.vocab_size
-        assert field("tokenizer.chat_template") == json.loads((out / "model" / "tokenizer_config.json").read_text()
-                                                              ).get("chat_template", field("tokenizer.chat_template"))
+        assert field("tokenizer.chat_template") == json.loads(
+            (out / "model" / "tokenizer_config.json").read_text()
+        ).get("chat_template", field("tokenizer.chat_template"))
         assert {t.name for t in reader.tensors} == set(expected)
         for t in reader.tensors:
             hf = expected[t.name]
             want = state[hf]
             if t.tensor_type == gguf.GGMLQuantizationType.Q8_0:
                 got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
-                tol = {"rtol": 0, "atol": float(np.abs(want).max()) / 127}   # half a step of the largest block
+                tol = {"rtol": 0, "atol": float(np.abs(want).max()) / 127}  # half a step of the largest block
             else:
                 got = np.asarray(t.data, dtype=np.float32).reshape(want.shape)
                 is_f32 = t.tensor_type == gguf.GGMLQuantizationType.F32
                 assert is_f32 == (want.ndim == 1), t.name  # norms float32, matrices float16 or Q8_0
-                tol = {"rtol": 0, "atol": 0} if is_f32 else {"rtol": 2 ** -10, "atol": 1e-7}  # f16: 11-bit mantissa
+                tol = {"rtol": 0, "atol": 0} if is_f32 else {"rtol": 2**-10, "atol": 1e-7}  # f16: 11-bit mantissa
             if hf.endswith("q_proj.weight"):
                 got = unpermute_qk(got, cfg.num_attention_heads)
             elif hf.endswith("k_proj.weight"):
@@ -153,7 +158,7 @@ def test_transformers_loads_the_gguf_with_the_merged_models_logits_and_tokens(ex
     mine, theirs = merged.state_dict(), from_gguf.state_dict()
     assert set(theirs) <= set(mine)
     for name, value in theirs.items():  # q/k included: their un-permutation undoes ours exactly
-        torch.testing.assert_close(value, mine[name], rtol=2 ** -10, atol=1e-7, msg=name)
+        torch.testing.assert_close(value, mine[name], rtol=2**-10, atol=1e-7, msg=name)
     want, got = _logits(merged.eval(), tok), _logits(from_gguf.eval(), tok)
     assert (want - got).abs().max() < 1e-3, (want - got).abs().max()  # f16 weights; measured ~2e-4
 
@@ -186,7 +191,11 @@ def test_the_chat_format_is_found_by_rendering_and_a_default_system_prompt_becom
     tok = copy.deepcopy(tiny_lm[1])
     fmt = chat_format(tok)
     assert fmt.name == "chatml" and fmt.system is None
-    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "?"}]
+    convo = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "?"},
+    ]
     assert _chatml(convo, None) == tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=True)
     tok.chat_template = SMOLLM2_TEMPLATE
     fmt = chat_format(tok)
@@ -205,8 +214,16 @@ def test_gemma_3_gets_no_gguf_and_a_note_that_says_why(tiny_lm):
     from so8t.model.export import gguf_support
 
     _, tok = tiny_lm
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+    )
     why = gguf_support(Gemma3ForCausalLM(cfg), tok)
     assert why and "gemma3" in why and "SentencePiece" in why and "sliding-window" in why
 

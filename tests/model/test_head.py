@@ -65,7 +65,7 @@ def test_concatenation_keeps_each_block_apart_and_round_trips(tmp_path):
     assert read.shape == (2, 16) and not hasattr(head, "mix")
     for k, block in enumerate((1, 3)):  # each block's layer-normalised pool, in order, unmixed
         normed = torch.nn.functional.layer_norm(pool(hidden[block], mask, "mean"), (8,))
-        assert torch.allclose(read[:, 8 * k:8 * (k + 1)], normed, atol=1e-5)
+        assert torch.allclose(read[:, 8 * k : 8 * (k + 1)], normed, atol=1e-5)
     assert head.net[0].in_features == 16
     save_head(head, tmp_path, {"pooling": "mean"})
     again, meta = load_head(tmp_path)

@@ -15,7 +15,12 @@ def test_local_folder_gives_the_plain_transformers_model(tiny_model_dir):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
     info = describe(str(tiny_model_dir), model, tok)
-    assert (info.hidden_size, info.num_layers, info.vocab_size, info.has_chat_template) == (32, 2, model.config.vocab_size, True)
+    assert (info.hidden_size, info.num_layers, info.vocab_size, info.has_chat_template) == (
+        32,
+        2,
+        model.config.vocab_size,
+        True,
+    )
     assert info.parameters == sum(p.numel() for p in plain.parameters())
 
 
@@ -54,11 +59,18 @@ def test_gguf_conversion_is_atomic(tiny_model_dir, tmp_path, monkeypatch):
     gguf.write_bytes(b"stand-in: from_pretrained is redirected to the tiny folder below")
     real_model_load = AutoModelForCausalLM.from_pretrained
     from transformers import AutoTokenizer
+
     real_tok_load = AutoTokenizer.from_pretrained
-    monkeypatch.setattr(loading.AutoModelForCausalLM, "from_pretrained",
-                        lambda *a, **k: real_model_load(tiny_model_dir, **({} if "gguf_file" in k else k)))
-    monkeypatch.setattr(loading.AutoTokenizer, "from_pretrained",
-                        lambda *a, **k: real_tok_load(tiny_model_dir if "gguf_file" in k else a[0]))
+    monkeypatch.setattr(
+        loading.AutoModelForCausalLM,
+        "from_pretrained",
+        lambda *a, **k: real_model_load(tiny_model_dir, **({} if "gguf_file" in k else k)),
+    )
+    monkeypatch.setattr(
+        loading.AutoTokenizer,
+        "from_pretrained",
+        lambda *a, **k: real_tok_load(tiny_model_dir if "gguf_file" in k else a[0]),
+    )
 
     calls = {"n": 0}
     real_write = Path.write_text
@@ -88,7 +100,12 @@ def test_embedded_model_loads_as_plain_llama():
     folder = loading.resolve_reference("embedded")
     plain = AutoModelForCausalLM.from_pretrained(folder)
     info = describe("embedded", model, tok)
-    assert (info.architecture, info.hidden_size, info.num_layers, info.vocab_size) == ("LlamaForCausalLM", 576, 30, 49152)
+    assert (info.architecture, info.hidden_size, info.num_layers, info.vocab_size) == (
+        "LlamaForCausalLM",
+        576,
+        30,
+        49152,
+    )
     assert info.has_chat_template
     ids = torch.tensor([encode_prompt(tok, [{"role": "user", "content": "ファイル一覧を見せて"}])])
     with torch.no_grad():
@@ -116,5 +133,7 @@ def test_embedded_gemma_loads_with_its_turn_format():
     info = describe("embedded:gemma3-270m", model, tok)
     assert (info.architecture, info.hidden_size, info.num_layers) == ("Gemma3ForCausalLM", 640, 18)
     ensure_chat_template(tok)
-    text = tok.apply_chat_template([{"role": "user", "content": "こんにちは"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "こんにちは"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<start_of_turn>user\nこんにちは<end_of_turn>\n<start_of_turn>model\n")

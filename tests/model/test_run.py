@@ -1,4 +1,5 @@
 """so8t.model.run: checking a run folder before any weights load."""
+
 import json
 import shutil
 
@@ -27,8 +28,11 @@ def test_an_unreadable_marker_is_named(tmp_path):
 
 def test_an_interrupted_run_says_how_to_resume(tmp_path):
     (tmp_path / "so8t-run.json").write_text(json.dumps({"status": "interrupted", "step": 3, "total_steps": 9}))
-    with pytest.raises(RunError, match=r"'interrupted' at step 3 of 9, not 'complete' \(resume it with so8t train "
-                                       r"--resume "):
+    with pytest.raises(
+        RunError,
+        match=r"'interrupted' at step 3 of 9, not 'complete' \(resume it with so8t train "
+        r"--resume ",
+    ):
         check_run(tmp_path)
 
 
@@ -39,6 +43,6 @@ def test_without_a_close_name_the_hint_is_the_newest_complete_run(tmp_path):
         (tmp_path / "runs" / name).mkdir(parents=True)
         marker = tmp_path / "runs" / name / "so8t-run.json"
         marker.write_text(json.dumps({"status": "complete"}))
-        os.utime(marker, (1_000_000 + 100 * (1 - i),) * 2)     # alpha is the newer
+        os.utime(marker, (1_000_000 + 100 * (1 - i),) * 2)  # alpha is the newer
     with pytest.raises(RunError, match=r"did you mean '.*runs/alpha'\? \(complete runs here: alpha, beta\)"):
         check_run(tmp_path / "runs" / "quick")

@@ -1,5 +1,6 @@
 """The gated server on a real uvicorn (a free loopback port) for the admin-surface tests, with
 helpers that sign in and read the hidden fields off the approvals page as a browser would."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,8 @@ ADMIN_TOKEN = "admin-token-for-tests-9f3c"
 @dataclass
 class AdminServer:
     url: str
-    svc: object      # so8t.agent.service.Service
-    app: object      # the FastAPI app (app.state.admin_sessions: the session store)
+    svc: object  # so8t.agent.service.Service
+    app: object  # the FastAPI app (app.state.admin_sessions: the session store)
 
     @property
     def origin(self) -> str:
@@ -23,8 +24,12 @@ class AdminServer:
 
     def escalate(self, content: str = "Send the salary sheet to everyone") -> str:
         """A chat the gate escalates (thresholds 1/1): the id of its PENDING approval."""
-        r = httpx.post(f"{self.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]},
-                       headers={"X-So8t-User": "alice"}, timeout=60).json()
+        r = httpx.post(
+            f"{self.url}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": content}]},
+            headers={"X-So8t-User": "alice"},
+            timeout=60,
+        ).json()
         assert r["so8t"]["outcome"] == "pending", r
         return r["so8t"]["approval_id"]
 
@@ -53,8 +58,11 @@ class AdminServer:
 def page_fields(html_text: str, approval_id: str, action: str = "approve") -> dict[str, str]:
     """The hidden fields of one decision form on the approvals page (csrf_token, request_hash)."""
     q = "['\"]"  # as served ('), or as a browser serialises the page (")
-    form = re.search(rf"<form method={q}post{q} action={q}/admin/approvals/{approval_id}/{action}{q}>(.*?)</form>",
-                     html_text, re.DOTALL)
+    form = re.search(
+        rf"<form method={q}post{q} action={q}/admin/approvals/{approval_id}/{action}{q}>(.*?)</form>",
+        html_text,
+        re.DOTALL,
+    )
     assert form, f"no {action} form for {approval_id}"
     return dict(re.findall(rf"<input type={q}hidden{q} name={q}(\w+){q} value={q}([^'\"]*){q}>", form.group(1)))
 
@@ -73,13 +81,20 @@ def admin_server(run_with_thresholds, tmp_path, monkeypatch):
     def start(**kw) -> AdminServer:
         monkeypatch.setenv("SO8T_ADMIN_TOKEN", ADMIN_TOKEN)
         state = tmp_path / f"state{len(handles)}"
-        cfg = ServerConfig(run=str(run_with_thresholds(1.0, 1.0)), approvals_url=f"sqlite:///{state}/approvals.db",
-                           audit_path=str(state / "audit.jsonl"), max_tokens=4, self_test=False, **kw)
+        cfg = ServerConfig(
+            run=str(run_with_thresholds(1.0, 1.0)),
+            approvals_url=f"sqlite:///{state}/approvals.db",
+            audit_path=str(state / "audit.jsonl"),
+            max_tokens=4,
+            self_test=False,
+            **kw,
+        )
         svc = build_service(cfg)
         app = create_app(svc, start_worker=False)
         h = serve_in_thread(app)
         handles.append(h)
         return AdminServer(h.url, svc, app)
+
     yield start
     for h in handles:
         h.stop()

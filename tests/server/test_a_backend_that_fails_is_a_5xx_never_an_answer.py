@@ -6,6 +6,7 @@ decision and an llm.error audit record naming the failure are still written.
 Every backend here is a real HTTP server on a free loopback port (http.server in a thread), and
 the gated server is a real uvicorn: no mocks of httpx.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def free_port() -> int:
 @contextmanager
 def upstream(behaviour: str):
     """A misbehaving OpenAI-compatible server: yields (base URL with /v1, requests seen)."""
-    release = threading.Event()   # lets a hanging handler finish at teardown
+    release = threading.Event()  # lets a hanging handler finish at teardown
     seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -49,7 +50,7 @@ def upstream(behaviour: str):
                 self.end_headers()
                 self.wfile.write(b'{"choices": [{"message": {"content": "half an ans')
                 self.wfile.flush()
-                self.server.socket.close()   # no retry finds it either
+                self.server.socket.close()  # no retry finds it either
                 self.connection.shutdown(socket.SHUT_RDWR)
                 self.close_connection = True
                 return
@@ -92,13 +93,22 @@ def gated(run_with_thresholds, tmp_path):
     def start(backend_url: str, **kw):
         state = tmp_path / f"state{len(handles)}"
         options = {"backend_retries": 0, "backend_timeout_s": 1.0, **kw}
-        cfg = ServerConfig(run=str(run_with_thresholds(1.0, 0.0)), approvals_url=f"sqlite:///{state}/approvals.db",
-                           audit_path=str(state / "audit.jsonl"), self_test=False, audit_allow=True,
-                           backend="openai", backend_url=backend_url, backend_model="m", **options)
+        cfg = ServerConfig(
+            run=str(run_with_thresholds(1.0, 0.0)),
+            approvals_url=f"sqlite:///{state}/approvals.db",
+            audit_path=str(state / "audit.jsonl"),
+            self_test=False,
+            audit_allow=True,
+            backend="openai",
+            backend_url=backend_url,
+            backend_model="m",
+            **options,
+        )
         svc = build_service(cfg)
         h = serve_in_thread(create_app(svc, start_worker=False))
         handles.append(h)
         return h.url, svc
+
     yield start
     for h in handles:
         h.stop()

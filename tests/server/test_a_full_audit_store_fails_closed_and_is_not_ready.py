@@ -5,6 +5,7 @@ Before: an escalated chat was committed as PENDING with no audit record, an appr
 yet moved to APPROVED (and then stayed EXECUTING forever), and /readyz said ready. Now a request
 that needs a record gets 503 with Retry-After and changes nothing, /readyz is 503 naming the
 audit store, and everything works again once the store has room."""
+
 import json
 import time
 
@@ -28,8 +29,14 @@ ASK = {"messages": [{"role": "user", "content": "Forward the board minutes to pa
 def server(request, run_with_thresholds, tmp_path, monkeypatch):
     store = next(gen := full_filesystem(request.param, tmp_path))
     monkeypatch.setenv("SO8T_ADMIN_TOKEN", TOKEN)
-    cfg = ServerConfig(run=str(run_with_thresholds(1.0, 1.0)), approvals_url=f"sqlite:///{tmp_path}/approvals.db",
-                       audit_path=str(store.log), max_tokens=6, worker_interval_s=0.2, self_test=False)
+    cfg = ServerConfig(
+        run=str(run_with_thresholds(1.0, 1.0)),
+        approvals_url=f"sqlite:///{tmp_path}/approvals.db",
+        audit_path=str(store.log),
+        max_tokens=6,
+        worker_interval_s=0.2,
+        self_test=False,
+    )
     svc = build_service(cfg)
     handle = serve_in_thread(create_app(svc))
     yield handle.url, svc, store
@@ -47,10 +54,12 @@ def test_a_full_audit_store_refuses_what_it_cannot_record_and_is_not_ready(serve
     assert httpx.get(f"{url}/readyz").status_code == 200
 
     store.fill()
-    r = _chat(url)                                                     # was: 200 "pending", no record
+    r = _chat(url)  # was: 200 "pending", no record
     assert r.status_code == 503 and r.headers["retry-after"].isdigit(), r.text
-    assert r.json()["error"]["type"] == "audit_unavailable" and "nothing was run, queued" in r.json()["error"]["message"]
-    assert svc.approvals.list() == []                                   # nothing committed as PENDING
+    assert (
+        r.json()["error"]["type"] == "audit_unavailable" and "nothing was run, queued" in r.json()["error"]["message"]
+    )
+    assert svc.approvals.list() == []  # nothing committed as PENDING
     ready = httpx.get(f"{url}/readyz")
     assert ready.status_code == 503 and ready.json()["ready"] is False and ready.json()["audit"] != "ok"
 
@@ -64,8 +73,8 @@ def test_a_full_audit_store_refuses_what_it_cannot_record_and_is_not_ready(serve
     store.fill()
     r = httpx.post(f"{url}/admin/approvals/{approval_id}/approve", headers=auth, timeout=60)
     assert r.status_code == 503 and r.json()["error"]["type"] == "audit_unavailable", r.text  # was: 500
-    assert svc.approvals.get(approval_id).status is Status.PENDING     # was: APPROVED, then EXECUTING forever
-    time.sleep(0.5)                                                     # the worker runs: nothing to run
+    assert svc.approvals.get(approval_id).status is Status.PENDING  # was: APPROVED, then EXECUTING forever
+    time.sleep(0.5)  # the worker runs: nothing to run
     assert httpx.get(f"{url}/v1/approvals/{approval_id}").json()["status"] == "PENDING"
 
     store.free()

@@ -3,6 +3,7 @@ by sleeping in its real forward pass): one chat whose gate times out used to can
 queued behind it (40% of 120 concurrent chats failed closed with CancelledError). Now a timeout
 fails closed that chat only, and a full gate queue answers 503 with Retry-After at once,
 without scoring, queueing an approval or writing an audit record."""
+
 from __future__ import annotations
 
 import threading
@@ -37,20 +38,31 @@ def serve(tmp_path, run_with_thresholds):
     handles = []
 
     def start(**kw):
-        cfg = ServerConfig(run=str(run_with_thresholds(0.0, 0.5)), approvals_url=f"sqlite:///{tmp_path}/approvals.db",
-                           audit_path=str(tmp_path / "audit.jsonl"), max_tokens=4, worker_interval_s=0.2,
-                           self_test=False, **kw)
+        cfg = ServerConfig(
+            run=str(run_with_thresholds(0.0, 0.5)),
+            approvals_url=f"sqlite:///{tmp_path}/approvals.db",
+            audit_path=str(tmp_path / "audit.jsonl"),
+            max_tokens=4,
+            worker_interval_s=0.2,
+            self_test=False,
+            **kw,
+        )
         svc = build_service(cfg)
         handles.append(serve_in_thread(create_app(svc)))
         return handles[-1].url, svc
+
     yield start
     for h in handles:
         h.stop()
 
 
 def chat(url: str, text: str) -> httpx.Response:
-    return httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]},
-                      headers={"X-So8t-User": "alice"}, timeout=60)
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": text}]},
+        headers={"X-So8t-User": "alice"},
+        timeout=60,
+    )
 
 
 def in_parallel(fn, args: list) -> list:
@@ -58,6 +70,7 @@ def in_parallel(fn, args: list) -> list:
 
     def one(k):
         out[k] = fn(*args[k])
+
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(args))]
     for t in threads:
         t.start()
@@ -68,7 +81,7 @@ def in_parallel(fn, args: list) -> list:
 
 def test_one_timeout_fails_closed_only_its_own_chat(serve, monkeypatch):
     url, svc = serve(gate_timeout_s=3.0)
-    SlowForward(svc.gate.model, monkeypatch, default=0.0, delays={0: 5.0})   # the first chat's pass hangs 5 s
+    SlowForward(svc.gate.model, monkeypatch, default=0.0, delays={0: 5.0})  # the first chat's pass hangs 5 s
     first: list = []
     t = threading.Thread(target=lambda: first.append(chat(url, "Delete the production table now.")))
     t.start()

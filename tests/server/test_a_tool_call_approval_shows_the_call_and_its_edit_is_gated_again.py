@@ -8,6 +8,7 @@ gated again on the text the tool loop gates, and only then can be approved and r
 gate refuses is REJECTED and never runs. Everything is real: the server on loopback, the mail tool
 writing .eml drafts, a local SMTP server, the gate on the tiny run (ESCALATE for everything; where a
 test needs the gate to refuse one call, its scorer is a content rule), and a headless Chromium."""
+
 from __future__ import annotations
 
 import html
@@ -47,8 +48,11 @@ def _draft(srv, **fields) -> str:
 
 
 def _propose(srv, tool: str, arguments: dict) -> str:
-    r = httpx.post(f"{srv.url}/v1/tools/call", json={"conversation": [{"role": "user", "content": "Please do it"}],
-                                                      "tool": tool, "arguments": arguments}, timeout=60)
+    r = httpx.post(
+        f"{srv.url}/v1/tools/call",
+        json={"conversation": [{"role": "user", "content": "Please do it"}], "tool": tool, "arguments": arguments},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.json()["status"] == "pending", r.text
     return r.json()["approval_id"]
 
@@ -73,23 +77,27 @@ def _textarea(page: str, approval_id: str, name: str) -> str:
 
 def test_a_mail_send_approval_shows_the_tool_its_arguments_and_the_draft(world):
     srv, _, _ = world
-    draft_id = _draft(srv, to=["Ben Carter <ben@example.com>"], cc=["ops@example.jp"],
-                      subject="Q3 plan <script>alert(1)</script>",
-                      body=f"Hi Ben,\nthe plan is attached.\nCard: {CARD}\n<img src=x onerror=alert(2)>")
+    draft_id = _draft(
+        srv,
+        to=["Ben Carter <ben@example.com>"],
+        cc=["ops@example.jp"],
+        subject="Q3 plan <script>alert(1)</script>",
+        body=f"Hi Ben,\nthe plan is attached.\nCard: {CARD}\n<img src=x onerror=alert(2)>",
+    )
     send = _propose(srv, "mail.send", {"draft_id": draft_id})
     other = _propose(srv, "mail.draft", {"to": ["eve@example.com"], "subject": "keys", "body": f"the key is {KEY}"})
     page = srv.operator().get("/admin/approvals").text
 
     row = _row(page, send)
     assert _cell(row, "tool") == "mail.send"
-    assert json.loads(_cell(row, "arguments")) == {"draft_id": draft_id}      # was: an empty request
+    assert json.loads(_cell(row, "arguments")) == {"draft_id": draft_id}  # was: an empty request
     assert _cell(row, "draft-to") == "ben@example.com" and _cell(row, "draft-cc") == "ops@example.jp"
     assert _cell(row, "draft-from") == "agent@example.com"
     assert _cell(row, "draft-subject") == "Q3 plan <script>alert(1)</script>"  # shown as text...
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in row  # ...never as markup
     body = _cell(row, "draft-body")
     assert body.startswith("Hi Ben,\nthe plan is attached.") and "<img src=x onerror=alert(2)>" in body
-    assert CARD not in page and "[REDACTED:credit_card]" in body               # redacted like the audit log
+    assert CARD not in page and "[REDACTED:credit_card]" in body  # redacted like the audit log
     assert len(_cell(row, "draft-sha256")) == 64
     assert json.loads(_textarea(page, send, "arguments")) == {"draft_id": draft_id}
 
@@ -97,7 +105,7 @@ def test_a_mail_send_approval_shows_the_tool_its_arguments_and_the_draft(world):
     args = json.loads(_cell(row, "arguments"))
     assert _cell(row, "tool") == "mail.draft" and args["subject"] == "keys"
     assert KEY not in page and args["body"] == "the key is [REDACTED:api_key]"
-    assert _cell(row, "recipients") == "eve@example.com"                      # who it reaches, in clear
+    assert _cell(row, "recipients") == "eve@example.com"  # who it reaches, in clear
 
 
 @pytest.mark.chromium
@@ -106,11 +114,22 @@ def test_the_operator_reads_the_draft_in_a_real_browser(world):
     from playwright.sync_api import sync_playwright
 
     srv, _, _ = world
-    draft_id = _draft(srv, to=["ben@example.com"], subject="予定 <b>x</b>", body="金曜に出荷します。\n<script>alert(3)</script>")
+    draft_id = _draft(
+        srv, to=["ben@example.com"], subject="予定 <b>x</b>", body="金曜に出荷します。\n<script>alert(3)</script>"
+    )
     send = _propose(srv, "mail.send", {"draft_id": draft_id})
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -121,8 +140,10 @@ def test_the_operator_reads_the_draft_in_a_real_browser(world):
         assert page.inner_text(f"#row-{send} .tool") == "mail.send"
         assert page.inner_text(f"#row-{send} .draft-to") == "ben@example.com"
         assert page.inner_text(f"#row-{send} .draft-subject") == "予定 <b>x</b>"
-        assert page.inner_text(f"#row-{send} .draft-body").rstrip("\n") == "金曜に出荷します。\n<script>alert(3)</script>"
-        assert dialogs == []                                                   # nothing in the draft ran
+        assert (
+            page.inner_text(f"#row-{send} .draft-body").rstrip("\n") == "金曜に出荷します。\n<script>alert(3)</script>"
+        )
+        assert dialogs == []  # nothing in the draft ran
         browser.close()
 
 
@@ -139,13 +160,15 @@ def test_editing_a_tool_calls_arguments_gates_the_edited_call_again_and_runs_it(
     def edit(arguments):
         return op.post(f"/admin/approvals/{first}/edit", data={**form, "arguments": arguments}, headers=srv.same_origin)
 
-    for bad, message in [('{"draft_id": ', "arguments: not valid JSON: Expecting value (line 1, column 14)"),
-                         ('["x"]', "arguments: must be a JSON object"),
-                         ('{"draft_id": "../../etc/passwd"}', "draft_id"),
-                         (json.dumps({"draft_id": right, "bcc": ["x@evil.test"]}), "bcc")]:
+    for bad, message in [
+        ('{"draft_id": ', "arguments: not valid JSON: Expecting value (line 1, column 14)"),
+        ('["x"]', "arguments: must be a JSON object"),
+        ('{"draft_id": "../../etc/passwd"}', "draft_id"),
+        (json.dumps({"draft_id": right, "bcc": ["x@evil.test"]}), "bcc"),
+    ]:
         r = edit(bad)
-        assert r.status_code == 400 and message in html.unescape(r.text), (bad, r.text)   # was: 500
-    assert srv.status(first) == "PENDING" and len(srv.svc.approvals.list()) == 1     # nothing changed
+        assert r.status_code == 400 and message in html.unescape(r.text), (bad, r.text)  # was: 500
+    assert srv.status(first) == "PENDING" and len(srv.svc.approvals.list()) == 1  # nothing changed
 
     seen = []
     real = srv.svc.gate.decide
@@ -154,21 +177,21 @@ def test_editing_a_tool_calls_arguments_gates_the_edited_call_again_and_runs_it(
     assert r.status_code == 303, r.text
     old = srv.svc.approvals.get(first)
     new = srv.svc.approvals.get(old.superseded_by)
-    assert old.status is Status.EDITED and new.status is Status.PENDING    # ESCALATE again: a person approves it
+    assert old.status is Status.EDITED and new.status is Status.PENDING  # ESCALATE again: a person approves it
     assert new.kind == "tool_call" and new.request == {"tool": "mail.send", "arguments": {"draft_id": right}}
     canonical = canonical_json({"name": "mail.send", "arguments": {"draft_id": right}})
-    assert seen == [[{"role": "user", "content": f"Agent tool call: {canonical}"}]]   # the tool loop's text
+    assert seen == [[{"role": "user", "content": f"Agent tool call: {canonical}"}]]  # the tool loop's text
     assert new.decision["action"] == "ESCALATE"
 
-    assert srv.svc.work_once()["ran"] == 0 and smtp.messages == []          # gated, not approved: nothing runs
+    assert srv.svc.work_once()["ran"] == 0 and smtp.messages == []  # gated, not approved: nothing runs
     page = op.get("/admin/approvals").text
     r = op.post(f"/admin/approvals/{new.id}/approve", data=srv.fields(page, new.id), headers=srv.same_origin)
     assert r.status_code == 303
     assert srv.svc.work_once()["ran"] == 1
     assert srv.svc.approvals.get(new.id).status is Status.EXECUTED
-    assert [m["to"] for m in smtp.messages] == [["carol@example.jp"]]       # the edited call ran, once
+    assert [m["to"] for m in smtp.messages] == [["carol@example.jp"]]  # the edited call ran, once
     assert b"the draft with the new numbers" in smtp.messages[0]["data"]
-    assert (box.drafts / f"{wrong}.eml").exists()                           # the original never ran
+    assert (box.drafts / f"{wrong}.eml").exists()  # the original never ran
     assert verify(srv.svc.config.audit_path).ok
 
 
@@ -179,18 +202,26 @@ def test_an_edit_the_gate_refuses_is_rejected_and_never_runs(world, monkeypatch)
     first = _propose(srv, "mail.send", {"draft_id": harmless})
     gate = srv.svc.gate  # the gate's judgement of content: the leaking draft's call is REFUSE, the rest ESCALATE
     gate.thresholds = None
-    monkeypatch.setattr(gate, "_score", lambda views: np.array(
-        [[0.05, 0.05, 0.9] if leak in json.dumps(v) else [0.05, 0.9, 0.05] for v in views]))
+    monkeypatch.setattr(
+        gate,
+        "_score",
+        lambda views: np.array([[0.05, 0.05, 0.9] if leak in json.dumps(v) else [0.05, 0.9, 0.05] for v in views]),
+    )
     op = srv.operator()
     page = op.get("/admin/approvals").text
-    r = op.post(f"/admin/approvals/{first}/edit", data={**srv.fields(page, first, "edit"),
-                                                        "arguments": json.dumps({"draft_id": leak})},
-                headers=srv.same_origin)
+    r = op.post(
+        f"/admin/approvals/{first}/edit",
+        data={**srv.fields(page, first, "edit"), "arguments": json.dumps({"draft_id": leak})},
+        headers=srv.same_origin,
+    )
     assert r.status_code == 303, r.text
     new = srv.svc.approvals.get(srv.svc.approvals.get(first).superseded_by)
     assert new.status is Status.REJECTED and new.decided_by == "gate" and new.decision["action"] == "REFUSE"
-    r = op.post(f"/admin/approvals/{new.id}/approve", data={**srv.fields(page, first), "request_hash": new.request_hash},
-                headers=srv.same_origin)
+    r = op.post(
+        f"/admin/approvals/{new.id}/approve",
+        data={**srv.fields(page, first), "request_hash": new.request_hash},
+        headers=srv.same_origin,
+    )
     assert r.status_code == 409 and srv.svc.approvals.get(new.id).status is Status.REJECTED
     assert srv.svc.work_once()["ran"] == 0 and smtp.messages == []
 
@@ -204,11 +235,17 @@ def test_a_redacted_value_left_as_shown_keeps_its_stored_value(world):
     assert shown == {"body": "the key is [REDACTED:api_key]", "subject": "keys", "to": ["[REDACTED:email]"]}
     form = srv.fields(page, first, "edit")
 
-    r = op.post(f"/admin/approvals/{first}/edit", headers=srv.same_origin,   # a changed value still holding a marker
-                data={**form, "arguments": json.dumps({**shown, "body": "the new key is [REDACTED:api_key]"})})
+    r = op.post(
+        f"/admin/approvals/{first}/edit",
+        headers=srv.same_origin,  # a changed value still holding a marker
+        data={**form, "arguments": json.dumps({**shown, "body": "the new key is [REDACTED:api_key]"})},
+    )
     assert r.status_code == 400 and "arguments.body: still holds a redaction marker ([REDACTED:api_key])" in r.text
-    r = op.post(f"/admin/approvals/{first}/edit", headers=srv.same_origin,
-                data={**form, "arguments": json.dumps({**shown, "subject": "the key"})})
+    r = op.post(
+        f"/admin/approvals/{first}/edit",
+        headers=srv.same_origin,
+        data={**form, "arguments": json.dumps({**shown, "subject": "the key"})},
+    )
     assert r.status_code == 303, r.text
     new = srv.svc.approvals.get(srv.svc.approvals.get(first).superseded_by)
     assert new.request["arguments"] == {"to": ["ben@example.com"], "subject": "the key", "body": f"the key is {KEY}"}
@@ -220,12 +257,18 @@ def test_chat_edits_keep_working(world):
     op = srv.operator()
     page = op.get("/admin/approvals").text
     assert _textarea(page, first, "content") == "Email the whole company the salary list"
-    r = op.post(f"/admin/approvals/{first}/edit", headers=srv.same_origin,
-                data={**srv.fields(page, first, "edit"), "content": "Email my team the meeting time"})
+    r = op.post(
+        f"/admin/approvals/{first}/edit",
+        headers=srv.same_origin,
+        data={**srv.fields(page, first, "edit"), "content": "Email my team the meeting time"},
+    )
     assert r.status_code == 303, r.text
     new = srv.svc.approvals.get(srv.svc.approvals.get(first).superseded_by)
     assert new.status is Status.PENDING and new.request["messages"][-1]["content"] == "Email my team the meeting time"
     page = op.get("/admin/approvals").text
-    r = op.post(f"/admin/approvals/{new.id}/edit", headers=srv.same_origin,
-                data={**srv.fields(page, new.id, "edit"), "arguments": "{}"})
+    r = op.post(
+        f"/admin/approvals/{new.id}/edit",
+        headers=srv.same_origin,
+        data={**srv.fields(page, new.id, "edit"), "arguments": "{}"},
+    )
     assert r.status_code == 400 and "edited through 'content'" in html.unescape(r.text)

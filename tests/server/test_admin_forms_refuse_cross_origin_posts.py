@@ -4,6 +4,7 @@ separate ports). Now every POST under /admin is refused when another origin sent
 cookie-signed request needs the session's CSRF token, and a decision is bound to the request
 hash the page showed. Each attack runs against a real server (uvicorn on loopback), the browser
 one in a real headless Chromium."""
+
 from __future__ import annotations
 
 import socket
@@ -34,15 +35,15 @@ def test_a_page_on_another_local_port_cannot_approve_reject_edit_or_sign_out(adm
     fields = srv.fields(page.text, first)
     evil = f"http://127.0.0.1:{_other_port()}"
     attacks = [  # what a page on another port can make the operator's browser send (cookie included)
-        {"Origin": evil, "Sec-Fetch-Site": "same-site"},                     # the attack as it happened
-        {"Origin": evil},                                                    # an older browser: Origin only
-        {"Sec-Fetch-Site": "same-site"},                                     # Fetch metadata only
+        {"Origin": evil, "Sec-Fetch-Site": "same-site"},  # the attack as it happened
+        {"Origin": evil},  # an older browser: Origin only
+        {"Sec-Fetch-Site": "same-site"},  # Fetch metadata only
         {"Sec-Fetch-Site": "cross-site"},
-        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},                  # a sandboxed iframe
-        {"Origin": srv.origin.replace("http://", "https://")},              # another scheme is another origin
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},  # a sandboxed iframe
+        {"Origin": srv.origin.replace("http://", "https://")},  # another scheme is another origin
     ]
     for headers in attacks:
-        for form in ({"by": "mallory"}, {**fields, "by": "mallory"}):      # even with a leaked CSRF token and hash
+        for form in ({"by": "mallory"}, {**fields, "by": "mallory"}):  # even with a leaked CSRF token and hash
             r = op.post(f"/admin/approvals/{first}/approve", data=form, headers=headers)
             assert r.status_code == 403 and "cross-origin request refused" in r.text, (headers, r.text)
             r = op.post(f"/admin/approvals/{first}/reject", data={**form, "reason": "x"}, headers=headers)
@@ -51,8 +52,8 @@ def test_a_page_on_another_local_port_cannot_approve_reject_edit_or_sign_out(adm
             assert r.status_code == 403, headers
             assert op.post("/admin/logout", data=form, headers=headers).status_code == 403
         assert srv.status(first) == "PENDING"
-    assert len(srv.svc.approvals.list()) == 1                             # no edit made a new item
-    assert op.get("/admin/approvals").status_code == 200                  # the session survived every attempt
+    assert len(srv.svc.approvals.list()) == 1  # no edit made a new item
+    assert op.get("/admin/approvals").status_code == 200  # the session survived every attempt
     # the same form from the server's own page goes through
     r = op.post(f"/admin/approvals/{first}/approve", data=fields, headers=srv.same_origin)
     assert r.status_code == 303 and srv.status(first) == "APPROVED"
@@ -65,7 +66,7 @@ def test_a_post_without_or_with_a_wrong_csrf_token_is_refused(admin_server):
     fields = srv.fields(op.get("/admin/approvals").text, first)
     others_token = srv.fields(other.get("/admin/approvals").text, first)["csrf_token"]
     assert fields["csrf_token"] and others_token != fields["csrf_token"]
-    for headers in (srv.same_origin, {}):                                  # a browser, or a script with no headers
+    for headers in (srv.same_origin, {}):  # a browser, or a script with no headers
         for token in (None, "", "wrong", fields["csrf_token"][:-1], others_token, fields["csrf_token"] + "x"):
             form = {"request_hash": fields["request_hash"]} | ({} if token is None else {"csrf_token": token})
             r = op.post(f"/admin/approvals/{first}/approve", data=form, headers=headers)
@@ -78,8 +79,9 @@ def test_a_post_without_or_with_a_wrong_csrf_token_is_refused(admin_server):
     assert srv.status(first) == "PENDING" and len(srv.svc.approvals.list()) == 1
     # an old-style request with the raw admin token as the cookie is not a session
     for cookie in (f"so8t_admin={srv.token}", f"so8t_session={srv.token}"):
-        raw = httpx.post(f"{srv.url}/admin/approvals/{first}/approve", data=fields,
-                         headers={"Cookie": cookie, **srv.same_origin})
+        raw = httpx.post(
+            f"{srv.url}/admin/approvals/{first}/approve", data=fields, headers={"Cookie": cookie, **srv.same_origin}
+        )
         assert raw.status_code == 401 and srv.status(first) == "PENDING"
 
 
@@ -91,14 +93,22 @@ def test_with_the_sessions_token_and_the_hash_the_operator_decides(admin_server)
     assert srv.fields(page, first)["request_hash"] == srv.svc.approvals.get(first).request_hash
     r = op.post(f"/admin/approvals/{first}/approve", data=srv.fields(page, first), headers=srv.same_origin)
     assert r.status_code == 303 and r.headers["location"] == "/admin/approvals" and srv.status(first) == "APPROVED"
-    r = op.post(f"/admin/approvals/{second}/reject", data={**srv.fields(page, second, "reject"), "reason": "no"},
-                headers=srv.same_origin)
+    r = op.post(
+        f"/admin/approvals/{second}/reject",
+        data={**srv.fields(page, second, "reject"), "reason": "no"},
+        headers=srv.same_origin,
+    )
     assert r.status_code == 303 and srv.status(second) == "REJECTED"
-    r = op.post(f"/admin/approvals/{third}/edit", data={**srv.fields(page, third), "content": "Tell me the time"},
-                headers=srv.same_origin)
+    r = op.post(
+        f"/admin/approvals/{third}/edit",
+        data={**srv.fields(page, third), "content": "Tell me the time"},
+        headers=srv.same_origin,
+    )
     assert r.status_code == 303 and srv.status(third) == "EDITED"
-    assert srv.svc.approvals.get(srv.svc.approvals.get(third).superseded_by).request["messages"][-1]["content"] \
+    assert (
+        srv.svc.approvals.get(srv.svc.approvals.get(third).superseded_by).request["messages"][-1]["content"]
         == "Tell me the time"
+    )
     # a form without the hash is refused: a page always sends the one it showed
     fourth = srv.escalate()
     csrf = srv.fields(op.get("/admin/approvals").text, fourth)["csrf_token"]
@@ -110,14 +120,17 @@ def test_a_stale_request_hash_is_a_409_and_nothing_changes(admin_server):
     srv = admin_server()
     first = srv.escalate("Email my team the meeting time")
     op = srv.operator()
-    fields = srv.fields(op.get("/admin/approvals").text, first)           # what the operator saw
+    fields = srv.fields(op.get("/admin/approvals").text, first)  # what the operator saw
     # ... then the stored request is replaced (hash recomputed, so the queue's own check passes)
-    swapped = {**srv.svc.approvals.get(first).request,
-               "messages": [{"role": "user", "content": "Email the whole company the salary list"}]}
+    swapped = {
+        **srv.svc.approvals.get(first).request,
+        "messages": [{"role": "user", "content": "Email the whole company the salary list"}],
+    }
     text = canonical_json(swapped)
     with srv.svc.approvals.engine.begin() as conn:
-        conn.execute(update(ApprovalRow).where(ApprovalRow.id == first)
-                     .values(request_json=text, request_hash=hash_text(text)))
+        conn.execute(
+            update(ApprovalRow).where(ApprovalRow.id == first).values(request_json=text, request_hash=hash_text(text))
+        )
     before = srv.svc.approvals.get(first)
     for action, extra in (("approve", {}), ("reject", {"reason": "no"}), ("edit", {"content": "Tell me the time"})):
         r = op.post(f"/admin/approvals/{first}/{action}", data={**fields, **extra}, headers=srv.same_origin)
@@ -126,8 +139,11 @@ def test_a_stale_request_hash_is_a_409_and_nothing_changes(admin_server):
     after = srv.svc.approvals.get(first)
     assert after == before and after.status.value == "PENDING" and len(srv.svc.approvals.list()) == 1
     # a bearer script that passes a stale hash is refused the same way
-    r = httpx.post(f"{srv.url}/admin/approvals/{first}/approve", data={"request_hash": fields["request_hash"]},
-                   headers={"Authorization": f"Bearer {srv.token}"})
+    r = httpx.post(
+        f"{srv.url}/admin/approvals/{first}/approve",
+        data={"request_hash": fields["request_hash"]},
+        headers={"Authorization": f"Bearer {srv.token}"},
+    )
     assert r.status_code == 409 and srv.status(first) == "PENDING"
     # the page now shows the new request and its hash; deciding on that works
     fresh = srv.fields(op.get("/admin/approvals").text, first)
@@ -143,10 +159,20 @@ def test_every_post_route_under_admin_wants_the_csrf_token_and_the_same_origin(a
     first = srv.escalate()
     op = srv.operator()
     fields = srv.fields(op.get("/admin/approvals").text, first)
-    posts = sorted({r.path for r in srv.app.routes if getattr(r, "methods", None) and "POST" in r.methods
-                    and r.path.startswith("/admin")} - {"/admin/login"})
-    assert {"/admin/logout", "/admin/approvals/{approval_id}/approve", "/admin/approvals/{approval_id}/reject",
-            "/admin/approvals/{approval_id}/edit"} <= set(posts)
+    posts = sorted(
+        {
+            r.path
+            for r in srv.app.routes
+            if getattr(r, "methods", None) and "POST" in r.methods and r.path.startswith("/admin")
+        }
+        - {"/admin/login"}
+    )
+    assert {
+        "/admin/logout",
+        "/admin/approvals/{approval_id}/approve",
+        "/admin/approvals/{approval_id}/reject",
+        "/admin/approvals/{approval_id}/edit",
+    } <= set(posts)
     for path in posts:
         url = path.replace("{approval_id}", first)
         form = {"content": "x", "reason": "x", "request_hash": fields["request_hash"]}
@@ -162,8 +188,10 @@ def test_a_bearer_script_needs_no_csrf_token_but_cannot_post_from_another_origin
     auth = {"Authorization": f"Bearer {srv.token}"}
     evil = {"Origin": f"http://127.0.0.1:{_other_port()}", "Sec-Fetch-Site": "same-site"}
     assert httpx.post(f"{srv.url}/admin/approvals/{first}/approve", headers={**auth, **evil}).status_code == 403
-    assert httpx.post(f"{srv.url}/admin/approvals/{first}/approve", headers={"Authorization": "Bearer no"}) \
-        .status_code == 401
+    assert (
+        httpx.post(f"{srv.url}/admin/approvals/{first}/approve", headers={"Authorization": "Bearer no"}).status_code
+        == 401
+    )
     assert srv.status(first) == "PENDING"
     r = httpx.post(f"{srv.url}/admin/approvals/{first}/approve", data={"by": "script"}, headers=auth)
     assert r.status_code == 303 and srv.status(first) == "APPROVED"
@@ -189,9 +217,19 @@ def test_the_attack_in_a_real_browser_a_page_on_another_port_auto_submits_an_app
     site = tmp_path / "evil"
     site.mkdir()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         page.goto(f"{srv.url}/admin/login")
         page.fill("#token", srv.token)
@@ -202,15 +240,19 @@ def test_the_attack_in_a_real_browser_a_page_on_another_port_auto_submits_an_app
             f"<form id='f{i}' method='post' action='{srv.url}/admin/approvals/{aid}/approve' target='sink{i}'>"
             + "".join(f"<input type='hidden' name='{k}' value='{v}'>" for k, v in extra.items())
             + f"</form><iframe name='sink{i}'></iframe>"
-            for i, (aid, extra) in enumerate([(first, leaked), (second, {"by": "mallory"})]))
+            for i, (aid, extra) in enumerate([(first, leaked), (second, {"by": "mallory"})])
+        )
         (site / "index.html").write_text(
             f"<!doctype html><html><body>{forms}<script>document.getElementById('f0').submit();"
-            "document.getElementById('f1').submit();</script></body></html>")
+            "document.getElementById('f1').submit();</script></body></html>"
+        )
         with serve_in_thread(static_site(site)) as evil:
             assert evil.url.startswith("http://127.0.0.1:") and evil.url != srv.url
             seen = []
-            page.on("response", lambda resp: seen.append((resp.url, resp.status))
-                    if "/admin/approvals/" in resp.url else None)
+            page.on(
+                "response",
+                lambda resp: seen.append((resp.url, resp.status)) if "/admin/approvals/" in resp.url else None,
+            )
             page.goto(evil.url + "/")
             page.wait_for_timeout(300)
             for _ in range(50):

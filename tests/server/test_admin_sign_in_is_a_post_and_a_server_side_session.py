@@ -2,6 +2,7 @@
 landed in access logs and browser history) and the cookie was the raw admin token. Now sign-in is
 a POST, the cookie holds a random server-side session id that expires and can be signed out,
 and a URL token signs nobody in. Each case runs against a real server (uvicorn on loopback)."""
+
 from __future__ import annotations
 
 import time
@@ -68,7 +69,7 @@ def test_unknown_signed_out_and_expired_sessions_get_401_and_the_sign_in_form(ad
     assert store.ttl_s == DEFAULT_SESSION_TTL_S == 8 * 3600
     bogus = httpx.get(f"{srv.url}/admin/approvals", headers={"Cookie": f"{COOKIE}=made-up-session-id"})
     assert bogus.status_code == 401 and "Admin token" in bogus.text and "session expired" in bogus.text
-    assert _cookie(bogus)[COOKIE]["max-age"] == "0"                                # and the stale cookie is cleared
+    assert _cookie(bogus)[COOKIE]["max-age"] == "0"  # and the stale cookie is cleared
     # sign-out deletes the session on the server: the same cookie, replayed, is refused
     op = srv.operator()
     sid = op.cookies[COOKIE]
@@ -88,7 +89,7 @@ def test_unknown_signed_out_and_expired_sessions_get_401_and_the_sign_in_form(ad
     expired = op.get("/admin/approvals")
     assert expired.status_code == 401 and "Admin token" in expired.text
     store.clock = real
-    assert op.get("/admin/approvals").status_code == 401                          # gone, not just hidden
+    assert op.get("/admin/approvals").status_code == 401  # gone, not just hidden
     assert len(store) == 0
 
 
@@ -110,9 +111,9 @@ def test_failed_sign_ins_are_rate_limited(admin_server):
     limiter = srv.app.state.admin_sign_in_limiter
     for _ in range(limiter.max_failures):
         assert httpx.post(f"{srv.url}/admin/login", data={"token": "guess"}).status_code == 401
-    for token in ("guess", srv.token):                      # locked: even the right token waits
+    for token in ("guess", srv.token):  # locked: even the right token waits
         r = httpx.post(f"{srv.url}/admin/login", data={"token": token})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "set-cookie" not in r.headers
     real = limiter.clock
-    limiter.clock = lambda: real() + limiter.window_s + 1   # the window passed
+    limiter.clock = lambda: real() + limiter.window_s + 1  # the window passed
     assert httpx.post(f"{srv.url}/admin/login", data={"token": srv.token}).status_code == 303

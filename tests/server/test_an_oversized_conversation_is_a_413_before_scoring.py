@@ -3,6 +3,7 @@ user turns used to be judged until the 10 s timeout while the abandoned work bur
 minutes. A conversation over the gate's caps is now a 413 that names the cap, the value and the
 server config key, answered before anything is scored: no forward pass, no audit record, no
 approval, and the gate's worker is idle afterwards."""
+
 from __future__ import annotations
 
 import time
@@ -18,9 +19,15 @@ from so8t.server.llm_server import serve_in_thread
 
 @pytest.fixture
 def server(tmp_path, run_with_thresholds, monkeypatch):
-    cfg = ServerConfig(run=str(run_with_thresholds(0.0, 0.5)), approvals_url=f"sqlite:///{tmp_path}/approvals.db",
-                       audit_path=str(tmp_path / "audit.jsonl"), max_tokens=4, worker_interval_s=0.2,
-                       self_test=False, fail_action="ESCALATE")  # a tiny random model cannot pass the self-test
+    cfg = ServerConfig(
+        run=str(run_with_thresholds(0.0, 0.5)),
+        approvals_url=f"sqlite:///{tmp_path}/approvals.db",
+        audit_path=str(tmp_path / "audit.jsonl"),
+        max_tokens=4,
+        worker_interval_s=0.2,
+        self_test=False,
+        fail_action="ESCALATE",
+    )  # a tiny random model cannot pass the self-test
     svc = build_service(cfg)
     forwards = []
     real = svc.gate.model.forward
@@ -38,14 +45,20 @@ def turns(n: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"turn {i}: list the files in my reports folder"} for i in range(n)]
 
 
-@pytest.mark.parametrize("route, body, what", [
-    ("/v1/chat/completions", {"messages": turns(3000)}, ("3000 messages", "512", "gate_max_turns")),
-    ("/v1/gate", {"messages": turns(3000)}, ("3000 messages", "512", "gate_max_turns")),
-    ("/v1/gate", {"input": "x" * 250_000}, ("250000 characters", "200000", "gate_max_chars")),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "ファイル " * 40_000}]},
-     ("tokens", "50000", "gate_max_tokens")),                    # 200,000 characters: under that cap
-    ("/v1/chat/completions", {"messages": turns(100)}, ("at least", "views", "gate_max_views")),
-])
+@pytest.mark.parametrize(
+    "route, body, what",
+    [
+        ("/v1/chat/completions", {"messages": turns(3000)}, ("3000 messages", "512", "gate_max_turns")),
+        ("/v1/gate", {"messages": turns(3000)}, ("3000 messages", "512", "gate_max_turns")),
+        ("/v1/gate", {"input": "x" * 250_000}, ("250000 characters", "200000", "gate_max_chars")),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "ファイル " * 40_000}]},
+            ("tokens", "50000", "gate_max_tokens"),
+        ),  # 200,000 characters: under that cap
+        ("/v1/chat/completions", {"messages": turns(100)}, ("at least", "views", "gate_max_views")),
+    ],
+)
 def test_over_a_cap_is_a_413_that_names_it_and_nothing_runs(server, route, body, what):
     url, svc, forwards, audit = server
     before = (audit_lines(audit), dict(svc.gate.decisions))
@@ -63,14 +76,20 @@ def test_over_a_cap_is_a_413_that_names_it_and_nothing_runs(server, route, body,
 
 
 def test_the_caps_are_server_config(tmp_path, run_with_thresholds):
-    cfg = ServerConfig(run=str(run_with_thresholds(0.0, 0.5)), approvals_url=f"sqlite:///{tmp_path}/a.db",
-                       audit_path=str(tmp_path / "audit.jsonl"), self_test=False, gate_max_turns=4)
+    cfg = ServerConfig(
+        run=str(run_with_thresholds(0.0, 0.5)),
+        approvals_url=f"sqlite:///{tmp_path}/a.db",
+        audit_path=str(tmp_path / "audit.jsonl"),
+        self_test=False,
+        gate_max_turns=4,
+    )
     svc = build_service(cfg)
     handle = serve_in_thread(create_app(svc))
     try:
         r = httpx.post(f"{handle.url}/v1/chat/completions", json={"messages": turns(5)}, timeout=60)
         assert r.status_code == 413 and "5 messages; the limit is 4 (server config gate_max_turns)" in r.text
-        assert httpx.post(f"{handle.url}/v1/chat/completions", json={"messages": turns(4)},
-                          timeout=60).status_code == 200
+        assert (
+            httpx.post(f"{handle.url}/v1/chat/completions", json={"messages": turns(4)}, timeout=60).status_code == 200
+        )
     finally:
         handle.stop()

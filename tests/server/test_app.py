@@ -1,5 +1,6 @@
 """The gated server over real HTTP (uvicorn on localhost), and the approvals page in a real
 headless Chromium driven by Playwright."""
+
 import json
 import time
 from pathlib import Path
@@ -17,29 +18,37 @@ CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "test-admin-token-123"
 
 
-
-
 @pytest.fixture
 def serve(tmp_path, monkeypatch):
     handles = []
 
     def start(run, **kw):
         monkeypatch.setenv("SO8T_ADMIN_TOKEN", TOKEN)
-        cfg = ServerConfig(run=str(run), approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
-                           audit_path=str(tmp_path / "state" / "audit.jsonl"), max_tokens=6, worker_interval_s=0.2,
-                           **{"self_test": False, **kw})  # a tiny random model cannot pass the self-test
+        cfg = ServerConfig(
+            run=str(run),
+            approvals_url=f"sqlite:///{tmp_path}/state/approvals.db",
+            audit_path=str(tmp_path / "state" / "audit.jsonl"),
+            max_tokens=6,
+            worker_interval_s=0.2,
+            **{"self_test": False, **kw},
+        )  # a tiny random model cannot pass the self-test
         svc = build_service(cfg)
         h = serve_in_thread(create_app(svc))
         handles.append(h)
         return h.url, svc
+
     yield start
     for h in handles:
         h.stop()
 
 
 def _chat(url, content, **kw):
-    return httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": content}], **kw},
-                      headers={"X-So8t-User": "alice"}, timeout=30).json()
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": content}], **kw},
+        headers={"X-So8t-User": "alice"},
+        timeout=30,
+    ).json()
 
 
 def test_health_ready_and_gate_only_endpoint(run_with_thresholds, tmp_path, serve):
@@ -56,8 +65,11 @@ def test_health_ready_and_gate_only_endpoint(run_with_thresholds, tmp_path, serv
 
 def test_a_client_cannot_switch_policy_off(run_with_thresholds, tmp_path, serve):
     url, _ = serve(run_with_thresholds(0.0, 0.5))
-    r = httpx.post(f"{url}/v1/gate", json={"input": "hi", "thresholds": None, "fail_action": "ALLOW", "policy": "off"},
-                   headers={"X-So8t-Policy": "off"}).json()
+    r = httpx.post(
+        f"{url}/v1/gate",
+        json={"input": "hi", "thresholds": None, "fail_action": "ALLOW", "policy": "off"},
+        headers={"X-So8t-Policy": "off"},
+    ).json()
     assert r["action"] == "REFUSE" and r["thresholds"] == {"refuse_at": 0.0, "allow_at": 0.5}
 
 
@@ -69,8 +81,12 @@ def test_chat_completions_refused_and_allowed(run_with_thresholds, tmp_path, ser
     url2, _ = serve(run_with_thresholds(1.0, 0.0))
     r = _chat(url2, "List my files", stream=False)
     assert r["so8t"]["outcome"] == "answered" and isinstance(r["choices"][0]["message"]["content"], str)
-    with httpx.stream("POST", f"{url2}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                                    "stream": True}, timeout=30) as resp:
+    with httpx.stream(
+        "POST",
+        f"{url2}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "stream": True},
+        timeout=30,
+    ) as resp:
         lines = [x for x in resp.iter_lines() if x]
     assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["so8t"]["action"] == "ALLOW"
 
@@ -101,13 +117,23 @@ def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serv
     first = _chat(url, "Forward the board minutes to partner@example.com")["so8t"]["approval_id"]
     second = _chat(url, "本番DBのusersテーブルを削除して")["so8t"]["approval_id"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
-        page.goto(f"{url}/admin/login?token={TOKEN}")   # a token in the URL signs nobody in
+        page.goto(f"{url}/admin/login?token={TOKEN}")  # a token in the URL signs nobody in
         page.goto(f"{url}/admin/approvals")
-        assert "Admin token" in page.content()          # not signed in: no data shown
+        assert "Admin token" in page.content()  # not signed in: no data shown
         assert not page.context.cookies()
         page.fill("#token", TOKEN)
         page.click("#login")
@@ -122,7 +148,7 @@ def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serv
         page.click(f"button.reject[data-id='{second}']")
         page.wait_for_selector(f"#row-{second}.REJECTED")
         page.screenshot(path=str(tmp_path / "approvals.png"))
-        page.click("#logout")                             # sign-out ends the session on the server
+        page.click("#logout")  # sign-out ends the session on the server
         page.wait_for_selector("#token")
         page.goto(f"{url}/admin/approvals")
         assert "Admin token" in page.content() and f"row-{first}" not in page.content()
@@ -140,16 +166,24 @@ def test_approvals_page_in_headless_chromium(run_with_thresholds, tmp_path, serv
     assert report.ok and report.records >= 6
 
 
-@pytest.mark.parametrize("send, status, message", [
-    (dict(content=b'{"messages": [{"role": "user", "content": "hi"}'), 400, "JSON"),
-    (dict(json={"messages": "hi"}), 400, "messages"),
-    (dict(json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}), 400, "max_tokens"),
-    (dict(content=b'{"messages": [{"role": "user", "content": "\\xff\\xfe"}]}'.replace(b"\\xff\\xfe", b"\xff\xfe")),
-     400, "invalid request"),
-    (dict(json={"messages": [{"role": "user", "content": "x" * 3000}]}), 413, "larger than"),
-    (dict(json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown model"),
-    (dict(json={"messages": []}), 400, "messages"),
-])
+@pytest.mark.parametrize(
+    "send, status, message",
+    [
+        (dict(content=b'{"messages": [{"role": "user", "content": "hi"}'), 400, "JSON"),
+        (dict(json={"messages": "hi"}), 400, "messages"),
+        (dict(json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}), 400, "max_tokens"),
+        (
+            dict(
+                content=b'{"messages": [{"role": "user", "content": "\\xff\\xfe"}]}'.replace(b"\\xff\\xfe", b"\xff\xfe")
+            ),
+            400,
+            "invalid request",
+        ),
+        (dict(json={"messages": [{"role": "user", "content": "x" * 3000}]}), 413, "larger than"),
+        (dict(json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown model"),
+        (dict(json={"messages": []}), 400, "messages"),
+    ],
+)
 def test_bad_requests_get_a_clear_4xx_and_nothing_runs(run_with_thresholds, tmp_path, serve, send, status, message):
     url, svc = serve(run_with_thresholds(1.0, 1.0), max_body_bytes=2048)
     r = httpx.post(f"{url}/v1/chat/completions", headers={"content-type": "application/json"}, **send)
@@ -171,12 +205,13 @@ def test_approval_edit_is_gated_again(run_with_thresholds, tmp_path, serve):
     url, svc = serve(run_with_thresholds(1.0, 1.0))
     first = _chat(url, "Email the whole company the salary list")["so8t"]["approval_id"]
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    r = httpx.post(f"{url}/admin/approvals/{first}/edit", data={"content": "Email my team the meeting time"},
-                   headers=auth)
+    r = httpx.post(
+        f"{url}/admin/approvals/{first}/edit", data={"content": "Email my team the meeting time"}, headers=auth
+    )
     assert r.status_code == 303
     old = svc.approvals.get(first)
     new = svc.approvals.get(old.superseded_by)
-    assert old.status.value == "EDITED" and new.status.value == "PENDING"   # the gate said ESCALATE again
+    assert old.status.value == "EDITED" and new.status.value == "PENDING"  # the gate said ESCALATE again
     assert new.request["messages"][-1]["content"] == "Email my team the meeting time"
     assert httpx.post(f"{url}/admin/approvals/{first}/approve", headers=auth).status_code == 409
 
@@ -184,24 +219,40 @@ def test_approval_edit_is_gated_again(run_with_thresholds, tmp_path, serve):
 # -- malformed text and admin query values: a clear 4xx, nothing runs (issue 13, item 5) ---------
 
 SURROGATE_CASES = [  # (route, raw JSON body with a "\ud800"-style escape, where the error must point)
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}, '
-                             '{"role": "user", "content": "bad \\ud800 text"}]}', "messages[1].content"),
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, '
-                             '{"type": "text", "text": "\\udfff"}]}]}', "messages[0].content[1].text"),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "bad \\ud800 text"}]}',
+        "messages[1].content",
+    ),
+    (
+        "/v1/chat/completions",
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, '
+        '{"type": "text", "text": "\\udfff"}]}]}',
+        "messages[0].content[1].text",
+    ),
     ("/v1/chat/completions", '{"messages": [{"role": "us\\udc80er", "content": "hi"}]}', "messages[0].role"),
     ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "user": "\\ud800"}', "user"),
     ("/v1/gate", '{"messages": [{"role": "user", "content": "x\\ud83d"}]}', "messages[0].content"),
     ("/v1/gate", '{"input": "\\ude00 hello"}', "input"),
-    ("/v1/tools/call", '{"conversation": [{"role": "user", "content": "read notes"}], "tool": "files.read", '
-                       '"arguments": {"path": "meeting-notes.txt\\ud800"}}', "arguments.path"),
-    ("/v1/tools/call", '{"conversation": [{"role": "user", "content": "read notes"}], "tool": "files.read", '
-                       '"arguments": {"\\ud800": "x"}}', "arguments (a key)"),
+    (
+        "/v1/tools/call",
+        '{"conversation": [{"role": "user", "content": "read notes"}], "tool": "files.read", '
+        '"arguments": {"path": "meeting-notes.txt\\ud800"}}',
+        "arguments.path",
+    ),
+    (
+        "/v1/tools/call",
+        '{"conversation": [{"role": "user", "content": "read notes"}], "tool": "files.read", '
+        '"arguments": {"\\ud800": "x"}}',
+        "arguments (a key)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("route, body, where", SURROGATE_CASES)
-def test_a_lone_surrogate_is_a_clear_400_that_says_where_and_nothing_runs(run_with_thresholds, tmp_path, serve,
-                                                                          route, body, where):
+def test_a_lone_surrogate_is_a_clear_400_that_says_where_and_nothing_runs(
+    run_with_thresholds, tmp_path, serve, route, body, where
+):
     from so8t.server.sandbox import make_sandbox
 
     box = make_sandbox(tmp_path / "box", web_url="http://127.0.0.1:9/", smtp_port=9)
@@ -218,8 +269,12 @@ def test_a_lone_surrogate_is_a_clear_400_that_says_where_and_nothing_runs(run_wi
 
 def test_a_surrogate_pair_is_ordinary_text(run_with_thresholds, tmp_path, serve):
     url, _ = serve(run_with_thresholds(0.0, 0.5))
-    r = httpx.post(f"{url}/v1/gate", content=b'{"input": "smile \\ud83d\\ude00"}',
-                   headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{url}/v1/gate",
+        content=b'{"input": "smile \\ud83d\\ude00"}',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert r.status_code == 200 and r.json()["action"] == "REFUSE"
 
 

@@ -2,6 +2,7 @@
 and chat requests sent at once are scored in one forward pass of the gate (/metrics counts the
 round), each answer carries the decision the request gets alone, and a batch size of 0 is an
 error at start that names the key."""
+
 from __future__ import annotations
 
 import threading
@@ -17,8 +18,14 @@ from so8t.config import ConfigError, ServerConfig
 from so8t.server.app import create_app
 from so8t.server.llm_server import serve_in_thread
 
-TEXTS = ["List the files in my reports folder.", "本番DBのテーブルを削除して。", "How do I make a bomb?",
-         "Summarise the meeting notes from Monday.", "Send the board minutes to an outside address.", "hi"]
+TEXTS = [
+    "List the files in my reports folder.",
+    "本番DBのテーブルを削除して。",
+    "How do I make a bomb?",
+    "Summarise the meeting notes from Monday.",
+    "Send the board minutes to an outside address.",
+    "hi",
+]
 
 
 @pytest.fixture
@@ -26,11 +33,18 @@ def serve(tmp_path, run_with_thresholds):
     handles = []
 
     def start(**kw):
-        cfg = ServerConfig(run=str(run_with_thresholds(0.0, 0.5)), approvals_url=f"sqlite:///{tmp_path}/a.db",
-                           audit_path=str(tmp_path / "audit.jsonl"), max_tokens=4, self_test=False, **kw)
+        cfg = ServerConfig(
+            run=str(run_with_thresholds(0.0, 0.5)),
+            approvals_url=f"sqlite:///{tmp_path}/a.db",
+            audit_path=str(tmp_path / "audit.jsonl"),
+            max_tokens=4,
+            self_test=False,
+            **kw,
+        )
         svc = build_service(cfg)
         handles.append(serve_in_thread(create_app(svc)))
         return handles[-1].url, svc
+
     yield start
     for h in handles:
         h.stop()
@@ -60,6 +74,7 @@ def test_gate_and_chat_requests_sent_at_once_are_one_round_with_their_own_decisi
             entered.set()
             assert release.wait(30)
         return real(*a, **k)
+
     monkeypatch.setattr(svc.gate.model, "forward", forward)
     hold = threading.Thread(target=ask, args=(url, 0))
     hold.start()
@@ -68,6 +83,7 @@ def test_gate_and_chat_requests_sent_at_once_are_one_round_with_their_own_decisi
 
     def one(k: int) -> None:
         out[k] = ask(url, k)
+
     threads = [threading.Thread(target=one, args=(k,)) for k in range(len(TEXTS))]
     for t in threads:
         t.start()

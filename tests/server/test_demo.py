@@ -1,5 +1,6 @@
 """`so8t demo` end to end on the tiny run (gate set to allow, so the tiers decide): real
 sandbox, real SMTP server, real browser-less tools, real server and approval worker."""
+
 import pytest
 
 from so8t.cli import main
@@ -14,7 +15,7 @@ def test_demo_walks_through_allowed_and_escalated_then_approved(run_with_thresho
     assert res["allowed"] == ["executed", "executed"] and "[[3]]" in text
     assert res["escalated_then_sent"] and res["mail_steps"] == ["executed", "approved"] and "received 1 message" in text
     assert res["audit_ok"] and res["refused"] in ("refused", "answered")  # this tiny gate allows everything
-    assert not res["as_expected"] and "decided them" in text               # and the demo says so
+    assert not res["as_expected"] and "decided them" in text  # and the demo says so
 
 
 def test_demo_needs_a_trained_run(tmp_path, monkeypatch, capsys):
@@ -30,13 +31,14 @@ def _demo_folders(root):
 @pytest.mark.smtp  # the demo starts a LocalSmtp
 def test_demo_removes_its_temporary_folder_unless_asked_to_keep_it(run_with_thresholds, tmp_path, monkeypatch):
     import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # the demo's temporary folders land here
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the demo's temporary folders land here
     monkeypatch.delenv("SO8T_ADMIN_TOKEN", raising=False)
     run, lines = run_with_thresholds(1.0, 0.0), []
     res = run_demo(run, say=lines.append, self_test=False)
-    assert res["audit_ok"] and _demo_folders(tmp_path) == []      # was: every demo left a so8t-demo-* folder
+    assert res["audit_ok"] and _demo_folders(tmp_path) == []  # was: every demo left a so8t-demo-* folder
     assert "removed the temporary folder" in lines[-1] and "--keep" in lines[-1]
-    assert "SO8T_ADMIN_TOKEN" not in __import__("os").environ     # nor its admin token in the environment
+    assert "SO8T_ADMIN_TOKEN" not in __import__("os").environ  # nor its admin token in the environment
 
     lines.clear()
     res = run_demo(run, say=lines.append, self_test=False, keep=True)

@@ -1,4 +1,5 @@
 """The OpenAI-compatible server for a plain LM, served for real by uvicorn on localhost."""
+
 from __future__ import annotations
 
 import json
@@ -73,9 +74,10 @@ def test_greedy_is_deterministic_and_matches_in_process_generate(client, lm):
     assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
     ids = tok(render_prompt(tok, JA), add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-    assert a["choices"][0]["message"]["content"] == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    assert a["choices"][0]["message"]["content"] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_japanese_content_round_trips(client, lm):
@@ -85,13 +87,22 @@ def test_japanese_content_round_trips(client, lm):
     # the server tokenized exactly the Japanese we sent (mojibake would tokenize differently)
     assert body["usage"]["prompt_tokens"] == len(tok(render_prompt(tok, convo), add_special_tokens=False)["input_ids"])
     # list-style content parts are the same conversation
-    parts = [{"role": "user",
-              "content": [{"type": "text", "text": "本番DBの"}, {"type": "text", "text": "テーブルを削除して。"}]}]
-    assert chat(client, parts, max_tokens=6)["choices"][0]["message"] == chat(client, JA, max_tokens=6)["choices"][0]["message"]
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "本番DBの"}, {"type": "text", "text": "テーブルを削除して。"}],
+        }
+    ]
+    assert (
+        chat(client, parts, max_tokens=6)["choices"][0]["message"]
+        == chat(client, JA, max_tokens=6)["choices"][0]["message"]
+    )
 
 
 def test_seeded_sampling_is_reproducible_and_seed_matters(client):
-    runs = [chat(client, HI, max_tokens=16, temperature=1.0, seed=s)["choices"][0]["message"]["content"] for s in (1, 1, 2)]
+    runs = [
+        chat(client, HI, max_tokens=16, temperature=1.0, seed=s)["choices"][0]["message"]["content"] for s in (1, 1, 2)
+    ]
     assert runs[0] == runs[1] and runs[0] != runs[2]
     before = torch.get_rng_state()
     chat(client, HI, max_tokens=2, temperature=1.0, seed=3)
@@ -156,15 +167,18 @@ def test_stop_sequence_cuts_the_text(client):
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize("payload, where", [
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, "max_tokens"),
-    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
-    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
-    ({"messages": [{"content": "no role"}]}, "messages.0.role"),
-    ({"messages": "hi"}, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
-])
+@pytest.mark.parametrize(
+    "payload, where",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
+        ({"messages": [{"content": "no role"}]}, "messages.0.role"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+    ],
+)
 def test_invalid_requests_are_400_with_a_clear_message(client, payload, where):
     r = client.post("/v1/chat/completions", json=payload)
     assert r.status_code == 400

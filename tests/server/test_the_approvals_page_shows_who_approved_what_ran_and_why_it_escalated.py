@@ -3,6 +3,7 @@ showed only EXECUTED, without its answer or who approved it; an item a confidenc
 escalated gave the approver no reason. Now the status cell says who approved it and when and holds
 the answer (a tool call's result redacted like its arguments), and the gate cell holds the hint
 so8t.gate.decision.why_escalated gives."""
+
 from __future__ import annotations
 
 import html
@@ -30,8 +31,11 @@ def _cell(row: str, cls: str) -> str | None:
 
 def _approve(srv, op: httpx.Client, approval_id: str, by: str) -> None:
     page = op.get("/admin/approvals").text
-    r = op.post(f"/admin/approvals/{approval_id}/approve", data={**srv.fields(page, approval_id), "by": by},
-                headers=srv.same_origin)
+    r = op.post(
+        f"/admin/approvals/{approval_id}/approve",
+        data={**srv.fields(page, approval_id), "by": by},
+        headers=srv.same_origin,
+    )
     assert r.status_code == 303, r.text
 
 
@@ -55,8 +59,11 @@ def test_a_rejection_names_who_rejected_it(admin_server):
     first = srv.escalate()
     op = srv.operator()
     page = op.get("/admin/approvals").text
-    r = op.post(f"/admin/approvals/{first}/reject", data={**srv.fields(page, first, "reject"), "by": "dave",
-                                                          "reason": "needs a ticket"}, headers=srv.same_origin)
+    r = op.post(
+        f"/admin/approvals/{first}/reject",
+        data={**srv.fields(page, first, "reject"), "by": "dave", "reason": "needs a ticket"},
+        headers=srv.same_origin,
+    )
     assert r.status_code == 303
     row = _row(op.get("/admin/approvals").text, first)
     assert "rejected by dave" in _cell(row, "decided-by") and "needs a ticket" in row
@@ -66,9 +73,15 @@ def test_an_executed_tool_calls_result_is_shown_redacted(admin_server, tmp_path)
     box = make_sandbox(tmp_path / "box", web_url="http://127.0.0.1:9/", smtp_port=9)
     (box.files / "keys.txt").write_text(f"the deploy key is {KEY}\n", encoding="utf-8")
     srv = admin_server(tools=str(box.tools_yaml))
-    r = httpx.post(f"{srv.url}/v1/tools/call", json={"conversation": [{"role": "user", "content": "read keys.txt"}],
-                                                      "tool": "files.read", "arguments": {"path": "keys.txt"}},
-                   timeout=60).json()
+    r = httpx.post(
+        f"{srv.url}/v1/tools/call",
+        json={
+            "conversation": [{"role": "user", "content": "read keys.txt"}],
+            "tool": "files.read",
+            "arguments": {"path": "keys.txt"},
+        },
+        timeout=60,
+    ).json()
     assert r["status"] == "pending", r
     op = srv.operator()
     _approve(srv, op, r["approval_id"], "erin")

@@ -1,6 +1,7 @@
 """Issue 15, section 3: `head_kind: split` trains a primary head and an escalation judge, each
 with its own binary loss plus the composite on their composed probabilities; the run saves,
 loads, calibrates both thresholds and the gate decides by the split rule (tiny random model)."""
+
 import json
 import shutil
 
@@ -21,8 +22,23 @@ from so8t.train.recipe import build_model, load_run_config, loss_parts, train, w
 
 
 def _cfg(model_dir, **kw) -> TrainConfig:
-    cfg = TrainConfig(**{**dict(model=str(model_dir), lora_r=4, lora_alpha=8, lora_dropout=0.0, max_length=64,
-                                micro_batch=4, grad_accum=1, max_steps=2, eval_every=2, head_kind="split"), **kw})
+    cfg = TrainConfig(
+        **{
+            **dict(
+                model=str(model_dir),
+                lora_r=4,
+                lora_alpha=8,
+                lora_dropout=0.0,
+                max_length=64,
+                micro_batch=4,
+                grad_accum=1,
+                max_steps=2,
+                eval_every=2,
+                head_kind="split",
+            ),
+            **kw,
+        }
+    )
     cfg.validate()
     return cfg
 
@@ -31,7 +47,7 @@ def _cfg(model_dir, **kw) -> TrainConfig:
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("split-data")
     recs = load_builtin("train")
-    pick = lambda label, k, skip=0: [r for r in recs if r.label.name == label and r.lang == "en"][skip:skip + k]  # noqa: E731
+    pick = lambda label, k, skip=0: [r for r in recs if r.label.name == label and r.lang == "en"][skip : skip + k]  # noqa: E731
     write_jsonl(d / "train.jsonl", [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, 6)])
     write_jsonl(d / "dev.jsonl", [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, 3, skip=10)])
     return d
@@ -86,8 +102,14 @@ def test_a_split_head_run_trains_saves_loads_calibrates_and_decides(tiny_model_d
     from so8t.eval.report import calibrate_run
     from so8t.gate import Gate
 
-    cfg = _cfg(tiny_model_dir, data=[str(data_dir / "train.jsonl")], dev_data=[str(data_dir / "dev.jsonl")],
-               test_data=[str(data_dir / "dev.jsonl")], head_probe_steps=10, calibrate=True)
+    cfg = _cfg(
+        tiny_model_dir,
+        data=[str(data_dir / "train.jsonl")],
+        dev_data=[str(data_dir / "dev.jsonl")],
+        test_data=[str(data_dir / "dev.jsonl")],
+        head_probe_steps=10,
+        calibrate=True,
+    )
     run = tmp_path / "split"
     train(cfg, run, progress=False)
 

@@ -32,7 +32,9 @@ def test_twins_are_kept_adjacent_and_counts_are_kept():
     assert out == [3, 0, 1, 4, 2, 5, 3, 0]
     assert Counter(out)[1] == 1 and Counter(out)[5] == 1
     for k, i in enumerate(out[:-1]):
-        if pairs[i] is not None and (k == 0 or out[k - 1] != [j for j, p in enumerate(pairs) if p == pairs[i] and j != i][0]):
+        if pairs[i] is not None and (
+            k == 0 or out[k - 1] != [j for j, p in enumerate(pairs) if p == pairs[i] and j != i][0]
+        ):
             assert pairs[out[k + 1]] == pairs[i]
 
 
@@ -43,6 +45,8 @@ def test_sft_response_tokens_keeps_the_tag_and_the_start_and_leaves_the_prompt_a
     _, tok = tiny_lm
     rec = load_builtin("train")[0]
     full, short = encode_record(rec, tok, 512), encode_record(rec, tok, 512, response_tokens=8)
-    assert short.prompt_len == full.prompt_len and short.input_ids[:short.prompt_len] == full.input_ids[:full.prompt_len]
+    assert (
+        short.prompt_len == full.prompt_len and short.input_ids[: short.prompt_len] == full.input_ids[: full.prompt_len]
+    )
     assert len(short.input_ids) == short.prompt_len + 8 < len(full.input_ids)
     assert short.tag_pos == full.tag_pos and short.input_ids[short.tag_pos] == full.input_ids[full.tag_pos]

@@ -1,4 +1,5 @@
 """Every loss term against values computed by hand."""
+
 import math
 
 import pytest
@@ -95,8 +96,18 @@ def test_short_or_empty_sequences_give_zero_pet():
 
 
 def test_composite_signs_and_weights():
-    parts = {k: torch.tensor(v) for k, v in dict(sft=1.0, safety_ce=2.0, dangerous_allow=0.5, good_escalate=-0.25,
-                                                  pet=0.1, safe_allow_reward=-0.5, escalate_penalty=0.2).items()}
+    parts = {
+        k: torch.tensor(v)
+        for k, v in dict(
+            sft=1.0,
+            safety_ce=2.0,
+            dangerous_allow=0.5,
+            good_escalate=-0.25,
+            pet=0.1,
+            safe_allow_reward=-0.5,
+            escalate_penalty=0.2,
+        ).items()
+    }
     w = losses.LossWeights(alpha=3, beta=7, gamma=1.5, safe_allow_reward=2, escalate_penalty=4)
     expected = 1 + 3 * 2 + 7 * 0.5 - 1.5 * (-0.25) + 0.6 * 0.1 - 2 * (-0.5) + 4 * 0.2
     assert losses.composite(parts, w, lambda_pet=0.6).item() == pytest.approx(expected)

@@ -1,4 +1,5 @@
 """The peak-memory estimate: parts against hand-computed values, monotonicity, public ballparks."""
+
 import dataclasses
 
 import pytest
@@ -18,21 +19,45 @@ from so8t.train.memory import (
 from so8t.train.presets import preset
 
 # hidden 64, MLP 128, 2 blocks, 4 heads of 16, 2 kv heads (kv dim 32), vocab 100, untied
-TINY = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, vocab_size=100, tie_word_embeddings=False)
+TINY = LlamaConfig(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=100,
+    tie_word_embeddings=False,
+)
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = {"model": "tiny", "load_in_4bit": False, "dtype": "bfloat16", "max_length": 16, "micro_batch": 2,
-            "lora_r": 4, "lora_targets": ["q_proj", "v_proj"], "lora_dropout": 0.0, "gradient_checkpointing": True,
-            "optim": "adamw", "pet_checkpoint": False}
+    base = {
+        "model": "tiny",
+        "load_in_4bit": False,
+        "dtype": "bfloat16",
+        "max_length": 16,
+        "micro_batch": 2,
+        "lora_r": 4,
+        "lora_targets": ["q_proj", "v_proj"],
+        "lora_dropout": 0.0,
+        "gradient_checkpointing": True,
+        "optim": "adamw",
+        "pet_checkpoint": False,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
 
 def qlora(model: str, **kw) -> TrainConfig:
-    base = {"model": model, "load_in_4bit": True, "dtype": "bfloat16", "max_length": 2048, "micro_batch": 2,
-            "lora_r": 16, "gradient_checkpointing": True}
+    base = {
+        "model": model,
+        "load_in_4bit": True,
+        "dtype": "bfloat16",
+        "max_length": 2048,
+        "micro_batch": 2,
+        "lora_r": 16,
+        "gradient_checkpointing": True,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -75,11 +100,14 @@ def test_activations_by_hand():
     tokens, s, H, I, q = 2 * 16, 2, 64, 128, 64  # noqa: E741 - the names in memory.py's formulas
     hidden_states = 3 * tokens * H * s  # embeddings + 2 block outputs
     final_norm = tokens * H * (4 + s)
-    per_token = (2 * (4 + s) * H  # two RMSNorms: fp32 input + output
-                 + 4 * q * s + 4 * 4  # SDPA: q, k, v, out + fp32 log-sum-exp per head
-                 + 4 * I * s  # gate, up, act, act*up
-                 + 2 * 4 * s  # LoRA A outputs (r=4) of q and v; no dropout copies at dropout 0
-                 + (2 * H + 3 * I) * s)  # gradients alive during the block's backward
+    per_token = (
+        2 * (4 + s) * H  # two RMSNorms: fp32 input + output
+        + 4 * q * s
+        + 4 * 4  # SDPA: q, k, v, out + fp32 log-sum-exp per head
+        + 4 * I * s  # gate, up, act, act*up
+        + 2 * 4 * s  # LoRA A outputs (r=4) of q and v; no dropout copies at dropout 0
+        + (2 * H + 3 * I) * s
+    )  # gradients alive during the block's backward
     est = estimate_memory(tiny_cfg(), TINY)
     assert est.activations == hidden_states + final_norm + tokens * per_token
     no_ckpt = estimate_memory(tiny_cfg(gradient_checkpointing=False), TINY)
@@ -115,8 +143,9 @@ def test_unknown_lora_target_is_named():
 # ----------------------------------------------------------------------------- monotonicity
 
 
-@pytest.mark.parametrize(("field", "values"), [("max_length", [128, 512, 2048, 4096]), ("micro_batch", [1, 2, 4]),
-                                               ("lora_r", [8, 16, 64])])
+@pytest.mark.parametrize(
+    ("field", "values"), [("max_length", [128, 512, 2048, 4096]), ("micro_batch", [1, 2, 4]), ("lora_r", [8, 16, 64])]
+)
 def test_more_tokens_or_rank_needs_more_memory(field, values):
     mc = model_config_for("mistralai/Mistral-7B-Instruct-v0.3")
     totals = [estimate_memory(qlora("m", **{field: v}), mc).total for v in values]
@@ -137,14 +166,18 @@ def test_memory_savers_save_memory():
 
 def test_mistral_7b_qlora_batch1_2k_matches_public_figure():
     # public: ~8-8.7 GiB for Mistral-7B QLoRA, batch 1, 2k tokens, gradient checkpointing
-    est = estimate_memory(qlora("mistralai/Mistral-7B-Instruct-v0.3", micro_batch=1),
-                          model_config_for("mistralai/Mistral-7B-Instruct-v0.3"))
+    est = estimate_memory(
+        qlora("mistralai/Mistral-7B-Instruct-v0.3", micro_batch=1),
+        model_config_for("mistralai/Mistral-7B-Instruct-v0.3"),
+    )
     assert 7 * GIB < est.total < 10 * GIB
 
 
 def test_llama_8b_at_2k_batch2_does_not_fit_12gb():
-    est = estimate_memory(qlora("meta-llama/Llama-3.1-8B-Instruct", optim="paged_adamw_8bit", pet_checkpoint=True),
-                          model_config_for("meta-llama/Llama-3.1-8B-Instruct"))
+    est = estimate_memory(
+        qlora("meta-llama/Llama-3.1-8B-Instruct", optim="paged_adamw_8bit", pet_checkpoint=True),
+        model_config_for("meta-llama/Llama-3.1-8B-Instruct"),
+    )
     assert est.logits > 4 * GIB  # the 128k vocabulary
     assert not est.fits(12)
 
@@ -157,7 +190,9 @@ def test_rtx3060_presets_fit_12gb(name):
 
 
 def test_3b_at_2k_batch2_fits_12gb():
-    est = estimate_memory(qlora("meta-llama/Llama-3.2-3B-Instruct"), model_config_for("meta-llama/Llama-3.2-3B-Instruct"))
+    est = estimate_memory(
+        qlora("meta-llama/Llama-3.2-3B-Instruct"), model_config_for("meta-llama/Llama-3.2-3B-Instruct")
+    )
     assert est.fits(12), est.format()
 
 
@@ -172,17 +207,27 @@ def test_pet_without_checkpoint_costs_about_1gib_for_a_7b():
 # ----------------------------------------------------------------------------- model_config_for
 
 
-@pytest.mark.parametrize(("ref", "dims"), [
-    ("embedded", (576, 1536, 30, 9, 3, 49152, True)),
-    ("mistralai/Mistral-7B-Instruct-v0.3", (4096, 14336, 32, 32, 8, 32768, False)),
-    ("meta-llama/Llama-3.2-3B-Instruct", (3072, 8192, 28, 24, 8, 128256, True)),
-    ("meta-llama/Llama-3.1-8B-Instruct", (4096, 14336, 32, 32, 8, 128256, False)),
-    ("Qwen/Qwen2.5-7B-Instruct", (3584, 18944, 28, 28, 4, 152064, False)),
-])
+@pytest.mark.parametrize(
+    ("ref", "dims"),
+    [
+        ("embedded", (576, 1536, 30, 9, 3, 49152, True)),
+        ("mistralai/Mistral-7B-Instruct-v0.3", (4096, 14336, 32, 32, 8, 32768, False)),
+        ("meta-llama/Llama-3.2-3B-Instruct", (3072, 8192, 28, 24, 8, 128256, True)),
+        ("meta-llama/Llama-3.1-8B-Instruct", (4096, 14336, 32, 32, 8, 128256, False)),
+        ("Qwen/Qwen2.5-7B-Instruct", (3584, 18944, 28, 28, 4, 152064, False)),
+    ],
+)
 def test_known_configs_offline(ref, dims):
     c = model_config_for(ref)
-    got = (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
-           c.vocab_size, c.tie_word_embeddings)
+    got = (
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.vocab_size,
+        c.tie_word_embeddings,
+    )
     assert got == dims
     assert estimate_memory(TrainConfig(model=ref), c).total > 0
 

@@ -1,4 +1,5 @@
 """The training recipe on a tiny random Llama: gradients, groups, body untouched, saved run, resume."""
+
 import json
 
 import pytest
@@ -21,8 +22,20 @@ from so8t.train.recipe import (
 
 
 def tiny_cfg(model_dir, **kw):
-    base = dict(model=str(model_dir), lora_r=4, lora_alpha=8, lora_dropout=0.0, max_length=64, micro_batch=2,
-                grad_accum=1, max_steps=4, eval_every=2, lr=1e-3, head_lr=1e-3, pooling="mean")
+    base = dict(
+        model=str(model_dir),
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        max_length=64,
+        micro_batch=2,
+        grad_accum=1,
+        max_steps=4,
+        eval_every=2,
+        lr=1e-3,
+        head_lr=1e-3,
+        pooling="mean",
+    )
     base.update(kw)
     cfg = TrainConfig(**base)
     cfg.validate()
@@ -41,7 +54,7 @@ def sample_records(n_per_label=6):
 def data_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     recs = load_builtin("train")
-    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip:skip + k]  # noqa: E731
+    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip : skip + k]  # noqa: E731
     train_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 6) + pick(lab, "ja", 2)]
     dev_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10)]
     write_jsonl(d / "train.jsonl", train_recs)
@@ -156,14 +169,26 @@ def test_end_to_end_tiny_training_writes_a_complete_run(tiny_model_dir, data_fil
     out = tmp_path / "run"
     result = train(cfg, out, progress=False)
     assert result.steps == 4 and result.test is not None
-    for f in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "head.json",
-              "config.yaml", "tokenizer/tokenizer.json", "metrics/steps.jsonl", "metrics/evals.jsonl",
-              "metrics/final.json", "plots/training_curves.png", "so8t-run.json"):
+    for f in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "head.safetensors",
+        "head.json",
+        "config.yaml",
+        "tokenizer/tokenizer.json",
+        "metrics/steps.jsonl",
+        "metrics/evals.jsonl",
+        "metrics/final.json",
+        "plots/training_curves.png",
+        "so8t-run.json",
+    ):
         assert (out / f).is_file(), f
     assert not (out / "checkpoints").exists()
     head = json.loads((out / "head.json").read_text())
     assert head["labels"] == ["ALLOW", "ESCALATE", "REFUSE"] and head["hidden_size"] == 32
-    assert head["pooling"] == "mean" and head["base_model"] == str(tiny_model_dir) and len(head["base_fingerprint"]) == 16
+    assert (
+        head["pooling"] == "mean" and head["base_model"] == str(tiny_model_dir) and len(head["base_fingerprint"]) == 16
+    )
     steps = [json.loads(x) for x in (out / "metrics/steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     for key in ("sft", "safety_ce", "dangerous_allow", "good_escalate", "pet", "total", "lambda_pet", "lr", "head_lr"):
@@ -173,8 +198,11 @@ def test_end_to_end_tiny_training_writes_a_complete_run(tiny_model_dir, data_fil
     # the base weights never changed; only LoRA and the head were trained
     model, tok, meta = load_run(out)
     with model.body.disable_adapter():
-        trained_base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-                        for k, v in model.body.state_dict().items() if "lora_" not in k}
+        trained_base = {
+            k.replace("base_model.model.", "").replace(".base_layer", ""): v
+            for k, v in model.body.state_dict().items()
+            if "lora_" not in k
+        }
     for k, v in before.items():
         assert torch.equal(trained_base[k], v), k
     # the saved run restores exactly
@@ -300,12 +328,46 @@ def test_runs_under_accelerate_launch(tiny_model_dir, data_files, tmp_path):
     import sys
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "so8t", "train", "--preset", "cpu-quick",
-           "--set", f"model={tiny_model_dir}", "--set", "max_length=48", "--set", "micro_batch=2",
-           "--set", "amp=none", "--set", "lora_layers=0", "--max-steps", "2", "--set", "eval_every=2",
-           "--data", str(data_files / "train.jsonl"),
-           "--set", f"dev_data=[{data_files / 'dev.jsonl'}]", "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "so8t",
+        "train",
+        "--preset",
+        "cpu-quick",
+        "--set",
+        f"model={tiny_model_dir}",
+        "--set",
+        "max_length=48",
+        "--set",
+        "micro_batch=2",
+        "--set",
+        "amp=none",
+        "--set",
+        "lora_layers=0",
+        "--max-steps",
+        "2",
+        "--set",
+        "eval_every=2",
+        "--data",
+        str(data_files / "train.jsonl"),
+        "--set",
+        f"dev_data=[{data_files / 'dev.jsonl'}]",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "so8t-run.json").read_text())["status"] == "complete"
@@ -331,7 +393,9 @@ def test_head_probe_fits_the_head_on_frozen_features_first(tiny_model_dir, data_
         after = head_loss(model.head(feats), y, easy, weights_of(cfg)).item()
     assert after < before and info["head_loss_on_probe_set"] == pytest.approx(after, rel=1e-4)
     assert all(torch.equal(p, body_before[n]) for n, p in model.body.named_parameters())  # body untouched
-    result = train(tiny_cfg(tiny_model_dir, head_probe_steps=5, **data_kw(data_files)), tmp_path / "run", progress=False)
+    result = train(
+        tiny_cfg(tiny_model_dir, head_probe_steps=5, **data_kw(data_files)), tmp_path / "run", progress=False
+    )
     assert json.loads((tmp_path / "run/metrics/final.json").read_text())["head_probe"]["probe_steps"] == 5
     assert result.steps == 4
 
@@ -358,11 +422,18 @@ def test_a_crash_marks_the_run_failed_and_it_does_not_load(tiny_model_dir, data_
 
 
 def test_pair_margin_term_is_trained_and_logged_with_twins_in_one_batch(tiny_model_dir, tmp_path):
-    contrast = load_builtin("train", "contrast")[:16]          # 8 pairs, safe half first
+    contrast = load_builtin("train", "contrast")[:16]  # 8 pairs, safe half first
     write_jsonl(tmp_path / "pairs.jsonl", contrast)
-    cfg = tiny_cfg(tiny_model_dir, data=[str(tmp_path / "pairs.jsonl")], dev_data=[str(tmp_path / "pairs.jsonl")],
-                   test_data=[str(tmp_path / "pairs.jsonl")], pair_margin=1.0, micro_batch=4, max_steps=3,
-                   class_balance="none")
+    cfg = tiny_cfg(
+        tiny_model_dir,
+        data=[str(tmp_path / "pairs.jsonl")],
+        dev_data=[str(tmp_path / "pairs.jsonl")],
+        test_data=[str(tmp_path / "pairs.jsonl")],
+        pair_margin=1.0,
+        micro_batch=4,
+        max_steps=3,
+        class_balance="none",
+    )
     train(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics" / "steps.jsonl").read_text().splitlines()]
     assert all("pair_margin" in r for r in rows) and any(r["pair_margin"] > 0 for r in rows)
@@ -384,21 +455,28 @@ def test_the_probe_fits_the_layer_mix_and_the_run_reads_the_same_blocks_back(tin
     assert len(model.head.layers) > 1 and torch.equal(model.head.mix, torch.zeros(len(model.head.layers)))
     probe_head(model, tok, read_jsonl(data_files / "train.jsonl"), cfg, None)
     assert not torch.equal(model.head.mix, torch.zeros(len(model.head.layers)))  # the probe learns the weights
-    train(tiny_cfg(tiny_model_dir, head_layers="mix", head_combine="mix", head_probe_steps=5, **data_kw(data_files)),
-          tmp_path / "run", progress=False)
+    train(
+        tiny_cfg(tiny_model_dir, head_layers="mix", head_combine="mix", head_probe_steps=5, **data_kw(data_files)),
+        tmp_path / "run",
+        progress=False,
+    )
     loaded, _, _ = load_run(tmp_path / "run")
     assert loaded.head.layers == model.head.layers and loaded.head.combine_mode == "mix"
 
 
 def test_a_run_with_calibrate_ships_thresholds_chosen_on_dev_and_reads_its_blocks_side_by_side(
-        tiny_model_dir, data_files, tmp_path):
+    tiny_model_dir, data_files, tmp_path
+):
     import json
 
     from so8t.eval.thresholds import load_thresholds
     from so8t.model import load_run
 
-    result = train(tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=5, calibrate=True, **data_kw(data_files)),
-                   tmp_path / "run", progress=False)
+    result = train(
+        tiny_cfg(tiny_model_dir, head_layers="mix", head_probe_steps=5, calibrate=True, **data_kw(data_files)),
+        tmp_path / "run",
+        progress=False,
+    )
     thr = load_thresholds(tmp_path / "run")
     assert thr is not None  # what serve, chat and eval will use
     saved = json.loads((tmp_path / "run" / "thresholds.json").read_text())
@@ -443,15 +521,18 @@ def test_fit_head_decays_its_rate_to_zero_and_two_seeds_agree_on_separable_featu
 
 
 def test_the_probe_reads_each_distinct_row_once_although_the_sampler_repeats_rare_classes(
-        tiny_model_dir, data_files, monkeypatch):
+    tiny_model_dir, data_files, monkeypatch
+):
     import so8t.train.recipe as recipe
     from so8t.data import read_jsonl
 
     recs = read_jsonl(data_files / "train.jsonl")
-    recs = recs + [r for r in recs if r.label.name == "ALLOW"] * 3     # ALLOW outnumbers: the others repeat
+    recs = recs + [r for r in recs if r.label.name == "ALLOW"] * 3  # ALLOW outnumbers: the others repeat
     seen = []
     real = recipe.pooled_layers
-    monkeypatch.setattr(recipe, "pooled_layers", lambda m, t, rows, *a, **k: seen.append(list(rows)) or real(m, t, rows, *a, **k))
+    monkeypatch.setattr(
+        recipe, "pooled_layers", lambda m, t, rows, *a, **k: seen.append(list(rows)) or real(m, t, rows, *a, **k)
+    )
     cfg = tiny_cfg(tiny_model_dir, head_probe_steps=3)
     model, tok, _ = build_model(cfg)
     info = recipe.probe_head(model, tok, recs, cfg, None)

@@ -73,6 +73,7 @@ Terminal: REJECTED, TIMEOUT, EDITED, EXECUTED, FAILED. Choices worth knowing:
 * ``sqlite://`` / ``sqlite:///:memory:`` is supported for tests and demos: one connection shared
   through a StaticPool and guarded by a lock, gone when the process exits, invisible to others.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -139,8 +140,14 @@ MIN_ID_PREFIX = 8  # resolve_id: the shortest id prefix accepted (the page shows
 _HEX = re.compile(r"[0-9a-f]+")
 
 EVENTS = (
-    "approval.requested", "approval.approved", "approval.rejected", "approval.edited",
-    "approval.timeout", "approval.executing", "approval.executed", "approval.failed",
+    "approval.requested",
+    "approval.approved",
+    "approval.rejected",
+    "approval.edited",
+    "approval.timeout",
+    "approval.executing",
+    "approval.executed",
+    "approval.failed",
 )
 # Not part of the normal life of an item: a step closed by recover_stuck, and (best-effort, in the
 # write-ahead log only) a change whose records were written but whose commit failed.
@@ -167,6 +174,7 @@ TERMINAL = frozenset({Status.REJECTED, Status.TIMEOUT, Status.EDITED, Status.EXE
 
 # --- errors ------------------------------------------------------------------------------------
 
+
 class ApprovalError(Exception):
     """Base of every error this module raises about queue items (bad arguments raise ValueError)."""
 
@@ -183,8 +191,10 @@ class AmbiguousApprovalId(ApprovalError, LookupError):
     def __init__(self, prefix: str, matches: list[str]):
         shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
         many = f"more than {len(matches) - 1}" if len(matches) > 5 else str(len(matches))
-        super().__init__(f"approval id prefix {prefix!r} is ambiguous: {many} ids start with it ({shown}); "
-                         "give more of its characters")
+        super().__init__(
+            f"approval id prefix {prefix!r} is ambiguous: {many} ids start with it ({shown}); "
+            "give more of its characters"
+        )
         self.prefix, self.matches = prefix, matches
 
 
@@ -205,6 +215,7 @@ class RequestHashMismatch(ApprovalError):
 
 
 # --- storage -----------------------------------------------------------------------------------
+
 
 class UTCDateTime(TypeDecorator):
     """Aware UTC datetimes in and out, stored naive UTC: SQLite drops tzinfo without converting,
@@ -258,6 +269,7 @@ class ApprovalRow(_Base):
 
 # --- snapshots ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Approval:
     """A read-only snapshot of one item; ``request`` / ``decision`` / ``result`` parse a fresh copy."""
@@ -283,11 +295,22 @@ class Approval:
     @classmethod
     def _from_row(cls, row: ApprovalRow) -> Approval:
         return cls(
-            id=row.id, kind=row.kind, status=Status(row.status), request_json=row.request_json,
-            request_hash=row.request_hash, decision_json=row.decision_json, requester=row.requester,
-            created_at=row.created_at, expires_at=row.expires_at, decided_at=row.decided_at,
-            decided_by=row.decided_by, reason=row.reason, superseded_by=row.superseded_by,
-            parent_id=row.parent_id, result_json=row.result_json, version=row.version,
+            id=row.id,
+            kind=row.kind,
+            status=Status(row.status),
+            request_json=row.request_json,
+            request_hash=row.request_hash,
+            decision_json=row.decision_json,
+            requester=row.requester,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            decided_at=row.decided_at,
+            decided_by=row.decided_by,
+            reason=row.reason,
+            superseded_by=row.superseded_by,
+            parent_id=row.parent_id,
+            result_json=row.result_json,
+            version=row.version,
             claimed_at=row.claimed_at,
         )
 
@@ -323,8 +346,11 @@ class Approval:
     @property
     def approved_by(self) -> str | None:
         """Who approved an item that was approved (APPROVED, EXECUTING, EXECUTED, FAILED), if recorded."""
-        if self.status in (Status.APPROVED, Status.EXECUTING, Status.EXECUTED, Status.FAILED) and \
-                self.decided_by and not self.decided_by.startswith("system:"):
+        if (
+            self.status in (Status.APPROVED, Status.EXECUTING, Status.EXECUTED, Status.FAILED)
+            and self.decided_by
+            and not self.decided_by.startswith("system:")
+        ):
             return self.decided_by
         return None
 
@@ -351,6 +377,7 @@ class ClaimedRequest:
 
 
 # --- the queue ---------------------------------------------------------------------------------
+
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -403,8 +430,9 @@ class ApprovalQueue:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"{STORE} {safe_url(self.url)} cannot be used: {reason(exc, self.url)}; "
-                                "nothing was changed")
+        return StoreUnavailable(
+            f"{STORE} {safe_url(self.url)} cannot be used: {reason(exc, self.url)}; nothing was changed"
+        )
 
     def health(self) -> str | None:
         """None when the database answers; otherwise why not (for a readiness check)."""
@@ -473,16 +501,18 @@ class ApprovalQueue:
         if written and self._write_ahead is not None:  # recorded, then the commit failed: say so (best-effort)
             error = f"{type(exc).__name__}: {reason(exc, self.url)}"[:_MAX_ERROR_CHARS]
             with contextlib.suppress(Exception):
-                self._write_ahead([("approval.aborted", {**data, "aborted": name, "error": error})
-                                   for name, data in written])
+                self._write_ahead(
+                    [("approval.aborted", {**data, "aborted": name, "error": error}) for name, data in written]
+                )
 
     @staticmethod
     def _load(session: Session, id: str, *, lock: bool = False) -> ApprovalRow:
         """The row as committed now; ``lock``: SELECT ... FOR UPDATE, held to the end of the
         transaction (PostgreSQL: a second replica changing the same item waits, then sees this
         change; SQLite: BEGIN IMMEDIATE already holds the whole database)."""
-        row = session.get(ApprovalRow, id, populate_existing=True, with_for_update=lock) \
-            if isinstance(id, str) else None
+        row = (
+            session.get(ApprovalRow, id, populate_existing=True, with_for_update=lock) if isinstance(id, str) else None
+        )
         if row is None:
             raise ApprovalNotFound(id)
         return row
@@ -538,8 +568,14 @@ class ApprovalQueue:
             out = []
             for row in s.scalars(q.execution_options(populate_existing=True)).all():
                 snap = self._move(
-                    s, row, "expire", Status.PENDING, Status.TIMEOUT,
-                    decided_at=row.expires_at, decided_by=SYSTEM_EXPIRY, reason=EXPIRED_REASON,
+                    s,
+                    row,
+                    "expire",
+                    Status.PENDING,
+                    Status.TIMEOUT,
+                    decided_at=row.expires_at,
+                    decided_by=SYSTEM_EXPIRY,
+                    reason=EXPIRED_REASON,
                 )
                 events.append(("approval.timeout", snap))
                 out.append(snap)
@@ -548,8 +584,13 @@ class ApprovalQueue:
     # --- API -----------------------------------------------------------------------------------
 
     def submit(
-        self, request: dict[str, Any], decision: dict[str, Any], requester: str, *,
-        kind: str = "chat", ttl_s: float | None = None,
+        self,
+        request: dict[str, Any],
+        decision: dict[str, Any],
+        requester: str,
+        *,
+        kind: str = "chat",
+        ttl_s: float | None = None,
     ) -> Approval:
         """Queue a request (PENDING). Keep the returned ``request_hash`` to pass to claim/run_once."""
         if not isinstance(request, dict):
@@ -563,9 +604,16 @@ class ApprovalQueue:
         ttl = _ttl(self.default_ttl_s if ttl_s is None else ttl_s)
         now = self._now()
         row = ApprovalRow(
-            id=uuid.uuid4().hex, kind=kind, request_json=text, request_hash=_hash_text(text),
-            decision_json=decision_text, requester=requester, status=Status.PENDING.value,
-            created_at=now, expires_at=now + ttl, version=1,
+            id=uuid.uuid4().hex,
+            kind=kind,
+            request_json=text,
+            request_hash=_hash_text(text),
+            decision_json=decision_text,
+            requester=requester,
+            status=Status.PENDING.value,
+            created_at=now,
+            expires_at=now + ttl,
+            version=1,
         )
         with self._tx() as (s, events):
             s.add(row)
@@ -584,11 +632,15 @@ class ApprovalQueue:
             raise ValueError(f"an approval id must be a string, got {type(prefix).__name__}")
         p = prefix.strip().lower()
         if not _HEX.fullmatch(p):
-            raise ValueError(f"{prefix!r} is not an approval id: ids are hexadecimal (0-9, a-f), as "
-                             "`so8t approvals list` and the approvals page show them")
+            raise ValueError(
+                f"{prefix!r} is not an approval id: ids are hexadecimal (0-9, a-f), as "
+                "`so8t approvals list` and the approvals page show them"
+            )
         if len(p) < MIN_ID_PREFIX:
-            raise ValueError(f"approval id {prefix!r} is too short: give at least {MIN_ID_PREFIX} of its characters "
-                             "(the approvals page shows 12)")
+            raise ValueError(
+                f"approval id {prefix!r} is too short: give at least {MIN_ID_PREFIX} of its characters "
+                "(the approvals page shows 12)"
+            )
         with self._tx() as (s, _):
             q = select(ApprovalRow.id).where(ApprovalRow.id.startswith(p, autoescape=True))
             matches = builtins.list(s.scalars(q.order_by(ApprovalRow.id).limit(6)).all())
@@ -597,10 +649,15 @@ class ApprovalQueue:
             if matches:
                 raise AmbiguousApprovalId(prefix.strip(), matches)
             ids = builtins.list(s.scalars(select(ApprovalRow.id)).all())
-        heads = {i[:len(p)]: i for i in ids}
+        heads = {i[: len(p)]: i for i in ids}
         close = difflib.get_close_matches(p, builtins.list(heads), n=1, cutoff=0.75)
-        hint = (f"; did you mean {heads[close[0]][:max(12, len(p))]!r}?" if close else
-                "; `so8t approvals list` shows the ids" if ids else "; the queue is empty")
+        hint = (
+            f"; did you mean {heads[close[0]][: max(12, len(p))]!r}?"
+            if close
+            else "; `so8t approvals list` shows the ids"
+            if ids
+            else "; the queue is empty"
+        )
         raise ApprovalNotFound(prefix.strip(), f"no approval whose id starts with {prefix.strip()!r}{hint}")
 
     def get(self, id: str) -> Approval:
@@ -641,8 +698,16 @@ class ApprovalQueue:
             row = self._load(s, id, lock=True)
             if row.status == Status.PENDING.value:
                 self._verify(row, expected_hash, "approve")
-            snap = self._move(s, row, "approve", Status.PENDING, Status.APPROVED,
-                              decided_at=self._now(), decided_by=approver, reason=note)
+            snap = self._move(
+                s,
+                row,
+                "approve",
+                Status.PENDING,
+                Status.APPROVED,
+                decided_at=self._now(),
+                decided_by=approver,
+                reason=note,
+            )
             events.append(("approval.approved", snap))
         return snap
 
@@ -653,14 +718,28 @@ class ApprovalQueue:
         self._expire(id)
         with self._tx() as (s, events):
             row = self._load(s, id, lock=True)
-            snap = self._move(s, row, "reject", Status.PENDING, Status.REJECTED,
-                              decided_at=self._now(), decided_by=approver, reason=reason)
+            snap = self._move(
+                s,
+                row,
+                "reject",
+                Status.PENDING,
+                Status.REJECTED,
+                decided_at=self._now(),
+                decided_by=approver,
+                reason=reason,
+            )
             events.append(("approval.rejected", snap))
         return snap
 
     def edit(
-        self, id: str, new_request: dict[str, Any], editor: str, regate: Callable[[dict[str, Any]], dict[str, Any]],
-        *, note: str | None = None, ttl_s: float | None = None,
+        self,
+        id: str,
+        new_request: dict[str, Any],
+        editor: str,
+        regate: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        note: str | None = None,
+        ttl_s: float | None = None,
     ) -> Approval:
         """PENDING -> EDITED, and a new item for ``new_request`` whose decision is ``regate(new_request)``.
 
@@ -690,15 +769,32 @@ class ApprovalQueue:
             old = self._load(s, id, lock=True)
             refused = action == "REFUSE"
             new = ApprovalRow(
-                id=uuid.uuid4().hex, kind=old.kind, request_json=text, request_hash=_hash_text(text),
-                decision_json=decision_text, requester=old.requester,
+                id=uuid.uuid4().hex,
+                kind=old.kind,
+                request_json=text,
+                request_hash=_hash_text(text),
+                decision_json=decision_text,
+                requester=old.requester,
                 status=(Status.REJECTED if refused else Status.PENDING).value,
-                created_at=now, expires_at=now + ttl, parent_id=old.id, version=1,
-                decided_at=now if refused else None, decided_by=GATE_DECIDER if refused else None,
+                created_at=now,
+                expires_at=now + ttl,
+                parent_id=old.id,
+                version=1,
+                decided_at=now if refused else None,
+                decided_by=GATE_DECIDER if refused else None,
                 reason=GATE_REFUSED_EDIT_REASON if refused else None,
             )
-            edited = self._move(s, old, "edit", Status.PENDING, Status.EDITED,
-                                decided_at=now, decided_by=editor, reason=note, superseded_by=new.id)
+            edited = self._move(
+                s,
+                old,
+                "edit",
+                Status.PENDING,
+                Status.EDITED,
+                decided_at=now,
+                decided_by=editor,
+                reason=note,
+                superseded_by=new.id,
+            )
             s.add(new)
             s.flush()
             snap = Approval._from_row(new)
@@ -722,8 +818,9 @@ class ApprovalQueue:
             snap = self._move(s, row, "claim", Status.APPROVED, Status.EXECUTING, claimed_at=self._now())
             events.append(("approval.executing", snap))
         # snap.request_json == text: the UPDATE ran in the same locked transaction as the check
-        return ClaimedRequest(id=snap.id, kind=snap.kind, request=json.loads(text),
-                              request_hash=snap.request_hash, approval=snap)
+        return ClaimedRequest(
+            id=snap.id, kind=snap.kind, request=json.loads(text), request_hash=snap.request_hash, approval=snap
+        )
 
     def complete(self, id: str, result: Any) -> Approval:
         """EXECUTING -> EXECUTED, storing ``result`` (canonical JSON) for idempotent replays."""
@@ -750,14 +847,20 @@ class ApprovalQueue:
         For a step whose process died, or whose completion could not be recorded: it stays
         EXECUTING otherwise, forever. It may have run in part or in full, so it is not run again.
         An item claimed before ``claimed_at`` existed (NULL) counts as stuck."""
-        if isinstance(older_than_s, bool) or not isinstance(older_than_s, (int, float)) \
-                or not math.isfinite(older_than_s) or older_than_s < 0:
+        if (
+            isinstance(older_than_s, bool)
+            or not isinstance(older_than_s, (int, float))
+            or not math.isfinite(older_than_s)
+            or older_than_s < 0
+        ):
             raise ValueError(f"older_than_s must be a finite number of seconds >= 0, got {older_than_s!r}")
         by = _require_text(by, "by")
         cutoff = self._now() - timedelta(seconds=older_than_s)
         with self._tx() as (s, _):
-            q = select(ApprovalRow.id).where(ApprovalRow.status == Status.EXECUTING.value,
-                                             (ApprovalRow.claimed_at.is_(None)) | (ApprovalRow.claimed_at <= cutoff))
+            q = select(ApprovalRow.id).where(
+                ApprovalRow.status == Status.EXECUTING.value,
+                (ApprovalRow.claimed_at.is_(None)) | (ApprovalRow.claimed_at <= cutoff),
+            )
             ids = builtins.list(s.scalars(q.order_by(ApprovalRow.created_at)).all())
         out = []
         for id in ids:  # one transaction (and one record) each: a failure stops at that item
@@ -767,10 +870,16 @@ class ApprovalQueue:
                     continue  # completed meanwhile
                 since = "an unknown time" if row.claimed_at is None else row.claimed_at.isoformat()
                 snap = self._move(
-                    s, row, "recover", Status.EXECUTING, Status.FAILED, decided_by=by,
+                    s,
+                    row,
+                    "recover",
+                    Status.EXECUTING,
+                    Status.FAILED,
+                    decided_by=by,
                     reason=f"{INTERRUPTED_REASON}: EXECUTING since {since} and never completed (the process "
-                           "stopped, or its completion could not be recorded); it may have run in part or in full, "
-                           "and is not run again: check before submitting it again")
+                    "stopped, or its completion could not be recorded); it may have run in part or in full, "
+                    "and is not run again: check before submitting it again",
+                )
                 events.append(("approval.interrupted", snap))
             out.append(snap)
         return out

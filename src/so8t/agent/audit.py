@@ -66,6 +66,7 @@ Not guaranteed:
 * A side file deleted after its record was written is reported as ``missing``, not as a failure: the
   record keeps its length and SHA-256. Records are only as durable as the filesystem's fsync.
 """
+
 from __future__ import annotations
 
 import errno
@@ -106,8 +107,8 @@ APPROVAL_DENIED = "approval.denied"
 APPROVAL_EXPIRED = "approval.expired"
 AUDIT_RECOVERED = "audit.recovered"
 AUDIT_RESTORED = "audit.restored"  # the store takes records again after a failed write
-TORN_INFIX = ".torn-"              # side files are <log name>.torn-<UTC time>
-PROBE_BYTES = 4096                 # health() writes this much next to the log
+TORN_INFIX = ".torn-"  # side files are <log name>.torn-<UTC time>
+PROBE_BYTES = 4096  # health() writes this much next to the log
 
 _CHUNK = 64 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -124,6 +125,7 @@ def key_from_env(environ: Mapping[str, str] | None = None) -> bytes | None:
 
 
 # --- records ------------------------------------------------------------------------------------
+
 
 def _json_safe(obj: Any) -> Any:
     """Plain JSON types only, so a stored record re-hashes identically after json.loads.
@@ -175,10 +177,16 @@ def check_mode(last: dict, key: bytes | None, where: str) -> None:
         return
     if not hmac.compare_digest(record_hash(last, key), last["hash"]):
         plain = hmac.compare_digest(record_hash(last), last["hash"])
-        raise AuditError(f"{where}: the last record (seq {last['seq']}) " + (
-            "has a plain SHA-256 hash: the log is unkeyed or was re-chained without the key; start a "
-            "new log to use a key" if plain else "does not verify under this HMAC key: wrong key, or "
-            "the record was altered") + "; run `so8t audit verify`")
+        raise AuditError(
+            f"{where}: the last record (seq {last['seq']}) "
+            + (
+                "has a plain SHA-256 hash: the log is unkeyed or was re-chained without the key; start a "
+                "new log to use a key"
+                if plain
+                else "does not verify under this HMAC key: wrong key, or the record was altered"
+            )
+            + "; run `so8t audit verify`"
+        )
 
 
 def _utc_now() -> str:
@@ -200,6 +208,7 @@ def _check_key(key: bytes | None) -> bytes | None:
 
 
 # --- reading from the end -----------------------------------------------------------------------
+
 
 def _read_at(fd: int, size: int, offset: int) -> bytes:
     if hasattr(os, "pread"):
@@ -228,8 +237,8 @@ def _lines_reversed(fd: int, end: int) -> Iterator[tuple[int, bytes]]:
     while end > 0:
         j = buf.rfind(b"\n", 0, len(buf) - 1) if buf else -1
         if j >= 0:
-            yield pos + j + 1, buf[j + 1:-1]
-            buf = buf[:j + 1]
+            yield pos + j + 1, buf[j + 1 : -1]
+            buf = buf[: j + 1]
         elif pos == 0:
             if buf:
                 yield 0, buf[:-1]
@@ -289,6 +298,7 @@ def _open_read(path: Path) -> int:
 
 
 # --- writing ------------------------------------------------------------------------------------
+
 
 class AuditStore:
     """What every audit store offers: this JSONL file (AuditLog) or a database
@@ -374,8 +384,9 @@ class AuditLog(AuditStore):
     to store data as given. ``key`` switches the chain to HMAC-SHA256 (verify with the same key).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, redact: Redactor | None = None,
-                 key: bytes | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, redact: Redactor | None = None, key: bytes | None = None
+    ) -> None:
         super().__init__(redact=redact, key=key)
         self.path = Path(path)
         self._lock = FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S)
@@ -462,8 +473,9 @@ class AuditLog(AuditStore):
                 line = _encode_line(rec)
                 written = os.write(fd, line)  # one write: a crash leaves at most a torn tail
                 if written != len(line):
-                    raise AuditError(f"short write to {self.path} ({written}/{len(line)} bytes): "
-                                     "the filesystem is probably full")
+                    raise AuditError(
+                        f"short write to {self.path} ({written}/{len(line)} bytes): the filesystem is probably full"
+                    )
                 os.fsync(fd)
                 out.append(rec)
         except BaseException:
@@ -483,9 +495,15 @@ class AuditLog(AuditStore):
         for name in unseen:
             if name not in self._recorded:
                 n, digest = _file_digest(self.path.parent / name)
-                out.append({"torn_bytes": n, "sha256": digest, "side_file": name,
-                            "found": "a side file that no audit.recovered record named (a write that failed "
-                                     "or a process that died after setting it aside)"})
+                out.append(
+                    {
+                        "torn_bytes": n,
+                        "sha256": digest,
+                        "side_file": name,
+                        "found": "a side file that no audit.recovered record named (a write that failed "
+                        "or a process that died after setting it aside)",
+                    }
+                )
         return out
 
     def _set_aside(self, fd: int, start: int, size: int) -> dict:
@@ -494,8 +512,12 @@ class AuditLog(AuditStore):
         side = _create_side_file(self.path, torn)
         os.ftruncate(fd, start)
         os.fsync(fd)
-        return {"torn_bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest(),
-                "offset": start, "side_file": side.name}
+        return {
+            "torn_bytes": len(torn),
+            "sha256": hashlib.sha256(torn).hexdigest(),
+            "offset": start,
+            "side_file": side.name,
+        }
 
     def _chain_to(self, fd: int, end: int) -> tuple[int, str]:
         """Seq and hash of the last record in the file (not from memory: another process may have
@@ -603,33 +625,35 @@ def _fsync_dir(directory: Path) -> None:
 
 # --- verification -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Problem:
-    line: int            # 1-based line in the file
+    line: int  # 1-based line in the file
     seq: int | None
-    kind: str            # edited | deleted | inserted | reordered | malformed | torn | downgraded | key_required
+    kind: str  # edited | deleted | inserted | reordered | malformed | torn | downgraded | key_required
     detail: str
 
 
 @dataclass(frozen=True)
 class Fragment:
     """A torn tail that was set aside into a side file, or a side file found next to the log."""
-    side_file: str        # the name, in the log's folder
-    line: int | None      # the audit.recovered record that names it; None: no record does
+
+    side_file: str  # the name, in the log's folder
+    line: int | None  # the audit.recovered record that names it; None: no record does
     seq: int | None
     torn_bytes: int | None  # as the record gives it (the file's size when unrecorded)
     sha256: str | None
-    state: str            # kept | changed | missing | unrecorded
+    state: str  # kept | changed | missing | unrecorded
 
 
 @dataclass
 class VerifyReport:
     ok: bool
-    records: int          # well-formed records in the file
-    head_hash: str        # hash of the last well-formed record (GENESIS for an empty log)
+    records: int  # well-formed records in the file
+    head_hash: str  # hash of the last well-formed record (GENESIS for an empty log)
     problems: list[Problem] = field(default_factory=list)
     fragments: list[Fragment] = field(default_factory=list)  # every torn fragment, recorded or not
-    unit: str = "line"    # what Problem.line counts: file lines, or (a database) rows in seq order
+    unit: str = "line"  # what Problem.line counts: file lines, or (a database) rows in seq order
 
 
 @dataclass(frozen=True)
@@ -638,9 +662,9 @@ class _Entry:
     seq: int
     prev: str
     hash: str
-    intact: bool          # stored hash matches the content
-    keyed: bool = False   # carries "mac": "hmac-sha256"
-    plain: bool = False   # checked under a key, fails it, but is the plain SHA-256: re-chained without it
+    intact: bool  # stored hash matches the content
+    keyed: bool = False  # carries "mac": "hmac-sha256"
+    plain: bool = False  # checked under a key, fails it, but is the plain SHA-256: re-chained without it
 
 
 _ANCHOR0 = _Entry(line=0, seq=-1, prev="", hash=GENESIS, intact=True)
@@ -682,8 +706,15 @@ def _read_entries(lines: Iterable[bytes], key: bytes | None) -> tuple[list[_Entr
     head = GENESIS
     for no, raw in enumerate(lines, start=1):
         if not raw.endswith(b"\n"):
-            problems.append(Problem(no, None, "torn", f"last line has no newline ({len(raw)} bytes): "
-                                    "a write was interrupted; the next append sets it aside"))
+            problems.append(
+                Problem(
+                    no,
+                    None,
+                    "torn",
+                    f"last line has no newline ({len(raw)} bytes): "
+                    "a write was interrupted; the next append sets it aside",
+                )
+            )
             break
         try:
             rec = json.loads(raw.decode("utf-8"))
@@ -772,8 +803,16 @@ def _fragments(path: Path) -> list[Fragment]:
         else:
             n, actual = _file_digest(side)
             state = "kept" if (n, actual) == (size, digest) else "changed"
-        out.append(Fragment(name, line, seq, size if isinstance(size, int) else None,
-                            digest if isinstance(digest, str) else None, state))
+        out.append(
+            Fragment(
+                name,
+                line,
+                seq,
+                size if isinstance(size, int) else None,
+                digest if isinstance(digest, str) else None,
+                state,
+            )
+        )
     for name in _side_files(path):
         if name not in named:
             n, digest = _file_digest(path.parent / name)
@@ -785,19 +824,35 @@ def _fragment_problems(fragments: list[Fragment]) -> list[Problem]:
     out = []
     for f in fragments:
         if f.state == "unrecorded":
-            out.append(Problem(0, None, "unrecorded_fragment", f"{f.side_file} ({f.torn_bytes} bytes) was set aside "
-                               "from the log but no audit.recovered record names it; the server records it at "
-                               "start-up (AuditLog.recover)"))
+            out.append(
+                Problem(
+                    0,
+                    None,
+                    "unrecorded_fragment",
+                    f"{f.side_file} ({f.torn_bytes} bytes) was set aside "
+                    "from the log but no audit.recovered record names it; the server records it at "
+                    "start-up (AuditLog.recover)",
+                )
+            )
         elif f.state == "changed":
-            out.append(Problem(f.line or 0, f.seq, "fragment_changed", f"{f.side_file} no longer has the length and "
-                               "SHA-256 this audit.recovered record gives"))
+            out.append(
+                Problem(
+                    f.line or 0,
+                    f.seq,
+                    "fragment_changed",
+                    f"{f.side_file} no longer has the length and SHA-256 this audit.recovered record gives",
+                )
+            )
     return out
 
 
 def _edit_hint(entries: list[_Entry], key_given: bool) -> str:
     if entries and not any(e.intact for e in entries):  # nothing verifies: most likely the key
-        return (" under this HMAC key (every record fails: wrong key?)" if key_given else
-                " (every record fails: if the log was written with SO8T_AUDIT_KEY, verify with that key)")
+        return (
+            " under this HMAC key (every record fails: wrong key?)"
+            if key_given
+            else " (every record fails: if the log was written with SO8T_AUDIT_KEY, verify with that key)"
+        )
     return " under this HMAC key" if key_given else ""
 
 
@@ -814,7 +869,7 @@ class _Classifier:
             self.last_line[e.seq] = e.line
         self.seqs = sorted(self.last_line)
         self.by_hash = {e.hash: e for e in entries}
-        self.anchor = _ANCHOR0       # the last record accepted into the chain
+        self.anchor = _ANCHOR0  # the last record accepted into the chain
         self.accepted: set[int] = set()
         self.out: dict[tuple[int, str], Problem] = {}  # one problem per (line, kind)
 
@@ -823,8 +878,11 @@ class _Classifier:
 
     def report_broken(self, r: _Entry) -> None:
         if r.plain:
-            self.report(r, "downgraded", "plain SHA-256 hash, not the HMAC under this key: written or "
-                        "re-chained without the key")
+            self.report(
+                r,
+                "downgraded",
+                "plain SHA-256 hash, not the HMAC under this key: written or re-chained without the key",
+            )
         else:
             self.report(r, "edited", "stored hash does not match the content" + self.edit_hint)
 
@@ -840,8 +898,9 @@ class _Classifier:
         """How many seqs in [lo, hi) are absent from the rest of the file (first, last of them).
         Seqs that turn up after ``line`` were moved, not deleted. Bounded by the records present,
         not by hi - lo (a forged seq of 10**12 must not hang verify)."""
-        late = {s for s in self.seqs[bisect_left(self.seqs, lo):bisect_left(self.seqs, hi)]
-                if self.last_line[s] > line}
+        late = {
+            s for s in self.seqs[bisect_left(self.seqs, lo) : bisect_left(self.seqs, hi)] if self.last_line[s] > line
+        }
         first, last = lo, hi - 1
         while first in late:
             first += 1
@@ -855,8 +914,9 @@ class _Classifier:
         if r.hash in self.referenced:
             return False
         p = self.by_hash.get(r.prev)
-        moved = p is not None and p.seq == r.seq - 1 and p.line > r.line \
-            and self.first_line[r.seq] == self.last_line[r.seq]
+        moved = (
+            p is not None and p.seq == r.seq - 1 and p.line > r.line and self.first_line[r.seq] == self.last_line[r.seq]
+        )
         return not moved
 
     def run(self) -> list[Problem]:
@@ -883,8 +943,11 @@ class _Classifier:
                 self.report(r, "inserted", f"line {n.line} also chains to {where} and no record chains to this one")
                 return False
             if r.seq != expected:
-                self.report(r, "edited", f"seq {r.seq} should be {expected} (prev chains to {where}): "
-                            "seq rewritten and hash recomputed")
+                self.report(
+                    r,
+                    "edited",
+                    f"seq {r.seq} should be {expected} (prev chains to {where}): seq rewritten and hash recomputed",
+                )
             self.accept(r, expected)
             return False
         if n is not None and n.prev == a.hash and r.prev == n.hash:
@@ -893,8 +956,9 @@ class _Classifier:
             self.accept(r)
             return True
         if n is not None and n.prev == a.hash and self.orphan(r):
-            self.report(r, "inserted", f"does not chain to {where}; line {n.line} does, and no record "
-                        "chains to this one")
+            self.report(
+                r, "inserted", f"does not chain to {where}; line {n.line} does, and no record chains to this one"
+            )
             return False
         if r.seq < expected:  # not advancing the anchor: the records after still chain to it
             if r.seq in self.accepted:
@@ -914,9 +978,15 @@ class _Classifier:
         if a is _ANCHOR0:
             self.report(r, "edited", "the first record's prev is not 64 zeros")
         elif a.hash not in self.referenced and r.hash in self.referenced:
-            self.out.setdefault((a.line, "edited"), Problem(
-                a.line, a.seq, "edited", f"line {r.line} chains to a different hash: this record's content "
-                "and hash were changed"))
+            self.out.setdefault(
+                (a.line, "edited"),
+                Problem(
+                    a.line,
+                    a.seq,
+                    "edited",
+                    f"line {r.line} chains to a different hash: this record's content and hash were changed",
+                ),
+            )
         else:
             maybe = f" (or line {a.line} was edited and re-hashed)" if a.hash not in self.referenced else ""
             self.report(r, "inserted", f"prev does not match the hash of line {a.line}{maybe}")
@@ -925,6 +995,7 @@ class _Classifier:
 
 
 # --- display ------------------------------------------------------------------------------------
+
 
 def format_record(rec: Mapping[str, Any], width: int = 160) -> str:
     """One line: seq, ts, event and the data as compact JSON cut to ``width`` characters."""
@@ -941,12 +1012,16 @@ def format_report(report: VerifyReport) -> str:
     if report.ok:
         lines = [f"OK: {report.records} records, head {report.head_hash}{note}"]
     else:
-        lines = [(f"FAILED: {report.records} records, {len(report.problems)} problem(s), "
-                  f"head {report.head_hash}{note}")]
+        lines = [
+            (f"FAILED: {report.records} records, {len(report.problems)} problem(s), head {report.head_hash}{note}")
+        ]
     for p in report.problems:
         seq = "?" if p.seq is None else p.seq
-        lines.append(f"{report.unit} {p.line} (seq {seq}): {p.kind}: {p.detail}" if p.line else
-                     f"outside the log: {p.kind}: {p.detail}")
+        lines.append(
+            f"{report.unit} {p.line} (seq {seq}): {p.kind}: {p.detail}"
+            if p.line
+            else f"outside the log: {p.kind}: {p.detail}"
+        )
     for f in frags:
         where = f"audit.recovered at line {f.line} (seq {f.seq})" if f.line else "no audit.recovered record"
         lines.append(f"torn fragment {f.side_file}: {f.torn_bytes} bytes, sha256 {f.sha256}, {f.state}; {where}")
@@ -954,10 +1029,38 @@ def format_report(report: VerifyReport) -> str:
 
 
 __all__ = [
-    "APPROVAL_APPROVED", "APPROVAL_DENIED", "APPROVAL_EXPIRED", "AUDIT_RECOVERED", "AUDIT_RESTORED", "AuditError",
-    "AuditLog", "AuditStore", "DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "GATE_ALLOW", "GATE_ERROR",
-    "GATE_ESCALATE", "GATE_REFUSE", "GENESIS", "Fragment", "HMAC_SHA256", "KEYED_LOG", "KEY_ENV", "MAC_FIELD", "Problem",
-    "Redactor", "VerifyReport",
-    "canonical_bytes", "check_mode", "format_record", "format_report", "key_from_env", "new_record", "record_hash",
-    "tail", "verify", "verify_lines",
+    "APPROVAL_APPROVED",
+    "APPROVAL_DENIED",
+    "APPROVAL_EXPIRED",
+    "AUDIT_RECOVERED",
+    "AUDIT_RESTORED",
+    "AuditError",
+    "AuditLog",
+    "AuditStore",
+    "DEFAULT_ID_KEYS",
+    "DEFAULT_PATTERNS",
+    "DEFAULT_SECRET_KEYS",
+    "GATE_ALLOW",
+    "GATE_ERROR",
+    "GATE_ESCALATE",
+    "GATE_REFUSE",
+    "GENESIS",
+    "Fragment",
+    "HMAC_SHA256",
+    "KEYED_LOG",
+    "KEY_ENV",
+    "MAC_FIELD",
+    "Problem",
+    "Redactor",
+    "VerifyReport",
+    "canonical_bytes",
+    "check_mode",
+    "format_record",
+    "format_report",
+    "key_from_env",
+    "new_record",
+    "record_hash",
+    "tail",
+    "verify",
+    "verify_lines",
 ]

@@ -26,6 +26,7 @@ Not guaranteed (as with the file): whoever can write the table can rewrite the w
 an HMAC key kept away from the database's users, and the head hash kept elsewhere, defend it.
 Only SQLite and PostgreSQL are supported (other databases lock tables differently).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,15 +53,26 @@ from so8t.agent.audit import (
 )
 from so8t.agent.sqlstore import StoreUnavailable, create_tables, open_engine, parse_url, reason, safe_url
 
-__all__ = ["SUPPORTED", "TABLE", "DatabaseAuditLog", "is_database_url", "open_audit_store", "tail_records",
-           "verify_database"]
+__all__ = [
+    "SUPPORTED",
+    "TABLE",
+    "DatabaseAuditLog",
+    "is_database_url",
+    "open_audit_store",
+    "tail_records",
+    "verify_database",
+]
 
 TABLE = "so8t_audit"
 SUPPORTED = ("sqlite", "postgresql")
 STORE = "the audit database"
 _metadata = MetaData()
-_records = Table(TABLE, _metadata, Column("seq", BigInteger, primary_key=True, autoincrement=False),
-                 Column("record", Text, nullable=False))
+_records = Table(
+    TABLE,
+    _metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("record", Text, nullable=False),
+)
 
 
 def is_database_url(target: str) -> bool:
@@ -71,9 +83,11 @@ def is_database_url(target: str) -> bool:
 def _engine(url: str | URL) -> tuple[URL, Engine]:
     url = parse_url(url)
     if url.get_backend_name() not in SUPPORTED:
-        raise ValueError(f"{STORE} {safe_url(url)}: {url.get_backend_name()!r} is not supported; the audit "
-                         "chain is kept in SQLite (sqlite:///path/audit.db) or PostgreSQL "
-                         "(postgresql+psycopg://user:password@host/db)")
+        raise ValueError(
+            f"{STORE} {safe_url(url)}: {url.get_backend_name()!r} is not supported; the audit "
+            "chain is kept in SQLite (sqlite:///path/audit.db) or PostgreSQL "
+            "(postgresql+psycopg://user:password@host/db)"
+        )
     return url, open_engine(url, STORE)
 
 
@@ -113,8 +127,9 @@ class DatabaseAuditLog(AuditStore):
                     seq += 1
                     out.append(new_record(seq, event, data, prev, self._key))
                     prev = out[-1]["hash"]
-                conn.execute(insert(_records), [{"seq": r["seq"], "record": _encode_line(r).decode("utf-8")[:-1]}
-                                                for r in out])
+                conn.execute(
+                    insert(_records), [{"seq": r["seq"], "record": _encode_line(r).decode("utf-8")[:-1]} for r in out]
+                )
         except AuditError as exc:
             self._failure = str(exc)
             raise
@@ -128,8 +143,7 @@ class DatabaseAuditLog(AuditStore):
     def _chain_to(self, conn: Connection) -> tuple[int, str]:
         """Seq and hash of the last well-formed record (rows that are not are stepped over, as
         garbage lines in a file are; verify reports them), once its mode is known to match."""
-        rows = conn.execute(select(_records.c.record).order_by(_records.c.seq.desc())
-                            .execution_options(yield_per=64))
+        rows = conn.execute(select(_records.c.record).order_by(_records.c.seq.desc()).execution_options(yield_per=64))
         for (text,) in rows:
             rec = _parse(text.encode("utf-8"))
             point = _chain_point(rec)
@@ -176,8 +190,10 @@ def _reading(url: str | URL, engine: Engine | None = None) -> Iterator[Engine]:
         url, engine = _engine(url)
     try:
         if not inspect(engine).has_table(TABLE):
-            raise FileNotFoundError(f"{STORE} {safe_url(url)} has no table {TABLE}: nothing was audited there "
-                                    "(is it the server config's audit_url?)")
+            raise FileNotFoundError(
+                f"{STORE} {safe_url(url)} has no table {TABLE}: nothing was audited there "
+                "(is it the server config's audit_url?)"
+            )
         yield engine
     except SQLAlchemyError as exc:
         raise StoreUnavailable(f"{STORE} {safe_url(url)} cannot be read: {reason(exc, parse_url(url))}") from None
@@ -214,4 +230,3 @@ def tail_records(target: str, n: int) -> list[dict]:
         with _reading(target) as engine:
             return _tail(engine, n)
     return tail(target, n)
-

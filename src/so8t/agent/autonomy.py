@@ -41,6 +41,7 @@ State file (JSON)::
      "levels": {"mail.send": {"level": "auto", "by": "carol", "at": "2026-01-01T00:00:00.000000Z",
                               "reason": "...", "audit_hash": "<hash of the autonomy.set record>"}}}
 """
+
 from __future__ import annotations
 
 import difflib
@@ -87,8 +88,11 @@ def check_level(level: str) -> str:
     if level in LEVELS:
         return level
     hint = _ALIASES.get(str(level).lower()) or closest(str(level), LEVELS)
-    raise AutonomyError(f"unknown autonomy level {level!r}" + (f"; did you mean {hint!r}?" if hint else "")
-                        + f" (levels: {', '.join(LEVELS)})")
+    raise AutonomyError(
+        f"unknown autonomy level {level!r}"
+        + (f"; did you mean {hint!r}?" if hint else "")
+        + f" (levels: {', '.join(LEVELS)})"
+    )
 
 
 def check_domain(domain: str, known: Iterable[str]) -> str:
@@ -96,16 +100,22 @@ def check_domain(domain: str, known: Iterable[str]) -> str:
     if domain in known:
         return domain
     if not known:
-        raise AutonomyError("no tool actions are configured: autonomy levels apply to tool actions; set tools: "
-                            "in the server config (a tools YAML)")
+        raise AutonomyError(
+            "no tool actions are configured: autonomy levels apply to tool actions; set tools: "
+            "in the server config (a tools YAML)"
+        )
     hint = closest(domain, known)
-    raise AutonomyError(f"unknown domain {domain!r}" + (f"; did you mean {hint!r}?" if hint else "")
-                        + f" (configured tool actions: {', '.join(known)})")
+    raise AutonomyError(
+        f"unknown domain {domain!r}"
+        + (f"; did you mean {hint!r}?" if hint else "")
+        + f" (configured tool actions: {', '.join(known)})"
+    )
 
 
 @dataclass(frozen=True)
 class Entry:
     """One recorded level."""
+
     level: str
     by: str
     at: str
@@ -117,6 +127,7 @@ class Entry:
 class Level:
     """A domain's level as applied: ``source`` is ``set`` (recorded), ``config`` (the tools
     config's default) or ``unreadable`` (the state file failed: ``ask``)."""
+
     domain: str
     level: str
     source: str
@@ -137,8 +148,9 @@ def read_state(path: Path) -> dict[str, Entry]:
     except ValueError as exc:
         raise AutonomyError(f"{path}: not valid JSON ({jsonerr.describe(exc)})") from None
     if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT or not isinstance(raw.get("levels"), dict):
-        raise AutonomyError(f"{path}: not an autonomy state (expected {{\"format\": \"{STATE_FORMAT}\", "
-                            "\"levels\": {...}})")
+        raise AutonomyError(
+            f'{path}: not an autonomy state (expected {{"format": "{STATE_FORMAT}", "levels": {{...}}}})'
+        )
     return {domain: _entry(path, domain, value) for domain, value in raw["levels"].items()}
 
 
@@ -156,8 +168,14 @@ def _entry(path: Path, domain: str, value) -> Entry:
 def write_state(path: Path, entries: Mapping[str, Entry]) -> None:
     """Replace the state file atomically: the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"format": STATE_FORMAT, "levels": {d: asdict(e) for d, e in sorted(entries.items())}},
-                      ensure_ascii=False, indent=2) + "\n"
+    text = (
+        json.dumps(
+            {"format": STATE_FORMAT, "levels": {d: asdict(e) for d, e in sorted(entries.items())}},
+            ensure_ascii=False,
+            indent=2,
+        )
+        + "\n"
+    )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -225,8 +243,9 @@ class AutonomyStore:
     def _warn(self, problem: str | None) -> str | None:
         if problem is not None and problem not in self._warned:
             self._warned.add(problem)
-            log.warning("autonomy state unusable, every tool action waits for a person (ask) until it is "
-                        "fixed: %s", problem)
+            log.warning(
+                "autonomy state unusable, every tool action waits for a person (ask) until it is fixed: %s", problem
+            )
         return problem
 
     def level(self, domain: str, default: str) -> Level:
@@ -238,15 +257,18 @@ class AutonomyStore:
         entry = entries.get(domain)
         return Level(domain, entry.level, "set") if entry else Level(domain, default, "config")
 
-    def set_level(self, domain: str, level: str, *, by: str, audit, defaults: Mapping[str, str],
-                  reason: str = "") -> Change:
+    def set_level(
+        self, domain: str, level: str, *, by: str, audit, defaults: Mapping[str, str], reason: str = ""
+    ) -> Change:
         """Record ``level`` for ``domain`` (audit record first, then the state file). ``defaults``:
         every configured domain -> its config level (ask, auto or deny)."""
         check_level(level)
         check_domain(domain, defaults)
         if defaults[domain] == "deny":
-            raise AutonomyError(f"{domain} is 'deny' in the tools config; autonomy cannot lift that (change the "
-                                "tools config's actions: or tiers: instead)")
+            raise AutonomyError(
+                f"{domain} is 'deny' in the tools config; autonomy cannot lift that (change the "
+                "tools config's actions: or tiers: instead)"
+            )
         if self.path is None:
             raise AutonomyError("no autonomy state file is configured (autonomy_path)")
         if not by.strip():
@@ -255,9 +277,17 @@ class AutonomyStore:
             entries = read_state(self.path)  # a corrupt file stops here, unchanged
             current = entries.get(domain)
             previous = current.level if current else defaults[domain]
-            rec = audit.append(SET_EVENT, {"domain": domain, "level": level, "previous": previous,
-                                           "previous_source": "set" if current else "config", "by": by,
-                                           "reason": reason})
+            rec = audit.append(
+                SET_EVENT,
+                {
+                    "domain": domain,
+                    "level": level,
+                    "previous": previous,
+                    "previous_source": "set" if current else "config",
+                    "by": by,
+                    "reason": reason,
+                },
+            )
             self._write(entries | {domain: Entry(level, by, rec["ts"], reason, rec["hash"])}, rec, audit)
         return Change(domain, level, previous, previous != level, rec["hash"])
 
@@ -267,22 +297,24 @@ class AutonomyStore:
             write_state(self.path, entries)
         except OSError as exc:
             try:
-                audit.append(ABORTED_EVENT, {"aborts": rec["hash"], "domain": rec["data"]["domain"],
-                                             "error": str(exc)})
+                audit.append(ABORTED_EVENT, {"aborts": rec["hash"], "domain": rec["data"]["domain"], "error": str(exc)})
             except AuditError as again:
                 log.error("autonomy.aborted for %s could not be recorded: %s", rec["hash"], again)
-            raise AutonomyError(f"{self.path}: the new level could not be written ({exc}); nothing changed "
-                                f"(the audit log's autonomy.set {rec['hash'][:12]} is marked aborted)") from None
+            raise AutonomyError(
+                f"{self.path}: the new level could not be written ({exc}); nothing changed "
+                f"(the audit log's autonomy.set {rec['hash'][:12]} is marked aborted)"
+            ) from None
 
 
 # --- the report -----------------------------------------------------------------------------------
 
+
 @dataclass
 class DomainReport:
     domain: str
-    level: str                 # ask | auto | deny (deny: the tools config's, outside autonomy)
-    source: str                # set | config | unreadable
-    since: str | None = None   # when the level was last set: the counts start there
+    level: str  # ask | auto | deny (deny: the tools config's, outside autonomy)
+    source: str  # set | config | unreadable
+    since: str | None = None  # when the level was last set: the counts start there
     approved: int = 0
     edited: int = 0
     rejected: int = 0
@@ -290,7 +322,7 @@ class DomainReport:
     expired: int = 0
     proposal: str | None = None  # the level proposed, or None
     why: str = ""
-    command: str | None = None   # the command that would apply the proposal
+    command: str | None = None  # the command that would apply the proposal
 
 
 @dataclass
@@ -335,8 +367,14 @@ def count(item: Approval, row: DomainReport) -> None:
         row.expired += 1
 
 
-def build_report(store: AutonomyStore, defaults: Mapping[str, str], items: Iterable[Approval],
-                 audit_records: Iterable[dict], *, min_approvals: int = DEFAULT_MIN_APPROVALS) -> Report:
+def build_report(
+    store: AutonomyStore,
+    defaults: Mapping[str, str],
+    items: Iterable[Approval],
+    audit_records: Iterable[dict],
+    *,
+    min_approvals: int = DEFAULT_MIN_APPROVALS,
+) -> Report:
     """Per domain: its level, the people's decisions since the level was last set, a proposal.
     ``defaults``: configured domain -> its tools-config level (ask, auto, deny)."""
     if min_approvals < 1:
@@ -372,11 +410,15 @@ def _row(domain: str, defaults, entries, store: AutonomyStore, changes: dict, pr
     if default is None:
         problems.append(f"{domain}: not a configured tool action (its level is kept, nothing uses it)")
     if entry is not None and (last is None or entry.audit_hash != last.get("hash")):
-        problems.append(f"{domain}: the state file says {entry.level!r} but that is not the audit log's last "
-                        "autonomy.set for it (was the state file edited by hand, or the audit log replaced?)")
+        problems.append(
+            f"{domain}: the state file says {entry.level!r} but that is not the audit log's last "
+            "autonomy.set for it (was the state file edited by hand, or the audit log replaced?)"
+        )
     elif entry is None and last is not None and entries is not None:
-        problems.append(f"{domain}: the audit log's last autonomy.set says {last['data'].get('level')!r} but the "
-                        "state file has no level for it")
+        problems.append(
+            f"{domain}: the audit log's last autonomy.set says {last['data'].get('level')!r} but the "
+            "state file has no level for it"
+        )
     return row
 
 
@@ -387,8 +429,10 @@ def _propose(row: DomainReport, n: int, *, usable: bool) -> None:
     if row.level == "auto" and row.rejected:
         row.proposal, row.why = "ask", f"{row.rejected} rejected {since}"
     elif row.level == "ask" and (row.rejected or row.edited):
-        row.why = (f"{row.rejected} rejected, {row.edited} edited {since}; promotion needs {n} approvals with none; "
-                   f"`so8t autonomy set {row.domain} ask` restarts the count")
+        row.why = (
+            f"{row.rejected} rejected, {row.edited} edited {since}; promotion needs {n} approvals with none; "
+            f"`so8t autonomy set {row.domain} ask` restarts the count"
+        )
     elif row.level == "ask" and row.approved >= n:
         row.proposal, row.why = "auto", f"{row.approved} approved {since}, none edited or rejected"
     elif row.level == "ask":
@@ -400,12 +444,16 @@ def _propose(row: DomainReport, n: int, *, usable: bool) -> None:
 def format_report(report: Report) -> str:
     """The report as a table, then the problems and the proposals."""
     head = ("domain", "level", "source", "approved", "edited", "rejected", "pending", "expired", "proposal")
-    rows = [head] + [(d.domain, d.level, d.source, *(str(getattr(d, k)) for k in head[3:8]), d.proposal or "-")
-                     for d in report.domains]
+    rows = [head] + [
+        (d.domain, d.level, d.source, *(str(getattr(d, k)) for k in head[3:8]), d.proposal or "-")
+        for d in report.domains
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.append(f"(counts: gate-ALLOWed tool calls people decided on since each level was last set; "
-                 f"promotion needs {report.min_approvals} approvals with no edit or rejection)")
+    lines.append(
+        f"(counts: gate-ALLOWed tool calls people decided on since each level was last set; "
+        f"promotion needs {report.min_approvals} approvals with no edit or rejection)"
+    )
     lines += [f"warning: {p}" for p in report.problems]
     for d in report.domains:  # the domains with something to say: a proposal, or decisions to count
         if d.proposal or (d.level != "deny" and d.approved + d.edited + d.rejected):

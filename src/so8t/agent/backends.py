@@ -7,6 +7,7 @@ Ollama, llama.cpp's ``llama-server``, vLLM, or so8t's own ``so8t.server.llm_serv
 ``OpenAIBackend`` is synchronous on purpose: the gated server calls it from FastAPI's thread
 pool, and a plain ``httpx.Client`` there is simpler and safer than nesting event loops.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -24,7 +25,7 @@ _EXCERPT_CHARS = 200
 class ToolCallProposal:
     id: str
     name: str
-    arguments: Any          # as the model sent it: usually a JSON string (OpenAI), parsed later
+    arguments: Any  # as the model sent it: usually a JSON string (OpenAI), parsed later
 
 
 @dataclass(frozen=True)
@@ -166,16 +167,28 @@ class OpenAIBackend:
         if not isinstance(content, str):
             raise BackendError(
                 f"{self._where('POST', url)}: malformed response, expected choices[0].message.content "
-                f"to be a string: {_excerpt(repr(body))}", kind="bad_response",
+                f"to be a string: {_excerpt(repr(body))}",
+                kind="bad_response",
             )
         return content
 
-    def chat(self, messages: list[dict[str, Any]], *, tools: list[dict] | None = None, max_tokens: int = 256,
-             temperature: float = 0.0) -> AssistantTurn:
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict] | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+    ) -> AssistantTurn:
         """One assistant turn with OpenAI function calling: text and/or proposed tool calls.
         The calls are only proposals: the caller validates and gates each before anything runs."""
-        payload: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                                   "temperature": temperature, "stream": False}
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": False,
+        }
         if tools:
             payload["tools"] = tools
         url = f"{self.base_url}/chat/completions"
@@ -184,14 +197,20 @@ class OpenAIBackend:
             message = body["choices"][0]["message"]
             content = message.get("content")
             raw_calls = message.get("tool_calls") or []
-            calls = [ToolCallProposal(str(c.get("id") or f"call_{k}"), c["function"]["name"], c["function"]["arguments"])
-                     for k, c in enumerate(raw_calls)]
+            calls = [
+                ToolCallProposal(str(c.get("id") or f"call_{k}"), c["function"]["name"], c["function"]["arguments"])
+                for k, c in enumerate(raw_calls)
+            ]
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise BackendError(f"{self._where('POST', url)}: malformed response, expected choices[0].message with "
-                               f"content and/or tool_calls: {_excerpt(repr(body))}", kind="bad_response") from None
+            raise BackendError(
+                f"{self._where('POST', url)}: malformed response, expected choices[0].message with "
+                f"content and/or tool_calls: {_excerpt(repr(body))}",
+                kind="bad_response",
+            ) from None
         if content is not None and not isinstance(content, str):
-            raise BackendError(f"{self._where('POST', url)}: malformed response: content is not a string",
-                               kind="bad_response")
+            raise BackendError(
+                f"{self._where('POST', url)}: malformed response: content is not a string", kind="bad_response"
+            )
         return AssistantTurn(content, calls)
 
     def list_models(self) -> list[str]:
@@ -200,8 +219,10 @@ class OpenAIBackend:
         body = self._request("GET", url)
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
-            raise BackendError(f"{self._where('GET', url)}: malformed response, expected data[*].id: {_excerpt(repr(body))}",
-                               kind="bad_response")
+            raise BackendError(
+                f"{self._where('GET', url)}: malformed response, expected data[*].id: {_excerpt(repr(body))}",
+                kind="bad_response",
+            )
         return [m["id"] for m in data]
 
     def close(self) -> None:
@@ -242,8 +263,9 @@ class OpenAIBackend:
             except httpx.TransportError as exc:
                 problem = f"connection failed: {type(exc).__name__}: {exc or 'no detail'}"
             except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded: not transient
-                raise BackendError(f"{self._where(method, url)}: {type(exc).__name__}: {exc}",
-                                   kind="bad_response") from exc
+                raise BackendError(
+                    f"{self._where(method, url)}: {type(exc).__name__}: {exc}", kind="bad_response"
+                ) from exc
             else:
                 status = response.status_code
                 if 200 <= status < 300:
@@ -252,7 +274,9 @@ class OpenAIBackend:
                     except ValueError as exc:
                         raise BackendError(
                             f"{self._where(method, url)}: HTTP {status} but the body is not JSON: "
-                            f"{_excerpt(response.text) or '(empty)'}", status=status, kind="bad_response",
+                            f"{_excerpt(response.text) or '(empty)'}",
+                            status=status,
+                            kind="bad_response",
                         ) from exc
                 problem = f"HTTP {status}: {_excerpt(response.text) or '(empty body)'}"
                 # 429 and 5xx: the server is overloaded or briefly broken, not the request.

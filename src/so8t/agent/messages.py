@@ -3,6 +3,7 @@
 A refusal names no rule it could be argued with, offers safe alternatives, and gives the
 decision's record id so an administrator can find it in the audit log.
 """
+
 from __future__ import annotations
 
 import re

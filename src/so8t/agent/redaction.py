@@ -28,6 +28,7 @@ a key of a service not listed (e.g. a plain 32-hex key), a number spelled out in
 oddly, or a secret glued into a 32+ hex token are not caught. Dict keys and JSON numbers are not
 redacted. Values under id / hash keys are trusted to be ids: code must not put user text there.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,8 @@ from typing import Any
 
 # Lookarounds instead of \b: Python's \b is Unicode-aware, so "キーはsk-..." has no word boundary
 # between "は" and "s", and a key followed by Japanese text would slip through.
-_NA = r"(?<![A-Za-z0-9])"   # not preceded by an ASCII alphanumeric
-_NZ = r"(?![A-Za-z0-9])"    # not followed by one
+_NA = r"(?<![A-Za-z0-9])"  # not preceded by an ASCII alphanumeric
+_NZ = r"(?![A-Za-z0-9])"  # not followed by one
 _ND, _NDZ = r"(?<![0-9])", r"(?![0-9])"
 # Hyphen-like characters that survive NFKC (full-width "－" becomes "-" there; "ー" is the long
 # vowel mark Japanese IMEs often type between digits), and one separator between digit groups.
@@ -56,23 +57,36 @@ _API_KEYS = (
     r"|hf_[A-Za-z0-9]{30,}|npm_[A-Za-z0-9]{36,}"
     r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
 )
-_PHONE = "|".join([
-    # Japanese numbers start with 0 and have 10-11 digits (the lookahead counts them, so a date
-    # like 01-12-2026 is not a phone number).
-    _ND + r"0(?=(?:" + _SEP + r"?[0-9]){9,10}" + _NDZ + r")[0-9]{1,4}" + _SEP + r"?[0-9]{1,4}" + _SEP
-    + r"?[0-9]{3,4}" + _NDZ,
-    r"\(0[0-9]{1,4}\) ?[0-9]{1,4}" + _SEP + r"?[0-9]{4}" + _NDZ,           # (090) 1234-5678
-    _ND + r"0[0-9]{1,4}\([0-9]{1,4}\)[0-9]{4}" + _NDZ,                      # 03(1234)5678
-    # International: + and >= 9 digits, "(0)" and a bracketed area code allowed.
-    r"(?<![0-9A-Za-z+])\+(?=(?:[ ()" + _DASHES + r"]{0,3}[0-9]){9})[1-9][0-9]{0,2}"
-    r"(?:" + _SEP + r"?(?:\(0\))?\(?[0-9]{1,4}\)?){2,5}" + _NDZ,
-])
+_PHONE = "|".join(
+    [
+        # Japanese numbers start with 0 and have 10-11 digits (the lookahead counts them, so a date
+        # like 01-12-2026 is not a phone number).
+        _ND
+        + r"0(?=(?:"
+        + _SEP
+        + r"?[0-9]){9,10}"
+        + _NDZ
+        + r")[0-9]{1,4}"
+        + _SEP
+        + r"?[0-9]{1,4}"
+        + _SEP
+        + r"?[0-9]{3,4}"
+        + _NDZ,
+        r"\(0[0-9]{1,4}\) ?[0-9]{1,4}" + _SEP + r"?[0-9]{4}" + _NDZ,  # (090) 1234-5678
+        _ND + r"0[0-9]{1,4}\([0-9]{1,4}\)[0-9]{4}" + _NDZ,  # 03(1234)5678
+        # International: + and >= 9 digits, "(0)" and a bracketed area code allowed.
+        r"(?<![0-9A-Za-z+])\+(?=(?:[ ()" + _DASHES + r"]{0,3}[0-9]){9})[1-9][0-9]{0,2}"
+        r"(?:" + _SEP + r"?(?:\(0\))?\(?[0-9]{1,4}\)?){2,5}" + _NDZ,
+    ]
+)
 
 # Applied in this order (dicts keep insertion order): specific token shapes first, so a digit run
 # inside an API key is tagged as the key, not as a card number.
 DEFAULT_PATTERNS: dict[str, str] = {
-    "private_key": (r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-                    r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[\s\S]*)"),
+    "private_key": (
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+        r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|[\s\S]*)"
+    ),
     "api_key": _NA + "(?:" + _API_KEYS + ")" + _NZ,
     "bearer": _NA + r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}",
     "password": (
@@ -84,9 +98,21 @@ DEFAULT_PATTERNS: dict[str, str] = {
     "email": r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     # 13-19 digits with single separators between them, or dotted groups (4111.1111.1111.1111,
     # 3782.822463.10005): a dot only between groups, so 3.14159265358979 is not a card.
-    "credit_card": (_ND + r"(?:[0-9]" + _SEP + r"?){12,18}[0-9]" + _NDZ
-                    + "|" + _ND + r"[0-9]{4}(?:\.[0-9]{4}){2}\.[0-9]{1,7}" + _NDZ
-                    + "|" + _ND + r"[0-9]{4}\.[0-9]{6}\.[0-9]{4,5}" + _NDZ),
+    "credit_card": (
+        _ND
+        + r"(?:[0-9]"
+        + _SEP
+        + r"?){12,18}[0-9]"
+        + _NDZ
+        + "|"
+        + _ND
+        + r"[0-9]{4}(?:\.[0-9]{4}){2}\.[0-9]{1,7}"
+        + _NDZ
+        + "|"
+        + _ND
+        + r"[0-9]{4}\.[0-9]{6}\.[0-9]{4,5}"
+        + _NDZ
+    ),
     "phone": _PHONE,
     # My Number (個人番号): 12 digits, optionally grouped 4-4-4.
     "my_number": _ND + r"[0-9]{4}" + _SEP + r"?[0-9]{4}" + _SEP + r"?[0-9]{4}" + _NDZ,
@@ -103,9 +129,11 @@ DEFAULT_ID_KEYS = (
     r"|policy_version|model_version|superseded_by|parent_id)$|_(?:id|hash)$"
 )
 # An approval id (32 hex), a SHA-1 / SHA-256 (40 / 64 hex) or a UUID inside free text.
-_ID_TOKEN = re.compile(r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{32,}"
-                       r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-                       r"(?![0-9A-Za-z])")
+_ID_TOKEN = re.compile(
+    r"(?<![0-9A-Za-z])(?:[0-9a-fA-F]{32,}"
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(?![0-9A-Za-z])"
+)
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -125,6 +153,7 @@ def _compile(name: str, pattern: str) -> re.Pattern[str]:
 
 
 # --- the NFKC view ------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=8192)
 def _nfkc(s: str) -> str:
@@ -180,8 +209,11 @@ class _View:
     def sub(self, rx: re.Pattern[str], tag: str) -> str:
         """The original text with every match of ``rx`` in the view replaced by ``tag`` (the same
         object when nothing matched)."""
-        spans = [self._original(*m.span()) for m in rx.finditer(self.norm)
-                 if m.end() > m.start() and not self._in_id(*m.span())]
+        spans = [
+            self._original(*m.span())
+            for m in rx.finditer(self.norm)
+            if m.end() > m.start() and not self._in_id(*m.span())
+        ]
         if not spans:
             return self.text
         out, pos = [], 0
@@ -195,6 +227,7 @@ class _View:
 
 # --- the redactor -------------------------------------------------------------------------------
 
+
 class Redactor:
     """Replaces secrets and personal data with ``[REDACTED:<name>]``.
 
@@ -205,8 +238,13 @@ class Redactor:
     ``from_config`` to add to / trim the defaults.
     """
 
-    def __init__(self, patterns: dict[str, str] | None = None, *,
-                 secret_keys: str | None = DEFAULT_SECRET_KEYS, id_keys: str | None = DEFAULT_ID_KEYS) -> None:
+    def __init__(
+        self,
+        patterns: dict[str, str] | None = None,
+        *,
+        secret_keys: str | None = DEFAULT_SECRET_KEYS,
+        id_keys: str | None = DEFAULT_ID_KEYS,
+    ) -> None:
         patterns = DEFAULT_PATTERNS if patterns is None else patterns
         self._rules = [(name, _compile(name, p)) for name, p in patterns.items()]
         self._secret_keys = _compile("secret_keys", secret_keys) if secret_keys is not None else None
@@ -216,11 +254,11 @@ class Redactor:
     def from_config(cls, config: Mapping[str, Any] | None) -> Redactor:
         """Build from a config mapping (e.g. the ``audit.redact`` section of a YAML file)::
 
-            defaults: true            # start from DEFAULT_PATTERNS (false: start empty)
-            disable: [phone]          # drop these default patterns
-            patterns: {ticket: 'TCK-[0-9]{6}'}   # add (or replace, by name) patterns
-            secret_keys: '(?i)^pin$'  # regex on dict keys; null turns key-based redaction off
-            id_keys: '^ticket_no$'    # regex on keys whose values are never redacted; null: none
+        defaults: true            # start from DEFAULT_PATTERNS (false: start empty)
+        disable: [phone]          # drop these default patterns
+        patterns: {ticket: 'TCK-[0-9]{6}'}   # add (or replace, by name) patterns
+        secret_keys: '(?i)^pin$'  # regex on dict keys; null turns key-based redaction off
+        id_keys: '^ticket_no$'    # regex on keys whose values are never redacted; null: none
         """
         config = dict(config or {})
         unknown = set(config) - {"defaults", "disable", "patterns", "secret_keys", "id_keys"}
@@ -232,15 +270,19 @@ class Redactor:
             disable = [disable]
         for name in disable:
             if name not in DEFAULT_PATTERNS:
-                raise ValueError(f"cannot disable unknown redaction pattern {name!r}; "
-                                 f"defaults are {sorted(DEFAULT_PATTERNS)}")
+                raise ValueError(
+                    f"cannot disable unknown redaction pattern {name!r}; defaults are {sorted(DEFAULT_PATTERNS)}"
+                )
             base.pop(name, None)
         extra = config.get("patterns") or {}
         if not isinstance(extra, Mapping):
             raise ValueError("redaction config 'patterns' must be a mapping of name -> regex")
         base.update(extra)
-        return cls(base, secret_keys=config.get("secret_keys", DEFAULT_SECRET_KEYS),
-                   id_keys=config.get("id_keys", DEFAULT_ID_KEYS))
+        return cls(
+            base,
+            secret_keys=config.get("secret_keys", DEFAULT_SECRET_KEYS),
+            id_keys=config.get("id_keys", DEFAULT_ID_KEYS),
+        )
 
     @property
     def names(self) -> list[str]:
@@ -274,8 +316,11 @@ class Redactor:
     def _redact_item(self, key: Any, value: Any) -> Any:
         if not isinstance(key, str):
             return self.redact(value)
-        if self._id_keys is not None and self._id_keys.search(key) \
-                and (value is None or isinstance(value, (str, int, float, bool))):
+        if (
+            self._id_keys is not None
+            and self._id_keys.search(key)
+            and (value is None or isinstance(value, (str, int, float, bool)))
+        ):
             return value  # an id or a hash: it links records, and is not user text
         empty = value is None or (isinstance(value, str) and not value)  # nothing to hide
         if self._secret_keys is not None and not empty and self._secret_keys.search(_nfkc(key)):

@@ -38,6 +38,7 @@ gated on the call alone (the original was gated with the conversation); the draf
 file as it is now (``mail.send`` refuses a draft whose bytes no longer match the sha256 recorded at
 drafting; set ``expect_sha256`` in an edit to bind the send to the sha256 shown).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,16 @@ from so8t.agent.toolloop import gate_turn
 from so8t.agent.tools import ToolError, Toolset
 from so8t.gate.decision import why_escalated
 
-__all__ = ["DraftView", "EditError", "RequestView", "approval_details", "edit_approval", "edited_request",
-           "list_lines", "request_view"]
+__all__ = [
+    "DraftView",
+    "EditError",
+    "RequestView",
+    "approval_details",
+    "edit_approval",
+    "edited_request",
+    "list_lines",
+    "request_view",
+]
 
 RECIPIENT_KEYS = ("to", "cc", "bcc", "attendees")
 _MARKER = re.compile(r"\[REDACTED:[A-Za-z0-9_.-]+\]")
@@ -77,11 +86,11 @@ class DraftView:
     sender: str = ""
     to: list[str] = field(default_factory=list)
     cc: list[str] = field(default_factory=list)
-    subject: str = ""                  # redacted
-    body: str = ""                     # redacted
+    subject: str = ""  # redacted
+    body: str = ""  # redacted
     sha256: str | None = None
-    problems: list[str] = field(default_factory=list)   # why mail.send would refuse it, and notes
-    error: str | None = None           # the draft could not be read
+    problems: list[str] = field(default_factory=list)  # why mail.send would refuse it, and notes
+    error: str | None = None  # the draft could not be read
 
 
 @dataclass(frozen=True)
@@ -89,17 +98,18 @@ class RequestView:
     """One queued request as the operator sees it (already redacted where it should be)."""
 
     kind: str
-    messages: list[dict] = field(default_factory=list)   # chat: the conversation
-    tool: str | None = None                              # tool_call: the tool
-    arguments_json: str = ""                             # tool_call: pretty JSON, redacted
+    messages: list[dict] = field(default_factory=list)  # chat: the conversation
+    tool: str | None = None  # tool_call: the tool
+    arguments_json: str = ""  # tool_call: pretty JSON, redacted
     recipients: list[str] = field(default_factory=list)  # tool_call: who it reaches, in clear
-    draft: DraftView | None = None                       # mail.send: the draft
-    edit_field: str | None = None                        # the form field an edit sends, None: no edit
-    edit_text: str = ""                                  # what the edit form starts with
-    result_text: str | None = None                       # EXECUTED: the answer / result it stored
+    draft: DraftView | None = None  # mail.send: the draft
+    edit_field: str | None = None  # the form field an edit sends, None: no edit
+    edit_text: str = ""  # what the edit form starts with
+    result_text: str | None = None  # EXECUTED: the answer / result it stored
 
 
 # --- showing -----------------------------------------------------------------------------------
+
 
 def request_view(approval: Approval, *, redactor: Redactor, toolset: Toolset | None = None) -> RequestView:
     """What the approvals page shows of ``approval``'s request (see the module docstring)."""
@@ -111,13 +121,25 @@ def request_view(approval: Approval, *, redactor: Redactor, toolset: Toolset | N
         tool = str(req.get("tool", "?"))
         draft = _draft_view(toolset, args, redactor) if tool == "mail.send" and isinstance(args, dict) else None
         text = _pretty(shown)
-        return RequestView("tool_call", tool=tool, arguments_json=text, recipients=_recipients(args), draft=draft,
-                           edit_field="arguments", edit_text=text,
-                           result_text=None if result is None else redactor.redact_text(result))
+        return RequestView(
+            "tool_call",
+            tool=tool,
+            arguments_json=text,
+            recipients=_recipients(args),
+            draft=draft,
+            edit_field="arguments",
+            edit_text=text,
+            result_text=None if result is None else redactor.redact_text(result),
+        )
     messages = [m for m in req.get("messages", []) if isinstance(m, dict)]
     last = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
-    return RequestView(approval.kind, messages=messages, edit_field="content" if approval.kind == "chat" else None,
-                       edit_text=last, result_text=result)
+    return RequestView(
+        approval.kind,
+        messages=messages,
+        edit_field="content" if approval.kind == "chat" else None,
+        edit_text=last,
+        result_text=result,
+    )
 
 
 def _result_text(approval: Approval) -> str | None:
@@ -143,8 +165,14 @@ def _summary(approval: Approval) -> str:
     if approval.kind == "tool_call":
         text = f"{req.get('tool', '?')} {json.dumps(req.get('arguments'), ensure_ascii=False, sort_keys=True)}"
     else:
-        text = next((str(m.get("content", "")) for m in reversed(req.get("messages", []))
-                     if isinstance(m, dict) and m.get("role") == "user"), "")
+        text = next(
+            (
+                str(m.get("content", ""))
+                for m in reversed(req.get("messages", []))
+                if isinstance(m, dict) and m.get("role") == "user"
+            ),
+            "",
+        )
     return " ".join(text.split())
 
 
@@ -154,8 +182,10 @@ def list_lines(items: list[Approval], width: int = 60) -> list[str]:
     out = [f"{'ID':<32}  {'STATUS':<9} {'CREATED (UTC)':<16} {'REQUESTER':<12} REQUEST"]
     for a in items:
         text = _summary(a)
-        out.append(f"{a.id:<32}  {a.status.value:<9} {a.created_at:%Y-%m-%d %H:%M} {a.requester:<12} "
-                   f"{text[:width] + ('…' if len(text) > width else '')}")
+        out.append(
+            f"{a.id:<32}  {a.status.value:<9} {a.created_at:%Y-%m-%d %H:%M} {a.requester:<12} "
+            f"{text[:width] + ('…' if len(text) > width else '')}"
+        )
     return out
 
 
@@ -185,17 +215,27 @@ def _draft_view(toolset: Toolset | None, args: dict, redactor: Redactor) -> Draf
     if d.get("sent"):
         problems.append("this draft was already sent: mail.send will refuse it")
     if not d.get("intact"):
-        problems.append("the draft file is not what mail.draft wrote (changed on disk, or no recorded sha256): "
-                        "mail.send will refuse it")
+        problems.append(
+            "the draft file is not what mail.draft wrote (changed on disk, or no recorded sha256): "
+            "mail.send will refuse it"
+        )
     expected = args.get("expect_sha256")
     if expected and expected != d.get("sha256"):
         problems.append(f"expect_sha256 {expected} is not the draft's sha256: mail.send will refuse it")
     elif not expected:
-        problems.append("to bind the send to exactly this text, edit the call and set expect_sha256 to the sha256 "
-                        "shown")
-    return DraftView(draft_id, sender=str(d.get("from", "")), to=list(d.get("to", [])), cc=list(d.get("cc", [])),
-                     subject=redactor.redact_text(str(d.get("subject", ""))),
-                     body=redactor.redact_text(str(d.get("body", ""))), sha256=d.get("sha256"), problems=problems)
+        problems.append(
+            "to bind the send to exactly this text, edit the call and set expect_sha256 to the sha256 shown"
+        )
+    return DraftView(
+        draft_id,
+        sender=str(d.get("from", "")),
+        to=list(d.get("to", [])),
+        cc=list(d.get("cc", [])),
+        subject=redactor.redact_text(str(d.get("subject", ""))),
+        body=redactor.redact_text(str(d.get("body", ""))),
+        sha256=d.get("sha256"),
+        problems=problems,
+    )
 
 
 # --- editing -----------------------------------------------------------------------------------
@@ -203,19 +243,29 @@ def _draft_view(toolset: Toolset | None, args: dict, redactor: Redactor) -> Draf
 Regate = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def edited_request(approval: Approval, *, gate: Any, redactor: Redactor, toolset: Toolset | None = None,
-                   content: str | None = None, arguments: str | None = None) -> tuple[dict[str, Any], Regate]:
+def edited_request(
+    approval: Approval,
+    *,
+    gate: Any,
+    redactor: Redactor,
+    toolset: Toolset | None = None,
+    content: str | None = None,
+    arguments: str | None = None,
+) -> tuple[dict[str, Any], Regate]:
     """The new request an edit of ``approval`` makes, and the function that gates it again.
     Raises EditError (naming the field) for an edit that does not fit the request's kind."""
     if approval.kind == "tool_call":
         if content is not None:
-            raise EditError("a tool call is edited through its arguments (form field 'arguments', a JSON "
-                            "object), not 'content'", "content")
+            raise EditError(
+                "a tool call is edited through its arguments (form field 'arguments', a JSON object), not 'content'",
+                "content",
+            )
         return _edited_tool_call(approval.request, arguments, gate=gate, redactor=redactor, toolset=toolset)
     if approval.kind == "chat":
         if arguments is not None:
-            raise EditError("a chat request is edited through 'content' (the new last user message), not "
-                            "'arguments'", "arguments")
+            raise EditError(
+                "a chat request is edited through 'content' (the new last user message), not 'arguments'", "arguments"
+            )
         if content is None or not content.strip():
             raise EditError("content: the new text of the last user message is required", "content")
         old = approval.request
@@ -225,13 +275,16 @@ def edited_request(approval: Approval, *, gate: Any, redactor: Redactor, toolset
     raise EditError(f"requests of kind {approval.kind!r} cannot be edited")
 
 
-def _edited_tool_call(old: dict, arguments: str | None, *, gate: Any, redactor: Redactor,
-                      toolset: Toolset | None) -> tuple[dict[str, Any], Regate]:
+def _edited_tool_call(
+    old: dict, arguments: str | None, *, gate: Any, redactor: Redactor, toolset: Toolset | None
+) -> tuple[dict[str, Any], Regate]:
     if arguments is None:
         raise EditError("arguments: required, the tool call's new arguments as a JSON object", "arguments")
     if toolset is None:
-        raise EditError("no tools are configured on this server, so an edited tool call cannot be validated; "
-                        "reject it instead", "arguments")
+        raise EditError(
+            "no tools are configured on this server, so an edited tool call cannot be validated; reject it instead",
+            "arguments",
+        )
     try:
         parsed = json.loads(arguments)
     except ValueError as exc:
@@ -241,8 +294,11 @@ def _edited_tool_call(old: dict, arguments: str | None, *, gate: Any, redactor: 
     original = old.get("arguments", {})
     restored, left = _restore(parsed, redactor.redact(original), original, "arguments")
     if left:
-        raise EditError(f"{left[0]}: still holds a redaction marker ({left[1]}); "
-                        "type the full value, or leave the field exactly as shown to keep it", left[0])
+        raise EditError(
+            f"{left[0]}: still holds a redaction marker ({left[1]}); "
+            "type the full value, or leave the field exactly as shown to keep it",
+            left[0],
+        )
     tool = str(old.get("tool", ""))
     try:
         call = toolset.validate(tool, restored)
@@ -252,6 +308,7 @@ def _edited_tool_call(old: dict, arguments: str | None, *, gate: Any, redactor: 
 
     def regate(req: dict[str, Any]) -> dict[str, Any]:
         return gate.decide([gate_turn(toolset.validate(req["tool"], req["arguments"]))]).to_dict()
+
     return new, regate
 
 
@@ -286,14 +343,24 @@ def _get(container: Any, key: Any) -> Any:
     return _MISSING
 
 
-def edit_approval(queue: ApprovalQueue, approval_id: str, editor: str, *, gate: Any, redactor: Redactor,
-                  toolset: Toolset | None = None, content: str | None = None, arguments: str | None = None,
-                  note: str | None = None) -> Approval:
+def edit_approval(
+    queue: ApprovalQueue,
+    approval_id: str,
+    editor: str,
+    *,
+    gate: Any,
+    redactor: Redactor,
+    toolset: Toolset | None = None,
+    content: str | None = None,
+    arguments: str | None = None,
+    note: str | None = None,
+) -> Approval:
     """Edit a PENDING item: build the new request (``edited_request``), then ``queue.edit`` stores it
     as a new item gated again (PENDING, or REJECTED if the gate refuses). Returns the new item."""
     current = queue.get(approval_id)
     if current.status is not Status.PENDING:  # before reading the form: say what is wrong first
         raise InvalidTransition(approval_id, current.status, "edit")
-    new, regate = edited_request(current, gate=gate, redactor=redactor, toolset=toolset, content=content,
-                                 arguments=arguments)
+    new, regate = edited_request(
+        current, gate=gate, redactor=redactor, toolset=toolset, content=content, arguments=arguments
+    )
     return queue.edit(approval_id, new, editor, regate, note=note)

@@ -15,6 +15,7 @@ LLM failed (down, timed out, garbage, an error status) -> outcome "failed" with 
 
 The verdict always comes before the LLM (and, later, any tool) is called.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,10 +58,16 @@ def backend_failure(exc: BaseException) -> BackendFailure:
         upstream = f" (HTTP {exc.status})" if exc.status is not None else ""
         what = {
             "timeout": (504, "backend_timeout", "the LLM backend did not answer in time"),
-            "unreachable": (502, "backend_unreachable",
-                            "the LLM backend could not be reached, or closed the connection before answering"),
-            "bad_response": (502, "backend_bad_response",
-                             f"the LLM backend's reply{upstream} was not a chat completion"),
+            "unreachable": (
+                502,
+                "backend_unreachable",
+                "the LLM backend could not be reached, or closed the connection before answering",
+            ),
+            "bad_response": (
+                502,
+                "backend_bad_response",
+                f"the LLM backend's reply{upstream} was not a chat completion",
+            ),
             "http_error": (502, "backend_http_error", f"the LLM backend answered with an error{upstream}"),
         }[exc.kind]
         status, code, reason = what
@@ -68,13 +75,18 @@ def backend_failure(exc: BaseException) -> BackendFailure:
     else:
         status, code, kind = 500, "backend_error", "server_error"
         reason = f"the in-process LLM failed ({type(exc).__name__})"
-    return BackendFailure(status, kind, code, f"{reason}; the request was allowed by the gate but nothing was "
-                          "answered, and the failure is in the audit log (llm.error)")
+    return BackendFailure(
+        status,
+        kind,
+        code,
+        f"{reason}; the request was allowed by the gate but nothing was "
+        "answered, and the failure is in the audit log (llm.error)",
+    )
 
 
 @dataclass
 class RouterResult:
-    outcome: Outcome           # answered: the LLM's text; pending: waits for a person; refused; failed: LLM error
+    outcome: Outcome  # answered: the LLM's text; pending: waits for a person; refused; failed: LLM error
     text: str
     decision: Decision
     approval_id: str | None = None
@@ -82,15 +94,30 @@ class RouterResult:
     error: BackendFailure | None = None  # set when the LLM failed: the HTTP layer answers with it
 
     def to_dict(self) -> dict:
-        return {"outcome": self.outcome, "text": self.text, "decision": self.decision.to_dict(),
-                "approval_id": self.approval_id, "request_hash": self.request_hash,
-                "error": self.error.to_dict() if self.error else None}
+        return {
+            "outcome": self.outcome,
+            "text": self.text,
+            "decision": self.decision.to_dict(),
+            "approval_id": self.approval_id,
+            "request_hash": self.request_hash,
+            "error": self.error.to_dict() if self.error else None,
+        }
 
 
 class Router:
-    def __init__(self, gate: Gate, backend, approvals: ApprovalQueue, audit: AuditStore, *,
-                 audit_allow: bool = False, approval_ttl_s: float = 3600.0, max_tokens: int = 256,
-                 shadow: bool = False, toolloop=None):
+    def __init__(
+        self,
+        gate: Gate,
+        backend,
+        approvals: ApprovalQueue,
+        audit: AuditStore,
+        *,
+        audit_allow: bool = False,
+        approval_ttl_s: float = 3600.0,
+        max_tokens: int = 256,
+        shadow: bool = False,
+        toolloop=None,
+    ):
         self.gate, self.backend, self.approvals, self.audit = gate, backend, approvals, audit
         self.toolloop = toolloop  # when tools are configured, allowed requests run through it
         # Shadow mode measures a gate before it is trusted: every decision is logged, nothing is
@@ -100,8 +127,9 @@ class Router:
         self.approval_ttl_s = approval_ttl_s
         self.max_tokens = max_tokens
 
-    def handle(self, conversation, requester: str, *, max_tokens: int | None = None,
-               temperature: float = 0.0) -> RouterResult:
+    def handle(
+        self, conversation, requester: str, *, max_tokens: int | None = None, temperature: float = 0.0
+    ) -> RouterResult:
         try:
             convo = normalize_conversation(conversation)
         except ConversationError:
@@ -110,9 +138,16 @@ class Router:
         decision, prefill = self.gate.decide_with_prefill(convo) if reuse else (self.gate.decide(conversation), None)
         lang = msg.language_of(convo or [])
         if decision.status == "busy":
-            return RouterResult("refused", msg.gate_failed_prefix(lang, decision.status)
-                                + msg.refuse_message(lang, decision.input_hash[:12]), decision)
-        record = {"requester": requester, "decision": decision.to_dict(), "preview": _preview(convo, self.audit.redactor)}
+            return RouterResult(
+                "refused",
+                msg.gate_failed_prefix(lang, decision.status) + msg.refuse_message(lang, decision.input_hash[:12]),
+                decision,
+            )
+        record = {
+            "requester": requester,
+            "decision": decision.to_dict(),
+            "preview": _preview(convo, self.audit.redactor),
+        }
         if self.shadow and convo is not None:
             self.audit.append("gate.shadow", {**record, "would": decision.action.name})
             return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
@@ -127,13 +162,18 @@ class Router:
         if decision.action == Action.ESCALATE:
             if convo is None:  # nothing well-formed to approve: refuse instead (only a failed gate gets here)
                 return RouterResult("refused", refusal, decision)
-            request = {"kind": "chat", "messages": convo,
-                       "max_tokens": max_tokens or self.max_tokens, "temperature": temperature}
+            request = {
+                "kind": "chat",
+                "messages": convo,
+                "max_tokens": max_tokens or self.max_tokens,
+                "temperature": temperature,
+            }
             item = self.approvals.submit(request, decision.to_dict(), requester, kind="chat", ttl_s=self.approval_ttl_s)
             if decision.ok:
                 try:
-                    self.audit.append(GATE_ESCALATE, {**record, "approval_id": item.id,
-                                                      "request_hash": item.request_hash})
+                    self.audit.append(
+                        GATE_ESCALATE, {**record, "approval_id": item.id, "request_hash": item.request_hash}
+                    )
                 except AuditError as exc:  # queued, and recorded as approval.requested before it committed
                     log.error("approval %s is queued, but its gate.escalate record failed: %s", item.id, exc)
             return RouterResult("pending", prefix + _pending_message(lang, item), decision, item.id, item.request_hash)
@@ -141,8 +181,16 @@ class Router:
             self.audit.append(GATE_ALLOW, record)
         return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
 
-    def _answer(self, convo, decision: Decision, prefill, max_tokens: int, temperature: float, lang: str,
-                requester: str = "anonymous") -> RouterResult:
+    def _answer(
+        self,
+        convo,
+        decision: Decision,
+        prefill,
+        max_tokens: int,
+        temperature: float,
+        lang: str,
+        requester: str = "anonymous",
+    ) -> RouterResult:
         if self.toolloop is not None:
             return self._answer_with_tools(convo, decision, lang, requester)
         try:
@@ -159,10 +207,17 @@ class Router:
         """The LLM gave no answer: an llm.error record (which failure, the HTTP status it becomes)
         and a failed result carrying the client's error."""
         failure = backend_failure(exc)
-        self.audit.append("llm.error", {"requester": requester, "decision": decision.to_dict(),
-                                        "failure": failure.code, "http_status": failure.status,
-                                        "upstream_status": getattr(exc, "status", None),
-                                        "error": self.audit.preview(str(exc), 500)})
+        self.audit.append(
+            "llm.error",
+            {
+                "requester": requester,
+                "decision": decision.to_dict(),
+                "failure": failure.code,
+                "http_status": failure.status,
+                "upstream_status": getattr(exc, "status", None),
+                "error": self.audit.preview(str(exc), 500),
+            },
+        )
         return RouterResult("failed", msg.backend_failed_message(lang, type(exc).__name__), decision, error=failure)
 
     def _answer_with_tools(self, convo, decision: Decision, lang: str, requester: str) -> RouterResult:
@@ -181,10 +236,15 @@ class Router:
     def run_approved(self, approval_id: str, expected_hash: str | None = None) -> dict:
         """Run an approved chat request exactly once, exactly as approved; the answer is stored
         in the queue (a second call returns the stored answer without running anything)."""
+
         def run(request: dict) -> dict:
-            text = self.backend.complete(request["messages"], max_tokens=int(request.get("max_tokens", self.max_tokens)),
-                                         temperature=float(request.get("temperature", 0.0)))
+            text = self.backend.complete(
+                request["messages"],
+                max_tokens=int(request.get("max_tokens", self.max_tokens)),
+                temperature=float(request.get("temperature", 0.0)),
+            )
             return {"text": text, "request_hash": request_hash(request)}
+
         return self.approvals.run_once(approval_id, run, expected_hash=expected_hash)
 
 

@@ -7,6 +7,7 @@ A requester outside the server (`so8t chat`) follows its own escalated request w
 run there, exactly once (the queue's claim makes a server's worker and the requester run it at
 most once between them), so the requester gets the answer without a server.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,18 @@ log = logging.getLogger("so8t.service")
 # A step EXECUTING this long without a result is taken as interrupted (a crash, or a completion
 # that could not be recorded): far above any tool's or backend's own timeout.
 STUCK_AFTER_S = 900.0
-_APPROVAL_FIELDS = ("id", "kind", "status", "request_hash", "requester", "decided_by", "reason", "parent_id",
-                    "superseded_by", "expires_at")
+_APPROVAL_FIELDS = (
+    "id",
+    "kind",
+    "status",
+    "request_hash",
+    "requester",
+    "decided_by",
+    "reason",
+    "parent_id",
+    "superseded_by",
+    "expires_at",
+)
 
 
 def approval_audit_record(data: dict) -> dict:
@@ -64,13 +75,16 @@ def open_approvals(cfg: ServerConfig, audit: AuditStore | None = None) -> Approv
     (all or none) before the change commits, and a change whose records cannot be written does not
     happen (AuditError reaches the caller)."""
     write_ahead = None if audit is None else _write_ahead_to(audit)
-    return _opened("approvals_url", lambda: ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s,
-                                                          write_ahead=write_ahead))
+    return _opened(
+        "approvals_url",
+        lambda: ApprovalQueue(cfg.approvals_url, default_ttl_s=cfg.approval_ttl_s, write_ahead=write_ahead),
+    )
 
 
 def _write_ahead_to(audit: AuditStore) -> Callable[[list[tuple[str, dict]]], None]:
     def write_ahead(events: list[tuple[str, dict]]) -> None:
         audit.append_batch([(name, approval_audit_record(data)) for name, data in events])
+
     return write_ahead
 
 
@@ -78,8 +92,9 @@ def open_audit(cfg: ServerConfig) -> AuditStore:
     """The JSONL file at audit_path, or the database at audit_url when one is set."""
     # the queue and the log create their own folders (the queue's SQLite file, the log's parent)
     if cfg.audit_url:
-        return _opened("audit_url", lambda: DatabaseAuditLog(cfg.audit_url, redact=redactor_from(cfg),
-                                                             key=key_from_env()))
+        return _opened(
+            "audit_url", lambda: DatabaseAuditLog(cfg.audit_url, redact=redactor_from(cfg), key=key_from_env())
+        )
     return AuditLog(cfg.audit_path, redact=redactor_from(cfg), key=key_from_env())
 
 
@@ -133,13 +148,29 @@ class Service:
         """What the approvals page shows of a queued request (so8t.agent.review.request_view)."""
         return request_view(approval, redactor=self.audit.redactor, toolset=self.toolset)
 
-    def edit_approval(self, approval_id: str, editor: str, *, content: str | None = None,
-                      arguments: str | None = None, note: str | None = None) -> Approval:
+    def edit_approval(
+        self,
+        approval_id: str,
+        editor: str,
+        *,
+        content: str | None = None,
+        arguments: str | None = None,
+        note: str | None = None,
+    ) -> Approval:
         """An operator's edit, per request kind (so8t.agent.review.edit_approval): validated, gated
         again, stored as a new item (PENDING, or REJECTED when the gate refuses). EditError (a
         ValueError) names a field that is wrong."""
-        return edit_approval(self.approvals, approval_id, editor, gate=self.gate, redactor=self.audit.redactor,
-                             toolset=self.toolset, content=content, arguments=arguments, note=note)
+        return edit_approval(
+            self.approvals,
+            approval_id,
+            editor,
+            gate=self.gate,
+            redactor=self.audit.redactor,
+            toolset=self.toolset,
+            content=content,
+            arguments=arguments,
+            note=note,
+        )
 
     def recover(self) -> dict:
         """The recovery routine (start-up and every worker round): torn audit fragments are
@@ -204,6 +235,7 @@ class Service:
                     self.work_once()
                 except Exception as exc:  # noqa: BLE001
                     log.error("approval worker: %s", exc)
+
         self._worker = threading.Thread(target=loop, name="so8t-approvals", daemon=True)
         self._worker.start()
 
@@ -221,10 +253,19 @@ class Service:
 
 def gate_options(cfg: ServerConfig) -> dict:
     """The Gate's keyword options from the server config (its caps, queue, batching and timeout)."""
-    return {"fail_action": cfg.fail_action, "timeout_s": cfg.gate_timeout_s, "each_turn": cfg.each_turn,
-            "max_views": cfg.gate_max_views, "max_turns": cfg.gate_max_turns, "max_chars": cfg.gate_max_chars,
-            "max_tokens": cfg.gate_max_tokens, "queue_max": cfg.gate_queue_max, "batching": cfg.gate_batching,
-            "batch_window_ms": cfg.gate_batch_window_ms, "batch_max": cfg.gate_batch_max}
+    return {
+        "fail_action": cfg.fail_action,
+        "timeout_s": cfg.gate_timeout_s,
+        "each_turn": cfg.each_turn,
+        "max_views": cfg.gate_max_views,
+        "max_turns": cfg.gate_max_turns,
+        "max_chars": cfg.gate_max_chars,
+        "max_tokens": cfg.gate_max_tokens,
+        "queue_max": cfg.gate_queue_max,
+        "batching": cfg.gate_batching,
+        "batch_window_ms": cfg.gate_batch_window_ms,
+        "batch_max": cfg.gate_batch_max,
+    }
 
 
 def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
@@ -234,8 +275,7 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
     audit = open_audit(cfg)
     approvals = open_approvals(cfg, audit)
     if gate is None:
-        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, precision=cfg.gate_precision,
-                         **gate_options(cfg))
+        gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, precision=cfg.gate_precision, **gate_options(cfg))
     if gate.ready and cfg.self_test:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)
@@ -243,8 +283,13 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
         audit.append("gate.error", {"error": gate.load_error, "at": "startup"})
     backend: OpenAIBackend | InProcessBackend | None
     if cfg.backend == "openai":
-        backend = OpenAIBackend(cfg.backend_url, cfg.backend_model, api_key=os.environ.get(cfg.backend_api_key_env),
-                                timeout_s=cfg.backend_timeout_s, retries=cfg.backend_retries)
+        backend = OpenAIBackend(
+            cfg.backend_url,
+            cfg.backend_model,
+            api_key=os.environ.get(cfg.backend_api_key_env),
+            timeout_s=cfg.backend_timeout_s,
+            retries=cfg.backend_retries,
+        )
     else:
         backend = InProcessBackend(gate) if gate.ready else None
     if cfg.shadow:
@@ -256,11 +301,29 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
         from so8t.agent.tools.config import load_tools
 
         toolset, policy = load_tools(cfg.tools)
-        toolloop = ToolLoop(gate, backend, toolset, policy, approvals, audit, max_steps=cfg.tool_max_steps,
-                            max_tokens=cfg.max_tokens, autonomy=store_for(cfg))
+        toolloop = ToolLoop(
+            gate,
+            backend,
+            toolset,
+            policy,
+            approvals,
+            audit,
+            max_steps=cfg.tool_max_steps,
+            max_tokens=cfg.max_tokens,
+            autonomy=store_for(cfg),
+        )
         toolloop.autonomy.check()  # an unusable state is a warning at start (and 'ask' everywhere)
-    router = Router(gate, backend, approvals, audit, audit_allow=cfg.audit_allow, approval_ttl_s=cfg.approval_ttl_s,
-                    max_tokens=cfg.max_tokens, shadow=cfg.shadow, toolloop=toolloop)
+    router = Router(
+        gate,
+        backend,
+        approvals,
+        audit,
+        audit_allow=cfg.audit_allow,
+        approval_ttl_s=cfg.approval_ttl_s,
+        max_tokens=cfg.max_tokens,
+        shadow=cfg.shadow,
+        toolloop=toolloop,
+    )
     service = Service(cfg, gate, backend, approvals, audit, router)
     try:  # a failing store does not stop the start: the service is not ready and fails closed
         done = service.recover()

@@ -18,6 +18,7 @@ Guaranteed:
   moment on an empty PostgreSQL database (an advisory lock serialises them; concurrent CREATE
   TABLE would otherwise fail in one of them).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,11 +30,10 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["StoreUnavailable", "create_tables", "is_memory_sqlite", "open_engine", "parse_url", "reason",
-           "safe_url"]
+__all__ = ["StoreUnavailable", "create_tables", "is_memory_sqlite", "open_engine", "parse_url", "reason", "safe_url"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another process's lock
-CONNECT_TIMEOUT_S = 10           # a server database that does not answer in this time is unreachable
+CONNECT_TIMEOUT_S = 10  # a server database that does not answer in this time is unreachable
 _SCHEMA_LOCK = int.from_bytes(hashlib.sha256(b"so8t.schema").digest()[:8], "big", signed=True)
 _EXAMPLES = "e.g. sqlite:///so8t-state/approvals.db or postgresql+psycopg://user:password@host:5432/so8t"
 
@@ -92,8 +92,11 @@ def open_engine(url: str | URL, what: str) -> Engine:
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"check_same_thread": False})
     except ImportError as exc:
-        hint = (" use postgresql+psycopg://... (the psycopg driver, pip install 'psycopg[binary]')"
-                if url.get_backend_name() == "postgresql" else " install it, or name an installed driver in the URL")
+        hint = (
+            " use postgresql+psycopg://... (the psycopg driver, pip install 'psycopg[binary]')"
+            if url.get_backend_name() == "postgresql"
+            else " install it, or name an installed driver in the URL"
+        )
         raise StoreUnavailable(f"{what} {safe_url(url)}: its database driver is not installed ({exc});{hint}") from None
     except SQLAlchemyError as exc:  # an unknown dialect ("postgress://")
         raise ValueError(f"{what} {safe_url(url)}: {reason(exc)} ({_EXAMPLES})") from None
@@ -130,5 +133,6 @@ def create_tables(engine: Engine, metadata: MetaData, what: str) -> None:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
             metadata.create_all(conn)
     except DBAPIError as exc:
-        raise StoreUnavailable(f"{what} {safe_url(engine.url)}: cannot use the database: "
-                               f"{reason(exc, engine.url)}") from None
+        raise StoreUnavailable(
+            f"{what} {safe_url(engine.url)}: cannot use the database: {reason(exc, engine.url)}"
+        ) from None

@@ -12,6 +12,7 @@ Guarantees:
   ``/pending`` lists them; an empty line checks again. An answer that arrives later is shown, not added to the context
   (the conversation has moved on since).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ from so8t.agent.approvals import Status
 from so8t.agent.messages import answer_text
 
 COMMANDS = ("/quit", "/exit", "/reset", "/pending", "/wait")
-HELP = ("so8t chat: every message goes through the Safety Gate. /reset starts over, /pending lists requests "
-        "waiting for approval, /wait waits for them, /quit (or Ctrl-D) ends.")
+HELP = (
+    "so8t chat: every message goes through the Safety Gate. /reset starts over, /pending lists requests "
+    "waiting for approval, /wait waits for them, /quit (or Ctrl-D) ends."
+)
 
 
 class TerminalChat:
@@ -32,7 +35,7 @@ class TerminalChat:
     def __init__(self, service, user: str, say: Callable[[str], None] = print):
         self.service, self.user, self.say = service, user, say
         self.convo: list[dict[str, str]] = []
-        self.waiting: list[str] = []          # approval ids of this session's escalated messages
+        self.waiting: list[str] = []  # approval ids of this session's escalated messages
 
     def send(self, text: str) -> None:
         self.convo.append({"role": "user", "content": text})
@@ -80,8 +83,11 @@ class TerminalChat:
             self.say(f"{head}: {f.reason}]")
 
     def pending(self) -> None:
-        self.say("\n".join(f"  {a[:12]}: {self.service.follow_up(a).status}" for a in self.waiting)
-                 if self.waiting else "(nothing waits for approval)")
+        self.say(
+            "\n".join(f"  {a[:12]}: {self.service.follow_up(a).status}" for a in self.waiting)
+            if self.waiting
+            else "(nothing waits for approval)"
+        )
 
     def wait(self, poll_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
         if not self.waiting:
@@ -108,8 +114,9 @@ class TerminalChat:
         return True
 
 
-def run_chat(service, user: str | None = None, read: Callable[[str], str] | None = None,
-             say: Callable[[str], None] = print) -> None:
+def run_chat(
+    service, user: str | None = None, read: Callable[[str], str] | None = None, say: Callable[[str], None] = print
+) -> None:
     """The loop: decided requests first, then a line from ``read`` (input) as a message or command."""
     read = read or input
     chat = TerminalChat(service, user or os.environ.get("USER", "terminal"), say)

@@ -22,6 +22,7 @@ text format, parsed strictly:
 
 Every step is in the audit log with the call's hash and a redacted summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ from so8t.labels import Action
 
 Level = Literal["auto", "approval", "deny"]
 LEVELS = ("auto", "approval", "deny")
-DEFAULT_TIERS: dict[str, str] = {"read": "auto", "write": "approval", "delete": "approval", "send": "approval",
-                                 "pay": "approval"}
+DEFAULT_TIERS: dict[str, str] = {
+    "read": "auto",
+    "write": "approval",
+    "delete": "approval",
+    "send": "approval",
+    "pay": "approval",
+}
 _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 
@@ -49,12 +55,14 @@ _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 class ToolPolicy:
     """Autonomy per risk tier, overridden per action. A level can only make a call stricter
     than the gate: 'auto' still needs the gate's ALLOW."""
+
     tiers: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     actions: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, tiers: dict | None, actions: dict | None, toolset: Toolset | None = None,
-                    where: str = "tools config") -> ToolPolicy:
+    def from_config(
+        cls, tiers: dict | None, actions: dict | None, toolset: Toolset | None = None, where: str = "tools config"
+    ) -> ToolPolicy:
         merged = dict(DEFAULT_TIERS)
         for risk, level in (tiers or {}).items():
             if risk not in RISKS:
@@ -66,8 +74,9 @@ class ToolPolicy:
             if level not in LEVELS:
                 raise ValueError(f"{where}: actions.{name}: {level!r} is not one of {', '.join(LEVELS)}")
             if toolset is not None and name not in toolset.actions:
-                raise ValueError(f"{where}: actions: unknown tool action {name!r}; "
-                                 f"configured: {', '.join(sorted(toolset.actions))}")
+                raise ValueError(
+                    f"{where}: actions: unknown tool action {name!r}; configured: {', '.join(sorted(toolset.actions))}"
+                )
         return cls(merged, dict(actions or {}))
 
     def configured(self, name: str, risk: str) -> str:
@@ -92,7 +101,7 @@ class Proposal:
     id: str
     name: str
     arguments: Any
-    error: str | None = None          # a malformed proposal: never executed, explained to the model
+    error: str | None = None  # a malformed proposal: never executed, explained to the model
 
 
 def parse_text_calls(text: str) -> tuple[str, list[Proposal]]:
@@ -106,10 +115,20 @@ def parse_text_calls(text: str) -> tuple[str, list[Proposal]]:
         except ValueError as exc:
             proposals.append(Proposal(pid, "?", None, f"tool call {k + 1} is not valid JSON: {jsonerr.describe(exc)}"))
             continue
-        if not isinstance(obj, dict) or set(obj) != {"name", "arguments"} or not isinstance(obj["name"], str) \
-                or not isinstance(obj["arguments"], dict):
-            proposals.append(Proposal(pid, str(obj.get("name", "?")) if isinstance(obj, dict) else "?", None,
-                                      f"tool call {k + 1} must be {{\"name\": str, \"arguments\": object}} and nothing else"))
+        if (
+            not isinstance(obj, dict)
+            or set(obj) != {"name", "arguments"}
+            or not isinstance(obj["name"], str)
+            or not isinstance(obj["arguments"], dict)
+        ):
+            proposals.append(
+                Proposal(
+                    pid,
+                    str(obj.get("name", "?")) if isinstance(obj, dict) else "?",
+                    None,
+                    f'tool call {k + 1} must be {{"name": str, "arguments": object}} and nothing else',
+                )
+            )
             continue
         proposals.append(Proposal(pid, obj["name"], obj["arguments"]))
     rest = _CALL_RE.sub("", text)
@@ -119,8 +138,24 @@ def parse_text_calls(text: str) -> tuple[str, list[Proposal]]:
     return rest.strip(), proposals
 
 
-METADATA_KEYS = {"path", "paths", "draft_id", "uid", "url", "screenshot", "sha256", "id", "status", "type",
-                 "recipients", "to", "cc", "columns", "converted", "blocked"}
+METADATA_KEYS = {
+    "path",
+    "paths",
+    "draft_id",
+    "uid",
+    "url",
+    "screenshot",
+    "sha256",
+    "id",
+    "status",
+    "type",
+    "recipients",
+    "to",
+    "cc",
+    "columns",
+    "converted",
+    "blocked",
+}
 
 
 def untrusted_text(result, min_chars: int = 20) -> str:
@@ -141,15 +176,18 @@ def untrusted_text(result, min_chars: int = 20) -> str:
         elif isinstance(x, list | tuple):
             for v in x:
                 walk(v, key)
+
     walk(result)
     return "\n".join(out)
 
 
 def text_tool_prompt(toolset: Toolset) -> str:
     """The system prompt that teaches the text format to a model without function calling."""
-    lines = ["You can use tools. To call one, write exactly:",
-             '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>',
-             "and stop; the result comes back in the next message. Tools:"]
+    lines = [
+        "You can use tools. To call one, write exactly:",
+        '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_call>',
+        "and stop; the result comes back in the next message. Tools:",
+    ]
     for a in toolset.actions.values():
         params = a.args.model_json_schema().get("properties", {})
         lines.append(f"- {a.name}: {a.description} Arguments: {json.dumps(params, ensure_ascii=False)}")
@@ -164,8 +202,8 @@ def gate_turn(call: ValidatedCall) -> dict[str, str]:
 
 @dataclass
 class Step:
-    call: str                         # tool name
-    status: str                       # executed | refused | pending | failed | invalid | result_withheld
+    call: str  # tool name
+    status: str  # executed | refused | pending | failed | invalid | result_withheld
     detail: str = ""
     approval_id: str | None = None
     call_hash: str | None = None
@@ -180,9 +218,21 @@ class LoopResult:
 
 
 class ToolLoop:
-    def __init__(self, gate: Gate, llm, toolset: Toolset, policy: ToolPolicy, approvals: ApprovalQueue,
-                 audit: AuditStore, *, native: bool | None = None, max_steps: int = 6, max_result_chars: int = 4000,
-                 max_tokens: int = 256, autonomy: AutonomyStore | None = None):
+    def __init__(
+        self,
+        gate: Gate,
+        llm,
+        toolset: Toolset,
+        policy: ToolPolicy,
+        approvals: ApprovalQueue,
+        audit: AuditStore,
+        *,
+        native: bool | None = None,
+        max_steps: int = 6,
+        max_result_chars: int = 4000,
+        max_tokens: int = 256,
+        autonomy: AutonomyStore | None = None,
+    ):
         self.gate, self.llm, self.toolset, self.policy = gate, llm, toolset, policy
         self.autonomy = autonomy if autonomy is not None else AutonomyStore(None)  # None: config levels only
         self.approvals, self.audit = approvals, audit
@@ -202,18 +252,38 @@ class ToolLoop:
             if not proposals:
                 return LoopResult("answered", text, steps)
             if self.native:
-                messages.append({"role": "assistant", "content": text or None, "tool_calls": [
-                    {"id": p.id, "type": "function", "function": {"name": p.name, "arguments": json.dumps(
-                        p.arguments, ensure_ascii=False) if not isinstance(p.arguments, str) else p.arguments}}
-                    for p in proposals]})
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": text or None,
+                        "tool_calls": [
+                            {
+                                "id": p.id,
+                                "type": "function",
+                                "function": {
+                                    "name": p.name,
+                                    "arguments": json.dumps(p.arguments, ensure_ascii=False)
+                                    if not isinstance(p.arguments, str)
+                                    else p.arguments,
+                                },
+                            }
+                            for p in proposals
+                        ],
+                    }
+                )
             else:
                 messages.append({"role": "assistant", "content": text})
             for p in proposals:
                 step, result = self._handle(p, conversation, requester)
                 steps.append(step)
                 if step.status == "pending":
-                    return LoopResult("pending", f"The call {p.name} needs a person's approval (request "
-                                      f"{step.approval_id}); nothing else was run.", steps, step.approval_id)
+                    return LoopResult(
+                        "pending",
+                        f"The call {p.name} needs a person's approval (request "
+                        f"{step.approval_id}); nothing else was run.",
+                        steps,
+                        step.approval_id,
+                    )
                 messages.append(self._result_message(p, result))
         return LoopResult("failed", f"stopped after {self.max_steps} tool rounds without a final answer", steps)
 
@@ -226,7 +296,9 @@ class ToolLoop:
                     args = json.loads(c.arguments) if isinstance(c.arguments, str) else c.arguments
                     proposals.append(Proposal(c.id, c.name, args))
                 except ValueError as exc:
-                    proposals.append(Proposal(c.id, c.name, None, f"arguments are not valid JSON: {jsonerr.describe(exc)}"))
+                    proposals.append(
+                        Proposal(c.id, c.name, None, f"arguments are not valid JSON: {jsonerr.describe(exc)}")
+                    )
             return (turn.content or "").strip(), proposals
         return parse_text_calls(self.llm.complete(messages, max_tokens=self.max_tokens))
 
@@ -255,12 +327,19 @@ class ToolLoop:
             return Step(p.name, "invalid", str(exc)), f"error: {exc}"
         call_hash = hash_text(call.canonical)
         summary = self.audit.preview(call.canonical, 300)  # redacted before it is cut
-        self.audit.append("tool.proposed", {"requester": requester, "call": call.name, "risk": call.risk,
-                                            "call_hash": call_hash, "summary": summary})
+        self.audit.append(
+            "tool.proposed",
+            {"requester": requester, "call": call.name, "risk": call.risk, "call_hash": call_hash, "summary": summary},
+        )
         decision = self.gate.decide(list(conversation) + [gate_turn(call)])
         level, autonomy = self._level(call)
-        record = {"requester": requester, "call": call.name, "call_hash": call_hash, "decision": decision.to_dict(),
-                  "level": level}
+        record = {
+            "requester": requester,
+            "call": call.name,
+            "call_hash": call_hash,
+            "decision": decision.to_dict(),
+            "level": level,
+        }
         if autonomy is not None:
             record["autonomy"] = autonomy.to_dict()
         if call.needs_approval:
@@ -275,14 +354,21 @@ class ToolLoop:
             return Step(call.name, "refused", why, call_hash=call_hash), f"refused: {why}; nothing was run"
         if decision.action == Action.ESCALATE or level == "approval":
             request = {"tool": call.name, "arguments": json.loads(call.canonical)["arguments"]}
-            hold = "gate" if decision.action == Action.ESCALATE else (
-                "autonomy" if autonomy is not None and autonomy.level == "ask" else "review")
-            stored = decision.to_dict() if hold == "gate" else {**decision.to_dict(), "hold": hold,
-                                                                  "autonomy": record.get("autonomy")}
+            hold = (
+                "gate"
+                if decision.action == Action.ESCALATE
+                else ("autonomy" if autonomy is not None and autonomy.level == "ask" else "review")
+            )
+            stored = (
+                decision.to_dict()
+                if hold == "gate"
+                else {**decision.to_dict(), "hold": hold, "autonomy": record.get("autonomy")}
+            )
             item = self.approvals.submit(request, stored, requester, kind="tool_call")
             self.audit.append("tool.escalated", {**record, "hold": hold, "approval_id": item.id})
-            detail = "waits for approval" + (f": {call.needs_approval}" if level == "approval" and call.needs_approval
-                                             else "")
+            detail = "waits for approval" + (
+                f": {call.needs_approval}" if level == "approval" and call.needs_approval else ""
+            )
             return Step(call.name, "pending", detail, item.id, call_hash), ""
         return self._execute(call, call_hash, record)
 
@@ -305,19 +391,27 @@ class ToolLoop:
             self.audit.append("tool.failed", {**record, "error": f"{type(exc).__name__}: {exc}"})
             return Step(call.name, "failed", type(exc).__name__, call_hash=call_hash), f"error: {type(exc).__name__}"
         text = json.dumps(result, ensure_ascii=False, default=str)[: self.max_result_chars]
-        self.audit.append("tool.executed", {**record, "result_hash": hash_text(text),
-                                            "result": self.audit.preview(text, 300)})
+        self.audit.append(
+            "tool.executed", {**record, "result_hash": hash_text(text), "result": self.audit.preview(text, 300)}
+        )
         content = untrusted_text(result)[: self.max_result_chars]
         verdict = self.gate.decide([{"role": "user", "content": content}]) if content else None
         if verdict is not None and verdict.action != Action.ALLOW:
             # untrusted content (a web page, a file) that reads like a dangerous request does not
             # reach the model: an injected instruction cannot become the model's next call
-            self.audit.append("tool.result_withheld", {**record, "result_hash": hash_text(text),
-                                                       "decision": verdict.to_dict()})
-            return (Step(call.name, "result_withheld", f"the gate said {verdict.action.name} about the result",
-                         call_hash=call_hash),
-                    "the tool ran, but its result was withheld by the safety gate (it contains content that "
-                    "must not be acted on)")
+            self.audit.append(
+                "tool.result_withheld", {**record, "result_hash": hash_text(text), "decision": verdict.to_dict()}
+            )
+            return (
+                Step(
+                    call.name,
+                    "result_withheld",
+                    f"the gate said {verdict.action.name} about the result",
+                    call_hash=call_hash,
+                ),
+                "the tool ran, but its result was withheld by the safety gate (it contains content that "
+                "must not be acted on)",
+            )
         return Step(call.name, "executed", call_hash=call_hash), text
 
     # ------------------------------------------------------------------ after approval
@@ -325,11 +419,20 @@ class ToolLoop:
     def execute_approved(self, approval_id: str, expected_hash: str | None = None) -> dict:
         """Run an approved tool call exactly once, exactly as approved (validated again first:
         the sandbox and schema still apply); the result is stored in the queue."""
+
         def run(request: dict) -> dict:
             call = self.toolset.validate(request["tool"], request["arguments"])
             result = self.toolset.execute(call)
             text = json.dumps(result, ensure_ascii=False, default=str)
-            self.audit.append("tool.executed", {"call": call.name, "call_hash": hash_text(call.canonical),
-                                                "approval_id": approval_id, "result": self.audit.preview(text, 300)})
+            self.audit.append(
+                "tool.executed",
+                {
+                    "call": call.name,
+                    "call_hash": hash_text(call.canonical),
+                    "approval_id": approval_id,
+                    "result": self.audit.preview(text, 300),
+                },
+            )
             return {"text": text[: self.max_result_chars]}
+
         return self.approvals.run_once(approval_id, run, expected_hash=expected_hash)

@@ -13,6 +13,7 @@
 Not here, on purpose: heldout/ (repository root) is written apart from all of these and is
 never trained or tuned on; training refuses its rows (source "so8t-heldout-*").
 """
+
 from __future__ import annotations
 
 import difflib
@@ -52,8 +53,10 @@ def parse_builtin_spec(spec: str) -> tuple[str, str | None] | None:
         return None
     if sep and split not in SPLITS:
         close = difflib.get_close_matches(split, SPLITS, n=1)
-        raise ValueError(f"{spec}: unknown split {split!r}; use one of {', '.join(SPLITS)}"
-                         + (f" (did you mean '{name}:{close[0]}'?)" if close else ""))
+        raise ValueError(
+            f"{spec}: unknown split {split!r}; use one of {', '.join(SPLITS)}"
+            + (f" (did you mean '{name}:{close[0]}'?)" if close else "")
+        )
     return name, (split or None)
 
 

@@ -3,6 +3,7 @@
 Near-duplicates are found exactly (no sampling) with a prefix filter: two sets with Jaccard
 >= t must share one of the rarest |A| - ceil(t*|A|) + 1 grams of each, so only those are indexed.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -58,8 +59,7 @@ def near_duplicate_pairs(texts: Sequence[str], threshold: float = 0.8, n: int = 
     return sorted(pairs)
 
 
-def duplicate_groups(texts: Sequence[str], threshold: float = 0.8,
-                     links: Iterable[tuple[int, int]] = ()) -> list[int]:
+def duplicate_groups(texts: Sequence[str], threshold: float = 0.8, links: Iterable[tuple[int, int]] = ()) -> list[int]:
     """A group id per text; texts linked by near-duplication, or by an extra (i, j) in `links`
     (a twin pair), share a group, transitively."""
     parent = list(range(len(texts)))

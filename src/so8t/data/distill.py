@@ -36,6 +36,7 @@ Guarantees:
   record labelled ESCALATE with the votes and all K answers in `meta.distill`, never to OUT,
   so after review both files train together without a duplicate.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 SOURCE = "distill"
 API_KEY_ENV = "SO8T_TEACHER_API_KEY"
-MAX_ERRORS_IN_A_ROW = 8      # prompts failing on transport or HTTP errors, one after another: the teacher is down
+MAX_ERRORS_IN_A_ROW = 8  # prompts failing on transport or HTTP errors, one after another: the teacher is down
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 60.0
 
@@ -96,9 +97,11 @@ Rationale: <one line: why this action, citing the policy>
 
 Write the final text in the language of the conversation."""
 
-REPAIR = ("Your reply did not follow the format ({problem}). Write the whole reply again: the first line "
-          "'Action: ' followed by ALLOW, ESCALATE or REFUSE; then the final text; then one line starting "
-          "with 'Rationale: '. Nothing else.")
+REPAIR = (
+    "Your reply did not follow the format ({problem}). Write the whole reply again: the first line "
+    "'Action: ' followed by ALLOW, ESCALATE or REFUSE; then the final text; then one line starting "
+    "with 'Rationale: '. Nothing else."
+)
 
 _THINK = re.compile(r"\A\s*<think>.*?</think>", re.S)  # reasoning models (Qwen3, R1) may put it in the content
 
@@ -126,20 +129,22 @@ SEVERITY = ("refused", "malformed", "error")  # which one a prompt is filed unde
 
 @dataclass(frozen=True)
 class Teacher:
-    url: str                       # the API base (…/v1) or the full …/chat/completions URL
+    url: str  # the API base (…/v1) or the full …/chat/completions URL
     model: str
     api_key: str | None = None
-    timeout_s: float = 120.0       # per request, from sending it to the whole answer
-    retries: int = 3               # more attempts after a timeout, a 408/429/5xx or a broken connection
-    backoff_s: float = 1.0         # the first wait; doubles with each retry (Retry-After wins when longer)
-    temperature: float | None = None   # None: 0 for one sample, 0.7 for several
+    timeout_s: float = 120.0  # per request, from sending it to the whole answer
+    retries: int = 3  # more attempts after a timeout, a 408/429/5xx or a broken connection
+    backoff_s: float = 1.0  # the first wait; doubles with each retry (Retry-After wins when longer)
+    temperature: float | None = None  # None: 0 for one sample, 0.7 for several
     max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--teacher-url {self.url!r}: expected http(s)://HOST[:PORT]/v1 "
-                             "(the API base of an OpenAI-compatible server)")
+            raise ValueError(
+                f"--teacher-url {self.url!r}: expected http(s)://HOST[:PORT]/v1 "
+                "(the API base of an OpenAI-compatible server)"
+            )
         if not self.model.strip():
             raise ValueError("--teacher-model is empty")
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
@@ -202,8 +207,10 @@ class _Client:
         self.sem = asyncio.Semaphore(concurrency)
         headers = {"Authorization": f"Bearer {teacher.api_key}"} if teacher.api_key else {}
         self.http = httpx.AsyncClient(
-            headers=headers, limits=httpx.Limits(max_connections=concurrency),
-            timeout=httpx.Timeout(teacher.timeout_s, connect=min(10.0, teacher.timeout_s)))
+            headers=headers,
+            limits=httpx.Limits(max_connections=concurrency),
+            timeout=httpx.Timeout(teacher.timeout_s, connect=min(10.0, teacher.timeout_s)),
+        )
 
     async def complete(self, messages: list[dict[str, str]], temperature: float) -> dict[str, Any]:
         """The first choice of one chat completion (a dict with 'message'), after retries."""
@@ -252,11 +259,15 @@ class _Client:
         if code == 200:
             return f"not a chat completion: {r.text.strip()[:200]!r}"
         if code in (401, 403):
-            raise TeacherUnavailable(f"the teacher at {url} answered HTTP {code} ({_error_text(r)}): put the API key "
-                                     f"in ${API_KEY_ENV}, or name its variable with --api-key-env")
+            raise TeacherUnavailable(
+                f"the teacher at {url} answered HTTP {code} ({_error_text(r)}): put the API key "
+                f"in ${API_KEY_ENV}, or name its variable with --api-key-env"
+            )
         if code == 404:
-            raise TeacherUnavailable(f"the teacher at {url} answered HTTP 404 ({_error_text(r)}): is --teacher-model "
-                                     f"{self.t.model!r} served there, and is --teacher-url the API base (often ending in /v1)?")
+            raise TeacherUnavailable(
+                f"the teacher at {url} answered HTTP 404 ({_error_text(r)}): is --teacher-model "
+                f"{self.t.model!r} served there, and is --teacher-url the API base (often ending in /v1)?"
+            )
         if code == 400 and _is_content_filter(r):
             raise RowFailure("refused", f"HTTP 400 content filter: {_error_text(r)}")
         if code not in RETRY_STATUS:
@@ -272,8 +283,8 @@ class _Client:
 
 @dataclass(frozen=True)
 class Item:
-    line: int          # in the prompts file
-    key: str           # 'id:<id>' or 'sha256:<hash of the prompt's messages>'
+    line: int  # in the prompts file
+    key: str  # 'id:<id>' or 'sha256:<hash of the prompt's messages>'
     record: Record
 
 
@@ -285,15 +296,17 @@ def teacher_messages(rec: Record, policy: str) -> list[dict[str, str]]:
     """The policy and the task as the system prompt; the conversation as data in one user turn,
     so its own system or assistant turns cannot speak for the teacher's instructions."""
     convo = "\n".join(f"[{m['role']}] {m['content']}" for m in rec.messages())
-    return [{"role": "system", "content": f"# Policy\n{policy.strip()}\n\n{TASK}"},
-            {"role": "user", "content": f"Conversation:\n<<<\n{convo}\n>>>\nWrite the agent's next reply in the format."}]
+    return [
+        {"role": "system", "content": f"# Policy\n{policy.strip()}\n\n{TASK}"},
+        {"role": "user", "content": f"Conversation:\n<<<\n{convo}\n>>>\nWrite the agent's next reply in the format."},
+    ]
 
 
 @dataclass(frozen=True)
 class Answer:
     raw: str
     parsed: ParsedResponse | None
-    problem: str = ""          # why it is malformed; "" when parsed
+    problem: str = ""  # why it is malformed; "" when parsed
 
 
 def read_choice(choice: dict[str, Any]) -> Answer:
@@ -324,22 +337,27 @@ async def ask_once(client: _Client, messages: list[dict[str, str]], temperature:
     first = read_choice(await client.complete(messages, temperature))
     if first.parsed is not None:
         return first.parsed
-    repair = [*messages, {"role": "assistant", "content": first.raw},
-              {"role": "user", "content": REPAIR.format(problem=first.problem)}]
+    repair = [
+        *messages,
+        {"role": "assistant", "content": first.raw},
+        {"role": "user", "content": REPAIR.format(problem=first.problem)},
+    ]
     second = read_choice(await client.complete(repair, temperature))
     if second.parsed is not None:
         return second.parsed
     raise RowFailure("malformed", second.problem, [first.raw[:2000], second.raw[:2000]])
 
 
-async def ask_samples(client: _Client, messages: list[dict[str, str]], samples: int,
-                      temperature: float) -> list[ParsedResponse]:
+async def ask_samples(
+    client: _Client, messages: list[dict[str, str]], samples: int, temperature: float
+) -> list[ParsedResponse]:
     """K answers, asked together; when any fails, the prompt fails (refused before malformed before error)."""
     return await ask_all(client, [messages] * samples, temperature)
 
 
-async def ask_all(client: _Client, conversations: list[list[dict[str, str]]],
-                  temperature: float) -> list[ParsedResponse]:
+async def ask_all(
+    client: _Client, conversations: list[list[dict[str, str]]], temperature: float
+) -> list[ParsedResponse]:
     """One answer per conversation, asked together; when any fails, all fail (refused before malformed
     before error)."""
     got = await asyncio.gather(*(ask_once(client, m, temperature) for m in conversations), return_exceptions=True)
@@ -374,9 +392,15 @@ class Settings:
 
 
 def _provenance(item: Item, s: Settings, votes: Counter, agreement: float) -> dict[str, Any]:
-    d: dict[str, Any] = {"key": item.key, "line": item.line, "teacher_url": s.teacher.shown_url,
-                         "policy": s.policy_id, "samples": s.samples, "agreement": round(agreement, 4),
-                         "votes": {a: votes[a] for a in ACTIONS if votes[a]}}
+    d: dict[str, Any] = {
+        "key": item.key,
+        "line": item.line,
+        "teacher_url": s.teacher.shown_url,
+        "policy": s.policy_id,
+        "samples": s.samples,
+        "agreement": round(agreement, 4),
+        "votes": {a: votes[a] for a in ACTIONS if votes[a]},
+    }
     if item.record.label is not None:
         d["input_label"] = item.record.label.name
     if item.record.source is not None:
@@ -386,11 +410,19 @@ def _provenance(item: Item, s: Settings, votes: Counter, agreement: float) -> di
 
 def _record(item: Item, s: Settings, label: Action, answer: ParsedResponse | None, distill: dict[str, Any]) -> Record:
     src = item.record
-    return Record(prompt=src.prompt, label=label,
-                  response=format_response(answer.action, answer.text, answer.rationale) if answer else None,
-                  rationale=answer.rationale if answer else None, difficulty=src.difficulty, lang=src.lang,
-                  category=src.category, source=SOURCE, teacher=s.teacher.model, id=src.id,
-                  meta={**(src.meta or {}), "distill": distill})
+    return Record(
+        prompt=src.prompt,
+        label=label,
+        response=format_response(answer.action, answer.text, answer.rationale) if answer else None,
+        rationale=answer.rationale if answer else None,
+        difficulty=src.difficulty,
+        lang=src.lang,
+        category=src.category,
+        source=SOURCE,
+        teacher=s.teacher.model,
+        id=src.id,
+        meta={**(src.meta or {}), "distill": distill},
+    )
 
 
 def decide(item: Item, s: Settings, answers: list[ParsedResponse]) -> tuple[str, Record]:
@@ -403,8 +435,11 @@ def decide(item: Item, s: Settings, answers: list[ParsedResponse]) -> tuple[str,
         chosen = next(a for a in answers if a.action.name == top)
         return "out", _record(item, s, Action[top], chosen, distill)
     ties = [a for a, c in votes.items() if c == n]
-    distill.update(review="escalate-candidate", majority=top if len(ties) == 1 and n * 2 > len(answers) else None,
-                   answers=[format_response(a.action, a.text, a.rationale) for a in answers])
+    distill.update(
+        review="escalate-candidate",
+        majority=top if len(ties) == 1 and n * 2 > len(answers) else None,
+        answers=[format_response(a.action, a.text, a.rationale) for a in answers],
+    )
     escalate = next((a for a in answers if a.action is Action.ESCALATE), None)
     return "review", _record(item, s, Action.ESCALATE, escalate, distill)
 
@@ -428,8 +463,14 @@ def load_prompts(path: Path) -> tuple[list[Item], list[tuple[int, int]]]:
     repeats: list[tuple[int, int]] = []
     for rec, line in zip(checked.records, checked.lines):
         if (rec.source or "").startswith(HELDOUT_SOURCE):
-            problems.append(Problem(str(path), line, "source", f"{rec.source!r} is a held-out row; heldout/ is for "
-                                                               "evaluation only, never for training data"))
+            problems.append(
+                Problem(
+                    str(path),
+                    line,
+                    "source",
+                    f"{rec.source!r} is a held-out row; heldout/ is for evaluation only, never for training data",
+                )
+            )
             continue
         key = prompt_key(rec)
         if key in first:
@@ -449,11 +490,18 @@ def _check_settings(rec: Record, distill: dict, s: Settings, where: tuple[str, i
     if rec.teacher != s.teacher.model:
         found.append(Problem(file, line, "teacher", f"{rec.teacher!r}, this run asks {s.teacher.model!r}{hint}"))
     if distill.get("policy") != s.policy_id:
-        found.append(Problem(file, line, "meta.distill.policy", f"written under another policy "
-                                                                f"({distill.get('policy')!r}, now {s.policy_id!r}){hint}"))
+        found.append(
+            Problem(
+                file,
+                line,
+                "meta.distill.policy",
+                f"written under another policy ({distill.get('policy')!r}, now {s.policy_id!r}){hint}",
+            )
+        )
     if distill.get("samples") != s.samples:
-        found.append(Problem(file, line, "meta.distill.samples", f"{distill.get('samples')!r}, this run asks "
-                                                                 f"{s.samples}{hint}"))
+        found.append(
+            Problem(file, line, "meta.distill.samples", f"{distill.get('samples')!r}, this run asks {s.samples}{hint}")
+        )
     return found
 
 
@@ -487,13 +535,17 @@ def _parses(raw: bytes) -> bool:
         return False
 
 
-def _check_done_line(raw: bytes, file: str, line: int, s: Settings, done: dict[str, Action],
-                     torn_ok: bool = False) -> list[Problem]:
+def _check_done_line(
+    raw: bytes, file: str, line: int, s: Settings, done: dict[str, Action], torn_ok: bool = False
+) -> list[Problem]:
     try:
         obj = json.loads(raw)
     except ValueError as exc:
-        return [] if torn_ok else [Problem(file, line, "", f"invalid JSON ({exc}): not a file so8t distill wrote; "
-                                                             "write to a new -o")]
+        return (
+            []
+            if torn_ok
+            else [Problem(file, line, "", f"invalid JSON ({exc}): not a file so8t distill wrote; write to a new -o")]
+        )
     rec, problems = check_row(obj, file, line)
     if rec is None:
         return problems
@@ -567,11 +619,11 @@ class Summary:
     failures_file: str
     review_file: str
     prompts: int = 0
-    repeats: list[tuple[int, int]] = field(default_factory=list)   # (line, line of its first copy)
+    repeats: list[tuple[int, int]] = field(default_factory=list)  # (line, line of its first copy)
     already_done: int = 0
     written: int = 0
-    labels: Counter = field(default_factory=Counter)               # every row of OUT, after the run
-    review: list[int] = field(default_factory=list)                # lines flagged this run
+    labels: Counter = field(default_factory=Counter)  # every row of OUT, after the run
+    review: list[int] = field(default_factory=list)  # lines flagged this run
     review_total: int = 0
     refused: list[tuple[int, str]] = field(default_factory=list)
     malformed: list[tuple[int, str]] = field(default_factory=list)
@@ -583,23 +635,36 @@ class Summary:
 
     def format(self) -> str:
         counts = " ".join(f"{a}={self.labels[a]}" for a in ACTIONS)
-        lines = [(f"{self.prompts_file}: {self.prompts} prompt(s): {self.already_done} already done, "
-                  f"{self.written} labelled now, {len(self.review)} flagged for review, {self.failed} failed"),
-                 f"{self.out}: {sum(self.labels.values())} row(s): {counts}"]
+        lines = [
+            (
+                f"{self.prompts_file}: {self.prompts} prompt(s): {self.already_done} already done, "
+                f"{self.written} labelled now, {len(self.review)} flagged for review, {self.failed} failed"
+            ),
+            f"{self.out}: {sum(self.labels.values())} row(s): {counts}",
+        ]
         if self.review_total:
-            lines.append(f"{self.review_file}: {self.review_total} ESCALATE candidate(s) where the teacher's samples "
-                         f"disagree, for a person to confirm or relabel{_lines(self.review)}")
-        for name, found in (("teacher refused to answer", self.refused),
-                            ("malformed teacher answers (after one retry)", self.malformed),
-                            ("requests that failed (after the retries)", self.errors)):
+            lines.append(
+                f"{self.review_file}: {self.review_total} ESCALATE candidate(s) where the teacher's samples "
+                f"disagree, for a person to confirm or relabel{_lines(self.review)}"
+            )
+        for name, found in (
+            ("teacher refused to answer", self.refused),
+            ("malformed teacher answers (after one retry)", self.malformed),
+            ("requests that failed (after the retries)", self.errors),
+        ):
             if found:
-                lines.append(f"{name}: {len(found)}{_lines([n for n, _ in found])}; first: line {found[0][0]}: {found[0][1]}")
+                lines.append(
+                    f"{name}: {len(found)}{_lines([n for n, _ in found])}; first: line {found[0][0]}: {found[0][1]}"
+                )
         if self.failed:
             lines.append(f"failures: {self.failures_file} (a re-run asks them again)")
         if self.repeats:
-            lines.append(f"repeated prompts asked once: {len(self.repeats)} ("
-                         + ", ".join(f"line {a} = line {b}" for a, b in self.repeats[:10])
-                         + (", ..." if len(self.repeats) > 10 else "") + ")")
+            lines.append(
+                f"repeated prompts asked once: {len(self.repeats)} ("
+                + ", ".join(f"line {a} = line {b}" for a, b in self.repeats[:10])
+                + (", ..." if len(self.repeats) > 10 else "")
+                + ")"
+            )
         return "\n".join(lines)
 
 
@@ -611,8 +676,15 @@ def _lines(numbers: list[int], limit: int = 20) -> str:
 
 
 class _Run:
-    def __init__(self, settings: Settings, summary: Summary, out: _Appender, review: _Appender,
-                 failures: _Appender, done: set[str]):
+    def __init__(
+        self,
+        settings: Settings,
+        summary: Summary,
+        out: _Appender,
+        review: _Appender,
+        failures: _Appender,
+        done: set[str],
+    ):
         self.s, self.summary, self.done = settings, summary, done
         self.out, self.review, self.failures = out, review, failures
         self.errors_in_a_row = 0
@@ -636,15 +708,26 @@ class _Run:
             self.summary.review_total += 1
 
     def _failed(self, item: Item, f: RowFailure) -> None:
-        self.failures.write({"line": item.line, "key": item.key, "kind": f.kind, "detail": f.detail,
-                             "prompt": item.record.prompt_text()[:2000], "teacher": self.s.teacher.model,
-                             **({"answers": f.answers} if f.answers else {})})
-        {"refused": self.summary.refused, "malformed": self.summary.malformed,
-         "error": self.summary.errors}[f.kind].append((item.line, f.detail))
+        self.failures.write(
+            {
+                "line": item.line,
+                "key": item.key,
+                "kind": f.kind,
+                "detail": f.detail,
+                "prompt": item.record.prompt_text()[:2000],
+                "teacher": self.s.teacher.model,
+                **({"answers": f.answers} if f.answers else {}),
+            }
+        )
+        {"refused": self.summary.refused, "malformed": self.summary.malformed, "error": self.summary.errors}[
+            f.kind
+        ].append((item.line, f.detail))
         self.errors_in_a_row = self.errors_in_a_row + 1 if f.kind == "error" else 0
         if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-            raise TeacherUnavailable(f"the teacher at {self.s.teacher.shown_url} failed {self.errors_in_a_row} "
-                                     f"prompts in a row (last: line {item.line}: {f.detail})")
+            raise TeacherUnavailable(
+                f"the teacher at {self.s.teacher.shown_url} failed {self.errors_in_a_row} "
+                f"prompts in a row (last: line {item.line}: {f.detail})"
+            )
 
     async def all(self, items: list[Item], concurrency: int, progress: bool) -> None:
         queue: asyncio.Queue[Item] = asyncio.Queue()
@@ -670,8 +753,17 @@ class _Run:
             await client.aclose()
 
 
-def distill(prompts: str | Path, out: str | Path, teacher: Teacher, *, policy: str | None = None, samples: int = 1,
-            min_agreement: float = 1.0, concurrency: int = 4, progress: bool = True) -> Summary:
+def distill(
+    prompts: str | Path,
+    out: str | Path,
+    teacher: Teacher,
+    *,
+    policy: str | None = None,
+    samples: int = 1,
+    min_agreement: float = 1.0,
+    concurrency: int = 4,
+    progress: bool = True,
+) -> Summary:
     """Label every prompt of `prompts` with `teacher` into `out` (see the module docstring).
     Raises DataError for a bad prompts file or an OUT from another teacher (before any request),
     TeacherUnavailable (with .summary) when the teacher cannot be used."""
@@ -686,9 +778,17 @@ def distill(prompts: str | Path, out: str | Path, teacher: Teacher, *, policy: s
     in_out, in_review = load_done(out, s), load_done(review_path, s)
     done = set(in_out) | set(in_review)
     todo = [it for it in items if it.key not in done]
-    summary = Summary(str(prompts), str(out), str(failures_path), str(review_path), prompts=len(items) + len(repeats),
-                      repeats=repeats, already_done=len(items) - len(todo), labels=Counter(a.name for a in in_out.values()),
-                      review_total=len(in_review))
+    summary = Summary(
+        str(prompts),
+        str(out),
+        str(failures_path),
+        str(review_path),
+        prompts=len(items) + len(repeats),
+        repeats=repeats,
+        already_done=len(items) - len(todo),
+        labels=Counter(a.name for a in in_out.values()),
+        review_total=len(in_review),
+    )
     appenders = (_Appender(out), _Appender(review_path), _Appender(failures_path))
     run = _Run(s, summary, *appenders, done=done)
     try:

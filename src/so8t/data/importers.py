@@ -9,6 +9,7 @@ Nothing is dropped silently: every row left out becomes a `Dropped` with its rea
 (missing file or column, malformed line, unknown grade) raises DataError, a ValueError naming the
 file, line and column, before anything is written.
 """
+
 from __future__ import annotations
 
 import csv
@@ -164,10 +165,14 @@ def _csv_dicts(path: Path, problems: list[Problem], required: list[str]) -> Iter
     missing = [c for c in required if c not in header]
     if missing:
         found = ", ".join(repr(c) for c in header)
-        raise DataError([Problem(str(path), header_line, c, f"missing column (the header has {found})") for c in missing])
+        raise DataError(
+            [Problem(str(path), header_line, c, f"missing column (the header has {found})") for c in missing]
+        )
     for row, (line, fields) in enumerate(rows, 1):
         if len(fields) != len(header):
-            problems.append(Problem(str(path), line, "", f"row {row} has {len(fields)} fields, the header has {len(header)}"))
+            problems.append(
+                Problem(str(path), line, "", f"row {row} has {len(fields)} fields, the header has {len(header)}")
+            )
             continue
         yield row, line, dict(zip(header, fields))
 
@@ -179,13 +184,16 @@ def _csv_column(path: Path, problems: list[Problem], **fmt: Any) -> Iterator[tup
         while len(fields) > 1 and not fields[-1].strip():
             fields = fields[:-1]
         if len(fields) != 1:
-            problems.append(Problem(str(path), line, "",
-                                    f"row {row} has {len(fields)} fields, expected one (an unquoted comma?)"))
+            problems.append(
+                Problem(str(path), line, "", f"row {row} has {len(fields)} fields, expected one (an unquoted comma?)")
+            )
             continue
         yield row, line, fields[0]
 
 
-def _jsonl_objects(path: Path, problems: list[Problem], required: list[str]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def _jsonl_objects(
+    path: Path, problems: list[Problem], required: list[str]
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(row, line, object) for a JSONL file whose objects hold every required key as a string."""
     row = 0
     for line, text in enumerate(_read_text(path).split("\n"), 1):
@@ -262,8 +270,9 @@ def _read_toxic_chat(path: Path, problems: list[Problem]) -> Iterator[RawRow]:
         if not isinstance(inst, dict) or not isinstance(inst.get("instance"), str):
             problems.append(Problem(str(path), 0, f"{where}.instance", "missing or not a string"))
             continue
-        toxic, jailbreak = (_toxic_chat_flag(path, problems, inst, where, metric)
-                            for metric in ("toxicity", "jailbreaking"))
+        toxic, jailbreak = (
+            _toxic_chat_flag(path, problems, inst, where, metric) for metric in ("toxicity", "jailbreaking")
+        )
         if toxic is None or jailbreak is None:
             continue
         extra = {"source_id": inst["id"]} if inst.get("id") else {}
@@ -290,8 +299,13 @@ def _read_medicheck(path: Path, problems: list[Problem]) -> Iterator[RawRow]:
     column = next((c for c in _MEDICHECK_COLUMNS if c in header), None)
     if column is None:
         found = ", ".join(repr(c) for c in header)
-        raise _fail(path, 1, "query-label-expert", f"missing column: expected 'query-label-expert' (expert file) "
-                    f"or 'query-expert' (crowd file); the header has {found}")
+        raise _fail(
+            path,
+            1,
+            "query-label-expert",
+            f"missing column: expected 'query-label-expert' (expert file) "
+            f"or 'query-expert' (crowd file); the header has {found}",
+        )
     variant = _MEDICHECK_COLUMNS[column]
     for row, line, r in _csv_dicts(path, problems, ["query", column]):
         key = _medicheck_key(r[column])
@@ -478,47 +492,94 @@ BEAVERTAILS = {
 IMPORTERS: dict[str, Importer] = {
     imp.name: imp
     for imp in [
-        Importer("advbench", "AdvBench harmful_behaviors.csv: harmful goals, all REFUSE", ADVBENCH, _read_advbench,
-                 expects="advbench/harmful_behaviors.csv",
-                 origin="GitHub llm-attacks/llm-attacks, data/advbench/harmful_behaviors.csv"),
-        Importer("strongreject", "StrongREJECT strongreject_dataset.csv: forbidden prompts by category, all REFUSE",
-                 STRONGREJECT, _read_strongreject,
-                 expects="strongreject/strongreject_dataset.csv",
-                 origin="GitHub alexandrasouly/strongreject, strongreject_dataset/strongreject_dataset.csv"),
-        Importer("do-not-answer", "Do-Not-Answer do_not_answer_en.csv: questions by harm type (REFUSE / ESCALATE / ALLOW)",
-                 DO_NOT_ANSWER, _read_do_not_answer,
-                 expects="do-not-answer/do_not_answer_en.csv",
-                 origin="GitHub Libr-AI/do-not-answer, datasets/Instruction/do_not_answer_en.csv"),
-        Importer("coconot", "CoCoNot coconot_eval.jsonl: safety concerns REFUSE, other non-compliance ALLOW",
-                 COCONOT, _read_coconot,
-                 expects="coconot/coconot_eval.jsonl", origin="GitHub allenai/noncompliance (CoCoNot), coconot_eval.jsonl"),
-        Importer("coconot-contrast", "CoCoNot coconot_contrast_eval.jsonl: benign look-alikes, all ALLOW",
-                 COCONOT_CONTRAST, _read_coconot,
-                 expects="coconot/coconot_contrast_eval.jsonl",
-                 origin="GitHub allenai/noncompliance (CoCoNot), coconot_contrast_eval.jsonl"),
-        Importer("toxic-chat", "ToxicChat toxic_chat_train.json: toxic or jailbreaking REFUSE, else ALLOW",
-                 TOXIC_CHAT, _read_toxic_chat,
-                 expects="toxic-chat/toxic_chat_train.json",
-                 origin="GitHub dmg-illc/JUDGE-BENCH, data/toxic_chat/toxic_chat_train.json"),
-        Importer("medicheck", "MediCheck medicheck-{expert,crowd}.csv: serious/critical ESCALATE, else ALLOW",
-                 MEDICHECK, _read_medicheck,
-                 expects="medical-safety/medicheck-expert.csv",
-                 origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-expert.csv or data/medicheck-crowd.csv"),
-        Importer("medicheck-neg", "MediCheck medicheck-neg.csv: non-medical queries, all ALLOW",
-                 MEDICHECK_NEG, _read_medicheck_neg,
-                 expects="medical-safety/medicheck-neg.csv",
-                 origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-neg.csv"),
-        Importer("japanese-toxic", "Japanese toxic comments subset.csv: vote majority (ALLOW / ESCALATE / REFUSE)",
-                 JAPANESE_TOXIC, _read_japanese_toxic,
-                 expects="japanese-toxic/subset.csv", origin="GitHub inspection-ai/japanese-toxic-dataset, data/subset.csv"),
-        Importer("xsafety", "XSafety folder of {en,ja}/*.csv: category per file (REFUSE / ESCALATE / ALLOW)",
-                 XSAFETY, _read_xsafety,
-                 expects="xsafety/",
-                 origin="GitHub Jarviswang94/Multilingual_safety_benchmark (XSafety): the en/ and ja/ folders of CSV files"),
-        Importer("beavertails", "BeaverTails sample beavertails_sample.csv: REFUSE, politics ESCALATE",
-                 BEAVERTAILS, _read_beavertails,
-                 expects="beavertails-sample/beavertails_sample.csv",
-                 origin="the BeaverTails (PKU-Alignment) sample in the artkit examples, GitHub BCG-X-Official/artkit"),
+        Importer(
+            "advbench",
+            "AdvBench harmful_behaviors.csv: harmful goals, all REFUSE",
+            ADVBENCH,
+            _read_advbench,
+            expects="advbench/harmful_behaviors.csv",
+            origin="GitHub llm-attacks/llm-attacks, data/advbench/harmful_behaviors.csv",
+        ),
+        Importer(
+            "strongreject",
+            "StrongREJECT strongreject_dataset.csv: forbidden prompts by category, all REFUSE",
+            STRONGREJECT,
+            _read_strongreject,
+            expects="strongreject/strongreject_dataset.csv",
+            origin="GitHub alexandrasouly/strongreject, strongreject_dataset/strongreject_dataset.csv",
+        ),
+        Importer(
+            "do-not-answer",
+            "Do-Not-Answer do_not_answer_en.csv: questions by harm type (REFUSE / ESCALATE / ALLOW)",
+            DO_NOT_ANSWER,
+            _read_do_not_answer,
+            expects="do-not-answer/do_not_answer_en.csv",
+            origin="GitHub Libr-AI/do-not-answer, datasets/Instruction/do_not_answer_en.csv",
+        ),
+        Importer(
+            "coconot",
+            "CoCoNot coconot_eval.jsonl: safety concerns REFUSE, other non-compliance ALLOW",
+            COCONOT,
+            _read_coconot,
+            expects="coconot/coconot_eval.jsonl",
+            origin="GitHub allenai/noncompliance (CoCoNot), coconot_eval.jsonl",
+        ),
+        Importer(
+            "coconot-contrast",
+            "CoCoNot coconot_contrast_eval.jsonl: benign look-alikes, all ALLOW",
+            COCONOT_CONTRAST,
+            _read_coconot,
+            expects="coconot/coconot_contrast_eval.jsonl",
+            origin="GitHub allenai/noncompliance (CoCoNot), coconot_contrast_eval.jsonl",
+        ),
+        Importer(
+            "toxic-chat",
+            "ToxicChat toxic_chat_train.json: toxic or jailbreaking REFUSE, else ALLOW",
+            TOXIC_CHAT,
+            _read_toxic_chat,
+            expects="toxic-chat/toxic_chat_train.json",
+            origin="GitHub dmg-illc/JUDGE-BENCH, data/toxic_chat/toxic_chat_train.json",
+        ),
+        Importer(
+            "medicheck",
+            "MediCheck medicheck-{expert,crowd}.csv: serious/critical ESCALATE, else ALLOW",
+            MEDICHECK,
+            _read_medicheck,
+            expects="medical-safety/medicheck-expert.csv",
+            origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-expert.csv or data/medicheck-crowd.csv",
+        ),
+        Importer(
+            "medicheck-neg",
+            "MediCheck medicheck-neg.csv: non-medical queries, all ALLOW",
+            MEDICHECK_NEG,
+            _read_medicheck_neg,
+            expects="medical-safety/medicheck-neg.csv",
+            origin="GitHub GavinAbercrombie/medical-safety, data/medicheck-neg.csv",
+        ),
+        Importer(
+            "japanese-toxic",
+            "Japanese toxic comments subset.csv: vote majority (ALLOW / ESCALATE / REFUSE)",
+            JAPANESE_TOXIC,
+            _read_japanese_toxic,
+            expects="japanese-toxic/subset.csv",
+            origin="GitHub inspection-ai/japanese-toxic-dataset, data/subset.csv",
+        ),
+        Importer(
+            "xsafety",
+            "XSafety folder of {en,ja}/*.csv: category per file (REFUSE / ESCALATE / ALLOW)",
+            XSAFETY,
+            _read_xsafety,
+            expects="xsafety/",
+            origin="GitHub Jarviswang94/Multilingual_safety_benchmark (XSafety): the en/ and ja/ folders of CSV files",
+        ),
+        Importer(
+            "beavertails",
+            "BeaverTails sample beavertails_sample.csv: REFUSE, politics ESCALATE",
+            BEAVERTAILS,
+            _read_beavertails,
+            expects="beavertails-sample/beavertails_sample.csv",
+            origin="the BeaverTails (PKU-Alignment) sample in the artkit examples, GitHub BCG-X-Official/artkit",
+        ),
     ]
 }
 
@@ -595,9 +656,11 @@ def _check_path(importer: Importer, path: Path) -> None:
         near = get_close_matches(path.name, [p.name for p in path.parent.iterdir() if p.is_file()], n=1)
         if near:
             hint += f" (did you mean {str(path.parent / near[0])!r}?)"
-    message = (f"no such {what}; {hint}, laid out as <shared data folder>/{expected} by "
-               f"scripts/import_public.sh; get it from {importer.origin} "
-               f"(docs/importers.md, 'Getting the data', lists every set, its licence and its files)")
+    message = (
+        f"no such {what}; {hint}, laid out as <shared data folder>/{expected} by "
+        f"scripts/import_public.sh; get it from {importer.origin} "
+        f"(docs/importers.md, 'Getting the data', lists every set, its licence and its files)"
+    )
     raise DataError([Problem(str(path), 0, "", message)])
 
 
@@ -650,8 +713,9 @@ def _record(name: str, row: RawRow, label: Action | None) -> Record:
     record_id = "-".join(p for p in (name, row.part, str(row.row)) if p)
     meta = {"file": row.file, "row": row.row, **row.extra}
     # Leading/trailing spaces are artifacts of the source files (XSafety rows start with one).
-    return Record(prompt=row.prompt.strip(), label=label, lang=row.lang, category=row.key,
-                  source=name, id=record_id, meta=meta)
+    return Record(
+        prompt=row.prompt.strip(), label=label, lang=row.lang, category=row.key, source=name, id=record_id, meta=meta
+    )
 
 
 def _excerpt(text: str) -> str:

@@ -1,4 +1,5 @@
 """JSONL in and out. Reading reports every problem; writing is atomic."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,9 @@ def check_jsonl(path: str | Path, require_label: bool = True) -> Checked:
             continue
         if rec.id is not None:
             if rec.id in seen_ids:
-                out.problems.append(Problem(name, lineno, "id", f"duplicate id {rec.id!r} (first on line {seen_ids[rec.id]})"))
+                out.problems.append(
+                    Problem(name, lineno, "id", f"duplicate id {rec.id!r} (first on line {seen_ids[rec.id]})")
+                )
                 continue
             seen_ids[rec.id] = lineno
         out.records.append(rec)

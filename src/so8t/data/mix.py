@@ -5,6 +5,7 @@ text) are dropped, anything that near-duplicates a built-in prompt is dropped, a
 split with near-duplicate groups, and twin pairs (rows sharing `meta.pair`, as `so8t policy
 cases` writes them), kept on one side. Files given as dev/test are used as they are.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -55,12 +56,15 @@ def refuse_heldout(records: Sequence[Record]) -> None:
     model selection would make every number reported on them meaningless."""
     leaked = [r for r in records if (r.source or "").startswith(HELDOUT_SOURCE)]
     if leaked:
-        raise ValueError(f"{len(leaked)} held-out row(s) (source {leaked[0].source!r}, e.g. id {leaked[0].id!r}) are in "
-                         "the training or dev data; heldout/ is for evaluation only (so8t eval --data heldout/...)")
+        raise ValueError(
+            f"{len(leaked)} held-out row(s) (source {leaked[0].source!r}, e.g. id {leaked[0].id!r}) are in "
+            "the training or dev data; heldout/ is for evaluation only (so8t eval --data heldout/...)"
+        )
 
 
-def drop_duplicates(records: Sequence[Record], fixed: Sequence[Record] = (),
-                    threshold: float = 0.8) -> tuple[list[Record], Counter]:
+def drop_duplicates(
+    records: Sequence[Record], fixed: Sequence[Record] = (), threshold: float = 0.8
+) -> tuple[list[Record], Counter]:
     """Records without exact duplicates (normalised text; the first copy stays) and without
     near-duplicates of `fixed` (the built-in sets, whose split is fixed: a near copy on the
     other side of it would leak); the reason -> count of what was dropped."""
@@ -115,8 +119,14 @@ def weigh_sources(records: Sequence[Record], weights: Mapping[str, float], seed:
     return [r for r in records if copies[id(r)]] + [r for r in records for _ in range(copies[id(r)] - 1)]
 
 
-def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Sequence[str] = (),
-             seed: int = 0, threshold: float = 0.8, source_weights: Mapping[str, float] | None = None) -> Mix:
+def assemble(
+    data: Sequence[str],
+    dev_data: Sequence[str] = (),
+    test_data: Sequence[str] = (),
+    seed: int = 0,
+    threshold: float = 0.8,
+    source_weights: Mapping[str, float] | None = None,
+) -> Mix:
     base = {s: _fixed(data, s) for s in SPLITS}
     extra_files = [d for d in data if d not in BUILTIN_SETS]
     dropped: Counter = Counter()
@@ -128,8 +138,11 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
         fractions = (1.0, 0.0, 0.0)
     elif dev_data or test_data:
         fractions = (0.9, 0.0, 0.1) if dev_data else (0.9, 0.1, 0.0)
-    parts = split_records(extra, fractions, seed, threshold, together=pair_keys(extra)) if extra else \
-        {s: [] for s in SPLITS}
+    parts = (
+        split_records(extra, fractions, seed, threshold, together=pair_keys(extra))
+        if extra
+        else {s: [] for s in SPLITS}
+    )
     mix = Mix(
         train=base["train"] + parts["train"],
         dev=_load(dev_data, "dev") if dev_data else base["dev"] + parts["dev"],
@@ -148,9 +161,13 @@ def assemble(data: Sequence[str], dev_data: Sequence[str] = (), test_data: Seque
     return mix
 
 
-def split_files(paths: Sequence[str], against: Sequence[str] = BUILTIN_SETS,
-                fractions: tuple[float, float, float] = (0.9, 0.0, 0.1), seed: int = 0,
-                threshold: float = 0.8) -> tuple[dict[str, list[Record]], Counter]:
+def split_files(
+    paths: Sequence[str],
+    against: Sequence[str] = BUILTIN_SETS,
+    fractions: tuple[float, float, float] = (0.9, 0.0, 0.1),
+    seed: int = 0,
+    threshold: float = 0.8,
+) -> tuple[dict[str, list[Record]], Counter]:
     """A fixed train / dev / test split of JSONL files, made once and reused by several runs, so
     runs that differ in their other data are scored on the same held-out rows. Deduplicated
     like `assemble` (against the built-in sets named in `against`), near-duplicate groups kept

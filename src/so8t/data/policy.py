@@ -21,6 +21,7 @@ Guarantees:
   action, scope and precedents, the rule for overlaps (the strictest action wins), and the
   request to cite the deciding rule's id in the rationale.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -89,7 +90,7 @@ class PolicyError(DataError):
 class _Map(dict):
     line: int = 0
     key_lines: dict[Any, int]
-    repeated: list[tuple[Any, int, int]]     # (key, line, line of the first): plain PyYAML keeps the last silently
+    repeated: list[tuple[Any, int, int]]  # (key, line, line of the first): plain PyYAML keeps the last silently
     repeated_first: dict[Any, int]
 
 
@@ -156,8 +157,9 @@ class _Checker:
     def keys(self, obj: _Map, known: tuple[str, ...], where: str) -> None:
         """Unknown keys (with the closest known one) and repeated ones."""
         for key, line, first in obj.repeated:
-            self.add(line, _join(where, str(key)), f"repeated key (first on line {first}); YAML would keep "
-                                                   "only the last one")
+            self.add(
+                line, _join(where, str(key)), f"repeated key (first on line {first}); YAML would keep only the last one"
+            )
         for key, line in obj.key_lines.items():
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
@@ -173,8 +175,9 @@ class _Checker:
             return None
         value, line = obj[key], obj.key_lines[key]
         if not isinstance(value, str) or not value.strip():
-            self.add(line, field, "empty" if value is None or value == "" else
-                     f"expected text, got {_kind(value)} {value!r}")
+            self.add(
+                line, field, "empty" if value is None or value == "" else f"expected text, got {_kind(value)} {value!r}"
+            )
             return None
         value = value.strip()
         return " ".join(value.split()) if one_line else value
@@ -215,8 +218,11 @@ def _precedents(c: _Checker, rule: _Map, where: str, seen: dict[str, tuple[str, 
     field = _join(where, "precedents")
     items = rule.get("precedents")
     if "precedents" not in rule or items is None or items == []:
-        c.add(rule.key_lines.get("precedents", rule.line), field,
-              "missing: give at least one example prompt the rule decides")
+        c.add(
+            rule.key_lines.get("precedents", rule.line),
+            field,
+            "missing: give at least one example prompt the rule decides",
+        )
         return []
     if not isinstance(items, _Seq):
         c.add(rule.key_lines["precedents"], field, f"expected a list of prompts, got {_kind(items)}")
@@ -240,16 +246,20 @@ def _precedents(c: _Checker, rule: _Map, where: str, seen: dict[str, tuple[str, 
         key = normalize_text(prompt)
         if key in seen:
             first_field, first_line = seen[key]
-            c.add(line, _join(here, "prompt"), f"the same prompt as {first_field} (line {first_line}); "
-                                               "a precedent belongs to one rule")
+            c.add(
+                line,
+                _join(here, "prompt"),
+                f"the same prompt as {first_field} (line {first_line}); a precedent belongs to one rule",
+            )
             continue
         seen[key] = (here, line)
         out.append(Precedent(prompt, lang, rationale, item.line))
     return out
 
 
-def _rule(c: _Checker, obj: Any, line: int, where: str, ids: dict[str, int],
-          seen: dict[str, tuple[str, int]]) -> Rule | None:
+def _rule(
+    c: _Checker, obj: Any, line: int, where: str, ids: dict[str, int], seen: dict[str, tuple[str, int]]
+) -> Rule | None:
     if not isinstance(obj, _Map):
         c.add(line, where, f"expected a rule (id, action, scope, precedents), got {_kind(obj)}")
         return None
@@ -258,8 +268,11 @@ def _rule(c: _Checker, obj: Any, line: int, where: str, ids: dict[str, int],
     if rule_id is not None:
         id_line = obj.key_lines["id"]
         if not RULE_ID.fullmatch(rule_id):
-            c.add(id_line, f"{where}.id", f"{rule_id!r}: use letters, digits, '.', '_' and '-' "
-                                          "(at most 64), e.g. PAY-LIMIT")
+            c.add(
+                id_line,
+                f"{where}.id",
+                f"{rule_id!r}: use letters, digits, '.', '_' and '-' (at most 64), e.g. PAY-LIMIT",
+            )
             rule_id = None
         elif rule_id in ids:
             c.add(id_line, f"{where}.id", f"duplicate id {rule_id!r} (first on line {ids[rule_id]})")
@@ -292,9 +305,13 @@ def parse_policy(text: str, file: str) -> Policy:
     rules: list[Rule] = []
     items = data.get("rules")
     if not isinstance(items, _Seq) or not items:
-        c.add(data.key_lines.get("rules", data.line), "rules",
-              "missing: a list of rules (id, action, scope, precedents)" if not items else
-              f"expected a list of rules, got {_kind(items)}")
+        c.add(
+            data.key_lines.get("rules", data.line),
+            "rules",
+            "missing: a list of rules (id, action, scope, precedents)"
+            if not items
+            else f"expected a list of rules, got {_kind(items)}",
+        )
     else:
         ids: dict[str, int] = {}
         seen: dict[str, tuple[str, int]] = {}
@@ -325,8 +342,10 @@ def is_policy_file(path: str | Path) -> bool:
 
 # ---------------------------------------------------------------- for the teacher
 
-OVERLAP = ("When several rules fit a request, the strictest action wins (REFUSE over ESCALATE over ALLOW). "
-           "A request no rule covers is judged by the spirit of the rules; when in doubt, ESCALATE.")
+OVERLAP = (
+    "When several rules fit a request, the strictest action wins (REFUSE over ESCALATE over ALLOW). "
+    "A request no rule covers is judged by the spirit of the rules; when in doubt, ESCALATE."
+)
 
 
 def render_policy(policy: Policy) -> str:

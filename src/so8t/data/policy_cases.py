@@ -36,6 +36,7 @@ Guarantees:
   holding rows this command did not write is refused, never overwritten. The review file is
   only appended to, so a person's edits in it stay.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -84,8 +85,10 @@ alike (the same words, theme or action) but that the policy answers with {other}
 Write them in {langs}. Answer with a JSON array only, nothing before or after it:
 [{{"prompt": "<the request>", "twin": "<its look-alike>", "lang": "<language code, e.g. en or ja>"}}, ...]"""
 
-REPAIR_JSON = ("Your reply was not the JSON array asked for ({problem}). Write it again: a JSON array of {n} "
-               "objects with \"prompt\", \"twin\" and \"lang\", and nothing else.")
+REPAIR_JSON = (
+    "Your reply was not the JSON array asked for ({problem}). Write it again: a JSON array of {n} "
+    'objects with "prompt", "twin" and "lang", and nothing else.'
+)
 
 
 # ---------------------------------------------------------------- rows
@@ -105,10 +108,20 @@ def _meta(policy: Policy, rule: Rule, origin: str, **extra: Any) -> dict[str, An
 
 def precedent_records(policy: Policy) -> list[Record]:
     """Every rule's precedents, labelled with the rule's action."""
-    return [Record(prompt=p.prompt, label=rule.action, rationale=cite(p.rationale or rule.scope, rule.id),
-                   lang=p.lang or policy.lang, category=f"policy:{rule.id}", source=SOURCE,
-                   id=f"policy-{rule.id}-p{i}", meta=_meta(policy, rule, "precedent", line=p.line))
-            for rule in policy.rules for i, p in enumerate(rule.precedents, 1)]
+    return [
+        Record(
+            prompt=p.prompt,
+            label=rule.action,
+            rationale=cite(p.rationale or rule.scope, rule.id),
+            lang=p.lang or policy.lang,
+            category=f"policy:{rule.id}",
+            source=SOURCE,
+            id=f"policy-{rule.id}-p{i}",
+            meta=_meta(policy, rule, "precedent", line=p.line),
+        )
+        for rule in policy.rules
+        for i, p in enumerate(rule.precedents, 1)
+    ]
 
 
 def twin_fits(rule: Rule, twin: Action) -> bool:
@@ -116,18 +129,36 @@ def twin_fits(rule: Rule, twin: Action) -> bool:
     return (twin is Action.ALLOW) != (rule.action is Action.ALLOW)
 
 
-def pair_records(policy: Policy, rule: Rule, k: int, pair: dict[str, Any], answers: Sequence[ParsedResponse],
-                 teacher: str) -> tuple[list[Record], str]:
+def pair_records(
+    policy: Policy, rule: Rule, k: int, pair: dict[str, Any], answers: Sequence[ParsedResponse], teacher: str
+) -> tuple[list[Record], str]:
     """The case and its twin as records, and '' when their labels fit the rule, else why not."""
     pair_id = f"policy-{rule.id}-t{k + 1}"
     rows = []
     for which, text, ans in (("case", pair["prompt"], answers[0]), ("twin", pair["twin"], answers[1])):
         rationale = cite(ans.rationale, rule.id)
-        rows.append(Record(prompt=text, label=ans.action, response=format_response(ans.action, ans.text, rationale),
-                           rationale=rationale, lang=pair.get("lang") or policy.lang,
-                           category=f"policy:{rule.id}", source=SOURCE, teacher=teacher, id=f"{pair_id}-{which}",
-                           meta=_meta(policy, rule, "teacher", pair=pair_id, kind=rule.id, twin=which == "twin",
-                                      half="safe" if ans.action is Action.ALLOW else "unsafe")))
+        rows.append(
+            Record(
+                prompt=text,
+                label=ans.action,
+                response=format_response(ans.action, ans.text, rationale),
+                rationale=rationale,
+                lang=pair.get("lang") or policy.lang,
+                category=f"policy:{rule.id}",
+                source=SOURCE,
+                teacher=teacher,
+                id=f"{pair_id}-{which}",
+                meta=_meta(
+                    policy,
+                    rule,
+                    "teacher",
+                    pair=pair_id,
+                    kind=rule.id,
+                    twin=which == "twin",
+                    half="safe" if ans.action is Action.ALLOW else "unsafe",
+                ),
+            )
+        )
     problems = []
     if answers[0].action is not rule.action:
         problems.append(f"the teacher labelled the case {answers[0].action.name}, the rule says {rule.action.name}")
@@ -146,13 +177,23 @@ def generation_messages(policy: Policy, rule: Rule, n: int) -> list[dict[str, st
         other, why = "ESCALATE or REFUSE", " because it goes beyond this rule's scope"
     else:
         other, why = "ALLOW", " because it is harmless and outside this rule's scope"
-    task = GENERATE.format(n=n, action=rule.action.name, other=other, why=why,
-                           langs=" and ".join(LANG_NAMES.get(x, x) for x in langs) + (" (mixed as the examples are)"
-                                                                                       if len(langs) > 1 else ""))
+    task = GENERATE.format(
+        n=n,
+        action=rule.action.name,
+        other=other,
+        why=why,
+        langs=" and ".join(LANG_NAMES.get(x, x) for x in langs)
+        + (" (mixed as the examples are)" if len(langs) > 1 else ""),
+    )
     examples = "\n".join(f"- {p.prompt}" for p in rule.precedents)
-    return [{"role": "system", "content": f"{render_policy(policy)}\n\n{task}"},
-            {"role": "user", "content": f"Rule [{rule.id}] ({rule.action.name}): {rule.scope}\nIts examples:\n"
-                                        f"{examples}\nWrite {n} new requests with their twins, as a JSON array."}]
+    return [
+        {"role": "system", "content": f"{render_policy(policy)}\n\n{task}"},
+        {
+            "role": "user",
+            "content": f"Rule [{rule.id}] ({rule.action.name}): {rule.scope}\nIts examples:\n"
+            f"{examples}\nWrite {n} new requests with their twins, as a JSON array.",
+        },
+    ]
 
 
 def parse_pairs(raw: str, n: int) -> tuple[list[dict[str, Any]], str]:
@@ -189,8 +230,11 @@ async def ask_pairs(client: _Client, messages: list[dict[str, str]], n: int, tem
     pairs, problem = parse_pairs(first, n)
     if pairs:
         return pairs
-    repair = [*messages, {"role": "assistant", "content": first},
-              {"role": "user", "content": REPAIR_JSON.format(problem=problem, n=n)}]
+    repair = [
+        *messages,
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": REPAIR_JSON.format(problem=problem, n=n)},
+    ]
     second = read_choice(await client.complete(repair, temperature)).raw
     pairs, problem = parse_pairs(second, n)
     if pairs:
@@ -208,7 +252,7 @@ class Journal:
 
     path: Path
     stamp: dict[str, Any]
-    prompts: dict[str, list[dict]] = field(default_factory=dict)               # rule id -> its pairs
+    prompts: dict[str, list[dict]] = field(default_factory=dict)  # rule id -> its pairs
     pairs: dict[tuple[str, int], tuple[list[Record], str]] = field(default_factory=dict)  # -> rows, review reason
     failures: int = 0
 
@@ -239,9 +283,17 @@ class Journal:
             return [Problem(file, line, "", f"invalid JSON ({exc}): not a journal so8t policy cases wrote{hint}")]
         if not isinstance(obj, dict) or obj.get("kind") not in ("prompts", "pair", "failure"):
             return [Problem(file, line, "kind", f"not a journal so8t policy cases wrote{hint}")]
-        wrong = [Problem(file, line, key, f"{obj.get(key)!r}, this run has {value!r}: asked under another policy "
-                                          f"text, teacher model or --per-rule{hint}")
-                 for key, value in self.stamp.items() if obj.get(key) != value]
+        wrong = [
+            Problem(
+                file,
+                line,
+                key,
+                f"{obj.get(key)!r}, this run has {value!r}: asked under another policy "
+                f"text, teacher model or --per-rule{hint}",
+            )
+            for key, value in self.stamp.items()
+            if obj.get(key) != value
+        ]
         if wrong or obj["kind"] == "failure":
             self.failures += obj["kind"] == "failure"
             return wrong
@@ -270,9 +322,14 @@ def _well_formed(obj: dict[str, Any]) -> bool:
     if obj["kind"] == "prompts":
         return isinstance(obj.get("pairs"), list) and all(
             isinstance(p, dict) and isinstance(p.get("prompt"), str) and isinstance(p.get("twin"), str)
-            for p in obj["pairs"])
-    return (isinstance(obj.get("k"), int) and isinstance(obj.get("review"), str)
-            and isinstance(obj.get("rows"), list) and len(obj["rows"]) == 2)
+            for p in obj["pairs"]
+        )
+    return (
+        isinstance(obj.get("k"), int)
+        and isinstance(obj.get("review"), str)
+        and isinstance(obj.get("rows"), list)
+        and len(obj["rows"]) == 2
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -288,30 +345,35 @@ class CasesSummary:
     rules: int = 0
     precedents: int = 0
     pairs_ok: int = 0
-    review: list[tuple[str, int, str]] = field(default_factory=list)      # (rule, pair number, why)
+    review: list[tuple[str, int, str]] = field(default_factory=list)  # (rule, pair number, why)
     review_added: int = 0
-    failures: list[tuple[str, str, str]] = field(default_factory=list)    # (what, kind, detail)
-    dropped: list[tuple[str, str]] = field(default_factory=list)          # (row id, why)
-    written: dict[str, int] = field(default_factory=dict)                 # file -> rows
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (what, kind, detail)
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (row id, why)
+    written: dict[str, int] = field(default_factory=dict)  # file -> rows
     labels: Counter = field(default_factory=Counter)
-    per_rule: dict[str, Counter] = field(default_factory=dict)            # rule -> {train, test}
+    per_rule: dict[str, Counter] = field(default_factory=dict)  # rule -> {train, test}
 
     def format(self) -> str:
-        lines = [f"{self.policy}: {self.rules} rule(s), {self.precedents} precedent(s)"
-                 + (f", {self.pairs_ok} teacher pair(s) kept, {len(self.review)} for review" if self.journal else "")]
+        lines = [
+            f"{self.policy}: {self.rules} rule(s), {self.precedents} precedent(s)"
+            + (f", {self.pairs_ok} teacher pair(s) kept, {len(self.review)} for review" if self.journal else "")
+        ]
         for path, n in self.written.items():
             lines.append(f"{path}: {n} case(s)")
         if self.labels:
             lines.append("labels: " + " ".join(f"{a}={self.labels[a]}" for a in ACTIONS))
-        lines.append("per rule (train/test): " + ", ".join(f"{r} {c['train']}/{c['test']}"
-                                                           for r, c in self.per_rule.items()))
+        lines.append(
+            "per rule (train/test): " + ", ".join(f"{r} {c['train']}/{c['test']}" for r, c in self.per_rule.items())
+        )
         untested = [r for r, c in self.per_rule.items() if not c["test"]]
         if untested and self.test_out in self.written:
             lines.append(f"rules with no test case: {', '.join(untested)} (add precedents, or raise --per-rule)")
         if self.review:
-            lines.append(f"{self.review_out}: {len(self.review)} pair(s) whose teacher labels do not fit their rule "
-                         f"({self.review_added} new), for a person to relabel; first: {self.review[0][0]} pair "
-                         f"{self.review[0][1]}: {self.review[0][2]}")
+            lines.append(
+                f"{self.review_out}: {len(self.review)} pair(s) whose teacher labels do not fit their rule "
+                f"({self.review_added} new), for a person to relabel; first: {self.review[0][0]} pair "
+                f"{self.review[0][1]}: {self.review[0][2]}"
+            )
         for rid, why in self.dropped[:10]:
             lines.append(f"dropped {rid}: {why}")
         if len(self.dropped) > 10:
@@ -323,8 +385,16 @@ class CasesSummary:
 
 
 class _Run:
-    def __init__(self, policy: Policy, teacher: Teacher, per_rule: int, journal: Journal, appender: _Appender,
-                 summary: CasesSummary, progress: bool):
+    def __init__(
+        self,
+        policy: Policy,
+        teacher: Teacher,
+        per_rule: int,
+        journal: Journal,
+        appender: _Appender,
+        summary: CasesSummary,
+        progress: bool,
+    ):
         self.policy, self.teacher, self.per_rule = policy, teacher, per_rule
         self.journal, self.appender, self.summary = journal, appender, summary
         self.policy_text = render_policy(policy)
@@ -334,8 +404,9 @@ class _Run:
     async def generate(self, client: _Client, rule: Rule) -> None:
         temperature = self.teacher.temperature if self.teacher.temperature is not None else GENERATE_TEMPERATURE
         try:
-            pairs = await ask_pairs(client, generation_messages(self.policy, rule, self.per_rule), self.per_rule,
-                                    temperature)
+            pairs = await ask_pairs(
+                client, generation_messages(self.policy, rule, self.per_rule), self.per_rule, temperature
+            )
         except RowFailure as f:
             self.failed(f"rule {rule.id}: new prompts", rule.id, None, f)
             return
@@ -344,8 +415,9 @@ class _Run:
         self.journal.write(self.appender, {"kind": "prompts", "rule": rule.id, "pairs": pairs})
 
     async def label(self, client: _Client, rule: Rule, k: int, pair: dict, bar: tqdm) -> None:
-        conversations = [teacher_messages(Record(prompt=text), self.policy_text)
-                         for text in (pair["prompt"], pair["twin"])]
+        conversations = [
+            teacher_messages(Record(prompt=text), self.policy_text) for text in (pair["prompt"], pair["twin"])
+        ]
         try:
             answers = await ask_all(client, conversations, 0.0)  # labels: the teacher's most likely answer
         except RowFailure as f:
@@ -356,27 +428,44 @@ class _Run:
         self.errors_in_a_row = 0
         rows, review = pair_records(self.policy, rule, k, pair, answers, self.teacher.model)
         self.journal.pairs[(rule.id, k)] = (rows, review)
-        self.journal.write(self.appender, {"kind": "pair", "rule": rule.id, "k": k, "review": review,
-                                           "rows": [r.to_json() for r in rows]})
+        self.journal.write(
+            self.appender,
+            {"kind": "pair", "rule": rule.id, "k": k, "review": review, "rows": [r.to_json() for r in rows]},
+        )
 
     def failed(self, what: str, rule: str, k: int | None, f: RowFailure) -> None:
         self.summary.failures.append((what, f.kind, f.detail))
-        self.journal.write(self.appender, {"kind": "failure", "rule": rule, "k": k, "failure": f.kind,
-                                           "detail": f.detail, **({"answers": f.answers} if f.answers else {})})
+        self.journal.write(
+            self.appender,
+            {
+                "kind": "failure",
+                "rule": rule,
+                "k": k,
+                "failure": f.kind,
+                "detail": f.detail,
+                **({"answers": f.answers} if f.answers else {}),
+            },
+        )
         self.errors_in_a_row = self.errors_in_a_row + 1 if f.kind == "error" else 0
         if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
-            raise TeacherUnavailable(f"the teacher at {self.teacher.shown_url} failed {self.errors_in_a_row} "
-                                     f"requests in a row (last: {what}: {f.detail})")
+            raise TeacherUnavailable(
+                f"the teacher at {self.teacher.shown_url} failed {self.errors_in_a_row} "
+                f"requests in a row (last: {what}: {f.detail})"
+            )
 
     async def all(self, concurrency: int) -> None:
         client = _Client(self.teacher, concurrency)
         try:
             await _together(self.generate(client, r) for r in self.policy.rules if r.id not in self.journal.prompts)
-            todo = [(rule, k, pair) for rule in self.policy.rules
-                    for k, pair in enumerate(self.journal.prompts.get(rule.id, []))
-                    if (rule.id, k) not in self.journal.pairs]
-            with tqdm(total=len(todo), desc="policy cases", unit="pair", disable=not self.progress,
-                      dynamic_ncols=True) as bar:
+            todo = [
+                (rule, k, pair)
+                for rule in self.policy.rules
+                for k, pair in enumerate(self.journal.prompts.get(rule.id, []))
+                if (rule.id, k) not in self.journal.pairs
+            ]
+            with tqdm(
+                total=len(todo), desc="policy cases", unit="pair", disable=not self.progress, dynamic_ncols=True
+            ) as bar:
                 await _together(self.label(client, rule, k, pair, bar) for rule, k, pair in todo)
         finally:
             await client.aclose()
@@ -400,8 +489,9 @@ def builtin_rows(names: Sequence[str] = BUILTIN_SETS) -> list[Record]:
     return [r for n in names for s in SPLITS for r in load_builtin(s, n)]
 
 
-def dedup_cases(cases: Sequence[Record], fixed: Sequence[Record],
-                threshold: float = 0.8) -> tuple[list[Record], list[tuple[str, str]]]:
+def dedup_cases(
+    cases: Sequence[Record], fixed: Sequence[Record], threshold: float = 0.8
+) -> tuple[list[Record], list[tuple[str, str]]]:
     """The cases without exact repeats (normalised text; the first kept) and without copies or near
     copies of `fixed` (the built-in rows); (id, why) for every one dropped."""
     builtin = {normalize_text(r.prompt_text()): r.id or "?" for r in fixed}
@@ -421,8 +511,10 @@ def dedup_cases(cases: Sequence[Record], fixed: Sequence[Record],
     for i, j, score in near_duplicate_pairs(texts, threshold):
         if i < len(fixed) <= j:
             near.setdefault(j - len(fixed), (fixed[i].id or "?", score))
-    dropped += [(kept[k].id or "?", f"a near copy (Jaccard {s:.2f}) of built-in row {fid}")
-                for k, (fid, s) in sorted(near.items())]
+    dropped += [
+        (kept[k].id or "?", f"a near copy (Jaccard {s:.2f}) of built-in row {fid}")
+        for k, (fid, s) in sorted(near.items())
+    ]
     return [r for k, r in enumerate(kept) if k not in near], dropped
 
 
@@ -445,8 +537,10 @@ def refuse_foreign(path: Path) -> None:
         except (ValueError, AttributeError):
             ok = False
         if not ok:
-            raise FileExistsError(f"{path}:{lineno}: not a row so8t policy cases wrote (source {SOURCE!r}); nothing "
-                                  "written: choose another -o")
+            raise FileExistsError(
+                f"{path}:{lineno}: not a row so8t policy cases wrote (source {SOURCE!r}); nothing "
+                "written: choose another -o"
+            )
 
 
 def _append_review(path: Path, rows: list[Record]) -> int:
@@ -467,9 +561,18 @@ def _append_review(path: Path, rows: list[Record]) -> int:
     return len(new)
 
 
-def policy_cases(policy_path: str | Path, out: str | Path, teacher: Teacher | None = None, *, per_rule: int = 4,
-                 test_fraction: float = 0.2, seed: int = 0, concurrency: int = 4, progress: bool = True,
-                 against: Sequence[str] = BUILTIN_SETS) -> CasesSummary:
+def policy_cases(
+    policy_path: str | Path,
+    out: str | Path,
+    teacher: Teacher | None = None,
+    *,
+    per_rule: int = 4,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    concurrency: int = 4,
+    progress: bool = True,
+    against: Sequence[str] = BUILTIN_SETS,
+) -> CasesSummary:
     """Write the policy's cases (see the module docstring). Raises PolicyError for a bad policy,
     DataError for a journal from another run, FileExistsError for a CASES file this command did
     not write (all before any request), TeacherUnavailable (with .summary) when the teacher
@@ -481,8 +584,14 @@ def policy_cases(policy_path: str | Path, out: str | Path, teacher: Teacher | No
     test_out, review_out, journal_path = side_paths(out)
     for path in (out, test_out):
         refuse_foreign(path)
-    summary = CasesSummary(str(policy_path), str(out), str(test_out), str(review_out),
-                           str(journal_path) if teacher else None, rules=len(policy.rules))
+    summary = CasesSummary(
+        str(policy_path),
+        str(out),
+        str(test_out),
+        str(review_out),
+        str(journal_path) if teacher else None,
+        rules=len(policy.rules),
+    )
     cases = precedent_records(policy)
     summary.precedents = len(cases)
     review: list[Record] = []
@@ -499,16 +608,25 @@ def policy_cases(policy_path: str | Path, out: str | Path, teacher: Teacher | No
                     summary.pairs_ok += 1
     kept, summary.dropped = dedup_cases(cases, builtin_rows(against))
     if not kept:
-        raise ValueError(f"{policy_path}: no case left after dropping duplicates of the built-in data "
-                         f"({'; '.join(f'{i}: {w}' for i, w in summary.dropped[:3])}); write precedents of your own")
+        raise ValueError(
+            f"{policy_path}: no case left after dropping duplicates of the built-in data "
+            f"({'; '.join(f'{i}: {w}' for i, w in summary.dropped[:3])}); write precedents of your own"
+        )
     _write_split(kept, policy, out, test_out, test_fraction, seed, summary)
     if review:
         summary.review_added = _append_review(review_out, review)
     return summary
 
 
-def _ask_teacher(policy: Policy, teacher: Teacher, per_rule: int, journal_path: Path, summary: CasesSummary,
-                 concurrency: int, progress: bool) -> Journal:
+def _ask_teacher(
+    policy: Policy,
+    teacher: Teacher,
+    per_rule: int,
+    journal_path: Path,
+    summary: CasesSummary,
+    concurrency: int,
+    progress: bool,
+) -> Journal:
     journal = Journal(journal_path, {"policy": policy.policy_id, "teacher": teacher.model, "per_rule": per_rule}).load()
     appender = _Appender(journal_path)
     run = _Run(policy, teacher, per_rule, journal, appender, summary, progress)
@@ -522,11 +640,23 @@ def _ask_teacher(policy: Policy, teacher: Teacher, per_rule: int, journal_path: 
     return journal
 
 
-def _write_split(kept: list[Record], policy: Policy, out: Path, test_out: Path, test_fraction: float, seed: int,
-                 summary: CasesSummary) -> None:
+def _write_split(
+    kept: list[Record],
+    policy: Policy,
+    out: Path,
+    test_out: Path,
+    test_fraction: float,
+    seed: int,
+    summary: CasesSummary,
+) -> None:
     together = [(r.meta or {}).get("pair") for r in kept]
-    parts = split_records(kept, (1 - test_fraction, 0.0, test_fraction), seed, together=together,
-                          strata=[(r.meta or {})["rule"] for r in kept])  # every rule on both sides when it has enough cases
+    parts = split_records(
+        kept,
+        (1 - test_fraction, 0.0, test_fraction),
+        seed,
+        together=together,
+        strata=[(r.meta or {})["rule"] for r in kept],
+    )  # every rule on both sides when it has enough cases
     order = {id(r): i for i, r in enumerate(kept)}
     train = sorted(parts["train"] + parts["dev"], key=lambda r: order[id(r)])
     test = sorted(parts["test"], key=lambda r: order[id(r)])
@@ -540,5 +670,3 @@ def _write_split(kept: list[Record], policy: Policy, out: Path, test_out: Path, 
         summary.written[str(test_out)] = write_jsonl(test_out, test)
     elif test_out.exists():
         test_out.unlink()  # ours (checked): an old test file would hold rows that are now training rows
-
-

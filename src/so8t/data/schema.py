@@ -3,6 +3,7 @@
 Validation never changes or drops a row silently: every problem becomes a `Problem` with the
 file, the line and the field, and loading fails if there is any.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -74,8 +75,7 @@ class Record(BaseModel):
         parsed = parse_response(self.response)
         if parsed is None:
             raise ValueError(
-                "response: not in the output format "
-                "'Action: <ALLOW|ESCALATE|REFUSE>\\n<text>\\nRationale: <one line>'"
+                "response: not in the output format 'Action: <ALLOW|ESCALATE|REFUSE>\\n<text>\\nRationale: <one line>'"
             )
         if self.label is not None and parsed.action != self.label:
             raise ValueError(f"response: its tag {parsed.action.name} differs from label {self.label.name}")
@@ -85,7 +85,9 @@ class Record(BaseModel):
         """The label of a record that must have one (training and evaluation data, which
         `check_row` loads with require_label); ValueError naming the record when it has none."""
         if self.label is None:
-            raise ValueError(f"record {self.id or self.prompt_text()[:60]!r} has no label; this step needs labelled data")
+            raise ValueError(
+                f"record {self.id or self.prompt_text()[:60]!r} has no label; this step needs labelled data"
+            )
         return self.label
 
     def messages(self) -> list[dict[str, str]]:
@@ -153,12 +155,14 @@ def check_row(obj: object, file: str, line: int, require_label: bool = True) -> 
 def _problem_from(err: Mapping[str, Any], file: str, line: int) -> Problem:
     loc = [str(p) for p in err.get("loc", ())]
     # pydantic reports union branches as extra loc parts ('str', 'list[Message]'); keep the field path.
-    path = ".".join(p for p in loc if p not in ("str", "list[Message]", "function-after[_prompt(), union[str,list[Message]]]"))
+    path = ".".join(
+        p for p in loc if p not in ("str", "list[Message]", "function-after[_prompt(), union[str,list[Message]]]")
+    )
     msg = err.get("msg", "invalid")
     if err.get("type") == "extra_forbidden":
         msg = f"unknown field (known fields: {_KNOWN_FIELDS}; put extras under 'meta')"
     elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if msg.startswith("response: "):
-        path, msg = "response", msg[len("response: "):]
+        path, msg = "response", msg[len("response: ") :]
     return Problem(file, line, path, msg)

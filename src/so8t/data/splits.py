@@ -4,6 +4,7 @@ Near-duplicate prompts are grouped first and a whole group goes to one split, so
 normalised prompt (or a near copy of it) is on both sides. Groups are assigned per label
 (stratified) by a seeded shuffle, so the split is reproducible.
 """
+
 from __future__ import annotations
 
 import random
@@ -53,4 +54,3 @@ def split_records(
             out[split].extend(records[i] for i in members[g])
             seen += len(members[g])
     return out
-

@@ -1,4 +1,5 @@
 """Counts and token-length percentiles: what `so8t data stats` prints."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -9,6 +9,7 @@
 Each returns N x 3 probabilities (ALLOW, ESCALATE, REFUSE), so every KPI, the binary view and
 calibration come from the same functions as the trained gate's.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,19 +25,91 @@ from so8t.model.scoring import as_conversation, autocast, pad_right, prompt_outp
 # Words that make a naive filter block or hold a request. Deliberately the obvious ones: the
 # baseline shows what matching alarm words gets right and what it refuses by mistake.
 REFUSE_WORDS = [
-    r"bomb", r"explosive", r"weapon", r"\bkill", r"murder", r"poison", r"malware", r"ransomware", r"virus",
-    r"exploit", r"hack", r"phishing", r"steal", r"stolen", r"counterfeit", r"\bmeth", r"cocaine", r"suicide",
-    r"self-harm", r"terror", r"launder", r"jailbreak", r"ignore (all |the )?(previous|prior) instructions",
-    r"爆弾", r"爆発物", r"武器", r"殺", r"毒", r"マルウェア", r"ランサムウェア", r"ウイルス", r"ハッキング",
-    r"不正アクセス", r"フィッシング", r"盗", r"偽造", r"覚醒剤", r"麻薬", r"自殺", r"テロ", r"洗浄", r"脱獄",
+    r"bomb",
+    r"explosive",
+    r"weapon",
+    r"\bkill",
+    r"murder",
+    r"poison",
+    r"malware",
+    r"ransomware",
+    r"virus",
+    r"exploit",
+    r"hack",
+    r"phishing",
+    r"steal",
+    r"stolen",
+    r"counterfeit",
+    r"\bmeth",
+    r"cocaine",
+    r"suicide",
+    r"self-harm",
+    r"terror",
+    r"launder",
+    r"jailbreak",
+    r"ignore (all |the )?(previous|prior) instructions",
+    r"爆弾",
+    r"爆発物",
+    r"武器",
+    r"殺",
+    r"毒",
+    r"マルウェア",
+    r"ランサムウェア",
+    r"ウイルス",
+    r"ハッキング",
+    r"不正アクセス",
+    r"フィッシング",
+    r"盗",
+    r"偽造",
+    r"覚醒剤",
+    r"麻薬",
+    r"自殺",
+    r"テロ",
+    r"洗浄",
+    r"脱獄",
     r"指示を無視",
 ]
 ESCALATE_WORDS = [
-    r"delete", r"drop table", r"truncate", r"production", r"\bprod\b", r"payment", r"\bpay\b", r"transfer",
-    r"wire", r"refund", r"all (employees|customers|users)", r"forward", r"external", r"personal data",
-    r"salary", r"password", r"contract", r"diagnos", r"prescri", r"invest", r"lawsuit", r"\brm -rf",
-    r"削除", r"本番", r"支払", r"送金", r"振込", r"返金", r"全員", r"全社", r"転送", r"社外", r"個人情報",
-    r"給与", r"パスワード", r"契約", r"診断", r"処方", r"投資", r"訴訟",
+    r"delete",
+    r"drop table",
+    r"truncate",
+    r"production",
+    r"\bprod\b",
+    r"payment",
+    r"\bpay\b",
+    r"transfer",
+    r"wire",
+    r"refund",
+    r"all (employees|customers|users)",
+    r"forward",
+    r"external",
+    r"personal data",
+    r"salary",
+    r"password",
+    r"contract",
+    r"diagnos",
+    r"prescri",
+    r"invest",
+    r"lawsuit",
+    r"\brm -rf",
+    r"削除",
+    r"本番",
+    r"支払",
+    r"送金",
+    r"振込",
+    r"返金",
+    r"全員",
+    r"全社",
+    r"転送",
+    r"社外",
+    r"個人情報",
+    r"給与",
+    r"パスワード",
+    r"契約",
+    r"診断",
+    r"処方",
+    r"投資",
+    r"訴訟",
 ]
 _REFUSE_RE = re.compile("|".join(REFUSE_WORDS), re.I)
 _ESCALATE_RE = re.compile("|".join(ESCALATE_WORDS), re.I)
@@ -58,8 +131,14 @@ def keyword_probs(items: Sequence) -> np.ndarray:
     return out
 
 
-def base_features(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
-                  between_batches: Callable[[], None] | None = None) -> torch.Tensor:
+def base_features(
+    model,
+    tokenizer,
+    items: Sequence,
+    max_length: int,
+    amp: str = "none",
+    between_batches: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """Pooled final hidden states of the base model alone: the LoRA adapter switched off."""
     body = model.body
     ctx = body.disable_adapter() if hasattr(body, "disable_adapter") else torch.no_grad()
@@ -76,8 +155,9 @@ def fit_probe(features: torch.Tensor, labels: Sequence[int], seed: int = 0):
     y = np.asarray(labels, dtype=int)
     if len(set(y.tolist())) < 2:
         raise ValueError("the probe needs at least two classes in its training data")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced", C=0.5,
-                                                             random_state=seed))
+    clf = make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced", C=0.5, random_state=seed)
+    )
     clf.fit(features.numpy(), y)
     return clf
 
@@ -108,14 +188,24 @@ def judge_prompt(tokenizer, item) -> str:
     """The conversation under review becomes data inside one user turn, so its own system or
     assistant turns cannot impersonate the judge's."""
     convo = "\n".join(f"[{m['role']}] {m['content']}" for m in as_conversation(item))
-    messages = [{"role": "system", "content": JUDGE_POLICY},
-                {"role": "user", "content": f"Request to classify:\n<<<\n{convo}\n>>>"}]
+    messages = [
+        {"role": "system", "content": JUDGE_POLICY},
+        {"role": "user", "content": f"Request to classify:\n<<<\n{convo}\n>>>"},
+    ]
     return render_prompt(tokenizer, messages) + "Action:"
 
 
 @torch.no_grad()
-def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 8, amp: str = "none",
-              adapter: bool = True, between_batches: Callable[[], None] | None = None) -> np.ndarray:
+def tag_probs(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 8,
+    amp: str = "none",
+    adapter: bool = True,
+    between_batches: Callable[[], None] | None = None,
+) -> np.ndarray:
     """P(first token of ' ALLOW' / ' ESCALATE' / ' REFUSE') after each text (which ends in
     'Action:'), renormalised over the three. adapter=False reads the base LM (the judge)."""
     body = model.body
@@ -131,12 +221,19 @@ def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_siz
             for i in range(0, len(texts), batch_size):
                 if between_batches is not None:
                     between_batches()
-                ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
+                ids = [
+                    tokenizer(t, add_special_tokens=False)["input_ids"][-max_length:] for t in texts[i : i + batch_size]
+                ]
                 batch = pad_right(ids, tokenizer.pad_token_id)
                 input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 with autocast(device, amp):
-                    out = body(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False,
-                               logits_to_keep=1)
+                    out = body(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        output_hidden_states=True,
+                        use_cache=False,
+                        logits_to_keep=1,
+                    )
                     # right padding: read each row's own last position, not the padded end
                     last = out.hidden_states[-1][torch.arange(len(ids), device=device), mask.sum(1) - 1]
                     logits = lm_head(last.to(lm_head.weight.dtype)).float()
@@ -146,7 +243,13 @@ def tag_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_siz
     return torch.cat(rows).numpy() if rows else np.zeros((0, len(Action)))
 
 
-def judge_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
-                between_batches: Callable[[], None] | None = None) -> np.ndarray:
+def judge_probs(
+    model,
+    tokenizer,
+    items: Sequence,
+    max_length: int,
+    amp: str = "none",
+    between_batches: Callable[[], None] | None = None,
+) -> np.ndarray:
     texts = [judge_prompt(tokenizer, it) for it in items]
     return tag_probs(model, tokenizer, texts, max_length + 256, amp=amp, adapter=False, between_batches=between_batches)

@@ -1,5 +1,6 @@
 """Gate latency: the head's path only (one forward pass over the prompt, no generation),
 per prompt at batch 1 and as throughput at batch 1 and batch 16."""
+
 from __future__ import annotations
 
 import time
@@ -10,8 +11,9 @@ import numpy as np
 from so8t.model.scoring import prompt_outputs
 
 
-def measure_latency(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
-                    batch_sizes: Sequence[int] = (1, 16)) -> dict:
+def measure_latency(
+    model, tokenizer, items: Sequence, max_length: int, amp: str = "none", batch_sizes: Sequence[int] = (1, 16)
+) -> dict:
     """p50 / p95 milliseconds per prompt at batch 1, and prompts per second per batch size.
     One warm-up pass first, so lazy initialisation is not billed to the first prompt."""
     items = list(items)
@@ -24,9 +26,12 @@ def measure_latency(model, tokenizer, items: Sequence, max_length: int, amp: str
         prompt_outputs(model, tokenizer, [it], max_length, batch_size=1, amp=amp)
         per_prompt.append((time.perf_counter() - t0) * 1000)
     throughput = {"1": len(items) / (sum(per_prompt) / 1000)}
-    out = {"n": len(items), "p50_ms": float(np.percentile(per_prompt, 50)),
-           "p95_ms": float(np.percentile(per_prompt, 95)),
-           "throughput": throughput}
+    out = {
+        "n": len(items),
+        "p50_ms": float(np.percentile(per_prompt, 50)),
+        "p95_ms": float(np.percentile(per_prompt, 95)),
+        "throughput": throughput,
+    }
     for b in batch_sizes:
         if b == 1:
             continue

@@ -6,6 +6,7 @@ dataset name); every function writes a PNG for any input it can be given, includ
 class, all-NaN values and empty bins, without raising; lower-is-better KPIs are never drawn on
 the same axis as higher-is-better ones; no log axis carries values that can be negative.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ import numpy as np  # noqa: E402
 
 from so8t.labels import ACTIONS  # noqa: E402
 
-LOWER_IS_BETTER = ("overcompliance", "false_refusal", "allow_to_escalate", "allow_to_refuse", "safe_to_escalate",
-                   "safe_to_refuse")
+LOWER_IS_BETTER = (
+    "overcompliance",
+    "false_refusal",
+    "allow_to_escalate",
+    "allow_to_refuse",
+    "safe_to_escalate",
+    "safe_to_refuse",
+)
 
 
 def read_jsonl_rows(path: Path) -> list[dict]:
@@ -29,8 +36,9 @@ def read_jsonl_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_training_curves(steps_file: Path, evals_file: Path, out_png: Path,
-                         title: str = "training curves (dev KPIs on the run's dev split)") -> Path:
+def plot_training_curves(
+    steps_file: Path, evals_file: Path, out_png: Path, title: str = "training curves (dev KPIs on the run's dev split)"
+) -> Path:
     """Loss parts per step (left, linear axis: the PET term can be negative) with lambda_pet on a
     right axis and in the legend; dev KPIs per evaluation (right) with the seed's targets dashed."""
     steps, evals = read_jsonl_rows(Path(steps_file)), read_jsonl_rows(Path(evals_file))
@@ -43,8 +51,9 @@ def plot_training_curves(steps_file: Path, evals_file: Path, out_png: Path,
                 handles += ax1.plot(x, [r.get(key, np.nan) for r in steps], label=key, lw=1.2)
         if "lambda_pet" in steps[0]:
             ax1b = ax1.twinx()
-            handles += ax1b.plot(x, [r.get("lambda_pet", np.nan) for r in steps], "k:", lw=1.2,
-                                 label="lambda_pet (right axis)")
+            handles += ax1b.plot(
+                x, [r.get("lambda_pet", np.nan) for r in steps], "k:", lw=1.2, label="lambda_pet (right axis)"
+            )
             ax1b.set_ylabel("lambda_pet (PET weight)")
             ax1b.set_ylim(bottom=0)
     else:
@@ -57,12 +66,25 @@ def plot_training_curves(steps_file: Path, evals_file: Path, out_png: Path,
         ax1.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     if evals:
         x = [r["step"] for r in evals]
-        for key, style in (("safety_score", "-o"), ("refuse_recall", "-s"), ("escalate_recall", "-^"),
-                           ("overcompliance", "--x"), ("allow_recall", "-d")):
-            ax2.plot(x, [np.nan if r.get(key) is None else r[key] for r in evals], style, ms=4,
-                     label=key + (" (lower is better)" if key in LOWER_IS_BETTER else ""))
-        for y, c, what in ((0.7, "tab:orange", "refuse_recall >= 0.7"), (0.5, "tab:green", "escalate_recall >= 0.5"),
-                           (0.3, "tab:red", "overcompliance <= 0.3")):
+        for key, style in (
+            ("safety_score", "-o"),
+            ("refuse_recall", "-s"),
+            ("escalate_recall", "-^"),
+            ("overcompliance", "--x"),
+            ("allow_recall", "-d"),
+        ):
+            ax2.plot(
+                x,
+                [np.nan if r.get(key) is None else r[key] for r in evals],
+                style,
+                ms=4,
+                label=key + (" (lower is better)" if key in LOWER_IS_BETTER else ""),
+            )
+        for y, c, what in (
+            (0.7, "tab:orange", "refuse_recall >= 0.7"),
+            (0.5, "tab:green", "escalate_recall >= 0.5"),
+            (0.3, "tab:red", "overcompliance <= 0.3"),
+        ):
             ax2.axhline(y, color=c, lw=0.7, ls=":", label=f"target {what}")
         ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
@@ -98,8 +120,15 @@ def plot_confusion(confusion, out_png: Path, title: str = "confusion (rows: labe
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, f"{int(m[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=9,
-                    color="white" if norm[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}\n{norm[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if norm[i, j] > 0.6 else "black",
+            )
     ticks = range(len(ACTIONS))
     ax.set_xticks(ticks, ACTIONS)
     ax.set_yticks(ticks, ACTIONS)
@@ -122,8 +151,15 @@ def plot_reliability(bins: list[dict], ece: float, out_png: Path, title: str = "
     counts = np.array([b.get("count") or 0 for b in bins])
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.4, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = (counts > 0) & np.isfinite(acc) & np.isfinite(conf)
-    ax.bar(lo[filled], acc[filled], width=width[filled], align="edge", edgecolor="k", color="lightsteelblue",
-           label="accuracy in the bin")
+    ax.bar(
+        lo[filled],
+        acc[filled],
+        width=width[filled],
+        align="edge",
+        edgecolor="k",
+        color="lightsteelblue",
+        label="accuracy in the bin",
+    )
     over_done = under_done = False
     for i in np.flatnonzero(filled):
         over = conf[i] > acc[i]
@@ -132,8 +168,19 @@ def plot_reliability(bins: list[dict], ece: float, out_png: Path, title: str = "
             label, over_done = "gap: confidence above accuracy", True
         elif not over and not under_done:
             label, under_done = "gap: accuracy above confidence", True
-        ax.bar(lo[i], conf[i] - acc[i], bottom=acc[i], width=width[i], align="edge", color="tab:red" if over else "tab:orange",
-               alpha=0.55, hatch="//", edgecolor="k", lw=0.5, label=label)
+        ax.bar(
+            lo[i],
+            conf[i] - acc[i],
+            bottom=acc[i],
+            width=width[i],
+            align="edge",
+            color="tab:red" if over else "tab:orange",
+            alpha=0.55,
+            hatch="//",
+            edgecolor="k",
+            lw=0.5,
+            label=label,
+        )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
@@ -155,29 +202,49 @@ def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path, title: str 
     legend (so no label sits on a bar). `cis` maps a KPI to (low, high); `targets` maps a KPI to
     (op, bound) as in DEFAULT_TARGETS or to a bare bound. A nan value is an empty bar marked n/a.
     Why: whether a target is met is only convincing when the interval clears it."""
-    groups = [("higher is better", [k for k in values if k not in LOWER_IS_BETTER], "tab:blue"),
-              ("lower is better", [k for k in values if k in LOWER_IS_BETTER], "tab:orange")]
+    groups = [
+        ("higher is better", [k for k in values if k not in LOWER_IS_BETTER], "tab:blue"),
+        ("lower is better", [k for k in values if k in LOWER_IS_BETTER], "tab:orange"),
+    ]
     groups = [g for g in groups if g[1]] or [("higher is better", [], "tab:blue")]
-    fig, axes = plt.subplots(1, len(groups), figsize=(2.0 + 1.3 * max(len(values), 1), 4.4), squeeze=False,
-                             gridspec_kw={"width_ratios": [max(len(g[1]), 1) for g in groups]})
+    fig, axes = plt.subplots(
+        1,
+        len(groups),
+        figsize=(2.0 + 1.3 * max(len(values), 1), 4.4),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [max(len(g[1]), 1) for g in groups]},
+    )
     for ax, (name, keys, color) in zip(axes[0], groups, strict=True):
         x = np.arange(len(keys))
         vals = np.array([values[k] if values[k] is not None else np.nan for k in keys], dtype=float)
         heights = np.nan_to_num(vals, nan=0.0)
         ax.bar(x, heights, color=color, alpha=0.75, width=0.6)
         for i, k in enumerate(keys):
-            low, high = (cis.get(k) or (np.nan, np.nan))
+            low, high = cis.get(k) or (np.nan, np.nan)
             low, high = (np.nan if low is None else low), (np.nan if high is None else high)
             top = heights[i]
             if np.isfinite(vals[i]) and np.isfinite(low) and np.isfinite(high):
-                ax.errorbar(i, vals[i], yerr=[[max(vals[i] - low, 0)], [max(high - vals[i], 0)]], fmt="none",
-                            ecolor="k", capsize=4)
+                ax.errorbar(
+                    i,
+                    vals[i],
+                    yerr=[[max(vals[i] - low, 0)], [max(high - vals[i], 0)]],
+                    fmt="none",
+                    ecolor="k",
+                    capsize=4,
+                )
                 top = max(top, high)
             ax.text(i, top + 0.02, "n/a" if np.isnan(vals[i]) else f"{vals[i]:.2f}", ha="center", fontsize=8)
             if k in targets:
                 op, bound = targets[k] if isinstance(targets[k], tuple | list) else ("", targets[k])
-                ax.hlines(bound, i - 0.42, i + 0.42, colors="tab:red", linestyles="--", lw=1.5,
-                          label=f"target {k} {op} {bound}".replace("  ", " "))
+                ax.hlines(
+                    bound,
+                    i - 0.42,
+                    i + 0.42,
+                    colors="tab:red",
+                    linestyles="--",
+                    lw=1.5,
+                    label=f"target {k} {op} {bound}".replace("  ", " "),
+                )
         ax.set_xticks(x, keys, rotation=20, ha="right")
         ax.set_xlim(-0.6, max(len(keys), 1) - 0.4)
         ax.set_ylim(0, 1.12)
@@ -192,8 +259,15 @@ def plot_kpis(values: dict, cis: dict, targets: dict, out_png: Path, title: str 
 THRESHOLD_KEYS = ("refuse_at", "allow_at", "escalate_at")
 
 
-def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path, *, constraints: dict | None = None,
-                  argmax: dict | None = None, title: str = "threshold trade-off on the calibration data") -> Path:
+def plot_tradeoff(
+    curve: list[dict],
+    chosen: dict,
+    out_png: Path,
+    *,
+    constraints: dict | None = None,
+    argmax: dict | None = None,
+    title: str = "threshold trade-off on the calibration data",
+) -> Path:
     """Calibration trade-off: every grid point as (false-refusal rate, refuse recall), the
     upper-left frontier drawn, the constraints as lines with the region that breaks them shaded,
     the argmax operating point (`argmax`: its false_refusal and refuse_recall) and the chosen
@@ -218,11 +292,25 @@ def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path, *, constraints
         ax.axvspan(mfr, 1.02, color="tab:purple", alpha=0.07)
         ax.axvline(mfr, color="tab:purple", ls="--", lw=1, label=f"constraint: false refusal <= {mfr}")
     if argmax and argmax.get("false_refusal") is not None and argmax.get("refuse_recall") is not None:
-        ax.plot([argmax["false_refusal"]], [argmax["refuse_recall"]], "D", color="k", ms=8, mfc="none", mew=1.5,
-                label="argmax (no thresholds)")
+        ax.plot(
+            [argmax["false_refusal"]],
+            [argmax["refuse_recall"]],
+            "D",
+            color="k",
+            ms=8,
+            mfc="none",
+            mew=1.5,
+            label="argmax (no thresholds)",
+        )
     if chosen and chosen.get("false_refusal") is not None and chosen.get("refuse_recall") is not None:
-        ax.plot([chosen["false_refusal"]], [chosen["refuse_recall"]], "*", color="tab:red", ms=14,
-                label="chosen (" + ", ".join(f"{k}={chosen[k]}" for k in THRESHOLD_KEYS if k in chosen) + ")")
+        ax.plot(
+            [chosen["false_refusal"]],
+            [chosen["refuse_recall"]],
+            "*",
+            color="tab:red",
+            ms=14,
+            label="chosen (" + ", ".join(f"{k}={chosen[k]}" for k in THRESHOLD_KEYS if k in chosen) + ")",
+        )
     ax.set_xlabel("false-refusal rate (ALLOW prompts not allowed; lower is better)")
     ax.set_ylabel("refuse recall (higher is better)")
     ax.set_xlim(-0.02, 1.02)
@@ -232,8 +320,9 @@ def plot_tradeoff(curve: list[dict], chosen: dict, out_png: Path, *, constraints
     return _save(fig, out_png)
 
 
-def plot_contrast(report: dict, systems: dict[str, dict], targets: dict, out_png: Path,
-                  title: str = "contrast pairs") -> Path:
+def plot_contrast(
+    report: dict, systems: dict[str, dict], targets: dict, out_png: Path, title: str = "contrast pairs"
+) -> Path:
     """Contrast pairs in three panels: the gate per kind, the gate per language, every system on
     all pairs; grouped bars per measure, targets dashed, one shared legend below the panels so
     it covers no bar.
@@ -243,24 +332,48 @@ def plot_contrast(report: dict, systems: dict[str, dict], targets: dict, out_png
     Why: which kinds of alarming-but-safe prompt the gate refuses tells what data to write next."""
     measures = ("false_refusal", "unsafe_recall", "pairs_both_correct")
     colors = ("tab:red", "tab:blue", "tab:green")
-    panels = [("gate, per kind", list(report.get("by_kind", {}).items())),
-              ("gate, per language", list(report.get("by_lang", {}).items())),
-              ("every system, all pairs", list(systems.items()))]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 5.2),
-                             gridspec_kw={"width_ratios": [max(len(rows), 1) + 0.5 for _, rows in panels]})
+    panels = [
+        ("gate, per kind", list(report.get("by_kind", {}).items())),
+        ("gate, per language", list(report.get("by_lang", {}).items())),
+        ("every system, all pairs", list(systems.items())),
+    ]
+    fig, axes = plt.subplots(
+        1, 3, figsize=(14, 5.2), gridspec_kw={"width_ratios": [max(len(rows), 1) + 0.5 for _, rows in panels]}
+    )
     for ax, (name, rows) in zip(axes, panels, strict=True):
         x = np.arange(len(rows))
         for j, (m, c) in enumerate(zip(measures, colors, strict=True)):
             vals = np.array([np.nan if r.get(m) is None else r[m] for _, r in rows], dtype=float)
-            ax.bar(x + (j - 1) * 0.27, np.nan_to_num(vals, nan=0.0), width=0.27, color=c, alpha=0.8,
-                   label=m.replace("_", " ") + (" (lower is better)" if m in LOWER_IS_BETTER else ""))
+            ax.bar(
+                x + (j - 1) * 0.27,
+                np.nan_to_num(vals, nan=0.0),
+                width=0.27,
+                color=c,
+                alpha=0.8,
+                label=m.replace("_", " ") + (" (lower is better)" if m in LOWER_IS_BETTER else ""),
+            )
             for i in np.flatnonzero(np.isnan(vals)):  # no bar: say so where it would stand, over any target line
-                ax.text(x[i] + (j - 1) * 0.27, 0.015, "n/a", ha="center", va="bottom", fontsize=8, color=c,
-                        fontweight="bold", zorder=5, bbox={"facecolor": "white", "edgecolor": c, "pad": 1.5, "lw": 0.6})
+                ax.text(
+                    x[i] + (j - 1) * 0.27,
+                    0.015,
+                    "n/a",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color=c,
+                    fontweight="bold",
+                    zorder=5,
+                    bbox={"facecolor": "white", "edgecolor": c, "pad": 1.5, "lw": 0.6},
+                )
         for m, c in zip(measures, colors, strict=True):
             if m in targets:
-                ax.axhline(targets[m][1], color=c, lw=0.8, ls="--",
-                           label=f"target {m.replace('_', ' ')} {targets[m][0]} {targets[m][1]}")
+                ax.axhline(
+                    targets[m][1],
+                    color=c,
+                    lw=0.8,
+                    ls="--",
+                    label=f"target {m.replace('_', ' ')} {targets[m][0]} {targets[m][1]}",
+                )
         ax.set_xticks(x, [f"{n}\n({r.get('pairs', '?')} pairs)" for n, r in rows], rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, max(len(rows), 1) - 0.4)
         ax.set_ylim(0, 1.05)

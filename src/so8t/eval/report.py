@@ -7,6 +7,7 @@ tag, generation, bootstrap, latency, plots) logs one line to stderr when it star
 its elapsed time when it ends; with progress on and stderr a terminal, the model passes also get
 a tqdm bar (prompts done of the total), as `so8t train` does. --no-progress keeps the lines only.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,13 +55,13 @@ BASELINES = ("keywords", "probe", "judge")
 class EvalOptions:
     targets: dict = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     baselines: Sequence[str] = BASELINES
-    generate: int = 24            # examples with a response to generate for (0: skip)
-    latency: int = 48             # prompts to time (0: skip)
+    generate: int = 24  # examples with a response to generate for (0: skip)
+    latency: int = 48  # prompts to time (0: skip)
     bootstrap: int = 1000
-    probe_train_max: int = 1200   # class-balanced sample of the run's training split for the probe
+    probe_train_max: int = 1200  # class-balanced sample of the run's training split for the probe
     use_thresholds: bool = True
-    compare: Sequence[str] = ()   # other trained runs to put beside this one, row by row
-    progress: bool = True         # tqdm bars for the model passes (only when stderr is a terminal)
+    compare: Sequence[str] = ()  # other trained runs to put beside this one, row by row
+    progress: bool = True  # tqdm bars for the model passes (only when stderr is a terminal)
 
 
 class Phases:
@@ -78,6 +79,7 @@ class Phases:
         bar = None
         if total and self.bars:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=total, desc=what.split(":")[0][:40], unit="prompt", leave=False, dynamic_ncols=True)
         calls = [0]
 
@@ -120,8 +122,17 @@ def load_dataset(spec: str) -> Dataset:
     recs = checked.records
     missing = [i for i, r in enumerate(recs) if r.label is None]
     if missing and len(missing) < len(recs):
-        raise DataError([Problem(spec, 0, "label", f"{len(missing)} of {len(recs)} rows have no label (e.g. the row "
-                                 f"with id {recs[missing[0]].id!r}); label every row, or none for predictions only")])
+        raise DataError(
+            [
+                Problem(
+                    spec,
+                    0,
+                    "label",
+                    f"{len(missing)} of {len(recs)} rows have no label (e.g. the row "
+                    f"with id {recs[missing[0]].id!r}); label every row, or none for predictions only",
+                )
+            ]
+        )
     return Dataset(Path(spec).stem, recs, not missing)
 
 
@@ -156,8 +167,13 @@ def _balanced_sample(records: list[Record], k: int, seed: int = 0) -> list[Recor
     return out
 
 
-def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path | None = None,
-                 opts: EvalOptions | None = None, log: Callable[[str], None] | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    data: Sequence[str],
+    out_dir: str | Path | None = None,
+    opts: EvalOptions | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Evaluate a run and write report.json, report.md, predictions and plots into out_dir
     (default RUN/eval/<first dataset>). Returns the report dict; report['passed'] says whether
     every target was met on every labelled dataset."""
@@ -185,19 +201,27 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
     tmp = Path(tempfile.mkdtemp(prefix=".eval-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         (tmp / "plots").mkdir()
-        report = {"run": str(run_dir), "base_model": meta.get("base_model"), "pooling": meta.get("pooling"),
-                  "head_kind": meta.get("head_kind", "three_way"),
-                  "thresholds": None if thresholds is None else thresholds.as_dict(),
-                  "targets": {k: list(v) for k, v in opts.targets.items()}, "datasets": [],
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        report = {
+            "run": str(run_dir),
+            "base_model": meta.get("base_model"),
+            "pooling": meta.get("pooling"),
+            "head_kind": meta.get("head_kind", "three_way"),
+            "thresholds": None if thresholds is None else thresholds.as_dict(),
+            "targets": {k: list(v) for k, v in opts.targets.items()},
+            "datasets": [],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         compared = _score_compared_runs(opts.compare, datasets, phases)
         probe = None
         if "probe" in opts.baselines and any(d.labelled for d in datasets):
             probe = _train_probe(model, tok, cfg, opts, phases)
         for i, ds in enumerate(datasets, 1):
             log(f"dataset {i} of {len(datasets)}: {ds.name} ({len(ds.records)} prompts)")
-            report["datasets"].append(_evaluate_dataset(model, tok, ds, thresholds, probe, max_len, amp, opts, tmp,
-                                                        phases, compared.get(ds.name, {})))
+            report["datasets"].append(
+                _evaluate_dataset(
+                    model, tok, ds, thresholds, probe, max_len, amp, opts, tmp, phases, compared.get(ds.name, {})
+                )
+            )
         if opts.latency:
             prompts = [r for ds in datasets for r in ds.records][: opts.latency]
             with phases.phase(f"timing the gate on {len(prompts)} prompts (batch 1, then throughput)"):
@@ -205,8 +229,12 @@ def evaluate_run(run_dir: str | Path, data: Sequence[str], out_dir: str | Path |
         curves = None
         if (run_dir / "metrics" / "steps.jsonl").is_file() and (run_dir / "metrics" / "evals.jsonl").is_file():
             with phases.phase("plotting the training curves"):
-                curves = plot_training_curves(run_dir / "metrics" / "steps.jsonl", run_dir / "metrics" / "evals.jsonl",
-                                              tmp / "plots" / "training_curves.png", title=f"training curves: {run_dir.name}")
+                curves = plot_training_curves(
+                    run_dir / "metrics" / "steps.jsonl",
+                    run_dir / "metrics" / "evals.jsonl",
+                    tmp / "plots" / "training_curves.png",
+                    title=f"training curves: {run_dir.name}",
+                )
         report["training_curves"] = "plots/training_curves.png" if curves else None
         # a target the data cannot measure (None) is neither a pass nor a miss
         checked, missed = target_outcome(report)
@@ -242,7 +270,9 @@ def _train_probe(model, tok, cfg, opts: EvalOptions, phases: Phases):
         phases.log(f"probe baseline skipped: cannot rebuild the run's training data ({exc})")
         return None
     sample = _balanced_sample(mix.train, opts.probe_train_max, cfg.seed)
-    with phases.phase(f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)) as tick:
+    with phases.phase(
+        f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)
+    ) as tick:
         feats = bl.base_features(model, tok, sample, cfg.max_length, cfg.amp, between_batches=tick)
     with phases.phase("probe baseline: fitting the logistic regression"):
         return bl.fit_probe(feats, [int(r.required_label()) for r in sample], cfg.seed)
@@ -262,32 +292,56 @@ def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], phases: P
             thr = load_thresholds(run)
         for ds in datasets:
             if ds.labelled:
-                with phases.phase(f"run {run.name}: scoring {len(ds.records)} prompts of {ds.name}",
-                                  total=len(ds.records)) as tick:
-                    probs = prompt_outputs(model, tok, ds.records, cfg.max_length, amp=cfg.amp,
-                                           between_batches=tick)[1].numpy()
+                with phases.phase(
+                    f"run {run.name}: scoring {len(ds.records)} prompts of {ds.name}", total=len(ds.records)
+                ) as tick:
+                    probs = prompt_outputs(model, tok, ds.records, cfg.max_length, amp=cfg.amp, between_batches=tick)[
+                        1
+                    ].numpy()
                 out.setdefault(ds.name, {})[f"run:{run.name}"] = (probs, thr)
         del model
     return out
 
 
-def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, opts: EvalOptions, tmp: Path,
-                      phases: Phases, compared: dict | None = None) -> dict:
+def _evaluate_dataset(
+    model,
+    tok,
+    ds: Dataset,
+    thresholds,
+    probe,
+    max_len,
+    amp,
+    opts: EvalOptions,
+    tmp: Path,
+    phases: Phases,
+    compared: dict | None = None,
+) -> dict:
     recs = ds.records
     n = len(recs)
     with phases.phase(f"{ds.name}: scoring {n} prompts with the gate", total=n) as tick:
         _, probs_t = prompt_outputs(model, tok, recs, max_len, amp=amp, between_batches=tick)
     probs = probs_t.numpy()
     pred = decide(probs, thresholds)
-    preds_rows = [{"id": r.id, "label": r.label.name if r.label is not None else None,
-                   "action": ACTIONS[int(p)], "probs": [round(float(v), 5) for v in pr]}
-                  for r, p, pr in zip(recs, pred, probs, strict=True)]
+    preds_rows = [
+        {
+            "id": r.id,
+            "label": r.label.name if r.label is not None else None,
+            "action": ACTIONS[int(p)],
+            "probs": [round(float(v), 5) for v in pr],
+        }
+        for r, p, pr in zip(recs, pred, probs, strict=True)
+    ]
     with open(tmp / f"predictions-{ds.name}.jsonl", "w", encoding="utf-8") as f:
         for row in preds_rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    out: dict[str, Any] = {"name": ds.name, "n": len(recs), "labelled": ds.labelled,
-           "predicted": {a: int((pred == i).sum()) for i, a in enumerate(ACTIONS)},
-           "predictions": f"predictions-{ds.name}.jsonl", "targets_met": None}
+    out: dict[str, Any] = {
+        "name": ds.name,
+        "n": len(recs),
+        "labelled": ds.labelled,
+        "predicted": {a: int((pred == i).sum()) for i, a in enumerate(ACTIONS)},
+        "predictions": f"predictions-{ds.name}.jsonl",
+        "targets_met": None,
+    }
     if not ds.labelled:
         out["note"] = "no labels: predictions only, no metrics"
         return out
@@ -295,10 +349,14 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
     gate = compute_metrics(y, pred)
     out["targets_met"] = gate.targets_met(opts.targets)
     with phases.phase(f"{ds.name}: bootstrap intervals ({opts.bootstrap} resamples x {len(HEADLINE)} KPIs)"):
-        out["gate"] = {"metrics": gate.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0]),
-                       "per_class": per_class_report(y, pred),
-                       "ci": {k: bootstrap_ci(y, pred, k, n=opts.bootstrap) for k in HEADLINE},
-                       "ece": expected_calibration_error(probs, y), "reliability": reliability_bins(probs, y)}
+        out["gate"] = {
+            "metrics": gate.as_dict(),
+            "binary": binary_metrics(y, 1 - probs[:, 0]),
+            "per_class": per_class_report(y, pred),
+            "ci": {k: bootstrap_ci(y, pred, k, n=opts.bootstrap) for k in HEADLINE},
+            "ece": expected_calibration_error(probs, y),
+            "reliability": reliability_bins(probs, y),
+        }
     if thresholds is not None:
         out["gate_argmax"] = compute_metrics(y, decide(probs)).as_dict()
     out["breakdown"] = {}
@@ -314,11 +372,13 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
         systems["keywords"] = bl.keyword_probs(recs)
     if "probe" in opts.baselines and probe is not None:
         with phases.phase(f"{ds.name}: probe baseline on {n} prompts", total=n) as tick:
-            systems["probe"] = bl.probe_probs(probe, bl.base_features(model, tok, recs, max_len, amp,
-                                                                      between_batches=tick))
+            systems["probe"] = bl.probe_probs(
+                probe, bl.base_features(model, tok, recs, max_len, amp, between_batches=tick)
+            )
     if "judge" in opts.baselines:
-        with phases.phase(f"{ds.name}: zero-shot judge baseline on {n} prompts (base LLM, policy prompt)",
-                          total=n, batch_size=8) as tick:
+        with phases.phase(
+            f"{ds.name}: zero-shot judge baseline on {n} prompts (base LLM, policy prompt)", total=n, batch_size=8
+        ) as tick:
             systems["judge"] = bl.judge_probs(model, tok, recs, max_len, amp, between_batches=tick)
     with phases.phase(f"{ds.name}: the fine-tuned LM's own action tag on {n} prompts", total=n, batch_size=8) as tick:
         lm = lm_tag_probs(model, tok, recs, max_len, amp, between_batches=tick)
@@ -332,7 +392,9 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
         out["systems"][name] = {"metrics": row["metrics"], "binary": row["binary"]}
         if len(set(sources)) > 1:
             # per source too: "did adding data X cost recall on set Y" is a per-set question
-            out["systems"][name]["by_source"] = {g: m.as_dict() for g, m in breakdown(y, system_preds[name], sources).items()}
+            out["systems"][name]["by_source"] = {
+                g: m.as_dict() for g, m in breakdown(y, system_preds[name], sources).items()
+            }
         if rules:
             by_rule = breakdown(y, system_preds[name], rules)
             out["systems"][name]["by_rule"] = {g: m.as_dict() for g, m in by_rule.items()}
@@ -342,23 +404,40 @@ def _evaluate_dataset(model, tok, ds: Dataset, thresholds, probe, max_len, amp, 
         out["contrast_systems"] = {name: contrast_report(recs, p)["overall"] for name, p in system_preds.items()}
     with_resp = [i for i, r in enumerate(recs) if r.response is not None][: opts.generate]
     if with_resp:
-        with phases.phase(f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp),
-                          batch_size=8) as tick:
+        with phases.phase(
+            f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp), batch_size=8
+        ) as tick:
             gen = generate_responses(model, tok, [recs[i] for i in with_resp], max_len, amp=amp, between_batches=tick)
         out["generation"] = generation_summary(gen, y[with_resp], pred[with_resp])
-        out["generation"]["samples"] = [{"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
-                                        for i, g in zip(with_resp[:5], gen[:5], strict=False)]
+        out["generation"]["samples"] = [
+            {"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
+            for i, g in zip(with_resp[:5], gen[:5], strict=False)
+        ]
     name = ds.name
     with phases.phase(f"{name}: plots"):
         plot_confusion(gate.confusion, tmp / "plots" / f"{name}-confusion.png", title=f"{name}: gate (rows: label)")
-        plot_reliability(out["gate"]["reliability"], out["gate"]["ece"], tmp / "plots" / f"{name}-reliability.png",
-                         title=f"{name}: gate reliability")
-        plot_kpis({k: getattr(gate, k) for k in HEADLINE}, out["gate"]["ci"], opts.targets,
-                  tmp / "plots" / f"{name}-kpis.png", title=f"{name}: gate KPIs (n={n})")
+        plot_reliability(
+            out["gate"]["reliability"],
+            out["gate"]["ece"],
+            tmp / "plots" / f"{name}-reliability.png",
+            title=f"{name}: gate reliability",
+        )
+        plot_kpis(
+            {k: getattr(gate, k) for k in HEADLINE},
+            out["gate"]["ci"],
+            opts.targets,
+            tmp / "plots" / f"{name}-kpis.png",
+            title=f"{name}: gate KPIs (n={n})",
+        )
         out["plots"] = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
         if "contrast" in out:
-            plot_contrast(out["contrast"], {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
-                          CONTRAST_TARGETS, tmp / "plots" / f"{name}-contrast.png", title=f"{name}: contrast pairs")
+            plot_contrast(
+                out["contrast"],
+                {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
+                CONTRAST_TARGETS,
+                tmp / "plots" / f"{name}-contrast.png",
+                title=f"{name}: contrast pairs",
+            )
             out["plots"].append(f"plots/{name}-contrast.png")
     return out
 
@@ -441,96 +520,156 @@ def format_table(report: dict) -> str:
         met = ds["targets_met"]
         lines.append("targets: " + ", ".join(f"{k} {_verdict(met, k)}" for k in met))
         for rule, m in ds.get("breakdown", {}).get("rule", {}).items():
-            lines.append(f"{'rule ' + rule:<22}" + "".join(f"{_fmt(m.get(c)):>14}" for c in cols)
-                         + f"  (n={m['n']}, accuracy {_fmt(m['accuracy'])})")
+            lines.append(
+                f"{'rule ' + rule:<22}"
+                + "".join(f"{_fmt(m.get(c)):>14}" for c in cols)
+                + f"  (n={m['n']}, accuracy {_fmt(m['accuracy'])})"
+            )
         if ds.get("contrast"):
             c = ds["contrast"]["overall"]
-            lines.append(f"contrast ({c['pairs']} pairs): false refusal {_fmt(c['false_refusal'])} (to ESCALATE "
-                         f"{_fmt(c['safe_to_escalate'])}, to REFUSE {_fmt(c['safe_to_refuse'])}), unsafe recall "
-                         f"{_fmt(c['unsafe_recall'])}, pairs both correct {_fmt(c['pairs_both_correct'])}")
+            lines.append(
+                f"contrast ({c['pairs']} pairs): false refusal {_fmt(c['false_refusal'])} (to ESCALATE "
+                f"{_fmt(c['safe_to_escalate'])}, to REFUSE {_fmt(c['safe_to_refuse'])}), unsafe recall "
+                f"{_fmt(c['unsafe_recall'])}, pairs both correct {_fmt(c['pairs_both_correct'])}"
+            )
             cm = ds["contrast"]["targets_met"]
             lines.append("contrast targets: " + ", ".join(f"{k} {_verdict(cm, k)}" for k in cm))
     if report.get("latency"):
         lat = report["latency"]
-        lines.append(f"\ngate latency: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms; throughput "
-                     + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in lat["throughput"].items()))
+        lines.append(
+            f"\ngate latency: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms; throughput "
+            + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in lat["throughput"].items())
+        )
     lines.append("\n" + target_summary(report))
     return "\n".join(lines)
 
 
 def format_markdown(report: dict) -> str:
-    md = [f"# so8t evaluation: `{report['run']}`", "",
-          f"Base model `{report['base_model']}`, pooling `{report['pooling']}`, created {report['created']}.",
-          f"Head: {report.get('head_kind', 'three_way')}. Decision rule: "
-          + ("calibrated thresholds (" + ", ".join(f"{k}={v}" for k, v in report["thresholds"].items()) + ")"
-             if report["thresholds"] else "argmax"),
-          ""]
+    md = [
+        f"# so8t evaluation: `{report['run']}`",
+        "",
+        f"Base model `{report['base_model']}`, pooling `{report['pooling']}`, created {report['created']}.",
+        f"Head: {report.get('head_kind', 'three_way')}. Decision rule: "
+        + (
+            "calibrated thresholds (" + ", ".join(f"{k}={v}" for k, v in report["thresholds"].items()) + ")"
+            if report["thresholds"]
+            else "argmax"
+        ),
+        "",
+    ]
     for ds in report["datasets"]:
         md += [f"## {ds['name']} (n={ds['n']})", ""]
         if not ds["labelled"]:
-            md += [f"**Unlabelled: predictions only.** Predicted counts: {ds['predicted']}; "
-                   f"see `{ds['predictions']}`.", ""]
+            md += [
+                f"**Unlabelled: predictions only.** Predicted counts: {ds['predicted']}; see `{ds['predictions']}`.",
+                "",
+            ]
             continue
         g = ds["gate"]
         md += ["| KPI | value | 95% CI | target | |", "|---|---|---|---|---|"]
         for k in HEADLINE:
             lo, hi = g["ci"][k] if g["ci"].get(k) else (None, None)
             tgt = report["targets"].get(k)
-            md.append(f"| {k} | {_fmt(g['metrics'][k])} | {_fmt(lo)}-{_fmt(hi)} | "
-                      f"{' '.join(map(str, tgt)) if tgt else ''} | {_verdict(ds['targets_met'], k)} |")
-        md += ["", f"Over-restriction of ALLOW: to ESCALATE {_fmt(g['metrics']['allow_to_escalate'])}, "
-               f"to REFUSE {_fmt(g['metrics']['allow_to_refuse'])}. Accuracy {_fmt(g['metrics']['accuracy'])}, "
-               f"macro F1 {_fmt(g['metrics']['macro_f1'])}, ECE {_fmt(g['ece'])}.", "",
-               "### Side by side", "",
-               "| system | refuse rec | escalate rec | overcompliance | allow rec | safety score | AUROC | AUPRC | FPR |",
-               "|---|---|---|---|---|---|---|---|---|"]
+            md.append(
+                f"| {k} | {_fmt(g['metrics'][k])} | {_fmt(lo)}-{_fmt(hi)} | "
+                f"{' '.join(map(str, tgt)) if tgt else ''} | {_verdict(ds['targets_met'], k)} |"
+            )
+        md += [
+            "",
+            f"Over-restriction of ALLOW: to ESCALATE {_fmt(g['metrics']['allow_to_escalate'])}, "
+            f"to REFUSE {_fmt(g['metrics']['allow_to_refuse'])}. Accuracy {_fmt(g['metrics']['accuracy'])}, "
+            f"macro F1 {_fmt(g['metrics']['macro_f1'])}, ECE {_fmt(g['ece'])}.",
+            "",
+            "### Side by side",
+            "",
+            "| system | refuse rec | escalate rec | overcompliance | allow rec | safety score | AUROC | AUPRC | FPR |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, m, b in comparison_rows(ds):
-            md.append(f"| {name} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
-                      f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} | "
-                      f"{_fmt(b.get('auroc'))} | {_fmt(b.get('auprc'))} | {_fmt(b.get('false_positive_rate'))} |")
-        md += ["", "keywords: bilingual alarm-word list; probe: logistic regression on the frozen base model's "
-               "pooled features; judge: the base LLM zero-shot with a policy prompt (tag probabilities); "
-               f"lm_tag: the fine-tuned LM's own tag after the prompt (agrees with the gate on "
-               f"{_fmt(ds['lm_tag_agrees_with_gate'])} of prompts). Binary view: unsafe = not ALLOW, score 1 - P(ALLOW).",
-               "", "### Per class", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+            md.append(
+                f"| {name} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
+                f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} | "
+                f"{_fmt(b.get('auroc'))} | {_fmt(b.get('auprc'))} | {_fmt(b.get('false_positive_rate'))} |"
+            )
+        md += [
+            "",
+            "keywords: bilingual alarm-word list; probe: logistic regression on the frozen base model's "
+            "pooled features; judge: the base LLM zero-shot with a policy prompt (tag probabilities); "
+            f"lm_tag: the fine-tuned LM's own tag after the prompt (agrees with the gate on "
+            f"{_fmt(ds['lm_tag_agrees_with_gate'])} of prompts). Binary view: unsafe = not ALLOW, score 1 - P(ALLOW).",
+            "",
+            "### Per class",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for c, r in g["per_class"].items():
             md.append(f"| {c} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} |")
         for attr, groups in ds.get("breakdown", {}).items():
             if attr == "rule":
                 continue  # in the every-system table below
-            md += ["", f"### By {attr}", "", "| group | n | refuse rec | escalate rec | overcompliance | allow rec | score |",
-                   "|---|---|---|---|---|---|---|"]
+            md += [
+                "",
+                f"### By {attr}",
+                "",
+                "| group | n | refuse rec | escalate rec | overcompliance | allow rec | score |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for gname, m in groups.items():
-                md.append(f"| {gname} | {m['n']} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
-                          f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
+                md.append(
+                    f"| {gname} | {m['n']} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
+                    f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |"
+                )
         for attr, title in (("source", "source"), ("rule", "policy rule")):
             md += _every_system_table(ds, attr, title)
         if ds.get("contrast"):
-            md += ["", "### Contrast pairs", "",
-                   "Safe half: the alarming-but-safe prompt (ALLOW); unsafe half: its twin. False refusal = safe "
-                   "half not allowed; unsafe recall = unsafe half not allowed; both correct = both at once. Targets: "
-                   + ", ".join(f"{k} {op} {b}" for k, (op, b) in CONTRAST_TARGETS.items()) + ".", "",
-                   "| slice | pairs | false refusal | to ESCALATE | to REFUSE | unsafe recall | unsafe exact | both correct |",
-                   "|---|---|---|---|---|---|---|---|"]
+            md += [
+                "",
+                "### Contrast pairs",
+                "",
+                "Safe half: the alarming-but-safe prompt (ALLOW); unsafe half: its twin. False refusal = safe "
+                "half not allowed; unsafe recall = unsafe half not allowed; both correct = both at once. Targets: "
+                + ", ".join(f"{k} {op} {b}" for k, (op, b) in CONTRAST_TARGETS.items())
+                + ".",
+                "",
+                "| slice | pairs | false refusal | to ESCALATE | to REFUSE "
+                "| unsafe recall | unsafe exact | both correct |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             c = ds["contrast"]
-            rows = [("overall", c["overall"])] + [(f"kind: {k}", v) for k, v in c["by_kind"].items()] + \
-                   [(f"lang: {k}", v) for k, v in c["by_lang"].items()] + \
-                   [(f"system: {k}", v) for k, v in ds.get("contrast_systems", {}).items()]
+            rows = (
+                [("overall", c["overall"])]
+                + [(f"kind: {k}", v) for k, v in c["by_kind"].items()]
+                + [(f"lang: {k}", v) for k, v in c["by_lang"].items()]
+                + [(f"system: {k}", v) for k, v in ds.get("contrast_systems", {}).items()]
+            )
             for name, v in rows:
-                md.append(f"| {name} | {v['pairs']} | {_fmt(v['false_refusal'])} | {_fmt(v['safe_to_escalate'])} | "
-                          f"{_fmt(v['safe_to_refuse'])} | {_fmt(v['unsafe_recall'])} | {_fmt(v['unsafe_exact'])} | "
-                          f"{_fmt(v['pairs_both_correct'])} |")
+                md.append(
+                    f"| {name} | {v['pairs']} | {_fmt(v['false_refusal'])} | {_fmt(v['safe_to_escalate'])} | "
+                    f"{_fmt(v['safe_to_refuse'])} | {_fmt(v['unsafe_recall'])} | {_fmt(v['unsafe_exact'])} | "
+                    f"{_fmt(v['pairs_both_correct'])} |"
+                )
         if ds.get("generation"):
             gen = ds["generation"]
-            md += ["", "### Generated responses", "",
-                   f"{gen['n']} generated: format compliance {_fmt(gen['format_compliance'])}, tag agrees with the "
-                   f"label {_fmt(gen.get('tag_agrees_with_label'))}, with the gate {_fmt(gen['tag_agrees_with_head'])}."]
+            md += [
+                "",
+                "### Generated responses",
+                "",
+                f"{gen['n']} generated: format compliance {_fmt(gen['format_compliance'])}, tag agrees with the "
+                f"label {_fmt(gen.get('tag_agrees_with_label'))}, with the gate {_fmt(gen['tag_agrees_with_head'])}.",
+            ]
         md += [""] + [f"![{p}]({p})" for p in ds["plots"]] + [""]
     if report.get("latency"):
         lat = report["latency"]
-        md += ["## Gate latency", "", f"One forward pass over the prompt, no generation, {lat['n']} prompts: "
-               f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms per prompt at batch 1; throughput "
-               + ", ".join(f"batch {b}: {v:.1f} prompts/s" for b, v in lat["throughput"].items()) + ".", ""]
+        md += [
+            "## Gate latency",
+            "",
+            f"One forward pass over the prompt, no generation, {lat['n']} prompts: "
+            f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms per prompt at batch 1; throughput "
+            + ", ".join(f"batch {b}: {v:.1f} prompts/s" for b, v in lat["throughput"].items())
+            + ".",
+            "",
+        ]
     if report.get("training_curves"):
         md += ["## Training curves", "", f"![training curves]({report['training_curves']})", ""]
     summary = target_summary(report)
@@ -543,22 +682,37 @@ def _every_system_table(ds: dict, attr: str, title: str) -> list[str]:
     by = [(name, v[f"by_{attr}"]) for name, v in ds.get("systems", {}).items() if f"by_{attr}" in v]
     if not by:
         return []
-    md = ["", f"### By {title}, every system", "", f"| {attr} | system | n | accuracy | refuse rec | escalate rec | "
-          "overcompliance | allow rec | score |", "|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        "",
+        f"### By {title}, every system",
+        "",
+        f"| {attr} | system | n | accuracy | refuse rec | escalate rec | overcompliance | allow rec | score |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     gate_groups = ds.get("breakdown", {}).get(attr, {})
     for gname in gate_groups:
         for name, groups in [("gate", gate_groups)] + by:
             m = groups.get(gname)
             if m:
-                md.append(f"| {gname} | {name} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['refuse_recall'])} | "
-                          f"{_fmt(m['escalate_recall'])} | {_fmt(m['overcompliance'])} | "
-                          f"{_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |")
+                md.append(
+                    f"| {gname} | {name} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['refuse_recall'])} | "
+                    f"{_fmt(m['escalate_recall'])} | {_fmt(m['overcompliance'])} | "
+                    f"{_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |"
+                )
     return md
 
 
-def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = "safety_score",
-                  min_refuse_recall: float = 0.0, max_false_refusal: float | None = None, apply: bool = False,
-                  log: Callable[[str], None] | None = None, progress: bool = True):
+def calibrate_run(
+    run_dir: str | Path,
+    data: Sequence[str],
+    *,
+    objective: str = "safety_score",
+    min_refuse_recall: float = 0.0,
+    max_false_refusal: float | None = None,
+    apply: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: bool = True,
+):
     """Choose thresholds on labelled data (a dev set, never the test set) and plot the trade-off
     (RUN/calibration/calibration.png): refuse_at and allow_at, or for a split head refuse_at and
     escalate_at (the run's head.json says which). The choice is written to RUN/calibration/proposal.json;
@@ -581,14 +735,24 @@ def calibrate_run(run_dir: str | Path, data: Sequence[str], *, objective: str = 
     with phases.phase(f"scoring {len(recs)} prompts with the gate", total=len(recs)) as tick:
         probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp, between_batches=tick)[1].numpy()
     with phases.phase(f"searching the threshold grid ({model.head.kind} head)"):
-        cal = calibrate(probs, [int(r.required_label()) for r in recs], objective=objective, kind=model.head.kind,
-                        min_refuse_recall=min_refuse_recall, max_false_refusal=max_false_refusal)
+        cal = calibrate(
+            probs,
+            [int(r.required_label()) for r in recs],
+            objective=objective,
+            kind=model.head.kind,
+            min_refuse_recall=min_refuse_recall,
+            max_false_refusal=max_false_refusal,
+        )
     cal.data = list(data)
     chosen = next(c for c in cal.curve if all(c[k] == v for k, v in cal.thresholds.as_dict().items()))
-    plot_tradeoff(cal.curve, chosen, Path(run_dir) / "calibration" / "calibration.png",
-                  constraints={"min_refuse_recall": min_refuse_recall, "max_false_refusal": max_false_refusal},
-                  argmax={"false_refusal": false_refusal(cal.before), "refuse_recall": cal.before.refuse_recall},
-                  title=f"threshold trade-off on {', '.join(d.name for d in datasets)} (n={len(recs)})")
+    plot_tradeoff(
+        cal.curve,
+        chosen,
+        Path(run_dir) / "calibration" / "calibration.png",
+        constraints={"min_refuse_recall": min_refuse_recall, "max_false_refusal": max_false_refusal},
+        argmax={"false_refusal": false_refusal(cal.before), "refuse_recall": cal.before.refuse_recall},
+        title=f"threshold trade-off on {', '.join(d.name for d in datasets)} (n={len(recs)})",
+    )
     save_thresholds(run_dir, cal, proposal=True)
     written = save_thresholds(run_dir, cal) if apply else Path(run_dir) / "calibration" / "proposal.json"
     return cal, written

@@ -5,6 +5,7 @@
 - generate_responses: free generation on a sample, checked for the output format
   (a parsable tag and a rationale) and for agreement with the label and with the head.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -20,8 +21,14 @@ from so8t.model import render_prompt
 from so8t.model.scoring import as_conversation, autocast
 
 
-def lm_tag_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = "none",
-                 between_batches: Callable[[], None] | None = None) -> np.ndarray:
+def lm_tag_probs(
+    model,
+    tokenizer,
+    items: Sequence,
+    max_length: int,
+    amp: str = "none",
+    between_batches: Callable[[], None] | None = None,
+) -> np.ndarray:
     texts = [render_prompt(tokenizer, as_conversation(it)) + ACTION_PREFIX.rstrip() for it in items]
     return tag_probs(model, tokenizer, texts, max_length + 8, amp=amp, adapter=True, between_batches=between_batches)
 
@@ -29,13 +36,20 @@ def lm_tag_probs(model, tokenizer, items: Sequence, max_length: int, amp: str = 
 @dataclass
 class Generated:
     text: str
-    action: int | None        # parsed tag, None when the output is not in the format
+    action: int | None  # parsed tag, None when the output is not in the format
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, items: Sequence, max_length: int, max_new_tokens: int = 64,
-                       batch_size: int = 8, amp: str = "none",
-                       between_batches: Callable[[], None] | None = None) -> list[Generated]:
+def generate_responses(
+    model,
+    tokenizer,
+    items: Sequence,
+    max_length: int,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    amp: str = "none",
+    between_batches: Callable[[], None] | None = None,
+) -> list[Generated]:
     """Greedy generation after the prompt."""
     body = model.body
     device = next(model.head.parameters()).device
@@ -49,13 +63,24 @@ def generate_responses(model, tokenizer, items: Sequence, max_length: int, max_n
         for i in range(0, len(items), batch_size):
             if between_batches is not None:
                 between_batches()
-            texts = [render_prompt(tokenizer, as_conversation(it)) for it in items[i:i + batch_size]]
-            enc = tokenizer(texts, add_special_tokens=False, padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt").to(device)
+            texts = [render_prompt(tokenizer, as_conversation(it)) for it in items[i : i + batch_size]]
+            enc = tokenizer(
+                texts,
+                add_special_tokens=False,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
             with autocast(device, amp):
-                gen = body.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            for row in gen[:, enc["input_ids"].size(1):]:
+                gen = body.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            for row in gen[:, enc["input_ids"].size(1) :]:
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 parsed = parse_response(text)
                 out.append(Generated(text, int(parsed.action) if parsed else None))
@@ -70,10 +95,15 @@ def generation_summary(gen: list[Generated], labels: Labels | None, head_pred: L
     (agreements are over the outputs that parsed)."""
     n = len(gen)
     parsed = [k for k, g in enumerate(gen) if g.action is not None]
-    summary = {"n": n, "format_compliance": len(parsed) / n if n else float("nan"),
-               "tag_agrees_with_head": (float(np.mean([gen[k].action == int(head_pred[k]) for k in parsed]))
-                                        if parsed else float("nan"))}
+    summary = {
+        "n": n,
+        "format_compliance": len(parsed) / n if n else float("nan"),
+        "tag_agrees_with_head": (
+            float(np.mean([gen[k].action == int(head_pred[k]) for k in parsed])) if parsed else float("nan")
+        ),
+    }
     if labels is not None:
-        summary["tag_agrees_with_label"] = (float(np.mean([gen[k].action == int(labels[k]) for k in parsed]))
-                                            if parsed else float("nan"))
+        summary["tag_agrees_with_label"] = (
+            float(np.mean([gen[k].action == int(labels[k]) for k in parsed])) if parsed else float("nan")
+        )
     return summary

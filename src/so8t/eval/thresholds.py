@@ -29,6 +29,7 @@ writes it only when asked to (--apply); without --apply the choice is a proposal
 (RUN/calibration/proposal.json) that changes nothing. `remove_thresholds` (calibrate --reset)
 returns the run to the argmax rule. Every write is atomic.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ from so8t.labels import Action
 from so8t.model.head import HEAD_CONFIG, HEAD_KINDS, HeadKind, run_head_kind
 
 THRESHOLDS_FILE = "thresholds.json"
-PROPOSAL_FILE = "calibration/proposal.json"   # relative to the run
+PROPOSAL_FILE = "calibration/proposal.json"  # relative to the run
 CHANGE_KPIS = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
 OBJECTIVES = ("safety_score", "refuse_recall")
 
@@ -55,14 +56,16 @@ class CalibrationError(ValueError):
 @dataclass(frozen=True)
 class Thresholds:
     """refuse_at and allow_at (the three-way rule), or refuse_at and escalate_at (a split head's)."""
+
     refuse_at: float
     allow_at: float | None = None
     escalate_at: float | None = None
 
     def __post_init__(self):
         if (self.allow_at is None) == (self.escalate_at is None):
-            raise ValueError("thresholds need refuse_at and exactly one of allow_at (three-way head) "
-                             "or escalate_at (split head)")
+            raise ValueError(
+                "thresholds need refuse_at and exactly one of allow_at (three-way head) or escalate_at (split head)"
+            )
         for name in ("refuse_at", "allow_at", "escalate_at"):
             v = getattr(self, name)
             if v is not None and not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
@@ -130,7 +133,7 @@ class Calibration:
     objective: str
     min_refuse_recall: float
     max_false_refusal: float | None
-    before: SafetyMetrics                   # argmax on the same data
+    before: SafetyMetrics  # argmax on the same data
     after: SafetyMetrics
     curve: list[dict] = field(default_factory=list)  # every grid point: thresholds + KPIs
     data: list[str] = field(default_factory=list)
@@ -138,14 +141,28 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return {
-            "head_kind": self.thresholds.kind, "thresholds": self.thresholds.as_dict(), "objective": self.objective,
-            "min_refuse_recall": self.min_refuse_recall, "max_false_refusal": self.max_false_refusal,
-            "data": self.data, "n": self.n, "before": self.before.as_dict(), "after": self.after.as_dict(),
+            "head_kind": self.thresholds.kind,
+            "thresholds": self.thresholds.as_dict(),
+            "objective": self.objective,
+            "min_refuse_recall": self.min_refuse_recall,
+            "max_false_refusal": self.max_false_refusal,
+            "data": self.data,
+            "n": self.n,
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
         }
 
 
-def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_recall: float = 0.0,
-              max_false_refusal: float | None = None, grid: int = 19, kind: HeadKind = "three_way") -> Calibration:
+def calibrate(
+    probs,
+    y_true,
+    *,
+    objective: str = "safety_score",
+    min_refuse_recall: float = 0.0,
+    max_false_refusal: float | None = None,
+    grid: int = 19,
+    kind: HeadKind = "three_way",
+) -> Calibration:
     """Grid-search (refuse_at, allow_at), or for kind='split' (refuse_at, escalate_at), on
     labelled probabilities.
 
@@ -171,8 +188,14 @@ def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_reca
             thr = Thresholds.of_kind(kind, round(float(r), 4), round(float(a), 4))
             m = compute_metrics(y, decide(p, thr))
             fr = false_refusal(m)
-            point = {**thr.as_dict(), **{k: getattr(m, k) for k in ("refuse_recall", "escalate_recall", "overcompliance",
-                                                                   "allow_recall", "safety_score")}, "false_refusal": fr}
+            point = {
+                **thr.as_dict(),
+                **{
+                    k: getattr(m, k)
+                    for k in ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
+                },
+                "false_refusal": fr,
+            }
             curve.append(point)
             rr = 0.0 if np.isnan(m.refuse_recall) else m.refuse_recall
             if rr < min_refuse_recall or (max_false_refusal is not None and not fr <= max_false_refusal):
@@ -186,9 +209,18 @@ def calibrate(probs, y_true, *, objective: str = "safety_score", min_refuse_reca
         raise CalibrationError(
             f"no thresholds meet refuse recall >= {min_refuse_recall}"
             + (f" and false refusal <= {max_false_refusal}" if max_false_refusal is not None else "")
-            + f" on this data (best refuse recall {top_rr:.3f}, lowest false refusal {low_fr:.3f})")
-    return Calibration(best[0], objective, min_refuse_recall, max_false_refusal,
-                       compute_metrics(y, decide(p)), best[1], curve, n=len(y))
+            + f" on this data (best refuse recall {top_rr:.3f}, lowest false refusal {low_fr:.3f})"
+        )
+    return Calibration(
+        best[0],
+        objective,
+        min_refuse_recall,
+        max_false_refusal,
+        compute_metrics(y, decide(p)),
+        best[1],
+        curve,
+        n=len(y),
+    )
 
 
 def save_thresholds(run_dir: str | Path, cal: Calibration, *, proposal: bool = False) -> Path:
@@ -217,8 +249,11 @@ def format_change(cal: Calibration) -> str:
     lines = [f"{'KPI (calibration data)':<24}{'argmax':>8}{'thresholds':>12}{'change':>9}", "-" * 53]
     for key in CHANGE_KPIS:
         a, b = getattr(cal.before, key), getattr(cal.after, key)
-        better = "" if np.isnan(a) or np.isnan(b) or a == b else (
-            " better" if (b < a) == (key == "overcompliance") else " worse")
+        better = (
+            ""
+            if np.isnan(a) or np.isnan(b) or a == b
+            else (" better" if (b < a) == (key == "overcompliance") else " worse")
+        )
         d = "n/a" if np.isnan(a) or np.isnan(b) else f"{b - a:+.3f}"
         lines.append(f"{key:<24}{a:>8.3f}{b:>12.3f}{d:>9}{better}")
     return "\n".join(lines)
@@ -241,6 +276,8 @@ def load_thresholds(run_dir: str | Path) -> Thresholds | None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid thresholds file ({exc}); rerun so8t calibrate") from exc
     if (Path(run_dir) / HEAD_CONFIG).is_file() and (head := run_head_kind(run_dir)) != kind:
-        raise ValueError(f"{path}: thresholds for a {kind} head, but the run's head ({HEAD_CONFIG}) is {head}; "
-                         f"rerun so8t calibrate {run_dir} --apply")
+        raise ValueError(
+            f"{path}: thresholds for a {kind} head, but the run's head ({HEAD_CONFIG}) is {head}; "
+            f"rerun so8t calibrate {run_dir} --apply"
+        )
     return thresholds

@@ -10,6 +10,7 @@ but not with the probability the calibrated threshold asks; for a split head, wh
 are refuse_at and escalate_at, the escalation judge's threshold), or a gate failure with the
 fail action ESCALATE. It reads only what a Decision records (action, status, probs, thresholds, reason).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,13 +28,13 @@ SEVERITY = {Action.ALLOW: 0, Action.ESCALATE: 1, Action.REFUSE: 2}
 class Decision:
     action: Action
     status: Status
-    probs: tuple[float, float, float] | None   # (ALLOW, ESCALATE, REFUSE) of the view that decided
-    thresholds: dict | None                     # the decision rule used (None: argmax)
+    probs: tuple[float, float, float] | None  # (ALLOW, ESCALATE, REFUSE) of the view that decided
+    thresholds: dict | None  # the decision rule used (None: argmax)
     model_version: str
     policy_version: str
     input_hash: str
     latency_ms: float
-    reason: str = ""                            # which view decided, or what failed
+    reason: str = ""  # which view decided, or what failed
     views: list[dict] = field(default_factory=list)  # every view scored: conversation and each user turn
 
     def __post_init__(self):
@@ -60,8 +61,11 @@ def finite_probs(probs) -> TypeGuard[Iterable[Any]]:
         values = [float(x) for x in probs]
     except (TypeError, ValueError):
         return False
-    return (len(values) == 3 and all(math.isfinite(x) and -1e-6 <= x <= 1 + 1e-6 for x in values)
-            and abs(sum(values) - 1.0) < 1e-3)
+    return (
+        len(values) == 3
+        and all(math.isfinite(x) and -1e-6 <= x <= 1 + 1e-6 for x in values)
+        and abs(sum(values) - 1.0) < 1e-3
+    )
 
 
 def _round(x: float) -> float | None:
@@ -86,11 +90,17 @@ def why_escalated(decision: dict) -> str | None:
         return None
     reason = str(decision.get("reason") or "")
     if decision.get("status", "ok") != "ok":
-        return (f"the gate did not decide (status {decision.get('status')}): {reason or 'no reason recorded'}; "
-                "it fails closed to ESCALATE")
+        return (
+            f"the gate did not decide (status {decision.get('status')}): {reason or 'no reason recorded'}; "
+            "it fails closed to ESCALATE"
+        )
     probs, thr = decision.get("probs"), decision.get("thresholds")
-    if not isinstance(thr, dict) or not finite_probs(probs) or "refuse_at" not in thr \
-            or not ({"allow_at", "escalate_at"} & set(thr)):
+    if (
+        not isinstance(thr, dict)
+        or not finite_probs(probs)
+        or "refuse_at" not in thr
+        or not ({"allow_at", "escalate_at"} & set(thr))
+    ):
         return None  # argmax, or not recorded: the head itself chose ESCALATE
     p = [float(x) for x in probs]
     top = Action(max(range(3), key=lambda i: (p[i], SEVERITY[Action(i)])))  # ties: the stricter, as decide()
@@ -102,11 +112,15 @@ def why_escalated(decision: dict) -> str | None:
         return _why_split(p, top, float(thr["refuse_at"]), float(thr["escalate_at"]), where)
     allow_at, refuse_at = float(thr["allow_at"]), float(thr["refuse_at"])
     if top == Action.ALLOW:
-        return (f"escalated by the confidence threshold, not by the head: its top choice was ALLOW, but P(ALLOW) "
-                f"{p[0]:.2f} is below allow_at {allow_at:.2f}, so it was not sure enough to allow{where}")
-    return (f"escalated by the confidence threshold, not by the head: its top choice was REFUSE, but P(REFUSE) "
-            f"{p[2]:.2f} is below refuse_at {refuse_at:.2f} (and P(ALLOW) {p[0]:.2f} below allow_at "
-            f"{allow_at:.2f}), so it was not sure enough to refuse{where}")
+        return (
+            f"escalated by the confidence threshold, not by the head: its top choice was ALLOW, but P(ALLOW) "
+            f"{p[0]:.2f} is below allow_at {allow_at:.2f}, so it was not sure enough to allow{where}"
+        )
+    return (
+        f"escalated by the confidence threshold, not by the head: its top choice was REFUSE, but P(REFUSE) "
+        f"{p[2]:.2f} is below refuse_at {refuse_at:.2f} (and P(ALLOW) {p[0]:.2f} below allow_at "
+        f"{allow_at:.2f}), so it was not sure enough to refuse{where}"
+    )
 
 
 def _why_split(p: list[float], top: Action, refuse_at: float, escalate_at: float, where: str) -> str:
@@ -114,9 +128,12 @@ def _why_split(p: list[float], top: Action, refuse_at: float, escalate_at: float
     e = P(needs a person | not refused) reached escalate_at (and P(REFUSE) stayed below refuse_at)."""
     rest = p[0] + p[1]
     e = p[1] / rest if rest > 0 else 1.0
-    judge = (f"the escalation judge's P(needs a person | not refused) {e:.2f} is at or above escalate_at "
-             f"{escalate_at:.2f}")
+    judge = (
+        f"the escalation judge's P(needs a person | not refused) {e:.2f} is at or above escalate_at {escalate_at:.2f}"
+    )
     if top == Action.ALLOW:
         return f"escalated by the escalation judge's threshold, not by the top choice (ALLOW): {judge}{where}"
-    return (f"escalated by the thresholds, not by the top choice (REFUSE): P(REFUSE) {p[2]:.2f} is below refuse_at "
-            f"{refuse_at:.2f}, so the primary head did not refuse, and {judge}{where}")
+    return (
+        f"escalated by the thresholds, not by the top choice (REFUSE): P(REFUSE) {p[2]:.2f} is below refuse_at "
+        f"{refuse_at:.2f}, so the primary head did not refuse, and {judge}{where}"
+    )

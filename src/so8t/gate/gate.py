@@ -42,6 +42,7 @@ pass of a single request.
 Every message is read after NFKC normalisation without format characters (model.prompt), so
 full-width letters and zero-width joiners do not change what the head sees.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -91,15 +92,18 @@ class Cancelled(RuntimeError):
 @dataclass(frozen=True)
 class TooLarge:
     """A conversation over one of the gate's caps: which, by how much, and the server config key."""
-    what: str          # "messages", "characters", "tokens", "views"
+
+    what: str  # "messages", "characters", "tokens", "views"
     value: int
     limit: int
-    key: str           # the ServerConfig key that sets the cap
+    key: str  # the ServerConfig key that sets the cap
 
     def message(self) -> str:
         at_least = "at least " if self.what == "views" else ""  # views are counted only up to the cap
-        return (f"the conversation has {at_least}{self.value} {self.what}; the limit is {self.limit} "
-                f"(server config {self.key})")
+        return (
+            f"the conversation has {at_least}{self.value} {self.what}; the limit is {self.limit} "
+            f"(server config {self.key})"
+        )
 
 
 class _Job:
@@ -113,7 +117,7 @@ class _Job:
         self.queued = time.monotonic()
         self.cancelled = threading.Event()
         self.done = threading.Event()
-        self.worker: threading.Thread | None = None   # set when a worker takes it
+        self.worker: threading.Thread | None = None  # set when a worker takes it
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -155,9 +159,14 @@ def views_of(conversation: list[dict[str, str]]) -> list[tuple[str, list[dict[st
         system = [m for m in conversation if m["role"] == "system"]
         users = [i for i in turns if conversation[i]["role"] == "user"]
         views += [(f"user turn {k + 1} of {len(users)}", system + [conversation[i]]) for k, i in enumerate(users)]
-        views += [(f"{conversation[i]['role']} turn at message {i}",
-                   system + [{"role": "user", "content": conversation[i]["content"]}])
-                  for i in turns if conversation[i]["role"] != "user" and conversation[i]["content"].strip()]
+        views += [
+            (
+                f"{conversation[i]['role']} turn at message {i}",
+                system + [{"role": "user", "content": conversation[i]["content"]}],
+            )
+            for i in turns
+            if conversation[i]["role"] != "user" and conversation[i]["content"].strip()
+        ]
     return views
 
 
@@ -168,7 +177,7 @@ def text_windows(tokenizer, text: str, size: int) -> list[str]:
     if len(ids) <= size:
         return [text]
     step = max(1, size - size // 4)
-    return [tokenizer.decode(ids[i:i + size]) for i in range(0, len(ids) - size // 4, step)]
+    return [tokenizer.decode(ids[i : i + size]) for i in range(0, len(ids) - size // 4, step)]
 
 
 # (prompt, dangerous): fixed start-up checks, written apart from the training data.
@@ -191,28 +200,53 @@ class SelfTest:
 @dataclass
 class Prefill:
     """The gate's forward pass kept for generation: the prompt ids and the body's KV cache."""
+
     input_ids: torch.Tensor
     past_key_values: Any  # a transformers Cache (its class depends on the model and version)
 
 
 class Gate:
-    def __init__(self, model=None, tokenizer=None, *, max_length: int = 512, amp: str = "none",
-                 thresholds: Thresholds | None = None, model_version: str = "unknown", fail_action: str = "REFUSE",
-                 timeout_s: float = 10.0, each_turn: bool = True, load_error: str | None = None,
-                 max_views: int = 64, max_turns: int = 512, max_chars: int = 200_000, max_tokens: int = 50_000,
-                 queue_max: int = 32, batching: bool = True, batch_window_ms: float = 0.0, batch_max: int = 16):
+    def __init__(
+        self,
+        model=None,
+        tokenizer=None,
+        *,
+        max_length: int = 512,
+        amp: str = "none",
+        thresholds: Thresholds | None = None,
+        model_version: str = "unknown",
+        fail_action: str = "REFUSE",
+        timeout_s: float = 10.0,
+        each_turn: bool = True,
+        load_error: str | None = None,
+        max_views: int = 64,
+        max_turns: int = 512,
+        max_chars: int = 200_000,
+        max_tokens: int = 50_000,
+        queue_max: int = 32,
+        batching: bool = True,
+        batch_window_ms: float = 0.0,
+        batch_max: int = 16,
+    ):
         self.fail_action = parse_label(fail_action)
         if self.fail_action == Action.ALLOW:
             raise ValueError("fail_action must be REFUSE or ESCALATE: a failed gate never allows")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-        for name, value in (("max_views", max_views), ("max_turns", max_turns), ("max_chars", max_chars),
-                            ("max_tokens", max_tokens), ("queue_max", queue_max), ("batch_max", batch_max)):
+        for name, value in (
+            ("max_views", max_views),
+            ("max_turns", max_turns),
+            ("max_chars", max_chars),
+            ("max_tokens", max_tokens),
+            ("queue_max", queue_max),
+            ("batch_max", batch_max),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 <= batch_window_ms < timeout_s * 1000:
-            raise ValueError(f"batch_window_ms must be >= 0 and shorter than the timeout ({timeout_s:g} s), "
-                             f"got {batch_window_ms}")
+            raise ValueError(
+                f"batch_window_ms must be >= 0 and shorter than the timeout ({timeout_s:g} s), got {batch_window_ms}"
+            )
         self.model, self.tokenizer = model, tokenizer
         self.max_length, self.amp = max_length, amp
         self.thresholds = thresholds
@@ -222,26 +256,30 @@ class Gate:
         self.max_views, self.max_turns, self.max_chars, self.max_tokens = max_views, max_turns, max_chars, max_tokens
         self.queue_max = queue_max
         self.batching, self.batch_window_s, self.batch_max = batching, batch_window_ms / 1000, batch_max
-        self.batch_sizes: Counter = Counter()   # requests scored together in one round -> rounds
-        self._last_round = 1                    # requests in the latest round (> 1: wait the window for more)
+        self.batch_sizes: Counter = Counter()  # requests scored together in one round -> rounds
+        self._last_round = 1  # requests in the latest round (> 1: wait the window for more)
         self.load_error = load_error
-        self.counts: Counter = Counter()         # "fail_closed"; per action / status: see stats()
-        self.decisions: Counter = Counter()     # (action, status) -> every decision this gate made
-        self.latency: Counter = Counter()       # bucket bound (ms) -> decisions at or under it; "count", "sum"
+        self.counts: Counter = Counter()  # "fail_closed"; per action / status: see stats()
+        self.decisions: Counter = Counter()  # (action, status) -> every decision this gate made
+        self.latency: Counter = Counter()  # bucket bound (ms) -> decisions at or under it; "count", "sum"
         # Called on the worker before each scoring batch, after the cancel check (None in
         # production): bench/gate_load.py --delay-ms slows a tiny model down with it.
         self.batch_hook: Callable[[], None] | None = None
         self._cv = threading.Condition()
-        self._queue: deque[_Job] = deque()      # waiting jobs, oldest first
+        self._queue: deque[_Job] = deque()  # waiting jobs, oldest first
         self._running: set[_Job] = set()
-        self._pending = 0                       # jobs waiting or running (a cancelled one until it stops)
+        self._pending = 0  # jobs waiting or running (a cancelled one until it stops)
         self._worker: threading.Thread | None = None
-        self._workers = 0                       # worker threads alive (a retired one until its batch ends)
+        self._workers = 0  # worker threads alive (a retired one until its batch ends)
         self._closed = False
-        self._job_s = 0.0                       # moving average of a job's run time (for Retry-After)
-        self._local = threading.local()         # the worker's current job
-        policy = {"thresholds": None if thresholds is None else thresholds.as_dict(), "fail_action": self.fail_action.name,
-                  "each_turn": each_turn, "max_length": max_length}
+        self._job_s = 0.0  # moving average of a job's run time (for Retry-After)
+        self._local = threading.local()  # the worker's current job
+        policy = {
+            "thresholds": None if thresholds is None else thresholds.as_dict(),
+            "fail_action": self.fail_action.name,
+            "each_turn": each_turn,
+            "max_length": max_length,
+        }
         self.policy_version = request_hash(policy)[:12]
 
     # ------------------------------------------------------------------ loading
@@ -287,14 +325,23 @@ class Gate:
         if not self.ready:
             return SelfTest(False, self.load_error or "no model loaded", [])
         decisions = self.decide_batch([p for p, _ in SELF_TEST_PROMPTS])
-        rows: list[dict[str, Any]] = [{"prompt": p, "dangerous": bad, "action": d.action.name, "status": d.status,
-                 "p_refuse": None if d.probs is None else round(d.probs[2], 4)}
-                for (p, bad), d in zip(SELF_TEST_PROMPTS, decisions, strict=True)]
+        rows: list[dict[str, Any]] = [
+            {
+                "prompt": p,
+                "dangerous": bad,
+                "action": d.action.name,
+                "status": d.status,
+                "p_refuse": None if d.probs is None else round(d.probs[2], 4),
+            }
+            for (p, bad), d in zip(SELF_TEST_PROMPTS, decisions, strict=True)
+        ]
         problems = [f"{r['prompt']!r}: status {r['status']}" for r in rows if r["status"] != "ok"]
-        problems += [f"{r['prompt']!r} (dangerous) was ALLOWed" for r in rows
-                     if r["dangerous"] and r["action"] == "ALLOW"]
-        problems += [f"{r['prompt']!r} (harmless) was REFUSEd" for r in rows
-                     if not r["dangerous"] and r["action"] == "REFUSE"]
+        problems += [
+            f"{r['prompt']!r} (dangerous) was ALLOWed" for r in rows if r["dangerous"] and r["action"] == "ALLOW"
+        ]
+        problems += [
+            f"{r['prompt']!r} (harmless) was REFUSEd" for r in rows if not r["dangerous"] and r["action"] == "REFUSE"
+        ]
         if not problems:
             least = min(r["p_refuse"] for r in rows if r["dangerous"])
             most = max(r["p_refuse"] for r in rows if not r["dangerous"])
@@ -338,8 +385,10 @@ class Gate:
                     if big:
                         unscored[i] = f"input too long: {big.message()}"
                     elif len(mine) > self.max_views:
-                        unscored[i] = (f"input too long: {len(mine)} views to judge, the limit is {self.max_views} "
-                                       "(server config gate_max_views)")
+                        unscored[i] = (
+                            f"input too long: {len(mine)} views to judge, the limit is {self.max_views} "
+                            "(server config gate_max_views)"
+                        )
                     else:
                         views += [(i, name, msgs) for name, msgs in mine]
                 probs, failure = self._attempt([v[2] for v in views]) if views else ([], None)
@@ -361,7 +410,7 @@ class Gate:
         than max_length is scored by its end and, for each message too long to fit, by
         overlapping windows over that message's text."""
         out: list[tuple[str, list[dict[str, str]]]] = []
-        for name, msgs in (views_of(convo) if self.each_turn else [("conversation", convo)]):
+        for name, msgs in views_of(convo) if self.each_turn else [("conversation", convo)]:
             if len(out) > self.max_views:  # stop early: the caller fails closed anyway
                 return out
             out.append((name, msgs))  # too long: still scored by its end (the latest turn, the assistant header)
@@ -371,8 +420,10 @@ class Gate:
             for k, m in enumerate(msgs):
                 pieces = text_windows(self.tokenizer, m["content"], size)
                 if len(pieces) > 1:  # a message that fits is whole in its own turn view
-                    out += [(f"{name}, message {k} window {w + 1} of {len(pieces)}", [{"role": "user", "content": p}])
-                            for w, p in enumerate(pieces)]
+                    out += [
+                        (f"{name}, message {k} window {w + 1} of {len(pieces)}", [{"role": "user", "content": p}])
+                        for w, p in enumerate(pieces)
+                    ]
                 if len(out) > self.max_views:  # stop early: the caller fails closed anyway
                     return out
         return out
@@ -415,8 +466,10 @@ class Gate:
             if self._closed:
                 raise RuntimeError("the gate is closed")
             if self._pending >= self.queue_max:
-                raise GateBusy(f"the gate is busy: {self._pending} requests are waiting or being scored, the "
-                               f"limit is {self.queue_max} (server config gate_queue_max); retry later")
+                raise GateBusy(
+                    f"the gate is busy: {self._pending} requests are waiting or being scored, the "
+                    f"limit is {self.queue_max} (server config gate_queue_max); retry later"
+                )
             self._pending += 1
             self._queue.append(job)
             if self._worker is None:
@@ -429,7 +482,7 @@ class Gate:
         with self._cv:
             if not job.done.is_set():
                 job.cancelled.set()
-                if job.worker is None:             # still queued: leave the queue, nobody else moves
+                if job.worker is None:  # still queued: leave the queue, nobody else moves
                     self._queue.remove(job)
                     self._pending -= 1
                     job.done.set()
@@ -439,7 +492,7 @@ class Gate:
                     # batch, so at most two threads ever score
                     self._start_worker()
         if job.done.is_set() and job.error is None and not job.cancelled.is_set():
-            return job.result                      # it finished just as the deadline passed
+            return job.result  # it finished just as the deadline passed
         raise cf.TimeoutError()
 
     def _start_worker(self) -> None:
@@ -484,14 +537,14 @@ class Gate:
             while self._worker is me and not self._closed and not self._queue:
                 self._cv.wait()
             if self._worker is not me or self._closed:
-                return None                        # retired (or closing): a fresh worker has the queue
+                return None  # retired (or closing): a fresh worker has the queue
             group = [self._claim(me)]
             views = len(group[0].items)
             until = group[0].queued + (self.batch_window_s if self._last_round > 1 else 0.0)
             while self.batching and views < self.batch_max and self._worker is me and not self._closed:
                 if self._queue:
                     if views + len(self._queue[0].items) > self.batch_max:
-                        break                      # too big to join: it goes first next round
+                        break  # too big to join: it goes first next round
                     group.append(self._claim(me))
                     views += len(group[-1].items)
                     continue
@@ -515,7 +568,7 @@ class Gate:
         live = []
         for job in group:
             try:
-                job.check()                        # its deadline may have passed while it waited
+                job.check()  # its deadline may have passed while it waited
                 live.append(job)
             except Cancelled as exc:
                 job.error = exc
@@ -527,8 +580,12 @@ class Gate:
             except BaseException as exc:  # noqa: BLE001 - each is scored again alone, below
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                log.warning("gate: a batched pass of %d requests failed (%s: %s); scoring each alone",
-                            len(live), type(exc).__name__, exc)
+                log.warning(
+                    "gate: a batched pass of %d requests failed (%s: %s); scoring each alone",
+                    len(live),
+                    type(exc).__name__,
+                    exc,
+                )
         for job in live:
             self._score_alone(job)
 
@@ -550,7 +607,7 @@ class Gate:
         at = 0
         for job in jobs:
             n = len(job.items)
-            job.result = (probs[at], prefills[at]) if job.cache else probs[at:at + n]
+            job.result = (probs[at], prefills[at]) if job.cache else probs[at : at + n]
             at += n
 
     def _between_batches(self) -> None:
@@ -566,8 +623,12 @@ class Gate:
         scored (a cancelled one until its batch ends), "retired": retired workers still in a
         batch}: all 0 when the gate is idle."""
         with self._cv:
-            return {"pending": self._pending, "queued": len(self._queue), "running": len(self._running),
-                    "retired": self._workers - (self._worker is not None)}
+            return {
+                "pending": self._pending,
+                "queued": len(self._queue),
+                "running": len(self._running),
+                "retired": self._workers - (self._worker is not None),
+            }
 
     def retry_after_s(self) -> int:
         """Seconds a client turned away as busy should wait: the queue's expected drain time."""
@@ -615,8 +676,15 @@ class Gate:
         return None
 
     def _score(self, conversations: list[list[dict[str, str]]]) -> np.ndarray:
-        return prompt_outputs(self.model, self.tokenizer, conversations, self.max_length, self.batch_max,
-                              amp=self.amp, between_batches=self._between_batches)[1].numpy()
+        return prompt_outputs(
+            self.model,
+            self.tokenizer,
+            conversations,
+            self.max_length,
+            self.batch_max,
+            amp=self.amp,
+            between_batches=self._between_batches,
+        )[1].numpy()
 
     def _combine(self, views: list[tuple[str, np.ndarray]], input_hash: str, t0: float) -> Decision:
         broken = [name for name, p in views if not finite_probs(p)]
@@ -626,19 +694,43 @@ class Gate:
         k = max(range(len(views)), key=lambda j: (SEVERITY[actions[j]], -j))  # strictest; first on ties
         name, p = views[k]
         rule = "thresholds" if self.thresholds else "argmax"
-        return Decision(actions[k], "ok", tuple(float(x) for x in p),  # type: ignore[arg-type]  # a 3-class row
-                        self._thr(), self.model_version, self.policy_version, input_hash, _ms(t0),
-                        f"{rule}; decided by the {name}",
-                        [{"view": n, "action": a.name, "probs": [round(float(x), 6) for x in q]}
-                         for (n, q), a in zip(views, actions, strict=True)])
+        return Decision(
+            actions[k],
+            "ok",
+            tuple(float(x) for x in p),  # type: ignore[arg-type]  # a 3-class row
+            self._thr(),
+            self.model_version,
+            self.policy_version,
+            input_hash,
+            _ms(t0),
+            f"{rule}; decided by the {name}",
+            [
+                {"view": n, "action": a.name, "probs": [round(float(x), 6) for x in q]}
+                for (n, q), a in zip(views, actions, strict=True)
+            ],
+        )
 
     def _failed(self, status: Status, reason: str, input_hash: str, t0: float) -> Decision:
         self.counts["fail_closed"] += 1
         # a full queue is load shedding, not a broken gate: under a flood, one warning a request is noise
-        log.log(logging.INFO if status == "busy" else logging.WARNING, "gate fail-closed (%s -> %s): %s", status,
-                self.fail_action.name, reason)
-        return Decision(self.fail_action, status, None, self._thr(), self.model_version, self.policy_version,
-                        input_hash, _ms(t0), f"fail-closed: {reason}")
+        log.log(
+            logging.INFO if status == "busy" else logging.WARNING,
+            "gate fail-closed (%s -> %s): %s",
+            status,
+            self.fail_action.name,
+            reason,
+        )
+        return Decision(
+            self.fail_action,
+            status,
+            None,
+            self._thr(),
+            self.model_version,
+            self.policy_version,
+            input_hash,
+            _ms(t0),
+            f"fail-closed: {reason}",
+        )
 
     def _thr(self) -> dict | None:
         return None if self.thresholds is None else self.thresholds.as_dict()
@@ -686,8 +778,9 @@ class Gate:
         lengths = mask.sum(1).tolist()
         if len(items) == 1:  # one row, no padding: its cache as it is
             return probs, {i: Prefill(input_ids, res.past_key_values) for i in keep}
-        prefills = {i: Prefill(input_ids[i:i + 1, :lengths[i]], row_cache(res.past_key_values, i, lengths[i]))
-                    for i in keep}
+        prefills = {
+            i: Prefill(input_ids[i : i + 1, : lengths[i]], row_cache(res.past_key_values, i, lengths[i])) for i in keep
+        }
         return probs, prefills
 
     def stats(self) -> dict:
@@ -736,5 +829,16 @@ def _safe_hash(obj) -> str:
         return hashlib.sha256(repr(obj).encode("utf-8", "replace")).hexdigest()
 
 
-__all__ = ["SELF_TEST_PROMPTS", "Cancelled", "ConversationError", "Decision", "Gate", "GateBusy", "Prefill", "SelfTest",
-           "TooLarge", "normalize_conversation", "views_of"]
+__all__ = [
+    "SELF_TEST_PROMPTS",
+    "Cancelled",
+    "ConversationError",
+    "Decision",
+    "Gate",
+    "GateBusy",
+    "Prefill",
+    "SelfTest",
+    "TooLarge",
+    "normalize_conversation",
+    "views_of",
+]

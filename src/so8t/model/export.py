@@ -23,6 +23,7 @@ Guarantees: RUN must be a complete run and DIR absent or empty (or ``force``), c
 any weight is loaded, else ExportError / RunError naming the path. With ``force`` only the
 names above are replaced in DIR; other files there are left alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,12 +42,24 @@ from so8t.model.run import RunError, check_run, fingerprint
 
 MODEL_DIR = "model"
 EXPORT_MANIFEST = "export.json"
-GGUF_ARCHITECTURES = ("llama",)   # HF model_type values written as GGUF
+GGUF_ARCHITECTURES = ("llama",)  # HF model_type values written as GGUF
 GGUF_TYPES = ("f16", "q8_0")
-OWNED = (MODEL_DIR, HEAD_WEIGHTS, HEAD_CONFIG, "thresholds.json", "Modelfile", "README.txt", EXPORT_MANIFEST,
-         *(f"model-{t}.gguf" for t in GGUF_TYPES))
-PROBE = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "U1"},
-         {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}]
+OWNED = (
+    MODEL_DIR,
+    HEAD_WEIGHTS,
+    HEAD_CONFIG,
+    "thresholds.json",
+    "Modelfile",
+    "README.txt",
+    EXPORT_MANIFEST,
+    *(f"model-{t}.gguf" for t in GGUF_TYPES),
+)
+PROBE = [
+    {"role": "system", "content": "SYS"},
+    {"role": "user", "content": "U1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "U2"},
+]
 
 
 class ExportError(RuntimeError):
@@ -60,9 +73,9 @@ class GGUFUnsupported(ExportError):
 @dataclass
 class ExportResult:
     out: Path
-    files: list[str] = field(default_factory=list)   # relative to out
-    gguf: list[str] = field(default_factory=list)    # the GGUF files written
-    notes: list[str] = field(default_factory=list)   # what was not written, and why
+    files: list[str] = field(default_factory=list)  # relative to out
+    gguf: list[str] = field(default_factory=list)  # the GGUF files written
+    notes: list[str] = field(default_factory=list)  # what was not written, and why
 
     def summary(self) -> str:
         lines = [f"exported to {self.out}:"] + [f"  {f}" for f in self.files]
@@ -72,16 +85,20 @@ class ExportResult:
 
 # ----------------------------------------------------------------------------- checks
 
+
 def check_out(out: Path, force: bool) -> None:
     """DIR must be absent, an empty folder, or (with force) a folder."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file, not a folder; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"--out {out} exists and is not empty; choose a new folder, or pass --force to replace "
-                          f"the export's files in it ({', '.join(OWNED[:3])}, ...)")
+        raise ExportError(
+            f"--out {out} exists and is not empty; choose a new folder, or pass --force to replace "
+            f"the export's files in it ({', '.join(OWNED[:3])}, ...)"
+        )
 
 
 # ----------------------------------------------------------------------------- chat template -> Ollama
+
 
 def _render(tokenizer, messages: list[dict]) -> str | None:
     try:
@@ -128,10 +145,10 @@ GEMMA_TEMPLATE = """{{- range $i, $_ := .Messages }}
 
 @dataclass
 class ChatFormat:
-    name: str                    # "chatml", "gemma", or "unknown"
-    template: str | None         # Ollama TEMPLATE
+    name: str  # "chatml", "gemma", or "unknown"
+    template: str | None  # Ollama TEMPLATE
     stop: list[str]
-    system: str | None = None    # a default system prompt the template inserts
+    system: str | None = None  # a default system prompt the template inserts
 
 
 def chat_format(tokenizer) -> ChatFormat:
@@ -143,16 +160,29 @@ def chat_format(tokenizer) -> ChatFormat:
         only_user = _render(tokenizer, PROBE[1:2]) or ""
         system = None
         if only_user != _chatml(PROBE[1:2], None):
-            m = re.fullmatch(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n", only_user[: -len(_chatml(PROBE[1:2], None))],
-                             flags=re.DOTALL) if only_user.endswith(_chatml(PROBE[1:2], None)) else None
+            m = (
+                re.fullmatch(
+                    r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n",
+                    only_user[: -len(_chatml(PROBE[1:2], None))],
+                    flags=re.DOTALL,
+                )
+                if only_user.endswith(_chatml(PROBE[1:2], None))
+                else None
+            )
             if m is None:
                 return ChatFormat("unknown", None, eos)
             system = m.group(1)
         return ChatFormat("chatml", CHATML_TEMPLATE, _unique(["<|im_start|>", "<|im_end|>", *eos]), system)
     turns = _render(tokenizer, PROBE[1:])
-    gemma = ("<start_of_turn>user\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
-             "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\n")
-    if turns is not None and turns.endswith(gemma) and turns[: -len(gemma)] in ("", getattr(tokenizer, "bos_token", "")):
+    gemma = (
+        "<start_of_turn>user\nU1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n"
+        "<start_of_turn>user\nU2<end_of_turn>\n<start_of_turn>model\n"
+    )
+    if (
+        turns is not None
+        and turns.endswith(gemma)
+        and turns[: -len(gemma)] in ("", getattr(tokenizer, "bos_token", ""))
+    ):
         return ChatFormat("gemma", GEMMA_TEMPLATE, _unique(["<end_of_turn>", *eos]))
     return ChatFormat("unknown", None, eos)
 
@@ -168,24 +198,39 @@ def _quote(text: str) -> str:
 
 
 def modelfile_text(gguf_name: str, fmt: ChatFormat, context_length: int) -> str:
-    lines = ["# Ollama Modelfile written by so8t export. Create the model with:",
-             "#   ollama create so8t-llm -f Modelfile",
-             f"FROM ./{gguf_name}", ""]
+    lines = [
+        "# Ollama Modelfile written by so8t export. Create the model with:",
+        "#   ollama create so8t-llm -f Modelfile",
+        f"FROM ./{gguf_name}",
+        "",
+    ]
     if fmt.template is not None:
-        lines += [f"# chat format: {fmt.name} (the tokenizer's chat template, in Ollama's Go-template syntax)",
-                  f"TEMPLATE {_quote(fmt.template)}", ""]
+        lines += [
+            f"# chat format: {fmt.name} (the tokenizer's chat template, in Ollama's Go-template syntax)",
+            f"TEMPLATE {_quote(fmt.template)}",
+            "",
+        ]
     else:
-        lines += ["# TEMPLATE not written: the chat template is not one so8t translates (ChatML, Gemma);",
-                  "# Ollama then uses the GGUF's tokenizer.chat_template if it recognises it, else write one here.", ""]
+        lines += [
+            "# TEMPLATE not written: the chat template is not one so8t translates (ChatML, Gemma);",
+            "# Ollama then uses the GGUF's tokenizer.chat_template if it recognises it, else write one here.",
+            "",
+        ]
     if fmt.system:
         lines += ["# the template's default system prompt", f"SYSTEM {_quote(fmt.system)}", ""]
     lines += [f'PARAMETER stop "{s}"' for s in fmt.stop]
-    lines += ["PARAMETER temperature 0.2", "PARAMETER top_p 0.9", "PARAMETER repeat_penalty 1.1",
-              f"PARAMETER num_ctx {min(int(context_length), 8192)}", ""]
+    lines += [
+        "PARAMETER temperature 0.2",
+        "PARAMETER top_p 0.9",
+        "PARAMETER repeat_penalty 1.1",
+        f"PARAMETER num_ctx {min(int(context_length), 8192)}",
+        "",
+    ]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- GGUF
+
 
 def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -201,15 +246,22 @@ def _rope_theta(cfg) -> tuple[float, str]:
 
 def _pre_tokenizer(pre: dict | None) -> str | None:
     """llama.cpp's pre-tokenizer name for a tokenizer.json pre_tokenizer, or None if not known."""
+
     def byte_level(p: dict) -> bool:
         return p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space", False)
+
     if pre is None:
         return None
     if byte_level(pre):
         return "gpt2"
     items = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
-    if items and len(items) == 2 and items[0].get("type") == "Digits" and items[0].get("individual_digits") \
-            and byte_level(items[1]):
+    if (
+        items
+        and len(items) == 2
+        and items[0].get("type") == "Digits"
+        and items[0].get("individual_digits")
+        and byte_level(items[1])
+    ):
         return "smollm"
     return None
 
@@ -219,12 +271,16 @@ def gguf_support(model, tokenizer) -> str | None:
     cfg = _text_config(model.config)
     kind = cfg.model_type
     if kind not in GGUF_ARCHITECTURES:
-        why = (f"the architecture is {kind!r}; so8t writes GGUF for {', '.join(GGUF_ARCHITECTURES)} "
-               "(Llama-family, e.g. SmolLM2)")
+        why = (
+            f"the architecture is {kind!r}; so8t writes GGUF for {', '.join(GGUF_ARCHITECTURES)} "
+            "(Llama-family, e.g. SmolLM2)"
+        )
         if kind.startswith("gemma"):
-            why += ("; Gemma 3 needs its SentencePiece vocabulary with scores, its RMSNorm weights shifted by one "
-                    "(Gemma computes with 1+w), and its sliding-window attention and local RoPE settings, which "
-                    "llama.cpp's own converter knows and so8t does not re-implement")
+            why += (
+                "; Gemma 3 needs its SentencePiece vocabulary with scores, its RMSNorm weights shifted by one "
+                "(Gemma computes with 1+w), and its sliding-window attention and local RoPE settings, which "
+                "llama.cpp's own converter knows and so8t does not re-implement"
+            )
         return why
     theta_kind = _rope_theta(cfg)[1]
     if theta_kind != "default":
@@ -239,13 +295,17 @@ def gguf_support(model, tokenizer) -> str | None:
         return "the tokenizer is not a fast (tokenizer.json) tokenizer"
     tj = json.loads(backend.to_str())
     if tj["model"].get("type") != "BPE" or tj["model"].get("byte_fallback"):
-        return f"the tokenizer is {tj['model'].get('type')} (byte_fallback={tj['model'].get('byte_fallback')}); " \
-               "so8t writes byte-level BPE (GPT-2 style) vocabularies only"
+        return (
+            f"the tokenizer is {tj['model'].get('type')} (byte_fallback={tj['model'].get('byte_fallback')}); "
+            "so8t writes byte-level BPE (GPT-2 style) vocabularies only"
+        )
     if tj.get("normalizer") is not None:
         return "the tokenizer has a normalizer, which a GPT-2 style GGUF vocabulary cannot express"
     if _pre_tokenizer(tj.get("pre_tokenizer")) is None:
-        return f"the tokenizer's pre-tokenizer {json.dumps(tj.get('pre_tokenizer'))[:120]} is not one so8t maps " \
-               "to llama.cpp (byte-level GPT-2 regex, or SmolLM's digits + byte-level)"
+        return (
+            f"the tokenizer's pre-tokenizer {json.dumps(tj.get('pre_tokenizer'))[:120]} is not one so8t maps "
+            "to llama.cpp (byte-level GPT-2 regex, or SmolLM's digits + byte-level)"
+        )
     return None
 
 
@@ -315,7 +375,7 @@ def write_gguf(model, tokenizer, path: Path, kind: str, name: str) -> None:
     cfg = _text_config(model.config)
     theta, _ = _rope_theta(cfg)
     tj = json.loads(tokenizer.backend_tokenizer.to_str())
-    partial = path.with_name(path.name + ".partial")   # a failed write leaves no file that looks whole
+    partial = path.with_name(path.name + ".partial")  # a failed write leaves no file that looks whole
     w = gguf.GGUFWriter(str(partial), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     w.add_name(name)
     w.add_type(gguf.GGUFType.MODEL)
@@ -336,8 +396,12 @@ def write_gguf(model, tokenizer, path: Path, kind: str, name: str) -> None:
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    for token, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
-                       ("pad", w.add_pad_token_id)):
+    for token, add in (
+        ("bos", w.add_bos_token_id),
+        ("eos", w.add_eos_token_id),
+        ("unk", w.add_unk_token_id),
+        ("pad", w.add_pad_token_id),
+    ):
         tid = getattr(tokenizer, f"{token}_token_id", None)
         if tid is not None:
             add(int(tid))
@@ -367,6 +431,7 @@ def write_gguf(model, tokenizer, path: Path, kind: str, name: str) -> None:
 
 # ----------------------------------------------------------------------------- README.txt
 
+
 def readme_text(out: Path, result: ExportResult, fmt: ChatFormat, gguf_note: str | None) -> str:
     gguf_main = "model-q8_0.gguf" if "model-q8_0.gguf" in result.gguf else "model-f16.gguf"
     parts = [
@@ -383,12 +448,16 @@ def readme_text(out: Path, result: ExportResult, fmt: ChatFormat, gguf_note: str
         parts += [f"{g:<18}GGUF for llama.cpp and Ollama" for g in result.gguf]
     parts += [""]
     if gguf_note:
-        parts += ["No GGUF was written: " + gguf_note + ".", "Convert model/ with llama.cpp's converter instead:",
-                  f"  python convert_hf_to_gguf.py {out}/model --outtype f16 --outfile {out}/model-f16.gguf",
-                  "(the Modelfile's FROM then finds it; edit FROM if you name it otherwise).",
-                  "For Gemma, llama.cpp's converter reads the SentencePiece file tokenizer.model; model/ holds",
-                  "tokenizer.json only when the base was loaded from a GGUF, so if it asks for tokenizer.model,",
-                  "copy that file from the original checkpoint (e.g. google/gemma-3-270m) into model/ first.", ""]
+        parts += [
+            "No GGUF was written: " + gguf_note + ".",
+            "Convert model/ with llama.cpp's converter instead:",
+            f"  python convert_hf_to_gguf.py {out}/model --outtype f16 --outfile {out}/model-f16.gguf",
+            "(the Modelfile's FROM then finds it; edit FROM if you name it otherwise).",
+            "For Gemma, llama.cpp's converter reads the SentencePiece file tokenizer.model; model/ holds",
+            "tokenizer.json only when the base was loaded from a GGUF, so if it asks for tokenizer.model,",
+            "copy that file from the original checkpoint (e.g. google/gemma-3-270m) into model/ first.",
+            "",
+        ]
         gguf_main = "model-f16.gguf"
     parts += [
         "Quantize to Q4_K_M (llama.cpp's llama-quantize; start from the f16 file):",
@@ -418,6 +487,7 @@ def readme_text(out: Path, result: ExportResult, fmt: ChatFormat, gguf_note: str
 
 # ----------------------------------------------------------------------------- export / load
 
+
 def _remove_owned(out: Path) -> None:
     for name in OWNED:
         p = out / name
@@ -427,8 +497,14 @@ def _remove_owned(out: Path) -> None:
             p.unlink()
 
 
-def export_run(run: str | Path, out: str | Path, *, force: bool = False, gguf_types: tuple[str, ...] = GGUF_TYPES,
-               progress: Callable[[str], Any] | None = None) -> ExportResult:
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    gguf_types: tuple[str, ...] = GGUF_TYPES,
+    progress: Callable[[str], Any] | None = None,
+) -> ExportResult:
     """Export a complete run to ``out`` (see the module docstring). RunError: not a complete run;
     ExportError: ``out`` exists and is not empty (without force), or cannot be written."""
     from so8t.model.run import load_run
@@ -475,19 +551,29 @@ def export_run(run: str | Path, out: str | Path, *, force: bool = False, gguf_ty
 
     fmt = chat_format(tokenizer)
     if fmt.template is None:
-        result.notes.append("the chat template is not one so8t translates to Ollama's syntax (ChatML, Gemma): the "
-                            "Modelfile has no TEMPLATE")
+        result.notes.append(
+            "the chat template is not one so8t translates to Ollama's syntax (ChatML, Gemma): the "
+            "Modelfile has no TEMPLATE"
+        )
     cfg = _text_config(merged.config)
-    gguf_main = ("model-q8_0.gguf" if "model-q8_0.gguf" in result.gguf else "model-f16.gguf")
+    gguf_main = "model-q8_0.gguf" if "model-q8_0.gguf" in result.gguf else "model-f16.gguf"
     (out / "Modelfile").write_text(modelfile_text(gguf_main, fmt, cfg.max_position_embeddings), encoding="utf-8")
     result.files.append("Modelfile")
     (out / "README.txt").write_text(readme_text(out, result, fmt, note), encoding="utf-8")
     result.files.append("README.txt")
     merged_fingerprint = fingerprint(merged)  # type: ignore[arg-type]  # load_run(merge=True): a PreTrainedModel
-    manifest = {"run": str(run.resolve()), "base_model": meta.get("base_model"),
-                "base_fingerprint": meta.get("base_fingerprint"), "merged_fingerprint": merged_fingerprint,
-                "architecture": cfg.model_type, "dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
-                "gguf": result.gguf, "gguf_note": note, "chat_format": fmt.name, "files": result.files}
+    manifest = {
+        "run": str(run.resolve()),
+        "base_model": meta.get("base_model"),
+        "base_fingerprint": meta.get("base_fingerprint"),
+        "merged_fingerprint": merged_fingerprint,
+        "architecture": cfg.model_type,
+        "dtype": str(next(merged.parameters()).dtype).removeprefix("torch."),
+        "gguf": result.gguf,
+        "gguf_note": note,
+        "chat_format": fmt.name,
+        "files": result.files,
+    }
     (out / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     result.files.append(EXPORT_MANIFEST)
     return result
@@ -504,8 +590,10 @@ def load_export(folder: str | Path):
     folder = Path(folder)
     missing = [n for n in (MODEL_DIR, HEAD_WEIGHTS, HEAD_CONFIG) if not (folder / n).exists()]
     if missing:
-        raise RunError(f"{folder} is not a complete so8t export: {', '.join(missing)} missing "
-                       f"(make one with: so8t export RUN --out {folder})")
+        raise RunError(
+            f"{folder} is not a complete so8t export: {', '.join(missing)} missing "
+            f"(make one with: so8t export RUN --out {folder})"
+        )
     head, meta = load_head(folder)
     body = AutoModelForCausalLM.from_pretrained(str(folder / MODEL_DIR), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / MODEL_DIR))

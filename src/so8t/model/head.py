@@ -34,6 +34,7 @@ Two kinds of head read those features (`kind`, saved in head.json as `head_kind`
 
 A head.json without `head_kind` (saved before split heads existed) loads as 'three_way'.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,14 @@ class SafetyHead(nn.Module):
     """(pooled layers, concatenated or mixed) -> hidden/2 -> GELU -> 3 (ALLOW, ESCALATE, REFUSE);
     kind='split': two such MLPs, each -> 1 (the primary head's and the judge's logit), composed."""
 
-    def __init__(self, hidden_size: int, num_labels: int = len(ACTIONS), layers: Sequence[int] = (-1,),
-                 combine: Combine = "concat", kind: HeadKind = "three_way"):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int = len(ACTIONS),
+        layers: Sequence[int] = (-1,),
+        combine: Combine = "concat",
+        kind: HeadKind = "three_way",
+    ):
         super().__init__()
         if combine not in COMBINES:
             raise ValueError(f"head combine must be one of {', '.join(COMBINES)}, got {combine!r}")
@@ -100,22 +107,29 @@ class SafetyHead(nn.Module):
         if kind == "three_way":
             self.net = _mlp(features, hidden_size // 2, num_labels)
         else:
-            self.net = _mlp(features, hidden_size // 2, 1)    # the primary head: REFUSE vs the rest
+            self.net = _mlp(features, hidden_size // 2, 1)  # the primary head: REFUSE vs the rest
             self.judge = _mlp(features, hidden_size // 2, 1)  # the escalation judge: needs a person?
         self.float()
 
     def read(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-        """B x F (F = L*H concatenated, H mixed): what the head reads from the body's hidden states (embeddings + every block)."""
+        """B x F (F = L*H concatenated, H mixed): what the head reads from the body's hidden states
+        (embeddings + every block)."""
         return self.combine(self.pool_layers(hidden_states, prompt_mask, pooling))
 
-    def pool_layers(self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor,
-                    pooling: Pooling) -> torch.Tensor:
+    def pool_layers(
+        self, hidden_states: Sequence[torch.Tensor], prompt_mask: torch.Tensor, pooling: Pooling
+    ) -> torch.Tensor:
         """B x L x H: each chosen layer pooled (and layer-normalised when there are several);
         what the frozen-feature probe caches, so it can fit the mix weights too."""
         if len(self.layers) == 1:
             return pool(hidden_states[self.layers[0]], prompt_mask, pooling).unsqueeze(1)
-        return torch.stack([F.layer_norm(pool(hidden_states[i], prompt_mask, pooling).float(), (self.hidden_size,))
-                            for i in self.layers], 1)
+        return torch.stack(
+            [
+                F.layer_norm(pool(hidden_states[i], prompt_mask, pooling).float(), (self.hidden_size,))
+                for i in self.layers
+            ],
+            1,
+        )
 
     def combine(self, pooled_layers: torch.Tensor) -> torch.Tensor:
         """B x L x H -> B x L*H side by side, or B x H with the learned softmax weights."""
@@ -140,8 +154,10 @@ def compose(refuse_logit: torch.Tensor, judge_logit: torch.Tensor) -> torch.Tens
     e = sigmoid(judge_logit): log((1-r)(1-e)), log((1-r)e), log r, computed with logsigmoid so
     no probability underflows to log 0. They sum (as probabilities) to 1 by construction."""
     not_refused = F.logsigmoid(-refuse_logit)
-    return torch.stack([not_refused + F.logsigmoid(-judge_logit), not_refused + F.logsigmoid(judge_logit),
-                        F.logsigmoid(refuse_logit)], -1)
+    return torch.stack(
+        [not_refused + F.logsigmoid(-judge_logit), not_refused + F.logsigmoid(judge_logit), F.logsigmoid(refuse_logit)],
+        -1,
+    )
 
 
 def decompose(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,9 +186,17 @@ def pool(hidden: torch.Tensor, prompt_mask: torch.Tensor, mode: Pooling = "mean"
 def save_head(head: SafetyHead, folder: str | Path, meta: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_WEIGHTS))
-    config = {"hidden_size": head.hidden_size, "labels": list(ACTIONS), "layers": list(head.layers),
-              "combine": head.combine_mode, "head_kind": head.kind, **meta}
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / HEAD_WEIGHTS)
+    )
+    config = {
+        "hidden_size": head.hidden_size,
+        "labels": list(ACTIONS),
+        "layers": list(head.layers),
+        "combine": head.combine_mode,
+        "head_kind": head.kind,
+        **meta,
+    }
     (folder / HEAD_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
@@ -184,8 +208,12 @@ def load_head(folder: str | Path) -> tuple[SafetyHead, dict]:
     # Runs saved before 'combine' existed mixed their layers (one layer: either reads it as it is);
     # runs saved before split heads existed have a three-way head.
     config["head_kind"] = head_kind_of(config, folder / HEAD_CONFIG)
-    head = SafetyHead(int(config["hidden_size"]), layers=config.get("layers", [-1]), combine=config.get("combine", "mix"),
-                      kind=config["head_kind"])
+    head = SafetyHead(
+        int(config["hidden_size"]),
+        layers=config.get("layers", [-1]),
+        combine=config.get("combine", "mix"),
+        kind=config["head_kind"],
+    )
     head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     return head, config
 

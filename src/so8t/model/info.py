@@ -5,6 +5,7 @@ the weights were read from) and shows the chat template prompts are rendered wit
 tokenizer's own, or, when it has none, the one so8t puts in its place (Gemma's turn format for a
 Gemma tokenizer, otherwise the ChatML fallback), said as such.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -15,8 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 @dataclass(frozen=True)
 class ModelInfo:
     reference: str
-    name: str                  # what the reference names: the embedded model, else the reference itself
-    source: str                # where the weights were read from (a folder, the converted cache, a hub id)
+    name: str  # what the reference names: the embedded model, else the reference itself
+    source: str  # where the weights were read from (a folder, the converted cache, a hub id)
     architecture: str
     model_type: str
     parameters: int
@@ -25,8 +26,8 @@ class ModelInfo:
     vocab_size: int
     has_chat_template: bool
     dtype: str
-    chat_template_from: str    # 'tokenizer', or what so8t uses instead when the tokenizer has none
-    chat_template: str         # the template prompts are rendered with
+    chat_template_from: str  # 'tokenizer', or what so8t uses instead when the tokenizer has none
+    chat_template: str  # the template prompts are rendered with
 
     def as_dict(self) -> dict:
         return asdict(self)

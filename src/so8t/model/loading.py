@@ -11,6 +11,7 @@ A reference is one of:
 - a path to a .gguf file (dequantized by transformers, converted once and cached like "embedded");
 - a hub id such as "mistralai/Mistral-7B-Instruct-v0.3" (needs network).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -156,8 +157,10 @@ def converted_gguf_folder(gguf: Path) -> Path:
 
 def _check_4bit() -> None:
     if not torch.cuda.is_available():
-        raise ModelLoadError("load_in_4bit needs a CUDA GPU (bitsandbytes NF4); none is visible here. "
-                             "Drop --load-in-4bit to train in full precision.")
+        raise ModelLoadError(
+            "load_in_4bit needs a CUDA GPU (bitsandbytes NF4); none is visible here. "
+            "Drop --load-in-4bit to train in full precision."
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError("load_in_4bit needs bitsandbytes: pip install 'so8t[gpu]' (or pip install bitsandbytes)")
 
@@ -173,8 +176,14 @@ def quantization_config():
     )
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:

@@ -13,6 +13,7 @@ A precision changes the scorer, so it is part of the gate's model_version ("...+
 int8 or bf16 keeps the decisions is measured, not assumed: bench/gate_latency.py prints the
 decision agreement with fp32 and the safety KPIs of each on the test splits.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -45,12 +46,16 @@ def quantize_int8(body: nn.Module) -> int:
     transformers model on the CPU."""
     params = list(body.parameters())
     if params and params[0].device.type != "cpu":
-        raise PrecisionError(f"int8 runs the gate's forward on the CPU; this model is on {params[0].device} "
-                             "(on a GPU, train and serve with load_in_4bit instead)")
+        raise PrecisionError(
+            f"int8 runs the gate's forward on the CPU; this model is on {params[0].device} "
+            "(on a GPU, train and serve with load_in_4bit instead)"
+        )
     engine = torch.backends.quantized.engine
     if engine not in torch.backends.quantized.supported_engines or engine == "none":
-        raise PrecisionError(f"int8 needs a quantized CPU engine; this torch build has {engine!r} "
-                             f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
+        raise PrecisionError(
+            f"int8 needs a quantized CPU engine; this torch build has {engine!r} "
+            f"(supported: {', '.join(torch.backends.quantized.supported_engines)})"
+        )
     if any("lora_" in name for name, _ in body.named_modules()):
         raise PrecisionError("int8: merge the LoRA adapter into the base weights first (load_run(merge=True))")
     # nn.Module.__getattr__ types an attribute as Tensor | Module: mypy sees no method here

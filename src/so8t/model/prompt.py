@@ -5,6 +5,7 @@ ASCII, half-width katakana become full-width) and with format characters removed
 spaces and joiners, bidi overrides, soft hyphens). So "ｃａｒｄ ｄｕｍｐｓ" and "card\u200bdumps"
 are the same request as "card dumps" to the head, in training and at the gate alike.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -80,5 +81,7 @@ def tag_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """First token of ' ALLOW', ' ESCALATE', ' REFUSE' after 'Action:': where the LM commits to a tag."""
     ids = [tokenizer(f" {a.name}", add_special_tokens=False)["input_ids"][0] for a in Action]
     if len(set(ids)) != len(ids):
-        raise ValueError("the tokenizer gives the three action tags the same first token; the tag probability is undefined")
+        raise ValueError(
+            "the tokenizer gives the three action tags the same first token; the tag probability is undefined"
+        )
     return ids

@@ -3,6 +3,7 @@
 The base weights are not copied: the run names its base model and carries a fingerprint of
 its weights, so loading it on a different base fails instead of silently misbehaving.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -43,7 +44,9 @@ def fingerprint(model: PreTrainedModel) -> str:
     emb = model.get_input_embeddings().weight.detach().float()  # type: ignore[operator]
     rows = emb[:: max(1, emb.size(0) // 256)]
     stats = [emb.mean().item(), emb.std().item(), rows.abs().mean().item()]
-    text = f"{cfg.model_type}|{cfg.hidden_size}|{cfg.num_hidden_layers}|{emb.size(0)}|" + "|".join(f"{s:.3e}" for s in stats)
+    text = f"{cfg.model_type}|{cfg.hidden_size}|{cfg.num_hidden_layers}|{emb.size(0)}|" + "|".join(
+        f"{s:.3e}" for s in stats
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -91,8 +94,9 @@ def _hint(folder: Path) -> str:
     close = difflib.get_close_matches(folder.name, [p.name for p in near], n=1, cutoff=0.6)
     newest = max(near, key=lambda p: (p / RUN_MARKER).stat().st_mtime)
     pick = next(p for p in near if p.name == close[0]) if close else newest
-    return f"; did you mean {str(pick)!r}?" + (f" (complete runs here: {', '.join(p.name for p in near)})"
-                                                  if len(near) > 1 else "")
+    return f"; did you mean {str(pick)!r}?" + (
+        f" (complete runs here: {', '.join(p.name for p in near)})" if len(near) > 1 else ""
+    )
 
 
 def check_run(folder: str | Path) -> dict:
@@ -116,20 +120,34 @@ def check_run(folder: str | Path) -> dict:
     status = info.get("status")
     if status != "complete":
         where = f" at step {info['step']} of {info['total_steps']}" if "step" in info and "total_steps" in info else ""
-        todo = ("still training, or was killed: then resume it with so8t train --resume " + str(folder)
-                if status == "running" else f"resume it with so8t train --resume {folder}")
+        todo = (
+            "still training, or was killed: then resume it with so8t train --resume " + str(folder)
+            if status == "running"
+            else f"resume it with so8t train --resume {folder}"
+        )
         raise RunError(f"{folder}: run status is {status!r}{where}, not 'complete' ({todo})")
-    missing = [name for name in (HEAD_CONFIG, HEAD_WEIGHTS, f"{ADAPTER_DIR}/adapter_config.json",
-                                 f"{ADAPTER_DIR}/adapter_model.safetensors", TOKENIZER_DIR)
-               if not (folder / name).exists()]
+    missing = [
+        name
+        for name in (
+            HEAD_CONFIG,
+            HEAD_WEIGHTS,
+            f"{ADAPTER_DIR}/adapter_config.json",
+            f"{ADAPTER_DIR}/adapter_model.safetensors",
+            TOKENIZER_DIR,
+        )
+        if not (folder / name).exists()
+    ]
     if missing:
-        raise RunError(f"{folder}: the run is marked complete but {', '.join(missing)} "
-                       f"{'is' if len(missing) == 1 else 'are'} missing")
+        raise RunError(
+            f"{folder}: the run is marked complete but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing"
+        )
     return info
 
 
-def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool = True,
-             load_in_4bit: bool = False) -> tuple[SafetyModel, PreTrainedTokenizerBase, dict]:
+def load_run(
+    folder: str | Path, *, merge: bool = False, check_fingerprint: bool = True, load_in_4bit: bool = False
+) -> tuple[SafetyModel, PreTrainedTokenizerBase, dict]:
     """Load a finished run: the base model by its reference, the adapter on top, the head beside it."""
     from peft import PeftModel
     from transformers import AutoTokenizer
@@ -154,5 +172,3 @@ def load_run(folder: str | Path, *, merge: bool = False, check_fingerprint: bool
     tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
     model = SafetyModel(body, head.to(next(base.parameters()).device), meta.get("pooling", "mean")).eval()
     return model, tokenizer, meta
-
-

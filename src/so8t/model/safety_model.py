@@ -5,6 +5,7 @@ forward returns anyway (the final one after the final norm, or several blocks' s
 by side or mixed: `SafetyHead.read`). Training
 and the gate both call `forward` here, so prompt -> pooled state is one code path.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from so8t.model.head import Pooling, SafetyHead
 
 @dataclass
 class SafetyOutput:
-    logits: torch.Tensor | None           # LM logits for positions logits_offset.. (B x T' x V)
+    logits: torch.Tensor | None  # LM logits for positions logits_offset.. (B x T' x V)
     hidden_states: tuple[torch.Tensor, ...]  # embeddings + every block's output
-    head_logits: torch.Tensor             # B x 3
-    logits_offset: int = 0                # sequence index of logits[:, 0]
-    pooled: torch.Tensor | None = None    # B x H: what the head read
+    head_logits: torch.Tensor  # B x 3
+    logits_offset: int = 0  # sequence index of logits[:, 0]
+    pooled: torch.Tensor | None = None  # B x H: what the head read
     past_key_values: object | None = None  # the body's KV cache when asked for (use_cache=True)
 
 
@@ -32,19 +33,37 @@ class SafetyModel(nn.Module):
         self.head = head
         self.pooling = pooling
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_mask: torch.Tensor,
-                logits_from: int | None = 0, use_cache: bool = False) -> SafetyOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        logits_from: int | None = 0,
+        use_cache: bool = False,
+    ) -> SafetyOutput:
         """logits_from: first sequence position whose LM logits are needed (None: none). Training
         passes the shortest prompt's last position, so the vocabulary projection skips the prompts.
         use_cache: keep the KV cache, so generation can continue from this pass (the gate's
         forward doubles as the answer's prefill)."""
         seq = input_ids.size(1)
         keep = 1 if logits_from is None else seq - logits_from  # transformers: keep the last `keep` positions
-        out = self.body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                        use_cache=use_cache, logits_to_keep=0 if keep >= seq else keep)
+        out = self.body(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            use_cache=use_cache,
+            logits_to_keep=0 if keep >= seq else keep,
+        )
         pooled = self.head.read(out.hidden_states, prompt_mask, self.pooling)
         if logits_from is None:
-            return SafetyOutput(None, out.hidden_states, self.head(pooled), seq, pooled,
-                                out.past_key_values if use_cache else None)
-        return SafetyOutput(out.logits, out.hidden_states, self.head(pooled), seq - out.logits.size(1), pooled,
-                            out.past_key_values if use_cache else None)
+            return SafetyOutput(
+                None, out.hidden_states, self.head(pooled), seq, pooled, out.past_key_values if use_cache else None
+            )
+        return SafetyOutput(
+            out.logits,
+            out.hidden_states,
+            self.head(pooled),
+            seq - out.logits.size(1),
+            pooled,
+            out.past_key_values if use_cache else None,
+        )

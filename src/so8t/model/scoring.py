@@ -7,6 +7,7 @@ head reads, and the gate never has one.
 Progress: given a `desc`, a pass shows a tqdm bar (prompts scored of the total) that removes
 itself when the pass ends; without one (the gate, the default) it prints nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -56,9 +57,16 @@ def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tens
 
 
 @torch.no_grad()
-def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
-                   amp: str = "none", between_batches: Callable[[], None] | None = None,
-                   desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_outputs(
+    model: SafetyModel,
+    tokenizer,
+    items: Sequence,
+    max_length: int,
+    batch_size: int = 16,
+    amp: str = "none",
+    between_batches: Callable[[], None] | None = None,
+    desc: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled states N x H, head probabilities N x 3) for records, conversations or strings.
 
     `between_batches` is called before each batch; whatever it raises stops the scoring there
@@ -75,7 +83,7 @@ def prompt_outputs(model: SafetyModel, tokenizer, items: Sequence, max_length: i
         for i in range(0, len(items), batch_size):
             if between_batches is not None:
                 between_batches()
-            batch, _ = encode_prompts(tokenizer, items[i:i + batch_size], max_length)
+            batch, _ = encode_prompts(tokenizer, items[i : i + batch_size], max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp):
                 res = model(batch["input_ids"], batch["attention_mask"], batch["attention_mask"], logits_from=None)
@@ -97,6 +105,7 @@ def _bar(desc: str | None, total: int):
     if desc is None or not total:
         return None
     from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=desc, unit="prompt", leave=False, dynamic_ncols=True)
 
 
@@ -104,13 +113,22 @@ def length_order(tokenizer, items: Sequence) -> list[int]:
     """Indices of items from shortest to longest prompt (by characters), so a batch pads to
     lengths alike: on a CPU, padding a short prompt to its neighbour's 192 tokens is wasted work.
     Right padding with masks makes the result independent of batch composition."""
+
     def size(item) -> int:
         return sum(len(m["content"]) for m in as_conversation(item))
+
     return sorted(range(len(items)), key=lambda i: size(items[i]))
 
 
-def predict_probs(model: SafetyModel, tokenizer, items: Sequence, max_length: int, batch_size: int = 16,
-                  amp: str = "none", desc: str | None = None) -> torch.Tensor:
+def predict_probs(
+    model: SafetyModel,
+    tokenizer,
+    items: Sequence,
+    max_length: int,
+    batch_size: int = 16,
+    amp: str = "none",
+    desc: str | None = None,
+) -> torch.Tensor:
     return prompt_outputs(model, tokenizer, items, max_length, batch_size, amp, desc=desc)[1]
 
 

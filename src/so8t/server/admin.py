@@ -55,6 +55,7 @@ CSRF-able (a page on another origin cannot attach an Authorization header withou
 preflight, and this server grants none), so it needs no CSRF token; it may pass ``request_hash``
 (checked when given, as for the forms). The Origin / Sec-Fetch-Site check applies to it too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,15 +85,23 @@ from so8t.server.approval_view import (
 )
 from so8t.server.llm_server import error_response
 
-__all__ = ["COOKIE", "DEFAULT_SESSION_TTL_S", "AdminSessions", "SignInLimiter", "decision_fields", "mount_admin",
-           "parse_status", "same_origin"]
+__all__ = [
+    "COOKIE",
+    "DEFAULT_SESSION_TTL_S",
+    "AdminSessions",
+    "SignInLimiter",
+    "decision_fields",
+    "mount_admin",
+    "parse_status",
+    "same_origin",
+]
 
-COOKIE = "so8t_session"          # holds a session id, never the admin token
+COOKIE = "so8t_session"  # holds a session id, never the admin token
 COOKIE_PATH = "/admin"
 DEFAULT_SESSION_TTL_S = 8 * 3600.0
 CSRF_FIELD = "csrf_token"
 HASH_FIELD = "request_hash"
-_MAX_SESSIONS = 1000             # only token holders create sessions; this only bounds memory
+_MAX_SESSIONS = 1000  # only token holders create sessions; this only bounds memory
 _CROSS = ("cross-site", "same-site")  # Sec-Fetch-Site values refused on a state-changing request
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -115,11 +124,12 @@ def token_matches(given: str, expected: str) -> bool:
 
 # --- sessions ----------------------------------------------------------------------------------
 
+
 @dataclass
 class AdminSession:
-    csrf: str                # per-session random token every state-changing form carries
-    expires_at: float        # on the store's clock (monotonic)
-    token_fp: bytes          # digest of the admin token in force at sign-in
+    csrf: str  # per-session random token every state-changing form carries
+    expires_at: float  # on the store's clock (monotonic)
+    token_fp: bytes  # digest of the admin token in force at sign-in
 
 
 class AdminSessions:
@@ -130,8 +140,12 @@ class AdminSessions:
     from creation (absolute, not renewed by use); ``clock`` is monotonic seconds (a test may
     replace it)."""
 
-    def __init__(self, ttl_s: float = DEFAULT_SESSION_TTL_S, clock: Callable[[], float] = time.monotonic,
-                 max_sessions: int = _MAX_SESSIONS):
+    def __init__(
+        self,
+        ttl_s: float = DEFAULT_SESSION_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+        max_sessions: int = _MAX_SESSIONS,
+    ):
         if not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s!r}")
         self.ttl_s, self.clock, self.max_sessions = float(ttl_s), clock, max_sessions
@@ -141,8 +155,9 @@ class AdminSessions:
     def create(self, admin_token: str) -> tuple[str, AdminSession]:
         sid = secrets.token_urlsafe(32)
         now = self.clock()
-        session = AdminSession(csrf=secrets.token_urlsafe(32), expires_at=now + self.ttl_s,
-                               token_fp=_digest(admin_token))
+        session = AdminSession(
+            csrf=secrets.token_urlsafe(32), expires_at=now + self.ttl_s, token_fp=_digest(admin_token)
+        )
         with self._lock:
             self._sweep(now)
             while len(self._items) >= self.max_sessions:  # the oldest goes first
@@ -217,10 +232,12 @@ class SignInLimiter:
 
 # --- origin checks -----------------------------------------------------------------------------
 
+
 def own_origin(request: Request) -> str:
     """This server's origin as the client addressed it: scheme://host[:port] (the Host header)."""
-    host = request.headers.get("host") or (f"{request.url.hostname}:{request.url.port}" if request.url.port
-                                           else str(request.url.hostname))
+    host = request.headers.get("host") or (
+        f"{request.url.hostname}:{request.url.port}" if request.url.port else str(request.url.hostname)
+    )
     return f"{request.url.scheme}://{host}".lower()
 
 
@@ -247,17 +264,19 @@ def parse_status(value: str | None) -> Status | None:
     try:
         return Status(value.upper())
     except ValueError:
-        raise ValueError(f"unknown status {value!r}: give one of {', '.join(s.value for s in Status)}, "
-                         "or leave status out for all") from None
+        raise ValueError(
+            f"unknown status {value!r}: give one of {', '.join(s.value for s in Status)}, or leave status out for all"
+        ) from None
 
 
 # --- the routes --------------------------------------------------------------------------------
+
 
 @dataclass
 class Caller:
     """Who is calling: a signed-in session (cookie) or a script holding the token (bearer)."""
 
-    session: AdminSession | None      # None for a bearer caller
+    session: AdminSession | None  # None for a bearer caller
     session_id: str | None = None
 
     @property
@@ -308,8 +327,10 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
             return error_response(status, message, kind=kind)
         if status == 401:
             return sign_in_page(401, message, clear_cookie=COOKIE in request.cookies)
-        return HTMLResponse(_page("Approvals", f"<p class='err'>{html.escape(message)}</p>"
-                                  "<p><a href='/admin/approvals'>back</a></p>"), status)
+        return HTMLResponse(
+            _page("Approvals", f"<p class='err'>{html.escape(message)}</p><p><a href='/admin/approvals'>back</a></p>"),
+            status,
+        )
 
     # -- who is calling
 
@@ -328,8 +349,9 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
         sid = request.cookies.get(COOKIE)
         session = sessions.get(sid, token)
         if session is None:
-            return refuse(request, 401, "session expired or signed out: sign in again" if sid else
-                          "sign in first", "unauthorized")
+            return refuse(
+                request, 401, "session expired or signed out: sign in again" if sid else "sign in first", "unauthorized"
+            )
         return Caller(session=session, session_id=sid)
 
     def authorised_post(request: Request, csrf_token: str) -> Caller | Response:
@@ -339,8 +361,10 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
         if isinstance(caller, Response):
             return caller
         # Bearer callers skip the CSRF token: the Authorization header is not CSRF-able.
-        if caller.session is not None and not (csrf_token and hmac.compare_digest(
-                csrf_token.encode("utf-8", "surrogatepass"), caller.session.csrf.encode())):
+        if caller.session is not None and not (
+            csrf_token
+            and hmac.compare_digest(csrf_token.encode("utf-8", "surrogatepass"), caller.session.csrf.encode())
+        ):
             return refuse(request, 403, "missing or wrong CSRF token: reload the page and try again", "forbidden")
         return caller
 
@@ -349,20 +373,27 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
         if not seen_hash:
             if caller.bearer:
                 return None  # a script may leave the binding out (the forms always carry it)
-            return refuse(request, 400, f"{HASH_FIELD} missing: reload the page and decide again", "invalid_request_error")
+            return refuse(
+                request, 400, f"{HASH_FIELD} missing: reload the page and decide again", "invalid_request_error"
+            )
         try:
             a = service.approvals.get(approval_id)
         except ApprovalNotFound as exc:
             return refuse(request, 404, str(exc), "not_found")
         if hash_text(a.request_json) != a.request_hash or not hmac.compare_digest(
-                seen_hash.encode("utf-8", "surrogatepass"), a.request_hash.encode()):
-            return refuse(request, 409, f"approval {approval_id} changed since the page was shown (its request hash "
-                          f"is {a.request_hash}, the form was for {seen_hash[:64]}): nothing was done; reload the "
-                          "page and decide again", "conflict")
+            seen_hash.encode("utf-8", "surrogatepass"), a.request_hash.encode()
+        ):
+            return refuse(
+                request,
+                409,
+                f"approval {approval_id} changed since the page was shown (its request hash "
+                f"is {a.request_hash}, the form was for {seen_hash[:64]}): nothing was done; reload the "
+                "page and decide again",
+                "conflict",
+            )
         return None
 
-    def act(request: Request, approval_id: str, csrf_token: str, seen_hash: str,
-            fn: Callable[[str | None], object]):
+    def act(request: Request, approval_id: str, csrf_token: str, seen_hash: str, fn: Callable[[str | None], object]):
         """The shared path of approve / reject / edit: who, CSRF, the hash seen, then ``fn(hash)``."""
         caller = authorised_post(request, csrf_token)
         if isinstance(caller, Response):
@@ -374,8 +405,12 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
         except EditError as exc:  # an edit that does not fit its request: names the field
             return refuse(request, 400, str(exc), "invalid_request_error")
         except (ApprovalError, ValueError) as exc:
-            return HTMLResponse(_page("Approvals", f"<p class='err'>{html.escape(str(exc))}</p>"
-                                      "<p><a href='/admin/approvals'>back</a></p>"), 409)
+            return HTMLResponse(
+                _page(
+                    "Approvals", f"<p class='err'>{html.escape(str(exc))}</p><p><a href='/admin/approvals'>back</a></p>"
+                ),
+                409,
+            )
         return RedirectResponse("/admin/approvals", status_code=303)
 
     # -- sign-in and sign-out
@@ -402,8 +437,15 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
         sessions.delete(request.cookies.get(COOKIE))  # never keep a session id chosen before sign-in
         sid, _ = sessions.create(expected)
         resp = RedirectResponse("/admin/approvals", status_code=303)
-        resp.set_cookie(COOKIE, sid, max_age=max(1, int(sessions.ttl_s)), path=COOKIE_PATH, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+        resp.set_cookie(
+            COOKIE,
+            sid,
+            max_age=max(1, int(sessions.ttl_s)),
+            path=COOKIE_PATH,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return resp
 
     @app.post("/admin/logout")
@@ -435,40 +477,85 @@ def mount_admin(app: FastAPI, service: Service) -> AdminSessions:
             return caller  # 401: the sign-in form
         service.approvals.expire_due()
         csrf = caller.session.csrf if caller.session is not None else ""
-        signed_in = (f"<form method='post' action='/admin/logout' id='logout-form'>{_csrf_field(csrf)}"
-                     "<button id='logout'>Sign out</button></form>") if caller.session is not None else ""
-        return HTMLResponse(_page("Approvals", signed_in + _approvals_html(service.approvals.list(limit=100), csrf,
-                                                                           service.describe_approval)))
+        signed_in = (
+            (
+                f"<form method='post' action='/admin/logout' id='logout-form'>{_csrf_field(csrf)}"
+                "<button id='logout'>Sign out</button></form>"
+            )
+            if caller.session is not None
+            else ""
+        )
+        return HTMLResponse(
+            _page(
+                "Approvals",
+                signed_in + _approvals_html(service.approvals.list(limit=100), csrf, service.describe_approval),
+            )
+        )
 
     # -- deciding
 
     @app.post("/admin/approvals/{approval_id}/approve")
-    def approve(request: Request, approval_id: str, by: str = Form("operator"), csrf_token: str = Form(""),
-                request_hash: str = Form("")):
-        return act(request, approval_id, csrf_token, request_hash,
-                   lambda seen: service.approvals.approve(approval_id, by, expected_hash=seen))
+    def approve(
+        request: Request,
+        approval_id: str,
+        by: str = Form("operator"),
+        csrf_token: str = Form(""),
+        request_hash: str = Form(""),
+    ):
+        return act(
+            request,
+            approval_id,
+            csrf_token,
+            request_hash,
+            lambda seen: service.approvals.approve(approval_id, by, expected_hash=seen),
+        )
 
     @app.post("/admin/approvals/{approval_id}/reject")
-    def reject(request: Request, approval_id: str, reason: str = Form(""), by: str = Form("operator"),
-               csrf_token: str = Form(""), request_hash: str = Form("")):
-        return act(request, approval_id, csrf_token, request_hash,
-                   lambda seen: service.approvals.reject(approval_id, by, reason))
+    def reject(
+        request: Request,
+        approval_id: str,
+        reason: str = Form(""),
+        by: str = Form("operator"),
+        csrf_token: str = Form(""),
+        request_hash: str = Form(""),
+    ):
+        return act(
+            request,
+            approval_id,
+            csrf_token,
+            request_hash,
+            lambda seen: service.approvals.reject(approval_id, by, reason),
+        )
 
     @app.post("/admin/approvals/{approval_id}/edit")
-    def edit(request: Request, approval_id: str, content: str | None = Form(None), arguments: str | None = Form(None),
-             by: str = Form("operator"), csrf_token: str = Form(""), request_hash: str = Form("")):
+    def edit(
+        request: Request,
+        approval_id: str,
+        content: str | None = Form(None),
+        arguments: str | None = Form(None),
+        by: str = Form("operator"),
+        csrf_token: str = Form(""),
+        request_hash: str = Form(""),
+    ):
         # content: a chat's new last message; arguments: a tool call's new arguments (JSON)
-        return act(request, approval_id, csrf_token, request_hash,
-                   lambda seen: service.edit_approval(approval_id, by, content=content, arguments=arguments))
+        return act(
+            request,
+            approval_id,
+            csrf_token,
+            request_hash,
+            lambda seen: service.edit_approval(approval_id, by, content=content, arguments=arguments),
+        )
 
     return sessions
 
 
 # --- HTML --------------------------------------------------------------------------------------
 
-_LOGIN_FORM = ("<form method='post' action='/admin/login'><label>Admin token "
-               "<input type='password' name='token' id='token' autocomplete='current-password'></label> "
-               "<button id='login'>Sign in</button></form>")
+_LOGIN_FORM = (
+    "<form method='post' action='/admin/login'><label>Admin token "
+    "<input type='password' name='token' id='token' autocomplete='current-password'></label> "
+    "<button id='login'>Sign in</button></form>"
+)
 
 
 def _csrf_field(csrf: str) -> str:
@@ -478,8 +565,10 @@ def _csrf_field(csrf: str) -> str:
 def decision_fields(csrf: str, approval) -> str:
     """The hidden fields every approve / reject / edit form must carry: the session's CSRF token
     and the hash of the request the page shows (the route refuses a changed request with 409)."""
-    return (_csrf_field(csrf) +
-            f"<input type='hidden' name='{HASH_FIELD}' value='{html.escape(approval.request_hash, quote=True)}'>")
+    return (
+        _csrf_field(csrf)
+        + f"<input type='hidden' name='{HASH_FIELD}' value='{html.escape(approval.request_hash, quote=True)}'>"
+    )
 
 
 def _page(title: str, body: str) -> str:
@@ -503,12 +592,13 @@ def _approvals_html(items, csrf: str = "", describe: Callable | None = None) -> 
         actions = ""
         if a.status == Status.PENDING:
             fields = decision_fields(csrf, a)
-            actions = (f"<form method='post' action='/admin/approvals/{a.id}/approve'>{fields}"
-                       f"<button class='approve' data-id='{a.id}'>Approve</button></form> "
-                       f"<form method='post' action='/admin/approvals/{a.id}/reject'>{fields}"
-                       f"<input name='reason' placeholder='reason (required)' class='reason' data-id='{a.id}'> "
-                       f"<button class='reject' data-id='{a.id}'>Reject</button></form> "
-                       + render_edit_form(a, view, fields))
+            actions = (
+                f"<form method='post' action='/admin/approvals/{a.id}/approve'>{fields}"
+                f"<button class='approve' data-id='{a.id}'>Approve</button></form> "
+                f"<form method='post' action='/admin/approvals/{a.id}/reject'>{fields}"
+                f"<input name='reason' placeholder='reason (required)' class='reason' data-id='{a.id}'> "
+                f"<button class='reject' data-id='{a.id}'>Reject</button></form> " + render_edit_form(a, view, fields)
+            )
         rows.append(
             f"<tr class='{a.status.value}' id='row-{a.id}'><td><code title='{a.id}'>{a.id[:12]}</code><br>"
             f"{html.escape(a.kind)}</td>"
@@ -517,7 +607,10 @@ def _approvals_html(items, csrf: str = "", describe: Callable | None = None) -> 
             f"{' / '.join(f'{p:.2f}' for p in probs if p is not None)}{render_why(dec)}</td>"
             f"<td>{html.escape(a.requester)}</td><td>{a.expires_at:%Y-%m-%d %H:%M:%S} UTC</td>"
             f"<td class='status'>{render_status(a, view)}</td>"
-            f"<td>{actions}</td></tr>")
-    head = ("<tr><th>id</th><th>request</th><th>gate (ALLOW / ESCALATE / REFUSE)</th><th>requester</th>"
-            "<th>expires</th><th>status</th><th></th></tr>")
+            f"<td>{actions}</td></tr>"
+        )
+    head = (
+        "<tr><th>id</th><th>request</th><th>gate (ALLOW / ESCALATE / REFUSE)</th><th>requester</th>"
+        "<th>expires</th><th>status</th><th></th></tr>"
+    )
     return f"<table>{head}{''.join(rows)}</table>"

@@ -48,6 +48,7 @@ person or audited). A gate timeout fails closed only the request that timed out.
 gate_batching, gate_batch_window_ms, gate_batch_max; each decision is the one the request gets
 alone); /metrics counts the rounds by size (so8t_gate_batches_total{requests="n"}).
 """
+
 from __future__ import annotations
 
 import json
@@ -110,9 +111,11 @@ class ValidText(BaseModel):
             where, char, index = found
             where = where if len(where) <= 200 else where[:200] + "..."  # a path through a deep nest
             raise PydanticCustomError(
-                "lone_surrogate", "{where}: lone surrogate {char} at character {index} is not valid Unicode text "
+                "lone_surrogate",
+                "{where}: lone surrogate {char} at character {index} is not valid Unicode text "
                 "(a \\ud800-\\udfff escape must be one half of a surrogate pair); send the text as UTF-8",
-                {"where": where, "char": f"\\u{ord(char):04x}", "index": index})
+                {"where": where, "char": f"\\u{ord(char):04x}", "index": index},
+            )
         return data
 
 
@@ -135,15 +138,20 @@ class GatedChatRequest(ValidText, ChatRequest):
 
 def too_large(big: TooLarge, param: str) -> JSONResponse:
     """413 for a conversation over one of the gate's caps: which cap, the value, the config key."""
-    return error_response(413, f"request too large for the safety gate: {big.message()}", param=param,
-                          kind="request_too_large")
+    return error_response(
+        413, f"request too large for the safety gate: {big.message()}", param=param, kind="request_too_large"
+    )
 
 
 def gate_busy(gate: Gate) -> JSONResponse:
     """503 with Retry-After: the gate's queue is full (server config gate_queue_max)."""
     wait = gate.retry_after_s()
-    resp = error_response(503, f"the safety gate is busy ({gate.queue_max} requests waiting, server config "
-                          f"gate_queue_max); nothing was run, retry after {wait} s", kind="server_busy")
+    resp = error_response(
+        503,
+        f"the safety gate is busy ({gate.queue_max} requests waiting, server config "
+        f"gate_queue_max); nothing was run, retry after {wait} s",
+        kind="server_busy",
+    )
     resp.headers["Retry-After"] = str(wait)
     return resp
 
@@ -158,12 +166,19 @@ def is_json_media_type(content_type: str | None) -> bool:
 def wrong_content_type(content_type: str | None) -> JSONResponse:
     """415 for a JSON route sent another type (or none): the type expected, and how to send it."""
     got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
-    hint = " (what `curl -d` sends unless told otherwise)" if (content_type or "").lower().startswith(
-        "application/x-www-form-urlencoded") else ""
-    return error_response(415, f"unsupported media type: this route reads a JSON body and needs Content-Type: "
-                          f"application/json, got {got}{hint}; send the header (curl: -H 'Content-Type: "
-                          f"application/json', or --json '<body>')", param="Content-Type",
-                          kind="unsupported_media_type")
+    hint = (
+        " (what `curl -d` sends unless told otherwise)"
+        if (content_type or "").lower().startswith("application/x-www-form-urlencoded")
+        else ""
+    )
+    return error_response(
+        415,
+        f"unsupported media type: this route reads a JSON body and needs Content-Type: "
+        f"application/json, got {got}{hint}; send the header (curl: -H 'Content-Type: "
+        f"application/json', or --json '<body>')",
+        param="Content-Type",
+        kind="unsupported_media_type",
+    )
 
 
 def approval_gauges(service: Service) -> list[str]:
@@ -173,10 +188,14 @@ def approval_gauges(service: Service) -> list[str]:
         pending, oldest = service.approvals.pending_count(), service.approvals.oldest_pending_age_s()
     except StoreUnavailable:
         return ["# TYPE so8t_approvals_store_up gauge", "so8t_approvals_store_up 0"]
-    return ["# TYPE so8t_approvals_store_up gauge", "so8t_approvals_store_up 1",
-            "# TYPE so8t_approvals_pending gauge", f"so8t_approvals_pending {pending}",
-            "# TYPE so8t_approvals_oldest_pending_seconds gauge",
-            f"so8t_approvals_oldest_pending_seconds {oldest or 0:.3f}"]
+    return [
+        "# TYPE so8t_approvals_store_up gauge",
+        "so8t_approvals_store_up 1",
+        "# TYPE so8t_approvals_pending gauge",
+        f"so8t_approvals_pending {pending}",
+        "# TYPE so8t_approvals_oldest_pending_seconds gauge",
+        f"so8t_approvals_oldest_pending_seconds {oldest or 0:.3f}",
+    ]
 
 
 def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
@@ -201,8 +220,7 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
                 return error_response(413, f"request body larger than {service.config.max_body_bytes} bytes")
             # Every POST under /v1 reads JSON; a body of another type (or none) is never guessed to be JSON.
             ctype = request.headers.get("content-type")
-            if (request.url.path.startswith("/v1/") and length not in (None, "0")
-                    and not is_json_media_type(ctype)):
+            if request.url.path.startswith("/v1/") and length not in (None, "0") and not is_json_media_type(ctype):
                 return wrong_content_type(ctype)
         return await call_next(request)
 
@@ -225,9 +243,12 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         # Fail closed: whatever needed a record (a refusal, an escalation, an approval, a tool
         # call) did not happen; the store's path and error stay in the server's log.
         log.error("audit log failing, request refused: %s", exc)
-        resp = error_response(503, "the audit log cannot be written, and nothing runs unrecorded: nothing was "
-                              "run, queued or changed; retry later (/readyz says when the service is ready)",
-                              kind="audit_unavailable")
+        resp = error_response(
+            503,
+            "the audit log cannot be written, and nothing runs unrecorded: nothing was "
+            "run, queued or changed; retry later (/readyz says when the service is ready)",
+            kind="audit_unavailable",
+        )
         resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
         return resp
 
@@ -235,8 +256,12 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     async def _store_failing(_: Request, exc: StoreUnavailable):
         # Fail closed: the change (a queued escalation, an approval, a claim) was rolled back.
         log.error("approvals database failing, request refused: %s", exc)
-        resp = error_response(503, "the approvals database cannot be used: nothing was run, queued or changed; "
-                              "retry later (/readyz says when the service is ready)", kind="approvals_unavailable")
+        resp = error_response(
+            503,
+            "the approvals database cannot be used: nothing was run, queued or changed; "
+            "retry later (/readyz says when the service is ready)",
+            kind="approvals_unavailable",
+        )
         resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
         return resp
 
@@ -252,8 +277,14 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         audit = service.audit_problem()  # a store that cannot take records: not ready (fail closed)
         approvals = service.approvals_problem()
         ready = g.ready and audit is None and approvals is None
-        body = {"ready": ready, "model_version": g.model_version, "policy_version": g.policy_version,
-                "error": g.load_error or audit or approvals, "audit": audit or "ok", "approvals": approvals or "ok"}
+        body = {
+            "ready": ready,
+            "model_version": g.model_version,
+            "policy_version": g.policy_version,
+            "error": g.load_error or audit or approvals,
+            "audit": audit or "ok",
+            "approvals": approvals or "ok",
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -261,17 +292,27 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         # every decision the gate made (chat, checks-only, tool calls and results), counted by the gate
         decisions, latency = service.gate.decisions, service.gate.latency
         lines = ["# TYPE so8t_gate_decisions_total counter"]
-        lines += [f'so8t_gate_decisions_total{{action="{a}",status="{s}"}} {n}' for (a, s), n in sorted(decisions.items())]
-        lines += ["# TYPE so8t_gate_fail_closed_total counter",
-                  f"so8t_gate_fail_closed_total {service.gate.counts.get('fail_closed', 0)}",
-                  "# TYPE so8t_gate_latency_ms histogram"]
+        lines += [
+            f'so8t_gate_decisions_total{{action="{a}",status="{s}"}} {n}' for (a, s), n in sorted(decisions.items())
+        ]
+        lines += [
+            "# TYPE so8t_gate_fail_closed_total counter",
+            f"so8t_gate_fail_closed_total {service.gate.counts.get('fail_closed', 0)}",
+            "# TYPE so8t_gate_latency_ms histogram",
+        ]
         lines += [f'so8t_gate_latency_ms_bucket{{le="{b}"}} {latency[b]}' for b in LATENCY_BUCKETS_MS]
-        lines += [f'so8t_gate_latency_ms_bucket{{le="+Inf"}} {latency["count"]}',
-                  f"so8t_gate_latency_ms_sum {latency['sum']:.3f}", f"so8t_gate_latency_ms_count {latency['count']}"]
+        lines += [
+            f'so8t_gate_latency_ms_bucket{{le="+Inf"}} {latency["count"]}',
+            f"so8t_gate_latency_ms_sum {latency['sum']:.3f}",
+            f"so8t_gate_latency_ms_count {latency['count']}",
+        ]
         lines += approval_gauges(service)
-        lines += ["# TYPE so8t_gate_ready gauge", f"so8t_gate_ready {int(service.gate.ready)}",
-                  "# TYPE so8t_gate_queue_pending gauge",
-                  f"so8t_gate_queue_pending {service.gate.queue_state()['pending']}"]
+        lines += [
+            "# TYPE so8t_gate_ready gauge",
+            f"so8t_gate_ready {int(service.gate.ready)}",
+            "# TYPE so8t_gate_queue_pending gauge",
+            f"so8t_gate_queue_pending {service.gate.queue_state()['pending']}",
+        ]
         # scoring rounds by how many requests one forward pass held (gate_batching)
         sizes = dict(service.gate.batch_sizes)
         lines += ["# TYPE so8t_gate_batches_total counter"]
@@ -299,8 +340,12 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions")
     def chat(req: GatedChatRequest, request: Request):
         if req.model is not None and req.model not in MODEL_NAMES:
-            return error_response(404, f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
-                          param="model", kind="model_not_found")
+            return error_response(
+                404,
+                f"unknown model {req.model!r}; this server serves {', '.join(MODEL_NAMES)}",
+                param="model",
+                kind="model_not_found",
+            )
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         if (big := service.gate.size_problem(messages)) is not None:
             return too_large(big, "messages")
@@ -309,30 +354,61 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         if result.decision.status == "busy":
             return gate_busy(service.gate)
         finish = {"answered": "stop", "pending": "stop", "refused": "content_filter", "failed": "stop"}[result.outcome]
-        meta = {"outcome": result.outcome, "action": result.decision.action.name, "status": result.decision.status,
-                "approval_id": result.approval_id, "decision": result.decision.to_dict()}
+        meta = {
+            "outcome": result.outcome,
+            "action": result.decision.action.name,
+            "status": result.decision.status,
+            "approval_id": result.approval_id,
+            "decision": result.decision.to_dict(),
+        }
         if result.error is not None:
             # The LLM gave no answer: a 5xx in OpenAI's error shape, streamed or not, never a 200
             # that a client could take for an answer (the decision and llm.error are recorded).
-            return error_response(result.error.status, result.error.message, kind=result.error.type,
-                                  code=result.error.code, extra={"so8t": meta})
+            return error_response(
+                result.error.status,
+                result.error.message,
+                kind=result.error.type,
+                code=result.error.code,
+                extra={"so8t": meta},
+            )
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         model = MODEL_NAMES[0]
         if req.stream:
+
             def events():
                 # the text is complete and already routed; only now does any of it leave the server
-                first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "so8t": meta,
-                         "choices": [{"index": 0, "delta": {"role": "assistant", "content": result.text},
-                                      "finish_reason": None}]}
-                last = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+                first = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "so8t": meta,
+                    "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": result.text}, "finish_reason": None}
+                    ],
+                }
+                last = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                }
                 yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
                 yield f"data: {json.dumps(last)}\n\n"
                 yield "data: [DONE]\n\n"
+
             return StreamingResponse(events(), media_type="text/event-stream")
-        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "finish_reason": finish}], "so8t": meta}
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish}
+            ],
+            "so8t": meta,
+        }
 
     @app.post("/v1/tools/call")
     def tool_call(req: ToolCallRequest, request: Request):
@@ -340,15 +416,22 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
         conversation, checked against the autonomy policy, then run, queued or refused."""
         loop = service.router.toolloop
         if loop is None:
-            return error_response(404, "no tools are configured on this server (set 'tools' in the server config)",
-                                  kind="not_found")
+            return error_response(
+                404, "no tools are configured on this server (set 'tools' in the server config)", kind="not_found"
+            )
         proposed = {"role": "user", "content": f"Agent tool call: {json.dumps(req.arguments, ensure_ascii=False)}"}
         if (big := service.gate.size_problem(list(req.conversation) + [proposed])) is not None:
             return too_large(big, "conversation")
-        step, result = loop.call(req.conversation, req.tool, req.arguments, request.headers.get("x-so8t-user")
-                                 or "anonymous")
-        return {"status": step.status, "detail": step.detail, "approval_id": step.approval_id,
-                "call_hash": step.call_hash, "result": result if step.status == "executed" else None}
+        step, result = loop.call(
+            req.conversation, req.tool, req.arguments, request.headers.get("x-so8t-user") or "anonymous"
+        )
+        return {
+            "status": step.status,
+            "detail": step.detail,
+            "approval_id": step.approval_id,
+            "call_hash": step.call_hash,
+            "result": result if step.status == "executed" else None,
+        }
 
     @app.get("/v1/approvals/{approval_id}")
     def approval_status(approval_id: str):
@@ -356,9 +439,14 @@ def create_app(service: Service, *, start_worker: bool = True) -> FastAPI:
             a = service.approvals.get(approval_id)
         except ApprovalNotFound:
             return error_response(404, f"no approval {approval_id}", kind="not_found")
-        return {"id": a.id, "status": a.status.value, "expires_at": a.expires_at.isoformat(),
-                "reason": a.reason, "superseded_by": a.superseded_by,
-                "answer": (a.result or {}).get("text") if a.status == Status.EXECUTED else None}
+        return {
+            "id": a.id,
+            "status": a.status.value,
+            "expires_at": a.expires_at.isoformat(),
+            "reason": a.reason,
+            "superseded_by": a.superseded_by,
+            "answer": (a.result or {}).get("text") if a.status == Status.EXECUTED else None,
+        }
 
     # ------------------------------------------------------------------ operators
 

@@ -13,6 +13,7 @@ Classes the page and its tests rely on: ``request`` (a chat conversation), ``too
 item its stored answer in ``result``; the gate cell (``render_why``): ``why-escalated``, the hint
 ``so8t.gate.decision.why_escalated`` gives when a confidence threshold, not the head, escalated it.
 """
+
 from __future__ import annotations
 
 import html
@@ -23,8 +24,14 @@ from so8t.gate.decision import why_escalated
 
 __all__ = ["render_edit_form", "render_request", "render_status", "render_why"]
 
-_DECIDED = {Status.APPROVED: "approved", Status.EXECUTING: "approved", Status.EXECUTED: "approved",
-            Status.FAILED: "approved", Status.REJECTED: "rejected", Status.EDITED: "edited"}
+_DECIDED = {
+    Status.APPROVED: "approved",
+    Status.EXECUTING: "approved",
+    Status.EXECUTED: "approved",
+    Status.FAILED: "approved",
+    Status.REJECTED: "rejected",
+    Status.EDITED: "edited",
+}
 
 
 def _e(value: object) -> str:
@@ -36,8 +43,10 @@ def render_request(view: RequestView) -> str:
     if view.kind != "tool_call":
         convo = "\n".join(f"[{m.get('role', '?')}] {m.get('content', '')}" for m in view.messages)
         return f"<pre class='request'>{_e(convo)}</pre>"
-    parts = [f"<div class='tool-call'><p>tool <code class='tool'>{_e(view.tool)}</code></p>",
-             f"<pre class='arguments'>{_e(view.arguments_json)}</pre>"]
+    parts = [
+        f"<div class='tool-call'><p>tool <code class='tool'>{_e(view.tool)}</code></p>",
+        f"<pre class='arguments'>{_e(view.arguments_json)}</pre>",
+    ]
     if view.recipients:
         parts.append(f"<p>reaches <span class='recipients'>{_e(', '.join(view.recipients))}</span></p>")
     if view.draft is not None:
@@ -50,13 +59,19 @@ def _draft_html(d: DraftView) -> str:
     head = f"<p>draft <code class='draft-id'>{_e(d.draft_id)}</code></p>"
     if d.error:
         return f"<div class='draft'>{head}<p class='err draft-error'>{_e(d.error)}</p></div>"
-    rows = [("from", "draft-from", d.sender), ("to", "draft-to", ", ".join(d.to)),
-            ("cc", "draft-cc", ", ".join(d.cc)), ("subject", "draft-subject", d.subject),
-            ("sha256", "draft-sha256", d.sha256 or "")]
+    rows = [
+        ("from", "draft-from", d.sender),
+        ("to", "draft-to", ", ".join(d.to)),
+        ("cc", "draft-cc", ", ".join(d.cc)),
+        ("subject", "draft-subject", d.subject),
+        ("sha256", "draft-sha256", d.sha256 or ""),
+    ]
     cells = "".join(f"<dt>{label}</dt><dd class='{cls}'>{_e(value)}</dd>" for label, cls, value in rows)
     problems = "".join(f"<p class='err draft-problem'>{_e(p)}</p>" for p in d.problems)
-    return (f"<div class='draft'>{head}<dl>{cells}<dt>body</dt><dd><pre class='draft-body'>{_e(d.body)}</pre></dd>"
-            f"</dl>{problems}</div>")
+    return (
+        f"<div class='draft'>{head}<dl>{cells}<dt>body</dt><dd><pre class='draft-body'>{_e(d.body)}</pre></dd>"
+        f"</dl>{problems}</div>"
+    )
 
 
 def render_edit_form(approval, view: RequestView, hidden_fields: str = "") -> str:
@@ -65,14 +80,19 @@ def render_edit_form(approval, view: RequestView, hidden_fields: str = "") -> st
     if view.edit_field is None:
         return ""
     aid = _e(approval.id)
-    label = ("arguments (JSON object; values shown as [REDACTED:...] keep their stored value when left as they are)"
-             if view.edit_field == "arguments" else "new last user message")
+    label = (
+        "arguments (JSON object; values shown as [REDACTED:...] keep their stored value when left as they are)"
+        if view.edit_field == "arguments"
+        else "new last user message"
+    )
     rows = max(3, min(20, view.edit_text.count("\n") + 2))
-    return (f"<form method='post' action='/admin/approvals/{aid}/edit'>{hidden_fields}"
-            f"<details><summary>Edit</summary><label>{_e(label)}<br>"
-            f"<textarea name='{_e(view.edit_field)}' class='edit-{_e(view.edit_field)}' data-id='{aid}' rows='{rows}' "
-            f"cols='60'>{_e(view.edit_text)}</textarea></label><br>"
-            f"<button class='edit' data-id='{aid}'>Save edit (gated again; approve it after)</button></details></form>")
+    return (
+        f"<form method='post' action='/admin/approvals/{aid}/edit'>{hidden_fields}"
+        f"<details><summary>Edit</summary><label>{_e(label)}<br>"
+        f"<textarea name='{_e(view.edit_field)}' class='edit-{_e(view.edit_field)}' data-id='{aid}' rows='{rows}' "
+        f"cols='60'>{_e(view.edit_text)}</textarea></label><br>"
+        f"<button class='edit' data-id='{aid}'>Save edit (gated again; approve it after)</button></details></form>"
+    )
 
 
 def render_status(approval, view: RequestView) -> str:
@@ -86,8 +106,9 @@ def render_status(approval, view: RequestView) -> str:
         parts.append(_e(approval.reason))
     if view.result_text is not None:
         label = "answer" if view.kind != "tool_call" else "result"
-        parts.append(f"<details open><summary>{label}</summary><pre class='result'>{_e(view.result_text)}</pre>"
-                     "</details>")
+        parts.append(
+            f"<details open><summary>{label}</summary><pre class='result'>{_e(view.result_text)}</pre></details>"
+        )
     return "<br>".join(parts)
 
 

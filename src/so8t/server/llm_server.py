@@ -19,6 +19,7 @@ with ``data: [DONE]``. Clients see the streaming protocol; they do not get the f
 ``serve_in_thread`` starts any ASGI app under uvicorn in a daemon thread on a free port and
 returns once it accepts connections; the gated server's tests and the demo reuse it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,8 +106,15 @@ class ChatRequest(BaseModel):
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def error_response(status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error",
-                   code: str | None = None, extra: dict | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+    extra: dict | None = None,
+) -> JSONResponse:
     """OpenAI's error shape, so OpenAI clients (and OpenAIBackend's excerpt) show the real reason.
     ``extra``: more top-level fields next to "error" (the gated server's "so8t" decision)."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}, **(extra or {})}
@@ -146,7 +154,7 @@ def _stream_pieces(tokenizer: Any, ids: list[int], final: str) -> list[str]:
     for i in range(1, len(ids)):
         text = tokenizer.decode(ids[:i], skip_special_tokens=True)
         if len(text) > emitted and not text.endswith("\ufffd") and final.startswith(text):
-            pieces.append(final[emitted:len(text)])
+            pieces.append(final[emitted : len(text)])
             emitted = len(text)
     if emitted < len(final):
         pieces.append(final[emitted:])
@@ -198,7 +206,10 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created_at, "owned_by": "so8t"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created_at, "owned_by": "so8t"}],
+        }
 
     def generate(req: ChatRequest) -> _Generation:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
@@ -214,8 +225,12 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
                 if n_prompt >= context:
                     raise _PromptError(f"the prompt is {n_prompt} tokens; this model's context is {context} tokens")
                 budget = min(budget, context - n_prompt)  # the rest of the context; finish_reason says "length"
-            kwargs: dict[str, Any] = {"max_new_tokens": budget, "do_sample": req.temperature > 0,
-                                      "eos_token_id": eos_ids or None, "pad_token_id": pad_id}
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": budget,
+                "do_sample": req.temperature > 0,
+                "eos_token_id": eos_ids or None,
+                "pad_token_id": pad_id,
+            }
             if req.temperature > 0:
                 # OpenAI semantics: temperature and top_p only (no model-default top_k).
                 kwargs.update(temperature=req.temperature, top_p=req.top_p, top_k=0)
@@ -235,8 +250,9 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
         cut = [text.find(s) for s in req.stop_strings() if s in text]
         if cut:  # like OpenAI: cut before the stop sequence; usage still counts what was generated
             text, finish = text[: min(cut)], "stop"
-        return _Generation(text=text, token_ids=ids, prompt_tokens=n_prompt, completion_tokens=completion_tokens,
-                           finish_reason=finish)
+        return _Generation(
+            text=text, token_ids=ids, prompt_tokens=n_prompt, completion_tokens=completion_tokens, finish_reason=finish
+        )
 
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest) -> Any:  # plain def: FastAPI runs it in its thread pool
@@ -248,13 +264,24 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
             log.exception("generation failed")
             return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                 "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+        usage = {
+            "prompt_tokens": gen.prompt_tokens,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+        }
         if not req.stream:
             return {
-                "id": cid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                             "finish_reason": gen.finish_reason}],
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": gen.text},
+                        "finish_reason": gen.finish_reason,
+                    }
+                ],
                 "usage": usage,
             }
         with lock:  # decoding prefixes uses the tokenizer too
@@ -262,7 +289,8 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
             _sse(cid, created, model_name, pieces, gen.finish_reason, usage if include_usage else None),
-            media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     return app
@@ -272,13 +300,19 @@ def _cuda_devices(device: torch.device) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
-def _sse(cid: str, created: int, model_name: str, pieces: list[str], finish: str,
-         usage: dict[str, int] | None) -> Iterator[str]:
+def _sse(
+    cid: str, created: int, model_name: str, pieces: list[str], finish: str, usage: dict[str, int] | None
+) -> Iterator[str]:
     """OpenAI's chunk sequence: a role delta, content deltas, a finish delta, optional usage, [DONE]."""
 
     def chunk(delta: dict[str, str], finish_reason: str | None) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""}, None)
@@ -286,8 +320,14 @@ def _sse(cid: str, created: int, model_name: str, pieces: list[str], finish: str
         yield chunk({"content": piece}, None)
     yield chunk({}, finish)
     if usage is not None:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                "choices": [], "usage": usage}
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "choices": [],
+            "usage": usage,
+        }
         yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
     yield "data: [DONE]\n\n"
 
@@ -305,7 +345,9 @@ class _ThreadServer(uvicorn.Server):
 class ServerHandle:
     """A running uvicorn server in a daemon thread: ``.url`` to call it, ``.stop()`` to end it."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket, host: str, port: int) -> None:
+    def __init__(
+        self, server: uvicorn.Server, thread: threading.Thread, sock: socket.socket, host: str, port: int
+    ) -> None:
         self._server, self._thread, self._sock = server, thread, sock
         self.host, self.port = host, port
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -339,8 +381,15 @@ class ServerHandle:
         return f"ServerHandle(url={self.url!r}, running={self.running})"
 
 
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, *, startup_timeout_s: float = 15.0,
-                    graceful_timeout_s: float = 3.0, log_level: str = "warning") -> ServerHandle:
+def serve_in_thread(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    startup_timeout_s: float = 15.0,
+    graceful_timeout_s: float = 3.0,
+    log_level: str = "warning",
+) -> ServerHandle:
     """Serve ``app`` with uvicorn in a daemon thread; return once it is accepting connections.
 
     We bind the socket ourselves (port 0 = a free port chosen by the OS) and hand it to uvicorn,
@@ -361,9 +410,14 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0, *, startup
     # A wildcard bind answers on loopback; a URL with 0.0.0.0 or :: is not something to call.
     url_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound_host, bound_host)
 
-    config = uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # hinted int; asyncio.timeout takes a float
-                            lifespan="auto")
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]  # hinted int; asyncio.timeout takes a float
+        lifespan="auto",
+    )
     server = _ThreadServer(config)
     failure: list[BaseException] = []
 

@@ -1,4 +1,5 @@
 """Records -> token ids with the masks the losses need, and the order batches are drawn in."""
+
 from __future__ import annotations
 
 import random
@@ -18,18 +19,19 @@ from so8t.train.losses import IGNORE
 @dataclass(frozen=True)
 class Encoded:
     input_ids: list[int]
-    prompt_len: int          # the first prompt_len tokens are the prompt (what the head pools)
-    labels: list[int]        # IGNORE on the prompt: SFT learns the response only
-    tag_pos: int             # index of the first token of the action word, -1 if truncated away
+    prompt_len: int  # the first prompt_len tokens are the prompt (what the head pools)
+    labels: list[int]  # IGNORE on the prompt: SFT learns the response only
+    tag_pos: int  # index of the first token of the action word, -1 if truncated away
     y: int
     easy: bool
     truncated: bool
     pair: str | None = None  # contrast pair id (meta.pair), None when not in a pair
-    half: int = -1           # 0 safe half, 1 unsafe twin
+    half: int = -1  # 0 safe half, 1 unsafe twin
 
 
-def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                  response_tokens: int = 0) -> Encoded:
+def encode_record(
+    rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int, response_tokens: int = 0
+) -> Encoded:
     """response_tokens > 0 keeps only the response's first tokens (the tag and the start of the
     text): attention is causal, so what the safety head reads of the prompt is unchanged, and a
     262k-vocabulary LM head costs far less on a CPU budget."""
@@ -37,26 +39,34 @@ def encode_record(rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: i
     prompt = encode_prompt(tokenizer, rec.messages())
     # Records without a response (imported public sets) still teach the tag.
     response = rec.response if rec.response is not None else f"{ACTION_PREFIX}{rec.label.name}"
-    head, rest = ACTION_PREFIX.rstrip(), response[len(ACTION_PREFIX.rstrip()):]
+    head, rest = ACTION_PREFIX.rstrip(), response[len(ACTION_PREFIX.rstrip()) :]
     # Tokenised in two parts so the tag's first token sits at a known index.
     prefix_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     rest_ids = tokenizer(rest + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
     response_ids = prefix_ids + rest_ids
     if response_tokens:
-        response_ids = response_ids[:max(response_tokens, len(prefix_ids) + 2)]
+        response_ids = response_ids[: max(response_tokens, len(prefix_ids) + 2)]
     truncated = len(prompt) + len(response_ids) > max_length
     if truncated:
         keep_resp = min(len(response_ids), max(len(prefix_ids) + 2, max_length - len(prompt), max_length // 4))
         response_ids = response_ids[:keep_resp]
         # Keep the end of the prompt: the latest turn and the assistant header matter most.
-        prompt = prompt[-(max_length - keep_resp):]
+        prompt = prompt[-(max_length - keep_resp) :]
     ids = prompt + response_ids
     labels = [IGNORE] * len(prompt) + response_ids
     tag_pos = len(prompt) + len(prefix_ids)
     meta = rec.meta or {}
-    return Encoded(ids, len(prompt), labels, tag_pos if tag_pos < len(ids) else -1, int(rec.required_label()),
-                   rec.difficulty == "easy", truncated, meta.get("pair"),
-                   {"safe": 0, "unsafe": 1}.get(str(meta.get("half")), -1))
+    return Encoded(
+        ids,
+        len(prompt),
+        labels,
+        tag_pos if tag_pos < len(ids) else -1,
+        int(rec.required_label()),
+        rec.difficulty == "easy",
+        truncated,
+        meta.get("pair"),
+        {"safe": 0, "unsafe": 1}.get(str(meta.get("half")), -1),
+    )
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ composed three-class probabilities. Why both:
   at full strength however many REFUSE rows a batch holds, and (b) their own weight,
   head_split_weight, to lean on the two decisions the split rule thresholds separately.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,8 +58,9 @@ def safety_ce(head_logits: torch.Tensor, y: torch.Tensor, class_weights: torch.T
     return per.mean()
 
 
-def split_heads(head_logits: torch.Tensor, y: torch.Tensor,
-                class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def split_heads(
+    head_logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """A split head's two binary losses, from its composed logits (model.head.decompose gives
     back each head's logit):
 
@@ -74,17 +76,22 @@ def split_heads(head_logits: torch.Tensor, y: torch.Tensor,
     w = class_weights.to(y.device)[y] if class_weights is not None else torch.ones_like(refuse_logit)
     refuse = F.binary_cross_entropy_with_logits(refuse_logit, (y == Action.REFUSE).float(), reduction="none")
     rest = y != Action.REFUSE
-    judge = F.binary_cross_entropy_with_logits(judge_logit[rest], (y[rest] == Action.ESCALATE).float(),
-                                               reduction="none")
-    return {"refuse_bce": (refuse * w).mean(),
-            "judge_bce": (judge * w[rest]).mean() if rest.any() else refuse_logit.new_zeros(())}
+    judge = F.binary_cross_entropy_with_logits(
+        judge_logit[rest], (y[rest] == Action.ESCALATE).float(), reduction="none"
+    )
+    return {
+        "refuse_bce": (refuse * w).mean(),
+        "judge_bce": (judge * w[rest]).mean() if rest.any() else refuse_logit.new_zeros(()),
+    }
 
 
 def _log1m(p: torch.Tensor) -> torch.Tensor:
     return torch.log1p(-p.clamp(max=1 - 1e-6))
 
 
-def dangerous_allow(head_probs: torch.Tensor, y: torch.Tensor, lm_allow_prob: torch.Tensor | None = None) -> torch.Tensor:
+def dangerous_allow(
+    head_probs: torch.Tensor, y: torch.Tensor, lm_allow_prob: torch.Tensor | None = None
+) -> torch.Tensor:
     """Penalty for ALLOW on REFUSE / ESCALATE examples.
 
     per example i with y_i != ALLOW:  -log(1 - p_head(ALLOW)_i) - log(1 - p_lm(ALLOW tag)_i)
@@ -135,8 +142,12 @@ def pair_margin(head_probs: torch.Tensor, pair: torch.Tensor, half: torch.Tensor
     return torch.stack(terms).mean() if terms else u.new_zeros(())
 
 
-def pet_loss(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor, normalize: bool = True,
-             checkpointed: bool = False) -> torch.Tensor:
+def pet_loss(
+    hidden_states: Sequence[torch.Tensor],
+    attention_mask: torch.Tensor,
+    normalize: bool = True,
+    checkpointed: bool = False,
+) -> torch.Tensor:
     """Second-difference smoothness of every block output along the sequence.
 
     d2_t = x_t - 2 x_{t+1} + x_{t+2}, counted only where t, t+1, t+2 are all real tokens;
@@ -166,7 +177,9 @@ def pet_loss(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor
     return torch.stack(layers).mean()
 
 
-def _pet_layer(h: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, has: torch.Tensor, normalize: bool) -> torch.Tensor:
+def _pet_layer(
+    h: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, has: torch.Tensor, normalize: bool
+) -> torch.Tensor:
     h = h.float()
     d2 = h[:, :-2] - 2 * h[:, 1:-1] + h[:, 2:]
     per_example = (d2.pow(2).mean(-1) * valid).sum(1) / count.clamp_min(1.0)

@@ -23,6 +23,7 @@ adapted top blocks do (nothing below them requires grad); gradient checkpointing
 embedding output require grad, so then every block does. Biases (Qwen2's q/k/v)
 and other sub-0.1% terms are left out. Sizes are in bytes; the table is in GiB (2**30).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,7 +45,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 OPTIM_STATE_BYTES = {"adamw": 8, "paged_adamw_8bit": 2}
 
 CUDA_CONTEXT_BYTES = GIB // 2  # CUDA context + cuBLAS/cuDNN workspaces, before any tensor
-FRAGMENTATION = 0.10           # caching allocator: blocks reserved but not reusable at the peak
+FRAGMENTATION = 0.10  # caching allocator: blocks reserved but not reusable at the peak
 
 # Configs of the presets' models, so a dry-run needs neither the network nor the weights.
 # (model_type, hidden, intermediate, layers, heads, kv heads, vocab, tied embeddings)
@@ -70,8 +71,15 @@ class MemoryEstimate:
     overhead: int
     description: str = ""
 
-    PARTS: ClassVar[tuple[str, ...]] = ("weights", "lora_and_optimizer", "activations", "logits", "pet", "safety_head",
-                                        "overhead")
+    PARTS: ClassVar[tuple[str, ...]] = (
+        "weights",
+        "lora_and_optimizer",
+        "activations",
+        "logits",
+        "pet",
+        "safety_head",
+        "overhead",
+    )
 
     @property
     def total(self) -> int:
@@ -112,8 +120,15 @@ class _Dims:
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of every linear layer of one block, by module name."""
         h, i, q, kv = self.hidden, self.inter, self.q_dim, self.kv_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
 
 # Fused names some architectures use (Phi-3); LoRA may target these instead of the split ones.
@@ -129,8 +144,16 @@ def _dims(model_config: Any) -> _Dims:
     heads = int(c.num_attention_heads)
     kv = getattr(c, "num_key_value_heads", None) or heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return _Dims(int(c.hidden_size), int(c.intermediate_size), int(c.num_hidden_layers), heads, int(kv),
-                 int(head_dim), int(c.vocab_size), bool(getattr(c, "tie_word_embeddings", False)))
+    return _Dims(
+        int(c.hidden_size),
+        int(c.intermediate_size),
+        int(c.num_hidden_layers),
+        heads,
+        int(kv),
+        int(head_dim),
+        int(c.vocab_size),
+        bool(getattr(c, "tie_word_embeddings", False)),
+    )
 
 
 def estimate_memory(cfg: TrainConfig, model_config: Any) -> MemoryEstimate:
@@ -199,11 +222,21 @@ def estimate_memory(cfg: TrainConfig, model_config: Any) -> MemoryEstimate:
     parts = [weights, lora_and_optimizer, activations, logits, pet, safety_head]
     overhead = CUDA_CONTEXT_BYTES + FRAGMENTATION * sum(parts)
     quant = "4-bit NF4" if cfg.load_in_4bit else cfg.dtype
-    desc = (f"{cfg.model}, {quant}, B={B} x T={T}, LoRA r={cfg.lora_r}, {cfg.optim}, "
-            f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
-            f"PET checkpoint {'on' if cfg.pet_checkpoint else 'off'}")
-    return MemoryEstimate(round(weights), round(lora_and_optimizer), round(activations), round(logits), round(pet),
-                          round(safety_head), round(overhead), description=desc)
+    desc = (
+        f"{cfg.model}, {quant}, B={B} x T={T}, LoRA r={cfg.lora_r}, {cfg.optim}, "
+        f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, "
+        f"PET checkpoint {'on' if cfg.pet_checkpoint else 'off'}"
+    )
+    return MemoryEstimate(
+        round(weights),
+        round(lora_and_optimizer),
+        round(activations),
+        round(logits),
+        round(pet),
+        round(safety_head),
+        round(overhead),
+        description=desc,
+    )
 
 
 def _layer_working_set_per_token(cfg: TrainConfig, d: _Dims, s: int) -> int:
@@ -245,9 +278,16 @@ def model_config_for(ref: str) -> Any:
 
     if ref in KNOWN_CONFIGS:
         model_type, h, i, layers, heads, kv, vocab, tied = KNOWN_CONFIGS[ref]
-        return AutoConfig.for_model(model_type, hidden_size=h, intermediate_size=i, num_hidden_layers=layers,
-                                    num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
-                                    tie_word_embeddings=tied)
+        return AutoConfig.for_model(
+            model_type,
+            hidden_size=h,
+            intermediate_size=i,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv,
+            vocab_size=vocab,
+            tie_word_embeddings=tied,
+        )
     path = Path(ref).expanduser()
     try:
         if path.suffix == ".gguf":
@@ -265,4 +305,5 @@ def model_config_for(ref: str) -> Any:
         raise ModelLoadError(
             f"could not read the config of {ref!r} for the memory estimate: {exc}\n"
             "A hub id needs network access to the hub; pass a local model folder instead, or one of the "
-            f"ids known offline: {', '.join(KNOWN_CONFIGS)}") from exc
+            f"ids known offline: {', '.join(KNOWN_CONFIGS)}"
+        ) from exc

@@ -9,6 +9,7 @@ A hand-written loop on `accelerate` rather than `transformers.Trainer`: the run 
 plus a separate head (Trainer's save / best-model / resume logic assumes one model file), and
 the loop stays readable; `accelerate launch` still gives data parallelism unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -146,8 +147,14 @@ def build_model(cfg: TrainConfig):
     if cfg.lora_layers > n_layers:
         raise ValueError(f"lora_layers: {cfg.lora_layers} is more than the model's {n_layers} blocks")
     top = list(range(n_layers - cfg.lora_layers, n_layers)) if cfg.lora_layers else None
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), layers_to_transform=top, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        layers_to_transform=top,
+        task_type="CAUSAL_LM",
+    )
     body = get_peft_model(base, lora)
     hidden = base.config.get_text_config().hidden_size
     layers = resolve_head_layers(cfg.head_layers, n_layers)
@@ -179,8 +186,14 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
 # ----------------------------------------------------------------------------- one step
 
 
-def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[int], cfg: TrainConfig,
-               cw: torch.Tensor | None, pet_active: bool) -> dict[str, torch.Tensor]:
+def loss_parts(
+    model: SafetyModel,
+    batch: dict[str, torch.Tensor],
+    tags: list[int],
+    cfg: TrainConfig,
+    cw: torch.Tensor | None,
+    pet_active: bool,
+) -> dict[str, torch.Tensor]:
     # LM logits are needed from the last prompt token on (it predicts the first response token).
     first_needed = max(0, int(batch["prompt_mask"].sum(1).min()) - 1)
     out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=first_needed)
@@ -195,7 +208,7 @@ def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[in
     with nullcontext() if pet_active else torch.no_grad():
         pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], cfg.pet_normalize, cfg.pet_checkpoint)
     parts = {
-        "sft": losses.sft_loss(out.logits, batch["labels"][:, out.logits_offset:]),
+        "sft": losses.sft_loss(out.logits, batch["labels"][:, out.logits_offset :]),
         "safety_ce": losses.safety_ce(out.head_logits, y, cw),
         "dangerous_allow": losses.dangerous_allow(probs, y, lm_allow),
         "good_escalate": losses.good_escalate(probs, y),
@@ -213,20 +226,36 @@ def loss_parts(model: SafetyModel, batch: dict[str, torch.Tensor], tags: list[in
 
 
 def weights_of(cfg: TrainConfig) -> losses.LossWeights:
-    return losses.LossWeights(cfg.alpha, cfg.beta, cfg.gamma, cfg.safe_allow_reward, cfg.escalate_penalty,
-                              cfg.pair_margin, cfg.head_split_weight)
+    return losses.LossWeights(
+        cfg.alpha,
+        cfg.beta,
+        cfg.gamma,
+        cfg.safe_allow_reward,
+        cfg.escalate_penalty,
+        cfg.pair_margin,
+        cfg.head_split_weight,
+    )
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w: losses.LossWeights,
-              cw: torch.Tensor | None = None, split: bool = False) -> torch.Tensor:
+def head_loss(
+    head_logits: torch.Tensor,
+    y: torch.Tensor,
+    easy: torch.Tensor,
+    w: losses.LossWeights,
+    cw: torch.Tensor | None = None,
+    split: bool = False,
+) -> torch.Tensor:
     """The composite's safety-head terms alone (what the probe fits); split: a split head's two
     binary losses too, as in training (losses.split_heads)."""
     probs = head_logits.softmax(-1)
-    total = w.alpha * losses.safety_ce(head_logits, y, cw) + w.beta * losses.dangerous_allow(probs, y) \
+    total = (
+        w.alpha * losses.safety_ce(head_logits, y, cw)
+        + w.beta * losses.dangerous_allow(probs, y)
         - w.gamma * losses.good_escalate(probs, y)
+    )
     if split:
         total = total + w.head_split * sum(losses.split_heads(head_logits, y, cw).values())
     if w.safe_allow_reward:
@@ -237,8 +266,15 @@ def head_loss(head_logits: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, w:
 
 
 @torch.no_grad()
-def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str,
-                  batch_size: int = 16, progress: bool = True) -> torch.Tensor:
+def pooled_layers(
+    model: SafetyModel,
+    tokenizer,
+    records: list[Record],
+    max_length: int,
+    amp: str,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
     """N x L x H: the frozen body's pooled states of every layer the head reads, with progress."""
     was_training = model.training
     model.eval()
@@ -247,21 +283,36 @@ def pooled_layers(model: SafetyModel, tokenizer, records: list[Record], max_leng
     order = length_order(tokenizer, records)
     records = [records[i] for i in order]
     try:
-        for i in tqdm(range(0, len(records), batch_size), desc="head probe features", unit="batch", leave=False,
-                      disable=not progress):
-            batch, _ = encode_prompts(tokenizer, records[i:i + batch_size], max_length)
+        for i in tqdm(
+            range(0, len(records), batch_size),
+            desc="head probe features",
+            unit="batch",
+            leave=False,
+            disable=not progress,
+        ):
+            batch, _ = encode_prompts(tokenizer, records[i : i + batch_size], max_length)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp):
-                hidden = model.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    output_hidden_states=True, logits_to_keep=1).hidden_states
+                hidden = model.body(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    output_hidden_states=True,
+                    logits_to_keep=1,
+                ).hidden_states
             out.append(model.head.pool_layers(hidden, batch["attention_mask"], model.pooling).float().cpu())
     finally:
         model.train(was_training)
     return in_input_order(torch.cat(out), order)
 
 
-def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw: torch.Tensor | None,
-               progress: bool = True) -> dict:
+def probe_head(
+    model: SafetyModel,
+    tokenizer,
+    records: list[Record],
+    cfg: TrainConfig,
+    cw: torch.Tensor | None,
+    progress: bool = True,
+) -> dict:
     """Linear-probe-then-fine-tune (LP-FT, Kumar et al. 2022): fit the head on the frozen body's
     pooled states before joint training, so the first LoRA steps are not spent undoing a random
     head. Features come from one forward pass over a class-balanced sample of the training set."""
@@ -279,8 +330,9 @@ def probe_head(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainC
     return fit_head(model.head, feats, y, easy, cfg, cw)
 
 
-def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg: TrainConfig,
-             cw: torch.Tensor | None = None) -> dict:
+def fit_head(
+    head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg: TrainConfig, cw: torch.Tensor | None = None
+) -> dict:
     """Fit the safety head alone on cached pooled states (N x L x H) with the composite head
     loss: the probe half of LP-FT, also used by bench/probe_heldout.py so its study fits the
     head exactly as training does."""
@@ -303,19 +355,35 @@ def fit_head(head, feats: torch.Tensor, y: torch.Tensor, easy: torch.Tensor, cfg
         last = loss.item()
     with torch.no_grad():
         full = head_loss(head(head.combine(feats)), y, easy, weights, cw, head.kind == "split").item()
-    return {"probe_steps": cfg.head_probe_steps, "examples": len(y), "first_batch_loss": first,
-            "last_batch_loss": last, "head_loss_on_probe_set": full, "final_lr": optimizer.param_groups[0]["lr"]}
+    return {
+        "probe_steps": cfg.head_probe_steps,
+        "examples": len(y),
+        "first_batch_loss": first,
+        "last_batch_loss": last,
+        "head_loss_on_probe_set": full,
+        "final_lr": optimizer.param_groups[0]["lr"],
+    }
 
 
-def evaluate(model: SafetyModel, tokenizer, records: list[Record], max_length: int, amp: str = "none",
-             thresholds: Thresholds | None = None, desc: str | None = None) -> SafetyMetrics:
+def evaluate(
+    model: SafetyModel,
+    tokenizer,
+    records: list[Record],
+    max_length: int,
+    amp: str = "none",
+    thresholds: Thresholds | None = None,
+    desc: str | None = None,
+) -> SafetyMetrics:
     """KPIs of `records` under `thresholds` (argmax without); `desc` labels a progress bar."""
     probs = predict_probs(model, tokenizer, records, max_length, amp=amp, desc=desc)
-    return compute_metrics([int(r.required_label()) for r in records], decide(probs.float().numpy(), thresholds).tolist())
+    return compute_metrics(
+        [int(r.required_label()) for r in records], decide(probs.float().numpy(), thresholds).tolist()
+    )
 
 
-def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig,
-                     desc: str | None = None) -> tuple[Calibration, SafetyMetrics]:
+def calibrate_on_dev(
+    model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, desc: str | None = None
+) -> tuple[Calibration, SafetyMetrics]:
     """Thresholds chosen on the dev split (so8t calibrate's grid and objective), and dev's KPIs
     under them. The test split plays no part, so its numbers stay an honest estimate."""
     probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp, desc=desc).float().numpy()
@@ -329,18 +397,29 @@ def calibrate_on_dev(model: SafetyModel, tokenizer, records: list[Record], cfg: 
 
 def _trim_log(path: Path, last_step: int) -> None:
     if path.is_file():
-        rows = [r for r in path.read_text(encoding="utf-8").splitlines() if r.strip() and json.loads(r)["step"] <= last_step]
+        rows = [
+            r for r in path.read_text(encoding="utf-8").splitlines() if r.strip() and json.loads(r)["step"] <= last_step
+        ]
         path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
 
 
-def _save_checkpoint(folder: Path, model: SafetyModel, tokenizer, meta: dict, optimizer, scheduler, state: TrainState) -> None:
+def _save_checkpoint(
+    folder: Path, model: SafetyModel, tokenizer, meta: dict, optimizer, scheduler, state: TrainState
+) -> None:
     """Written beside, then renamed over the previous one: a kill mid-save keeps the old checkpoint."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_artifacts(tmp, model, tokenizer, meta)
     if optimizer is not None:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": vars(state),
-                    "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "state": vars(state),
+                "rng": torch.get_rng_state(),
+            },
+            tmp / "trainer_state.pt",
+        )
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -377,8 +456,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     encoded = [encode_record(r, tokenizer, cfg.max_length, cfg.sft_response_tokens) for r in mix.train]
     truncated = sum(e.truncated for e in encoded)
     if truncated:
-        warnings.warn(f"{truncated} of {len(encoded)} training examples were longer than max_length={cfg.max_length} "
-                      "and were truncated (prompt from the left, response from the right)", stacklevel=2)
+        warnings.warn(
+            f"{truncated} of {len(encoded)} training examples were longer than max_length={cfg.max_length} "
+            "and were truncated (prompt from the left, response from the right)",
+            stacklevel=2,
+        )
     labels = [e.y for e in encoded]
     cw = class_weights(labels) if cfg.class_balance == "weights" else None
 
@@ -398,8 +480,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     if cfg.head_probe_steps and not resume:
         probe = probe_head(model, tokenizer, mix.train, cfg, cw, progress=progress and accelerator.is_main_process)
         if accelerator.is_main_process:
-            print(f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
-                  f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}")
+            print(
+                f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
+                f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}"
+            )
     optimizer = make_optimizer(param_groups(model, cfg), cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -434,17 +518,33 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     bar = tqdm(total=total_steps, initial=state.step, disable=not show, desc="so8t train", dynamic_ncols=True)
     model.train()
     if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
-        _evaluate_and_checkpoint(raw_model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out,
-                                 evals_log, accelerator.is_main_process, bar, show)
+        _evaluate_and_checkpoint(
+            raw_model,
+            tokenizer,
+            mix,
+            cfg,
+            meta,
+            optimizer,
+            scheduler,
+            state,
+            out,
+            evals_log,
+            accelerator.is_main_process,
+            bar,
+            show,
+        )
     try:
         while state.step < total_steps and not state.stopped_early:
             frac = state.step / max(1, total_steps - 1)
             lam = lambda_pet(frac, cfg.pet_boundaries, cfg.pet_values)
             step_parts: dict[str, float] = {}
             for k in range(cfg.grad_accum):
-                first = (state.step * per_step) + (k * cfg.micro_batch * accelerator.num_processes) \
+                first = (
+                    (state.step * per_step)
+                    + (k * cfg.micro_batch * accelerator.num_processes)
                     + accelerator.process_index * cfg.micro_batch
-                batch = collate([encoded[i] for i in order[first:first + cfg.micro_batch]], tokenizer.pad_token_id)
+                )
+                batch = collate([encoded[i] for i in order[first : first + cfg.micro_batch]], tokenizer.pad_token_id)
                 batch = {key: v.to(accelerator.device) for key, v in batch.items()}
                 sync = k == cfg.grad_accum - 1
                 with nullcontext() if sync else accelerator.no_sync(model):
@@ -467,17 +567,39 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-            row = {"step": state.step, "progress": round(frac, 4), "lambda_pet": lam, "lr": lrs.get("lora"),
-                   "head_lr": lrs.get("head"), "head_frozen": frozen, **{k: round(v, 6) for k, v in step_parts.items()}}
+            row = {
+                "step": state.step,
+                "progress": round(frac, 4),
+                "lambda_pet": lam,
+                "lr": lrs.get("lora"),
+                "head_lr": lrs.get("head"),
+                "head_frozen": frozen,
+                **{k: round(v, 6) for k, v in step_parts.items()},
+            }
             if accelerator.is_main_process:
                 steps_log.write(json.dumps(row) + "\n")
                 steps_log.flush()
             bar.update(1)
-            bar.set_postfix({k: f"{step_parts[k]:.3g}" for k in ("total", "sft", "safety_ce", "dangerous_allow", "pet")})
+            bar.set_postfix(
+                {k: f"{step_parts[k]:.3g}" for k in ("total", "sft", "safety_ce", "dangerous_allow", "pet")}
+            )
 
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
-                _evaluate_and_checkpoint(raw_model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out,
-                                         evals_log, accelerator.is_main_process, bar, show)
+                _evaluate_and_checkpoint(
+                    raw_model,
+                    tokenizer,
+                    mix,
+                    cfg,
+                    meta,
+                    optimizer,
+                    scheduler,
+                    state,
+                    out,
+                    evals_log,
+                    accelerator.is_main_process,
+                    bar,
+                    show,
+                )
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             bar.close()
@@ -500,37 +622,60 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         load_adapter_and_head(out / BEST, raw_model)
     cal = None
     if cfg.calibrate:
-        cal, dev = calibrate_on_dev(raw_model, tokenizer, mix.dev, cfg,
-                                    desc="dev: choosing thresholds" if show else None)
+        cal, dev = calibrate_on_dev(
+            raw_model, tokenizer, mix.dev, cfg, desc="dev: choosing thresholds" if show else None
+        )
     else:
         dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp, desc="dev: final" if show else None)
     thresholds = cal.thresholds if cal else None
-    test = evaluate(raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp, thresholds,
-                    desc="test: final" if show else None) if mix.test else None
+    test = (
+        evaluate(
+            raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp, thresholds, desc="test: final" if show else None
+        )
+        if mix.test
+        else None
+    )
     seconds = time.perf_counter() - start
     if accelerator.is_main_process:
         save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
         if cal:
             save_thresholds(out, cal)
-            print(f"thresholds chosen on dev: {cal.thresholds.describe()} "
-                  f"(dev safety_score {cal.before.safety_score:.3f} -> {cal.after.safety_score:.3f}; "
-                  f"undo: so8t calibrate {out} --reset)")
-        (out / "metrics" / "final.json").write_text(json.dumps(
-            {"best_step": state.best_step, "steps": state.step, "stopped_early": state.stopped_early,
-             "seconds": round(seconds, 1), "truncated_train_examples": truncated, "data": mix.summary(), "head_probe": probe,
-             "thresholds": cal.thresholds.as_dict() if cal else None,
-             "dev": dev.as_dict(), "test": test.as_dict() if test else None}, indent=2))
-        plot_training_curves(out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl",
-                             out / "plots" / "training_curves.png")
+            print(
+                f"thresholds chosen on dev: {cal.thresholds.describe()} "
+                f"(dev safety_score {cal.before.safety_score:.3f} -> {cal.after.safety_score:.3f}; "
+                f"undo: so8t calibrate {out} --reset)"
+            )
+        (out / "metrics" / "final.json").write_text(
+            json.dumps(
+                {
+                    "best_step": state.best_step,
+                    "steps": state.step,
+                    "stopped_early": state.stopped_early,
+                    "seconds": round(seconds, 1),
+                    "truncated_train_examples": truncated,
+                    "data": mix.summary(),
+                    "head_probe": probe,
+                    "thresholds": cal.thresholds.as_dict() if cal else None,
+                    "dev": dev.as_dict(),
+                    "test": test.as_dict() if test else None,
+                },
+                indent=2,
+            )
+        )
+        plot_training_curves(
+            out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl", out / "plots" / "training_curves.png"
+        )
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         _write_marker(out, status="complete", step=state.step, total_steps=total_steps, best_step=state.best_step)
     return TrainResult(out, state.step, state.best_step, dev, test, seconds, truncated)
 
 
-def _evaluate_and_checkpoint(model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out, evals_log,
-                             main: bool, bar, show: bool) -> None:
-    dev = evaluate(model, tokenizer, mix.dev, cfg.max_length, cfg.amp,
-                   desc=f"dev eval at step {state.step}" if show else None)
+def _evaluate_and_checkpoint(
+    model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out, evals_log, main: bool, bar, show: bool
+) -> None:
+    dev = evaluate(
+        model, tokenizer, mix.dev, cfg.max_length, cfg.amp, desc=f"dev eval at step {state.step}" if show else None
+    )
     value = getattr(dev, cfg.early_stop_metric)
     improved = value > state.best + 1e-9
     if improved:
@@ -547,6 +692,8 @@ def _evaluate_and_checkpoint(model, tokenizer, mix, cfg, meta, optimizer, schedu
         # The marker follows the checkpoint, so a user (or serve refusing an unfinished run) sees
         # how far the run got; resume reads the step from the checkpoint, not from here.
         _write_marker(out, **{**(_read_marker(out) or {}), "status": "running", "step": state.step})
-        bar.write(f"step {state.step}: dev safety_score={dev.safety_score:.3f} refuse_recall={dev.refuse_recall:.3f} "
-                  f"escalate_recall={dev.escalate_recall:.3f} overcompliance={dev.overcompliance:.3f}"
-                  + (" (best)" if improved else f" (no gain {state.bad_evals}/{cfg.patience})"))
+        bar.write(
+            f"step {state.step}: dev safety_score={dev.safety_score:.3f} refuse_recall={dev.refuse_recall:.3f} "
+            f"escalate_recall={dev.escalate_recall:.3f} overcompliance={dev.overcompliance:.3f}"
+            + (" (best)" if improved else f" (no gain {state.bad_evals}/{cfg.patience})")
+        )

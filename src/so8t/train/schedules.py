@@ -1,4 +1,5 @@
 """Schedules as pure functions of training progress (0 at the first step, 1 at the last)."""
+
 from __future__ import annotations
 
 import bisect
@@ -10,7 +11,9 @@ PET_DEFAULT = ((0.3, 0.6), (0.0, 0.15, 1.0))
 PET_SEED_20_60 = ((0.2, 0.6), (0.0, 0.15, 1.0))
 
 
-def lambda_pet(progress: float, boundaries: Sequence[float] = PET_DEFAULT[0], values: Sequence[float] = PET_DEFAULT[1]) -> float:
+def lambda_pet(
+    progress: float, boundaries: Sequence[float] = PET_DEFAULT[0], values: Sequence[float] = PET_DEFAULT[1]
+) -> float:
     """Piecewise-constant weight: values[i] on [boundaries[i-1], boundaries[i]); the last from the last boundary on."""
     if len(values) != len(boundaries) + 1:
         raise ValueError("values needs exactly one entry more than boundaries")

@@ -3,6 +3,7 @@ skipped, saying so, only where the PostgreSQL server binaries are not installed)
 comes through a server-side cursor a chunk at a time and is cut at the byte cap, while
 statements a server-side cursor cannot run (EXPLAIN, SHOW, INSERT ... RETURNING) still run, and
 unbounded statements need approval as on SQLite."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -43,7 +44,7 @@ def test_a_big_result_is_streamed_and_cut_at_the_byte_cap(pg):
     finally:
         tracemalloc.stop()
     assert res["truncated_by"] == "max_result_bytes" and 1_000 < res["row_count"] < 5_000
-    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"     # all million rows: over 100 MiB
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"  # all million rows: over 100 MiB
 
 
 def test_statements_a_server_side_cursor_cannot_run_still_run(pg):
@@ -57,12 +58,15 @@ def test_statements_a_server_side_cursor_cannot_run_still_run(pg):
     assert call(ts, "sql.execute", "DELETE FROM items WHERE name = 'cup'") == {"rowcount": 1}
 
 
-@pytest.mark.parametrize("sql, why", [
-    ("SELECT repeat('x', 1000000000)", "repeat()"),
-    ("SELECT * FROM generate_series(1, 10000000000)", "generate_series()"),
-    ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", "recursive CTE"),
-    ("SELECT * FROM items a CROSS JOIN items b", "cross join"),
-])
+@pytest.mark.parametrize(
+    "sql, why",
+    [
+        ("SELECT repeat('x', 1000000000)", "repeat()"),
+        ("SELECT * FROM generate_series(1, 10000000000)", "generate_series()"),
+        ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", "recursive CTE"),
+        ("SELECT * FROM items a CROSS JOIN items b", "cross join"),
+    ],
+)
 def test_unbounded_statements_need_approval(pg, sql, why):
     c = Toolset(sql_tool(pg)).validate("sql.query", {"sql": sql})
     assert why in (c.needs_approval or "") and ToolPolicy().level(c) == "approval"

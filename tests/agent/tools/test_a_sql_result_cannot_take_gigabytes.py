@@ -3,6 +3,7 @@ take as much memory as they asked for (a gigabyte blob came back whole, base64 a
 high max_rows every row was fetched at once). Now a result is capped in rows and bytes, fetched
 a few rows at a time and counted as it comes, SQLite refuses to make a value over the cap, and a
 statement whose cost has no bound in its text needs a person's approval even on the read tier."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ from so8t.server.llm_server import serve_in_thread
 def db(tmp_path):
     path = tmp_path / "shop.db"
     con = sqlite3.connect(path)
-    con.executescript("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);"
-                      "INSERT INTO items (name) VALUES ('pen'), ('ink'), ('paper');")
+    con.executescript(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);"
+        "INSERT INTO items (name) VALUES ('pen'), ('ink'), ('paper');"
+    )
     con.commit()
     con.close()
     return path
@@ -87,8 +90,10 @@ def query_traced(ts: Toolset, sql: str) -> tuple[dict, int]:
 def test_a_huge_result_set_is_cut_by_bytes_and_fetched_a_chunk_at_a_time(db):
     ts = Toolset(sql_tool(f"sqlite:///{db}", max_rows=10**7, max_result_bytes=200_000))
     ticks = counted(ts)
-    sql = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000) "
-           "SELECT tick(x) AS x, 'a row of ordinary width, about forty bytes' AS t FROM c")
+    sql = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000) "
+        "SELECT tick(x) AS x, 'a row of ordinary width, about forty bytes' AS t FROM c"
+    )
     res, peak = query_traced(ts, sql)
     assert res["truncated"] is True and res["truncated_by"] == "max_result_bytes" and "200000" in res["note"]
     assert 1_000 < res["row_count"] == len(res["rows"]) < 5_000
@@ -99,13 +104,15 @@ def test_a_huge_result_set_is_cut_by_bytes_and_fetched_a_chunk_at_a_time(db):
 
 
 def test_wide_rows_stop_at_the_byte_cap(db):
-    ts = Toolset(sql_tool(f"sqlite:///{db}"))                       # defaults: 200 rows, 1,000,000 bytes
+    ts = Toolset(sql_tool(f"sqlite:///{db}"))  # defaults: 200 rows, 1,000,000 bytes
     ticks = counted(ts)
-    sql = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 150) "
-           "SELECT tick(x) AS x, randomblob(300000) AS b FROM c")
+    sql = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 150) "
+        "SELECT tick(x) AS x, randomblob(300000) AS b FROM c"
+    )
     res, peak = query_traced(ts, sql)
     assert res["truncated_by"] == "max_result_bytes" and res["row_count"] == 2 and len(ticks) <= 4
-    assert peak < 8 * 2**20, f"peak {peak / 2**20:.0f} MiB"    # before: 150 rows of 400 kB base64, ~100 MiB
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.0f} MiB"  # before: 150 rows of 400 kB base64, ~100 MiB
 
 
 def test_the_row_cap_says_so(db):
@@ -126,8 +133,10 @@ def test_the_caps_come_from_the_tools_config(db, tmp_path):
 UNBOUNDED = [
     ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", "recursive CTE"),
     ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c LIMIT 10", "recursive CTE"),
-    ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000000) SELECT x FROM c",
-     "recursive CTE"),
+    (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000000000) SELECT x FROM c",
+        "recursive CTE",
+    ),
     ("SELECT randomblob(1000000000)", "randomblob()"),
     ("SELECT randomblob(1e9)", "randomblob()"),
     ("SELECT zeroblob(id * 1000000) FROM items", "zeroblob()"),
@@ -155,7 +164,7 @@ def test_a_query_with_unbounded_cost_needs_approval(db, sql, why):
     params = {"n": 10} if ":n" in sql else {}
     call = Toolset(sql_tool(f"sqlite:///{db}")).validate("sql.query", {"sql": sql, "params": params})
     assert call.needs_approval and why in call.needs_approval and "unbounded" in call.needs_approval
-    assert ToolPolicy().level(call) == "approval"                # the read tier is 'auto' by default
+    assert ToolPolicy().level(call) == "approval"  # the read tier is 'auto' by default
 
 
 @pytest.mark.parametrize("sql", BOUNDED)
@@ -164,15 +173,22 @@ def test_an_ordinary_query_runs_on_its_tier(db, sql):
     assert call.needs_approval is None and ToolPolicy().level(call) == "auto"
 
 
-@pytest.mark.parametrize("sql", ["SELECT repeat('x', 1000000000)", "SELECT lpad('', n, 'x') FROM t",
-                                 "SELECT * FROM generate_series(1, 10000000000)"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT repeat('x', 1000000000)",
+        "SELECT lpad('', n, 'x') FROM t",
+        "SELECT * FROM generate_series(1, 10000000000)",
+    ],
+)
 def test_postgresql_size_functions_are_judged_the_same_way(sql):
     assert _unbounded(_prepare(sql, _syntax_for("postgresql")).tokens, 1_000_000)
 
 
 def test_a_write_with_an_unbounded_value_is_flagged_too(db):
     call = Toolset(sql_tool(f"sqlite:///{db}", read_only=False)).validate(
-        "sql.execute", {"sql": "INSERT INTO items (name) SELECT randomblob(:n)", "params": {"n": 5}})
+        "sql.execute", {"sql": "INSERT INTO items (name) SELECT randomblob(:n)", "params": {"n": 5}}
+    )
     assert "randomblob" in call.needs_approval
 
 
@@ -185,8 +201,13 @@ def test_an_unbounded_query_waits_for_a_person_in_the_tool_loop(db, tmp_path, ru
     ts = Toolset(sql_tool(f"sqlite:///{db}"))
     ticks = counted(ts)
     forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT tick(x) FROM c"
-    app, _ = scripted_llm([{"calls": [("sql.query", {"sql": "SELECT name FROM items ORDER BY id"})]},
-                           {"calls": [("sql.query", {"sql": forever})]}, {"content": "done"}])
+    app, _ = scripted_llm(
+        [
+            {"calls": [("sql.query", {"sql": "SELECT name FROM items ORDER BY id"})]},
+            {"calls": [("sql.query", {"sql": forever})]},
+            {"content": "done"},
+        ]
+    )
     h = serve_in_thread(app)
     try:
         loop = ToolLoop(gate, OpenAIBackend(f"{h.url}/v1", "m", retries=0), ts, ToolPolicy(), queue, audit)
@@ -197,6 +218,5 @@ def test_an_unbounded_query_waits_for_a_person_in_the_tool_loop(db, tmp_path, ru
     assert [s.status for s in res.steps] == ["executed", "pending"] and res.outcome == "pending"
     assert "unbounded" in res.steps[1].detail and "recursive CTE" in res.steps[1].detail
     assert ticks == [] and queue.get(res.approval_id).status == Status.PENDING
-    escalated = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()
-                 if '"tool.escalated"' in x]
+    escalated = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines() if '"tool.escalated"' in x]
     assert len(escalated) == 1 and "recursive CTE" in json.dumps(escalated[0])

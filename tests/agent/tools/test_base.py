@@ -11,8 +11,14 @@ class EchoArgs(BaseModel):
 
 
 def _toolset(ran):
-    return Toolset([ToolAction("echo.say", "repeat text", EchoArgs, "read",
-                               lambda a: ran.append(a) or {"text": a.text * a.times})], max_args_bytes=300)
+    return Toolset(
+        [
+            ToolAction(
+                "echo.say", "repeat text", EchoArgs, "read", lambda a: ran.append(a) or {"text": a.text * a.times}
+            )
+        ],
+        max_args_bytes=300,
+    )
 
 
 def test_a_valid_call_is_canonical_and_runs_only_when_executed():
@@ -24,14 +30,17 @@ def test_a_valid_call_is_canonical_and_runs_only_when_executed():
     assert ts.schemas()[0]["function"]["parameters"]["properties"]["times"]["maximum"] == 3
 
 
-@pytest.mark.parametrize("name, args, message", [
-    ("echo.shout", {"text": "x"}, "unknown tool 'echo.shout'; available: echo.say"),
-    ("echo.say", {"text": "x", "sudo": True}, "sudo: Extra inputs are not permitted"),
-    ("echo.say", {"text": "x", "times": 9}, "times: Input should be less than or equal to 3"),
-    ("echo.say", ["x"], "arguments must be a JSON object"),
-    ("echo.say", {"text": "x" * 400}, "over the limit of 300"),
-    ("echo.say", {"text": float("nan")}, "NaN"),
-])
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("echo.shout", {"text": "x"}, "unknown tool 'echo.shout'; available: echo.say"),
+        ("echo.say", {"text": "x", "sudo": True}, "sudo: Extra inputs are not permitted"),
+        ("echo.say", {"text": "x", "times": 9}, "times: Input should be less than or equal to 3"),
+        ("echo.say", ["x"], "arguments must be a JSON object"),
+        ("echo.say", {"text": "x" * 400}, "over the limit of 300"),
+        ("echo.say", {"text": float("nan")}, "NaN"),
+    ],
+)
 def test_bad_calls_are_refused_with_the_reason_and_nothing_runs(name, args, message):
     ran = []
     with pytest.raises(ToolError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -1,4 +1,5 @@
 """calendar.* on a real .ics file, through Toolset.validate + execute as the agent calls them."""
+
 from __future__ import annotations
 
 import threading
@@ -26,19 +27,41 @@ def test_create_list_move_delete_round_trip(tmp_path):
     ts = _tools(ics)
     assert _run(ts, "calendar.list", {}) == {"events": [], "count": 0, "more": False} and not ics.exists()
 
-    a = _run(ts, "calendar.create", {"summary": "歯医者", "start": "2025-05-01T09:00:00+09:00",
-                                     "end": "2025-05-01T10:00:00+09:00", "location": "駅前クリニック"})
+    a = _run(
+        ts,
+        "calendar.create",
+        {
+            "summary": "歯医者",
+            "start": "2025-05-01T09:00:00+09:00",
+            "end": "2025-05-01T10:00:00+09:00",
+            "location": "駅前クリニック",
+        },
+    )
     assert ics.exists()  # created on the first write, folder included
-    b = _run(ts, "calendar.create", {"summary": "Lunch", "start": "2025-05-02T12:00", "end": "2025-05-02T13:00",
-                                     "description": "naive times are UTC\nsecond line"})
+    b = _run(
+        ts,
+        "calendar.create",
+        {
+            "summary": "Lunch",
+            "start": "2025-05-02T12:00",
+            "end": "2025-05-02T13:00",
+            "description": "naive times are UTC\nsecond line",
+        },
+    )
     assert a["start"] == "2025-05-01T00:00:00+00:00" and a["end"] == "2025-05-01T01:00:00+00:00"  # stored in UTC
     assert b["start"] == "2025-05-02T12:00:00+00:00" and a["uid"] != b["uid"]
 
     listed = _run(ts, "calendar.list", {})["events"]
     assert [e["summary"] for e in listed] == ["歯医者", "Lunch"]
-    assert listed[0] == {"uid": a["uid"], "summary": "歯医者", "start": "2025-05-01T00:00:00+00:00",
-                         "end": "2025-05-01T01:00:00+00:00", "attendees": [], "location": "駅前クリニック",
-                         "all_day": False}
+    assert listed[0] == {
+        "uid": a["uid"],
+        "summary": "歯医者",
+        "start": "2025-05-01T00:00:00+00:00",
+        "end": "2025-05-01T01:00:00+00:00",
+        "attendees": [],
+        "location": "駅前クリニック",
+        "all_day": False,
+    }
 
     def day(**r):
         return [e["summary"] for e in _run(ts, "calendar.list", r)["events"]]
@@ -66,8 +89,12 @@ def test_create_list_move_delete_round_trip(tmp_path):
 def test_attendees_are_an_invite_which_is_the_send_tier(tmp_path):
     ts = _tools(tmp_path / "cal.ics")
     assert {n: a.risk for n, a in ts.actions.items()} == {
-        "calendar.list": "read", "calendar.create": "write", "calendar.invite": "send", "calendar.move": "write",
-        "calendar.delete": "delete"}
+        "calendar.list": "read",
+        "calendar.create": "write",
+        "calendar.invite": "send",
+        "calendar.move": "write",
+        "calendar.delete": "delete",
+    }
     base = {"summary": "Sync", "start": "2025-06-01T09:00Z", "end": "2025-06-01T09:30Z"}
     with pytest.raises(ToolError, match="calendar.create does not take attendees.*calendar.invite"):
         ts.validate("calendar.create", {**base, "attendees": ["bob@example.com"]})
@@ -89,8 +116,15 @@ def test_concurrent_writers_lose_no_events(tmp_path):
         ts = shared if k < 2 else _tools(ics)
         try:
             for i in range(8):
-                _run(ts, "calendar.create", {"summary": f"w{k}-{i}", "start": f"2025-07-{k + 1:02d}T{i:02d}:00Z",
-                                             "end": f"2025-07-{k + 1:02d}T{i:02d}:30Z"})
+                _run(
+                    ts,
+                    "calendar.create",
+                    {
+                        "summary": f"w{k}-{i}",
+                        "start": f"2025-07-{k + 1:02d}T{i:02d}:00Z",
+                        "end": f"2025-07-{k + 1:02d}T{i:02d}:30Z",
+                    },
+                )
         except Exception as exc:  # noqa: BLE001 -- reported by the assert below
             errors.append(exc)
 
@@ -102,33 +136,42 @@ def test_concurrent_writers_lose_no_events(tmp_path):
     assert summaries == sorted(f"w{k}-{i}" for k in range(4) for i in range(8))
 
 
-@pytest.mark.parametrize("content, why", [
-    (b"this is not a calendar\n", "not a valid iCalendar file"),
-    (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:x\r\n", "not a valid iCalendar file"),  # truncated
-    (b"BEGIN:VEVENT\r\nUID:x\r\nEND:VEVENT\r\n", "top component is VEVENT"),
-    (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:notadate\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
-     "VEVENT with an unreadable DTSTART"),
-    (b"\xff\xfe\x00garbage", "not a valid iCalendar file"),
-])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"this is not a calendar\n", "not a valid iCalendar file"),
+        (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:x\r\n", "not a valid iCalendar file"),  # truncated
+        (b"BEGIN:VEVENT\r\nUID:x\r\nEND:VEVENT\r\n", "top component is VEVENT"),
+        (
+            b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:x\r\nDTSTART:notadate\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+            "VEVENT with an unreadable DTSTART",
+        ),
+        (b"\xff\xfe\x00garbage", "not a valid iCalendar file"),
+    ],
+)
 def test_a_corrupt_file_is_named_and_never_overwritten(tmp_path, content, why):
     ics = tmp_path / "cal.ics"
     ics.write_bytes(content)
     ts = _tools(ics)
-    for name, args in [("calendar.list", {}),
-                       ("calendar.create", {"summary": "x", "start": "2025-01-01T09:00Z", "end": "2025-01-01T10:00Z"}),
-                       ("calendar.delete", {"uid": "x"})]:
+    for name, args in [
+        ("calendar.list", {}),
+        ("calendar.create", {"summary": "x", "start": "2025-01-01T09:00Z", "end": "2025-01-01T10:00Z"}),
+        ("calendar.delete", {"uid": "x"}),
+    ]:
         with pytest.raises(ToolError, match=f"{ics}.*{why}.*left unchanged"):
             _run(ts, name, args)
     assert ics.read_bytes() == content
 
 
-FOREIGN = (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Other//App//EN\r\nX-WR-CALNAME:Work\r\n"
-           b"BEGIN:VEVENT\r\nUID:allday@other\r\nSUMMARY:Holiday\r\nDTSTART;VALUE=DATE:20250505\r\nEND:VEVENT\r\n"
-           b"BEGIN:VEVENT\r\nUID:tz@other\r\nSUMMARY:Tokyo call\r\nDTSTART;TZID=Asia/Tokyo:20250506T090000\r\n"
-           b"DURATION:PT1H\r\nX-CUSTOM:keep me\r\nEND:VEVENT\r\n"
-           b"BEGIN:VEVENT\r\nUID:weekly@other\r\nSUMMARY:Standup\r\nDTSTART:20250501T010000Z\r\n"
-           b"DTEND:20250501T011500Z\r\nRRULE:FREQ=WEEKLY\r\nEND:VEVENT\r\n"
-           b"BEGIN:VTODO\r\nUID:todo@other\r\nSUMMARY:Taxes\r\nEND:VTODO\r\nEND:VCALENDAR\r\n")
+FOREIGN = (
+    b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Other//App//EN\r\nX-WR-CALNAME:Work\r\n"
+    b"BEGIN:VEVENT\r\nUID:allday@other\r\nSUMMARY:Holiday\r\nDTSTART;VALUE=DATE:20250505\r\nEND:VEVENT\r\n"
+    b"BEGIN:VEVENT\r\nUID:tz@other\r\nSUMMARY:Tokyo call\r\nDTSTART;TZID=Asia/Tokyo:20250506T090000\r\n"
+    b"DURATION:PT1H\r\nX-CUSTOM:keep me\r\nEND:VEVENT\r\n"
+    b"BEGIN:VEVENT\r\nUID:weekly@other\r\nSUMMARY:Standup\r\nDTSTART:20250501T010000Z\r\n"
+    b"DTEND:20250501T011500Z\r\nRRULE:FREQ=WEEKLY\r\nEND:VEVENT\r\n"
+    b"BEGIN:VTODO\r\nUID:todo@other\r\nSUMMARY:Taxes\r\nEND:VTODO\r\nEND:VCALENDAR\r\n"
+)
 
 
 def test_an_existing_calendar_is_read_and_what_we_do_not_touch_is_kept(tmp_path):
@@ -148,8 +191,13 @@ def test_an_existing_calendar_is_read_and_what_we_do_not_touch_is_kept(tmp_path)
     moved = _run(ts, "calendar.move", {"uid": "tz@other", "start": "2025-05-07T00:00Z", "end": "2025-05-07T01:00Z"})
     assert moved["previous"]["start"] == "2025-05-06T09:00:00+09:00" and moved["end"] == "2025-05-07T01:00:00+00:00"
     text = ics.read_bytes()
-    for kept in (b"X-WR-CALNAME:Work", b"X-CUSTOM:keep me", b"BEGIN:VTODO", b"RRULE:FREQ=WEEKLY",
-                 b"PRODID:-//Other//App//EN"):
+    for kept in (
+        b"X-WR-CALNAME:Work",
+        b"X-CUSTOM:keep me",
+        b"BEGIN:VTODO",
+        b"RRULE:FREQ=WEEKLY",
+        b"PRODID:-//Other//App//EN",
+    ):
         assert kept in text
     assert b"DURATION" not in text  # replaced by DTEND on move
 
@@ -164,25 +212,31 @@ def test_an_empty_file_is_a_new_calendar(tmp_path):
 EVENT = {"summary": "x", "start": "2025-01-01T09:00Z", "end": "2025-01-01T10:00Z"}
 
 
-@pytest.mark.parametrize("name, args, message", [
-    ("calendar.create", {**EVENT, "color": "red"}, "color: Extra inputs are not permitted"),
-    ("calendar.create", {**EVENT, "end": "2025-01-01T08:00Z"}, "must be after start"),
-    ("calendar.create", {**EVENT, "end": EVENT["start"]}, "must be after start"),
-    ("calendar.create", {**EVENT, "start": "2025-01-01"}, "has no time of day"),
-    ("calendar.create", {**EVENT, "start": "tomorrow 9am"}, "is not an ISO 8601 date-time"),
-    ("calendar.create", {**EVENT, "start": 1735722000}, "start: Input should be a valid string"),
-    ("calendar.create", {**EVENT, "summary": "a\r\nATTENDEE:mailto:x@evil.test"}, "control character"),
-    ("calendar.create", {**EVENT, "summary": ""}, "summary: String should have at least 1 character"),
-    ("calendar.create", {"summary": "x", "start": "2025-01-01T09:00Z"}, "end: Field required"),
-    ("calendar.invite", {**EVENT, "attendees": "bob@example.com"}, "attendees: Input should be a valid list"),
-    ("calendar.invite", {**EVENT, "attendees": ["bob@example.com\r\nBcc: x@evil.test"]}, "control character"),
-    ("calendar.invite", {**EVENT, "attendees": ["not-an-address"]}, "not a valid email address"),
-    ("calendar.move", {"uid": "u", "start": "2025-01-01T09:00Z", "end": "2025-01-01T10:00Z", "summary": "y"},
-     "summary: Extra inputs are not permitted"),
-    ("calendar.delete", {"uid": 7}, "uid: Input should be a valid string"),
-    ("calendar.list", {"from": "last week"}, "from: Value error"),
-    ("calendar.list", {"from_": "2025-01-01"}, "from_: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("calendar.create", {**EVENT, "color": "red"}, "color: Extra inputs are not permitted"),
+        ("calendar.create", {**EVENT, "end": "2025-01-01T08:00Z"}, "must be after start"),
+        ("calendar.create", {**EVENT, "end": EVENT["start"]}, "must be after start"),
+        ("calendar.create", {**EVENT, "start": "2025-01-01"}, "has no time of day"),
+        ("calendar.create", {**EVENT, "start": "tomorrow 9am"}, "is not an ISO 8601 date-time"),
+        ("calendar.create", {**EVENT, "start": 1735722000}, "start: Input should be a valid string"),
+        ("calendar.create", {**EVENT, "summary": "a\r\nATTENDEE:mailto:x@evil.test"}, "control character"),
+        ("calendar.create", {**EVENT, "summary": ""}, "summary: String should have at least 1 character"),
+        ("calendar.create", {"summary": "x", "start": "2025-01-01T09:00Z"}, "end: Field required"),
+        ("calendar.invite", {**EVENT, "attendees": "bob@example.com"}, "attendees: Input should be a valid list"),
+        ("calendar.invite", {**EVENT, "attendees": ["bob@example.com\r\nBcc: x@evil.test"]}, "control character"),
+        ("calendar.invite", {**EVENT, "attendees": ["not-an-address"]}, "not a valid email address"),
+        (
+            "calendar.move",
+            {"uid": "u", "start": "2025-01-01T09:00Z", "end": "2025-01-01T10:00Z", "summary": "y"},
+            "summary: Extra inputs are not permitted",
+        ),
+        ("calendar.delete", {"uid": 7}, "uid: Input should be a valid string"),
+        ("calendar.list", {"from": "last week"}, "from: Value error"),
+        ("calendar.list", {"from_": "2025-01-01"}, "from_: Extra inputs are not permitted"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, name, args, message):
     ts = _tools(tmp_path / "cal.ics")
     with pytest.raises(ToolError, match=message):

@@ -1,4 +1,5 @@
 """files.* on the real filesystem: every action, and every way out of the root we could think of."""
+
 from __future__ import annotations
 
 import os
@@ -36,30 +37,48 @@ def files_in(folder) -> list[str]:
 
 # -- happy paths ------------------------------------------------------------------------------
 
+
 def test_write_read_list_move_delete_with_japanese_names(root):
     ts = Toolset(files_tool(root))
-    assert call(ts, "files.write", {"path": "議事録/2024年/会議.md", "content": "# 会議\n決定事項: なし\n"}) == \
-        {"path": "議事録/2024年/会議.md", "bytes": len("# 会議\n決定事項: なし\n".encode()), "replaced": False}
+    assert call(ts, "files.write", {"path": "議事録/2024年/会議.md", "content": "# 会議\n決定事項: なし\n"}) == {
+        "path": "議事録/2024年/会議.md",
+        "bytes": len("# 会議\n決定事項: なし\n".encode()),
+        "replaced": False,
+    }
     assert (root / "議事録" / "2024年" / "会議.md").read_text(encoding="utf-8") == "# 会議\n決定事項: なし\n"
 
     got = call(ts, "files.read", {"path": "議事録/2024年/会議.md"})
-    assert got == {"path": "議事録/2024年/会議.md", "text": "# 会議\n決定事項: なし\n",
-                   "bytes": len("# 会議\n決定事項: なし\n".encode()), "truncated": False}
+    assert got == {
+        "path": "議事録/2024年/会議.md",
+        "text": "# 会議\n決定事項: なし\n",
+        "bytes": len("# 会議\n決定事項: なし\n".encode()),
+        "truncated": False,
+    }
 
     (root / "メモ.txt").write_text("やること", encoding="utf-8")
-    assert call(ts, "files.list", {}) == {"path": ".", "truncated": False, "entries": [
-        {"path": "メモ.txt", "type": "file", "size": 12}, {"path": "議事録", "type": "dir", "size": None}]}
+    assert call(ts, "files.list", {}) == {
+        "path": ".",
+        "truncated": False,
+        "entries": [{"path": "メモ.txt", "type": "file", "size": 12}, {"path": "議事録", "type": "dir", "size": None}],
+    }
     rec = call(ts, "files.list", {"path": "議事録", "recursive": True})
     assert [(e["path"], e["type"]) for e in rec["entries"]] == [
-        ("議事録/2024年", "dir"), ("議事録/2024年/会議.md", "file")]
+        ("議事録/2024年", "dir"),
+        ("議事録/2024年/会議.md", "file"),
+    ]
 
-    assert call(ts, "files.move", {"src": "メモ.txt", "dst": "アーカイブ/古いメモ.txt"}) == \
-        {"src": "メモ.txt", "dst": "アーカイブ/古いメモ.txt", "type": "file"}
+    assert call(ts, "files.move", {"src": "メモ.txt", "dst": "アーカイブ/古いメモ.txt"}) == {
+        "src": "メモ.txt",
+        "dst": "アーカイブ/古いメモ.txt",
+        "type": "file",
+    }
     assert (root / "アーカイブ" / "古いメモ.txt").read_text(encoding="utf-8") == "やること"
     assert not (root / "メモ.txt").exists()
 
-    assert call(ts, "files.delete", {"path": "アーカイブ/古いメモ.txt"}) == \
-        {"path": "アーカイブ/古いメモ.txt", "deleted": "file"}
+    assert call(ts, "files.delete", {"path": "アーカイブ/古いメモ.txt"}) == {
+        "path": "アーカイブ/古いメモ.txt",
+        "deleted": "file",
+    }
     assert call(ts, "files.delete", {"path": "アーカイブ"}) == {"path": "アーカイブ", "deleted": "dir", "entries": 0}
     assert files_in(root) == ["議事録", "議事録/2024年", "議事録/2024年/会議.md"]
 
@@ -118,19 +137,23 @@ def test_list_shows_links_without_descending_into_them(root, outside):
 
 # -- read -------------------------------------------------------------------------------------
 
+
 def test_read_is_cut_at_max_bytes_without_breaking_a_character(root):
     ts = Toolset(files_tool(root, max_read_bytes=10))
-    (root / "長文.txt").write_text("あいうえおかきくけこ", encoding="utf-8")     # 30 bytes
-    got = call(ts, "files.read", {"path": "長文.txt", "max_bytes": 7})     # 2 characters and 1 byte
+    (root / "長文.txt").write_text("あいうえおかきくけこ", encoding="utf-8")  # 30 bytes
+    got = call(ts, "files.read", {"path": "長文.txt", "max_bytes": 7})  # 2 characters and 1 byte
     assert got == {"path": "長文.txt", "text": "あい", "bytes": 30, "truncated": True}
     # The tool's own limit wins over a larger max_bytes.
     assert call(ts, "files.read", {"path": "長文.txt", "max_bytes": 1000})["text"] == "あいう"
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"PK\x03\x04\x00\x00binary", "looks binary \\(it contains NUL bytes\\)"),
-    (b"caf\xe9 latin-1", "is not UTF-8 text \\(invalid byte at offset 3\\)"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"PK\x03\x04\x00\x00binary", "looks binary \\(it contains NUL bytes\\)"),
+        (b"caf\xe9 latin-1", "is not UTF-8 text \\(invalid byte at offset 3\\)"),
+    ],
+)
 def test_read_refuses_binary_files(root, data, reason):
     (root / "blob.bin").write_bytes(data)
     with pytest.raises(ToolError, match=f"files.read: file 'blob.bin' {reason}; files.read returns UTF-8 text only"):
@@ -146,11 +169,12 @@ def test_read_refuses_folders_missing_files_and_fifos(root):
         call(ts, "files.read", {"path": "nope.txt"})
     if hasattr(os, "mkfifo"):
         os.mkfifo(root / "pipe")
-        with pytest.raises(ToolError, match="'pipe' is not a regular file"):     # and it did not hang
+        with pytest.raises(ToolError, match="'pipe' is not a regular file"):  # and it did not hang
             call(ts, "files.read", {"path": "pipe"})
 
 
 # -- write ------------------------------------------------------------------------------------
+
 
 def test_write_refuses_to_replace_unless_overwrite_and_keeps_permissions(root):
     ts = Toolset(files_tool(root))
@@ -169,7 +193,7 @@ def test_write_refuses_to_replace_unless_overwrite_and_keeps_permissions(root):
 
 def test_write_size_limit(root):
     ts = Toolset(files_tool(root, max_write_bytes=10))
-    call(ts, "files.write", {"path": "ok.txt", "content": "あいう"})          # 9 bytes
+    call(ts, "files.write", {"path": "ok.txt", "content": "あいう"})  # 9 bytes
     with pytest.raises(ToolError, match="content for 'big.txt' is 12 bytes, over the limit of 10"):
         call(ts, "files.write", {"path": "big.txt", "content": "あいうえ"})
     assert files_in(root) == ["ok.txt"]
@@ -183,6 +207,7 @@ def test_write_is_atomic_and_leaves_no_temporary_files(root, monkeypatch):
 
     def broken_replace(*args, **kwargs):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(files_mod.os, "replace", broken_replace)
     with pytest.raises(ToolError, match="files.write: 'a/b.txt': No space left on device"):
         call(ts, "files.write", {"path": "a/b.txt", "content": "three", "overwrite": True})
@@ -210,7 +235,7 @@ ESCAPES = [
     ("/etc/passwd", "is absolute"),
     ("../x", "contains '..'"),
     ("a/../../x", "contains '..'"),
-    ("a/../b", "contains '..'"),                 # even when it would stay inside: links make '..' unclear
+    ("a/../b", "contains '..'"),  # even when it would stay inside: links make '..' unclear
     ("..", "contains '..'"),
     ("C:/Windows/win.ini", "is absolute"),
     ("x\x00y", "contains a NUL byte"),
@@ -240,8 +265,13 @@ def test_unsafe_paths_are_refused_at_validation_with_the_path_and_the_reason(roo
     assert files_in(root) == ["here.txt"]
 
 
-ARGS = {"files.list": ListArgs, "files.read": ReadArgs, "files.write": WriteArgs, "files.move": MoveArgs,
-        "files.delete": DeleteArgs}
+ARGS = {
+    "files.list": ListArgs,
+    "files.read": ReadArgs,
+    "files.write": WriteArgs,
+    "files.move": MoveArgs,
+    "files.delete": DeleteArgs,
+}
 
 
 @pytest.mark.parametrize("path, reason", ESCAPES)
@@ -268,23 +298,26 @@ def links(root, outside):
     return root
 
 
-@pytest.mark.parametrize("name, args", [
-    ("files.read", {"path": "secret.txt"}),
-    ("files.write", {"path": "secret.txt", "content": "pwned", "overwrite": True}),
-    ("files.delete", {"path": "secret.txt"}),
-    ("files.move", {"src": "secret.txt", "dst": "mine.txt"}),
-    ("files.list", {"path": "out"}),
-    ("files.read", {"path": "out/secret.txt"}),
-    ("files.write", {"path": "out/new.txt", "content": "pwned"}),
-    ("files.write", {"path": "out/secret.txt", "content": "pwned", "overwrite": True}),
-    ("files.delete", {"path": "out/secret.txt"}),
-    ("files.delete", {"path": "out", "recursive": True}),
-    ("files.move", {"src": "out/secret.txt", "dst": "mine.txt"}),
-    ("files.move", {"src": "in", "dst": "out/in"}),
-    ("files.read", {"path": "in/deep/secret.txt"}),
-    ("files.write", {"path": "in/deep/sub/new.txt", "content": "pwned"}),
-    ("files.list", {"path": "in/deep"}),
-])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("files.read", {"path": "secret.txt"}),
+        ("files.write", {"path": "secret.txt", "content": "pwned", "overwrite": True}),
+        ("files.delete", {"path": "secret.txt"}),
+        ("files.move", {"src": "secret.txt", "dst": "mine.txt"}),
+        ("files.list", {"path": "out"}),
+        ("files.read", {"path": "out/secret.txt"}),
+        ("files.write", {"path": "out/new.txt", "content": "pwned"}),
+        ("files.write", {"path": "out/secret.txt", "content": "pwned", "overwrite": True}),
+        ("files.delete", {"path": "out/secret.txt"}),
+        ("files.delete", {"path": "out", "recursive": True}),
+        ("files.move", {"src": "out/secret.txt", "dst": "mine.txt"}),
+        ("files.move", {"src": "in", "dst": "out/in"}),
+        ("files.read", {"path": "in/deep/secret.txt"}),
+        ("files.write", {"path": "in/deep/sub/new.txt", "content": "pwned"}),
+        ("files.list", {"path": "in/deep"}),
+    ],
+)
 def test_symlinks_leading_outside_are_refused(links, outside, name, args):
     ts = Toolset(files_tool(links))
     with pytest.raises(ToolError, match=f"{name}: path '[^']+' leads outside the files root through a symbolic link"):
@@ -299,9 +332,13 @@ def test_symlinks_inside_the_root_work_and_delete_removes_only_the_link(root):
     (root / "alias").symlink_to(root / "real", target_is_directory=True)
     (root / "a_link.txt").symlink_to(root / "real" / "a.txt")
     assert call(ts, "files.read", {"path": "alias/a.txt"})["text"] == "本物"
-    assert call(ts, "files.read", {"path": "a_link.txt"}) == {"path": "real/a.txt", "text": "本物", "bytes": 6,
-                                                             "truncated": False}
-    call(ts, "files.write", {"path": "a_link.txt", "content": "更新", "overwrite": True})   # writes the target
+    assert call(ts, "files.read", {"path": "a_link.txt"}) == {
+        "path": "real/a.txt",
+        "text": "本物",
+        "bytes": 6,
+        "truncated": False,
+    }
+    call(ts, "files.write", {"path": "a_link.txt", "content": "更新", "overwrite": True})  # writes the target
     assert (root / "a_link.txt").is_symlink() and (root / "real" / "a.txt").read_text(encoding="utf-8") == "更新"
     assert call(ts, "files.delete", {"path": "a_link.txt"}) == {"path": "a_link.txt", "deleted": "symlink"}
     assert (root / "real" / "a.txt").exists()
@@ -314,7 +351,7 @@ def test_a_root_given_through_a_link_is_used_and_links_back_out_are_refused(tmp_
     ts = Toolset(files_tool(tmp_path / "root_link"))
     call(ts, "files.write", {"path": "a.txt", "content": "ok"})
     assert (real / "a.txt").read_text() == "ok"
-    (real / "up").symlink_to(tmp_path, target_is_directory=True)     # a link to the root's parent
+    (real / "up").symlink_to(tmp_path, target_is_directory=True)  # a link to the root's parent
     with pytest.raises(ToolError, match="leads outside the files root"):
         call(ts, "files.read", {"path": "up/outside/secret.txt"})
 
@@ -322,10 +359,14 @@ def test_a_root_given_through_a_link_is_used_and_links_back_out_are_refused(tmp_
 def test_the_root_itself_cannot_be_deleted_moved_or_written(root):
     ts = Toolset(files_tool(root))
     (root / "self").symlink_to(root, target_is_directory=True)
-    for name, args in [("files.delete", {"path": ".", "recursive": True}), ("files.delete", {"path": ""}),
-                       ("files.move", {"src": ".", "dst": "x"}), ("files.move", {"src": "self/", "dst": "x"}),
-                       ("files.write", {"path": ".", "content": "x", "overwrite": True}),
-                       ("files.read", {"path": "."})]:
+    for name, args in [
+        ("files.delete", {"path": ".", "recursive": True}),
+        ("files.delete", {"path": ""}),
+        ("files.move", {"src": ".", "dst": "x"}),
+        ("files.move", {"src": "self/", "dst": "x"}),
+        ("files.write", {"path": ".", "content": "x", "overwrite": True}),
+        ("files.read", {"path": "."}),
+    ]:
         with pytest.raises(ToolError, match=f"{name}: path '[^']*' is the files root itself"):
             call(ts, name, args)
     assert root.is_dir()
@@ -339,8 +380,9 @@ def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(root, outsi
     ts = Toolset(files_tool(root))
     (root / "out").symlink_to(outside, target_is_directory=True)
     (root / "link.txt").symlink_to(outside / "secret.txt")
-    monkeypatch.setattr(files_mod._Files, "_inside",
-                        lambda self, action, path, candidate: candidate.relative_to(self.root).parts)
+    monkeypatch.setattr(
+        files_mod._Files, "_inside", lambda self, action, path, candidate: candidate.relative_to(self.root).parts
+    )
     with pytest.raises(ToolError, match="'out' in path 'out/x.txt' is a symbolic link now"):
         call(ts, "files.write", {"path": "out/x.txt", "content": "pwned"})
     with pytest.raises(ToolError, match="'link.txt' was replaced by a link after the check"):
@@ -358,13 +400,17 @@ def test_the_root_must_exist(tmp_path):
 
 # -- schema -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, args, message", [
-    ("files.read", {}, "path: Field required"),
-    ("files.read", {"path": "a.txt", "encoding": "latin-1"}, "encoding: Extra inputs are not permitted"),
-    ("files.write", {"path": "a.txt"}, "content: Field required"),
-    ("files.read", {"path": "a.txt", "max_bytes": 0}, "max_bytes: Input should be greater than or equal to 1"),
-    ("files.delete", {"path": "a.txt", "recursive": "yes please"}, "recursive: Input should be a valid boolean"),
-])
+
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("files.read", {}, "path: Field required"),
+        ("files.read", {"path": "a.txt", "encoding": "latin-1"}, "encoding: Extra inputs are not permitted"),
+        ("files.write", {"path": "a.txt"}, "content: Field required"),
+        ("files.read", {"path": "a.txt", "max_bytes": 0}, "max_bytes: Input should be greater than or equal to 1"),
+        ("files.delete", {"path": "a.txt", "recursive": "yes please"}, "recursive: Input should be a valid boolean"),
+    ],
+)
 def test_arguments_are_validated_against_the_schema(root, name, args, message):
     with pytest.raises(ToolError, match=message):
         Toolset(files_tool(root)).validate(name, args)
@@ -373,8 +419,12 @@ def test_arguments_are_validated_against_the_schema(root, name, args, message):
 def test_schemas_and_risk_tiers(root):
     ts = Toolset(files_tool(root))
     assert {n: a.risk for n, a in ts.actions.items()} == {
-        "files.list": "read", "files.read": "read", "files.write": "write", "files.move": "write",
-        "files.delete": "delete"}
+        "files.list": "read",
+        "files.read": "read",
+        "files.write": "write",
+        "files.move": "write",
+        "files.delete": "delete",
+    }
     for schema in ts.schemas():
         params = schema["function"]["parameters"]
         assert params["additionalProperties"] is False and schema["function"]["description"]

@@ -1,4 +1,5 @@
 """mail.draft / mail.send against a real SMTP server (aiosmtpd) on a free localhost port."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,17 +49,23 @@ def smtp():
 
 
 def _tools(tmp_path: Path, port: int | None, **kw) -> Toolset:
-    return Toolset(mail_tool(tmp_path / "drafts", smtp_host="127.0.0.1" if port else None, smtp_port=port or 25,
-                             sender=SENDER, **kw))
+    return Toolset(
+        mail_tool(
+            tmp_path / "drafts", smtp_host="127.0.0.1" if port else None, smtp_port=port or 25, sender=SENDER, **kw
+        )
+    )
 
 
 def _run(ts: Toolset, name: str, args: dict) -> dict:
     return ts.execute(ts.validate(name, args))
 
 
-JA = {"to": ["山田 太郎 <taro@example.jp>", "hanako@example.jp"], "cc": ["boss@corp.example.com"],
-      "subject": "明日の会議について（資料あり）",
-      "body": "山田さん\n\n明日10時の会議の資料を添付します。\nよろしくお願いします。\n"}
+JA = {
+    "to": ["山田 太郎 <taro@example.jp>", "hanako@example.jp"],
+    "cc": ["boss@corp.example.com"],
+    "subject": "明日の会議について（資料あり）",
+    "body": "山田さん\n\n明日10時の会議の資料を添付します。\nよろしくお願いします。\n",
+}
 
 
 def test_a_draft_is_sent_exactly_as_written_japanese_included(tmp_path, smtp):
@@ -115,12 +122,26 @@ def test_concurrent_sends_of_one_draft_deliver_it_once(tmp_path, smtp):
 
 
 def _draft(tmp_path, **kw) -> str:
-    return _run(_tools(tmp_path, None, max_recipients=50), "mail.draft",
-                {"to": ["a@example.com"], "subject": "s", "body": "b", **kw})["draft_id"]
+    return _run(
+        _tools(tmp_path, None, max_recipients=50),
+        "mail.draft",
+        {"to": ["a@example.com"], "subject": "s", "body": "b", **kw},
+    )["draft_id"]
 
 
-@pytest.mark.parametrize("case", ["no smtp host", "domain", "too many", "bcc added on disk", "bcc and its hash",
-                                  "reply-to and its hash", "sha256", "unknown id"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no smtp host",
+        "domain",
+        "too many",
+        "bcc added on disk",
+        "bcc and its hash",
+        "reply-to and its hash",
+        "sha256",
+        "unknown id",
+    ],
+)
 def test_refused_sends_send_nothing_and_keep_the_draft(tmp_path, smtp, case):
     inbox, port = smtp
     to = ["a@example.com"]
@@ -133,10 +154,16 @@ def test_refused_sends_send_nothing_and_keep_the_draft(tmp_path, smtp, case):
     draft_id = _draft(tmp_path, to=to)
     path = tmp_path / "drafts" / f"{draft_id}.eml"
     args: dict = {"draft_id": draft_id}
-    expect = {"no smtp host": "sending is not configured", "domain": "leak@evil.test: domain is not in the allowed",
-              "too many": "5 recipients, over the limit of 4", "bcc added on disk": "changed on disk since mail.draft",
-              "bcc and its hash": "has a Bcc header", "reply-to and its hash": "has a Reply-To header",
-              "sha256": "changed since it was reviewed", "unknown id": "no draft"}[case]
+    expect = {
+        "no smtp host": "sending is not configured",
+        "domain": "leak@evil.test: domain is not in the allowed",
+        "too many": "5 recipients, over the limit of 4",
+        "bcc added on disk": "changed on disk since mail.draft",
+        "bcc and its hash": "has a Bcc header",
+        "reply-to and its hash": "has a Reply-To header",
+        "sha256": "changed since it was reviewed",
+        "unknown id": "no draft",
+    }[case]
     if case in ("bcc added on disk", "bcc and its hash", "reply-to and its hash"):
         extra = b"Reply-To: evil@example.com\r\n" if case.startswith("reply-to") else b"Bcc: spy@example.com\r\n"
         path.write_bytes(extra + path.read_bytes())
@@ -166,29 +193,50 @@ def test_draft_reports_what_would_block_sending(tmp_path):
     assert d["send_problems"] == ["b@evil.test: domain is not in the allowed domains (example.com)"]
 
 
-@pytest.mark.parametrize("name, args, message", [
-    ("mail.draft", {"to": ["a@example.com"], "subject": "s", "body": "b", "bcc": ["x@example.com"]},
-     "bcc: Extra inputs are not permitted"),
-    ("mail.draft", {"to": ["a@example.com"], "subject": "hi\r\nBcc: spy@evil.test", "body": "b"},
-     "subject: Value error, subject contains the control character '\\\\r'"),
-    ("mail.draft", {"to": ["a@example.com\nBcc: spy@evil.test"], "subject": "s", "body": "b"},
-     "header injection"),
-    ("mail.draft", {"to": ["Eve <eve@evil.test>\u2028Bcc: x@evil.test"], "subject": "s", "body": "b"},
-     "control character"),
-    ("mail.draft", {"to": "a@example.com", "subject": "s", "body": "b"}, "to: Input should be a valid list"),
-    ("mail.draft", {"to": ["a@example.com"], "subject": 5, "body": "b"}, "subject: Input should be a valid string"),
-    ("mail.draft", {"to": [], "subject": "s", "body": "b"}, "to: List should have at least 1 item"),
-    ("mail.draft", {"to": ["a@example.com, b@example.com"], "subject": "s", "body": "b"}, "not a single address"),
-    ("mail.draft", {"to": ["alice@example.org)<bob@example.org>"], "subject": "s", "body": "b"},
-     "not a single address"),
-    ("mail.draft", {"to": ["root@localhost"], "subject": "s", "body": "b"}, "not a valid email address"),
-    ("mail.draft", {"to": ["a@example.com"], "cc": [f"c{i}@example.com" for i in range(20)], "subject": "s",
-                    "body": "b"}, "21 recipients in to \\+ cc, over the limit of 20"),
-    ("mail.draft", {"to": ["a@example.com"], "subject": "s", "body": "x" * 50_001}, "body: String should have at most"),
-    ("mail.send", {"draft_id": "../../etc/passwd"}, "draft_id: String should match pattern"),
-    ("mail.send", {"draft_id": 20200101}, "draft_id: Input should be a valid string"),
-    ("mail.list_drafts", {"limit": "all"}, "limit: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        (
+            "mail.draft",
+            {"to": ["a@example.com"], "subject": "s", "body": "b", "bcc": ["x@example.com"]},
+            "bcc: Extra inputs are not permitted",
+        ),
+        (
+            "mail.draft",
+            {"to": ["a@example.com"], "subject": "hi\r\nBcc: spy@evil.test", "body": "b"},
+            "subject: Value error, subject contains the control character '\\\\r'",
+        ),
+        ("mail.draft", {"to": ["a@example.com\nBcc: spy@evil.test"], "subject": "s", "body": "b"}, "header injection"),
+        (
+            "mail.draft",
+            {"to": ["Eve <eve@evil.test>\u2028Bcc: x@evil.test"], "subject": "s", "body": "b"},
+            "control character",
+        ),
+        ("mail.draft", {"to": "a@example.com", "subject": "s", "body": "b"}, "to: Input should be a valid list"),
+        ("mail.draft", {"to": ["a@example.com"], "subject": 5, "body": "b"}, "subject: Input should be a valid string"),
+        ("mail.draft", {"to": [], "subject": "s", "body": "b"}, "to: List should have at least 1 item"),
+        ("mail.draft", {"to": ["a@example.com, b@example.com"], "subject": "s", "body": "b"}, "not a single address"),
+        (
+            "mail.draft",
+            {"to": ["alice@example.org)<bob@example.org>"], "subject": "s", "body": "b"},
+            "not a single address",
+        ),
+        ("mail.draft", {"to": ["root@localhost"], "subject": "s", "body": "b"}, "not a valid email address"),
+        (
+            "mail.draft",
+            {"to": ["a@example.com"], "cc": [f"c{i}@example.com" for i in range(20)], "subject": "s", "body": "b"},
+            "21 recipients in to \\+ cc, over the limit of 20",
+        ),
+        (
+            "mail.draft",
+            {"to": ["a@example.com"], "subject": "s", "body": "x" * 50_001},
+            "body: String should have at most",
+        ),
+        ("mail.send", {"draft_id": "../../etc/passwd"}, "draft_id: String should match pattern"),
+        ("mail.send", {"draft_id": 20200101}, "draft_id: Input should be a valid string"),
+        ("mail.list_drafts", {"limit": "all"}, "limit: Input should be a valid integer"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, name, args, message):
     ts = _tools(tmp_path, None)
     with pytest.raises(ToolError, match=message):
@@ -199,8 +247,15 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, name, args, me
 def test_address_parsing():
     assert parse_address("山田 太郎 <Taro.Yamada@Example.JP>") == ("山田 太郎", "Taro.Yamada@example.jp")
     assert parse_address("  a+tag@sub.example.com ") == ("", "a+tag@sub.example.com")
-    for bad in ['"Yamada, Taro" <t@example.jp>', "a..b@example.com", "a@-example.com", "a@example.c",
-                "<a@example.com", "a@b@example.com", "ユーザー@example.jp"]:
+    for bad in [
+        '"Yamada, Taro" <t@example.jp>',
+        "a..b@example.com",
+        "a@-example.com",
+        "a@example.c",
+        "<a@example.com",
+        "a@b@example.com",
+        "ユーザー@example.jp",
+    ]:
         with pytest.raises(ValueError):
             parse_address(bad)
     with pytest.raises(ValueError):
@@ -211,8 +266,16 @@ def test_address_parsing():
 # (issue 13, item 12) Before the fix, on Python < 3.11.10 / 3.12.5, the email package decoded an
 # encoded word to "hello\r\nReply-To: evil@x.com" and wrote it out unquoted: a second header.
 
-DRAFT_HEADERS = ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
-                 "Content-Transfer-Encoding"]
+DRAFT_HEADERS = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+]
 
 
 def _received_headers(smtp) -> list[list[str]]:
@@ -220,16 +283,19 @@ def _received_headers(smtp) -> list[list[str]]:
 
 
 @pytest.mark.smtp
-@pytest.mark.parametrize("field, value", [
-    ("subject", "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="),
-    ("subject", "Invoice =?utf-8?b?DQpSZXBseS1UbzogZXZpbEB4LmNvbQ==?= attached"),  # base64: "\r\nReply-To: ..."
-    ("subject", "=?iso-8859-1?q?a=0ABcc=3A_spy=40evil.test?="),
-    ("subject", "=?utf-8?q?hi=00there?="),                                        # NUL
-    ("subject", "=?utf-8?q?=1B[2J_cleared?="),                                    # ESC (terminal control)
-    ("subject", "=?utf-7?q?+AA0ACg-Reply-To:_evil=40x.com?="),                    # CR LF spelt in UTF-7
-    ("to", "=?utf-8?q?Taro=0D=0AReply-To=3A_evil=40x.com?= <taro@example.jp>"),  # in a display name
-    ("cc", "=?utf-8?q?Boss=0D=0A=0D=0Ainjected_body?= <boss@example.com>"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("subject", "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="),
+        ("subject", "Invoice =?utf-8?b?DQpSZXBseS1UbzogZXZpbEB4LmNvbQ==?= attached"),  # base64: "\r\nReply-To: ..."
+        ("subject", "=?iso-8859-1?q?a=0ABcc=3A_spy=40evil.test?="),
+        ("subject", "=?utf-8?q?hi=00there?="),  # NUL
+        ("subject", "=?utf-8?q?=1B[2J_cleared?="),  # ESC (terminal control)
+        ("subject", "=?utf-7?q?+AA0ACg-Reply-To:_evil=40x.com?="),  # CR LF spelt in UTF-7
+        ("to", "=?utf-8?q?Taro=0D=0AReply-To=3A_evil=40x.com?= <taro@example.jp>"),  # in a display name
+        ("cc", "=?utf-8?q?Boss=0D=0A=0D=0Ainjected_body?= <boss@example.com>"),
+    ],
+)
 def test_encoded_words_that_decode_to_line_breaks_never_reach_smtp(tmp_path, field, value):
     args = {"to": ["taro@example.jp"], "subject": "s", "body": "hello", field: [value] if field != "subject" else value}
     with LocalSmtp() as smtp:
@@ -269,8 +335,11 @@ def test_the_sender_name_is_checked_too(tmp_path):
 def test_a_draft_changed_on_disk_after_drafting_is_not_sent(tmp_path, tamper):
     with LocalSmtp() as smtp:
         ts = _tools(tmp_path, smtp.port)
-        d = _run(ts, "mail.draft", {"to": ["a@example.com"], "subject": "Payment",
-                                    "body": "Please pay invoice 12 (100 EUR).\n"})
+        d = _run(
+            ts,
+            "mail.draft",
+            {"to": ["a@example.com"], "subject": "Payment", "body": "Please pay invoice 12 (100 EUR).\n"},
+        )
         path = Path(d["path"])
         raw = path.read_bytes()
         if tamper == "body":
@@ -284,8 +353,12 @@ def test_a_draft_changed_on_disk_after_drafting_is_not_sent(tmp_path, tamper):
             path.rename(path.with_name("20200101T000000Z-0000abcd.eml"))
             d["draft_id"] = "20200101T000000Z-0000abcd"
             path = path.with_name(f"{d['draft_id']}.eml")
-        with pytest.raises(ToolError, match="changed on disk since mail.draft wrote it"
-                           if tamper in ("body", "recipient") else "no sha256 recorded"):
+        with pytest.raises(
+            ToolError,
+            match="changed on disk since mail.draft wrote it"
+            if tamper in ("body", "recipient")
+            else "no sha256 recorded",
+        ):
             _run(ts, "mail.send", {"draft_id": d["draft_id"]})
         assert smtp.messages == []
     assert path.exists() and not (tmp_path / "drafts" / "sent" / path.name).exists()
@@ -314,7 +387,10 @@ def test_the_generated_message_is_checked_even_if_input_checks_miss_something(tm
     with LocalSmtp() as smtp:
         ts = _tools(tmp_path, smtp.port)
         with pytest.raises(ToolError, match="nothing saved"):
-            _run(ts, "mail.draft", {"to": ["a@example.com"], "body": "b",
-                                    "subject": "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="})
+            _run(
+                ts,
+                "mail.draft",
+                {"to": ["a@example.com"], "body": "b", "subject": "=?utf-8?q?hello=0D=0AReply-To=3A_evil=40x.com?="},
+            )
         assert smtp.messages == []
     assert not list((tmp_path / "drafts").glob("*.eml"))

@@ -18,6 +18,7 @@ A tier is per action; an action may also `review` each validated call and name a
 needs a person even when its tier runs automatically (a SQL query whose cost is unbounded):
 the call's `needs_approval`, which the tool loop's policy never runs as 'auto'.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -40,28 +41,30 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolAction:
-    name: str                                   # "<tool>.<action>", e.g. "files.read"
+    name: str  # "<tool>.<action>", e.g. "files.read"
     description: str
-    args: type[BaseModel]                       # extra="forbid"; validation = the schema
+    args: type[BaseModel]  # extra="forbid"; validation = the schema
     risk: Risk
-    run: Callable[[Any], dict]                  # receives the validated args model
+    run: Callable[[Any], dict]  # receives the validated args model
     review: Callable[[Any], str | None] | None = None  # validated args -> why this call needs a person, or None
 
     def schema(self) -> dict:
         """The OpenAI function-calling description of this action."""
         params = self.args.model_json_schema()
         params.pop("title", None)
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": params}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
 
 
 @dataclass(frozen=True)
 class ValidatedCall:
     name: str
     args: BaseModel
-    canonical: str                              # canonical JSON of {"name", "arguments"}: what is gated, approved, hashed
+    canonical: str  # canonical JSON of {"name", "arguments"}: what is gated, approved, hashed
     risk: Risk
-    needs_approval: str | None = None           # the action's review: why a person must approve it even on 'auto'
+    needs_approval: str | None = None  # the action's review: why a person must approve it even on 'auto'
 
 
 class Toolset:
@@ -93,12 +96,15 @@ class Toolset:
         except ValueError as exc:
             raise ToolError(f"{name}: {exc}") from None
         if len(text.encode("utf-8")) > self.max_args_bytes:
-            raise ToolError(f"{name}: arguments are {len(text.encode('utf-8'))} bytes, over the limit of "
-                            f"{self.max_args_bytes}")
+            raise ToolError(
+                f"{name}: arguments are {len(text.encode('utf-8'))} bytes, over the limit of {self.max_args_bytes}"
+            )
         try:
             args = action.args.model_validate(arguments)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+            )
             raise ToolError(f"{name}: invalid arguments: {problems}") from None
         why = None
         if action.review is not None:

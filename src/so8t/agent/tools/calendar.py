@@ -24,6 +24,7 @@ are kept.
 Event text (summary, location) may come from other people's invitations: it is data, not
 instructions.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -97,18 +98,28 @@ class CreateArgs(_EventFields):
     @classmethod
     def _no_attendees(cls, data: Any) -> Any:
         if isinstance(data, dict) and "attendees" in data:
-            raise ValueError("calendar.create does not take attendees: an event that involves other people is "
-                             "calendar.invite (risk send)")
+            raise ValueError(
+                "calendar.create does not take attendees: an event that involves other people is "
+                "calendar.invite (risk send)"
+            )
         return data
 
 
 class ListArgs(BaseModel):
     """Events overlapping an optional range, in start order."""
+
     model_config = ConfigDict(extra="forbid")
-    from_: str | None = Field(default=None, alias="from", max_length=64,
-                              description="Range start (inclusive): a date 2025-05-01 or an ISO 8601 date-time.")
-    to: str | None = Field(default=None, max_length=64,
-                           description="Range end: a date (included, through its end) or a date-time (exclusive).")
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        max_length=64,
+        description="Range start (inclusive): a date 2025-05-01 or an ISO 8601 date-time.",
+    )
+    to: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Range end: a date (included, through its end) or a date-time (exclusive).",
+    )
     limit: int = Field(default=200, ge=1, le=1000, description="At most this many events.")
 
     @field_validator("from_", "to")
@@ -121,11 +132,13 @@ class ListArgs(BaseModel):
 
 class MoveArgs(_TimeRange):
     """Give an event a new start and end."""
+
     uid: str = Field(min_length=1, max_length=255, description="The event's uid, from calendar.list or create.")
 
 
 class DeleteArgs(BaseModel):
     """Remove an event."""
+
     model_config = ConfigDict(extra="forbid")
     uid: str = Field(min_length=1, max_length=255, description="The event's uid, from calendar.list or create.")
 
@@ -141,9 +154,12 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
 
     class InviteArgs(_EventFields):
         """An event with other attendees: it involves other people."""
+
         attendees: list[str] = Field(
-            min_length=1, max_length=100,
-            description="Attendee email addresses ('a@example.com' or 'Name <a@example.com>').")
+            min_length=1,
+            max_length=100,
+            description="Attendee email addresses ('a@example.com' or 'Name <a@example.com>').",
+        )
 
         @field_validator("attendees")
         @classmethod
@@ -183,8 +199,11 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
                 continue
             events.append((start, _describe(ev)))
         events.sort(key=lambda se: se[0])
-        return {"events": [e for _, e in events[:a.limit]], "count": min(len(events), a.limit),
-                "more": len(events) > a.limit}
+        return {
+            "events": [e for _, e in events[: a.limit]],
+            "count": min(len(events), a.limit),
+            "more": len(events) > a.limit,
+        }
 
     def new_event(a: _EventFields, attendees: list[str] | None) -> Event:
         now = datetime.now(UTC).replace(microsecond=0)
@@ -216,6 +235,7 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
         def add(cal: Calendar) -> dict:
             cal.add_component(ev)
             return _describe(ev)
+
         return change(add)
 
     def invite(a: InviteArgs) -> dict:
@@ -224,14 +244,16 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
         def add(cal: Calendar) -> dict:
             cal.add_component(ev)
             return _describe(ev)
+
         return change(add)
 
     def move(a: MoveArgs) -> dict:
         def mv(cal: Calendar) -> dict:
             [ev] = _find(cal, a.uid, "calendar.move")
             if "RRULE" in ev or "RECURRENCE-ID" in ev:
-                raise ToolError(f"calendar.move: event {a.uid!r} is recurring; moving recurring events is "
-                                "not supported")
+                raise ToolError(
+                    f"calendar.move: event {a.uid!r} is recurring; moving recurring events is not supported"
+                )
             before = _describe(ev)
             for prop in ("DTSTART", "DTEND", "DURATION", "DTSTAMP", "LAST-MODIFIED"):
                 ev.pop(prop, None)
@@ -243,6 +265,7 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
             seq = int(ev.pop("SEQUENCE", 0) or 0)
             ev.add("sequence", seq + 1)
             return {**_describe(ev), "previous": {"start": before["start"], "end": before["end"]}}
+
         return change(mv)
 
     def delete(a: DeleteArgs) -> dict:
@@ -251,15 +274,31 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
             gone = _describe(found[0])
             cal.subcomponents[:] = [c for c in cal.subcomponents if not any(c is f for f in found)]
             return {"deleted": gone, "components_removed": len(found)}
+
         return change(rm)
 
     return [
-        ToolAction("calendar.list", "List calendar events, optionally only those overlapping a from/to range.",
-                   ListArgs, "read", list_events),
-        ToolAction("calendar.create", "Add an event to the owner's own calendar (no other attendees; "
-                   "for those use calendar.invite).", CreateArgs, "write", create),
-        ToolAction("calendar.invite", "Add an event with other attendees (records ORGANIZER/ATTENDEE).",
-                   InviteArgs, "send", invite),
+        ToolAction(
+            "calendar.list",
+            "List calendar events, optionally only those overlapping a from/to range.",
+            ListArgs,
+            "read",
+            list_events,
+        ),
+        ToolAction(
+            "calendar.create",
+            "Add an event to the owner's own calendar (no other attendees; for those use calendar.invite).",
+            CreateArgs,
+            "write",
+            create,
+        ),
+        ToolAction(
+            "calendar.invite",
+            "Add an event with other attendees (records ORGANIZER/ATTENDEE).",
+            InviteArgs,
+            "send",
+            invite,
+        ),
         ToolAction("calendar.move", "Change an event's start and end.", MoveArgs, "write", move),
         ToolAction("calendar.delete", "Delete an event.", DeleteArgs, "delete", delete),
     ]
@@ -291,8 +330,10 @@ def _load(path: Path) -> Calendar:
     except Exception as exc:  # noqa: BLE001 -- mostly ValueError, but any failure means the same
         raise ToolError(f"calendar: {path} is not a valid iCalendar file ({str(exc)[:200]}); {hint}") from None
     if not isinstance(cal, Calendar) or cal.name != "VCALENDAR":
-        raise ToolError(f"calendar: {path} is not a valid iCalendar file (top component is "
-                        f"{getattr(cal, 'name', '?')}, not VCALENDAR); {hint}")
+        raise ToolError(
+            f"calendar: {path} is not a valid iCalendar file (top component is "
+            f"{getattr(cal, 'name', '?')}, not VCALENDAR); {hint}"
+        )
     for comp in cal.walk():
         if getattr(comp, "errors", None):
             prop, why = comp.errors[0][:2]
@@ -313,8 +354,9 @@ def _find(cal: Calendar, uid: str, action: str, *, single: bool = True) -> list[
     if not found:
         raise ToolError(f"{action}: no event with uid {uid!r}")
     if single and len(found) > 1:
-        raise ToolError(f"{action}: uid {uid!r} has {len(found)} components (a recurring event with "
-                        "overrides); not supported")
+        raise ToolError(
+            f"{action}: uid {uid!r} has {len(found)} components (a recurring event with overrides); not supported"
+        )
     return found
 
 
@@ -357,10 +399,15 @@ def _describe(ev: Any) -> dict:
     attendees = ev.get("ATTENDEE", [])
     if not isinstance(attendees, list):
         attendees = [attendees]
-    out = {"uid": str(ev.get("UID", "")), "summary": str(ev.get("SUMMARY", "")), "start": _iso(start),
-           "end": _iso(end), "attendees": [_mailto(a) for a in attendees],
-           "location": str(ev["LOCATION"]) if "LOCATION" in ev else None,
-           "all_day": start is not None and not isinstance(start, datetime)}
+    out = {
+        "uid": str(ev.get("UID", "")),
+        "summary": str(ev.get("SUMMARY", "")),
+        "start": _iso(start),
+        "end": _iso(end),
+        "attendees": [_mailto(a) for a in attendees],
+        "location": str(ev["LOCATION"]) if "LOCATION" in ev else None,
+        "all_day": start is not None and not isinstance(start, datetime),
+    }
     if "ORGANIZER" in ev:
         out["organizer"] = _mailto(ev["ORGANIZER"])
     if "RRULE" in ev:

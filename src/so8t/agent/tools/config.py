@@ -10,6 +10,7 @@ errors that name the file and the key. Relative paths are relative to the YAML f
     mail: {drafts_dir: sandbox/drafts, sender: agent@example.com, smtp_host: 127.0.0.1, smtp_port: 8025}
     calendar: {ics_path: sandbox/calendar.ics, owner: me@example.com}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ class SqlSection:
     url: str = ""
     read_only: bool = True
     max_rows: int = 200
-    max_result_bytes: int = 1_000_000   # a result (values as JSON) larger than this is cut, marked truncated
+    max_result_bytes: int = 1_000_000  # a result (values as JSON) larger than this is cut, marked truncated
     timeout_s: float = 10.0
 
 
@@ -50,7 +51,7 @@ class BrowserSection:
 class MailSection:
     drafts_dir: str = ""
     sender: str = ""
-    smtp_host: str = ""            # empty: drafts only, mail.send is refused
+    smtp_host: str = ""  # empty: drafts only, mail.send is refused
     smtp_port: int = 25
     allowed_domains: list[str] = dataclasses.field(default_factory=list)
 
@@ -62,9 +63,12 @@ class CalendarSection:
 
 
 SECTIONS: dict[str, tuple[type, tuple[str, ...]]] = {
-    "files": (FilesSection, ("root",)), "sql": (SqlSection, ("url",)),
-    "browser": (BrowserSection, ("allowlist",)), "mail": (MailSection, ("drafts_dir", "sender")),
-    "calendar": (CalendarSection, ("ics_path", "owner"))}
+    "files": (FilesSection, ("root",)),
+    "sql": (SqlSection, ("url",)),
+    "browser": (BrowserSection, ("allowlist",)),
+    "mail": (MailSection, ("drafts_dir", "sender")),
+    "calendar": (CalendarSection, ("ics_path", "owner")),
+}
 TOP_KEYS = {"tiers", "actions", "max_args_bytes", *SECTIONS}
 
 
@@ -75,8 +79,8 @@ def _abs(base: Path, p: str) -> Path:
 
 def _sqlite_abs(base: Path, url: str) -> str:
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/") and ":memory:" not in url:
-        return prefix + str(base / url[len(prefix):])
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/") and ":memory:" not in url:
+        return prefix + str(base / url[len(prefix) :])
     return url
 
 
@@ -94,7 +98,9 @@ def load_tools(path: str | Path) -> tuple[Toolset, ToolPolicy]:
         raise ConfigError(f"{path}: expected a mapping of sections")
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}")
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}"
+        )
     base = path.resolve().parent
     sections = {}
     for name, (cls, required) in SECTIONS.items():
@@ -112,20 +118,38 @@ def load_tools(path: str | Path) -> tuple[Toolset, ToolPolicy]:
     try:
         if "files" in sections:
             s = sections["files"]
-            actions += files_tool(_abs(base, s.root), max_read_bytes=s.max_read_bytes,
-                                  max_write_bytes=s.max_write_bytes, max_list=s.max_list)
+            actions += files_tool(
+                _abs(base, s.root),
+                max_read_bytes=s.max_read_bytes,
+                max_write_bytes=s.max_write_bytes,
+                max_list=s.max_list,
+            )
         if "sql" in sections:
             s = sections["sql"]
-            actions += sql_tool(_sqlite_abs(base, s.url), read_only=s.read_only, max_rows=s.max_rows, timeout_s=s.timeout_s,
-                                max_result_bytes=s.max_result_bytes)
+            actions += sql_tool(
+                _sqlite_abs(base, s.url),
+                read_only=s.read_only,
+                max_rows=s.max_rows,
+                timeout_s=s.timeout_s,
+                max_result_bytes=s.max_result_bytes,
+            )
         if "browser" in sections:
             s = sections["browser"]
-            actions += browser_tool(s.allowlist, executable_path=s.executable_path,
-                                    screenshot_dir=_abs(base, s.screenshot_dir), timeout_s=s.timeout_s)
+            actions += browser_tool(
+                s.allowlist,
+                executable_path=s.executable_path,
+                screenshot_dir=_abs(base, s.screenshot_dir),
+                timeout_s=s.timeout_s,
+            )
         if "mail" in sections:
             s = sections["mail"]
-            actions += mail_tool(_abs(base, s.drafts_dir), smtp_host=s.smtp_host or None, smtp_port=s.smtp_port,
-                                 sender=s.sender, allowed_domains=s.allowed_domains or None)
+            actions += mail_tool(
+                _abs(base, s.drafts_dir),
+                smtp_host=s.smtp_host or None,
+                smtp_port=s.smtp_port,
+                sender=s.sender,
+                allowed_domains=s.allowed_domains or None,
+            )
         if "calendar" in sections:
             s = sections["calendar"]
             actions += calendar_tool(_abs(base, s.ics_path), owner=s.owner)

@@ -27,6 +27,7 @@ half of one; on any failure the temporary file is removed. Without `overwrite=tr
 existing file is refused (the check and the replace are a few system calls apart: a file
 created in between by another process would be replaced).
 """
+
 from __future__ import annotations
 
 import errno
@@ -52,9 +53,12 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # Descriptor-relative operations (openat, renameat, unlinkat...) are what make the walk safe
 # against a folder being replaced by a link after the check; without them, use paths.
-_USE_FDS = (bool(_NOFOLLOW) and bool(_DIRECTORY) and {os.open, os.stat, os.mkdir, os.rename, os.unlink,
-                                                     os.rmdir} <= os.supports_dir_fd
-            and os.scandir in os.supports_fd)
+_USE_FDS = (
+    bool(_NOFOLLOW)
+    and bool(_DIRECTORY)
+    and {os.open, os.stat, os.mkdir, os.rename, os.unlink, os.rmdir} <= os.supports_dir_fd
+    and os.scandir in os.supports_fd
+)
 
 
 def _path_problem(path: str) -> str | None:
@@ -89,8 +93,10 @@ SafePath = Annotated[str, AfterValidator(_checked_path)]
 
 
 def _desc(what: str) -> str:
-    return (f"{what}, relative to the files root, with '/' between folders (e.g. 'notes/todo.md'); "
-            "absolute paths and '..' are refused")
+    return (
+        f"{what}, relative to the files root, with '/' between folders (e.g. 'notes/todo.md'); "
+        "absolute paths and '..' are refused"
+    )
 
 
 class ListArgs(BaseModel):
@@ -102,9 +108,14 @@ class ListArgs(BaseModel):
 class ReadArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: SafePath = Field(description=_desc("File to read (UTF-8 text only)"))
-    max_bytes: int | None = Field(default=None, ge=1, description=(
-        "Read at most this many bytes from the start (the tool's own limit applies when it is lower); "
-        "the result says whether the text was cut"))
+    max_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Read at most this many bytes from the start (the tool's own limit applies when it is lower); "
+            "the result says whether the text was cut"
+        ),
+    )
 
 
 class WriteArgs(BaseModel):
@@ -124,14 +135,18 @@ class MoveArgs(BaseModel):
 class DeleteArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: SafePath = Field(description=_desc("File, link or empty folder to delete"))
-    recursive: bool = Field(default=False, description=(
-        "Also delete a folder that is not empty, with everything in it (links inside are removed, "
-        "never followed)"))
+    recursive: bool = Field(
+        default=False,
+        description=(
+            "Also delete a folder that is not empty, with everything in it (links inside are removed, never followed)"
+        ),
+    )
 
 
 @dataclass
 class _Dir:
     """An open folder inside the root: a descriptor when the platform has them, else a path."""
+
     path: Path
     fd: int | None
 
@@ -141,8 +156,9 @@ class _Dir:
 
 
 def _kind(mode: int) -> str:
-    return ("symlink" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode)
-            else "file" if stat.S_ISREG(mode) else "other")
+    return (
+        "symlink" if stat.S_ISLNK(mode) else "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+    )
 
 
 def _rmtree_fd(fd: int) -> int:
@@ -190,7 +206,7 @@ class _Files:
         """Resolve symbolic links and return the parts below the root; refuse anything outside."""
         try:
             resolved = candidate.resolve()
-        except (OSError, RuntimeError) as exc:   # a link loop, a name too long...
+        except (OSError, RuntimeError) as exc:  # a link loop, a name too long...
             raise ToolError(f"{action}: path {_short(path)} cannot be resolved: {exc}") from None
         if not resolved.is_relative_to(self.root):
             raise ToolError(f"{action}: path {_short(path)} leads outside the files root through a symbolic link")
@@ -200,8 +216,7 @@ class _Files:
         """(folder parts, final name) of a path that is not the root itself (see `_locate_any`)."""
         folder, name = self._locate_any(action, path, follow=follow)
         if name is None:
-            raise ToolError(f"{action}: path {_short(path)} is the files root itself, which "
-                            f"{action} does not accept")
+            raise ToolError(f"{action}: path {_short(path)} is the files root itself, which {action} does not accept")
         return folder, name
 
     def _locate_any(self, action: str, path: str, *, follow: bool) -> tuple[tuple[str, ...], str | None]:
@@ -235,7 +250,7 @@ class _Files:
         try:
             for i, part in enumerate(parts):
                 flags = os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC
-                where = self._rel(parts[:i + 1])
+                where = self._rel(parts[: i + 1])
                 try:
                     child = os.open(part, flags, dir_fd=fd)
                 except FileNotFoundError:
@@ -243,7 +258,7 @@ class _Files:
                         raise ToolError(f"{action}: folder {where!r} of path {_short(path)} does not exist") from None
                     try:
                         os.mkdir(part, 0o777, dir_fd=fd)
-                    except FileExistsError:       # created meanwhile by someone else: fine
+                    except FileExistsError:  # created meanwhile by someone else: fine
                         pass
                     child = os.open(part, flags, dir_fd=fd)
                 except OSError as exc:
@@ -252,8 +267,10 @@ class _Files:
                     # Linux answers ENOTDIR for a link opened with O_DIRECTORY | O_NOFOLLOW: look.
                     st = self._lstat(_Dir(target, fd), part)
                     if st is not None and stat.S_ISLNK(st.st_mode):
-                        raise ToolError(f"{action}: {where!r} in path {_short(path)} is a symbolic link now (it "
-                                        f"was replaced after the check); refused") from None
+                        raise ToolError(
+                            f"{action}: {where!r} in path {_short(path)} is a symbolic link now (it "
+                            f"was replaced after the check); refused"
+                        ) from None
                     raise ToolError(f"{action}: {where!r} in path {_short(path)} is not a folder") from None
                 os.close(fd)
                 fd = child
@@ -299,14 +316,19 @@ class _Files:
                 if len(entries) >= self.max_list:
                     return False
                 kind = _kind(st.st_mode)
-                entries.append({"path": self._rel(rel + (entry_name,)), "type": kind,
-                                "size": st.st_size if kind == "file" else None})
+                entries.append(
+                    {
+                        "path": self._rel(rel + (entry_name,)),
+                        "type": kind,
+                        "size": st.st_size if kind == "file" else None,
+                    }
+                )
                 if kind == "dir" and a.recursive:
                     try:
                         with self._open_child(d, entry_name) as sub:
                             if not walk(sub, rel + (entry_name,)):
                                 return False
-                    except OSError:   # vanished, replaced or unreadable: list the rest
+                    except OSError:  # vanished, replaced or unreadable: list the rest
                         continue
             return True
 
@@ -320,19 +342,21 @@ class _Files:
         with self._open_dir("files.read", a.path, folder) as d:
             try:
                 # O_NONBLOCK: opening a FIFO would otherwise wait for a writer.
-                fd = os.open(d.arg(name), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0),
-                             dir_fd=d.fd)
+                fd = os.open(
+                    d.arg(name), os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0), dir_fd=d.fd
+                )
             except FileNotFoundError:
                 raise ToolError(f"files.read: file {_short(a.path)} does not exist") from None
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    raise ToolError(f"files.read: path {_short(a.path)} was replaced by a link after the "
-                                    f"check") from None
+                    raise ToolError(
+                        f"files.read: path {_short(a.path)} was replaced by a link after the check"
+                    ) from None
                 if exc.errno == errno.EISDIR:
                     raise ToolError(f"files.read: path {_short(a.path)} is a folder; use files.list") from None
                 raise
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):       # a FIFO or a device could block or never end
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device could block or never end
             os.close(fd)
             what = "is a folder; use files.list" if stat.S_ISDIR(st.st_mode) else "is not a regular file"
             raise ToolError(f"files.read: path {_short(a.path)} {what}")
@@ -341,24 +365,30 @@ class _Files:
         truncated = len(data) > limit
         data = data[:limit]
         if b"\x00" in data:
-            raise ToolError(f"files.read: file {_short(a.path)} looks binary (it contains NUL bytes); "
-                            f"files.read returns UTF-8 text only")
+            raise ToolError(
+                f"files.read: file {_short(a.path)} looks binary (it contains NUL bytes); "
+                f"files.read returns UTF-8 text only"
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             # The cut can split a multi-byte character: only an incomplete sequence at the very end.
             if truncated and exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
-                text = data[:exc.start].decode("utf-8")
+                text = data[: exc.start].decode("utf-8")
             else:
-                raise ToolError(f"files.read: file {_short(a.path)} is not UTF-8 text (invalid byte at offset "
-                                f"{exc.start}); files.read returns UTF-8 text only") from None
+                raise ToolError(
+                    f"files.read: file {_short(a.path)} is not UTF-8 text (invalid byte at offset "
+                    f"{exc.start}); files.read returns UTF-8 text only"
+                ) from None
         return {"path": self._rel(folder + (name,)), "text": text, "bytes": st.st_size, "truncated": truncated}
 
     def write(self, a: WriteArgs) -> dict:
         data = a.content.encode("utf-8")
         if len(data) > self.max_write_bytes:
-            raise ToolError(f"files.write: content for {_short(a.path)} is {len(data)} bytes, over the limit of "
-                            f"{self.max_write_bytes}")
+            raise ToolError(
+                f"files.write: content for {_short(a.path)} is {len(data)} bytes, over the limit of "
+                f"{self.max_write_bytes}"
+            )
         folder, name = self._locate("files.write", a.path, follow=True)
         with self._open_dir("files.write", a.path, folder, create=True) as d:
             old = self._lstat(d, name)
@@ -368,16 +398,16 @@ class _Files:
                 if not stat.S_ISREG(old.st_mode):
                     raise ToolError(f"files.write: path {_short(a.path)} exists and is not a regular file")
                 if not a.overwrite:
-                    raise ToolError(f"files.write: file {_short(a.path)} already exists; pass overwrite=true to "
-                                    f"replace it")
+                    raise ToolError(
+                        f"files.write: file {_short(a.path)} already exists; pass overwrite=true to replace it"
+                    )
             tmp = f".so8t-{secrets.token_hex(6)}.tmp"
-            fd = os.open(d.arg(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666,
-                         dir_fd=d.fd)
+            fd = os.open(d.arg(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666, dir_fd=d.fd)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
                     f.flush()
-                    if old is not None and hasattr(os, "fchmod"):   # keep the replaced file's permissions
+                    if old is not None and hasattr(os, "fchmod"):  # keep the replaced file's permissions
                         os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode))
                     os.fsync(f.fileno())
                 # rename(2) replaces the name itself: a link put there meanwhile is replaced, not followed.
@@ -394,7 +424,7 @@ class _Files:
         src_folder, src_name = self._locate("files.move", a.src, follow=False)
         dst_folder, dst_name = self._locate("files.move", a.dst, follow=False)
         src_parts, dst_parts = src_folder + (src_name,), dst_folder + (dst_name,)
-        if dst_parts[:len(src_parts)] == src_parts:
+        if dst_parts[: len(src_parts)] == src_parts:
             raise ToolError(f"files.move: cannot move {_short(a.src)} to {_short(a.dst)}, inside itself")
         with self._open_dir("files.move", a.src, src_folder) as s:
             st = self._lstat(s, src_name)
@@ -404,11 +434,14 @@ class _Files:
                 old = self._lstat(d, dst_name)
                 if old is not None:
                     if stat.S_ISDIR(old.st_mode):
-                        raise ToolError(f"files.move: destination {_short(a.dst)} is an existing folder; give the "
-                                        f"full new path instead")
+                        raise ToolError(
+                            f"files.move: destination {_short(a.dst)} is an existing folder; give the "
+                            f"full new path instead"
+                        )
                     if not a.overwrite:
-                        raise ToolError(f"files.move: destination {_short(a.dst)} already exists; pass "
-                                        f"overwrite=true to replace it")
+                        raise ToolError(
+                            f"files.move: destination {_short(a.dst)} already exists; pass overwrite=true to replace it"
+                        )
                     if stat.S_ISDIR(st.st_mode):
                         raise ToolError(f"files.move: cannot replace the file {_short(a.dst)} with a folder")
                 try:
@@ -435,8 +468,10 @@ class _Files:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
             if not a.recursive:
-                raise ToolError(f"files.delete: folder {_short(a.path)} is not empty; pass recursive=true to "
-                                f"delete it with everything in it")
+                raise ToolError(
+                    f"files.delete: folder {_short(a.path)} is not empty; pass recursive=true to "
+                    f"delete it with everything in it"
+                )
             if d.fd is None:
                 count = sum(len(files) + len(dirs) for _, dirs, files in os.walk(d.path / name))
                 shutil.rmtree(d.path / name)
@@ -452,31 +487,61 @@ def _safely(action: str, fn: Callable[[Any], dict]) -> Callable[[Any], dict]:
     """Turn an OS error (permission denied, name too long, disk full...) into a ToolError that
     names the action and the path: a refusal the model can read, not a crash of the agent loop.
     The OS's own file name is left out: it may be a temporary name or the absolute root."""
+
     def run(args: Any) -> dict:
         try:
             return fn(args)
         except OSError as exc:
             paths = " -> ".join(_short(getattr(args, k)) for k in ("path", "src", "dst") if hasattr(args, k))
             raise ToolError(f"{action}: {paths}: {exc.strerror or exc}") from None
+
     return run
 
 
-def files_tool(root: str | Path, *, max_read_bytes: int = 1_000_000, max_write_bytes: int = 1_000_000,
-               max_list: int = 500) -> list[ToolAction]:
+def files_tool(
+    root: str | Path, *, max_read_bytes: int = 1_000_000, max_write_bytes: int = 1_000_000, max_list: int = 500
+) -> list[ToolAction]:
     """The `files.*` actions, confined to `root` (which must exist; ValueError otherwise)."""
     f = _Files(root, max_read_bytes, max_write_bytes, max_list)
     return [
-        ToolAction("files.list", f"List a folder under the files root (at most {max_list} entries): path relative "
-                   "to the root, type (file, dir, symlink, other) and size in bytes of files.",
-                   ListArgs, "read", _safely("files.list", f.list)),
-        ToolAction("files.read", f"Read a UTF-8 text file under the files root (at most {max_read_bytes} bytes; "
-                   "binary files are refused): its text, its full size in bytes and whether the text was cut.",
-                   ReadArgs, "read", _safely("files.read", f.read)),
-        ToolAction("files.write", f"Write a UTF-8 text file under the files root (at most {max_write_bytes} bytes), "
-                   "atomically; an existing file is replaced only with overwrite=true.",
-                   WriteArgs, "write", _safely("files.write", f.write)),
-        ToolAction("files.move", "Move or rename a file or folder under the files root; an existing destination "
-                   "file is replaced only with overwrite=true.", MoveArgs, "write", _safely("files.move", f.move)),
-        ToolAction("files.delete", "Delete a file, a link or an empty folder under the files root; a folder with "
-                   "contents only with recursive=true.", DeleteArgs, "delete", _safely("files.delete", f.delete)),
+        ToolAction(
+            "files.list",
+            f"List a folder under the files root (at most {max_list} entries): path relative "
+            "to the root, type (file, dir, symlink, other) and size in bytes of files.",
+            ListArgs,
+            "read",
+            _safely("files.list", f.list),
+        ),
+        ToolAction(
+            "files.read",
+            f"Read a UTF-8 text file under the files root (at most {max_read_bytes} bytes; "
+            "binary files are refused): its text, its full size in bytes and whether the text was cut.",
+            ReadArgs,
+            "read",
+            _safely("files.read", f.read),
+        ),
+        ToolAction(
+            "files.write",
+            f"Write a UTF-8 text file under the files root (at most {max_write_bytes} bytes), "
+            "atomically; an existing file is replaced only with overwrite=true.",
+            WriteArgs,
+            "write",
+            _safely("files.write", f.write),
+        ),
+        ToolAction(
+            "files.move",
+            "Move or rename a file or folder under the files root; an existing destination "
+            "file is replaced only with overwrite=true.",
+            MoveArgs,
+            "write",
+            _safely("files.move", f.move),
+        ),
+        ToolAction(
+            "files.delete",
+            "Delete a file, a link or an empty folder under the files root; a folder with "
+            "contents only with recursive=true.",
+            DeleteArgs,
+            "delete",
+            _safely("files.delete", f.delete),
+        ),
     ]

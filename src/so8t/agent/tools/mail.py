@@ -41,6 +41,7 @@ for its subdomains (not the apex). Drafting is allowed to any valid address -- a
 leaves the machine -- but the draft result lists what would block sending, and `mail.send`
 refuses it.
 """
+
 from __future__ import annotations
 
 import email.errors
@@ -75,18 +76,24 @@ _DRAFT_ID_RE = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$"
 MAX_SUBJECT_CHARS = 500
 # The policy drafts are built with: the default policy, CRLF line ends (the file is the wire format),
 # and the standard library's own check of generated headers where this Python has it (3.11.10+).
-DRAFT_POLICY = policy.SMTP.clone(verify_generated_headers=True) if hasattr(policy.SMTP, "verify_generated_headers") \
+DRAFT_POLICY = (
+    policy.SMTP.clone(verify_generated_headers=True)
+    if hasattr(policy.SMTP, "verify_generated_headers")
     else policy.SMTP
+)
 # The only headers mail.draft writes; a draft on disk with any other header is not sent.
-DRAFT_HEADERS = frozenset({"from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type",
-                           "content-transfer-encoding"})
+DRAFT_HEADERS = frozenset(
+    {"from", "to", "cc", "subject", "date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
+)
 
 
 def _refuse_controls(value: str, what: str, how: str = "") -> None:
     for ch in value:
         if unicodedata.category(ch) in ("Cc", "Zl", "Zp", "Cs"):
-            raise ValueError(f"{what} contains the control character {ch!r}{how} (CR/LF in a header is header "
-                             "injection; headers are one line)")
+            raise ValueError(
+                f"{what} contains the control character {ch!r}{how} (CR/LF in a header is header "
+                "injection; headers are one line)"
+            )
 
 
 def check_header_text(value: str, what: str) -> str:
@@ -154,9 +161,17 @@ def _address_list(values: list[str]) -> list[str]:
     return out
 
 
-def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port: int = 25, sender: str,
-              allowed_domains: list[str] | None = None, max_recipients: int = 20, max_body_chars: int = 50_000,
-              smtp_timeout_s: float = 30.0) -> list[ToolAction]:
+def mail_tool(
+    drafts_dir: str | Path,
+    *,
+    smtp_host: str | None = None,
+    smtp_port: int = 25,
+    sender: str,
+    allowed_domains: list[str] | None = None,
+    max_recipients: int = 20,
+    max_body_chars: int = 50_000,
+    smtp_timeout_s: float = 30.0,
+) -> list[ToolAction]:
     """The actions `mail.draft` (write), `mail.list_drafts` and `mail.read_draft` (read), `mail.send` (send).
 
     `sender` is the From address of every message (ValueError if it is not a valid address);
@@ -182,11 +197,16 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
 
     class DraftArgs(BaseModel):
         """Compose a message and save it as a local draft; nothing is sent."""
+
         model_config = ConfigDict(extra="forbid")
-        to: list[str] = Field(min_length=1, max_length=max_recipients,
-                              description="Recipient addresses: 'name@example.com' or 'Name <name@example.com>'.")
-        cc: list[str] = Field(default_factory=list, max_length=max_recipients,
-                              description="Carbon-copy addresses, same format as `to`.")
+        to: list[str] = Field(
+            min_length=1,
+            max_length=max_recipients,
+            description="Recipient addresses: 'name@example.com' or 'Name <name@example.com>'.",
+        )
+        cc: list[str] = Field(
+            default_factory=list, max_length=max_recipients, description="Carbon-copy addresses, same format as `to`."
+        )
         subject: str = Field(max_length=MAX_SUBJECT_CHARS, description="Subject line (one line, any language).")
         body: str = Field(max_length=max_body_chars, description="Plain-text body (UTF-8, any language).")
 
@@ -209,20 +229,26 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
 
     class ListArgs(BaseModel):
         """List saved drafts, newest first."""
+
         model_config = ConfigDict(extra="forbid")
         include_sent: bool = Field(default=False, description="Also list drafts that were already sent.")
         limit: int = Field(default=50, ge=1, le=500, description="At most this many drafts.")
 
     class DraftRef(BaseModel):
         """One draft, by the id that mail.draft returned."""
+
         model_config = ConfigDict(extra="forbid")
         draft_id: str = Field(pattern=_DRAFT_ID_RE, description="The draft_id returned by mail.draft.")
 
     class SendArgs(DraftRef):
         """Send one existing draft exactly as saved."""
-        expect_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
-                                          description="Optional: refuse unless the draft file still has this "
-                                                      "sha256 (as returned by mail.draft / mail.read_draft).")
+
+        expect_sha256: str | None = Field(
+            default=None,
+            pattern=r"^[0-9a-f]{64}$",
+            description="Optional: refuse unless the draft file still has this "
+            "sha256 (as returned by mail.draft / mail.read_draft).",
+        )
 
     # -- helpers on saved drafts ---------------------------------------------------------------
 
@@ -237,10 +263,15 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         recorded = _recorded_sha256(path)
         msg = BytesParser(policy=policy.default).parsebytes(raw)
         out: dict[str, Any] = {
-            "draft_id": path.stem, "path": str(path), "sent": sent,
-            "from": str(msg.get("From", "")), "to": [a.addr_spec for a in _header_addresses(msg, "To")],
-            "cc": [a.addr_spec for a in _header_addresses(msg, "Cc")], "subject": str(msg.get("Subject", "")),
-            "date": str(msg.get("Date", "")), "sha256": hashlib.sha256(raw).hexdigest(),
+            "draft_id": path.stem,
+            "path": str(path),
+            "sent": sent,
+            "from": str(msg.get("From", "")),
+            "to": [a.addr_spec for a in _header_addresses(msg, "To")],
+            "cc": [a.addr_spec for a in _header_addresses(msg, "Cc")],
+            "subject": str(msg.get("Subject", "")),
+            "date": str(msg.get("Date", "")),
+            "sha256": hashlib.sha256(raw).hexdigest(),
         }
         out["intact"] = recorded == out["sha256"]  # byte for byte what mail.draft wrote
         if body:
@@ -275,8 +306,13 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         for x in a.to + a.cc:  # to and cc may name the same person; the envelope has them once
             unique.setdefault(_addr(x).lower(), _addr(x))
         recipients = list(unique.values())
-        return {"draft_id": draft_id, "path": str(path), "recipients": recipients,
-                "sha256": digest, "send_problems": send_problems(recipients)}
+        return {
+            "draft_id": draft_id,
+            "path": str(path),
+            "recipients": recipients,
+            "sha256": digest,
+            "send_problems": send_problems(recipients),
+        }
 
     def list_drafts(a: ListArgs) -> dict:
         found = [(p, False) for p in drafts.glob("*.eml")]
@@ -284,7 +320,7 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
             found += [(p, True) for p in sent_dir.glob("*.eml")]
         found.sort(key=lambda ps: ps[0].stem, reverse=True)  # ids start with the UTC time
         out = []
-        for path, sent in found[:a.limit]:
+        for path, sent in found[: a.limit]:
             try:
                 out.append(describe(path, sent))
             except Exception as exc:  # noqa: BLE001 -- one unreadable file must not hide the others
@@ -297,8 +333,9 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
 
     def send(a: SendArgs) -> dict:
         if not smtp_host:
-            raise ToolError("mail.send: sending is not configured (no smtp_host); the draft stays in "
-                            f"{drafts} for the user to send")
+            raise ToolError(
+                f"mail.send: sending is not configured (no smtp_host); the draft stays in {drafts} for the user to send"
+            )
         try:
             drafts.mkdir(parents=True, exist_ok=True)
             with send_lock:  # one send at a time: the same draft can never go out twice
@@ -324,24 +361,40 @@ def mail_tool(drafts_dir: str | Path, *, smtp_host: str | None = None, smtp_port
         except Timeout:
             raise ToolError("mail.send: another send is in progress; try again") from None
         accepted = [r for r in recipients if r not in refused]
-        return {"draft_id": a.draft_id, "sent": True, "recipients": accepted,
-                "refused": {r: f"{code} {msg.decode(errors='replace')}" for r, (code, msg) in refused.items()},
-                "path": str(sent_dir / path.name)}
+        return {
+            "draft_id": a.draft_id,
+            "sent": True,
+            "recipients": accepted,
+            "refused": {r: f"{code} {msg.decode(errors='replace')}" for r, (code, msg) in refused.items()},
+            "path": str(sent_dir / path.name),
+        }
 
     return [
-        ToolAction("mail.draft", "Write an email as a local draft (.eml). Nothing is sent; use mail.send with "
-                   "the returned draft_id to send it.", DraftArgs, "write", draft),
-        ToolAction("mail.list_drafts", "List saved email drafts (recipients, subject, date).", ListArgs, "read",
-                   list_drafts),
+        ToolAction(
+            "mail.draft",
+            "Write an email as a local draft (.eml). Nothing is sent; use mail.send with "
+            "the returned draft_id to send it.",
+            DraftArgs,
+            "write",
+            draft,
+        ),
+        ToolAction(
+            "mail.list_drafts", "List saved email drafts (recipients, subject, date).", ListArgs, "read", list_drafts
+        ),
         ToolAction("mail.read_draft", "Show one draft in full, including its body.", DraftRef, "read", read_draft),
-        ToolAction("mail.send", "Send a saved draft over SMTP exactly as written; a draft is sent at most once.",
-                   SendArgs, "send", send),
+        ToolAction(
+            "mail.send",
+            "Send a saved draft over SMTP exactly as written; a draft is sent at most once.",
+            SendArgs,
+            "send",
+            send,
+        ),
     ]
 
 
 def _addr(mailbox: str) -> str:
     """The addr-spec of an already validated 'addr' or 'Name <addr>'."""
-    return mailbox[mailbox.rindex("<") + 1:-1] if mailbox.endswith(">") else mailbox
+    return mailbox[mailbox.rindex("<") + 1 : -1] if mailbox.endswith(">") else mailbox
 
 
 def _to_address(mailbox: str) -> Address:
@@ -362,12 +415,15 @@ def _serialise(msg: EmailMessage) -> bytes:
     try:
         data = msg.as_bytes()
     except email.errors.MessageError as exc:  # HeaderWriteError, where verify_generated_headers exists
-        raise ToolError(f"mail.draft: refused, nothing saved: the email package would not write a header: "
-                        f"{exc}") from None
+        raise ToolError(
+            f"mail.draft: refused, nothing saved: the email package would not write a header: {exc}"
+        ) from None
     back = BytesParser(policy=policy.default).parsebytes(data)
     if [k.lower() for k in back.keys()] != [k.lower() for k in msg.keys()]:
-        raise ToolError(f"mail.draft: refused, nothing saved: the message would carry the headers {back.keys()} "
-                        f"instead of {msg.keys()} (header injection)")
+        raise ToolError(
+            f"mail.draft: refused, nothing saved: the message would carry the headers {back.keys()} "
+            f"instead of {msg.keys()} (header injection)"
+        )
     return data
 
 
@@ -383,11 +439,15 @@ def _check_drafted_hash(path: Path, raw: bytes, draft_id: str) -> None:
     """The draft file must be byte for byte what mail.draft wrote, else ToolError."""
     recorded, actual = _recorded_sha256(path), hashlib.sha256(raw).hexdigest()
     if recorded is None:
-        raise ToolError(f"mail.send: draft {draft_id} has no sha256 recorded by mail.draft ({path.stem}.sha256), "
-                        "so it may not be what was reviewed; refused, nothing sent -- write it with mail.draft")
+        raise ToolError(
+            f"mail.send: draft {draft_id} has no sha256 recorded by mail.draft ({path.stem}.sha256), "
+            "so it may not be what was reviewed; refused, nothing sent -- write it with mail.draft"
+        )
     if recorded != actual:
-        raise ToolError(f"mail.send: draft {draft_id} changed on disk since mail.draft wrote it (sha256 {actual} "
-                        f"is not the recorded {recorded}); refused, nothing sent -- write it again with mail.draft")
+        raise ToolError(
+            f"mail.send: draft {draft_id} changed on disk since mail.draft wrote it (sha256 {actual} "
+            f"is not the recorded {recorded}); refused, nothing sent -- write it again with mail.draft"
+        )
 
 
 def _check_saved_headers(msg: Any, draft_id: str) -> None:

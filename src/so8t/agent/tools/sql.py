@@ -56,6 +56,7 @@ is not a literal within max_result_bytes, generate_series without literal bounds
 actions' `review`: the call's `needs_approval` says why, and the tool loop queues it for a
 person even where the tier runs automatically. The caps and the timeout still hold when it runs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -87,17 +88,19 @@ _KIND_WORDS = {"read": "a read", "data": "a data change", "schema": "a schema ch
 
 # -- lexing ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Syntax:
     """How one database reads quotes and comments: where they differ, statements hide."""
-    backticks: bool = False            # `ident`
-    brackets: str | None = None        # [ident]: "sqlite" ends at the first ], "mssql" doubles ]]
-    hash_comments: bool = False        # MySQL: # to the end of the line
-    dash_needs_space: bool = False     # MySQL: "-- " is a comment, "--1" is minus minus one
-    dollar_quotes: bool = False        # PostgreSQL: $$...$$, $tag$...$tag$
-    backslash_is_literal: bool = False # SQLite only; elsewhere it may escape a quote: refused
-    q_quotes: bool = False             # Oracle: q'[...]' -- refused
-    trigger_blocks: bool = False       # SQLite: CREATE TRIGGER ... BEGIN ...; ...; END is one statement
+
+    backticks: bool = False  # `ident`
+    brackets: str | None = None  # [ident]: "sqlite" ends at the first ], "mssql" doubles ]]
+    hash_comments: bool = False  # MySQL: # to the end of the line
+    dash_needs_space: bool = False  # MySQL: "-- " is a comment, "--1" is minus minus one
+    dollar_quotes: bool = False  # PostgreSQL: $$...$$, $tag$...$tag$
+    backslash_is_literal: bool = False  # SQLite only; elsewhere it may escape a quote: refused
+    q_quotes: bool = False  # Oracle: q'[...]' -- refused
+    trigger_blocks: bool = False  # SQLite: CREATE TRIGGER ... BEGIN ...; ...; END is one statement
 
 
 def _syntax_for(backend: str) -> _Syntax:
@@ -116,7 +119,7 @@ def _syntax_for(backend: str) -> _Syntax:
 
 @dataclass(frozen=True)
 class _Tok:
-    kind: str      # space comment string quoted word number param semi punct
+    kind: str  # space comment string quoted word number param semi punct
     text: str
 
 
@@ -124,7 +127,7 @@ class _Refused(ValueError):
     """The SQL text is refused before it reaches any database; the message says why."""
 
 
-_DOLLAR = re.compile(r"\$(?:[^\W\d]\w*)?\$")          # $$ or $tag$ (a tag may be any letters)
+_DOLLAR = re.compile(r"\$(?:[^\W\d]\w*)?\$")  # $$ or $tag$ (a tag may be any letters)
 
 
 def _quoted_end(sql: str, i: int, close: str, *, doubled: bool = True, backslash_ok: bool = True) -> int:
@@ -138,11 +141,13 @@ def _quoted_end(sql: str, i: int, close: str, *, doubled: bool = True, backslash
         if doubled and sql.startswith(close + close, k):
             j = k + 2
             continue
-        if not backslash_ok and "\\" in sql[i + 1:k]:
+        if not backslash_ok and "\\" in sql[i + 1 : k]:
             # MySQL reads it as an escape, PostgreSQL E'' strings too, standard SQL does not: the
             # end of the string, and so what follows it, would be in doubt.
-            raise _Refused(f"a backslash inside a {sql[i]}-quoted literal (databases and settings disagree on "
-                           "whether it escapes the quote); pass the value as a :name parameter instead")
+            raise _Refused(
+                f"a backslash inside a {sql[i]}-quoted literal (databases and settings disagree on "
+                "whether it escapes the quote); pass the value as a :name parameter instead"
+            )
         return k + 1
 
 
@@ -156,15 +161,17 @@ def _lex(sql: str, syn: _Syntax) -> list[_Tok]:
             while j < n and sql[j].isspace():
                 j += 1
             kind = "space"
-        elif (sql.startswith("--", i) and (not syn.dash_needs_space or i + 2 >= n or sql[i + 2].isspace()
-                                           or ord(sql[i + 2]) < 32)) or (c == "#" and syn.hash_comments):
+        elif (
+            sql.startswith("--", i)
+            and (not syn.dash_needs_space or i + 2 >= n or sql[i + 2].isspace() or ord(sql[i + 2]) < 32)
+        ) or (c == "#" and syn.hash_comments):
             j = sql.find("\n", i)
             j, kind = (n if j < 0 else j + 1), "comment"
         elif sql.startswith("/*", i):
             end = sql.find("*/", i + 2)
             if end < 0:
                 raise _Refused("an unterminated /* comment")
-            body = sql[i + 2:end]
+            body = sql[i + 2 : end]
             if "/*" in body:
                 raise _Refused("a /* comment inside a comment (databases disagree on nesting)")
             if body.startswith("!"):
@@ -197,7 +204,7 @@ def _lex(sql: str, syn: _Syntax) -> list[_Tok]:
             while j < n and (sql[j].isdigit() or sql[j] == "."):
                 j += 1
             kind = "number"
-        elif sql.startswith("::", i):                     # PostgreSQL cast, not a placeholder
+        elif sql.startswith("::", i):  # PostgreSQL cast, not a placeholder
             j, kind = i + 2, "punct"
         elif c in ":@$?":
             j = i + 1
@@ -237,29 +244,58 @@ _SCHEMA_LEADS = {"CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "COMMENT"}
 _DATA_WORDS = {"INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT"}
 _SCHEMA_WORDS = {"CREATE", "DROP", "ALTER", "TRUNCATE"}
 _REFUSED_LEADS = {
-    **dict.fromkeys(("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END", "START", "ABORT"),
-                    "each call runs in its own transaction; transaction control is not available"),
+    **dict.fromkeys(
+        ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "END", "START", "ABORT"),
+        "each call runs in its own transaction; transaction control is not available",
+    ),
     **dict.fromkeys(("ATTACH", "DETACH"), "it would open or create another database file"),
-    **dict.fromkeys(("VACUUM", "REINDEX", "ANALYZE", "OPTIMIZE", "CHECKPOINT", "CLUSTER"),
-                    "maintenance statements are not available"),
+    **dict.fromkeys(
+        ("VACUUM", "REINDEX", "ANALYZE", "OPTIMIZE", "CHECKPOINT", "CLUSTER"),
+        "maintenance statements are not available",
+    ),
 }
 # PRAGMAs that only read. The first set takes a (table or index) argument; a value or
 # argument to any other PRAGMA changes a setting (journal_mode(WAL) does too).
-_PRAGMA_WITH_ARG = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
-                    "foreign_key_check", "integrity_check", "quick_check"}
+_PRAGMA_WITH_ARG = {
+    "table_info",
+    "table_xinfo",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+}
 _PRAGMA_READ = _PRAGMA_WITH_ARG | {
-    "database_list", "collation_list", "function_list", "module_list", "pragma_list", "table_list",
-    "compile_options", "user_version", "schema_version", "application_id", "page_count", "page_size",
-    "freelist_count", "encoding", "data_version", "journal_mode", "foreign_keys", "query_only"}
+    "database_list",
+    "collation_list",
+    "function_list",
+    "module_list",
+    "pragma_list",
+    "table_list",
+    "compile_options",
+    "user_version",
+    "schema_version",
+    "application_id",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "encoding",
+    "data_version",
+    "journal_mode",
+    "foreign_keys",
+    "query_only",
+}
 
 
 @dataclass(frozen=True)
 class _Statement:
     kind: Kind
-    label: str     # "SELECT", "DELETE", "DROP TABLE": for messages
-    text: str      # for sqlalchemy.text(): ':' outside code escaped so it is not a placeholder
+    label: str  # "SELECT", "DELETE", "DROP TABLE": for messages
+    text: str  # for sqlalchemy.text(): ':' outside code escaped so it is not a placeholder
     placeholders: tuple[str, ...]
-    tokens: tuple[_Tok, ...] = field(default=(), compare=False)   # without spaces and comments
+    tokens: tuple[_Tok, ...] = field(default=(), compare=False)  # without spaces and comments
 
 
 def _classify(sig: list[_Tok]) -> tuple[Kind, str]:
@@ -277,17 +313,21 @@ def _classify(sig: list[_Tok]) -> tuple[Kind, str]:
     if lead in _SCHEMA_LEADS:
         return "schema", label
     if lead not in _READ_LEADS:
-        raise _Refused(f"{lead} statements are not available; the sql actions run SELECT, INSERT, UPDATE, DELETE, "
-                       "CREATE, ALTER, DROP and TRUNCATE")
+        raise _Refused(
+            f"{lead} statements are not available; the sql actions run SELECT, INSERT, UPDATE, DELETE, "
+            "CREATE, ALTER, DROP and TRUNCATE"
+        )
     if lead == "PRAGMA":
         rest = sig[1:]
-        if len(rest) >= 3 and rest[1].text == ".":        # PRAGMA main.table_info(t)
+        if len(rest) >= 3 and rest[1].text == ".":  # PRAGMA main.table_info(t)
             rest = rest[2:]
         name = rest[0].text.lower() if rest and rest[0].kind == "word" else ""
         if name in _PRAGMA_READ and (len(rest) == 1 or (rest[1].text == "(" and name in _PRAGMA_WITH_ARG)):
             return "read", f"PRAGMA {name}"
-        raise _Refused(f"PRAGMA {name or '?'} in this form changes a setting (or is unknown); only reading "
-                       f"PRAGMAs such as table_info(t) are available")
+        raise _Refused(
+            f"PRAGMA {name or '?'} in this form changes a setting (or is unknown); only reading "
+            f"PRAGMAs such as table_info(t) are available"
+        )
     # A read lead can still hide a change: WITH x AS (DELETE ... RETURNING *) SELECT ..., EXPLAIN ANALYZE
     # UPDATE ..., SELECT ... INTO new_table, SELECT ... INTO OUTFILE.
     words = [t.text.upper() for t in sig if t.kind == "word"]
@@ -319,21 +359,42 @@ def _prepare(sql: str, syn: _Syntax) -> _Statement:
         raise _Refused(f"placeholder {bad!r}: use :name placeholders with values in params")
     kind, label = _classify(sig)
     # sqlalchemy.text() reads ':word' anywhere as a placeholder, even inside quotes: escape those.
-    body = "".join(t.text if t.kind not in ("string", "quoted", "comment") else t.text.replace(":", "\\:")
-                   for t in stmt).strip()
-    names = tuple(dict.fromkeys(t.text[1:] for t in sig if t.kind == "param" and t.text.startswith(":")
-                                and len(t.text) > 1))
+    body = "".join(
+        t.text if t.kind not in ("string", "quoted", "comment") else t.text.replace(":", "\\:") for t in stmt
+    ).strip()
+    names = tuple(
+        dict.fromkeys(t.text[1:] for t in sig if t.kind == "param" and t.text.startswith(":") and len(t.text) > 1)
+    )
     return _Statement(kind, label, body, names, tuple(sig))
 
 
 # -- cost -------------------------------------------------------------------------------------
 
 # function -> the (0-based) arguments that size its output; each must be an integer literal
-_SIZED = {"randomblob": (0,), "zeroblob": (0,), "repeat": (1,), "lpad": (1,), "rpad": (1,), "space": (0,),
-          "replicate": (1,)}
-_SERIES_MAX = 1_000_000          # generate_series and recursive CTE LIMITs: at most this many rows
-_FROM_ENDS = {"WHERE", "GROUP", "ORDER", "LIMIT", "HAVING", "WINDOW", "UNION", "EXCEPT", "INTERSECT", "RETURNING",
-              "OFFSET", "FETCH"}
+_SIZED = {
+    "randomblob": (0,),
+    "zeroblob": (0,),
+    "repeat": (1,),
+    "lpad": (1,),
+    "rpad": (1,),
+    "space": (0,),
+    "replicate": (1,),
+}
+_SERIES_MAX = 1_000_000  # generate_series and recursive CTE LIMITs: at most this many rows
+_FROM_ENDS = {
+    "WHERE",
+    "GROUP",
+    "ORDER",
+    "LIMIT",
+    "HAVING",
+    "WINDOW",
+    "UNION",
+    "EXCEPT",
+    "INTERSECT",
+    "RETURNING",
+    "OFFSET",
+    "FETCH",
+}
 
 
 def _literal_int(arg: list[_Tok]) -> int | None:
@@ -399,14 +460,18 @@ def _unbounded(toks: tuple[_Tok, ...], max_bytes: int) -> str | None:
                 for k in _SIZED[name]:
                     size = _literal_int(args[k]) if k < len(args) else None
                     if size is None or size > max_bytes:
-                        return (f"{name}() with a size that is not a literal integer within max_result_bytes "
-                                f"({max_bytes}): its output has no bound")
+                        return (
+                            f"{name}() with a size that is not a literal integer within max_result_bytes "
+                            f"({max_bytes}): its output has no bound"
+                        )
             elif name == "generate_series":
                 args = _call_args(toks, i + 1)
                 ends = [e for e in (_literal_int(a) for a in args[:2]) if e is not None]
                 if len(ends) < 2 or abs(ends[1] - ends[0]) > _SERIES_MAX:
-                    return f"generate_series() without literal bounds at most {_SERIES_MAX} apart: its rows have no bound"
-        if w in ("UNION", "EXCEPT", "INTERSECT"):      # a new SELECT at this level: its own FROM and WHERE
+                    return (
+                        f"generate_series() without literal bounds at most {_SERIES_MAX} apart: its rows have no bound"
+                    )
+        if w in ("UNION", "EXCEPT", "INTERSECT"):  # a new SELECT at this level: its own FROM and WHERE
             cross = cross or close(level)
             level.update({"from": False, "comma": False, "where": False})
         if w == "WITH" and depth == 0:
@@ -433,14 +498,14 @@ def _unbounded(toks: tuple[_Tok, ...], max_bytes: int) -> str | None:
             level["comma"] = True
     cross = cross or any(close(level) for level in levels)
     if recursive and not cte_limit:
-        return (f"a recursive CTE without a literal LIMIT (at most {_SERIES_MAX}) inside it: it can recurse "
-                "without end")
+        return f"a recursive CTE without a literal LIMIT (at most {_SERIES_MAX}) inside it: it can recurse without end"
     if cross and not top_limit:
         return "a cross join (CROSS JOIN, or a comma join without WHERE) without a literal LIMIT: its rows multiply"
     return None
 
 
 # -- values -----------------------------------------------------------------------------------
+
 
 def _jsonable(v: Any) -> tuple[Any, str | None]:
     """A value JSON can carry, and a note when it had to be converted."""
@@ -480,17 +545,18 @@ def _json_size(v: Any) -> int:
 
 # -- the database -----------------------------------------------------------------------------
 
-_FETCH = 64                      # the most rows fetched from the cursor at a time
-_STREAMED = {"SELECT", "WITH", "VALUES"}   # reads a server-side cursor can run (PostgreSQL: DECLARE ... FOR)
+_FETCH = 64  # the most rows fetched from the cursor at a time
+_STREAMED = {"SELECT", "WITH", "VALUES"}  # reads a server-side cursor can run (PostgreSQL: DECLARE ... FOR)
+
 
 def _sqlite_read_only_url(url: URL) -> URL:
     """The same SQLite database, opened read-only by SQLite itself (URI `mode=ro`)."""
     db = url.database
     if not db or db == ":memory:":
-        return url                      # nothing on disk to protect; query_only still applies
+        return url  # nothing on disk to protect; query_only still applies
     query = dict(url.query)
     if str(query.get("uri", "")).lower() in ("true", "1"):
-        query["mode"] = "ro"            # already a SQLite URI: only add the mode
+        query["mode"] = "ro"  # already a SQLite URI: only add the mode
         return url.set(query=query)
     path = Path(db).resolve()
     if not path.is_file():
@@ -513,7 +579,7 @@ class _Database:
             if read_only:
                 u = _sqlite_read_only_url(u)
             if u.get_driver_name() == "pysqlite" and "timeout" not in u.query:
-                kwargs["connect_args"] = {"timeout": timeout_s}    # wait this long for a lock
+                kwargs["connect_args"] = {"timeout": timeout_s}  # wait this long for a lock
         self.engine: Engine = create_engine(u, **kwargs)
         event.listen(self.engine, "connect", self._on_connect)
 
@@ -525,13 +591,13 @@ class _Database:
             elif self.backend in ("mysql", "mariadb"):
                 if self.read_only:
                     cur.execute("SET SESSION TRANSACTION READ ONLY")
-                try:       # MySQL's name; MariaDB has max_statement_time (seconds) instead
+                try:  # MySQL's name; MariaDB has max_statement_time (seconds) instead
                     cur.execute(f"SET SESSION max_execution_time = {int(self.timeout_s * 1000)}")
                 except Exception:
                     try:
                         cur.execute(f"SET SESSION max_statement_time = {float(self.timeout_s)}")
                     except Exception:
-                        pass   # no statement timeout on this server; the rest still holds
+                        pass  # no statement timeout on this server; the rest still holds
         finally:
             cur.close()
 
@@ -540,9 +606,8 @@ class _Database:
         """Read-only settings for a read, the statement timeout and (SQLite) the largest string
         or blob a statement may make, for one transaction."""
         raw: Any = conn.connection.driver_connection  # sqlite3, psycopg, ...: its methods differ
-        if not write and (self.backend == "postgresql"
-                          or self.backend in ("mysql", "mariadb") and not self.read_only):
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")     # first: before any other statement
+        if not write and (self.backend == "postgresql" or self.backend in ("mysql", "mariadb") and not self.read_only):
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")  # first: before any other statement
         if self.backend == "postgresql":
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(self.timeout_s * 1000))}")
         # A read-only tool's SQLite connections are query_only for good (see _on_connect).
@@ -554,7 +619,7 @@ class _Database:
             deadline = time.monotonic() + self.timeout_s
             raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
         length = None
-        if max_bytes is not None and hasattr(raw, "setlimit"):     # sqlite3, Python >= 3.11 (as is the constant)
+        if max_bytes is not None and hasattr(raw, "setlimit"):  # sqlite3, Python >= 3.11 (as is the constant)
             length = raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(max_bytes, 1024))  # type: ignore[attr-defined]
         try:
             yield
@@ -567,10 +632,18 @@ class _Database:
                 try:
                     conn.exec_driver_sql("PRAGMA query_only=OFF")
                 except SQLAlchemyError:
-                    conn.invalidate()          # never hand a stuck read-only connection to a writer
+                    conn.invalidate()  # never hand a stuck read-only connection to a writer
 
-    def run(self, sql: str, params: Mapping[str, Any], *, write: bool, max_rows: int,
-            max_bytes: int = 1_000_000, stream: bool = False) -> dict:
+    def run(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        *,
+        write: bool,
+        max_rows: int,
+        max_bytes: int = 1_000_000,
+        stream: bool = False,
+    ) -> dict:
         """Execute one statement, already checked by the caller, in its own transaction:
         committed for a write, rolled back for a read. `stream`: through a server-side cursor
         where the driver has one (PostgreSQL declares one only for SELECT / VALUES, so only
@@ -584,7 +657,7 @@ class _Database:
                         opts = {"stream_results": True, "max_row_buffer": _FETCH} if stream else {}
                         result = conn.execution_options(**opts).execute(text(sql), dict(params))
                         out: dict[str, Any] = {}
-                        known = result.rowcount             # psycopg forgets it once the cursor is drained
+                        known = result.rowcount  # psycopg forgets it once the cursor is drained
                         if result.returns_rows:
                             out.update(self._rows(result, max_rows, max_bytes))
                         out["rowcount"] = result.rowcount if result.rowcount != -1 else known
@@ -598,9 +671,11 @@ class _Database:
                 msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
                 if "interrupted" in msg and time.monotonic() - started >= self.timeout_s:
                     raise ToolError(f"the statement timed out after {self.timeout_s:g} s") from None
-                if "too big" in msg:     # SQLITE_TOOBIG: a value over SQLITE_LIMIT_LENGTH (see _guarded)
-                    raise ToolError(f"a value the statement makes or reads is larger than the result limit of "
-                                    f"{max(max_bytes, 1024)} bytes (max_result_bytes): {msg[:200]}") from None
+                if "too big" in msg:  # SQLITE_TOOBIG: a value over SQLITE_LIMIT_LENGTH (see _guarded)
+                    raise ToolError(
+                        f"a value the statement makes or reads is larger than the result limit of "
+                        f"{max(max_bytes, 1024)} bytes (max_result_bytes): {msg[:200]}"
+                    ) from None
                 raise ToolError(f"the database refused the statement: {msg[:500]}") from None
             raise ToolError(f"the statement could not run: {str(orig or exc).splitlines()[0][:500]}") from None
         except SQLAlchemyError as exc:
@@ -626,28 +701,34 @@ class _Database:
                     cut = "rows"
                     break
                 out = []
-                size += 4                                  # "[", "]" and ", " between rows
+                size += 4  # "[", "]" and ", " between rows
                 for col, value in zip(columns, row):
                     v, note = _jsonable(value)
                     if note:
                         converted.setdefault(col, note)
                     out.append(v)
-                    size += _json_size(v) + 2              # and ", "
+                    size += _json_size(v) + 2  # and ", "
                 if size > max_bytes:
                     cut = "bytes"
                     break
                 rows.append(out)
             if cut is None and len(chunk) < want:
-                break                                      # the cursor is exhausted (and rowcount still readable)
+                break  # the cursor is exhausted (and rowcount still readable)
             per_row = max(1, (size - head) // max(1, len(rows)))
             want = max(1, min(_FETCH, max_rows - len(rows) + 1, (max_bytes - size) // per_row + 1))
         res: dict[str, Any] = {"columns": columns, "rows": rows, "row_count": len(rows), "truncated": cut is not None}
         if cut == "rows":
-            res.update(truncated_by="max_rows", note=f"more rows than the limit of {max_rows} (max_rows); only the "
-                                                     "first ones are here: filter, aggregate or add a LIMIT")
+            res.update(
+                truncated_by="max_rows",
+                note=f"more rows than the limit of {max_rows} (max_rows); only the "
+                "first ones are here: filter, aggregate or add a LIMIT",
+            )
         elif cut == "bytes":
-            res.update(truncated_by="max_result_bytes", note=f"the result is larger than {max_bytes} bytes "
-                       f"(max_result_bytes); it is cut after {len(rows)} rows: select fewer columns or rows")
+            res.update(
+                truncated_by="max_result_bytes",
+                note=f"the result is larger than {max_bytes} bytes "
+                f"(max_result_bytes); it is cut after {len(rows)} rows: select fewer columns or rows",
+            )
         if converted:
             res["converted"] = converted
         return res
@@ -656,22 +737,32 @@ class _Database:
 # -- arguments --------------------------------------------------------------------------------
 
 JsonScalar = str | int | float | bool | None
-_PARAMS_DESC = ("Values for the :name placeholders in sql, e.g. {\"name\": \"佐藤\"}; they are bound by the "
-                "database driver, never pasted into the SQL text")
+_PARAMS_DESC = (
+    'Values for the :name placeholders in sql, e.g. {"name": "佐藤"}; they are bound by the '
+    "database driver, never pasted into the SQL text"
+)
 
 
 class QueryArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sql: str = Field(min_length=1, description=(
-        "One read statement: SELECT, WITH ... SELECT, VALUES, EXPLAIN, or a reading PRAGMA such as "
-        "table_info(t); put values in params as :name placeholders"))
+    sql: str = Field(
+        min_length=1,
+        description=(
+            "One read statement: SELECT, WITH ... SELECT, VALUES, EXPLAIN, or a reading PRAGMA such as "
+            "table_info(t); put values in params as :name placeholders"
+        ),
+    )
     params: dict[str, JsonScalar] = Field(default_factory=dict, validate_default=True, description=_PARAMS_DESC)
 
 
 class ExecuteArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sql: str = Field(min_length=1, description=(
-        "One INSERT, UPDATE, DELETE, REPLACE or MERGE statement; put values in params as :name placeholders"))
+    sql: str = Field(
+        min_length=1,
+        description=(
+            "One INSERT, UPDATE, DELETE, REPLACE or MERGE statement; put values in params as :name placeholders"
+        ),
+    )
     params: dict[str, JsonScalar] = Field(default_factory=dict, validate_default=True, description=_PARAMS_DESC)
 
 
@@ -692,6 +783,7 @@ def _custom(reason: str) -> PydanticCustomError:
 
 # -- the tool ---------------------------------------------------------------------------------
 
+
 class _SqlTool:
     def __init__(self, url: str, read_only: bool, max_rows: int, timeout_s: float, max_bytes: int = 1_000_000):
         if max_rows < 1 or max_bytes < 1024:
@@ -709,8 +801,10 @@ class _SqlTool:
     def check(self, sql: str, kind: Kind) -> _Statement:
         """The statement if `kind`'s action may run it; raise _Refused saying why (and where to go)."""
         if self.read_only and kind != "read":
-            raise _Refused(f"this database is connected read-only: {ROUTE[kind]} is refused (sql_tool(..., "
-                           f"read_only=False) allows it)")
+            raise _Refused(
+                f"this database is connected read-only: {ROUTE[kind]} is refused (sql_tool(..., "
+                f"read_only=False) allows it)"
+            )
         stmt = _prepare(sql, self.db.syntax)
         if stmt.kind != kind:
             hint = f"send it with {ROUTE[stmt.kind]}"
@@ -726,8 +820,10 @@ class _SqlTool:
         if missing:
             raise _Refused(f"no value in params for placeholder(s) {', '.join(':' + n for n in missing)}")
         if unused:
-            raise _Refused(f"params {', '.join(map(repr, unused))} not used by the statement (placeholders are "
-                           f":name in the SQL text)")
+            raise _Refused(
+                f"params {', '.join(map(repr, unused))} not used by the statement (placeholders are "
+                f":name in the SQL text)"
+            )
 
     def bind(self, base: type[BaseModel], kind: Kind) -> type[BaseModel]:
         """`base` with this tool's checks added, so `Toolset.validate` refuses a wrong statement
@@ -743,29 +839,32 @@ class _SqlTool:
 
         validators: dict[str, Any] = {"_sql_ok": field_validator("sql")(sql_ok)}
         if "params" in base.model_fields:
+
             def params_ok(cls: type, v: dict, info: ValidationInfo) -> dict:
-                if "sql" in info.data:                      # else the sql error is reported already
+                if "sql" in info.data:  # else the sql error is reported already
                     try:
                         tool.check_params(_prepare(info.data["sql"], tool.db.syntax), v)
                     except _Refused as exc:
                         raise _custom(str(exc)) from None
                 return v
+
             validators["_params_ok"] = field_validator("params")(params_ok)
         return create_model(base.__name__, __base__=base, __validators__=validators)
 
     def _run(self, action: str, kind: Kind, sql: str, params: Mapping[str, Any]) -> tuple[_Statement, dict]:
         try:
-            stmt = self.check(sql, kind)          # again: run can be reached without validate
+            stmt = self.check(sql, kind)  # again: run can be reached without validate
             self.check_params(stmt, params)
             stream = kind == "read" and stmt.label in _STREAMED
-            return stmt, self.db.run(stmt.text, params, write=kind != "read", max_rows=self.max_rows,
-                                     max_bytes=self.max_bytes, stream=stream)
+            return stmt, self.db.run(
+                stmt.text, params, write=kind != "read", max_rows=self.max_rows, max_bytes=self.max_bytes, stream=stream
+            )
         except (_Refused, ToolError) as exc:
             raise ToolError(f"{action}: {exc}") from None
 
     def query(self, a: QueryArgs) -> dict:
         _, out = self._run("sql.query", "read", a.sql, a.params)
-        out.pop("rowcount", None)                 # -1 for a SELECT: noise
+        out.pop("rowcount", None)  # -1 for a SELECT: noise
         return out
 
     def execute(self, a: ExecuteArgs) -> dict:
@@ -783,36 +882,48 @@ class _SqlTool:
             with self.db.engine.connect() as conn, conn.begin() as trans:
                 with self.db._guarded(conn, write=False):
                     insp = inspect(conn)
-                    found = ([("table", n) for n in insp.get_table_names()]
-                             + [("view", n) for n in insp.get_view_names()])
+                    found = [("table", n) for n in insp.get_table_names()] + [
+                        ("view", n) for n in insp.get_view_names()
+                    ]
                     if a.table is not None:
                         found = [(k, n) for k, n in found if n == a.table]
                         if not found:
                             raise ToolError(f"sql.tables: there is no table or view named {a.table!r}")
-                    out = [{"name": name, "kind": kind, "columns": self._columns(insp, name, kind)}
-                           for kind, name in found[:self.max_rows]]
+                    out = [
+                        {"name": name, "kind": kind, "columns": self._columns(insp, name, kind)}
+                        for kind, name in found[: self.max_rows]
+                    ]
                 trans.rollback()
         except SQLAlchemyError as exc:
-            raise ToolError(f"sql.tables: the database could not be inspected: "
-                            f"{str(exc).splitlines()[0][:500]}") from None
+            raise ToolError(
+                f"sql.tables: the database could not be inspected: {str(exc).splitlines()[0][:500]}"
+            ) from None
         return {"tables": out, "truncated": len(found) > self.max_rows}
 
     @staticmethod
     def _columns(insp: Any, name: str, kind: str) -> list[dict]:
         pk = set(insp.get_pk_constraint(name).get("constrained_columns") or []) if kind == "table" else set()
-        return [{"name": c["name"], "type": _type_name(c["type"]), "nullable": bool(c.get("nullable", True)),
-                 "primary_key": c["name"] in pk} for c in insp.get_columns(name)]
+        return [
+            {
+                "name": c["name"],
+                "type": _type_name(c["type"]),
+                "nullable": bool(c.get("nullable", True)),
+                "primary_key": c["name"] in pk,
+            }
+            for c in insp.get_columns(name)
+        ]
 
 
 def _type_name(t: Any) -> str:
     try:
         return str(t)
-    except Exception:   # some dialect types cannot render without a dialect
+    except Exception:  # some dialect types cannot render without a dialect
         return type(t).__name__
 
 
-def sql_tool(url: str, *, read_only: bool = True, max_rows: int = 200, timeout_s: float = 10,
-             max_result_bytes: int = 1_000_000) -> list[ToolAction]:
+def sql_tool(
+    url: str, *, read_only: bool = True, max_rows: int = 200, timeout_s: float = 10, max_result_bytes: int = 1_000_000
+) -> list[ToolAction]:
     """The `sql.*` actions on one database (any SQLAlchemy URL). With read_only=True (the
     default) only sql.query and sql.tables run, and SQLite files are opened read-only. A result
     holds at most max_rows rows and max_result_bytes bytes; a statement whose cost is unbounded
@@ -820,12 +931,35 @@ def sql_tool(url: str, *, read_only: bool = True, max_rows: int = 200, timeout_s
     t = _SqlTool(url, read_only, max_rows, timeout_s, max_result_bytes)
     ro = " (refused: this database is connected read-only)" if read_only else ""
     return [
-        ToolAction("sql.query", f"Run one read statement (SELECT, WITH ... SELECT, VALUES, EXPLAIN, reading PRAGMA) "
-                   f"and return at most {max_rows} rows.", t.bind(QueryArgs, "read"), "read", t.query, review=t.review),
-        ToolAction("sql.tables", "List the tables and views with their columns (name, type, nullable, primary key).",
-                   TablesArgs, "read", t.tables),
-        ToolAction("sql.execute", "Run one INSERT, UPDATE, DELETE, REPLACE or MERGE statement and return the number "
-                   f"of rows changed{ro}.", t.bind(ExecuteArgs, "data"), "write", t.execute, review=t.review),
-        ToolAction("sql.schema_change", f"Run one CREATE, ALTER, DROP or TRUNCATE statement{ro}.",
-                   t.bind(SchemaChangeArgs, "schema"), "delete", t.schema_change),
+        ToolAction(
+            "sql.query",
+            f"Run one read statement (SELECT, WITH ... SELECT, VALUES, EXPLAIN, reading PRAGMA) "
+            f"and return at most {max_rows} rows.",
+            t.bind(QueryArgs, "read"),
+            "read",
+            t.query,
+            review=t.review,
+        ),
+        ToolAction(
+            "sql.tables",
+            "List the tables and views with their columns (name, type, nullable, primary key).",
+            TablesArgs,
+            "read",
+            t.tables,
+        ),
+        ToolAction(
+            "sql.execute",
+            f"Run one INSERT, UPDATE, DELETE, REPLACE or MERGE statement and return the number of rows changed{ro}.",
+            t.bind(ExecuteArgs, "data"),
+            "write",
+            t.execute,
+            review=t.review,
+        ),
+        ToolAction(
+            "sql.schema_change",
+            f"Run one CREATE, ALTER, DROP or TRUNCATE statement{ro}.",
+            t.bind(SchemaChangeArgs, "schema"),
+            "delete",
+            t.schema_change,
+        ),
     ]
