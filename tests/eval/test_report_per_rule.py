@@ -6,6 +6,7 @@ from pathlib import Path
 
 from so8t.cli import main
 from so8t.data import read_jsonl
+from so8t.data.policy import load_policy
 from so8t.data.policy_cases import policy_cases, side_paths
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy-en.yaml"
@@ -46,7 +47,8 @@ def test_eval_reports_per_rule_beside_a_compared_run(tiny_run, run_with_threshol
     assert "rule PAY-LIMIT" in printed and "rule AUDIT-TAMPER" in printed
     ds = json.loads((tmp_path / "r" / "report.json").read_text())["datasets"][0]
     gate = ds["breakdown"]["rule"]
-    assert set(gate) == RULES and sum(m["n"] for m in gate.values()) == 18
+    per_rule = {r.id: len(r.precedents) for r in load_policy(EXAMPLE).rules}  # every precedent is a case
+    assert set(gate) == RULES and {r: m["n"] for r, m in gate.items()} == per_rule
     refuses = ds["systems"][f"run:{other.name}"]["by_rule"]
     assert set(refuses) == RULES and set(ds["systems"]["lm_tag"]["by_rule"]) == RULES
     assert {r: m["accuracy"] for r, m in refuses.items()} == {
@@ -54,7 +56,8 @@ def test_eval_reports_per_rule_beside_a_compared_run(tiny_run, run_with_threshol
     }
     md = (tmp_path / "r" / "report.md").read_text()
     assert "### By policy rule, every system" in md
-    assert f"| CUST-EXPORT | run:{other.name} | 3 | 1.000 |" in md and "| PAY-LIMIT | gate | 3 |" in md
+    assert f"| CUST-EXPORT | run:{other.name} | {per_rule['CUST-EXPORT']} | 1.000 |" in md
+    assert f"| PAY-LIMIT | gate | {per_rule['PAY-LIMIT']} |" in md
 
 
 def test_data_without_rule_ids_gets_no_rule_table(tiny_run, tmp_path):
