@@ -517,7 +517,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     show = progress and accelerator.is_main_process  # bars: the steps, and each dev evaluation below them
     bar = tqdm(total=total_steps, initial=state.step, disable=not show, desc="so8t train", dynamic_ncols=True)
     model.train()
-    if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
+
+    def evaluate_and_checkpoint() -> None:  # one dev evaluation: keep the best, count patience
         _evaluate_and_checkpoint(
             raw_model,
             tokenizer,
@@ -533,6 +534,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             bar,
             show,
         )
+
+    if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
+        evaluate_and_checkpoint()
     try:
         while state.step < total_steps and not state.stopped_early:
             frac = state.step / max(1, total_steps - 1)
@@ -585,21 +589,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             )
 
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
-                _evaluate_and_checkpoint(
-                    raw_model,
-                    tokenizer,
-                    mix,
-                    cfg,
-                    meta,
-                    optimizer,
-                    scheduler,
-                    state,
-                    out,
-                    evals_log,
-                    accelerator.is_main_process,
-                    bar,
-                    show,
-                )
+                evaluate_and_checkpoint()
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             bar.close()
