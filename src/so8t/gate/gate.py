@@ -138,7 +138,7 @@ def normalize_conversation(conversation) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise ConversationError(f"message {i}: expected an object with role and content")
         role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object cannot even be looked up
             raise ConversationError(f"message {i}: role {role!r} is not one of {', '.join(sorted(ROLES))}")
         if not isinstance(content, str):
             raise ConversationError(f"message {i}: content must be a string")
@@ -367,7 +367,7 @@ class Gate:
             try:
                 convo = normalize_conversation(c)
                 jobs.append((i, convo, request_hash(convo)))
-            except (ConversationError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - anything unreadable fails closed, never raises
                 out[i] = self._failed("error", f"bad conversation: {exc}", _safe_hash(c), t0)
         if jobs:
             if not self.ready:
@@ -825,8 +825,12 @@ def _ms(t0: float) -> float:
 def _safe_hash(obj) -> str:
     try:
         return request_hash(obj)
-    except (ValueError, TypeError):
-        return hashlib.sha256(repr(obj).encode("utf-8", "replace")).hexdigest()
+    except Exception:  # noqa: BLE001 - a failed request still gets a hash to log
+        try:
+            text = repr(obj)
+        except Exception:  # noqa: BLE001 - an object whose repr raises
+            text = f"<unrepresentable {type(obj).__name__}>"
+        return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
 
 
 __all__ = [
