@@ -237,7 +237,7 @@ def remove_thresholds(run_dir: str | Path) -> Path | None:
     """Delete the run's thresholds.json (the gate goes back to argmax); the path removed, or None
     when the run had none."""
     path = Path(run_dir) / THRESHOLDS_FILE
-    if not path.is_file():
+    if not (path.is_file() or path.is_symlink()):  # a dangling link is removed too
         return None
     path.unlink()
     return path
@@ -260,13 +260,22 @@ def format_change(cal: Calibration) -> str:
 
 
 def load_thresholds(run_dir: str | Path) -> Thresholds | None:
-    """The run's calibrated thresholds, or None when it was never calibrated. A file of another
-    kind than the run's head (head.json) is a ValueError: the gate would apply the wrong rule."""
+    """The run's calibrated thresholds, or None when it was never calibrated (no thresholds.json
+    at all). A thresholds.json that is not a regular file (a dangling symlink, a folder) or not a
+    valid thresholds object is a ValueError naming it, never a silent argmax; so is a file of
+    another kind than the run's head (head.json): the gate would apply the wrong rule."""
     path = Path(run_dir) / THRESHOLDS_FILE
     if not path.is_file():
+        if path.is_symlink() or path.exists():  # a dangling link or a folder: broken, not "never calibrated"
+            raise ValueError(
+                f"{path}: not a regular file (a dangling link or a folder); remove it "
+                f"(so8t calibrate {run_dir} --reset removes a link) and rerun so8t calibrate"
+            )
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         kind = data.get("head_kind", "three_way")
         if kind not in HEAD_KINDS:
             raise ValueError(f"head_kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
