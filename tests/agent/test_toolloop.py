@@ -61,7 +61,7 @@ def test_an_allowed_read_runs_and_its_result_goes_back_to_the_model(world):
     tool_msg = seen[1]["messages"][-1]
     assert tool_msg["role"] == "tool" and "牛乳を買う" in tool_msg["content"]
     assert seen[0]["tools"][0]["function"]["name"].startswith("files.")
-    assert events(world["log"]) == ["tool.proposed", "tool.executed"] and verify(world["log"]).ok
+    assert events(world["log"]) == ["tool.proposed", "tool.allowed", "tool.executed"] and verify(world["log"]).ok
 
 
 def test_no_side_effect_before_the_verdict_and_an_approved_write_runs_once_as_approved(world, monkeypatch):

@@ -20,7 +20,9 @@ text format, parsed strictly:
 
     <tool_call>{"name": "files.read", "arguments": {"path": "notes/todo.txt"}}</tool_call>
 
-Every step is in the audit log with the call's hash and a redacted summary.
+Every step is in the audit log with the call's hash and a redacted summary. A call runs only
+after its ``tool.allowed`` record (the gate's decision and the level) is written: an audit log
+that cannot take it means nothing runs (AuditError).
 """
 
 from __future__ import annotations
@@ -382,6 +384,8 @@ class ToolLoop:
         return ("auto" if lv.level == "auto" and not call.needs_approval else "approval"), lv
 
     def _execute(self, call: ValidatedCall, call_hash: str, record: dict) -> tuple[Step, str]:
+        # write-ahead: the decision that lets it run is recorded first; if that fails, nothing runs
+        self.audit.append("tool.allowed", record)
         try:
             result = self.toolset.execute(call)
         except ToolError as exc:
