@@ -30,7 +30,9 @@ Terminal: REJECTED, TIMEOUT, EDITED, EXECUTED, FAILED. Choices worth knowing:
 * Only PENDING items expire. Expiry denies: the item becomes TIMEOUT (reason "expired",
   decided_at = its expires_at), which is distinct from REJECTED so a report can tell "a human
   said no" from "nobody answered". Every method expires a due item before it reads or changes it,
-  so an expired item can never be approved, even if nobody ran ``expire_due``.
+  so an expired item can never be approved, even if nobody ran ``expire_due``; ``approve`` checks
+  the expiry again inside its own transaction, so an item that falls due while it is being
+  approved is timed out, not approved.
 * An edit is not an approval: the edited request goes through the gate again (``regate``) and
   the new item is PENDING when the gate says ALLOW or ESCALATE, so a human still approves the
   exact new arguments; a REFUSE makes it REJECTED at once. The new item keeps the original
@@ -567,19 +569,23 @@ class ApprovalQueue:
             q = q.order_by(ApprovalRow.expires_at, ApprovalRow.id).with_for_update()
             out = []
             for row in s.scalars(q.execution_options(populate_existing=True)).all():
-                snap = self._move(
-                    s,
-                    row,
-                    "expire",
-                    Status.PENDING,
-                    Status.TIMEOUT,
-                    decided_at=row.expires_at,
-                    decided_by=SYSTEM_EXPIRY,
-                    reason=EXPIRED_REASON,
-                )
+                snap = self._timeout(s, row)
                 events.append(("approval.timeout", snap))
                 out.append(snap)
         return out
+
+    def _timeout(self, session: Session, row: ApprovalRow) -> Approval:
+        """PENDING -> TIMEOUT for a due row (decided at its expires_at, by the expiry)."""
+        return self._move(
+            session,
+            row,
+            "expire",
+            Status.PENDING,
+            Status.TIMEOUT,
+            decided_at=row.expires_at,
+            decided_by=SYSTEM_EXPIRY,
+            reason=EXPIRED_REASON,
+        )
 
     # --- API -----------------------------------------------------------------------------------
 
@@ -696,19 +702,27 @@ class ApprovalQueue:
         self._expire(id)
         with self._tx() as (s, events):
             row = self._load(s, id, lock=True)
-            if row.status == Status.PENDING.value:
-                self._verify(row, expected_hash, "approve")
-            snap = self._move(
-                s,
-                row,
-                "approve",
-                Status.PENDING,
-                Status.APPROVED,
-                decided_at=self._now(),
-                decided_by=approver,
-                reason=note,
-            )
-            events.append(("approval.approved", snap))
+            now = self._now()
+            if row.status == Status.PENDING.value and row.expires_at <= now:
+                # it fell due after the check above: expire it here, in the approval's own transaction
+                snap = self._timeout(s, row)
+                events.append(("approval.timeout", snap))
+            else:
+                if row.status == Status.PENDING.value:
+                    self._verify(row, expected_hash, "approve")
+                snap = self._move(
+                    s,
+                    row,
+                    "approve",
+                    Status.PENDING,
+                    Status.APPROVED,
+                    decided_at=now,
+                    decided_by=approver,
+                    reason=note,
+                )
+                events.append(("approval.approved", snap))
+        if snap.status is Status.TIMEOUT:
+            raise InvalidTransition(id, Status.TIMEOUT, "approve")
         return snap
 
     def reject(self, id: str, approver: str, reason: str) -> Approval:
