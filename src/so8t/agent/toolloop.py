@@ -160,17 +160,19 @@ METADATA_KEYS = {
 }
 
 
-def untrusted_text(result, min_chars: int = 20) -> str:
+def untrusted_text(result) -> str:
     """The content in a tool result that came from outside (page text, file text, table cells,
-    mail bodies): every string leaf of at least min_chars, metadata keys (paths, ids, hashes,
-    addresses) left out. This is what the gate reads before the model may see the result."""
+    mail bodies, column names): every non-blank string leaf, however short, so a request split
+    over short cells is whole in the joined text. Under a metadata key (paths, ids, hashes,
+    addresses, column names) only an identifier-like value (no whitespace) is left out: text
+    planted there is read like any other. This is what the gate reads before the model may see
+    the result."""
     out: list[str] = []
 
     def walk(x, key=None):
-        if key in METADATA_KEYS:
-            return
         if isinstance(x, str):
-            if len(x) >= min_chars:
+            text = x.strip()
+            if text and (key not in METADATA_KEYS or any(c.isspace() for c in text)):
                 out.append(x)
         elif isinstance(x, dict):
             for k, v in x.items():
