@@ -392,6 +392,8 @@ class Gate:
                     else:
                         views += [(i, name, msgs) for name, msgs in mine]
                 probs, failure = self._attempt([v[2] for v in views]) if views else ([], None)
+                if failure is None and len(probs) != len(views):
+                    failure = ("error", f"the scorer gave {len(probs)} rows for {len(views)} views")
                 for i, _convo, h in jobs:
                     if i in unscored:
                         out[i] = self._failed("error", unscored[i], h, t0)
@@ -399,7 +401,7 @@ class Gate:
                         out[i] = self._failed(*failure, h, t0)
                     else:
                         scored = [(name, p) for (j, name, _), p in zip(views, probs, strict=True) if j == i]
-                        out[i] = self._combine(scored, h, t0)
+                        out[i] = self._combine_or_fail(scored, h, t0)
         decided = cast(list[Decision], out)  # every slot is filled above
         for d in decided:
             self._tally(d)
@@ -686,6 +688,13 @@ class Gate:
             between_batches=self._between_batches,
         )[1].numpy()
 
+    def _combine_or_fail(self, views: list[tuple[str, np.ndarray]], input_hash: str, t0: float) -> Decision:
+        """_combine, or the fail action when the scores cannot be read as decisions at all."""
+        try:
+            return self._combine(views, input_hash, t0)
+        except Exception as exc:  # noqa: BLE001 - a malformed score is a gate error, never a crash
+            return self._failed("error", f"cannot decide from the scores: {type(exc).__name__}: {exc}", input_hash, t0)
+
     def _combine(self, views: list[tuple[str, np.ndarray]], input_hash: str, t0: float) -> Decision:
         broken = [name for name, p in views if not finite_probs(p)]
         if broken:  # NaN / inf / not a distribution: a gate error, never a decision
@@ -755,7 +764,7 @@ class Gate:
             d, prefill = self._failed(*failure, h, t0), None
         else:
             probs, prefill = result
-            d = self._combine([("conversation", probs)], h, t0)
+            d = self._combine_or_fail([("conversation", probs)], h, t0)
         self._tally(d)
         return d, prefill
 
