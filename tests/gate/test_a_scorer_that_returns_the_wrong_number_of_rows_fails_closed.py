@@ -34,3 +34,14 @@ def test_scores_that_do_not_match_the_views_fail_closed(tiny_run, monkeypatch, s
     assert g.counts["fail_closed"] == 1
     g.close()
 
+
+
+@pytest.mark.parametrize("row", [[np.inf, 0.0, 0.0], [1.0, -np.inf, 0.0], [np.inf, np.inf, np.inf]])
+def test_infinite_probabilities_from_the_scorer_fail_closed_on_both_paths(tiny_run, monkeypatch, row):
+    # held before (only NaN had a runtime test): an infinity is not a distribution, never ALLOW
+    g = Gate.load(tiny_run[0])
+    monkeypatch.setattr(g, "_score", lambda v: np.tile(row, (len(v), 1)))
+    monkeypatch.setattr(g, "_score_with_cache", lambda convo: (np.array(row), None))
+    for d in (g.decide(TURNS), g.decide("hello"), g.decide_with_prefill("hello")[0]):
+        assert (d.action.name, d.status) == ("REFUSE", "error") and "invalid probabilities" in d.reason
+    g.close()
