@@ -35,7 +35,6 @@ def test_scores_that_do_not_match_the_views_fail_closed(tiny_run, monkeypatch, s
     g.close()
 
 
-
 @pytest.mark.parametrize("row", [[np.inf, 0.0, 0.0], [1.0, -np.inf, 0.0], [np.inf, np.inf, np.inf]])
 def test_infinite_probabilities_from_the_scorer_fail_closed_on_both_paths(tiny_run, monkeypatch, row):
     # held before (only NaN had a runtime test): an infinity is not a distribution, never ALLOW
