@@ -97,7 +97,7 @@ from so8t.server.admin_html import (
     page,
     sign_in_page,
 )
-from so8t.server.llm_server import error_response
+from so8t.server.openai_schema import error_response
 from so8t.server.routes.common import add_routes
 
 __all__ = [

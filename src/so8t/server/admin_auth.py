@@ -34,7 +34,7 @@ from fastapi.responses import Response
 
 from so8t.agent.service import Service
 from so8t.server.admin_html import COOKIE, message_page, sign_in_page
-from so8t.server.llm_server import error_response
+from so8t.server.openai_schema import error_response
 
 __all__ = [
     "DEFAULT_SESSION_TTL_S",

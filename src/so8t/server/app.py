@@ -64,7 +64,7 @@ from so8t.agent.audit import AuditError
 from so8t.agent.service import Service
 from so8t.agent.sqlstore import StoreUnavailable
 from so8t.server.admin import mount_admin, parse_status
-from so8t.server.llm_server import describe_validation, error_response
+from so8t.server.openai_schema import error_response, invalid_request
 from so8t.server.routes import approvals, chat, gate, health, tools
 from so8t.server.routes.chat import MODEL_NAMES, GatedChatRequest
 from so8t.server.routes.common import ValidText, add_routes, find_lone_surrogate, gate_busy, too_large
@@ -168,14 +168,6 @@ async def http_error(_: Request, exc: StarletteHTTPException):
     # e.g. a body that is not valid UTF-8: the same OpenAI error shape as every other 4xx
     detail = exc.detail if exc.status_code != 400 else f"invalid request: {exc.detail} (is it UTF-8 JSON?)"
     return error_response(exc.status_code, str(detail))
-
-
-async def invalid_request(_: Request, exc: RequestValidationError):
-    for err in exc.errors():  # a lone surrogate names its own field: the error is the body's
-        if err.get("type") == "lone_surrogate":
-            return error_response(400, f"invalid request: {err['msg']}", param=err["ctx"]["where"])
-    message, param = describe_validation(exc)
-    return error_response(400, message, param=param)
 
 
 async def audit_failing(_: Request, exc: AuditError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from so8t.agent.approvals import ApprovalNotFound, Status
-from so8t.server.llm_server import error_response
+from so8t.server.openai_schema import error_response
 from so8t.server.routes.common import ServiceDep
 
 __all__ = ["router"]

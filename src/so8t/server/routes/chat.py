@@ -10,7 +10,6 @@ the reply's ``so8t`` field carries the gate's decision in every case.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from so8t.agent.router import RouterResult
-from so8t.server.llm_server import ChatRequest, error_response
+from so8t.server.openai_schema import (
+    SSE_DONE,
+    ChatRequest,
+    chunk_head,
+    completion,
+    delta_choice,
+    error_response,
+    sse,
+)
 from so8t.server.routes.common import ServiceDep, ValidText, gate_busy, too_large
 
 __all__ = ["MODEL_NAMES", "GatedChatRequest", "router"]
@@ -66,14 +73,7 @@ def chat(req: GatedChatRequest, request: Request, service: ServiceDep):
     if req.stream:
         events = _events(cid, created, result.text, finish, meta)
         return StreamingResponse(events, media_type="text/event-stream")
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": MODEL_NAMES[0],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish}],
-        "so8t": meta,
-    }
+    return completion(cid, created, MODEL_NAMES[0], result.text, finish, so8t=meta)
 
 
 def _meta(result: RouterResult) -> dict[str, Any]:
@@ -89,13 +89,7 @@ def _meta(result: RouterResult) -> dict[str, Any]:
 
 def _events(cid: str, created: int, text: str, finish: str, meta: dict[str, Any]) -> Iterator[str]:
     """The text is complete and already routed; only now does any of it leave the server."""
-    head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_NAMES[0]}
-    first = {
-        **head,
-        "so8t": meta,
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}],
-    }
-    last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
-    yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
-    yield f"data: {json.dumps(last)}\n\n"
-    yield "data: [DONE]\n\n"
+    head = chunk_head(cid, created, MODEL_NAMES[0])
+    yield sse({**head, "so8t": meta, "choices": [delta_choice({"role": "assistant", "content": text}, None)]})
+    yield sse({**head, "choices": [delta_choice({}, finish)]})
+    yield SSE_DONE

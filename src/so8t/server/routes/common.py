@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from so8t.agent.service import Service
 from so8t.gate.gate import Gate, TooLarge
-from so8t.server.llm_server import error_response
+from so8t.server.openai_schema import error_response
 
 __all__ = ["ServiceDep", "add_routes", "ValidText", "find_lone_surrogate", "gate_busy", "get_service", "too_large"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import ConfigDict, Field
 
-from so8t.server.llm_server import error_response
+from so8t.server.openai_schema import error_response
 from so8t.server.routes.common import ServiceDep, ValidText, gate_busy, too_large
 
 __all__ = ["GateRequest", "router"]

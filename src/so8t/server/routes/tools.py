@@ -13,7 +13,7 @@ import json
 from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field
 
-from so8t.server.llm_server import error_response
+from so8t.server.openai_schema import error_response
 from so8t.server.routes.common import ServiceDep, ValidText, too_large
 
 __all__ = ["ToolCallRequest", "router"]
