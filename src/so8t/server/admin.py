@@ -94,7 +94,7 @@ from so8t.server.admin_html import (
     csrf_field,
     decision_fields,
     message_page,
-    page,
+    page as html_page,
     sign_in_page,
 )
 from so8t.server.openai_schema import error_response
@@ -111,7 +111,7 @@ __all__ = [
     "same_origin",
 ]
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin")
 Reader = Annotated[Caller, Depends(admin_caller)]
 Writer = Annotated[Caller, Depends(admin_post_caller)]
 
@@ -200,7 +200,7 @@ def api_list(admin: AdminDep, caller: Reader, status: str | None = None):
 
 
 @router.get("/approvals", response_class=HTMLResponse)
-def approvals_page(admin: AdminDep, caller: Reader):
+def page(admin: AdminDep, caller: Reader):
     service = admin.service
     service.approvals.expire_due()
     csrf = caller.session.csrf if caller.session is not None else ""
@@ -211,7 +211,7 @@ def approvals_page(admin: AdminDep, caller: Reader):
         else ""
     )
     table = approvals_html(service.approvals.list(limit=100), csrf, service.describe_approval)
-    return HTMLResponse(page("Approvals", signed_in + table))
+    return HTMLResponse(html_page("Approvals", signed_in + table))
 
 
 # --- deciding ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from so8t.server.routes.common import ServiceDep
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["approvals"])
+router = APIRouter()
 
 
 @router.get("/v1/approvals/{approval_id}")

@@ -35,7 +35,7 @@ __all__ = ["MODEL_NAMES", "GatedChatRequest", "router"]
 MODEL_NAMES = ("so8t-gated",)  # what clients put in "model"; the run behind it is the server's choice
 _FINISH = {"answered": "stop", "pending": "stop", "refused": "content_filter", "failed": "stop"}
 
-router = APIRouter(tags=["chat"])
+router = APIRouter()
 
 
 class GatedChatRequest(ValidText, ChatRequest):

@@ -39,6 +39,13 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
             methods=sorted(route.methods or ()),
             name=route.name,
             tags=route.tags,
+            dependencies=route.dependencies,
+            status_code=route.status_code,
+            summary=route.summary,
+            description=route.description,
+            responses=route.responses,
+            deprecated=route.deprecated,
+            include_in_schema=route.include_in_schema,
             response_model=route.response_model,
             response_class=route.response_class,
         )

@@ -15,7 +15,7 @@ from so8t.server.routes.common import ServiceDep, ValidText, gate_busy, too_larg
 
 __all__ = ["GateRequest", "router"]
 
-router = APIRouter(tags=["gate"])
+router = APIRouter()
 
 
 class GateRequest(ValidText):

@@ -17,7 +17,7 @@ from so8t.server.routes.common import ServiceDep
 
 __all__ = ["approval_gauges", "gate_metrics", "router"]
 
-router = APIRouter(tags=["health"])
+router = APIRouter()
 
 
 @router.get("/healthz")

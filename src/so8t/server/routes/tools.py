@@ -18,7 +18,7 @@ from so8t.server.routes.common import ServiceDep, ValidText, too_large
 
 __all__ = ["ToolCallRequest", "router"]
 
-router = APIRouter(tags=["tools"])
+router = APIRouter()
 
 
 class ToolCallRequest(ValidText):
