@@ -98,6 +98,20 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from so8t.agent.audit_events import (
+    APPROVAL_ABORTED,
+    APPROVAL_APPROVED,
+    APPROVAL_EDITED,
+    APPROVAL_EVENTS,
+    APPROVAL_EXECUTED,
+    APPROVAL_EXECUTING,
+    APPROVAL_FAILED,
+    APPROVAL_INTERRUPTED,
+    APPROVAL_RECOVERY_EVENTS,
+    APPROVAL_REJECTED,
+    APPROVAL_REQUESTED,
+    APPROVAL_TIMEOUT,
+)
 from so8t.agent.sqlstore import (
     StoreUnavailable,
     create_tables,
@@ -141,19 +155,10 @@ _MAX_ERROR_CHARS = 4000
 MIN_ID_PREFIX = 8  # resolve_id: the shortest id prefix accepted (the page shows 12 characters)
 _HEX = re.compile(r"[0-9a-f]+")
 
-EVENTS = (
-    "approval.requested",
-    "approval.approved",
-    "approval.rejected",
-    "approval.edited",
-    "approval.timeout",
-    "approval.executing",
-    "approval.executed",
-    "approval.failed",
-)
+EVENTS = APPROVAL_EVENTS  # the life of an item (so8t.agent.audit_events, the one list of names)
 # Not part of the normal life of an item: a step closed by recover_stuck, and (best-effort, in the
 # write-ahead log only) a change whose records were written but whose commit failed.
-RECOVERY_EVENTS = ("approval.interrupted", "approval.aborted")
+RECOVERY_EVENTS = APPROVAL_RECOVERY_EVENTS
 WriteAhead = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 
@@ -504,7 +509,7 @@ class ApprovalQueue:
             error = f"{type(exc).__name__}: {reason(exc, self.url)}"[:_MAX_ERROR_CHARS]
             with contextlib.suppress(Exception):
                 self._write_ahead(
-                    [("approval.aborted", {**data, "aborted": name, "error": error}) for name, data in written]
+                    [(APPROVAL_ABORTED, {**data, "aborted": name, "error": error}) for name, data in written]
                 )
 
     @staticmethod
@@ -570,7 +575,7 @@ class ApprovalQueue:
             out = []
             for row in s.scalars(q.execution_options(populate_existing=True)).all():
                 snap = self._timeout(s, row)
-                events.append(("approval.timeout", snap))
+                events.append((APPROVAL_TIMEOUT, snap))
                 out.append(snap)
         return out
 
@@ -625,7 +630,7 @@ class ApprovalQueue:
             s.add(row)
             s.flush()
             snap = Approval._from_row(row)
-            events.append(("approval.requested", snap))
+            events.append((APPROVAL_REQUESTED, snap))
         return snap
 
     def resolve_id(self, prefix: str) -> str:
@@ -706,7 +711,7 @@ class ApprovalQueue:
             if row.status == Status.PENDING.value and row.expires_at <= now:
                 # it fell due after the check above: expire it here, in the approval's own transaction
                 snap = self._timeout(s, row)
-                events.append(("approval.timeout", snap))
+                events.append((APPROVAL_TIMEOUT, snap))
             else:
                 if row.status == Status.PENDING.value:
                     self._verify(row, expected_hash, "approve")
@@ -720,7 +725,7 @@ class ApprovalQueue:
                     decided_by=approver,
                     reason=note,
                 )
-                events.append(("approval.approved", snap))
+                events.append((APPROVAL_APPROVED, snap))
         if snap.status is Status.TIMEOUT:
             raise InvalidTransition(id, Status.TIMEOUT, "approve")
         return snap
@@ -742,7 +747,7 @@ class ApprovalQueue:
                 decided_by=approver,
                 reason=reason,
             )
-            events.append(("approval.rejected", snap))
+            events.append((APPROVAL_REJECTED, snap))
         return snap
 
     def edit(
@@ -812,10 +817,10 @@ class ApprovalQueue:
             s.add(new)
             s.flush()
             snap = Approval._from_row(new)
-            events.append(("approval.edited", edited))
-            events.append(("approval.requested", snap))
+            events.append((APPROVAL_EDITED, edited))
+            events.append((APPROVAL_REQUESTED, snap))
             if refused:
-                events.append(("approval.rejected", snap))
+                events.append((APPROVAL_REJECTED, snap))
         return snap
 
     def claim(self, id: str, expected_hash: str | None = None) -> ClaimedRequest:
@@ -830,7 +835,7 @@ class ApprovalQueue:
             # verify only what could be claimed: a second claimer must hear AlreadyClaimed
             text = self._verify(row, expected_hash, "claim") if row.status == Status.APPROVED.value else ""
             snap = self._move(s, row, "claim", Status.APPROVED, Status.EXECUTING, claimed_at=self._now())
-            events.append(("approval.executing", snap))
+            events.append((APPROVAL_EXECUTING, snap))
         # snap.request_json == text: the UPDATE ran in the same locked transaction as the check
         return ClaimedRequest(
             id=snap.id, kind=snap.kind, request=json.loads(text), request_hash=snap.request_hash, approval=snap
@@ -842,7 +847,7 @@ class ApprovalQueue:
         with self._tx() as (s, events):
             row = self._load(s, id, lock=True)
             snap = self._move(s, row, "complete", Status.EXECUTING, Status.EXECUTED, result_json=result_text)
-            events.append(("approval.executed", snap))
+            events.append((APPROVAL_EXECUTED, snap))
         return snap
 
     def fail(self, id: str, error: str) -> Approval:
@@ -851,7 +856,7 @@ class ApprovalQueue:
         with self._tx() as (s, events):
             row = self._load(s, id, lock=True)
             snap = self._move(s, row, "fail", Status.EXECUTING, Status.FAILED, reason=error)
-            events.append(("approval.failed", snap))
+            events.append((APPROVAL_FAILED, snap))
         return snap
 
     def recover_stuck(self, older_than_s: float, by: str = SYSTEM_RECOVERY) -> builtins.list[Approval]:
@@ -894,7 +899,7 @@ class ApprovalQueue:
                     "stopped, or its completion could not be recorded); it may have run in part or in full, "
                     "and is not run again: check before submitting it again",
                 )
-                events.append(("approval.interrupted", snap))
+                events.append((APPROVAL_INTERRUPTED, snap))
             out.append(snap)
         return out
 

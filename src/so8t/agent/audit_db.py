@@ -37,20 +37,19 @@ from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, insert, 
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from so8t.agent.audit import (
+from so8t.agent.audit_chain import (
     GENESIS,
     AuditError,
     AuditStore,
-    Redactor,
-    VerifyReport,
-    _chain_point,
-    _check_key,
-    _encode_line,
-    _parse,
+    chain_point,
+    check_key,
     check_mode,
+    encode_line,
     new_record,
-    verify_lines,
+    parse_line,
 )
+from so8t.agent.audit_verify import VerifyReport, verify_lines
+from so8t.agent.redaction import Redactor
 from so8t.agent.sqlstore import StoreUnavailable, create_tables, open_engine, parse_url, reason, safe_url
 
 __all__ = [
@@ -128,7 +127,7 @@ class DatabaseAuditLog(AuditStore):
                     out.append(new_record(seq, event, data, prev, self._key))
                     prev = out[-1]["hash"]
                 conn.execute(
-                    insert(_records), [{"seq": r["seq"], "record": _encode_line(r).decode("utf-8")[:-1]} for r in out]
+                    insert(_records), [{"seq": r["seq"], "record": encode_line(r).decode("utf-8")[:-1]} for r in out]
                 )
         except AuditError as exc:
             self._failure = str(exc)
@@ -145,8 +144,8 @@ class DatabaseAuditLog(AuditStore):
         garbage lines in a file are; verify reports them), once its mode is known to match."""
         rows = conn.execute(select(_records.c.record).order_by(_records.c.seq.desc()).execution_options(yield_per=64))
         for (text,) in rows:
-            rec = _parse(text.encode("utf-8"))
-            point = _chain_point(rec)
+            rec = parse_line(text.encode("utf-8"))
+            point = chain_point(rec)
             if rec is not None and point is not None:
                 check_mode(rec, self._key, self.location)
                 return point
@@ -178,7 +177,7 @@ def _tail(engine: Engine, n: int) -> list[dict]:
         return []
     with engine.connect() as conn:
         rows = conn.execute(select(_records.c.record).order_by(_records.c.seq.desc()).limit(n)).scalars().all()
-    return [rec for rec in (_parse(t.encode("utf-8")) for t in reversed(rows)) if rec is not None]
+    return [rec for rec in (parse_line(t.encode("utf-8")) for t in reversed(rows)) if rec is not None]
 
 
 @contextlib.contextmanager
@@ -207,7 +206,7 @@ def verify_database(url: str | URL, key: bytes | None = None, *, engine: Engine 
 
     Raises StoreUnavailable when the database cannot be read, FileNotFoundError when it holds no
     audit table (a wrong URL, most likely)."""
-    key = _check_key(key)
+    key = check_key(key)
     with _reading(url, engine) as eng, eng.connect() as conn:
         rows = conn.execute(select(_records.c.record).order_by(_records.c.seq).execution_options(yield_per=512))
         return verify_lines((text.encode("utf-8") + b"\n" for (text,) in rows), key, unit="row")

@@ -59,12 +59,12 @@ from filelock import FileLock
 from so8t import jsonerr
 from so8t.agent.approvals import Approval, Status
 from so8t.agent.audit import AuditError
+from so8t.agent.audit_events import AUTONOMY_ABORTED, AUTONOMY_SET
 
 log = logging.getLogger("so8t.autonomy")
 LEVELS = ("ask", "auto")
 STATE_FORMAT = "so8t-autonomy/1"
-SET_EVENT = "autonomy.set"
-ABORTED_EVENT = "autonomy.aborted"
+SET_EVENT, ABORTED_EVENT = AUTONOMY_SET, AUTONOMY_ABORTED  # so8t.agent.audit_events
 DEFAULT_MIN_APPROVALS = 20
 LOCK_TIMEOUT_S = 30.0
 _ENTRY_KEYS = {"level", "by", "at", "reason", "audit_hash"}

@@ -23,6 +23,10 @@ Guaranteed, for the default rules (``DEFAULT_PATTERNS``, ``DEFAULT_SECRET_KEYS``
 * ``preview`` redacts before it shortens: a secret cut at the limit is still caught whole.
 * Redacting redacted text changes nothing.
 
+Records for the audit log (``clean_records``): the event and data are made plain JSON first
+(``json_safe``: non-finite floats and unknown objects become strings, lone surrogates "?"), so a
+stored record re-hashes identically after ``json.loads``; then the data is redacted.
+
 Not guaranteed: redaction is pattern-based, not a secret detector. A bare password with no keyword,
 a key of a service not listed (e.g. a plain 32-hex key), a number spelled out in words or split
 oddly, or a secret glued into a 32+ hex token are not caught. Dict keys and JSON numbers are not
@@ -32,6 +36,7 @@ redacted. Values under id / hash keys are trusted to be ids: code must not put u
 from __future__ import annotations
 
 import functools
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -328,4 +333,43 @@ class Redactor:
         return self.redact(value)
 
 
-__all__ = ["DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "Redactor"]
+# --- records for the audit log ------------------------------------------------------------------
+
+
+def json_safe(obj: Any) -> Any:
+    """Plain JSON types only, so a stored record re-hashes identically after json.loads.
+
+    Non-finite floats become strings (NaN is not JSON), unknown objects their str(), lone
+    surrogates "?" (they cannot be encoded as UTF-8)."""
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "replace").decode("utf-8")
+    if obj is None or isinstance(obj, (bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, Mapping):
+        return {json_safe(str(k)): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    return json_safe(str(obj))
+
+
+def clean_records(items: list[tuple[str, Mapping[str, Any] | None]], redactor: Redactor) -> list[tuple[str, dict]]:
+    """``(event, data)`` pairs as an audit store writes them: plain JSON (``json_safe``), ``data``
+    redacted by ``redactor``. ValueError / TypeError (nothing written) for an empty event name, data
+    that is not a dict, or no items at all."""
+    clean = []
+    for event, data in items:
+        if not isinstance(event, str) or not event.strip():
+            raise ValueError("audit event must be a non-empty string")
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise TypeError(f"audit data must be a dict, got {type(data).__name__}")
+        clean.append((json_safe(event), redactor.redact(json_safe(data))))
+    if not clean:
+        raise ValueError("append_batch needs at least one record")
+    return clean
+
+
+__all__ = ["DEFAULT_ID_KEYS", "DEFAULT_PATTERNS", "DEFAULT_SECRET_KEYS", "Redactor", "clean_records", "json_safe"]

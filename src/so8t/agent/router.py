@@ -24,7 +24,8 @@ from typing import Literal
 
 from so8t.agent import messages as msg
 from so8t.agent.approvals import ApprovalQueue
-from so8t.agent.audit import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, AuditError, AuditStore, Redactor
+from so8t.agent.audit import AuditError, AuditStore, Redactor
+from so8t.agent.audit_events import GATE_ALLOW, GATE_ERROR, GATE_ESCALATE, GATE_REFUSE, GATE_SHADOW, LLM_ERROR
 from so8t.agent.backends import BackendError
 from so8t.agent.inprocess import InProcessBackend
 from so8t.agent.sqlstore import StoreUnavailable
@@ -149,7 +150,7 @@ class Router:
             "preview": _preview(convo, self.audit.redactor),
         }
         if self.shadow and convo is not None:
-            self.audit.append("gate.shadow", {**record, "would": decision.action.name})
+            self.audit.append(GATE_SHADOW, {**record, "would": decision.action.name})
             return self._answer(convo, decision, prefill, max_tokens or self.max_tokens, temperature, lang, requester)
         if not decision.ok:
             self.audit.append(GATE_ERROR, record)
@@ -208,7 +209,7 @@ class Router:
         and a failed result carrying the client's error."""
         failure = backend_failure(exc)
         self.audit.append(
-            "llm.error",
+            LLM_ERROR,
             {
                 "requester": requester,
                 "decision": decision.to_dict(),

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from so8t.agent.approvals import TERMINAL, AlreadyClaimed, Approval, ApprovalQueue, Status
 from so8t.agent.audit import AuditError, AuditLog, AuditStore, Redactor, key_from_env
 from so8t.agent.audit_db import DatabaseAuditLog
+from so8t.agent.audit_events import GATE_ERROR
 from so8t.agent.backends import OpenAIBackend
 from so8t.agent.inprocess import InProcessBackend
 from so8t.agent.review import RequestView, edit_approval, request_view
@@ -280,7 +281,7 @@ def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)
     if not gate.ready:
-        audit.append("gate.error", {"error": gate.load_error, "at": "startup"})
+        audit.append(GATE_ERROR, {"error": gate.load_error, "at": "startup"})
     backend: OpenAIBackend | InProcessBackend | None
     if cfg.backend == "openai":
         backend = OpenAIBackend(

@@ -35,6 +35,16 @@ from typing import Any, Literal
 from so8t import jsonerr
 from so8t.agent.approvals import ApprovalQueue
 from so8t.agent.audit import AuditStore
+from so8t.agent.audit_events import (
+    TOOL_ALLOWED,
+    TOOL_ESCALATED,
+    TOOL_EXECUTED,
+    TOOL_FAILED,
+    TOOL_INVALID,
+    TOOL_PROPOSED,
+    TOOL_REFUSED,
+    TOOL_RESULT_WITHHELD,
+)
 from so8t.agent.autonomy import AutonomyStore, Level as AutonomyLevel
 from so8t.agent.tools import RISKS, ToolError, Toolset, ValidatedCall
 from so8t.canonical import hash_text
@@ -322,17 +332,17 @@ class ToolLoop:
         """Validate -> gate -> policy -> (execute | queue | refuse); returns the step and the
         text the model sees next."""
         if p.error:
-            self.audit.append("tool.invalid", {"requester": requester, "call": p.name, "error": p.error})
+            self.audit.append(TOOL_INVALID, {"requester": requester, "call": p.name, "error": p.error})
             return Step(p.name, "invalid", p.error), f"error: {p.error}"
         try:
             call = self.toolset.validate(p.name, p.arguments)
         except ToolError as exc:
-            self.audit.append("tool.invalid", {"requester": requester, "call": p.name, "error": str(exc)})
+            self.audit.append(TOOL_INVALID, {"requester": requester, "call": p.name, "error": str(exc)})
             return Step(p.name, "invalid", str(exc)), f"error: {exc}"
         call_hash = hash_text(call.canonical)
         summary = self.audit.preview(call.canonical, 300)  # redacted before it is cut
         self.audit.append(
-            "tool.proposed",
+            TOOL_PROPOSED,
             {"requester": requester, "call": call.name, "risk": call.risk, "call_hash": call_hash, "summary": summary},
         )
         decision = self.gate.decide(list(conversation) + [gate_turn(call)])
@@ -350,11 +360,11 @@ class ToolLoop:
             record["needs_approval"] = call.needs_approval
         if decision.status == "busy":  # nothing was judged: refused, and nothing is queued for a person
             why = "the safety gate is busy (its queue is full); retry later"
-            self.audit.append("tool.refused", {**record, "reason": why})
+            self.audit.append(TOOL_REFUSED, {**record, "reason": why})
             return Step(call.name, "refused", why, call_hash=call_hash), f"refused: {why}; nothing was run"
         if decision.action == Action.REFUSE or level == "deny":
             why = "the safety gate refused it" if decision.action == Action.REFUSE else f"policy denies {call.name}"
-            self.audit.append("tool.refused", {**record, "reason": why})
+            self.audit.append(TOOL_REFUSED, {**record, "reason": why})
             return Step(call.name, "refused", why, call_hash=call_hash), f"refused: {why}; nothing was run"
         if decision.action == Action.ESCALATE or level == "approval":
             request = {"tool": call.name, "arguments": json.loads(call.canonical)["arguments"]}
@@ -369,7 +379,7 @@ class ToolLoop:
                 else {**decision.to_dict(), "hold": hold, "autonomy": record.get("autonomy")}
             )
             item = self.approvals.submit(request, stored, requester, kind="tool_call")
-            self.audit.append("tool.escalated", {**record, "hold": hold, "approval_id": item.id})
+            self.audit.append(TOOL_ESCALATED, {**record, "hold": hold, "approval_id": item.id})
             detail = "waits for approval" + (
                 f": {call.needs_approval}" if level == "approval" and call.needs_approval else ""
             )
@@ -387,18 +397,18 @@ class ToolLoop:
 
     def _execute(self, call: ValidatedCall, call_hash: str, record: dict) -> tuple[Step, str]:
         # write-ahead: the decision that lets it run is recorded first; if that fails, nothing runs
-        self.audit.append("tool.allowed", record)
+        self.audit.append(TOOL_ALLOWED, record)
         try:
             result = self.toolset.execute(call)
         except ToolError as exc:
-            self.audit.append("tool.failed", {**record, "error": str(exc)})
+            self.audit.append(TOOL_FAILED, {**record, "error": str(exc)})
             return Step(call.name, "failed", str(exc), call_hash=call_hash), f"error: {exc}"
         except Exception as exc:  # noqa: BLE001 - a tool bug is reported, not raised into the agent
-            self.audit.append("tool.failed", {**record, "error": f"{type(exc).__name__}: {exc}"})
+            self.audit.append(TOOL_FAILED, {**record, "error": f"{type(exc).__name__}: {exc}"})
             return Step(call.name, "failed", type(exc).__name__, call_hash=call_hash), f"error: {type(exc).__name__}"
         text = json.dumps(result, ensure_ascii=False, default=str)[: self.max_result_chars]
         self.audit.append(
-            "tool.executed", {**record, "result_hash": hash_text(text), "result": self.audit.preview(text, 300)}
+            TOOL_EXECUTED, {**record, "result_hash": hash_text(text), "result": self.audit.preview(text, 300)}
         )
         content = untrusted_text(result)[: self.max_result_chars]
         verdict = self.gate.decide([{"role": "user", "content": content}]) if content else None
@@ -406,7 +416,7 @@ class ToolLoop:
             # untrusted content (a web page, a file) that reads like a dangerous request does not
             # reach the model: an injected instruction cannot become the model's next call
             self.audit.append(
-                "tool.result_withheld", {**record, "result_hash": hash_text(text), "decision": verdict.to_dict()}
+                TOOL_RESULT_WITHHELD, {**record, "result_hash": hash_text(text), "decision": verdict.to_dict()}
             )
             return (
                 Step(
@@ -431,7 +441,7 @@ class ToolLoop:
             result = self.toolset.execute(call)
             text = json.dumps(result, ensure_ascii=False, default=str)
             self.audit.append(
-                "tool.executed",
+                TOOL_EXECUTED,
                 {
                     "call": call.name,
                     "call_hash": hash_text(call.canonical),

@@ -18,12 +18,15 @@ with ``data: [DONE]``. Clients see the streaming protocol; they do not get the f
 
 ``serve_in_thread`` starts any ASGI app under uvicorn in a daemon thread on a free port and
 returns once it accepts connections; the gated server's tests and the demo reuse it.
+
+The request schema, the error shape and the response objects are ``so8t.server.openai_schema``,
+shared with the gated server (``ChatRequest``, ``error_response`` and ``describe_validation`` are
+re-exported here, where they used to live).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 import threading
@@ -31,104 +34,49 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import StreamingResponse
 
 from so8t.model.prompt import ensure_chat_template, render_prompt
+from so8t.server.openai_schema import (  # the schema and error helpers, re-exported where they were
+    MAX_TOKENS_CAP,
+    SSE_DONE,
+    ChatMessage,
+    ChatRequest,
+    StreamOptions,
+    TextPart,
+    chunk_head,
+    completion,
+    delta_choice,
+    describe_validation,
+    error_response,
+    invalid_request,
+    sse,
+)
+
+__all__ = [
+    "MAX_TOKENS_CAP",
+    "ChatMessage",
+    "ChatRequest",
+    "LocalLM",
+    "ServerHandle",
+    "StreamOptions",
+    "TextPart",
+    "create_llm_app",
+    "describe_validation",
+    "error_response",
+    "serve_in_thread",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_TOKENS_CAP = 2048
-
-
-# -- request schema ---------------------------------------------------------------------------
-
-
-class TextPart(BaseModel):
-    """One part of a list-style message content; only text is meaningful to a text-only LM."""
-
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: str = Field(min_length=1)
-    # None is what OpenAI clients send for an assistant turn that only made tool calls.
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
-
-
-class ChatRequest(BaseModel):
-    # Unknown OpenAI fields (user, presence_penalty, ...) are ignored rather than rejected, so
-    # ordinary OpenAI clients work unchanged.
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CAP)
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-    def budget(self) -> int:
-        # max_completion_tokens is the newer OpenAI name for the same thing.
-        return self.max_tokens or self.max_completion_tokens or 256
-
-    def stop_strings(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s]
-
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    param: str | None = None,
-    kind: str = "invalid_request_error",
-    code: str | None = None,
-    extra: dict | None = None,
-) -> JSONResponse:
-    """OpenAI's error shape, so OpenAI clients (and OpenAIBackend's excerpt) show the real reason.
-    ``extra``: more top-level fields next to "error" (the gated server's "so8t" decision)."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}, **(extra or {})}
-    return JSONResponse(status_code=status, content=body)
-
-
-def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
-    parts, first_param = [], None
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        first_param = first_param or (loc[0] if loc else None)
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts), first_param
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -177,72 +125,37 @@ class _PromptError(ValueError):
 # -- the app ----------------------------------------------------------------------------------
 
 
-def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -> FastAPI:
-    """An OpenAI-compatible FastAPI app around ``model`` (a HF causal LM) and its ``tokenizer``.
+class LocalLM:
+    """One HF causal LM and its tokenizer behind a lock: what ``create_llm_app`` serves.
 
-    No gate: this is the LLM that backends call. One generate runs at a time (a lock around
-    tokenize + generate + decode: one model, and fast tokenizers are not safe to share across
-    threads). The model-calling endpoint is a plain ``def`` so FastAPI runs it in its thread
-    pool and the event loop stays free for /health while a generation runs.
-    """
-    ensure_chat_template(tokenizer)
-    model.eval()
-    lock = threading.Lock()
-    created_at = int(time.time())
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else None)
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    One generate runs at a time (a lock around tokenize + generate + decode: one model, and
+    fast tokenizers are not safe to share across threads)."""
 
-    app = FastAPI(title=f"so8t local LLM ({model_name})", version="1")
+    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+        ensure_chat_template(tokenizer)
+        model.eval()
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.lock = threading.Lock()
+        self.created_at = int(time.time())
+        self.eos_ids = _eos_ids(model, tokenizer)
+        eos = self.eos_ids[0] if self.eos_ids else None
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        self.context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = describe_validation(exc)
-        return error_response(400, message, param=param)
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": created_at, "owned_by": "so8t"}],
-        }
-
-    def generate(req: ChatRequest) -> _Generation:
+    def generate(self, req: ChatRequest) -> _Generation:
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        with lock:
+        with self.lock:
             try:
-                prompt = render_prompt(tokenizer, messages)
+                prompt = render_prompt(self.tokenizer, messages)
             except Exception as exc:  # jinja raise_exception, unsupported roles, ...
                 raise _PromptError(f"the model's chat template rejected the messages: {exc}") from exc
-            enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")  # the template holds the specials
+            # the template holds the special tokens
+            enc = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
             n_prompt = int(enc["input_ids"].shape[1])
-            budget = req.budget()
-            if context is not None:
-                if n_prompt >= context:
-                    raise _PromptError(f"the prompt is {n_prompt} tokens; this model's context is {context} tokens")
-                budget = min(budget, context - n_prompt)  # the rest of the context; finish_reason says "length"
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": budget,
-                "do_sample": req.temperature > 0,
-                "eos_token_id": eos_ids or None,
-                "pad_token_id": pad_id,
-            }
-            if req.temperature > 0:
-                # OpenAI semantics: temperature and top_p only (no model-default top_k).
-                kwargs.update(temperature=req.temperature, top_p=req.top_p, top_k=0)
-            device = getattr(model, "device", torch.device("cpu"))
-            inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(device)):
-                if req.temperature > 0 and req.seed is not None:
-                    torch.manual_seed(req.seed)  # inside fork_rng: the process-wide RNG is left as it was
-                out = model.generate(**inputs, **kwargs)
-            ids = out[0, n_prompt:].tolist()
-            text = tokenizer.decode(ids, skip_special_tokens=True)
-        stopped = bool(ids) and ids[-1] in eos_ids
+            budget = self._budget(req, n_prompt)
+            ids = self._sample(req, enc, budget)[n_prompt:]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        stopped = bool(ids) and ids[-1] in self.eos_ids
         if stopped:
             ids = ids[:-1]  # the end-of-turn token is not part of the text (it still counts as usage)
         completion_tokens = len(ids) + int(stopped)
@@ -254,46 +167,93 @@ def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -
             text=text, token_ids=ids, prompt_tokens=n_prompt, completion_tokens=completion_tokens, finish_reason=finish
         )
 
-    @app.post("/v1/chat/completions")
-    def chat_completions(req: ChatRequest) -> Any:  # plain def: FastAPI runs it in its thread pool
-        try:
-            gen = generate(req)
-        except _PromptError as exc:
-            return error_response(400, str(exc), param="messages")
-        except Exception as exc:
-            log.exception("generation failed")
-            return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        usage = {
-            "prompt_tokens": gen.prompt_tokens,
-            "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens,
-        }
-        if not req.stream:
-            return {
-                "id": cid,
-                "object": "chat.completion",
-                "created": created,
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": gen.text},
-                        "finish_reason": gen.finish_reason,
-                    }
-                ],
-                "usage": usage,
-            }
-        with lock:  # decoding prefixes uses the tokenizer too
-            pieces = _stream_pieces(tokenizer, gen.token_ids, gen.text)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(cid, created, model_name, pieces, gen.finish_reason, usage if include_usage else None),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    def _budget(self, req: ChatRequest, n_prompt: int) -> int:
+        """New tokens allowed: the request's budget, at most the rest of the context."""
+        budget = req.budget()
+        if self.context is not None:
+            if n_prompt >= self.context:
+                raise _PromptError(f"the prompt is {n_prompt} tokens; this model's context is {self.context} tokens")
+            budget = min(budget, self.context - n_prompt)  # the rest of the context; finish_reason says "length"
+        return budget
 
+    def _sample(self, req: ChatRequest, enc: Any, budget: int) -> list[int]:
+        """The prompt's and the generated token ids (under the lock)."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": budget,
+            "do_sample": req.temperature > 0,
+            "eos_token_id": self.eos_ids or None,
+            "pad_token_id": self.pad_id,
+        }
+        if req.temperature > 0:
+            # OpenAI semantics: temperature and top_p only (no model-default top_k).
+            kwargs.update(temperature=req.temperature, top_p=req.top_p, top_k=0)
+        device = getattr(self.model, "device", torch.device("cpu"))
+        inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(device)):
+            if req.temperature > 0 and req.seed is not None:
+                torch.manual_seed(req.seed)  # inside fork_rng: the process-wide RNG is left as it was
+            out = self.model.generate(**inputs, **kwargs)
+        return out[0].tolist()
+
+
+def create_llm_app(model: Any, tokenizer: Any, model_name: str = "so8t-local") -> FastAPI:
+    """An OpenAI-compatible FastAPI app around ``model`` (a HF causal LM) and its ``tokenizer``.
+
+    No gate: this is the LLM that backends call. One generate runs at a time (``LocalLM``). The
+    model-calling endpoint is a plain ``def`` so FastAPI runs it in its thread pool and the
+    event loop stays free for /health while a generation runs.
+    """
+    app = FastAPI(title=f"so8t local LLM ({model_name})", version="1")
+    app.state.lm = LocalLM(model, tokenizer, model_name)
+    app.exception_handler(RequestValidationError)(invalid_request)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"])
     return app
+
+
+def _lm(request: Request) -> LocalLM:
+    return request.app.state.lm
+
+
+LM = Annotated[LocalLM, Depends(_lm)]
+
+
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def models(lm: LM) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": lm.name, "object": "model", "created": lm.created_at, "owned_by": "so8t"}],
+    }
+
+
+def chat_completions(req: ChatRequest, lm: LM) -> Any:  # plain def: FastAPI runs it in its thread pool
+    try:
+        gen = lm.generate(req)
+    except _PromptError as exc:
+        return error_response(400, str(exc), param="messages")
+    except Exception as exc:
+        log.exception("generation failed")
+        return error_response(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    usage = {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
+    if not req.stream:
+        return completion(cid, created, lm.name, gen.text, gen.finish_reason, usage=usage)
+    with lm.lock:  # decoding prefixes uses the tokenizer too
+        pieces = _stream_pieces(lm.tokenizer, gen.token_ids, gen.text)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(cid, created, lm.name, pieces, gen.finish_reason, usage if include_usage else None),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _cuda_devices(device: torch.device) -> list[int]:
@@ -304,32 +264,14 @@ def _sse(
     cid: str, created: int, model_name: str, pieces: list[str], finish: str, usage: dict[str, int] | None
 ) -> Iterator[str]:
     """OpenAI's chunk sequence: a role delta, content deltas, a finish delta, optional usage, [DONE]."""
-
-    def chunk(delta: dict[str, str], finish_reason: str | None) -> str:
-        body = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""}, None)
+    head = chunk_head(cid, created, model_name)
+    yield sse({**head, "choices": [delta_choice({"role": "assistant", "content": ""}, None)]})
     for piece in pieces:
-        yield chunk({"content": piece}, None)
-    yield chunk({}, finish)
+        yield sse({**head, "choices": [delta_choice({"content": piece}, None)]})
+    yield sse({**head, "choices": [delta_choice({}, finish)]})
     if usage is not None:
-        body = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model_name,
-            "choices": [],
-            "usage": usage,
-        }
-        yield f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
-    yield "data: [DONE]\n\n"
+        yield sse({**head, "choices": [], "usage": usage})
+    yield SSE_DONE
 
 
 # -- running an app in a thread ---------------------------------------------------------------

@@ -28,9 +28,10 @@ instructions.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from filelock import FileLock, Timeout
 from icalendar import Calendar, Event, vCalAddress
@@ -143,16 +144,31 @@ class DeleteArgs(BaseModel):
     uid: str = Field(min_length=1, max_length=255, description="The event's uid, from calendar.list or create.")
 
 
-def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
-    """The actions calendar.list (read), .create / .move (write), .delete (delete), .invite (send).
+class _InviteChecks(_EventFields):
+    """What every InviteArgs checks; ``invite_args`` names the owner, who is never an attendee."""
 
-    `owner` is the calendar owner's email address (ORGANIZER of invitations; ValueError if invalid).
-    """
-    path = Path(ics_path)
-    _, owner_addr = parse_address(owner)
-    lock = FileLock(str(path) + ".lock", timeout=30)
+    owner_addr: ClassVar[str]
+    if TYPE_CHECKING:  # the field, declared by invite_args
+        attendees: list[str]
 
-    class InviteArgs(_EventFields):
+    @field_validator("attendees", check_fields=False)
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        out, seen = [], {cls.owner_addr.lower()}
+        for text in v:
+            name, addr = parse_address(text)
+            if addr.lower() not in seen:
+                seen.add(addr.lower())
+                out.append(f"{name} <{addr}>" if name else addr)
+        if not out:
+            raise ValueError("no attendees other than the owner: that is calendar.create")
+        return out
+
+
+def invite_args(owner_addr: str) -> type[_InviteChecks]:
+    """The `calendar.invite` arguments of the calendar owned by ``owner_addr``."""
+
+    class InviteArgs(_InviteChecks):
         """An event with other attendees: it involves other people."""
 
         attendees: list[str] = Field(
@@ -161,31 +177,30 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
             description="Attendee email addresses ('a@example.com' or 'Name <a@example.com>').",
         )
 
-        @field_validator("attendees")
-        @classmethod
-        def _addresses(cls, v: list[str]) -> list[str]:
-            out, seen = [], {owner_addr.lower()}
-            for text in v:
-                name, addr = parse_address(text)
-                if addr.lower() not in seen:
-                    seen.add(addr.lower())
-                    out.append(f"{name} <{addr}>" if name else addr)
-            if not out:
-                raise ValueError("no attendees other than the owner: that is calendar.create")
-            return out
+    InviteArgs.owner_addr = owner_addr
+    return InviteArgs
 
-    def change(mutate: Any) -> dict:
+
+class _Calendar:
+    """One .ics file and its owner: the state behind the `calendar.*` actions."""
+
+    def __init__(self, ics_path: str | Path, owner: str):
+        self.path = Path(ics_path)
+        _, self.owner_addr = parse_address(owner)
+        self.lock = FileLock(str(self.path) + ".lock", timeout=30)
+
+    def change(self, mutate: Callable[[Calendar], dict]) -> dict:
         """Read-modify-write the file under the lock; `mutate(cal)` returns the result."""
         try:
-            with lock:
-                cal = _load(path)
+            with self.lock:
+                cal = _load(self.path)
                 result = mutate(cal)
-                _save(cal, path)
+                _save(cal, self.path)
                 return result
         except Timeout:
-            raise ToolError(f"calendar: {path} is locked by another writer; try again") from None
+            raise ToolError(f"calendar: {self.path} is locked by another writer; try again") from None
 
-    def list_events(a: ListArgs) -> dict:
+    def list_events(self, a: ListArgs) -> dict:
         lo = parse_datetime(a.from_, "from", date_ok=True) if a.from_ else None
         hi = None
         if a.to:
@@ -193,7 +208,7 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
             if len(a.to.strip()) <= 10:  # a bare date: through the end of that day
                 hi += timedelta(days=1)
         events = []
-        for ev in _load(path).walk("VEVENT"):
+        for ev in _load(self.path).walk("VEVENT"):
             start, end = _span(ev)
             if (hi is not None and start >= hi) or (lo is not None and (end <= lo if end > start else start < lo)):
                 continue
@@ -205,7 +220,7 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
             "more": len(events) > a.limit,
         }
 
-    def new_event(a: _EventFields, attendees: list[str] | None) -> Event:
+    def new_event(self, a: _EventFields, attendees: list[str] | None) -> Event:
         now = datetime.now(UTC).replace(microsecond=0)
         ev = Event()
         ev.add("uid", f"{uuid.uuid4()}@so8t")
@@ -219,88 +234,94 @@ def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
         if a.description:
             ev.add("description", a.description)
         if attendees:
-            ev.add("organizer", vCalAddress(f"mailto:{owner_addr}"))
+            ev.add("organizer", vCalAddress(f"mailto:{self.owner_addr}"))
             for text in attendees:
-                name, addr = parse_address(text)
-                att = vCalAddress(f"mailto:{addr}")
-                att.params.update({"ROLE": "REQ-PARTICIPANT", "PARTSTAT": "NEEDS-ACTION", "RSVP": "TRUE"})
-                if name:
-                    att.params["CN"] = name
-                ev.add("attendee", att)
+                ev.add("attendee", _attendee(text))
         return ev
 
-    def create(a: CreateArgs) -> dict:
-        ev = new_event(a, None)
-
+    def add(self, ev: Event) -> dict:
         def add(cal: Calendar) -> dict:
             cal.add_component(ev)
             return _describe(ev)
 
-        return change(add)
+        return self.change(add)
 
-    def invite(a: InviteArgs) -> dict:
-        ev = new_event(a, a.attendees)
+    def create(self, a: CreateArgs) -> dict:
+        return self.add(self.new_event(a, None))
 
-        def add(cal: Calendar) -> dict:
-            cal.add_component(ev)
-            return _describe(ev)
+    def invite(self, a: _InviteChecks) -> dict:
+        return self.add(self.new_event(a, a.attendees))
 
-        return change(add)
+    def move(self, a: MoveArgs) -> dict:
+        return self.change(lambda cal: _move(cal, a))
 
-    def move(a: MoveArgs) -> dict:
-        def mv(cal: Calendar) -> dict:
-            [ev] = _find(cal, a.uid, "calendar.move")
-            if "RRULE" in ev or "RECURRENCE-ID" in ev:
-                raise ToolError(
-                    f"calendar.move: event {a.uid!r} is recurring; moving recurring events is not supported"
-                )
-            before = _describe(ev)
-            for prop in ("DTSTART", "DTEND", "DURATION", "DTSTAMP", "LAST-MODIFIED"):
-                ev.pop(prop, None)
-            ev.add("dtstart", parse_datetime(a.start, "start").astimezone(UTC))
-            ev.add("dtend", parse_datetime(a.end, "end").astimezone(UTC))
-            now = datetime.now(UTC).replace(microsecond=0)
-            ev.add("dtstamp", now)
-            ev.add("last-modified", now)
-            seq = int(ev.pop("SEQUENCE", 0) or 0)
-            ev.add("sequence", seq + 1)
-            return {**_describe(ev), "previous": {"start": before["start"], "end": before["end"]}}
-
-        return change(mv)
-
-    def delete(a: DeleteArgs) -> dict:
+    def delete(self, a: DeleteArgs) -> dict:
         def rm(cal: Calendar) -> dict:
             found = _find(cal, a.uid, "calendar.delete", single=False)
             gone = _describe(found[0])
             cal.subcomponents[:] = [c for c in cal.subcomponents if not any(c is f for f in found)]
             return {"deleted": gone, "components_removed": len(found)}
 
-        return change(rm)
+        return self.change(rm)
 
+
+def _attendee(text: str) -> vCalAddress:
+    name, addr = parse_address(text)
+    att = vCalAddress(f"mailto:{addr}")
+    att.params.update({"ROLE": "REQ-PARTICIPANT", "PARTSTAT": "NEEDS-ACTION", "RSVP": "TRUE"})
+    if name:
+        att.params["CN"] = name
+    return att
+
+
+def _move(cal: Calendar, a: MoveArgs) -> dict:
+    """Give one (non-recurring) event the new start and end; bump its SEQUENCE."""
+    [ev] = _find(cal, a.uid, "calendar.move")
+    if "RRULE" in ev or "RECURRENCE-ID" in ev:
+        raise ToolError(f"calendar.move: event {a.uid!r} is recurring; moving recurring events is not supported")
+    before = _describe(ev)
+    for prop in ("DTSTART", "DTEND", "DURATION", "DTSTAMP", "LAST-MODIFIED"):
+        ev.pop(prop, None)
+    ev.add("dtstart", parse_datetime(a.start, "start").astimezone(UTC))
+    ev.add("dtend", parse_datetime(a.end, "end").astimezone(UTC))
+    now = datetime.now(UTC).replace(microsecond=0)
+    ev.add("dtstamp", now)
+    ev.add("last-modified", now)
+    seq = int(ev.pop("SEQUENCE", 0) or 0)
+    ev.add("sequence", seq + 1)
+    return {**_describe(ev), "previous": {"start": before["start"], "end": before["end"]}}
+
+
+def calendar_tool(ics_path: str | Path, *, owner: str) -> list[ToolAction]:
+    """The actions calendar.list (read), .create / .move (write), .delete (delete), .invite (send).
+
+    `owner` is the calendar owner's email address (ORGANIZER of invitations; ValueError if invalid).
+    """
+    c = _Calendar(ics_path, owner)
     return [
         ToolAction(
             "calendar.list",
             "List calendar events, optionally only those overlapping a from/to range.",
             ListArgs,
             "read",
-            list_events,
+            c.list_events,
         ),
         ToolAction(
             "calendar.create",
             "Add an event to the owner's own calendar (no other attendees; for those use calendar.invite).",
             CreateArgs,
             "write",
-            create,
+            c.create,
         ),
         ToolAction(
             "calendar.invite",
             "Add an event with other attendees (records ORGANIZER/ATTENDEE).",
-            InviteArgs,
+            invite_args(c.owner_addr),
             "send",
-            invite,
+            c.invite,
         ),
-        ToolAction("calendar.move", "Change an event's start and end.", MoveArgs, "write", move),
-        ToolAction("calendar.delete", "Delete an event.", DeleteArgs, "delete", delete),
+        ToolAction("calendar.move", "Change an event's start and end.", MoveArgs, "write", c.move),
+        ToolAction("calendar.delete", "Delete an event.", DeleteArgs, "delete", c.delete),
     ]
 
 

@@ -58,7 +58,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import formatdate, make_msgid, parseaddr
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -161,44 +161,44 @@ def _address_list(values: list[str]) -> list[str]:
     return out
 
 
-def mail_tool(
-    drafts_dir: str | Path,
-    *,
-    smtp_host: str | None = None,
-    smtp_port: int = 25,
-    sender: str,
-    allowed_domains: list[str] | None = None,
-    max_recipients: int = 20,
-    max_body_chars: int = 50_000,
-    smtp_timeout_s: float = 30.0,
-) -> list[ToolAction]:
-    """The actions `mail.draft` (write), `mail.list_drafts` and `mail.read_draft` (read), `mail.send` (send).
+# -- argument models ---------------------------------------------------------------------------
 
-    `sender` is the From address of every message (ValueError if it is not a valid address);
-    `smtp_host=None` means sending is not configured and `mail.send` refuses.
-    """
-    drafts = Path(drafts_dir)
-    sent_dir = drafts / "sent"
-    sender_name, sender_addr = parse_address(sender)
-    allowed = [d.strip() for d in allowed_domains] if allowed_domains is not None else None
-    send_lock = FileLock(str(drafts / ".send.lock"), timeout=60)
 
-    def send_problems(recipients: list[str]) -> list[str]:
-        """Why these recipients could not be sent to (empty = sendable)."""
-        problems = []
-        if len(recipients) > max_recipients:
-            problems.append(f"{len(recipients)} recipients, over the limit of {max_recipients}")
-        for r in recipients:
-            if not domain_allowed(r.rsplit("@", 1)[1], allowed):
-                problems.append(f"{r}: domain is not in the allowed domains ({', '.join(allowed or [])})")
-        return problems
+class _DraftChecks(BaseModel):
+    """What every DraftArgs checks; ``draft_args`` sets the limits (they show in the schema)."""
 
-    # -- argument models (built here so the schema carries this instance's limits) -----------
+    model_config = ConfigDict(extra="forbid")
+    max_recipients: ClassVar[int]
+    if TYPE_CHECKING:  # the fields, declared with their limits by draft_args
+        to: list[str]
+        cc: list[str]
+        subject: str
+        body: str
 
-    class DraftArgs(BaseModel):
+    @field_validator("to", "cc", check_fields=False)
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        return _address_list(v)
+
+    @field_validator("subject", check_fields=False)
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        return check_header_text(v, "subject")
+
+    @model_validator(mode="after")
+    def _total(self) -> _DraftChecks:
+        n = len({_addr(a).lower() for a in self.to + self.cc})
+        if n > self.max_recipients:
+            raise ValueError(f"{n} recipients in to + cc, over the limit of {self.max_recipients}")
+        return self
+
+
+def draft_args(max_recipients: int, max_body_chars: int) -> type[_DraftChecks]:
+    """The `mail.draft` arguments with these limits in their schema."""
+
+    class DraftArgs(_DraftChecks):
         """Compose a message and save it as a local draft; nothing is sent."""
 
-        model_config = ConfigDict(extra="forbid")
         to: list[str] = Field(
             min_length=1,
             max_length=max_recipients,
@@ -210,54 +210,79 @@ def mail_tool(
         subject: str = Field(max_length=MAX_SUBJECT_CHARS, description="Subject line (one line, any language).")
         body: str = Field(max_length=max_body_chars, description="Plain-text body (UTF-8, any language).")
 
-        @field_validator("to", "cc")
-        @classmethod
-        def _addresses(cls, v: list[str]) -> list[str]:
-            return _address_list(v)
+    DraftArgs.max_recipients = max_recipients
+    return DraftArgs
 
-        @field_validator("subject")
-        @classmethod
-        def _subject(cls, v: str) -> str:
-            return check_header_text(v, "subject")
 
-        @model_validator(mode="after")
-        def _total(self) -> DraftArgs:
-            n = len({_addr(a).lower() for a in self.to + self.cc})
-            if n > max_recipients:
-                raise ValueError(f"{n} recipients in to + cc, over the limit of {max_recipients}")
-            return self
+class ListArgs(BaseModel):
+    """List saved drafts, newest first."""
 
-    class ListArgs(BaseModel):
-        """List saved drafts, newest first."""
+    model_config = ConfigDict(extra="forbid")
+    include_sent: bool = Field(default=False, description="Also list drafts that were already sent.")
+    limit: int = Field(default=50, ge=1, le=500, description="At most this many drafts.")
 
-        model_config = ConfigDict(extra="forbid")
-        include_sent: bool = Field(default=False, description="Also list drafts that were already sent.")
-        limit: int = Field(default=50, ge=1, le=500, description="At most this many drafts.")
 
-    class DraftRef(BaseModel):
-        """One draft, by the id that mail.draft returned."""
+class DraftRef(BaseModel):
+    """One draft, by the id that mail.draft returned."""
 
-        model_config = ConfigDict(extra="forbid")
-        draft_id: str = Field(pattern=_DRAFT_ID_RE, description="The draft_id returned by mail.draft.")
+    model_config = ConfigDict(extra="forbid")
+    draft_id: str = Field(pattern=_DRAFT_ID_RE, description="The draft_id returned by mail.draft.")
 
-    class SendArgs(DraftRef):
-        """Send one existing draft exactly as saved."""
 
-        expect_sha256: str | None = Field(
-            default=None,
-            pattern=r"^[0-9a-f]{64}$",
-            description="Optional: refuse unless the draft file still has this "
-            "sha256 (as returned by mail.draft / mail.read_draft).",
-        )
+class SendArgs(DraftRef):
+    """Send one existing draft exactly as saved."""
 
-    # -- helpers on saved drafts ---------------------------------------------------------------
+    expect_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Optional: refuse unless the draft file still has this "
+        "sha256 (as returned by mail.draft / mail.read_draft).",
+    )
 
-    def locate(draft_id: str) -> tuple[Path, bool]:
-        for path, sent in ((drafts / f"{draft_id}.eml", False), (sent_dir / f"{draft_id}.eml", True)):
+
+# -- the tool ------------------------------------------------------------------------------------
+
+
+class _Mail:
+    """One drafts folder, one sender, one SMTP relay: the state behind the `mail.*` actions."""
+
+    def __init__(
+        self,
+        drafts_dir: str | Path,
+        sender: str,
+        smtp_host: str | None,
+        smtp_port: int,
+        allowed_domains: list[str] | None,
+        max_recipients: int,
+        smtp_timeout_s: float,
+    ):
+        self.drafts = Path(drafts_dir)
+        self.sent_dir = self.drafts / "sent"
+        self.sender_name, self.sender_addr = parse_address(sender)
+        self.allowed = [d.strip() for d in allowed_domains] if allowed_domains is not None else None
+        self.smtp_host, self.smtp_port, self.smtp_timeout_s = smtp_host, smtp_port, smtp_timeout_s
+        self.max_recipients = max_recipients
+        self.send_lock = FileLock(str(self.drafts / ".send.lock"), timeout=60)
+
+    def send_problems(self, recipients: list[str]) -> list[str]:
+        """Why these recipients could not be sent to (empty = sendable)."""
+        problems = []
+        if len(recipients) > self.max_recipients:
+            problems.append(f"{len(recipients)} recipients, over the limit of {self.max_recipients}")
+        for r in recipients:
+            if not domain_allowed(r.rsplit("@", 1)[1], self.allowed):
+                problems.append(f"{r}: domain is not in the allowed domains ({', '.join(self.allowed or [])})")
+        return problems
+
+    # -- saved drafts
+
+    def locate(self, draft_id: str) -> tuple[Path, bool]:
+        for path, sent in ((self.drafts / f"{draft_id}.eml", False), (self.sent_dir / f"{draft_id}.eml", True)):
             if path.is_file():
                 return path, sent
-        raise ToolError(f"no draft {draft_id!r} in {drafts}")
+        raise ToolError(f"no draft {draft_id!r} in {self.drafts}")
 
+    @staticmethod
     def describe(path: Path, sent: bool, *, body: bool = False) -> dict:
         raw = path.read_bytes()
         recorded = _recorded_sha256(path)
@@ -280,25 +305,13 @@ def mail_tool(
             out["body"] = part.get_content().replace("\r\n", "\n") if part is not None else ""
         return out
 
-    # -- actions ---------------------------------------------------------------------------------
+    # -- actions
 
-    def draft(a: DraftArgs) -> dict:
-        msg = EmailMessage(policy=DRAFT_POLICY)
-        msg["From"] = Address(sender_name, addr_spec=sender_addr)
-        msg["To"] = [_to_address(x) for x in a.to]
-        if a.cc:
-            msg["Cc"] = [_to_address(x) for x in a.cc]
-        msg["Subject"] = a.subject
-        msg["Date"] = formatdate(localtime=True)
-        msg["Message-ID"] = make_msgid(domain=sender_addr.rsplit("@", 1)[1])
-        msg["MIME-Version"] = "1.0"
-        body = a.body.replace("\r\n", "\n").replace("\r", "\n")
-        # ASCII stays readable (7bit); anything else is base64 UTF-8 so no server needs 8BITMIME.
-        msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "base64")
+    def draft(self, a: _DraftChecks) -> dict:
+        data = _serialise(self._message(a.to, a.cc, a.subject, a.body))
         draft_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
-        drafts.mkdir(parents=True, exist_ok=True)
-        path = drafts / f"{draft_id}.eml"
-        data = _serialise(msg)
+        self.drafts.mkdir(parents=True, exist_ok=True)
+        path = self.drafts / f"{draft_id}.eml"
         digest = hashlib.sha256(data).hexdigest()
         atomic_write_bytes(path.with_suffix(".sha256"), f"{digest}\n".encode())  # first: no draft without its hash
         atomic_write_bytes(path, data)
@@ -311,83 +324,121 @@ def mail_tool(
             "path": str(path),
             "recipients": recipients,
             "sha256": digest,
-            "send_problems": send_problems(recipients),
+            "send_problems": self.send_problems(recipients),
         }
 
-    def list_drafts(a: ListArgs) -> dict:
-        found = [(p, False) for p in drafts.glob("*.eml")]
+    def _message(self, to: list[str], cc: list[str], subject: str, body: str) -> EmailMessage:
+        msg = EmailMessage(policy=DRAFT_POLICY)
+        msg["From"] = Address(self.sender_name, addr_spec=self.sender_addr)
+        msg["To"] = [_to_address(x) for x in to]
+        if cc:
+            msg["Cc"] = [_to_address(x) for x in cc]
+        msg["Subject"] = subject
+        msg["Date"] = formatdate(localtime=True)
+        msg["Message-ID"] = make_msgid(domain=self.sender_addr.rsplit("@", 1)[1])
+        msg["MIME-Version"] = "1.0"
+        body = body.replace("\r\n", "\n").replace("\r", "\n")
+        # ASCII stays readable (7bit); anything else is base64 UTF-8 so no server needs 8BITMIME.
+        msg.set_content(body, charset="utf-8", cte=None if body.isascii() else "base64")
+        return msg
+
+    def list_drafts(self, a: ListArgs) -> dict:
+        found = [(p, False) for p in self.drafts.glob("*.eml")]
         if a.include_sent:
-            found += [(p, True) for p in sent_dir.glob("*.eml")]
+            found += [(p, True) for p in self.sent_dir.glob("*.eml")]
         found.sort(key=lambda ps: ps[0].stem, reverse=True)  # ids start with the UTC time
         out = []
         for path, sent in found[: a.limit]:
             try:
-                out.append(describe(path, sent))
+                out.append(self.describe(path, sent))
             except Exception as exc:  # noqa: BLE001 -- one unreadable file must not hide the others
                 out.append({"draft_id": path.stem, "path": str(path), "sent": sent, "error": str(exc)})
         return {"drafts": out, "count": len(out), "more": len(found) > a.limit}
 
-    def read_draft(a: DraftRef) -> dict:
-        path, sent = locate(a.draft_id)
-        return describe(path, sent, body=True)
+    def read_draft(self, a: DraftRef) -> dict:
+        path, sent = self.locate(a.draft_id)
+        return self.describe(path, sent, body=True)
 
-    def send(a: SendArgs) -> dict:
-        if not smtp_host:
+    def send(self, a: SendArgs) -> dict:
+        if not (host := self.smtp_host):
             raise ToolError(
-                f"mail.send: sending is not configured (no smtp_host); the draft stays in {drafts} for the user to send"
+                f"mail.send: sending is not configured (no smtp_host); the draft stays in {self.drafts} "
+                "for the user to send"
             )
         try:
-            drafts.mkdir(parents=True, exist_ok=True)
-            with send_lock:  # one send at a time: the same draft can never go out twice
-                path, sent = locate(a.draft_id)
-                if sent:
-                    raise ToolError(f"mail.send: draft {a.draft_id} was already sent ({path})")
-                raw = path.read_bytes()
-                _check_drafted_hash(path, raw, a.draft_id)
-                if a.expect_sha256 and hashlib.sha256(raw).hexdigest() != a.expect_sha256:
-                    raise ToolError(f"mail.send: draft {a.draft_id} changed since it was reviewed (sha256 differs)")
-                recipients = _check_saved_draft(raw, a.draft_id, sender_addr)
-                problems = send_problems(recipients)
-                if problems:
-                    raise ToolError(f"mail.send: refused, nothing sent: {'; '.join(problems)}")
-                try:
-                    with smtplib.SMTP(smtp_host, smtp_port, timeout=smtp_timeout_s) as smtp:
-                        refused = smtp.sendmail(sender_addr, recipients, raw)
-                except (smtplib.SMTPException, OSError) as exc:
-                    raise ToolError(f"mail.send: SMTP {smtp_host}:{smtp_port} failed, draft not sent: {exc}") from None
-                sent_dir.mkdir(parents=True, exist_ok=True)
-                os.replace(path, sent_dir / path.name)
-                os.replace(path.with_suffix(".sha256"), sent_dir / f"{path.stem}.sha256")
+            self.drafts.mkdir(parents=True, exist_ok=True)
+            with self.send_lock:  # one send at a time: the same draft can never go out twice
+                path, recipients, refused = self._send_once(a, host)
         except Timeout:
             raise ToolError("mail.send: another send is in progress; try again") from None
-        accepted = [r for r in recipients if r not in refused]
         return {
             "draft_id": a.draft_id,
             "sent": True,
-            "recipients": accepted,
+            "recipients": [r for r in recipients if r not in refused],
             "refused": {r: f"{code} {msg.decode(errors='replace')}" for r, (code, msg) in refused.items()},
-            "path": str(sent_dir / path.name),
+            "path": str(self.sent_dir / path.name),
         }
 
+    def _send_once(self, a: SendArgs, host: str) -> tuple[Path, list[str], dict[str, tuple[int, bytes]]]:
+        """Under the send lock: check the draft, send it, move it to sent/ (path, recipients, refused)."""
+        path, sent = self.locate(a.draft_id)
+        if sent:
+            raise ToolError(f"mail.send: draft {a.draft_id} was already sent ({path})")
+        raw = path.read_bytes()
+        _check_drafted_hash(path, raw, a.draft_id)
+        if a.expect_sha256 and hashlib.sha256(raw).hexdigest() != a.expect_sha256:
+            raise ToolError(f"mail.send: draft {a.draft_id} changed since it was reviewed (sha256 differs)")
+        recipients = _check_saved_draft(raw, a.draft_id, self.sender_addr)
+        if problems := self.send_problems(recipients):
+            raise ToolError(f"mail.send: refused, nothing sent: {'; '.join(problems)}")
+        port = self.smtp_port
+        try:
+            with smtplib.SMTP(host, port, timeout=self.smtp_timeout_s) as smtp:
+                refused = smtp.sendmail(self.sender_addr, recipients, raw)
+        except (smtplib.SMTPException, OSError) as exc:
+            raise ToolError(f"mail.send: SMTP {host}:{port} failed, draft not sent: {exc}") from None
+        self.sent_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(path, self.sent_dir / path.name)
+        os.replace(path.with_suffix(".sha256"), self.sent_dir / f"{path.stem}.sha256")
+        return path, recipients, refused
+
+
+def mail_tool(
+    drafts_dir: str | Path,
+    *,
+    smtp_host: str | None = None,
+    smtp_port: int = 25,
+    sender: str,
+    allowed_domains: list[str] | None = None,
+    max_recipients: int = 20,
+    max_body_chars: int = 50_000,
+    smtp_timeout_s: float = 30.0,
+) -> list[ToolAction]:
+    """The actions `mail.draft` (write), `mail.list_drafts` and `mail.read_draft` (read), `mail.send` (send).
+
+    `sender` is the From address of every message (ValueError if it is not a valid address);
+    `smtp_host=None` means sending is not configured and `mail.send` refuses.
+    """
+    m = _Mail(drafts_dir, sender, smtp_host, smtp_port, allowed_domains, max_recipients, smtp_timeout_s)
     return [
         ToolAction(
             "mail.draft",
             "Write an email as a local draft (.eml). Nothing is sent; use mail.send with "
             "the returned draft_id to send it.",
-            DraftArgs,
+            draft_args(max_recipients, max_body_chars),
             "write",
-            draft,
+            m.draft,
         ),
         ToolAction(
-            "mail.list_drafts", "List saved email drafts (recipients, subject, date).", ListArgs, "read", list_drafts
+            "mail.list_drafts", "List saved email drafts (recipients, subject, date).", ListArgs, "read", m.list_drafts
         ),
-        ToolAction("mail.read_draft", "Show one draft in full, including its body.", DraftRef, "read", read_draft),
+        ToolAction("mail.read_draft", "Show one draft in full, including its body.", DraftRef, "read", m.read_draft),
         ToolAction(
             "mail.send",
             "Send a saved draft over SMTP exactly as written; a draft is sent at most once.",
             SendArgs,
             "send",
-            send,
+            m.send,
         ),
     ]
 
