@@ -183,7 +183,7 @@ def load_set(spec: str) -> list:
 
 def score_set(gate, recs: list, b1_prompts: int) -> dict:
     """The gate's decisions on every record (batches of 16, timed) and a batch-1 timing."""
-    from so8t.eval.metrics import compute_metrics
+    from so8t.metrics import compute_metrics
 
     convos = [r.messages() for r in recs]
     t0 = time.perf_counter()

@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from so8t.eval.metrics import format_kpis
+    from so8t.metrics import format_kpis
     from so8t.train.recipe import load_run_config, train
 
     if args.resume:
@@ -269,7 +269,7 @@ def _parse_targets(items: Sequence[str] | None) -> dict:
     """--target refuse_recall=0.8 (keeps the default direction) or --target allow_recall>=0.5."""
     import re
 
-    from so8t.eval.metrics import DEFAULT_TARGETS, SafetyMetrics
+    from so8t.metrics import DEFAULT_TARGETS, SafetyMetrics
 
     targets = dict(DEFAULT_TARGETS)
     for item in items or []:

@@ -30,7 +30,11 @@ from so8t.data.builtin import parse_builtin_spec
 from so8t.eval import baselines as bl
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
-from so8t.eval.metrics import (
+from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
+from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
+from so8t.eval.thresholds import decide, load_thresholds
+from so8t.labels import ACTIONS
+from so8t.metrics import (
     DEFAULT_TARGETS,
     binary_metrics,
     bootstrap_ci,
@@ -41,10 +45,6 @@ from so8t.eval.metrics import (
     reliability_bins,
     verdict,
 )
-from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
-from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
-from so8t.eval.thresholds import decide, load_thresholds
-from so8t.labels import ACTIONS
 from so8t.model import load_run, prompt_outputs
 
 HEADLINE = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")

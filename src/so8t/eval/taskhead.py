@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from so8t.eval.baselines import tag_probs
-from so8t.eval.metrics import Labels
 from so8t.labels import ACTION_PREFIX, parse_response
+from so8t.metrics import Labels
 from so8t.model import render_prompt
 from so8t.model.scoring import as_conversation, autocast
 

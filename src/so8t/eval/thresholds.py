@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from so8t.eval.metrics import SafetyMetrics, compute_metrics
 from so8t.fsutil import atomic_write_text
 from so8t.labels import Action
+from so8t.metrics import SafetyMetrics, compute_metrics
 from so8t.model.head import HEAD_CONFIG, HEAD_KINDS, HeadKind, run_head_kind
 
 THRESHOLDS_FILE = "thresholds.json"
