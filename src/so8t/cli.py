@@ -318,7 +318,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from so8t.eval.report import calibrate_run
-    from so8t.eval.thresholds import THRESHOLDS_FILE, format_change, load_thresholds, remove_thresholds
+    from so8t.model.thresholds import THRESHOLDS_FILE, format_change, load_thresholds, remove_thresholds
 
     run = Path(args.run)
     if not run.is_dir():

@@ -32,7 +32,6 @@ from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
 from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
 from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
-from so8t.eval.thresholds import decide, load_thresholds
 from so8t.labels import ACTIONS
 from so8t.metrics import (
     DEFAULT_TARGETS,
@@ -46,6 +45,7 @@ from so8t.metrics import (
     verdict,
 )
 from so8t.model import load_run, prompt_outputs
+from so8t.model.thresholds import decide, load_thresholds
 
 HEADLINE = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
 BASELINES = ("keywords", "probe", "judge")
@@ -719,7 +719,7 @@ def calibrate_run(
     only apply=True also writes RUN/thresholds.json, which serve, chat, demo and eval then use.
     Returns (calibration, path written)."""
     from so8t.eval.plots import plot_tradeoff
-    from so8t.eval.thresholds import calibrate, false_refusal, save_thresholds
+    from so8t.model.thresholds import calibrate, false_refusal, save_thresholds
     from so8t.train.recipe import load_run_config
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))

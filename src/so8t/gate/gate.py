@@ -62,7 +62,6 @@ import numpy as np
 import torch
 
 from so8t.canonical import request_hash
-from so8t.eval.thresholds import Thresholds, decide, load_thresholds
 from so8t.gate.decision import SEVERITY, Decision, Status, finite_probs
 from so8t.labels import Action, parse_label
 from so8t.model import load_run
@@ -70,6 +69,7 @@ from so8t.model.head import HEAD_WEIGHTS
 from so8t.model.precision import amp_for, check_precision, quantize_int8
 from so8t.model.prompt import encode_prompt
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
+from so8t.model.thresholds import Thresholds, decide, load_thresholds
 
 log = logging.getLogger("so8t.gate")
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)

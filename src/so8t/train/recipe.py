@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml
 from so8t.data import Mix, Record, assemble
 from so8t.eval.plots import plot_training_curves
-from so8t.eval.thresholds import Calibration, Thresholds, calibrate, decide, save_thresholds
 from so8t.labels import Action
 from so8t.metrics import SafetyMetrics, compute_metrics
 from so8t.model import (
@@ -49,6 +48,7 @@ from so8t.model.scoring import (
     length_order,
     predict_probs,
 )
+from so8t.model.thresholds import Calibration, Thresholds, calibrate, decide, save_thresholds
 from so8t.train import losses
 from so8t.train.batching import (
     class_weights,
