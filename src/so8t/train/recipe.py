@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml
 from so8t.data import Mix, Record, assemble
-from so8t.eval.plots import plot_training_curves
 from so8t.labels import Action
 from so8t.metrics import SafetyMetrics, compute_metrics
 from so8t.model import (
@@ -57,6 +56,7 @@ from so8t.train.batching import (
     epoch_order,
     keep_twins_together,
 )
+from so8t.train.curves import plot_training_curves
 from so8t.train.schedules import head_trainable, lambda_pet
 
 CONFIG_FILE = "config.yaml"
