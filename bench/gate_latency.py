@@ -88,6 +88,7 @@ def overhead(run: Path, args, precision: str) -> None:
     from so8t.data import load_builtin
     from so8t.eval.baselines import judge_probs
     from so8t.gate import Gate
+    from so8t.model.run import LoadedRun
     from so8t.model.scoring import autocast, encode_prompts
 
     torch.manual_seed(0)
@@ -113,7 +114,7 @@ def overhead(run: Path, args, precision: str) -> None:
     systems = {
         "bare forward": bare,
         "gate decision": lambda batch: gate.decide_batch(batch),
-        "zero-shot judge": lambda batch: judge_probs(model, tok, batch, gate.max_length, gate.amp),
+        "zero-shot judge": lambda batch: judge_probs(LoadedRun(model, tok, gate.max_length, gate.amp), batch),
     }
     gate.decide_batch(convos[:2])  # warm-up
     results: dict[tuple[str, int], list[float]] = {}

@@ -223,9 +223,7 @@ def evaluate_run(
         if opts.latency:
             prompts = [r for ds in datasets for r in ds.records][: opts.latency]
             with phases.phase(f"timing the gate on {len(prompts)} prompts (batch 1, then throughput)"):
-                report["latency"] = measure_latency(
-                    loaded.model, loaded.tokenizer, prompts, loaded.max_length, loaded.amp
-                )
+                report["latency"] = measure_latency(loaded, prompts)
         curves = None
         if (run_dir / "metrics" / "steps.jsonl").is_file() and (run_dir / "metrics" / "evals.jsonl").is_file():
             with phases.phase("plotting the training curves"):
@@ -273,9 +271,7 @@ def _train_probe(loaded: LoadedRun, cfg: TrainConfig, opts: EvalOptions, phases:
     with phases.phase(
         f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)
     ) as tick:
-        feats = bl.base_features(
-            loaded.model, loaded.tokenizer, sample, loaded.max_length, loaded.amp, between_batches=tick
-        )
+        feats = bl.base_features(loaded, sample, between_batches=tick)
     with phases.phase("probe baseline: fitting the logistic regression"):
         return bl.fit_probe(feats, [int(r.required_label()) for r in sample], cfg.seed)
 
@@ -313,7 +309,6 @@ def _evaluate_dataset(
 ) -> dict:
     recs = ds.records
     n = len(recs)
-    model, tok, max_len, amp = loaded.model, loaded.tokenizer, loaded.max_length, loaded.amp
     with phases.phase(f"{ds.name}: scoring {n} prompts with the gate", total=n) as tick:
         probs = loaded.probs(recs, between_batches=tick)
     pred = decide(probs, thresholds)
@@ -367,16 +362,14 @@ def _evaluate_dataset(
         systems["keywords"] = bl.keyword_probs(recs)
     if "probe" in opts.baselines and probe is not None:
         with phases.phase(f"{ds.name}: probe baseline on {n} prompts", total=n) as tick:
-            systems["probe"] = bl.probe_probs(
-                probe, bl.base_features(model, tok, recs, max_len, amp, between_batches=tick)
-            )
+            systems["probe"] = bl.probe_probs(probe, bl.base_features(loaded, recs, between_batches=tick))
     if "judge" in opts.baselines:
         with phases.phase(
             f"{ds.name}: zero-shot judge baseline on {n} prompts (base LLM, policy prompt)", total=n, batch_size=8
         ) as tick:
-            systems["judge"] = bl.judge_probs(model, tok, recs, max_len, amp, between_batches=tick)
+            systems["judge"] = bl.judge_probs(loaded, recs, between_batches=tick)
     with phases.phase(f"{ds.name}: the fine-tuned LM's own action tag on {n} prompts", total=n, batch_size=8) as tick:
-        lm = lm_tag_probs(model, tok, recs, max_len, amp, between_batches=tick)
+        lm = lm_tag_probs(loaded, recs, between_batches=tick)
     systems["lm_tag"] = lm
     systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
     out["systems"] = {}
@@ -402,7 +395,7 @@ def _evaluate_dataset(
         with phases.phase(
             f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp), batch_size=8
         ) as tick:
-            gen = generate_responses(model, tok, [recs[i] for i in with_resp], max_len, amp=amp, between_batches=tick)
+            gen = generate_responses(loaded, [recs[i] for i in with_resp], between_batches=tick)
         out["generation"] = generation_summary(gen, y[with_resp], pred[with_resp])
         out["generation"]["samples"] = [
             {"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
