@@ -65,3 +65,20 @@ def test_loading_a_run_gives_its_model_tokenizer_max_length_and_precision_togeth
     probs = loaded.probs(recs)
     assert probs.shape == (len(recs), 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert run.thresholds() == load_thresholds(folder)
+
+
+def test_only_folders_marked_complete_count_as_runs_and_an_unreadable_marker_is_skipped(tmp_path):
+    from so8t.model.run import complete_runs
+    from so8t.server.demo import latest_run
+
+    for name, status in (("b", "complete"), ("a", "complete"), ("c", "running")):
+        Run(tmp_path / name).folder.mkdir()
+        Run(tmp_path / name).write_status(status=status, step=1, total_steps=1)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "so8t-run.json").write_text("{not json")
+    (tmp_path / "e").mkdir()
+    assert complete_runs(tmp_path) == [tmp_path / "a", tmp_path / "b"]
+    os.utime(tmp_path / "a", (1, 1))
+    os.utime(tmp_path / "b", (2, 2))
+    assert latest_run(tmp_path) == tmp_path / "b"
+    assert complete_runs(tmp_path / "missing") == [] and latest_run(tmp_path / "missing") is None

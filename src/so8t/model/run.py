@@ -86,18 +86,22 @@ def load_adapter_and_head(folder: str | Path, model: SafetyModel) -> None:
     model.head.load_state_dict(head.state_dict())
 
 
+def complete_runs(parent: Path) -> list[Path]:
+    """The folders in `parent` whose status marker says complete, by name; an unreadable marker
+    is skipped."""
+    found = []
+    for marker in sorted(parent.glob(f"*/{RUN_MARKER}")):
+        try:
+            if json.loads(marker.read_text()).get("status") == "complete":
+                found.append(marker.parent)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _runs_near(folder: Path) -> list[Path]:
     """Complete runs beside `folder` (or inside it, when it is a folder of runs such as runs/)."""
-    found = []
-    for parent in (folder, folder.parent):
-        if parent.is_dir():
-            for marker in sorted(parent.glob(f"*/{RUN_MARKER}")):
-                try:
-                    if json.loads(marker.read_text()).get("status") == "complete":
-                        found.append(marker.parent)
-                except (OSError, ValueError):
-                    continue
-    return found
+    return [run for parent in (folder, folder.parent) if parent.is_dir() for run in complete_runs(parent)]
 
 
 def _hint(folder: Path) -> str:
