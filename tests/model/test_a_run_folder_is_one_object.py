@@ -82,3 +82,16 @@ def test_only_folders_marked_complete_count_as_runs_and_an_unreadable_marker_is_
     os.utime(tmp_path / "b", (2, 2))
     assert latest_run(tmp_path) == tmp_path / "b"
     assert complete_runs(tmp_path / "missing") == [] and latest_run(tmp_path / "missing") is None
+
+
+def test_the_readme_run_block_runs_as_written_in_both_languages(tiny_run):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "Run.open" in b]
+    code = [[line.split("#")[0].rstrip() for line in b.splitlines()] for b in blocks]
+    assert len(blocks) == 2 and code[0] == code[1]  # the comments are translated
+    scope: dict = {}
+    exec(compile(blocks[0].replace('"runs/quick"', repr(str(tiny_run[0]))), "README.md", "exec"), scope)
+    assert scope["loaded"].probs(["hello"]).shape == (1, 3)
