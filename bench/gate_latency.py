@@ -88,6 +88,7 @@ def overhead(run: Path, args, precision: str) -> None:
     from so8t.data import load_builtin
     from so8t.eval.baselines import judge_probs
     from so8t.gate import Gate
+    from so8t.model.run import LoadedRun
     from so8t.model.scoring import autocast, encode_prompts
 
     torch.manual_seed(0)
@@ -113,7 +114,7 @@ def overhead(run: Path, args, precision: str) -> None:
     systems = {
         "bare forward": bare,
         "gate decision": lambda batch: gate.decide_batch(batch),
-        "zero-shot judge": lambda batch: judge_probs(model, tok, batch, gate.max_length, gate.amp),
+        "zero-shot judge": lambda batch: judge_probs(LoadedRun(model, tok, gate.max_length, gate.amp), batch),
     }
     gate.decide_batch(convos[:2])  # warm-up
     results: dict[tuple[str, int], list[float]] = {}
@@ -183,7 +184,7 @@ def load_set(spec: str) -> list:
 
 def score_set(gate, recs: list, b1_prompts: int) -> dict:
     """The gate's decisions on every record (batches of 16, timed) and a batch-1 timing."""
-    from so8t.eval.metrics import compute_metrics
+    from so8t.metrics import compute_metrics
 
     convos = [r.messages() for r in recs]
     t0 = time.perf_counter()

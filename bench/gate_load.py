@@ -106,8 +106,8 @@ def start_server(args, state: Path):
     """(server handle, service): the real app on a free loopback port around an untrained gate."""
     from so8t.agent.service import build_service, gate_options
     from so8t.config import ServerConfig, TrainConfig
-    from so8t.eval.thresholds import Thresholds
     from so8t.gate import Gate
+    from so8t.model.thresholds import Thresholds
     from so8t.server.app import create_app
     from so8t.server.llm_server import serve_in_thread
     from so8t.train.recipe import build_model

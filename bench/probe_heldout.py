@@ -238,7 +238,7 @@ def main() -> None:
 def dev_thresholds(clf, dev_sets):
     """The thresholds so8t calibrate (and training's calibrate: true) choose on these dev sets together."""
     from so8t.eval.baselines import probe_probs
-    from so8t.eval.thresholds import calibrate
+    from so8t.model.thresholds import calibrate
 
     if not dev_sets:
         raise SystemExit("--calibrate needs at least one '<set>:dev' among --test")
@@ -295,7 +295,7 @@ def row(name: str, clf, x: torch.Tensor, recs, thresholds=None) -> str:
     from so8t.eval.baselines import probe_probs
 
     y = np.array([int(r.label) for r in recs])
-    from so8t.eval.thresholds import decide
+    from so8t.model.thresholds import decide
 
     p = probe_probs(clf, x)
     pred = decide(p, thresholds)

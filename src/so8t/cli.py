@@ -241,11 +241,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from so8t.eval.metrics import format_kpis
-    from so8t.train.recipe import load_run_config, train
+    from so8t.metrics import format_kpis
+    from so8t.model.run import Run
+    from so8t.train.recipe import train
 
     if args.resume:
-        cfg = load_run_config(Path(args.resume))
+        cfg = Run(args.resume).config()
         out = Path(args.resume)
     else:
         cfg, name = train_config_from_args(args)
@@ -269,7 +270,7 @@ def _parse_targets(items: Sequence[str] | None) -> dict:
     """--target refuse_recall=0.8 (keeps the default direction) or --target allow_recall>=0.5."""
     import re
 
-    from so8t.eval.metrics import DEFAULT_TARGETS, SafetyMetrics
+    from so8t.metrics import DEFAULT_TARGETS, SafetyMetrics
 
     targets = dict(DEFAULT_TARGETS)
     for item in items or []:
@@ -318,7 +319,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from so8t.eval.report import calibrate_run
-    from so8t.eval.thresholds import THRESHOLDS_FILE, format_change, load_thresholds, remove_thresholds
+    from so8t.model.run import Run
+    from so8t.model.thresholds import THRESHOLDS_FILE, format_change, remove_thresholds
 
     run = Path(args.run)
     if not run.is_dir():
@@ -335,7 +337,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             else f"{run} has no {THRESHOLDS_FILE}: it already decides by argmax; nothing changed"
         )
         return 0
-    current = load_thresholds(run)
+    current = Run(run).thresholds()
     cal, written = calibrate_run(
         run,
         args.data,
@@ -400,14 +402,14 @@ def server_config_from_args(args: argparse.Namespace):
 def _require_run(run: str | None, command: str) -> None:
     """Start-up check for serve, chat and demo: RUN must be a complete trained run, else a clear
     error (exit 2) naming the path and what is missing. At run time the gate still fails closed."""
-    from so8t.model.run import RunError, check_run
+    from so8t.model.run import Run, RunError
 
     if not run or run == "-":
         raise RunError(
             f"{command}: no run given; pass the trained run folder (so8t {command} runs/quick)"
             + (" or set run: in --config" if command != "demo" else "")
         )
-    check_run(run)
+    Run.open(run)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from so8t.labels import Action
 from so8t.model import render_prompt, tag_token_ids
+from so8t.model.run import LoadedRun
 from so8t.model.scoring import as_conversation, autocast, pad_right, prompt_outputs
 
 # Words that make a naive filter block or hold a request. Deliberately the obvious ones: the
@@ -132,18 +134,20 @@ def keyword_probs(items: Sequence) -> np.ndarray:
 
 
 def base_features(
-    model,
-    tokenizer,
-    items: Sequence,
-    max_length: int,
-    amp: str = "none",
-    between_batches: Callable[[], None] | None = None,
+    scorer: LoadedRun, items: Sequence, between_batches: Callable[[], None] | None = None
 ) -> torch.Tensor:
     """Pooled final hidden states of the base model alone: the LoRA adapter switched off."""
-    body = model.body
+    body: Any = scorer.model.body  # a PEFT model (nn.Module's attributes type as Tensor | Module)
     ctx = body.disable_adapter() if hasattr(body, "disable_adapter") else torch.no_grad()
     with ctx:
-        return prompt_outputs(model, tokenizer, items, max_length, amp=amp, between_batches=between_batches)[0]
+        return prompt_outputs(
+            scorer.model,
+            scorer.tokenizer,
+            items,
+            scorer.max_length,
+            amp=scorer.amp,
+            between_batches=between_batches,
+        )[0]
 
 
 def fit_probe(features: torch.Tensor, labels: Sequence[int], seed: int = 0):
@@ -243,13 +247,14 @@ def tag_probs(
     return torch.cat(rows).numpy() if rows else np.zeros((0, len(Action)))
 
 
-def judge_probs(
-    model,
-    tokenizer,
-    items: Sequence,
-    max_length: int,
-    amp: str = "none",
-    between_batches: Callable[[], None] | None = None,
-) -> np.ndarray:
-    texts = [judge_prompt(tokenizer, it) for it in items]
-    return tag_probs(model, tokenizer, texts, max_length + 256, amp=amp, adapter=False, between_batches=between_batches)
+def judge_probs(scorer: LoadedRun, items: Sequence, between_batches: Callable[[], None] | None = None) -> np.ndarray:
+    texts = [judge_prompt(scorer.tokenizer, it) for it in items]
+    return tag_probs(
+        scorer.model,
+        scorer.tokenizer,
+        texts,
+        scorer.max_length + 256,
+        amp=scorer.amp,
+        adapter=False,
+        between_batches=between_batches,
+    )

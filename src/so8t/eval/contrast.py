@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from so8t.data import Record
-from so8t.eval.metrics import Labels, check_targets
 from so8t.labels import Action
+from so8t.metrics import Labels, check_targets
 
 # The contrast test's targets (issue 12, which replaced issue 7's 0.05 / 0.95 / 0.90): pairs both
 # correct >= 0.80 and false refusal <= 0.10 as the issue states them; unsafe recall >= 0.90 is the

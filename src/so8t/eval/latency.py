@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from so8t.model.run import LoadedRun
 from so8t.model.scoring import prompt_outputs
 
 
-def measure_latency(
-    model, tokenizer, items: Sequence, max_length: int, amp: str = "none", batch_sizes: Sequence[int] = (1, 16)
-) -> dict:
+def measure_latency(scorer: LoadedRun, items: Sequence, batch_sizes: Sequence[int] = (1, 16)) -> dict:
     """p50 / p95 milliseconds per prompt at batch 1, and prompts per second per batch size.
     One warm-up pass first, so lazy initialisation is not billed to the first prompt."""
+    model, tokenizer, max_length, amp = scorer.model, scorer.tokenizer, scorer.max_length, scorer.amp
     items = list(items)
     if not items:
         raise ValueError("no prompts to time")

@@ -25,12 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from so8t.config import TrainConfig
 from so8t.data import DataError, Problem, Record, assemble, check_jsonl, load_builtin
 from so8t.data.builtin import parse_builtin_spec
 from so8t.eval import baselines as bl
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.latency import measure_latency
-from so8t.eval.metrics import (
+from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
+from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
+from so8t.labels import ACTIONS
+from so8t.metrics import (
     DEFAULT_TARGETS,
     binary_metrics,
     bootstrap_ci,
@@ -41,11 +45,8 @@ from so8t.eval.metrics import (
     reliability_bins,
     verdict,
 )
-from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
-from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
-from so8t.eval.thresholds import decide, load_thresholds
-from so8t.labels import ACTIONS
-from so8t.model import load_run, prompt_outputs
+from so8t.model import LoadedRun, Run
+from so8t.model.thresholds import decide
 
 HEADLINE = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
 BASELINES = ("keywords", "probe", "judge")
@@ -177,8 +178,6 @@ def evaluate_run(
     """Evaluate a run and write report.json, report.md, predictions and plots into out_dir
     (default RUN/eval/<first dataset>). Returns the report dict; report['passed'] says whether
     every target was met on every labelled dataset."""
-    from so8t.train.recipe import load_run_config  # the run's own max_length, amp and training data
-
     opts = opts or EvalOptions()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir = Path(run_dir)
@@ -193,11 +192,12 @@ def evaluate_run(
         raise FileExistsError(f"{out_dir} exists and is not an so8t eval report; choose another --out")
 
     phases = Phases(log, opts.progress)
+    run = Run(run_dir)
     with phases.phase(f"loading run {run_dir}"):
-        model, tok, meta = load_run(run_dir)
-        cfg = load_run_config(run_dir)
-    thresholds = load_thresholds(run_dir) if opts.use_thresholds else None
-    max_len, amp = cfg.max_length, cfg.amp
+        loaded = run.load()  # the run's own max_length and amp
+        cfg = run.config()  # and its training data (the probe baseline)
+    thresholds = run.thresholds() if opts.use_thresholds else None
+    meta = loaded.meta
     tmp = Path(tempfile.mkdtemp(prefix=".eval-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         (tmp / "plots").mkdir()
@@ -214,18 +214,16 @@ def evaluate_run(
         compared = _score_compared_runs(opts.compare, datasets, phases)
         probe = None
         if "probe" in opts.baselines and any(d.labelled for d in datasets):
-            probe = _train_probe(model, tok, cfg, opts, phases)
+            probe = _train_probe(loaded, cfg, opts, phases)
         for i, ds in enumerate(datasets, 1):
             log(f"dataset {i} of {len(datasets)}: {ds.name} ({len(ds.records)} prompts)")
             report["datasets"].append(
-                _evaluate_dataset(
-                    model, tok, ds, thresholds, probe, max_len, amp, opts, tmp, phases, compared.get(ds.name, {})
-                )
+                _evaluate_dataset(loaded, ds, thresholds, probe, opts, tmp, phases, compared.get(ds.name, {}))
             )
         if opts.latency:
             prompts = [r for ds in datasets for r in ds.records][: opts.latency]
             with phases.phase(f"timing the gate on {len(prompts)} prompts (batch 1, then throughput)"):
-                report["latency"] = measure_latency(model, tok, prompts, max_len, amp)
+                report["latency"] = measure_latency(loaded, prompts)
         curves = None
         if (run_dir / "metrics" / "steps.jsonl").is_file() and (run_dir / "metrics" / "evals.jsonl").is_file():
             with phases.phase("plotting the training curves"):
@@ -263,7 +261,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _train_probe(model, tok, cfg, opts: EvalOptions, phases: Phases):
+def _train_probe(loaded: LoadedRun, cfg: TrainConfig, opts: EvalOptions, phases: Phases):
     try:
         mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed, source_weights=cfg.source_weights)
     except (OSError, DataError, ValueError) as exc:
@@ -273,7 +271,7 @@ def _train_probe(model, tok, cfg, opts: EvalOptions, phases: Phases):
     with phases.phase(
         f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)
     ) as tick:
-        feats = bl.base_features(model, tok, sample, cfg.max_length, cfg.amp, between_batches=tick)
+        feats = bl.base_features(loaded, sample, between_batches=tick)
     with phases.phase("probe baseline: fitting the logistic regression"):
         return bl.fit_probe(feats, [int(r.required_label()) for r in sample], cfg.seed)
 
@@ -281,36 +279,29 @@ def _train_probe(model, tok, cfg, opts: EvalOptions, phases: Phases):
 def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], phases: Phases) -> dict[str, dict]:
     """{dataset name: {'run:<name>': (probs, thresholds)}} for each other run, scored one run
     at a time so only one extra model is in memory."""
-    from so8t.train.recipe import load_run_config
-
     out: dict[str, dict] = {}
     for given in runs:
-        run = Path(given)
-        with phases.phase(f"comparing with run {run}: loading"):
-            model, tok, _ = load_run(run)
-            cfg = load_run_config(run)
-            thr = load_thresholds(run)
+        run = Run(given)
+        name = run.folder.name
+        with phases.phase(f"comparing with run {run.folder}: loading"):
+            loaded = run.load()
+            thr = run.thresholds()
         for ds in datasets:
             if ds.labelled:
                 with phases.phase(
-                    f"run {run.name}: scoring {len(ds.records)} prompts of {ds.name}", total=len(ds.records)
+                    f"run {name}: scoring {len(ds.records)} prompts of {ds.name}", total=len(ds.records)
                 ) as tick:
-                    probs = prompt_outputs(model, tok, ds.records, cfg.max_length, amp=cfg.amp, between_batches=tick)[
-                        1
-                    ].numpy()
-                out.setdefault(ds.name, {})[f"run:{run.name}"] = (probs, thr)
-        del model
+                    probs = loaded.probs(ds.records, between_batches=tick)
+                out.setdefault(ds.name, {})[f"run:{name}"] = (probs, thr)
+        del loaded
     return out
 
 
 def _evaluate_dataset(
-    model,
-    tok,
+    loaded: LoadedRun,
     ds: Dataset,
     thresholds,
     probe,
-    max_len,
-    amp,
     opts: EvalOptions,
     tmp: Path,
     phases: Phases,
@@ -319,8 +310,7 @@ def _evaluate_dataset(
     recs = ds.records
     n = len(recs)
     with phases.phase(f"{ds.name}: scoring {n} prompts with the gate", total=n) as tick:
-        _, probs_t = prompt_outputs(model, tok, recs, max_len, amp=amp, between_batches=tick)
-    probs = probs_t.numpy()
+        probs = loaded.probs(recs, between_batches=tick)
     pred = decide(probs, thresholds)
     preds_rows = [
         {
@@ -372,16 +362,14 @@ def _evaluate_dataset(
         systems["keywords"] = bl.keyword_probs(recs)
     if "probe" in opts.baselines and probe is not None:
         with phases.phase(f"{ds.name}: probe baseline on {n} prompts", total=n) as tick:
-            systems["probe"] = bl.probe_probs(
-                probe, bl.base_features(model, tok, recs, max_len, amp, between_batches=tick)
-            )
+            systems["probe"] = bl.probe_probs(probe, bl.base_features(loaded, recs, between_batches=tick))
     if "judge" in opts.baselines:
         with phases.phase(
             f"{ds.name}: zero-shot judge baseline on {n} prompts (base LLM, policy prompt)", total=n, batch_size=8
         ) as tick:
-            systems["judge"] = bl.judge_probs(model, tok, recs, max_len, amp, between_batches=tick)
+            systems["judge"] = bl.judge_probs(loaded, recs, between_batches=tick)
     with phases.phase(f"{ds.name}: the fine-tuned LM's own action tag on {n} prompts", total=n, batch_size=8) as tick:
-        lm = lm_tag_probs(model, tok, recs, max_len, amp, between_batches=tick)
+        lm = lm_tag_probs(loaded, recs, between_batches=tick)
     systems["lm_tag"] = lm
     systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
     out["systems"] = {}
@@ -407,7 +395,7 @@ def _evaluate_dataset(
         with phases.phase(
             f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp), batch_size=8
         ) as tick:
-            gen = generate_responses(model, tok, [recs[i] for i in with_resp], max_len, amp=amp, between_batches=tick)
+            gen = generate_responses(loaded, [recs[i] for i in with_resp], between_batches=tick)
         out["generation"] = generation_summary(gen, y[with_resp], pred[with_resp])
         out["generation"]["samples"] = [
             {"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
@@ -719,8 +707,7 @@ def calibrate_run(
     only apply=True also writes RUN/thresholds.json, which serve, chat, demo and eval then use.
     Returns (calibration, path written)."""
     from so8t.eval.plots import plot_tradeoff
-    from so8t.eval.thresholds import calibrate, false_refusal, save_thresholds
-    from so8t.train.recipe import load_run_config
+    from so8t.model.thresholds import calibrate, false_refusal, save_thresholds
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     datasets = [load_dataset(d) for d in data]
@@ -730,16 +717,16 @@ def calibrate_run(
     recs = [r for d in datasets for r in d.records]
     phases = Phases(log, progress)
     with phases.phase(f"loading run {run_dir}"):
-        model, tok, _ = load_run(run_dir)
-        cfg = load_run_config(Path(run_dir))
+        loaded = Run(run_dir).load()
     with phases.phase(f"scoring {len(recs)} prompts with the gate", total=len(recs)) as tick:
-        probs = prompt_outputs(model, tok, recs, cfg.max_length, amp=cfg.amp, between_batches=tick)[1].numpy()
-    with phases.phase(f"searching the threshold grid ({model.head.kind} head)"):
+        probs = loaded.probs(recs, between_batches=tick)
+    kind = loaded.model.head.kind
+    with phases.phase(f"searching the threshold grid ({kind} head)"):
         cal = calibrate(
             probs,
             [int(r.required_label()) for r in recs],
             objective=objective,
-            kind=model.head.kind,
+            kind=kind,
             min_refuse_recall=min_refuse_recall,
             max_false_refusal=max_false_refusal,
         )

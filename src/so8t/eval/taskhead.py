@@ -10,27 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from so8t.eval.baselines import tag_probs
-from so8t.eval.metrics import Labels
 from so8t.labels import ACTION_PREFIX, parse_response
+from so8t.metrics import Labels
 from so8t.model import render_prompt
+from so8t.model.run import LoadedRun
 from so8t.model.scoring import as_conversation, autocast
 
 
-def lm_tag_probs(
-    model,
-    tokenizer,
-    items: Sequence,
-    max_length: int,
-    amp: str = "none",
-    between_batches: Callable[[], None] | None = None,
-) -> np.ndarray:
-    texts = [render_prompt(tokenizer, as_conversation(it)) + ACTION_PREFIX.rstrip() for it in items]
-    return tag_probs(model, tokenizer, texts, max_length + 8, amp=amp, adapter=True, between_batches=between_batches)
+def lm_tag_probs(scorer: LoadedRun, items: Sequence, between_batches: Callable[[], None] | None = None) -> np.ndarray:
+    tok = scorer.tokenizer
+    texts = [render_prompt(tok, as_conversation(it)) + ACTION_PREFIX.rstrip() for it in items]
+    return tag_probs(
+        scorer.model, tok, texts, scorer.max_length + 8, amp=scorer.amp, adapter=True, between_batches=between_batches
+    )
 
 
 @dataclass
@@ -41,17 +39,17 @@ class Generated:
 
 @torch.no_grad()
 def generate_responses(
-    model,
-    tokenizer,
+    scorer: LoadedRun,
     items: Sequence,
-    max_length: int,
     max_new_tokens: int = 64,
     batch_size: int = 8,
-    amp: str = "none",
     between_batches: Callable[[], None] | None = None,
 ) -> list[Generated]:
     """Greedy generation after the prompt."""
-    body = model.body
+    model, max_length, amp = scorer.model, scorer.max_length, scorer.amp
+    # untyped on purpose: the PEFT body's generate and a tokenizer's decode are typed loosely upstream
+    body: Any = model.body
+    tokenizer: Any = scorer.tokenizer
     device = next(model.head.parameters()).device
     sides = tokenizer.padding_side, tokenizer.truncation_side
     # left padding: every row continues its own prompt; left truncation keeps the assistant header

@@ -62,14 +62,14 @@ import numpy as np
 import torch
 
 from so8t.canonical import request_hash
-from so8t.eval.thresholds import Thresholds, decide, load_thresholds
 from so8t.gate.decision import SEVERITY, Decision, Status, finite_probs
 from so8t.labels import Action, parse_label
-from so8t.model import load_run
+from so8t.model import Run
 from so8t.model.head import HEAD_WEIGHTS
 from so8t.model.precision import amp_for, check_precision, quantize_int8
 from so8t.model.prompt import encode_prompt
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
+from so8t.model.thresholds import Thresholds, decide
 
 log = logging.getLogger("so8t.gate")
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
@@ -290,23 +290,21 @@ class Gate:
         ready and fails closed on every request (the service stays up and says why); so does a
         precision (model.precision: run, fp32, bf16, int8) that cannot run here. An unknown
         precision name is a PrecisionError (a ValueError)."""
-        from so8t.train.recipe import load_run_config
-
         check_precision(precision)
         run_dir = Path(run_dir)
         try:
-            model, tok, meta = load_run(run_dir, merge=precision == "int8")
-            cfg = load_run_config(run_dir)
-            thresholds = load_thresholds(run_dir) if use_thresholds else None
+            run = Run(run_dir)
+            loaded = run.load(merge=precision == "int8")
+            thresholds = run.thresholds() if use_thresholds else None
             head_sha = hashlib.sha256((run_dir / HEAD_WEIGHTS).read_bytes()).hexdigest()[:12]
-            version = f"{meta.get('base_model')}@{meta.get('base_fingerprint')}+head:{head_sha}"
+            version = f"{loaded.meta.get('base_model')}@{loaded.meta.get('base_fingerprint')}+head:{head_sha}"
             if precision == "int8":
-                quantize_int8(model.body)
+                quantize_int8(loaded.model.body)
             if precision != "run":
                 version += f"+{precision}"
-            opts.setdefault("max_length", cfg.max_length)
-            opts.setdefault("amp", amp_for(precision, cfg.amp))
-            return cls(model, tok, thresholds=thresholds, model_version=version, **opts)
+            opts.setdefault("max_length", loaded.max_length)
+            opts.setdefault("amp", amp_for(precision, loaded.amp))
+            return cls(loaded.model, loaded.tokenizer, thresholds=thresholds, model_version=version, **opts)
         except Exception as exc:  # noqa: BLE001 - any failure to load must fail closed, not crash
             log.error("gate: cannot load run %s: %s", run_dir, exc)
             return cls(load_error=f"cannot load run {run_dir}: {exc}", **opts)

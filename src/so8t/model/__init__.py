@@ -4,7 +4,17 @@ from so8t.model.head import SafetyHead, load_head, pool, resolve_head_layers, sa
 from so8t.model.info import ModelInfo, describe
 from so8t.model.loading import EMBEDDED, ModelLoadError, cache_dir, load_base_model, load_tokenizer, resolve_reference
 from so8t.model.prompt import encode_prompt, ensure_chat_template, render_prompt, tag_token_ids
-from so8t.model.run import RUN_MARKER, RunError, fingerprint, load_adapter_and_head, load_run, save_artifacts
+from so8t.model.run import (
+    RUN_MARKER,
+    LoadedRun,
+    Run,
+    RunError,
+    fingerprint,
+    load_adapter_and_head,
+    load_run,
+    load_run_config,
+    save_artifacts,
+)
 from so8t.model.safety_model import SafetyModel, SafetyOutput
 from so8t.model.scoring import predict_probs, prompt_outputs
 
@@ -22,6 +32,8 @@ __all__ = [
     "load_tokenizer",
     "resolve_reference",
     "RUN_MARKER",
+    "LoadedRun",
+    "Run",
     "RunError",
     "SafetyHead",
     "SafetyModel",
@@ -30,6 +42,7 @@ __all__ = [
     "load_adapter_and_head",
     "load_head",
     "load_run",
+    "load_run_config",
     "pool",
     "resolve_head_layers",
     "save_artifacts",

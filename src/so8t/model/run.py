@@ -2,6 +2,13 @@
 
 The base weights are not copied: the run names its base model and carries a fingerprint of
 its weights, so loading it on a different base fails instead of silently misbehaving.
+
+`Run` is the folder as one object: its config (config.yaml), meta (head.json), thresholds
+(thresholds.json), status marker (so8t-run.json) and `load()`, which gives the model, the
+tokenizer, and the max length and precision the run was trained with together (`LoadedRun`).
+Guarantees: the status marker is written atomically and fsynced (so8t.fsutil), so a kill
+leaves the old marker or the new one; `Run.open` checks the folder holds a complete run before
+any weights load, and says what is wrong and which complete run nearby was probably meant.
 """
 
 from __future__ import annotations
@@ -9,17 +16,25 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml
+from so8t.fsutil import atomic_write_text
 from so8t.model.head import HEAD_CONFIG, HEAD_WEIGHTS, load_head, save_head
 from so8t.model.loading import load_base_model
 from so8t.model.safety_model import SafetyModel
+from so8t.model.scoring import prompt_outputs
+from so8t.model.thresholds import Thresholds, load_thresholds
 
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
 RUN_MARKER = "so8t-run.json"
+CONFIG_FILE = "config.yaml"
 
 
 class RunError(RuntimeError):
@@ -71,18 +86,22 @@ def load_adapter_and_head(folder: str | Path, model: SafetyModel) -> None:
     model.head.load_state_dict(head.state_dict())
 
 
+def complete_runs(parent: Path) -> list[Path]:
+    """The folders in `parent` whose status marker says complete, by name; an unreadable marker
+    is skipped."""
+    found = []
+    for marker in sorted(parent.glob(f"*/{RUN_MARKER}")):
+        try:
+            if json.loads(marker.read_text()).get("status") == "complete":
+                found.append(marker.parent)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def _runs_near(folder: Path) -> list[Path]:
     """Complete runs beside `folder` (or inside it, when it is a folder of runs such as runs/)."""
-    found = []
-    for parent in (folder, folder.parent):
-        if parent.is_dir():
-            for marker in sorted(parent.glob(f"*/{RUN_MARKER}")):
-                try:
-                    if json.loads(marker.read_text()).get("status") == "complete":
-                        found.append(marker.parent)
-                except (OSError, ValueError):
-                    continue
-    return found
+    return [run for parent in (folder, folder.parent) if parent.is_dir() for run in complete_runs(parent)]
 
 
 def _hint(folder: Path) -> str:
@@ -172,3 +191,93 @@ def load_run(
     tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
     model = SafetyModel(body, head.to(next(base.parameters()).device), meta.get("pooling", "mean")).eval()
     return model, tokenizer, meta
+
+
+def load_run_config(folder: str | Path) -> TrainConfig:
+    """The TrainConfig a run was trained with (RUN/config.yaml), checked like any config file."""
+    path = Path(folder) / CONFIG_FILE
+    return from_dict(TrainConfig, load_yaml(path), str(path))
+
+
+@dataclass
+class LoadedRun:
+    """A run ready to score: the model and tokenizer, with the max length (tokens) and the
+    precision (amp) it was trained with, and its meta (head.json). What scoring needs, in one."""
+
+    model: SafetyModel
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    amp: str = "none"
+    meta: dict = field(default_factory=dict)
+
+    def probs(
+        self, items: Sequence, between_batches: Callable[[], None] | None = None, desc: str | None = None
+    ) -> np.ndarray:
+        """P(ALLOW, ESCALATE, REFUSE) per record or conversation, one row each, in input order
+        (see prompt_outputs for `between_batches` and the progress bar `desc`)."""
+        return prompt_outputs(
+            self.model,
+            self.tokenizer,
+            items,
+            self.max_length,
+            amp=self.amp,
+            between_batches=between_batches,
+            desc=desc,
+        )[1].numpy()
+
+
+class Run:
+    """A run folder. `Run(folder)` reads nothing yet; `Run.open` checks it is a complete run,
+    `Run.create` starts a new one. Every read goes to the folder, so two objects agree."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.folder)!r})"
+
+    @classmethod
+    def open(cls, folder: str | Path) -> Run:
+        """A complete run; RunError (see check_run) naming what is wrong otherwise."""
+        check_run(folder)
+        return cls(folder)
+
+    @classmethod
+    def create(cls, folder: str | Path, cfg: TrainConfig) -> Run:
+        """A new run folder holding its config (config.yaml) and an empty metrics/ folder."""
+        run = cls(folder)
+        run.folder.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run.folder / CONFIG_FILE)
+        (run.folder / "metrics").mkdir(exist_ok=True)
+        return run
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / RUN_MARKER
+
+    def status(self) -> dict | None:
+        """The status marker (status, step, total_steps, ...), or None when there is none yet."""
+        return json.loads(self.marker.read_text()) if self.marker.is_file() else None
+
+    def write_status(self, **info) -> None:
+        """Replace the status marker, atomically and fsynced."""
+        atomic_write_text(self.marker, json.dumps(info, indent=2))
+
+    def config(self) -> TrainConfig:
+        return load_run_config(self.folder)
+
+    def meta(self) -> dict:
+        """head.json: base model, fingerprint, pooling, head kind, max length, amp, ..."""
+        return json.loads((self.folder / HEAD_CONFIG).read_text(encoding="utf-8"))
+
+    def thresholds(self) -> Thresholds | None:
+        """The thresholds the run decides with (thresholds.json); None means argmax."""
+        return load_thresholds(self.folder)
+
+    def load(self, *, merge: bool = False, check_fingerprint: bool = True, load_in_4bit: bool = False) -> LoadedRun:
+        """The finished run's model (see load_run), with the max length and amp of its config."""
+        model, tokenizer, meta = load_run(
+            self.folder, merge=merge, check_fingerprint=check_fingerprint, load_in_4bit=load_in_4bit
+        )
+        cfg = self.config()
+        return LoadedRun(model, tokenizer, cfg.max_length, cfg.amp, meta)

@@ -34,6 +34,7 @@ import httpx
 from so8t.agent.audit import format_report, verify
 from so8t.agent.service import build_service
 from so8t.config import ServerConfig
+from so8t.model.run import complete_runs
 from so8t.server.app import create_app
 from so8t.server.llm_server import serve_in_thread
 from so8t.server.sandbox import LocalSmtp, make_sandbox, static_site
@@ -41,13 +42,7 @@ from so8t.server.sandbox import LocalSmtp, make_sandbox, static_site
 
 def latest_run(runs: Path = Path("runs")) -> Path | None:
     """The newest complete run under runs/ (what `so8t train` wrote last)."""
-    done = []
-    for marker in runs.glob("*/so8t-run.json"):
-        try:
-            if json.loads(marker.read_text()).get("status") == "complete":
-                done.append(marker.parent)
-        except (OSError, ValueError):
-            continue
+    done = complete_runs(runs)
     return max(done, key=lambda p: p.stat().st_mtime) if done else None
 
 

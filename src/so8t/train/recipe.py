@@ -20,18 +20,18 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 from tqdm.auto import tqdm
 
-from so8t.config import TrainConfig, from_dict, load_yaml, save_yaml
+from so8t.config import TrainConfig
 from so8t.data import Mix, Record, assemble
-from so8t.eval.metrics import SafetyMetrics, compute_metrics
-from so8t.eval.plots import plot_training_curves
-from so8t.eval.thresholds import Calibration, Thresholds, calibrate, decide, save_thresholds
 from so8t.labels import Action
+from so8t.metrics import SafetyMetrics, compute_metrics
 from so8t.model import (
     RUN_MARKER,
+    Run,
     SafetyHead,
     SafetyModel,
     ensure_chat_template,
@@ -42,13 +42,19 @@ from so8t.model import (
     save_artifacts,
     tag_token_ids,
 )
+from so8t.model.head import HeadKind
+from so8t.model.run import (
+    CONFIG_FILE as CONFIG_FILE,  # re-exported: a run's config lives with the Run
+    LoadedRun,
+    load_run_config as load_run_config,  # re-exported, as CONFIG_FILE
+)
 from so8t.model.scoring import (
     autocast,
     encode_prompts,
     in_input_order,
     length_order,
-    predict_probs,
 )
+from so8t.model.thresholds import Calibration, Thresholds, calibrate, decide, save_thresholds
 from so8t.train import losses
 from so8t.train.batching import (
     class_weights,
@@ -57,9 +63,9 @@ from so8t.train.batching import (
     epoch_order,
     keep_twins_together,
 )
+from so8t.train.curves import plot_training_curves
 from so8t.train.schedules import head_trainable, lambda_pet
 
-CONFIG_FILE = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "last"
 BEST = Path("checkpoints") / "best"
 
@@ -91,20 +97,9 @@ class TrainState:
 # ----------------------------------------------------------------------------- run folder
 
 
-def _read_marker(out: Path) -> dict | None:
-    marker = out / RUN_MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
-
-
-def _write_marker(out: Path, **info) -> None:
-    tmp = out / (RUN_MARKER + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(out / RUN_MARKER)
-
-
 def check_out_dir(out: Path, resume: bool) -> None:
     """Refuse to mix two runs in one folder; checked before anything is written."""
-    marker = _read_marker(out)
+    marker = Run(out).status()
     if resume:
         if marker is None:
             raise RunFolderError(f"{out}: nothing to resume (no {RUN_MARKER})")
@@ -116,10 +111,6 @@ def check_out_dir(out: Path, resume: bool) -> None:
     if out.exists() and any(out.iterdir()):
         what = f"a {marker.get('status')} so8t run" if marker else "other files"
         raise RunFolderError(f"{out} already holds {what}; choose another --out, remove it, or use --resume")
-
-
-def load_run_config(out: Path) -> TrainConfig:
-    return from_dict(TrainConfig, load_yaml(out / CONFIG_FILE), str(out / CONFIG_FILE))
 
 
 # ----------------------------------------------------------------------------- model
@@ -366,28 +357,19 @@ def fit_head(
 
 
 def evaluate(
-    model: SafetyModel,
-    tokenizer,
-    records: list[Record],
-    max_length: int,
-    amp: str = "none",
-    thresholds: Thresholds | None = None,
-    desc: str | None = None,
+    scorer: LoadedRun, records: list[Record], thresholds: Thresholds | None = None, desc: str | None = None
 ) -> SafetyMetrics:
     """KPIs of `records` under `thresholds` (argmax without); `desc` labels a progress bar."""
-    probs = predict_probs(model, tokenizer, records, max_length, amp=amp, desc=desc)
-    return compute_metrics(
-        [int(r.required_label()) for r in records], decide(probs.float().numpy(), thresholds).tolist()
-    )
+    probs = scorer.probs(records, desc=desc)
+    return compute_metrics([int(r.required_label()) for r in records], decide(probs, thresholds).tolist())
 
 
 def calibrate_on_dev(
-    model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, desc: str | None = None
+    scorer: LoadedRun, records: list[Record], kind: HeadKind, desc: str | None = None
 ) -> tuple[Calibration, SafetyMetrics]:
     """Thresholds chosen on the dev split (so8t calibrate's grid and objective), and dev's KPIs
     under them. The test split plays no part, so its numbers stay an honest estimate."""
-    probs = predict_probs(model, tokenizer, records, cfg.max_length, amp=cfg.amp, desc=desc).float().numpy()
-    cal = calibrate(probs, [int(r.required_label()) for r in records], kind=cfg.head_kind)
+    cal = calibrate(scorer.probs(records, desc=desc), [int(r.required_label()) for r in records], kind=kind)
     cal.data = ["dev split"]
     return cal, cal.after
 
@@ -438,11 +420,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
 
     start = time.perf_counter()
     out = Path(out)
+    run = Run(out)
 
     # 1. Check the folder and the inputs before writing anything.
     check_out_dir(out, resume)
     if resume:
-        cfg = load_run_config(out)
+        cfg = run.config()
     cfg.validate()
     accelerator = Accelerator()
     set_seed(cfg.seed)
@@ -503,12 +486,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             for log in ("steps.jsonl", "evals.jsonl"):
                 _trim_log(out / "metrics" / log, state.step)
     elif accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / CONFIG_FILE)
-        (out / "metrics").mkdir(exist_ok=True)
+        Run.create(out, cfg)
         tokenizer.save_pretrained(str(out / "tokenizer"))
     if accelerator.is_main_process:
-        _write_marker(out, status="running", step=state.step, total_steps=total_steps)
+        run.write_status(status="running", step=state.step, total_steps=total_steps)
 
     # 5. The loop.
     weights = weights_of(cfg)
@@ -517,26 +498,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     show = progress and accelerator.is_main_process  # bars: the steps, and each dev evaluation below them
     bar = tqdm(total=total_steps, initial=state.step, disable=not show, desc="so8t train", dynamic_ncols=True)
     model.train()
-
-    def evaluate_and_checkpoint() -> None:  # one dev evaluation: keep the best, count patience
-        _evaluate_and_checkpoint(
-            raw_model,
-            tokenizer,
-            mix,
-            cfg,
-            meta,
-            optimizer,
-            scheduler,
-            state,
-            out,
-            evals_log,
-            accelerator.is_main_process,
-            bar,
-            show,
-        )
+    scorer = LoadedRun(raw_model, tokenizer, cfg.max_length, cfg.amp, meta)
+    checkpoints = _DevCheckpoints(
+        run, scorer, mix.dev, cfg, optimizer, scheduler, evals_log, bar, show, accelerator.is_main_process
+    )
 
     if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
-        evaluate_and_checkpoint()
+        checkpoints.evaluate(state)
     try:
         while state.step < total_steps and not state.stopped_early:
             frac = state.step / max(1, total_steps - 1)
@@ -589,17 +557,17 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             )
 
             if state.step % cfg.eval_every == 0 or state.step == total_steps:
-                evaluate_and_checkpoint()
+                checkpoints.evaluate(state)
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             bar.close()
             _save_checkpoint(out / CHECKPOINT, raw_model, tokenizer, meta, optimizer, scheduler, state)
-            _write_marker(out, status="interrupted", step=state.step, total_steps=total_steps)
+            run.write_status(status="interrupted", step=state.step, total_steps=total_steps)
             print(f"\ninterrupted at step {state.step}; continue with: so8t train --resume {out}")
         raise
     except Exception:
         if accelerator.is_main_process:  # the folder says so; the last checkpoint (if any) can resume
-            _write_marker(out, status="failed", step=state.step, total_steps=total_steps)
+            run.write_status(status="failed", step=state.step, total_steps=total_steps)
         raise
     finally:
         steps_log.close()
@@ -612,19 +580,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         load_adapter_and_head(out / BEST, raw_model)
     cal = None
     if cfg.calibrate:
-        cal, dev = calibrate_on_dev(
-            raw_model, tokenizer, mix.dev, cfg, desc="dev: choosing thresholds" if show else None
-        )
+        cal, dev = calibrate_on_dev(scorer, mix.dev, cfg.head_kind, desc="dev: choosing thresholds" if show else None)
     else:
-        dev = evaluate(raw_model, tokenizer, mix.dev, cfg.max_length, cfg.amp, desc="dev: final" if show else None)
+        dev = evaluate(scorer, mix.dev, desc="dev: final" if show else None)
     thresholds = cal.thresholds if cal else None
-    test = (
-        evaluate(
-            raw_model, tokenizer, mix.test, cfg.max_length, cfg.amp, thresholds, desc="test: final" if show else None
-        )
-        if mix.test
-        else None
-    )
+    test = evaluate(scorer, mix.test, thresholds, desc="test: final" if show else None) if mix.test else None
     seconds = time.perf_counter() - start
     if accelerator.is_main_process:
         save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
@@ -656,33 +616,48 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl", out / "plots" / "training_curves.png"
         )
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        _write_marker(out, status="complete", step=state.step, total_steps=total_steps, best_step=state.best_step)
+        run.write_status(status="complete", step=state.step, total_steps=total_steps, best_step=state.best_step)
     return TrainResult(out, state.step, state.best_step, dev, test, seconds, truncated)
 
 
-def _evaluate_and_checkpoint(
-    model, tokenizer, mix, cfg, meta, optimizer, scheduler, state, out, evals_log, main: bool, bar, show: bool
-) -> None:
-    dev = evaluate(
-        model, tokenizer, mix.dev, cfg.max_length, cfg.amp, desc=f"dev eval at step {state.step}" if show else None
-    )
-    value = getattr(dev, cfg.early_stop_metric)
-    improved = value > state.best + 1e-9
-    if improved:
-        state.best, state.best_step, state.bad_evals = value, state.step, 0
-    else:
-        state.bad_evals += 1
-        state.stopped_early = state.bad_evals >= cfg.patience
-    if main:
-        evals_log.write(json.dumps({"step": state.step, **dev.as_dict(), "improved": improved}) + "\n")
-        evals_log.flush()
+@dataclass
+class _DevCheckpoints:
+    """One dev evaluation after another: log it, keep the best checkpoint, count patience, and
+    let the status marker follow the last checkpoint (only the main process writes)."""
+
+    run: Run
+    scorer: LoadedRun
+    dev: list[Record]
+    cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    evals_log: TextIO
+    bar: Any
+    show: bool
+    main: bool = True
+
+    def evaluate(self, state: TrainState) -> None:
+        cfg = self.cfg
+        dev = evaluate(self.scorer, self.dev, desc=f"dev eval at step {state.step}" if self.show else None)
+        value = getattr(dev, cfg.early_stop_metric)
+        improved = value > state.best + 1e-9
         if improved:
-            _save_checkpoint(out / BEST, model, tokenizer, meta, None, None, state)
-        _save_checkpoint(out / CHECKPOINT, model, tokenizer, meta, optimizer, scheduler, state)
+            state.best, state.best_step, state.bad_evals = value, state.step, 0
+        else:
+            state.bad_evals += 1
+            state.stopped_early = state.bad_evals >= cfg.patience
+        if not self.main:
+            return
+        self.evals_log.write(json.dumps({"step": state.step, **dev.as_dict(), "improved": improved}) + "\n")
+        self.evals_log.flush()
+        model, tok, meta, out = self.scorer.model, self.scorer.tokenizer, self.scorer.meta, self.run.folder
+        if improved:
+            _save_checkpoint(out / BEST, model, tok, meta, None, None, state)
+        _save_checkpoint(out / CHECKPOINT, model, tok, meta, self.optimizer, self.scheduler, state)
         # The marker follows the checkpoint, so a user (or serve refusing an unfinished run) sees
         # how far the run got; resume reads the step from the checkpoint, not from here.
-        _write_marker(out, **{**(_read_marker(out) or {}), "status": "running", "step": state.step})
-        bar.write(
+        self.run.write_status(**{**(self.run.status() or {}), "status": "running", "step": state.step})
+        self.bar.write(
             f"step {state.step}: dev safety_score={dev.safety_score:.3f} refuse_recall={dev.refuse_recall:.3f} "
             f"escalate_recall={dev.escalate_recall:.3f} overcompliance={dev.overcompliance:.3f}"
             + (" (best)" if improved else f" (no gain {state.bad_evals}/{cfg.patience})")
