@@ -44,6 +44,24 @@ def test_train_help_names_every_shipped_preset_and_the_default(capsys):
     assert "docs/config.md" in text
 
 
+def test_train_help_lists_every_config_field_with_its_default_and_its_comment_and_errors_do_not(capsys):
+    import dataclasses
+
+    from so8t.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    fields = text.split("TrainConfig fields", 1)[1]
+    assert all(f"    {f.name} (default " in fields for f in dataclasses.fields(TrainConfig))
+    flat = " ".join(fields.split())
+    assert "head_split_weight (default 1.0) split heads: weight of each head's own binary loss" in flat
+    assert "loss: L = sft + alpha*ce" in flat  # the section headings come along
+    with pytest.raises(SystemExit):
+        main(["train", "--max-steps", "many"])
+    assert "TrainConfig fields" not in capsys.readouterr().err  # a usage error stays short
+
+
 def test_a_status_or_gguf_type_the_code_does_not_know_is_refused_by_the_parser(capsys):
     for argv in (["approvals", "list", "--status", "DONE"], ["export", "run", "--out", "x", "--gguf", "q4"]):
         with pytest.raises(SystemExit) as exc:
@@ -54,10 +72,10 @@ def test_a_status_or_gguf_type_the_code_does_not_know_is_refused_by_the_parser(c
     assert build_parser().parse_args(["export", "run", "--out", "x", "--gguf"]).gguf == []
 
 
-def test_building_the_parser_imports_neither_torch_nor_the_database_layer():
+def test_building_the_parser_imports_neither_torch_nor_the_database_layer_nor_the_field_reader():
     code = (
         "import sys; from so8t.cli import build_parser; build_parser(); "
-        "print(sorted({'torch', 'sqlalchemy', 'numpy'} & set(sys.modules)))"
+        "print(sorted({'torch', 'sqlalchemy', 'numpy', 'so8t.config_fields'} & set(sys.modules)))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True, check=True

@@ -34,6 +34,25 @@ class _FromCode(Sequence[str]):
         return len(self._list())
 
 
+_TRAIN_FIELDS = "Every TrainConfig field (a key of --config and --set), with its default and meaning: docs/config.md."
+
+
+class _TrainHelp(argparse.HelpFormatter):
+    """`so8t train --help` ends with every TrainConfig field, its default and meaning, read from
+    so8t/config.py's comments (so8t.config_fields) only when the help is shown."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text != _TRAIN_FIELDS:
+            return super()._fill_text(text, width, indent)
+        from so8t.config import TrainConfig
+        from so8t.config_fields import field_help
+
+        try:
+            return field_help(TrainConfig, max(40, width - 8))
+        except OSError:  # installed without so8t/config.py's source: the pointer to docs/config.md
+            return super()._fill_text(text, width, indent)
+
+
 def cmd_model_info(args: argparse.Namespace) -> int:
     from so8t.model import describe, load_base_model
 
@@ -828,7 +847,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help=f"train the safety head + LoRA (default: the {DEFAULT_PRESET} preset)",
         description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.",
-        epilog="Every TrainConfig field (a key of --config and --set), with its default and meaning: docs/config.md.",
+        epilog=_TRAIN_FIELDS,
+        formatter_class=_TrainHelp,
     )
     p.add_argument("--config", help="YAML file with TrainConfig fields")
     p.add_argument(
