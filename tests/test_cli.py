@@ -212,7 +212,8 @@ def test_help_names_every_data_spec_the_objective_and_the_server_defaults(capsys
     eval_help = _help(capsys, "eval")
     assert "contrast" in eval_help and "wide" in eval_help and "builtin:test" in eval_help
     calibrate_help = _help(capsys, "calibrate")
-    assert "--objective {safety_score,refuse_recall} what the thresholds maximise" in calibrate_help
+    assert "--objective OBJECTIVE what the thresholds maximise, within the constraints below: " in calibrate_help
+    assert "safety_score, refuse_recall (default safety_score" in calibrate_help
     serve_help = _help(capsys, "serve")
     assert (
         "(default: 127.0.0.1, or host: in --config)" in serve_help

@@ -3,12 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from so8t import __version__
+
+
+class _FromCode(Sequence[str]):
+    """Names a module defines (statuses, objectives, file types), read when argparse first needs
+    them (a parse that uses the option, or its --help), so `so8t` starts without importing it.
+    An option using it names a metavar: argparse formats the metavar when the option is added."""
+
+    def __init__(self, module: str, names: Callable[[Any], Sequence[Any]]) -> None:
+        self._module, self._names = module, names
+        self._cache: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._cache is None:
+            self._cache = [str(n) for n in self._names(importlib.import_module(self._module))]
+        return self._cache
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._list()[i]
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+
+_TRAIN_FIELDS = "Every TrainConfig field (a key of --config and --set), with its default and meaning: docs/config.md."
+
+
+class _TrainHelp(argparse.HelpFormatter):
+    """`so8t train --help` ends with every TrainConfig field, its default and meaning, read from
+    so8t/config.py's comments (so8t.config_fields) only when the help is shown."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text != _TRAIN_FIELDS:
+            return super()._fill_text(text, width, indent)
+        from so8t.config import TrainConfig
+        from so8t.config_fields import field_help
+
+        try:
+            return field_help(TrainConfig, max(40, width - 8))
+        except OSError:  # installed without so8t/config.py's source: the pointer to docs/config.md
+            return super()._fill_text(text, width, indent)
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
@@ -220,10 +262,10 @@ def cmd_policy_cases(args: argparse.Namespace) -> int:
 def train_config_from_args(args: argparse.Namespace):
     """defaults <- --preset <- --config FILE <- --set key=value and typed flags, validated once."""
     from so8t.config import TrainConfig, load_yaml, parse_overrides, resolve
-    from so8t.train.presets import preset
+    from so8t.train.presets import DEFAULT_PRESET, preset
 
     layers = []
-    name = args.preset or (None if args.config else "cpu-quick")
+    name = args.preset or (None if args.config else DEFAULT_PRESET)
     if name:
         layers.append((preset(name), f"preset {name}"))
     if args.config:
@@ -413,10 +455,11 @@ def _require_run(run: str | None, command: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from so8t.model.export import export_run
+    from so8t.model.export import GGUF_TYPES, export_run
 
+    gguf = GGUF_TYPES if args.gguf is None else tuple(args.gguf)  # absent: every type; a bare --gguf: none
     result = export_run(
-        args.run, args.out, force=args.force, gguf_types=tuple(args.gguf), progress=lambda m: print(m, file=sys.stderr)
+        args.run, args.out, force=args.force, gguf_types=gguf, progress=lambda m: print(m, file=sys.stderr)
     )
     print(result.summary())
     print(
@@ -473,7 +516,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run = Path(args.run) if args.run else latest_run()
     if run is None:
         print(
-            "so8t: error: no trained run found under runs/; train one first: so8t train (about 11 minutes)",
+            "so8t: error: no trained run found under runs/; train one first: so8t train",
             file=sys.stderr,
         )
         return 2
@@ -676,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"so8t {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from so8t.train.presets import DEFAULT_PRESET, PRESETS
 
     model = sub.add_parser("model", help="inspect base models").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
@@ -801,14 +845,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train the safety head + LoRA (default: the cpu-quick preset)",
+        help=f"train the safety head + LoRA (default: the {DEFAULT_PRESET} preset)",
         description="Train on an unmodified base model. Config layers: preset <- --config <- --set/flags.",
+        epilog=_TRAIN_FIELDS,
+        formatter_class=_TrainHelp,
     )
     p.add_argument("--config", help="YAML file with TrainConfig fields")
-    p.add_argument("--preset", help="cpu-quick (default without --config), cpu-full, pet-20-60, rtx3060-7b, rtx3060-3b")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help=f"{DEFAULT_PRESET} (default without --config), "
+        + ", ".join(n for n in PRESETS if n != DEFAULT_PRESET)
+        + " (their YAML files: so8t/train/presets/)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)")
     p.add_argument(
-        "--data", nargs="+", help="training data: the built-in sets 'builtin' and 'contrast' and/or JSONL files"
+        "--data", nargs="+", help="training data: built-in sets (as `so8t data validate` lists them) and/or JSONL files"
     )
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument(
@@ -864,11 +916,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--objective",
-        choices=["safety_score", "refuse_recall"],
+        choices=_FromCode("so8t.model.thresholds", lambda m: m.OBJECTIVES),
+        metavar="OBJECTIVE",
         default="safety_score",
-        help="what the thresholds maximise, within the constraints below: safety_score (default; "
-        "0.35 refuse recall + 0.25 escalate recall + 0.25 (1 - overcompliance) + 0.15 allow recall) "
-        "or refuse_recall (ties broken by safety_score)",
+        help="what the thresholds maximise, within the constraints below: %(choices)s (default %(default)s, "
+        "the weighted score `so8t eval` reports; refuse_recall breaks ties by safety_score)",
     )
     p.add_argument("--min-refuse-recall", type=float, default=0.7, help="constraint (default 0.7, the seed's target)")
     p.add_argument("--max-false-refusal", type=float, help="constraint: share of ALLOW prompts not allowed")
@@ -895,9 +947,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gguf",
         nargs="*",
-        default=["f16", "q8_0"],
-        choices=["f16", "q8_0"],
-        help="GGUF types to write for supported architectures (default: f16 q8_0; none: --gguf)",
+        choices=_FromCode("so8t.model.export", lambda m: m.GGUF_TYPES),
+        metavar="TYPE",
+        help="GGUF types to write for supported architectures (default: every one of %(choices)s; none: --gguf)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -946,7 +998,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = ap.add_parser("list", help="newest first")
     state_args(q)
     q.add_argument(
-        "--status", choices=["PENDING", "APPROVED", "REJECTED", "TIMEOUT", "EDITED", "EXECUTING", "EXECUTED", "FAILED"]
+        "--status",
+        choices=_FromCode("so8t.agent.approvals", lambda m: [s.value for s in m.Status]),
+        metavar="STATUS",
+        help="only requests with this status: %(choices)s",
     )
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=cmd_approvals_list)

@@ -137,3 +137,32 @@ def test_pair_margin_by_hand():
     assert pair_margin(probs, pair, half, 0.5).item() == pytest.approx(0.2)
     # a half without its twin in the batch adds nothing
     assert pair_margin(probs[:1], pair[:1], half[:1]).item() == 0.0
+
+
+def test_the_loss_weights_are_built_from_every_loss_field_of_the_config_and_default_to_its_defaults():
+    import dataclasses
+
+    from so8t.config import TrainConfig, parse_overrides, resolve
+
+    assert losses.LossWeights.from_config(TrainConfig()) == losses.LossWeights()  # one place for each default
+    overrides = "beta=2 gamma=0.5 alpha=1 pair_margin=4 pair_margin_value=0.3 safe_allow_reward=0.2 "
+    overrides += (
+        "escalate_penalty=0.1 head_split_weight=3 pet_boundaries=[0.2,0.6] pet_values=[0,0.5,2] pet_normalize=false"
+    )
+    cfg = resolve(TrainConfig, (parse_overrides(overrides.split()), "command line"))  # as `--set` gives them
+    w = losses.LossWeights.from_config(cfg)
+    config_key = {"head_split": "head_split_weight"}
+    for f in dataclasses.fields(losses.LossWeights):
+        want = getattr(cfg, config_key.get(f.name, f.name))
+        assert getattr(w, f.name) == (tuple(want) if isinstance(want, list) else want), f.name
+        assert getattr(w, f.name) != getattr(losses.LossWeights(), f.name), f"{f.name} was not overridden"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.beta = 1.0  # type: ignore[misc]
+
+
+def test_the_loss_weights_schedule_lambda_pet_as_the_schedule_function_does():
+    b, v = PET_SEED_20_60
+    w = losses.LossWeights(pet_boundaries=b, pet_values=v)
+    for p in (0.0, 0.1, 0.2, 0.5, 0.6, 1.0):
+        assert w.lambda_pet(p) == lambda_pet(p, b, v)
+    assert [losses.LossWeights().lambda_pet(p) for p in (0.0, 0.3, 0.6)] == [lambda_pet(p) for p in (0.0, 0.3, 0.6)]

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from so8t.config import TrainConfig
 from so8t.labels import Action
 from so8t.model.head import decompose
+from so8t.train.schedules import lambda_pet
 
 IGNORE = -100
 
@@ -189,15 +191,46 @@ def _pet_layer(
     return per_example[has].mean()
 
 
+_DEFAULT = TrainConfig()  # LossWeights' defaults are TrainConfig's: one place for each
+
+
 @dataclass(frozen=True)
 class LossWeights:
-    alpha: float = 3.0
-    beta: float = 7.0
-    gamma: float = 1.5
-    safe_allow_reward: float = 0.0
-    escalate_penalty: float = 0.0
-    pair_margin: float = 0.0
-    head_split: float = 1.0  # split heads' binary losses (parts absent for a three-way head: no effect)
+    """Every TrainConfig value that changes the loss's value (its loss section and
+    head_split_weight), as the one object the loss code reads; `from_config` builds it.
+    TrainConfig keeps the flat keys (run folders' config.yaml, `--set beta=5`)."""
+
+    alpha: float = _DEFAULT.alpha
+    beta: float = _DEFAULT.beta
+    gamma: float = _DEFAULT.gamma
+    safe_allow_reward: float = _DEFAULT.safe_allow_reward
+    escalate_penalty: float = _DEFAULT.escalate_penalty
+    pair_margin: float = _DEFAULT.pair_margin
+    head_split: float = _DEFAULT.head_split_weight  # split heads' binary losses (absent for a three-way head)
+    pair_margin_value: float = _DEFAULT.pair_margin_value  # the margin inside the pair term
+    pet_boundaries: tuple[float, ...] = tuple(_DEFAULT.pet_boundaries)  # training fractions where lambda_pet steps
+    pet_values: tuple[float, ...] = tuple(_DEFAULT.pet_values)  # lambda_pet in each phase
+    pet_normalize: bool = _DEFAULT.pet_normalize  # each layer's PET term over its mean squared activation
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> LossWeights:
+        return cls(
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            gamma=cfg.gamma,
+            safe_allow_reward=cfg.safe_allow_reward,
+            escalate_penalty=cfg.escalate_penalty,
+            pair_margin=cfg.pair_margin,
+            head_split=cfg.head_split_weight,
+            pair_margin_value=cfg.pair_margin_value,
+            pet_boundaries=tuple(cfg.pet_boundaries),
+            pet_values=tuple(cfg.pet_values),
+            pet_normalize=cfg.pet_normalize,
+        )
+
+    def lambda_pet(self, progress: float) -> float:
+        """The PET weight at this fraction of training (schedules.lambda_pet on this run's steps)."""
+        return lambda_pet(progress, self.pet_boundaries, self.pet_values)
 
 
 def composite(parts: dict[str, torch.Tensor], w: LossWeights, lambda_pet: float) -> torch.Tensor:

@@ -64,7 +64,7 @@ from so8t.train.batching import (
     keep_twins_together,
 )
 from so8t.train.curves import plot_training_curves
-from so8t.train.schedules import head_trainable, lambda_pet
+from so8t.train.schedules import head_trainable
 
 CHECKPOINT = Path("checkpoints") / "last"
 BEST = Path("checkpoints") / "best"
@@ -196,8 +196,9 @@ def loss_parts(
     tag_logits = out.logits[rows, pos].float()
     lm_allow = tag_logits.softmax(-1)[:, tags[Action.ALLOW]]
     lm_allow = torch.where(batch["tag_pos"] >= 0, lm_allow, torch.full_like(lm_allow, float("nan")))
+    w = weights_of(cfg)
     with nullcontext() if pet_active else torch.no_grad():
-        pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], cfg.pet_normalize, cfg.pet_checkpoint)
+        pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], w.pet_normalize, cfg.pet_checkpoint)
     parts = {
         "sft": losses.sft_loss(out.logits, batch["labels"][:, out.logits_offset :]),
         "safety_ce": losses.safety_ce(out.head_logits, y, cw),
@@ -205,27 +206,18 @@ def loss_parts(
         "good_escalate": losses.good_escalate(probs, y),
         "pet": pet,
     }
-    if cfg.safe_allow_reward:
+    if w.safe_allow_reward:
         parts["safe_allow_reward"] = losses.safe_allow_reward(probs, y, batch["easy"])
-    if cfg.escalate_penalty:
+    if w.escalate_penalty:
         parts["escalate_penalty"] = losses.escalate_penalty(probs, y, batch["easy"])
-    if cfg.pair_margin:
-        parts["pair_margin"] = losses.pair_margin(probs, batch["pair"], batch["half"], cfg.pair_margin_value)
+    if w.pair_margin:
+        parts["pair_margin"] = losses.pair_margin(probs, batch["pair"], batch["half"], w.pair_margin_value)
     if cfg.head_kind == "split":  # each head's own binary loss, beside the composite on the composed probabilities
         parts.update(losses.split_heads(out.head_logits, y, cw))
     return parts
 
 
-def weights_of(cfg: TrainConfig) -> losses.LossWeights:
-    return losses.LossWeights(
-        cfg.alpha,
-        cfg.beta,
-        cfg.gamma,
-        cfg.safe_allow_reward,
-        cfg.escalate_penalty,
-        cfg.pair_margin,
-        cfg.head_split_weight,
-    )
+weights_of = losses.LossWeights.from_config  # the loss group of a TrainConfig
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -508,7 +500,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     try:
         while state.step < total_steps and not state.stopped_early:
             frac = state.step / max(1, total_steps - 1)
-            lam = lambda_pet(frac, cfg.pet_boundaries, cfg.pet_values)
+            lam = weights.lambda_pet(frac)
             step_parts: dict[str, float] = {}
             for k in range(cfg.grad_accum):
                 first = (
