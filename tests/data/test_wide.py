@@ -108,9 +108,10 @@ def surface_features(r) -> list[float]:
 def test_surface_features_alone_cannot_predict_the_label():
     """Cross-validated gradient boosting on surface features, over everything the default
     training reads (built-in + contrast + wide train splits): the AUROC of each class against
-    the rest. Issue 12's target is 0.65; measured 0.664 (the older built-in and contrast sets
-    alone give 0.77: their ESCALATE prompts are commands without '?', their REFUSE prompts carry
-    fewer digits). This bound keeps it from growing while the older sets are rebalanced."""
+    the rest. Issue 12's target is 0.65; measured 0.670 with the round-3 rows, 0.664 before (the
+    older built-in and contrast sets alone give 0.77: their ESCALATE prompts are commands without
+    '?', their REFUSE prompts carry fewer digits). This bound keeps it from growing while the older
+    sets are rebalanced."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
