@@ -17,8 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from so8t.config import TrainConfig
-from so8t.data import DataError, Problem, Record, assemble, check_jsonl, load_builtin
-from so8t.data.builtin import parse_builtin_spec
+from so8t.data import DataError, Record, assemble
 from so8t.eval import baselines as bl
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
+from so8t.eval.datasets import Dataset, load_dataset, rule_groups
 from so8t.eval.latency import measure_latency
+from so8t.eval.phases import Phases
 from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
 from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
 from so8t.labels import ACTIONS
@@ -63,78 +63,6 @@ class EvalOptions:
     use_thresholds: bool = True
     compare: Sequence[str] = ()  # other trained runs to put beside this one, row by row
     progress: bool = True  # tqdm bars for the model passes (only when stderr is a terminal)
-
-
-class Phases:
-    """One line when a phase starts, one with its elapsed time when it ends; for a model pass
-    (total given), a tqdm bar advanced by the pass's `between_batches` hook when bars are on."""
-
-    def __init__(self, log: Callable[[str], None], progress: bool = True):
-        self.log = log
-        self.bars = progress and sys.stderr.isatty()
-
-    @contextmanager
-    def phase(self, what: str, total: int | None = None, batch_size: int = 16) -> Iterator[Callable[[], None] | None]:
-        self.log(what)
-        start = time.perf_counter()
-        bar = None
-        if total and self.bars:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=what.split(":")[0][:40], unit="prompt", leave=False, dynamic_ncols=True)
-        calls = [0]
-
-        def tick() -> None:  # called before each batch: the previous one is done
-            if calls[0] and bar is not None:
-                bar.update(min(batch_size, total - bar.n))
-            calls[0] += 1
-
-        try:
-            yield tick if bar is not None else None
-        finally:
-            if bar is not None:
-                bar.close()
-        self.log(f"  done in {_elapsed(time.perf_counter() - start)}")
-
-
-def _elapsed(seconds: float) -> str:
-    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
-
-
-@dataclass
-class Dataset:
-    name: str
-    records: list[Record]
-    labelled: bool
-
-
-def load_dataset(spec: str) -> Dataset:
-    """'builtin:test', 'contrast:test' (or :dev, :train; a set name alone is its test split) or a
-    JSONL path.
-    A file is labelled when every row has a label, unlabelled when none has; a mix is an error
-    naming the rows without one."""
-    builtin = parse_builtin_spec(spec)
-    if builtin is not None:
-        name, split = builtin[0], builtin[1] or "test"
-        return Dataset(f"{name}-{split}", load_builtin(split, name), True)
-    checked = check_jsonl(spec, require_label=False)
-    if checked.problems:
-        raise DataError(checked.problems)
-    recs = checked.records
-    missing = [i for i, r in enumerate(recs) if r.label is None]
-    if missing and len(missing) < len(recs):
-        raise DataError(
-            [
-                Problem(
-                    spec,
-                    0,
-                    "label",
-                    f"{len(missing)} of {len(recs)} rows have no label (e.g. the row "
-                    f"with id {recs[missing[0]].id!r}); label every row, or none for predictions only",
-                )
-            ]
-        )
-    return Dataset(Path(spec).stem, recs, not missing)
 
 
 def _clean(x):
@@ -428,15 +356,6 @@ def _evaluate_dataset(
             )
             out["plots"].append(f"plots/{name}-contrast.png")
     return out
-
-
-def rule_groups(records: Sequence[Record]) -> list[str] | None:
-    """Each record's policy rule id (`meta.rule`, as `so8t policy cases` writes it; '(no rule)' for
-    the others), or None when no record has one."""
-    rules = [(r.meta or {}).get("rule") for r in records]
-    if not any(isinstance(g, str) for g in rules):
-        return None
-    return [g if isinstance(g, str) else "(no rule)" for g in rules]
 
 
 def target_outcome(report: dict) -> tuple[int, list[str]]:
