@@ -24,18 +24,18 @@ from typing import Any
 
 import numpy as np
 
-from so8t.config import TrainConfig
-from so8t.data import DataError, Record, assemble
-from so8t.eval import baselines as bl
+from so8t.data import Record
 from so8t.eval.contrast import CONTRAST_TARGETS, contrast_report, has_pairs
 from so8t.eval.datasets import Dataset, load_dataset, rule_groups
 from so8t.eval.latency import measure_latency
 from so8t.eval.phases import Phases
 from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
-from so8t.eval.taskhead import generate_responses, generation_summary, lm_tag_probs
+from so8t.eval.systems import BASELINES, Gate, System, baseline_systems, score, score_compared_runs, train_probe
+from so8t.eval.taskhead import generate_responses, generation_summary
 from so8t.labels import ACTIONS
 from so8t.metrics import (
     DEFAULT_TARGETS,
+    SafetyMetrics,
     binary_metrics,
     bootstrap_ci,
     breakdown,
@@ -46,10 +46,9 @@ from so8t.metrics import (
     verdict,
 )
 from so8t.model import LoadedRun, Run
-from so8t.model.thresholds import decide
+from so8t.model.thresholds import Thresholds, decide
 
 HEADLINE = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
-BASELINES = ("keywords", "probe", "judge")
 
 
 @dataclass
@@ -78,24 +77,6 @@ def _clean(x):
     return x
 
 
-def _system_row(probs: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict:
-    m = compute_metrics(y, pred)
-    return {"metrics": m.as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0])}
-
-
-def _balanced_sample(records: list[Record], k: int, seed: int = 0) -> list[Record]:
-    rng = np.random.default_rng(seed)
-    by: dict[int, list[Record]] = {}
-    for r in records:
-        by.setdefault(int(r.required_label()), []).append(r)
-    per = max(1, k // max(1, len(by)))
-    out: list[Record] = []
-    for c in sorted(by):
-        idx = rng.permutation(len(by[c]))[:per]
-        out.extend(by[c][i] for i in idx)
-    return out
-
-
 def evaluate_run(
     run_dir: str | Path,
     data: Sequence[str],
@@ -109,12 +90,7 @@ def evaluate_run(
     opts = opts or EvalOptions()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir = Path(run_dir)
-    unknown = [b for b in opts.baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    if not data:
-        raise ValueError("no datasets given (--data FILE... or builtin:test)")
-    datasets = [load_dataset(d) for d in data]  # every data problem before the model loads
+    datasets = _check_request(data, opts)  # every data problem before the model loads
     out_dir = Path(out_dir) if out_dir else run_dir / "eval" / datasets[0].name
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "report.json").is_file():
         raise FileExistsError(f"{out_dir} exists and is not an so8t eval report; choose another --out")
@@ -125,55 +101,76 @@ def evaluate_run(
         loaded = run.load()  # the run's own max_length and amp
         cfg = run.config()  # and its training data (the probe baseline)
     thresholds = run.thresholds() if opts.use_thresholds else None
-    meta = loaded.meta
     tmp = Path(tempfile.mkdtemp(prefix=".eval-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         (tmp / "plots").mkdir()
-        report = {
-            "run": str(run_dir),
-            "base_model": meta.get("base_model"),
-            "pooling": meta.get("pooling"),
-            "head_kind": meta.get("head_kind", "three_way"),
-            "thresholds": None if thresholds is None else thresholds.as_dict(),
-            "targets": {k: list(v) for k, v in opts.targets.items()},
-            "datasets": [],
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        compared = _score_compared_runs(opts.compare, datasets, phases)
+        report = _report_header(run_dir, loaded.meta, thresholds, opts)
+        compared = score_compared_runs(opts.compare, datasets, phases)
         probe = None
         if "probe" in opts.baselines and any(d.labelled for d in datasets):
-            probe = _train_probe(loaded, cfg, opts, phases)
+            probe = train_probe(loaded, cfg, opts.probe_train_max, phases)
         for i, ds in enumerate(datasets, 1):
             log(f"dataset {i} of {len(datasets)}: {ds.name} ({len(ds.records)} prompts)")
-            report["datasets"].append(
-                _evaluate_dataset(loaded, ds, thresholds, probe, opts, tmp, phases, compared.get(ds.name, {}))
-            )
+            systems = baseline_systems(opts.baselines, loaded, probe) + list(compared.get(ds.name, []))
+            report["datasets"].append(_evaluate_dataset(loaded, ds, thresholds, systems, opts, tmp, phases))
         if opts.latency:
             prompts = [r for ds in datasets for r in ds.records][: opts.latency]
             with phases.phase(f"timing the gate on {len(prompts)} prompts (batch 1, then throughput)"):
                 report["latency"] = measure_latency(loaded, prompts)
-        curves = None
-        if (run_dir / "metrics" / "steps.jsonl").is_file() and (run_dir / "metrics" / "evals.jsonl").is_file():
-            with phases.phase("plotting the training curves"):
-                curves = plot_training_curves(
-                    run_dir / "metrics" / "steps.jsonl",
-                    run_dir / "metrics" / "evals.jsonl",
-                    tmp / "plots" / "training_curves.png",
-                    title=f"training curves: {run_dir.name}",
-                )
-        report["training_curves"] = "plots/training_curves.png" if curves else None
-        # a target the data cannot measure (None) is neither a pass nor a miss
-        checked, missed = target_outcome(report)
-        report["targets_checked"], report["targets_missed"] = checked, missed
-        report["passed"] = not missed
-        report = _clean(report)
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-        (tmp / "report.md").write_text(format_markdown(report), encoding="utf-8")
+        report["training_curves"] = _plot_training_curves(run_dir, tmp, phases)
+        report = _finish(report, tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report["out_dir"] = str(out_dir)
+    return report
+
+
+def _check_request(data: Sequence[str], opts: EvalOptions) -> list[Dataset]:
+    """The datasets, read; unknown baselines or no data at all are errors first."""
+    unknown = [b for b in opts.baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if not data:
+        raise ValueError("no datasets given (--data FILE... or builtin:test)")
+    return [load_dataset(d) for d in data]
+
+
+def _report_header(run_dir: Path, meta: dict, thresholds: Thresholds | None, opts: EvalOptions) -> dict:
+    return {
+        "run": str(run_dir),
+        "base_model": meta.get("base_model"),
+        "pooling": meta.get("pooling"),
+        "head_kind": meta.get("head_kind", "three_way"),
+        "thresholds": None if thresholds is None else thresholds.as_dict(),
+        "targets": {k: list(v) for k, v in opts.targets.items()},
+        "datasets": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _plot_training_curves(run_dir: Path, tmp: Path, phases: Phases) -> str | None:
+    """The run's loss and dev curves as plots/training_curves.png; None without its metrics."""
+    steps, evals = run_dir / "metrics" / "steps.jsonl", run_dir / "metrics" / "evals.jsonl"
+    if not (steps.is_file() and evals.is_file()):
+        return None
+    with phases.phase("plotting the training curves"):
+        curves = plot_training_curves(
+            steps, evals, tmp / "plots" / "training_curves.png", title=f"training curves: {run_dir.name}"
+        )
+    return "plots/training_curves.png" if curves else None
+
+
+def _finish(report: dict, tmp: Path) -> dict:
+    """The verdict on the targets added, then report.json and report.md written into tmp."""
+    # a target the data cannot measure (None) is neither a pass nor a miss
+    checked, missed = target_outcome(report)
+    report["targets_checked"], report["targets_missed"] = checked, missed
+    report["passed"] = not missed
+    report = _clean(report)
+    (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    (tmp / "report.md").write_text(format_markdown(report), encoding="utf-8")
     return report
 
 
@@ -189,69 +186,22 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _train_probe(loaded: LoadedRun, cfg: TrainConfig, opts: EvalOptions, phases: Phases):
-    try:
-        mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed, source_weights=cfg.source_weights)
-    except (OSError, DataError, ValueError) as exc:
-        phases.log(f"probe baseline skipped: cannot rebuild the run's training data ({exc})")
-        return None
-    sample = _balanced_sample(mix.train, opts.probe_train_max, cfg.seed)
-    with phases.phase(
-        f"probe baseline: base-model features of {len(sample)} training prompts", total=len(sample)
-    ) as tick:
-        feats = bl.base_features(loaded, sample, between_batches=tick)
-    with phases.phase("probe baseline: fitting the logistic regression"):
-        return bl.fit_probe(feats, [int(r.required_label()) for r in sample], cfg.seed)
-
-
-def _score_compared_runs(runs: Sequence[str], datasets: list[Dataset], phases: Phases) -> dict[str, dict]:
-    """{dataset name: {'run:<name>': (probs, thresholds)}} for each other run, scored one run
-    at a time so only one extra model is in memory."""
-    out: dict[str, dict] = {}
-    for given in runs:
-        run = Run(given)
-        name = run.folder.name
-        with phases.phase(f"comparing with run {run.folder}: loading"):
-            loaded = run.load()
-            thr = run.thresholds()
-        for ds in datasets:
-            if ds.labelled:
-                with phases.phase(
-                    f"run {name}: scoring {len(ds.records)} prompts of {ds.name}", total=len(ds.records)
-                ) as tick:
-                    probs = loaded.probs(ds.records, between_batches=tick)
-                out.setdefault(ds.name, {})[f"run:{name}"] = (probs, thr)
-        del loaded
-    return out
-
-
 def _evaluate_dataset(
     loaded: LoadedRun,
     ds: Dataset,
-    thresholds,
-    probe,
+    thresholds: Thresholds | None,
+    systems: Sequence[System],
     opts: EvalOptions,
     tmp: Path,
     phases: Phases,
-    compared: dict | None = None,
 ) -> dict:
+    """One dataset's section of the report: predictions always; with labels, the gate's KPIs with
+    intervals, the breakdowns, every other system side by side, contrast pairs, generated
+    responses and plots."""
     recs = ds.records
-    n = len(recs)
-    with phases.phase(f"{ds.name}: scoring {n} prompts with the gate", total=n) as tick:
-        probs = loaded.probs(recs, between_batches=tick)
+    probs = score(Gate(loaded, thresholds), ds.name, recs, phases)
     pred = decide(probs, thresholds)
-    preds_rows = [
-        {
-            "id": r.id,
-            "label": r.label.name if r.label is not None else None,
-            "action": ACTIONS[int(p)],
-            "probs": [round(float(v), 5) for v in pr],
-        }
-        for r, p, pr in zip(recs, pred, probs, strict=True)
-    ]
-    with open(tmp / f"predictions-{ds.name}.jsonl", "w", encoding="utf-8") as f:
-        for row in preds_rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    _write_predictions(tmp / f"predictions-{ds.name}.jsonl", recs, pred, probs)
     out: dict[str, Any] = {
         "name": ds.name,
         "n": len(recs),
@@ -267,95 +217,124 @@ def _evaluate_dataset(
     gate = compute_metrics(y, pred)
     out["targets_met"] = gate.targets_met(opts.targets)
     with phases.phase(f"{ds.name}: bootstrap intervals ({opts.bootstrap} resamples x {len(HEADLINE)} KPIs)"):
-        out["gate"] = {
-            "metrics": gate.as_dict(),
-            "binary": binary_metrics(y, 1 - probs[:, 0]),
-            "per_class": per_class_report(y, pred),
-            "ci": {k: bootstrap_ci(y, pred, k, n=opts.bootstrap) for k in HEADLINE},
-            "ece": expected_calibration_error(probs, y),
-            "reliability": reliability_bins(probs, y),
-        }
+        out["gate"] = _gate_section(gate, y, pred, probs, opts.bootstrap)
     if thresholds is not None:
         out["gate_argmax"] = compute_metrics(y, decide(probs)).as_dict()
-    out["breakdown"] = {}
-    for attr in ("difficulty", "lang", "source"):
-        groups = [getattr(r, attr) or "unknown" for r in recs]
-        if len(set(groups)) > 1:
-            out["breakdown"][attr] = {g: m.as_dict() for g, m in breakdown(y, pred, groups).items()}
     rules = rule_groups(recs)
-    if rules:  # a policy's cases (so8t policy cases): one row per rule, even when there is one rule
-        out["breakdown"]["rule"] = {g: m.as_dict() for g, m in breakdown(y, pred, rules).items()}
-    systems: dict[str, Any] = {}
-    if "keywords" in opts.baselines:
-        systems["keywords"] = bl.keyword_probs(recs)
-    if "probe" in opts.baselines and probe is not None:
-        with phases.phase(f"{ds.name}: probe baseline on {n} prompts", total=n) as tick:
-            systems["probe"] = bl.probe_probs(probe, bl.base_features(loaded, recs, between_batches=tick))
-    if "judge" in opts.baselines:
-        with phases.phase(
-            f"{ds.name}: zero-shot judge baseline on {n} prompts (base LLM, policy prompt)", total=n, batch_size=8
-        ) as tick:
-            systems["judge"] = bl.judge_probs(loaded, recs, between_batches=tick)
-    with phases.phase(f"{ds.name}: the fine-tuned LM's own action tag on {n} prompts", total=n, batch_size=8) as tick:
-        lm = lm_tag_probs(loaded, recs, between_batches=tick)
-    systems["lm_tag"] = lm
-    systems = {name: (p, None) for name, p in systems.items()} | dict(compared or {})
-    out["systems"] = {}
-    sources = [r.source or "unknown" for r in recs]
-    system_preds = {name: decide(p, thr) for name, (p, thr) in systems.items()}
-    for name, (p, _) in systems.items():
-        row = _system_row(p, y, system_preds[name])
-        out["systems"][name] = {"metrics": row["metrics"], "binary": row["binary"]}
-        if len(set(sources)) > 1:
-            # per source too: "did adding data X cost recall on set Y" is a per-set question
-            out["systems"][name]["by_source"] = {
-                g: m.as_dict() for g, m in breakdown(y, system_preds[name], sources).items()
-            }
-        if rules:
-            by_rule = breakdown(y, system_preds[name], rules)
-            out["systems"][name]["by_rule"] = {g: m.as_dict() for g, m in by_rule.items()}
+    out["breakdown"] = _gate_breakdown(recs, y, pred, rules)
+    scored = {s.name: (score(s, ds.name, recs, phases), s.thresholds) for s in systems}
+    system_preds = {name: decide(p, thr) for name, (p, thr) in scored.items()}
+    out["systems"] = {name: _system_section(p, y, system_preds[name], recs, rules) for name, (p, _) in scored.items()}
     out["lm_tag_agrees_with_gate"] = float(np.mean(system_preds["lm_tag"] == pred))
     if has_pairs(recs):
         out["contrast"] = contrast_report(recs, pred)
         out["contrast_systems"] = {name: contrast_report(recs, p)["overall"] for name, p in system_preds.items()}
-    with_resp = [i for i, r in enumerate(recs) if r.response is not None][: opts.generate]
-    if with_resp:
-        with phases.phase(
-            f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp), batch_size=8
-        ) as tick:
-            gen = generate_responses(loaded, [recs[i] for i in with_resp], between_batches=tick)
-        out["generation"] = generation_summary(gen, y[with_resp], pred[with_resp])
-        out["generation"]["samples"] = [
-            {"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
-            for i, g in zip(with_resp[:5], gen[:5], strict=False)
-        ]
-    name = ds.name
-    with phases.phase(f"{name}: plots"):
-        plot_confusion(gate.confusion, tmp / "plots" / f"{name}-confusion.png", title=f"{name}: gate (rows: label)")
-        plot_reliability(
-            out["gate"]["reliability"],
-            out["gate"]["ece"],
-            tmp / "plots" / f"{name}-reliability.png",
-            title=f"{name}: gate reliability",
-        )
-        plot_kpis(
-            {k: getattr(gate, k) for k in HEADLINE},
-            out["gate"]["ci"],
-            opts.targets,
-            tmp / "plots" / f"{name}-kpis.png",
-            title=f"{name}: gate KPIs (n={n})",
-        )
-        out["plots"] = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
-        if "contrast" in out:
-            plot_contrast(
-                out["contrast"],
-                {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
-                CONTRAST_TARGETS,
-                tmp / "plots" / f"{name}-contrast.png",
-                title=f"{name}: contrast pairs",
-            )
-            out["plots"].append(f"plots/{name}-contrast.png")
+    generation = _generation(loaded, ds, y, pred, opts.generate, phases)
+    if generation:
+        out["generation"] = generation
+    with phases.phase(f"{ds.name}: plots"):
+        out["plots"] = _plot_dataset(ds.name, gate, out, opts.targets, tmp)
     return out
+
+
+def _write_predictions(path: Path, recs: Sequence[Record], pred: np.ndarray, probs: np.ndarray) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r, p, pr in zip(recs, pred, probs, strict=True):
+            row = {
+                "id": r.id,
+                "label": r.label.name if r.label is not None else None,
+                "action": ACTIONS[int(p)],
+                "probs": [round(float(v), 5) for v in pr],
+            }
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _gate_section(gate: SafetyMetrics, y: np.ndarray, pred: np.ndarray, probs: np.ndarray, bootstrap: int) -> dict:
+    """The gate's KPIs, binary view, per-class report, bootstrap intervals and calibration."""
+    return {
+        "metrics": gate.as_dict(),
+        "binary": binary_metrics(y, 1 - probs[:, 0]),
+        "per_class": per_class_report(y, pred),
+        "ci": {k: bootstrap_ci(y, pred, k, n=bootstrap) for k in HEADLINE},
+        "ece": expected_calibration_error(probs, y),
+        "reliability": reliability_bins(probs, y),
+    }
+
+
+def _gate_breakdown(recs: Sequence[Record], y: np.ndarray, pred: np.ndarray, rules: list[str] | None) -> dict:
+    """The gate per difficulty, language and source (where the data has more than one) and per
+    policy rule (a policy's cases: one row per rule, even when there is one rule)."""
+    out = {}
+    for attr in ("difficulty", "lang", "source"):
+        groups = [getattr(r, attr) or "unknown" for r in recs]
+        if len(set(groups)) > 1:
+            out[attr] = {g: m.as_dict() for g, m in breakdown(y, pred, groups).items()}
+    if rules:
+        out["rule"] = {g: m.as_dict() for g, m in breakdown(y, pred, rules).items()}
+    return out
+
+
+def _system_section(
+    probs: np.ndarray, y: np.ndarray, pred: np.ndarray, recs: Sequence[Record], rules: list[str] | None
+) -> dict:
+    """One compared system's KPIs and binary view, per source (when there are several: "did adding
+    data X cost recall on set Y" is a per-set question) and per policy rule."""
+    row: dict[str, Any] = {"metrics": compute_metrics(y, pred).as_dict(), "binary": binary_metrics(y, 1 - probs[:, 0])}
+    sources = [r.source or "unknown" for r in recs]
+    if len(set(sources)) > 1:
+        row["by_source"] = {g: m.as_dict() for g, m in breakdown(y, pred, sources).items()}
+    if rules:
+        row["by_rule"] = {g: m.as_dict() for g, m in breakdown(y, pred, rules).items()}
+    return row
+
+
+def _generation(
+    loaded: LoadedRun, ds: Dataset, y: np.ndarray, pred: np.ndarray, limit: int, phases: Phases
+) -> dict | None:
+    """Responses generated for up to `limit` records that have one: format compliance, tag
+    agreement and five samples; None when no record has a response."""
+    recs = ds.records
+    with_resp = [i for i, r in enumerate(recs) if r.response is not None][:limit]
+    if not with_resp:
+        return None
+    with phases.phase(f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp), batch_size=8) as tick:
+        gen = generate_responses(loaded, [recs[i] for i in with_resp], between_batches=tick)
+    out = generation_summary(gen, y[with_resp], pred[with_resp])
+    out["samples"] = [
+        {"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
+        for i, g in zip(with_resp[:5], gen[:5], strict=False)
+    ]
+    return out
+
+
+def _plot_dataset(name: str, gate: SafetyMetrics, out: dict, targets: dict, tmp: Path) -> list[str]:
+    """Confusion, reliability and KPI plots (and contrast pairs, when there are any); their paths."""
+    plots = tmp / "plots"
+    plot_confusion(gate.confusion, plots / f"{name}-confusion.png", title=f"{name}: gate (rows: label)")
+    plot_reliability(
+        out["gate"]["reliability"],
+        out["gate"]["ece"],
+        plots / f"{name}-reliability.png",
+        title=f"{name}: gate reliability",
+    )
+    plot_kpis(
+        {k: getattr(gate, k) for k in HEADLINE},
+        out["gate"]["ci"],
+        targets,
+        plots / f"{name}-kpis.png",
+        title=f"{name}: gate KPIs (n={out['n']})",
+    )
+    paths = [f"plots/{name}-{k}.png" for k in ("confusion", "reliability", "kpis")]
+    if "contrast" in out:
+        plot_contrast(
+            out["contrast"],
+            {"gate": out["contrast"]["overall"], **out["contrast_systems"]},
+            CONTRAST_TARGETS,
+            plots / f"{name}-contrast.png",
+            title=f"{name}: contrast pairs",
+        )
+        paths.append(f"plots/{name}-contrast.png")
+    return paths
 
 
 def target_outcome(report: dict) -> tuple[int, list[str]]:
