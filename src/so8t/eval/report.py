@@ -6,6 +6,11 @@ No silent stretch: every phase a user waits on (loading, scoring the gate, each 
 tag, generation, bootstrap, latency, plots) logs one line to stderr when it starts and one with
 its elapsed time when it ends; with progress on and stderr a terminal, the model passes also get
 a tqdm bar (prompts done of the total), as `so8t train` does. --no-progress keeps the lines only.
+
+The report is built from four modules: datasets (the --data specs), systems (the gate and
+everything it is compared with, behind one interface), this module (the orchestration: scoring,
+metrics, plots, the atomic write) and render (report.md and the terminal table). The names other
+code uses are importable from here as before.
 """
 
 from __future__ import annotations
@@ -30,6 +35,15 @@ from so8t.eval.datasets import Dataset, load_dataset, rule_groups
 from so8t.eval.latency import measure_latency
 from so8t.eval.phases import Phases
 from so8t.eval.plots import plot_confusion, plot_contrast, plot_kpis, plot_reliability, plot_training_curves
+from so8t.eval.render import (
+    HEADLINE,
+    comparison_rows,
+    exit_code_line,
+    format_markdown,
+    format_table,
+    target_outcome,
+    target_summary,
+)
 from so8t.eval.systems import BASELINES, Gate, System, baseline_systems, score, score_compared_runs, train_probe
 from so8t.eval.taskhead import generate_responses, generation_summary
 from so8t.labels import ACTIONS
@@ -43,12 +57,27 @@ from so8t.metrics import (
     expected_calibration_error,
     per_class_report,
     reliability_bins,
-    verdict,
 )
 from so8t.model import LoadedRun, Run
 from so8t.model.thresholds import Thresholds, decide
 
-HEADLINE = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
+__all__ = [
+    "BASELINES",
+    "HEADLINE",
+    "Dataset",
+    "EvalOptions",
+    "Phases",
+    "calibrate_run",
+    "comparison_rows",
+    "evaluate_run",
+    "exit_code_line",
+    "format_markdown",
+    "format_table",
+    "load_dataset",
+    "rule_groups",
+    "target_outcome",
+    "target_summary",
+]
 
 
 @dataclass
@@ -335,257 +364,6 @@ def _plot_dataset(name: str, gate: SafetyMetrics, out: dict, targets: dict, tmp:
         )
         paths.append(f"plots/{name}-contrast.png")
     return paths
-
-
-def target_outcome(report: dict) -> tuple[int, list[str]]:
-    """(how many targets were checked, the missed ones as 'KPI on DATASET'): what decides the
-    exit code of so8t eval. An unlabelled dataset checks none; a target its data cannot measure
-    (None) is neither met nor missed."""
-    checked, missed = 0, []
-    for ds in report["datasets"]:
-        for prefix, met in (("", ds.get("targets_met")), ("contrast ", ds.get("contrast", {}).get("targets_met"))):
-            for key, ok in (met or {}).items():
-                checked += ok is not None
-                if ok is False:
-                    missed.append(f"{prefix}{key} on {ds['name']}")
-    return checked, missed
-
-
-def target_summary(report: dict) -> str:
-    """One line: every target met, which were missed, or that none was checked (and why)."""
-    checked, missed = report.get("targets_checked"), report.get("targets_missed")
-    if checked is None:  # a report written before these fields
-        checked, missed = target_outcome(report)
-    if missed:
-        return f"{len(missed)} of {checked} targets missed: {', '.join(missed)}"
-    if checked:
-        return f"all {checked} targets met"
-    if not any(ds["labelled"] for ds in report["datasets"]):
-        return "no targets checked: no dataset has labels (predictions only)"
-    return "no targets checked: the labelled data cannot measure any target"
-
-
-def exit_code_line(report: dict) -> str:
-    """What `so8t eval` exits with, and the targets that decided it."""
-    checked, missed = report["targets_checked"], report["targets_missed"]
-    if missed:
-        return f"exit code: 1 (missed: {', '.join(missed)})"
-    return f"exit code: 0 ({'all ' + str(checked) + ' targets met' if checked else target_summary(report)})"
-
-
-def _verdict(met: dict, key: str) -> str:
-    return verdict(met[key]) if key in met else ""
-
-
-def _fmt(v, digits: int = 3) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def comparison_rows(ds: dict) -> list[tuple[str, dict, dict]]:
-    """(system, metrics, binary) with the gate first, then the baselines and the LM tag."""
-    rows = [("gate" + (" (thresholds)" if "gate_argmax" in ds else ""), ds["gate"]["metrics"], ds["gate"]["binary"])]
-    if "gate_argmax" in ds:
-        rows.append(("gate (argmax)", ds["gate_argmax"], {}))
-    rows += [(k, v["metrics"], v["binary"]) for k, v in ds.get("systems", {}).items()]
-    return rows
-
-
-def format_table(report: dict) -> str:
-    """The compact terminal view: one block per dataset, systems as rows."""
-    lines = []
-    cols = ("refuse_recall", "escalate_recall", "overcompliance", "allow_recall", "safety_score")
-    head = f"{'system':<22}" + "".join(f"{c.replace('_recall', '_rec')[:13]:>14}" for c in cols) + f"{'auroc':>8}"
-    for ds in report["datasets"]:
-        lines.append(f"\n{ds['name']} (n={ds['n']})")
-        if not ds["labelled"]:
-            lines.append(f"  unlabelled: predictions only -> {ds['predictions']}: {ds['predicted']}")
-            continue
-        lines.append(head)
-        for name, m, b in comparison_rows(ds):
-            lines.append(f"{name:<22}" + "".join(f"{_fmt(m.get(c)):>14}" for c in cols) + f"{_fmt(b.get('auroc')):>8}")
-        met = ds["targets_met"]
-        lines.append("targets: " + ", ".join(f"{k} {_verdict(met, k)}" for k in met))
-        for rule, m in ds.get("breakdown", {}).get("rule", {}).items():
-            lines.append(
-                f"{'rule ' + rule:<22}"
-                + "".join(f"{_fmt(m.get(c)):>14}" for c in cols)
-                + f"  (n={m['n']}, accuracy {_fmt(m['accuracy'])})"
-            )
-        if ds.get("contrast"):
-            c = ds["contrast"]["overall"]
-            lines.append(
-                f"contrast ({c['pairs']} pairs): false refusal {_fmt(c['false_refusal'])} (to ESCALATE "
-                f"{_fmt(c['safe_to_escalate'])}, to REFUSE {_fmt(c['safe_to_refuse'])}), unsafe recall "
-                f"{_fmt(c['unsafe_recall'])}, pairs both correct {_fmt(c['pairs_both_correct'])}"
-            )
-            cm = ds["contrast"]["targets_met"]
-            lines.append("contrast targets: " + ", ".join(f"{k} {_verdict(cm, k)}" for k in cm))
-    if report.get("latency"):
-        lat = report["latency"]
-        lines.append(
-            f"\ngate latency: p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms; throughput "
-            + ", ".join(f"batch {b}: {v:.1f}/s" for b, v in lat["throughput"].items())
-        )
-    lines.append("\n" + target_summary(report))
-    return "\n".join(lines)
-
-
-def format_markdown(report: dict) -> str:
-    md = [
-        f"# so8t evaluation: `{report['run']}`",
-        "",
-        f"Base model `{report['base_model']}`, pooling `{report['pooling']}`, created {report['created']}.",
-        f"Head: {report.get('head_kind', 'three_way')}. Decision rule: "
-        + (
-            "calibrated thresholds (" + ", ".join(f"{k}={v}" for k, v in report["thresholds"].items()) + ")"
-            if report["thresholds"]
-            else "argmax"
-        ),
-        "",
-    ]
-    for ds in report["datasets"]:
-        md += [f"## {ds['name']} (n={ds['n']})", ""]
-        if not ds["labelled"]:
-            md += [
-                f"**Unlabelled: predictions only.** Predicted counts: {ds['predicted']}; see `{ds['predictions']}`.",
-                "",
-            ]
-            continue
-        g = ds["gate"]
-        md += ["| KPI | value | 95% CI | target | |", "|---|---|---|---|---|"]
-        for k in HEADLINE:
-            lo, hi = g["ci"][k] if g["ci"].get(k) else (None, None)
-            tgt = report["targets"].get(k)
-            md.append(
-                f"| {k} | {_fmt(g['metrics'][k])} | {_fmt(lo)}-{_fmt(hi)} | "
-                f"{' '.join(map(str, tgt)) if tgt else ''} | {_verdict(ds['targets_met'], k)} |"
-            )
-        md += [
-            "",
-            f"Over-restriction of ALLOW: to ESCALATE {_fmt(g['metrics']['allow_to_escalate'])}, "
-            f"to REFUSE {_fmt(g['metrics']['allow_to_refuse'])}. Accuracy {_fmt(g['metrics']['accuracy'])}, "
-            f"macro F1 {_fmt(g['metrics']['macro_f1'])}, ECE {_fmt(g['ece'])}.",
-            "",
-            "### Side by side",
-            "",
-            "| system | refuse rec | escalate rec | overcompliance | allow rec | safety score | AUROC | AUPRC | FPR |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, m, b in comparison_rows(ds):
-            md.append(
-                f"| {name} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
-                f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} | "
-                f"{_fmt(b.get('auroc'))} | {_fmt(b.get('auprc'))} | {_fmt(b.get('false_positive_rate'))} |"
-            )
-        md += [
-            "",
-            "keywords: bilingual alarm-word list; probe: logistic regression on the frozen base model's "
-            "pooled features; judge: the base LLM zero-shot with a policy prompt (tag probabilities); "
-            f"lm_tag: the fine-tuned LM's own tag after the prompt (agrees with the gate on "
-            f"{_fmt(ds['lm_tag_agrees_with_gate'])} of prompts). Binary view: unsafe = not ALLOW, score 1 - P(ALLOW).",
-            "",
-            "### Per class",
-            "",
-            "| class | precision | recall | F1 | support |",
-            "|---|---|---|---|---|",
-        ]
-        for c, r in g["per_class"].items():
-            md.append(f"| {c} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {r['support']} |")
-        for attr, groups in ds.get("breakdown", {}).items():
-            if attr == "rule":
-                continue  # in the every-system table below
-            md += [
-                "",
-                f"### By {attr}",
-                "",
-                "| group | n | refuse rec | escalate rec | overcompliance | allow rec | score |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for gname, m in groups.items():
-                md.append(
-                    f"| {gname} | {m['n']} | {_fmt(m['refuse_recall'])} | {_fmt(m['escalate_recall'])} | "
-                    f"{_fmt(m['overcompliance'])} | {_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |"
-                )
-        for attr, title in (("source", "source"), ("rule", "policy rule")):
-            md += _every_system_table(ds, attr, title)
-        if ds.get("contrast"):
-            md += [
-                "",
-                "### Contrast pairs",
-                "",
-                "Safe half: the alarming-but-safe prompt (ALLOW); unsafe half: its twin. False refusal = safe "
-                "half not allowed; unsafe recall = unsafe half not allowed; both correct = both at once. Targets: "
-                + ", ".join(f"{k} {op} {b}" for k, (op, b) in CONTRAST_TARGETS.items())
-                + ".",
-                "",
-                "| slice | pairs | false refusal | to ESCALATE | to REFUSE "
-                "| unsafe recall | unsafe exact | both correct |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            c = ds["contrast"]
-            rows = (
-                [("overall", c["overall"])]
-                + [(f"kind: {k}", v) for k, v in c["by_kind"].items()]
-                + [(f"lang: {k}", v) for k, v in c["by_lang"].items()]
-                + [(f"system: {k}", v) for k, v in ds.get("contrast_systems", {}).items()]
-            )
-            for name, v in rows:
-                md.append(
-                    f"| {name} | {v['pairs']} | {_fmt(v['false_refusal'])} | {_fmt(v['safe_to_escalate'])} | "
-                    f"{_fmt(v['safe_to_refuse'])} | {_fmt(v['unsafe_recall'])} | {_fmt(v['unsafe_exact'])} | "
-                    f"{_fmt(v['pairs_both_correct'])} |"
-                )
-        if ds.get("generation"):
-            gen = ds["generation"]
-            md += [
-                "",
-                "### Generated responses",
-                "",
-                f"{gen['n']} generated: format compliance {_fmt(gen['format_compliance'])}, tag agrees with the "
-                f"label {_fmt(gen.get('tag_agrees_with_label'))}, with the gate {_fmt(gen['tag_agrees_with_head'])}.",
-            ]
-        md += [""] + [f"![{p}]({p})" for p in ds["plots"]] + [""]
-    if report.get("latency"):
-        lat = report["latency"]
-        md += [
-            "## Gate latency",
-            "",
-            f"One forward pass over the prompt, no generation, {lat['n']} prompts: "
-            f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms per prompt at batch 1; throughput "
-            + ", ".join(f"batch {b}: {v:.1f} prompts/s" for b, v in lat["throughput"].items())
-            + ".",
-            "",
-        ]
-    if report.get("training_curves"):
-        md += ["## Training curves", "", f"![training curves]({report['training_curves']})", ""]
-    summary = target_summary(report)
-    md.append(f"**{summary[0].upper()}{summary[1:]}.**")
-    return "\n".join(md) + "\n"
-
-
-def _every_system_table(ds: dict, attr: str, title: str) -> list[str]:
-    """Markdown rows of every system per group (source, rule), the gate first; [] without groups."""
-    by = [(name, v[f"by_{attr}"]) for name, v in ds.get("systems", {}).items() if f"by_{attr}" in v]
-    if not by:
-        return []
-    md = [
-        "",
-        f"### By {title}, every system",
-        "",
-        f"| {attr} | system | n | accuracy | refuse rec | escalate rec | overcompliance | allow rec | score |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    gate_groups = ds.get("breakdown", {}).get(attr, {})
-    for gname in gate_groups:
-        for name, groups in [("gate", gate_groups)] + by:
-            m = groups.get(gname)
-            if m:
-                md.append(
-                    f"| {gname} | {name} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['refuse_recall'])} | "
-                    f"{_fmt(m['escalate_recall'])} | {_fmt(m['overcompliance'])} | "
-                    f"{_fmt(m['allow_recall'])} | {_fmt(m['safety_score'])} |"
-                )
-    return md
 
 
 def calibrate_run(
