@@ -471,7 +471,6 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
     exists, so a run is reproducible across this split."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
 
     run = Run(out)
     # Check the folder and the inputs before writing anything.
@@ -494,9 +493,7 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
     probe = None
     if cfg.head_probe_steps and not resume:  # a resumed run's head was probed before its checkpoint
         probe = _probe(model, tokenizer, mix.train, cfg, cw, progress, accelerator.is_main_process)
-    optimizer = make_optimizer(param_groups(model, cfg), cfg)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    prepared, optimizer, scheduler = _optimize(model, cfg, total_steps, accelerator)
     raw_model: SafetyModel = accelerator.unwrap_model(prepared)
     meta = {"base_model": cfg.model, "base_fingerprint": base_fp, "max_length": cfg.max_length, "amp": cfg.amp}
     t = _Training(
@@ -569,6 +566,17 @@ def _probe(
             f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}"
         )
     return probe
+
+
+def _optimize(model: SafetyModel, cfg: TrainConfig, total_steps: int, accelerator) -> tuple[Any, Any, Any]:
+    """The model and optimizer as accelerate prepares them (two parameter groups: LoRA at lr, the
+    head at head_lr), and a cosine schedule with warmup over the planned steps."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    optimizer = make_optimizer(param_groups(model, cfg), cfg)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    return prepared, optimizer, scheduler
 
 
 def _open_run_folder(t: _Training, resume: bool) -> None:
