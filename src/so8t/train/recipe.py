@@ -1,9 +1,10 @@
 """`so8t train`: the recipe, top to bottom.
 
-1. check the output folder, 2. data, 3. base model (unmodified) + LoRA + a separate safety
-head, 4. encode, 5. optimizer with two parameter groups and a cosine schedule, 6. the loop
-(composite loss, gradient accumulation, evaluation, early stopping, checkpoints), 7. restore
-the best checkpoint, evaluate the test split, write the run.
+`train` = `_setup` (check the output folder, data, base model (unmodified) + LoRA + a separate
+safety head, encode, head probe, optimizer with two parameter groups and a cosine schedule, the
+run folder) -> `_fit` (the loop: composite loss, gradient accumulation, dev evaluation, early
+stopping, checkpoints) -> `_finish` (restore the best checkpoint, evaluate the test split, write
+the run). The run's state is one `_Training` object the three share.
 
 A hand-written loop on `accelerate` rather than `transformers.Trainer`: the run is an adapter
 plus a separate head (Trainer's save / best-model / resume logic assumes one model file), and
@@ -18,7 +19,7 @@ import shutil
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,6 +58,7 @@ from so8t.model.scoring import (
 from so8t.model.thresholds import Calibration, Thresholds, calibrate, decide, save_thresholds
 from so8t.train import losses
 from so8t.train.batching import (
+    Encoded,
     class_weights,
     collate,
     encode_record,
@@ -403,18 +405,75 @@ def _save_checkpoint(
 
 
 # ----------------------------------------------------------------------------- the recipe
+#
+# train() reads top to bottom as three parts: _setup builds everything a run needs, _fit runs
+# the loop, _finish evaluates the best checkpoint and writes the run. What they share lives in
+# one _Training object rather than in locals threaded through helpers.
+
+
+@dataclass
+class _Training:
+    """One run while it trains: its inputs, model, optimizer and schedule, and its counters.
+
+    `state` is kept as its own TrainState because it is what a checkpoint saves and a resumed
+    run restores (trainer_state.pt), field for field."""
+
+    cfg: TrainConfig
+    out: Path
+    run: Run
+    accelerator: Any
+    mix: Mix
+    model: Any  # what accelerator.prepare returned (DDP-wrapped under `accelerate launch`)
+    raw_model: SafetyModel  # the same model unwrapped: what is saved, loaded and scored
+    tokenizer: Any
+    tags: list[int]
+    weights: losses.LossWeights
+    encoded: list[Encoded]
+    order: list[int]  # the whole run's training rows, micro-batch after micro-batch
+    cw: torch.Tensor | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    meta: dict
+    scorer: LoadedRun
+    total_steps: int
+    per_step: int  # training rows per optimizer step, over all processes
+    truncated: int
+    probe: dict | None
+    progress: bool
+    start: float
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def show(self) -> bool:
+        """Progress bars: the steps, and each dev evaluation below them (main process only)."""
+        return self.progress and self.main
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a run into `out` (or continue the one there with `resume`); `progress` shows bars."""
+    start = time.perf_counter()
+    t = _setup(cfg, Path(out), resume, progress, start)
+    _fit(t)
+    return _finish(t)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: float) -> _Training:
+    """Folder check, data, model, encoding, batch plan, head probe, optimizer and schedule, then
+    the run folder (created, or restored from its last checkpoint). The order is the original
+    recipe's: the seed is set before anything random, and the probe runs before the optimizer
+    exists, so a run is reproducible across this split."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
 
-    start = time.perf_counter()
-    out = Path(out)
     run = Run(out)
-
-    # 1. Check the folder and the inputs before writing anything.
+    # Check the folder and the inputs before writing anything.
     check_out_dir(out, resume)
     if resume:
         cfg = run.config()
@@ -423,25 +482,67 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     set_seed(cfg.seed)
     mix: Mix = assemble(cfg.data, cfg.dev_data, cfg.test_data, seed=cfg.seed, source_weights=cfg.source_weights)
 
-    # 2. Model: the base is loaded as shipped; LoRA and the head are added beside it.
+    # The base is loaded as shipped; LoRA and the head are added beside it.
     model, tokenizer, base_fp = build_model(cfg)
     tags = tag_token_ids(tokenizer)
+    encoded, truncated = _encode_train(mix.train, tokenizer, cfg)
+    labels = [e.y for e in encoded]
+    cw = class_weights(labels) if cfg.class_balance == "weights" else None
+    per_step = cfg.micro_batch * cfg.grad_accum * accelerator.num_processes
+    total_steps, order = _plan_batches(encoded, cfg, per_step)
+    probe = None
+    if cfg.head_probe_steps and not resume:  # a resumed run's head was probed before its checkpoint
+        probe = _probe(model, tokenizer, mix.train, cfg, cw, progress, accelerator.is_main_process)
+    prepared, optimizer, scheduler = _optimize(model, cfg, total_steps, accelerator)
+    raw_model: SafetyModel = accelerator.unwrap_model(prepared)
+    meta = {"base_model": cfg.model, "base_fingerprint": base_fp, "max_length": cfg.max_length, "amp": cfg.amp}
+    t = _Training(
+        cfg=cfg,
+        out=out,
+        run=run,
+        accelerator=accelerator,
+        mix=mix,
+        model=prepared,
+        raw_model=raw_model,
+        tokenizer=tokenizer,
+        tags=tags,
+        weights=weights_of(cfg),
+        encoded=encoded,
+        order=order,
+        cw=cw,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        meta=meta,
+        scorer=LoadedRun(raw_model, tokenizer, cfg.max_length, cfg.amp, meta),
+        total_steps=total_steps,
+        per_step=per_step,
+        truncated=truncated,
+        probe=probe,
+        progress=progress,
+        start=start,
+    )
+    _open_run_folder(t, resume)
+    return t
 
-    # 3. Encode.
-    encoded = [encode_record(r, tokenizer, cfg.max_length, cfg.sft_response_tokens) for r in mix.train]
+
+def _encode_train(records: list[Record], tokenizer, cfg: TrainConfig) -> tuple[list[Encoded], int]:
+    """The training rows as token ids, and how many were cut to max_length (warned about)."""
+    encoded = [encode_record(r, tokenizer, cfg.max_length, cfg.sft_response_tokens) for r in records]
     truncated = sum(e.truncated for e in encoded)
     if truncated:
         warnings.warn(
             f"{truncated} of {len(encoded)} training examples were longer than max_length={cfg.max_length} "
             "and were truncated (prompt from the left, response from the right)",
-            stacklevel=2,
+            stacklevel=4,  # blamed on train()'s caller: here <- _setup <- train <- caller
         )
-    labels = [e.y for e in encoded]
-    cw = class_weights(labels) if cfg.class_balance == "weights" else None
+    return encoded, truncated
 
-    # 4. Optimizer and schedule: micro-batches for the whole run are planned up front, so a
-    #    resumed run continues with exactly the batches it would have seen.
-    per_step = cfg.micro_batch * cfg.grad_accum * accelerator.num_processes
+
+def _plan_batches(encoded: list[Encoded], cfg: TrainConfig, per_step: int) -> tuple[int, list[int]]:
+    """The number of optimizer steps, and the row order of every micro-batch of the run.
+
+    Planned up front so a resumed run continues with exactly the batches it would have seen."""
+    labels = [e.y for e in encoded]
     epoch_len = len(epoch_order(labels, cfg.class_balance, cfg.seed, 0))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * epoch_len / per_step))
     order: list[int] = []
@@ -451,165 +552,152 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         epoch += 1
     if cfg.pair_margin:
         order = keep_twins_together(order, [e.pair for e in encoded])
-    probe = None
-    if cfg.head_probe_steps and not resume:
-        probe = probe_head(model, tokenizer, mix.train, cfg, cw, progress=progress and accelerator.is_main_process)
-        if accelerator.is_main_process:
-            print(
-                f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
-                f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}"
-            )
+    return total_steps, order
+
+
+def _probe(
+    model: SafetyModel, tokenizer, records: list[Record], cfg: TrainConfig, cw, progress: bool, main: bool
+) -> dict:
+    """probe_head (LP-FT) with its one summary line."""
+    probe = probe_head(model, tokenizer, records, cfg, cw, progress=progress and main)
+    if main:
+        print(
+            f"head probe on frozen features: {probe['examples']} examples, {probe['probe_steps']} steps, "
+            f"head loss {probe['first_batch_loss']:.3f} -> {probe['head_loss_on_probe_set']:.3f}"
+        )
+    return probe
+
+
+def _optimize(model: SafetyModel, cfg: TrainConfig, total_steps: int, accelerator) -> tuple[Any, Any, Any]:
+    """The model and optimizer as accelerate prepares them (two parameter groups: LoRA at lr, the
+    head at head_lr), and a cosine schedule with warmup over the planned steps."""
+    from transformers import get_cosine_schedule_with_warmup
+
     optimizer = make_optimizer(param_groups(model, cfg), cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model: SafetyModel = accelerator.unwrap_model(model)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    return prepared, optimizer, scheduler
 
-    meta = {"base_model": cfg.model, "base_fingerprint": base_fp, "max_length": cfg.max_length, "amp": cfg.amp}
-    state = TrainState()
+
+def _open_run_folder(t: _Training, resume: bool) -> None:
+    """A new run: its folder (config, tokenizer). A resumed one: adapter, head, optimizer,
+    schedule, counters and RNG from the last checkpoint, and the logs cut back to it."""
+    out, main = t.out, t.main
     if resume:
         ckpt = out / CHECKPOINT
-        load_adapter_and_head(ckpt, raw_model)
+        load_adapter_and_head(ckpt, t.raw_model)
         saved = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = TrainState(**saved["state"])
+        t.optimizer.load_state_dict(saved["optimizer"])
+        t.scheduler.load_state_dict(saved["scheduler"])
+        t.state = TrainState(**saved["state"])
         torch.set_rng_state(saved["rng"])
-        if accelerator.is_main_process:  # steps logged after the checkpoint will be run again
+        if main:  # steps logged after the checkpoint will be run again
             for log in ("steps.jsonl", "evals.jsonl"):
-                _trim_log(out / "metrics" / log, state.step)
-    elif accelerator.is_main_process:
-        Run.create(out, cfg)
-        tokenizer.save_pretrained(str(out / "tokenizer"))
-    if accelerator.is_main_process:
-        run.write_status(status="running", step=state.step, total_steps=total_steps)
+                _trim_log(out / "metrics" / log, t.state.step)
+    elif main:
+        Run.create(out, t.cfg)
+        t.tokenizer.save_pretrained(str(out / "tokenizer"))
+    if main:
+        t.run.write_status(status="running", step=t.state.step, total_steps=t.total_steps)
 
-    # 5. The loop.
-    weights = weights_of(cfg)
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _fit(t: _Training) -> None:
+    """The loop: optimizer steps until the planned total or early stopping, a dev evaluation
+    (and checkpoint) every eval_every steps. Ctrl-C saves a checkpoint to resume from; any
+    other error marks the run failed. Either way the error goes on up."""
+    state, out = t.state, t.out
     steps_log = (out / "metrics" / "steps.jsonl").open("a", encoding="utf-8")
     evals_log = (out / "metrics" / "evals.jsonl").open("a", encoding="utf-8")
-    show = progress and accelerator.is_main_process  # bars: the steps, and each dev evaluation below them
-    bar = tqdm(total=total_steps, initial=state.step, disable=not show, desc="so8t train", dynamic_ncols=True)
-    model.train()
-    scorer = LoadedRun(raw_model, tokenizer, cfg.max_length, cfg.amp, meta)
-    checkpoints = _DevCheckpoints(
-        run, scorer, mix.dev, cfg, optimizer, scheduler, evals_log, bar, show, accelerator.is_main_process
-    )
+    bar = tqdm(total=t.total_steps, initial=state.step, disable=not t.show, desc="so8t train", dynamic_ncols=True)
+    t.model.train()
+    checkpoints = _DevCheckpoints(t, evals_log, bar)
 
-    if probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
-        checkpoints.evaluate(state)
+    if t.probe is not None:  # the probed head alone is a candidate: kept if no LoRA step beats it on dev
+        checkpoints.evaluate()
     try:
-        while state.step < total_steps and not state.stopped_early:
-            frac = state.step / max(1, total_steps - 1)
-            lam = weights.lambda_pet(frac)
-            step_parts: dict[str, float] = {}
-            for k in range(cfg.grad_accum):
-                first = (
-                    (state.step * per_step)
-                    + (k * cfg.micro_batch * accelerator.num_processes)
-                    + accelerator.process_index * cfg.micro_batch
-                )
-                batch = collate([encoded[i] for i in order[first : first + cfg.micro_batch]], tokenizer.pad_token_id)
-                batch = {key: v.to(accelerator.device) for key, v in batch.items()}
-                sync = k == cfg.grad_accum - 1
-                with nullcontext() if sync else accelerator.no_sync(model):
-                    with autocast(accelerator.device, cfg.amp):
-                        parts = loss_parts(model, batch, tags, cfg, cw, pet_active=lam > 0)
-                    total = losses.composite(parts, weights, lam)
-                    # Every term is a per-example mean, so dividing by the accumulation count makes
-                    # micro_batch x grad_accum equal one big batch.
-                    accelerator.backward(total / cfg.grad_accum)
-                for key, v in {**parts, "total": total}.items():
-                    step_parts[key] = step_parts.get(key, 0.0) + v.item() / cfg.grad_accum
-            accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-            optimizer.step()
-            scheduler.step()
-            frozen = not head_trainable(frac, cfg.head_freeze_at)
-            if frozen:  # lr 0 leaves the head exactly as it is (and keeps DDP's parameter set fixed)
-                for g in optimizer.param_groups:
-                    if g.get("name") == "head":
-                        g["lr"] = 0.0
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
-            row = {
-                "step": state.step,
-                "progress": round(frac, 4),
-                "lambda_pet": lam,
-                "lr": lrs.get("lora"),
-                "head_lr": lrs.get("head"),
-                "head_frozen": frozen,
-                **{k: round(v, 6) for k, v in step_parts.items()},
-            }
-            if accelerator.is_main_process:
+        while state.step < t.total_steps and not state.stopped_early:
+            row, parts = _step(t)
+            if t.main:
                 steps_log.write(json.dumps(row) + "\n")
                 steps_log.flush()
             bar.update(1)
-            bar.set_postfix(
-                {k: f"{step_parts[k]:.3g}" for k in ("total", "sft", "safety_ce", "dangerous_allow", "pet")}
-            )
-
-            if state.step % cfg.eval_every == 0 or state.step == total_steps:
-                checkpoints.evaluate(state)
+            bar.set_postfix({k: f"{parts[k]:.3g}" for k in ("total", "sft", "safety_ce", "dangerous_allow", "pet")})
+            if state.step % t.cfg.eval_every == 0 or state.step == t.total_steps:
+                checkpoints.evaluate()
     except KeyboardInterrupt:
-        if accelerator.is_main_process:
+        if t.main:
             bar.close()
-            _save_checkpoint(out / CHECKPOINT, raw_model, tokenizer, meta, optimizer, scheduler, state)
-            run.write_status(status="interrupted", step=state.step, total_steps=total_steps)
+            _save_checkpoint(out / CHECKPOINT, t.raw_model, t.tokenizer, t.meta, t.optimizer, t.scheduler, state)
+            t.run.write_status(status="interrupted", step=state.step, total_steps=t.total_steps)
             print(f"\ninterrupted at step {state.step}; continue with: so8t train --resume {out}")
         raise
     except Exception:
-        if accelerator.is_main_process:  # the folder says so; the last checkpoint (if any) can resume
-            run.write_status(status="failed", step=state.step, total_steps=total_steps)
+        if t.main:  # the folder says so; the last checkpoint (if any) can resume
+            t.run.write_status(status="failed", step=state.step, total_steps=t.total_steps)
         raise
     finally:
         steps_log.close()
         evals_log.close()
     bar.close()
 
-    # 6. Restore the best checkpoint, evaluate it on dev and test, write the run.
-    accelerator.wait_for_everyone()
-    if (out / BEST).is_dir():
-        load_adapter_and_head(out / BEST, raw_model)
-    cal = None
-    if cfg.calibrate:
-        cal, dev = calibrate_on_dev(scorer, mix.dev, cfg.head_kind, desc="dev: choosing thresholds" if show else None)
-    else:
-        dev = evaluate(scorer, mix.dev, desc="dev: final" if show else None)
-    thresholds = cal.thresholds if cal else None
-    test = evaluate(scorer, mix.test, thresholds, desc="test: final" if show else None) if mix.test else None
-    seconds = time.perf_counter() - start
-    if accelerator.is_main_process:
-        save_artifacts(out, raw_model, tokenizer, {**meta, "best_step": state.best_step})
-        if cal:
-            save_thresholds(out, cal)
-            print(
-                f"thresholds chosen on dev: {cal.thresholds.describe()} "
-                f"(dev safety_score {cal.before.safety_score:.3f} -> {cal.after.safety_score:.3f}; "
-                f"undo: so8t calibrate {out} --reset)"
-            )
-        (out / "metrics" / "final.json").write_text(
-            json.dumps(
-                {
-                    "best_step": state.best_step,
-                    "steps": state.step,
-                    "stopped_early": state.stopped_early,
-                    "seconds": round(seconds, 1),
-                    "truncated_train_examples": truncated,
-                    "data": mix.summary(),
-                    "head_probe": probe,
-                    "thresholds": cal.thresholds.as_dict() if cal else None,
-                    "dev": dev.as_dict(),
-                    "test": test.as_dict() if test else None,
-                },
-                indent=2,
-            )
+
+def _step(t: _Training) -> tuple[dict, dict[str, float]]:
+    """One optimizer step (grad_accum micro-batches): its steps.jsonl row, and its loss terms
+    unrounded (for the progress bar)."""
+    cfg, optimizer, state = t.cfg, t.optimizer, t.state
+    frac = state.step / max(1, t.total_steps - 1)
+    lam = t.weights.lambda_pet(frac)
+    step_parts = _accumulate(t, lam)
+    t.accelerator.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    optimizer.step()
+    t.scheduler.step()
+    frozen = not head_trainable(frac, cfg.head_freeze_at)
+    if frozen:  # lr 0 leaves the head exactly as it is (and keeps DDP's parameter set fixed)
+        for g in optimizer.param_groups:
+            if g.get("name") == "head":
+                g["lr"] = 0.0
+    optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+    row = {
+        "step": state.step,
+        "progress": round(frac, 4),
+        "lambda_pet": lam,
+        "lr": lrs.get("lora"),
+        "head_lr": lrs.get("head"),
+        "head_frozen": frozen,
+        **{k: round(v, 6) for k, v in step_parts.items()},
+    }
+    return row, step_parts
+
+
+def _accumulate(t: _Training, lam: float) -> dict[str, float]:
+    """Forward and backward over this step's micro-batches; the loss terms averaged over them."""
+    cfg, accelerator = t.cfg, t.accelerator
+    step_parts: dict[str, float] = {}
+    for k in range(cfg.grad_accum):
+        # This process's slice of the planned order: steps, then micro-batches, then processes.
+        first = (
+            (t.state.step * t.per_step)
+            + (k * cfg.micro_batch * accelerator.num_processes)
+            + accelerator.process_index * cfg.micro_batch
         )
-        plot_training_curves(
-            out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl", out / "plots" / "training_curves.png"
-        )
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        run.write_status(status="complete", step=state.step, total_steps=total_steps, best_step=state.best_step)
-    return TrainResult(out, state.step, state.best_step, dev, test, seconds, truncated)
+        batch = collate([t.encoded[i] for i in t.order[first : first + cfg.micro_batch]], t.tokenizer.pad_token_id)
+        batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        sync = k == cfg.grad_accum - 1  # DDP all-reduces gradients on the last micro-batch only
+        with nullcontext() if sync else accelerator.no_sync(t.model):
+            with autocast(accelerator.device, cfg.amp):
+                parts = loss_parts(t.model, batch, t.tags, cfg, t.cw, pet_active=lam > 0)
+            total = losses.composite(parts, t.weights, lam)
+            # Every term is a per-example mean, so dividing by the accumulation count makes
+            # micro_batch x grad_accum equal one big batch.
+            accelerator.backward(total / cfg.grad_accum)
+        for key, v in {**parts, "total": total}.items():
+            step_parts[key] = step_parts.get(key, 0.0) + v.item() / cfg.grad_accum
+    return step_parts
 
 
 @dataclass
@@ -617,20 +705,14 @@ class _DevCheckpoints:
     """One dev evaluation after another: log it, keep the best checkpoint, count patience, and
     let the status marker follow the last checkpoint (only the main process writes)."""
 
-    run: Run
-    scorer: LoadedRun
-    dev: list[Record]
-    cfg: TrainConfig
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
+    t: _Training
     evals_log: TextIO
     bar: Any
-    show: bool
-    main: bool = True
 
-    def evaluate(self, state: TrainState) -> None:
-        cfg = self.cfg
-        dev = evaluate(self.scorer, self.dev, desc=f"dev eval at step {state.step}" if self.show else None)
+    def evaluate(self) -> None:
+        t, state = self.t, self.t.state
+        cfg = t.cfg
+        dev = evaluate(t.scorer, t.mix.dev, desc=f"dev eval at step {state.step}" if t.show else None)
         value = getattr(dev, cfg.early_stop_metric)
         improved = value > state.best + 1e-9
         if improved:
@@ -638,19 +720,82 @@ class _DevCheckpoints:
         else:
             state.bad_evals += 1
             state.stopped_early = state.bad_evals >= cfg.patience
-        if not self.main:
+        if not t.main:
             return
         self.evals_log.write(json.dumps({"step": state.step, **dev.as_dict(), "improved": improved}) + "\n")
         self.evals_log.flush()
-        model, tok, meta, out = self.scorer.model, self.scorer.tokenizer, self.scorer.meta, self.run.folder
+        model, tok, meta, out = t.raw_model, t.tokenizer, t.meta, t.out
         if improved:
             _save_checkpoint(out / BEST, model, tok, meta, None, None, state)
-        _save_checkpoint(out / CHECKPOINT, model, tok, meta, self.optimizer, self.scheduler, state)
+        _save_checkpoint(out / CHECKPOINT, model, tok, meta, t.optimizer, t.scheduler, state)
         # The marker follows the checkpoint, so a user (or serve refusing an unfinished run) sees
         # how far the run got; resume reads the step from the checkpoint, not from here.
-        self.run.write_status(**{**(self.run.status() or {}), "status": "running", "step": state.step})
+        t.run.write_status(**{**(t.run.status() or {}), "status": "running", "step": state.step})
         self.bar.write(
             f"step {state.step}: dev safety_score={dev.safety_score:.3f} refuse_recall={dev.refuse_recall:.3f} "
             f"escalate_recall={dev.escalate_recall:.3f} overcompliance={dev.overcompliance:.3f}"
             + (" (best)" if improved else f" (no gain {state.bad_evals}/{cfg.patience})")
         )
+
+
+# ----------------------------------------------------------------------------- finish
+
+
+def _finish(t: _Training) -> TrainResult:
+    """Restore the best checkpoint, choose thresholds on dev (if calibrate), evaluate dev and
+    test under them, and write the run. The test split is only read here, once."""
+    t.accelerator.wait_for_everyone()
+    if (t.out / BEST).is_dir():
+        load_adapter_and_head(t.out / BEST, t.raw_model)
+    show, mix = t.show, t.mix
+    cal = None
+    if t.cfg.calibrate:
+        cal, dev = calibrate_on_dev(
+            t.scorer, mix.dev, t.cfg.head_kind, desc="dev: choosing thresholds" if show else None
+        )
+    else:
+        dev = evaluate(t.scorer, mix.dev, desc="dev: final" if show else None)
+    thresholds = cal.thresholds if cal else None
+    test = evaluate(t.scorer, mix.test, thresholds, desc="test: final" if show else None) if mix.test else None
+    seconds = time.perf_counter() - t.start
+    if t.main:
+        _write_run(t, cal, dev, test, seconds)
+    return TrainResult(t.out, t.state.step, t.state.best_step, dev, test, seconds, t.truncated)
+
+
+def _write_run(
+    t: _Training, cal: Calibration | None, dev: SafetyMetrics, test: SafetyMetrics | None, seconds: float
+) -> None:
+    """The finished run folder: adapter and head, thresholds, final.json, the curves; the
+    checkpoints go, and the marker says complete last, once everything else is written."""
+    out, state = t.out, t.state
+    save_artifacts(out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step})
+    if cal:
+        save_thresholds(out, cal)
+        print(
+            f"thresholds chosen on dev: {cal.thresholds.describe()} "
+            f"(dev safety_score {cal.before.safety_score:.3f} -> {cal.after.safety_score:.3f}; "
+            f"undo: so8t calibrate {out} --reset)"
+        )
+    (out / "metrics" / "final.json").write_text(
+        json.dumps(
+            {
+                "best_step": state.best_step,
+                "steps": state.step,
+                "stopped_early": state.stopped_early,
+                "seconds": round(seconds, 1),
+                "truncated_train_examples": t.truncated,
+                "data": t.mix.summary(),
+                "head_probe": t.probe,
+                "thresholds": cal.thresholds.as_dict() if cal else None,
+                "dev": dev.as_dict(),
+                "test": test.as_dict() if test else None,
+            },
+            indent=2,
+        )
+    )
+    plot_training_curves(
+        out / "metrics" / "steps.jsonl", out / "metrics" / "evals.jsonl", out / "plots" / "training_curves.png"
+    )
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    t.run.write_status(status="complete", step=state.step, total_steps=t.total_steps, best_step=state.best_step)
