@@ -174,24 +174,22 @@ async def audit_failing(_: Request, exc: AuditError):
     # Fail closed: whatever needed a record (a refusal, an escalation, an approval, a tool
     # call) did not happen; the store's path and error stay in the server's log.
     log.error("audit log failing, request refused: %s", exc)
-    resp = error_response(
+    return error_response(
         503,
         "the audit log cannot be written, and nothing runs unrecorded: nothing was "
         "run, queued or changed; retry later (/readyz says when the service is ready)",
         kind="audit_unavailable",
+        retry_after=AUDIT_RETRY_AFTER_S,
     )
-    resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
-    return resp
 
 
 async def store_failing(_: Request, exc: StoreUnavailable):
     # Fail closed: the change (a queued escalation, an approval, a claim) was rolled back.
     log.error("approvals database failing, request refused: %s", exc)
-    resp = error_response(
+    return error_response(
         503,
         "the approvals database cannot be used: nothing was run, queued or changed; "
         "retry later (/readyz says when the service is ready)",
         kind="approvals_unavailable",
+        retry_after=AUDIT_RETRY_AFTER_S,
     )
-    resp.headers["Retry-After"] = str(AUDIT_RETRY_AFTER_S)
-    return resp

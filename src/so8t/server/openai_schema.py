@@ -115,11 +115,14 @@ def error_response(
     kind: str = "invalid_request_error",
     code: str | None = None,
     extra: dict | None = None,
+    retry_after: int | None = None,
 ) -> JSONResponse:
     """OpenAI's error shape, so OpenAI clients (and OpenAIBackend's excerpt) show the real reason.
-    ``extra``: more top-level fields next to "error" (the gated server's "so8t" decision)."""
+    ``extra``: more top-level fields next to "error" (the gated server's "so8t" decision);
+    ``retry_after``: seconds, sent as the Retry-After header (a 503 that will pass)."""
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}, **(extra or {})}
-    return JSONResponse(status_code=status, content=body)
+    headers = None if retry_after is None else {"Retry-After": str(retry_after)}
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 def describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -109,11 +109,10 @@ def too_large(big: TooLarge, param: str) -> JSONResponse:
 def gate_busy(gate: Gate) -> JSONResponse:
     """503 with Retry-After: the gate's queue is full (server config gate_queue_max)."""
     wait = gate.retry_after_s()
-    resp = error_response(
+    return error_response(
         503,
         f"the safety gate is busy ({gate.queue_max} requests waiting, server config "
         f"gate_queue_max); nothing was run, retry after {wait} s",
         kind="server_busy",
+        retry_after=wait,
     )
-    resp.headers["Retry-After"] = str(wait)
-    return resp
