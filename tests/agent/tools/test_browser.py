@@ -333,3 +333,39 @@ def test_the_proxy_only_connects_to_the_allowlist(servers):
         assert answer.startswith(b"HTTP/1.1 200") and b"Hello so8t" in answer
         assert proxy.blocked == [bad_hp, f"{bad.url}/x"]
     assert hits == []
+
+
+def test_the_watchdog_says_it_stopped_chromium_before_chromium_dies(tmp_path, monkeypatch):
+    """Regression (CI, 2026-12-05): the browsing thread saw Playwright fail ("Target page ... has been
+    closed") before the watchdog's Timer marked itself finished, and reported a plain read failure
+    instead of the time limit. The flag must be up before the first kill signal is sent."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from so8t.agent.tools import browser
+
+    profile = str(tmp_path / "profile")
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--user-data-dir={profile}"])
+    cmdline = Path(f"/proc/{victim.pid}/cmdline")
+    for _ in range(500):  # right after exec the kernel may still show an empty command line
+        if f"--user-data-dir={profile}".encode() in cmdline.read_bytes().split(b"\0"):
+            break
+        time.sleep(0.01)
+    killed = threading.Event()
+    flag_at_kill: list[bool] = []
+    real_kill = browser.os.kill
+
+    def spy(pid: int, sig: int) -> None:
+        flag_at_kill.append(killed.is_set())
+        real_kill(pid, sig)
+
+    monkeypatch.setattr(browser.os, "kill", spy)
+    try:
+        browser._kill_chromium(profile, killed)
+        assert victim.wait(timeout=10) != 0  # it was the one killed
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert flag_at_kill and all(flag_at_kill)

@@ -394,10 +394,15 @@ def _page_blocks(proxy_blocked: list[str], requested: list[str]) -> list[str]:
     return [b for b in proxy_blocked if b in wanted or b in origins]
 
 
-def _kill_chromium(profile: str) -> None:
+def _kill_chromium(profile: str, killed: threading.Event) -> None:
     """Last resort against a page that keeps the renderer busy (``while (true) {}``): Playwright's
     evaluate() and title() have no timeout. Kill the Chromium processes started with this call's
-    own temporary profile -- ours and nobody else's."""
+    own temporary profile -- ours and nobody else's.
+
+    ``killed`` is set *before* the first kill: the browsing thread sees Playwright fail the moment
+    Chromium dies, and must already know why (a Timer's own ``finished`` flag is set only after this
+    function returns, too late)."""
+    killed.set()
     marker = f"--user-data-dir={profile}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -426,7 +431,8 @@ def _browse(
     deadline = time.monotonic() + timeout_s
     profile = tempfile.mkdtemp(prefix="so8t-chromium-")
     # started once Chromium is up: navigation and screenshot each have timeout_s; past both (+ slack) we kill it
-    watchdog = threading.Timer(2 * timeout_s + 5, _kill_chromium, args=(profile,))
+    killed = threading.Event()
+    watchdog = threading.Timer(2 * timeout_s + 5, _kill_chromium, args=(profile, killed))
     watchdog.daemon = True
     try:
         with _Proxy(rules, timeout_s) as proxy, sync_playwright() as pw:
@@ -499,7 +505,7 @@ def _browse(
                 shot = screenshot_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.png"
                 page.screenshot(path=str(shot))
             except PlaywrightError as exc:
-                if watchdog.finished.is_set():
+                if killed.is_set():
                     raise ToolError(
                         f"browser.open: {url} kept the browser busy past the time limit; Chromium was stopped"
                     ) from None
