@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 from so8t import __version__
 
@@ -713,14 +713,18 @@ def _teacher_client_args(p: argparse.ArgumentParser, *, temperature: str) -> Non
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="so8t", description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM."
-    )
-    parser.add_argument("--version", action="version", version=f"so8t {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from so8t.train.presets import DEFAULT_PRESET, PRESETS
+# what add_subparsers() returns: each _add_*_command(s) function adds its command(s) to it
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
+
+def _state_args(q: argparse.ArgumentParser) -> None:
+    """Where a command finds the server's state: its config, with overrides."""
+    q.add_argument("--config", help="the server's YAML config (where the approvals database and audit log are)")
+    q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+
+
+def _add_model_commands(sub: _Commands) -> None:
+    """so8t model info."""
     model = sub.add_parser("model", help="inspect base models").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )
@@ -731,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_model_info)
 
+
+def _add_data_commands(sub: _Commands) -> None:
+    """so8t data validate | stats | import | split."""
     data = sub.add_parser("data", help="validate, inspect and import datasets").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )
@@ -780,6 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace existing split files")
     p.set_defaults(func=cmd_data_split)
+
+
+def _add_distill_command(sub: _Commands) -> None:
+    """so8t distill: a teacher labels prompts."""
     p = sub.add_parser(
         "distill",
         help="label prompts with a teacher model behind an OpenAI-compatible endpoint: "
@@ -810,6 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_client_args(p, temperature="default 0 for one sample, 0.7 for several")
     p.set_defaults(func=cmd_distill)
 
+
+def _add_policy_commands(sub: _Commands) -> None:
+    """so8t policy check | cases."""
     pol = sub.add_parser("policy", help="a written policy (YAML rules) as training cases").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )
@@ -843,6 +857,11 @@ def build_parser() -> argparse.ArgumentParser:
     _teacher_client_args(q, temperature="for writing new prompts (default 0.8; labels are asked at 0)")
     q.set_defaults(func=cmd_policy_cases)
 
+
+def _add_train_command(sub: _Commands) -> None:
+    """so8t train."""
+    from so8t.train.presets import DEFAULT_PRESET, PRESETS
+
     p = sub.add_parser(
         "train",
         help=f"train the safety head + LoRA (default: the {DEFAULT_PRESET} preset)",
@@ -871,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+
+def _add_eval_command(sub: _Commands) -> None:
+    """so8t eval."""
     p = sub.add_parser(
         "eval",
         help="KPIs, baselines, calibration, latency and plots for a trained run",
@@ -898,6 +920,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per phase only)")
     p.set_defaults(func=cmd_eval)
 
+
+def _add_calibrate_command(sub: _Commands) -> None:
+    """so8t calibrate."""
     p = sub.add_parser(
         "calibrate",
         help="propose decision thresholds from labelled dev data; --apply stores them in "
@@ -929,9 +954,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (phase lines only)")
     p.set_defaults(func=cmd_calibrate)
 
-    from so8t.config import ServerConfig
 
-    server_defaults = ServerConfig()
+def _add_export_command(sub: _Commands) -> None:
+    """so8t export."""
     p = sub.add_parser(
         "export",
         help="the fine-tuned LLM for other runtimes: merged safetensors, the head, GGUF, "
@@ -953,6 +978,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
+
+def _add_serve_commands(sub: _Commands) -> None:
+    """so8t serve | chat | demo | llm-serve: running a trained run."""
+    from so8t.config import ServerConfig
+
+    server_defaults = ServerConfig()
     p = sub.add_parser(
         "serve",
         help="the gated agent server: OpenAI-compatible chat, gate, approvals page, audit",
@@ -988,15 +1019,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="so8t-local", help="the model name the server reports (default: %(default)s)")
     p.set_defaults(func=cmd_llm_serve)
 
-    def state_args(q):
-        q.add_argument("--config", help="the server's YAML config (where the approvals database and audit log are)")
-        q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
 
+def _add_approvals_commands(sub: _Commands) -> None:
+    """so8t approvals list | show | approve | reject."""
     ap = sub.add_parser("approvals", help="list, show, approve or reject escalated requests").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )
     q = ap.add_parser("list", help="newest first")
-    state_args(q)
+    _state_args(q)
     q.add_argument(
         "--status",
         choices=_FromCode("so8t.agent.approvals", lambda m: [s.value for s in m.Status]),
@@ -1006,22 +1036,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=50)
     q.set_defaults(func=cmd_approvals_list)
     q = ap.add_parser("show", help="one request with its gate decision and result, as indented JSON")
-    state_args(q)
+    _state_args(q)
     q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
     q.set_defaults(func=cmd_approvals_show)
     q = ap.add_parser("approve", help="approve: the server then runs it once, exactly as approved")
-    state_args(q)
+    _state_args(q)
     q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.add_argument("--note")
     q.set_defaults(func=cmd_approvals_approve)
     q = ap.add_parser("reject", help="reject with a reason")
-    state_args(q)
+    _state_args(q)
     q.add_argument("id", help="the approval id, or a unique prefix of at least 8 characters (the page shows 12)")
     q.add_argument("--reason", required=True)
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.set_defaults(func=cmd_approvals_reject)
 
+
+def _add_audit_commands(sub: _Commands) -> None:
+    """so8t audit verify | tail."""
     au = sub.add_parser("audit", help="verify or read the hash-chained audit log").add_subparsers(
         dest="sub", metavar="SUBCOMMAND", required=True
     )
@@ -1030,7 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check the chain; names every edited, deleted, inserted or reordered record "
         "(exit 1 when tampered; SO8T_AUDIT_KEY for an HMAC-keyed log)",
     )
-    state_args(q)
+    _state_args(q)
     q.add_argument(
         "path",
         nargs="?",
@@ -1038,11 +1071,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_audit_verify)
     q = au.add_parser("tail", help="the last records, one line each")
-    state_args(q)
+    _state_args(q)
     q.add_argument("path", nargs="?", help="a JSONL file or a database URL (default: as for verify)")
     q.add_argument("-n", type=int, default=20)
     q.set_defaults(func=cmd_audit_tail)
 
+
+def _add_autonomy_commands(sub: _Commands) -> None:
+    """so8t autonomy report | set."""
     at = sub.add_parser(
         "autonomy", help="staged autonomy per tool action: what people decided, proposals, levels"
     ).add_subparsers(dest="sub", metavar="SUBCOMMAND", required=True)
@@ -1051,7 +1087,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per tool action: its level, how many gate-ALLOWed calls people approved, edited "
         "or rejected since it was last set, and proposed promotions / demotions",
     )
-    state_args(q)
+    _state_args(q)
     q.add_argument(
         "--min-approvals",
         type=int,
@@ -1061,12 +1097,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="the report as JSON")
     q.set_defaults(func=cmd_autonomy_report)
     q = at.add_parser("set", help="record a level for one tool action (audited; a running server applies it)")
-    state_args(q)
+    _state_args(q)
     q.add_argument("domain", help="a configured tool action, e.g. mail.send")
     q.add_argument("level", help="ask (every allowed call waits for a person) or auto (allowed calls run)")
     q.add_argument("--by", default=os.environ.get("USER", "operator"))
     q.add_argument("--reason", help="why (kept in the audit log)")
     q.set_defaults(func=cmd_autonomy_set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="so8t", description="A trained ALLOW / ESCALATE / REFUSE safety gate on an unmodified LLM."
+    )
+    parser.add_argument("--version", action="version", version=f"so8t {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_model_commands(sub)
+    _add_data_commands(sub)
+    _add_distill_command(sub)
+    _add_policy_commands(sub)
+    _add_train_command(sub)
+    _add_eval_command(sub)
+    _add_calibrate_command(sub)
+    _add_export_command(sub)
+    _add_serve_commands(sub)
+    _add_approvals_commands(sub)
+    _add_audit_commands(sub)
+    _add_autonomy_commands(sub)
     return parser
 
 
