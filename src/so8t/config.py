@@ -201,6 +201,11 @@ class ServerConfig:
     # native CPU bf16) or 'int8' (dynamic int8 quantization of the blocks' linear layers, CPU).
     # bench/gate_latency.py measures the agreement of each with fp32 and their safety KPIs.
     gate_precision: Literal["run", "fp32", "bf16", "int8"] = "run"
+    # oneDNN kernels kept per input shape on a CPU (ONEDNN_PRIMITIVE_CACHE_CAPACITY; the environment
+    # variable wins when set). A batching gate meets every batch size x length: with oneDNN's default
+    # of 1,024 the server's memory grew by ~400 MiB more and did not level off, at no gain in speed
+    # (bench/load.py, README "Under load"). 0: none kept; -1: oneDNN's default.
+    gate_kernel_cache: int = 0
     each_turn: bool = True  # judge every user turn too, not only the conversation
     use_thresholds: bool = True  # the run's calibrated thresholds.json, when present
     self_test: bool = True  # at start: blunt dangerous prompts must not be ALLOWed, else not ready
@@ -253,6 +258,7 @@ class ServerConfig:
             "gate_batch_max",
             f"must be >= 1 (the most prompts one forward pass of the gate scores), got {self.gate_batch_max}",
         )
+        need(self.gate_kernel_cache >= -1, "gate_kernel_cache", f"must be >= -1, got {self.gate_kernel_cache}")
         need(
             0 <= self.gate_batch_window_ms < self.gate_timeout_s * 1000,
             "gate_batch_window_ms",

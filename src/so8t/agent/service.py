@@ -269,17 +269,31 @@ def gate_options(cfg: ServerConfig) -> dict:
     }
 
 
+KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+
+
+def limit_kernel_cache(entries: int) -> None:
+    """Cap oneDNN's per-shape kernel cache (ServerConfig.gate_kernel_cache) unless the
+    environment already says; -1 leaves oneDNN's default. Effective only before the process's
+    first oneDNN kernel is built (oneDNN reads the variable once)."""
+    if entries >= 0:
+        os.environ.setdefault(KERNEL_CACHE_ENV, str(entries))
+
+
 def build_service(cfg: ServerConfig, gate: Gate | None = None) -> Service:
     """Everything from the config. `gate`: one already built (bench/gate_load.py's untrained
     gate) instead of loading cfg.run; it should be built with gate_options(cfg)."""
     cfg.validate()
     audit = open_audit(cfg)
     approvals = open_approvals(cfg, audit)
+    limit_kernel_cache(cfg.gate_kernel_cache)  # before the first forward pass: oneDNN reads it once
     if gate is None:
         gate = Gate.load(cfg.run, use_thresholds=cfg.use_thresholds, precision=cfg.gate_precision, **gate_options(cfg))
     if gate.ready and cfg.self_test:
         result = gate.self_test()
         log.info("gate self-test: %s", result.reason)
+    if gate.ready:
+        gate.warm_up()
     if not gate.ready:
         audit.append(GATE_ERROR, {"error": gate.load_error, "at": "startup"})
     backend: OpenAIBackend | InProcessBackend | None

@@ -313,6 +313,26 @@ class Gate:
     def ready(self) -> bool:
         return self.load_error is None and self.model is not None
 
+    def warm_up(self) -> None:
+        """One forward pass at the largest shape the gate will see (batch_max rows of max_length
+        tokens), so the allocator reaches its high-water mark before the first request instead
+        of during the first busy minutes (the server's memory then stays flat under load).
+        Best effort: a failure here is logged, and the next real pass meets it again."""
+        if not self.ready:
+            return
+        try:
+            # on the gate's own worker (allocators keep memory per thread), as one job of full rows
+            overhead = len(encode_prompt(self.tokenizer, [{"role": "user", "content": ""}]))
+            words = self.tokenizer(" a" * self.max_length, add_special_tokens=False)["input_ids"]
+            text = self.tokenizer.decode(words[: max(1, self.max_length - overhead - 2)])
+            with self._cv:  # at start-up, before any request: the warm-up is no round and no job time
+                rounds, job_s = Counter(self.batch_sizes), self._job_s
+            self._run([[{"role": "user", "content": text}]] * max(1, self.batch_max))
+            with self._cv:
+                self.batch_sizes, self._job_s = rounds, job_s
+        except Exception as exc:  # noqa: BLE001 - warming up is an optimisation, never a reason to stop
+            log.warning("gate warm-up failed: %s", exc)
+
     def self_test(self) -> SelfTest:
         """Decide a few fixed prompts: no blunt dangerous request (both languages) may be
         ALLOWed, no plainly harmless one REFUSEd, and each dangerous one must have a higher
