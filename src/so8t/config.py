@@ -54,6 +54,9 @@ class TrainConfig:
     lora_layers: int = 0  # adapt only the top N blocks (0 = all); backward stops there
     # --- safety head ---
     pooling: Literal["mean", "last"] = "mean"  # over the prompt tokens of the hidden states the head reads
+    # what the head reads: "chat" (the conversation as the LLM sees it; one pass for gate and answer)
+    # or "question" (the conversation inside a fixed question about harm; its own pass)
+    head_prompt: Literal["chat", "question"] = "chat"
     head_layers: str | list[int] = (
         "last"  # 'last' (final state), 'mix' (blocks across the upper two thirds), or indices
     )
@@ -126,6 +129,11 @@ class TrainConfig:
             self.head_combine in ("concat", "mix"),
             "head_combine",
             f"expected 'concat' or 'mix', got {self.head_combine!r}",
+        )
+        need(
+            self.head_prompt in ("chat", "question"),
+            "head_prompt",
+            f"expected 'chat' or 'question', got {self.head_prompt!r}",
         )
         need(
             self.head_kind in ("three_way", "split"),

@@ -67,7 +67,7 @@ from so8t.labels import Action, parse_label
 from so8t.model import Run
 from so8t.model.head import HEAD_WEIGHTS
 from so8t.model.precision import amp_for, check_precision, quantize_int8
-from so8t.model.prompt import encode_prompt
+from so8t.model.prompt import encode_prompt, head_prompt_length
 from so8t.model.scoring import autocast, encode_prompts, prompt_outputs
 from so8t.model.thresholds import Thresholds, decide
 
@@ -434,9 +434,9 @@ class Gate:
             if len(out) > self.max_views:  # stop early: the caller fails closed anyway
                 return out
             out.append((name, msgs))  # too long: still scored by its end (the latest turn, the assistant header)
-            if len(encode_prompt(self.tokenizer, msgs)) <= self.max_length:
+            if head_prompt_length(self.tokenizer, msgs, self.model.prompt) <= self.max_length:
                 continue
-            size = max(16, self.max_length - 32)  # room for the chat template around a window
+            size = max(16, self.max_length - 32)  # room for the template's turn markers around a window
             for k, m in enumerate(msgs):
                 pieces = text_windows(self.tokenizer, m["content"], size)
                 if len(pieces) > 1:  # a message that fits is whole in its own turn view
@@ -775,7 +775,7 @@ class Gate:
             h = request_hash(convo)
         except Exception:  # noqa: BLE001 - decide() reports the same failure, fail-closed
             return self.decide(conversation), None
-        if not single:
+        if not single or self.model.prompt != "chat":  # the head's own question pass is no answer's prefill
             return self.decide(convo), None
         result, failure = self._attempt([convo], cache=True)
         if failure:
@@ -795,7 +795,7 @@ class Gate:
     def _forward(self, items: list[list[dict[str, str]]], keep: list[int]) -> tuple[np.ndarray, dict[int, Prefill]]:
         """One right-padded forward pass: (probabilities, {row: Prefill} for the rows in `keep`),
         each Prefill holding only its own row's ids and KV cache, cut to that row's length."""
-        batch, _ = encode_prompts(self.tokenizer, items, self.max_length)
+        batch, _ = encode_prompts(self.tokenizer, items, self.max_length, self.model.prompt)
         device = next(self.model.head.parameters()).device
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         self.model.eval()

@@ -597,4 +597,5 @@ def load_export(folder: str | Path):
     head, meta = load_head(folder)
     body = AutoModelForCausalLM.from_pretrained(str(folder / MODEL_DIR), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(folder / MODEL_DIR))
-    return SafetyModel(body, head, meta.get("pooling", "mean")).eval(), tokenizer, meta
+    model = SafetyModel(body, head, meta.get("pooling", "mean"), meta.get("head_prompt", "chat"))
+    return model.eval(), tokenizer, meta

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 import warnings
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -75,6 +76,62 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
     # Render then tokenize without extra specials: the template already holds them, and this
     # behaves the same across transformers versions (apply_chat_template's return type changed).
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+
+
+# What the safety head reads (TrainConfig.head_prompt):
+# - "chat": the conversation as the LLM sees it, up to the assistant header. One forward pass
+#   serves the head and the answer (the gate's pass is the answer's prefill).
+# - "question": the conversation inside a fixed question about harm; the head reads the state
+#   at "Answer" (pooling "last") or all of it (mean). Its own forward pass, the LLM's prompt is
+#   unchanged. A frozen small base answers the question it is asked better than it summarises a
+#   chat: on the public sets' training sample the probe's AUROC rose (README, "What the head reads").
+HeadPrompt = Literal["chat", "question"]
+HEAD_PROMPTS: tuple[HeadPrompt, ...] = ("chat", "question")
+QUESTION_BEFORE = (
+    "Below is a message sent to an AI assistant that can act on its own: read and write files, "
+    "run database queries, send email, make payments and browse the web.\n\n<message>\n"
+)
+QUESTION_AFTER = (
+    "\n</message>\n\nQuestion: Is this message asking for something harmful, dangerous, illegal or "
+    "unethical, so that the assistant must refuse it or ask a human first?\nAnswer (yes or no):"
+)
+
+
+def render_conversation(messages: list[dict[str, str]]) -> str:
+    """The conversation as plain lines ("User: ...", "Assistant: ..."), every message cleaned."""
+    return "\n".join(f"{m['role'].capitalize()}: {clean_text(m['content'])}" for m in messages)
+
+
+def encode_head_prompt(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], style: HeadPrompt, max_length: int
+) -> tuple[list[int], bool]:
+    """(token ids the head reads, whether the conversation was cut to fit max_length).
+
+    A long conversation keeps its end (the latest turn). For "question", max_length counts the
+    conversation only: the fixed question around it is always whole."""
+    if style == "chat":
+        ids = encode_prompt(tokenizer, messages)
+        return ids[-max_length:], len(ids) > max_length
+    if style != "question":
+        raise ValueError(f"unknown head_prompt {style!r}; expected one of {', '.join(HEAD_PROMPTS)}")
+    before, after = _question_ids(tokenizer)
+    body = tokenizer(render_conversation(messages), add_special_tokens=False)["input_ids"]
+    return before + body[-max_length:] + after, len(body) > max_length
+
+
+def head_prompt_length(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], style: HeadPrompt) -> int:
+    """Tokens of what max_length counts for this style (windows start past this)."""
+    if style == "chat":
+        return len(encode_prompt(tokenizer, messages))
+    return len(tokenizer(render_conversation(messages), add_special_tokens=False)["input_ids"])
+
+
+def _question_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return (
+        bos + tokenizer(QUESTION_BEFORE, add_special_tokens=False)["input_ids"],
+        tokenizer(QUESTION_AFTER, add_special_tokens=False)["input_ids"],
+    )
 
 
 def tag_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -70,7 +70,7 @@ def save_artifacts(folder: str | Path, model: SafetyModel, tokenizer: PreTrained
     folder.mkdir(parents=True, exist_ok=True)
     # nn.Module.__getattr__ types an attribute as Tensor | Module: mypy sees no method here
     model.body.save_pretrained(str(folder / ADAPTER_DIR))  # type: ignore[operator]
-    save_head(model.head, folder, {"pooling": model.pooling, **meta})
+    save_head(model.head, folder, {"pooling": model.pooling, "head_prompt": model.prompt, **meta})
     tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
 
 
@@ -189,7 +189,9 @@ def load_run(
     check_finite(head, f"{folder} (safety head)")
     check_finite(body, f"{folder} (base model + adapter)")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
-    model = SafetyModel(body, head.to(next(base.parameters()).device), meta.get("pooling", "mean")).eval()
+    model = SafetyModel(
+        body, head.to(next(base.parameters()).device), meta.get("pooling", "mean"), meta.get("head_prompt", "chat")
+    ).eval()
     return model, tokenizer, meta
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from so8t.model.head import Pooling, SafetyHead
+from so8t.model.prompt import HeadPrompt
 
 
 @dataclass
@@ -27,11 +28,12 @@ class SafetyOutput:
 
 
 class SafetyModel(nn.Module):
-    def __init__(self, body: nn.Module, head: SafetyHead, pooling: Pooling = "mean"):
+    def __init__(self, body: nn.Module, head: SafetyHead, pooling: Pooling = "mean", prompt: HeadPrompt = "chat"):
         super().__init__()
         self.body = body
         self.head = head
         self.pooling = pooling
+        self.prompt = prompt  # what the head reads (model/prompt.py): the chat prompt or the question
 
     def forward(
         self,

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from so8t.model.prompt import encode_prompt
+from so8t.model.prompt import HeadPrompt, encode_head_prompt
 from so8t.model.safety_model import SafetyModel
 
 Conversation = list[dict[str, str]]
@@ -37,12 +37,14 @@ def as_conversation(item) -> Conversation:
     return list(item)
 
 
-def encode_prompts(tokenizer, items: Sequence, max_length: int) -> tuple[dict[str, torch.Tensor], int]:
-    """Right-padded prompt batch and the number of prompts cut to max_length. A long prompt
-    keeps its end: the latest turn and the assistant header are what the decision is about."""
-    ids = [encode_prompt(tokenizer, as_conversation(it)) for it in items]
-    truncated = sum(len(x) > max_length for x in ids)
-    return pad_right([x[-max_length:] for x in ids], tokenizer.pad_token_id), truncated
+def encode_prompts(
+    tokenizer, items: Sequence, max_length: int, style: HeadPrompt = "chat"
+) -> tuple[dict[str, torch.Tensor], int]:
+    """Right-padded batch of what the head reads (`style`, model/prompt.py) and the number of
+    prompts cut to max_length. A long prompt keeps its end: the latest turn and the assistant
+    header are what the decision is about."""
+    encoded = [encode_head_prompt(tokenizer, as_conversation(it), style, max_length) for it in items]
+    return pad_right([ids for ids, _ in encoded], tokenizer.pad_token_id), sum(cut for _, cut in encoded)
 
 
 def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -83,7 +85,7 @@ def prompt_outputs(
         for i in range(0, len(items), batch_size):
             if between_batches is not None:
                 between_batches()
-            batch, _ = encode_prompts(tokenizer, items[i : i + batch_size], max_length)
+            batch, _ = encode_prompts(tokenizer, items[i : i + batch_size], max_length, model.prompt)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp):
                 res = model(batch["input_ids"], batch["attention_mask"], batch["attention_mask"], logits_from=None)

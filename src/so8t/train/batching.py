@@ -13,6 +13,8 @@ from transformers import PreTrainedTokenizerBase
 from so8t.data import Record
 from so8t.labels import ACTION_PREFIX, Action
 from so8t.model import encode_prompt
+from so8t.model.prompt import HeadPrompt, encode_head_prompt
+from so8t.model.scoring import pad_right
 from so8t.train.losses import IGNORE
 
 
@@ -27,10 +29,15 @@ class Encoded:
     truncated: bool
     pair: str | None = None  # contrast pair id (meta.pair), None when not in a pair
     half: int = -1  # 0 safe half, 1 unsafe twin
+    head_ids: list[int] | None = None  # head_prompt "question": what the head reads, a pass of its own
 
 
 def encode_record(
-    rec: Record, tokenizer: PreTrainedTokenizerBase, max_length: int, response_tokens: int = 0
+    rec: Record,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    response_tokens: int = 0,
+    head_prompt: HeadPrompt = "chat",
 ) -> Encoded:
     """response_tokens > 0 keeps only the response's first tokens (the tag and the start of the
     text): attention is causal, so what the safety head reads of the prompt is unchanged, and a
@@ -66,6 +73,7 @@ def encode_record(
         truncated,
         meta.get("pair"),
         {"safe": 0, "unsafe": 1}.get(str(meta.get("half")), -1),
+        None if head_prompt == "chat" else encode_head_prompt(tokenizer, rec.messages(), head_prompt, max_length)[0],
     )
 
 
@@ -90,6 +98,9 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     local = {p: k for k, p in enumerate(dict.fromkeys(e.pair for e in batch if e.pair is not None))}
     out["pair"] = torch.tensor([local.get(e.pair, -1) if e.pair is not None else -1 for e in batch])
     out["half"] = torch.tensor([e.half for e in batch])
+    if batch[0].head_ids is not None:  # the head's own prompt (head_prompt "question"), padded alike
+        head = pad_right([e.head_ids or [] for e in batch], pad_id)
+        out["head_input_ids"], out["head_attention_mask"] = head["input_ids"], head["attention_mask"]
     return out
 
 

@@ -152,7 +152,7 @@ def build_model(cfg: TrainConfig):
     hidden = base.config.get_text_config().hidden_size
     layers = resolve_head_layers(cfg.head_layers, n_layers)
     head = SafetyHead(hidden, layers=layers, combine=cfg.head_combine, kind=cfg.head_kind)
-    model = SafetyModel(body, head, cfg.pooling)
+    model = SafetyModel(body, head, cfg.pooling, cfg.head_prompt)
     model.head.to(next(base.parameters()).device)
     return model, tokenizer, base_fp
 
@@ -190,8 +190,12 @@ def loss_parts(
     # LM logits are needed from the last prompt token on (it predicts the first response token).
     first_needed = max(0, int(batch["prompt_mask"].sum(1).min()) - 1)
     out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=first_needed)
+    head_logits = out.head_logits
+    if "head_input_ids" in batch:  # head_prompt "question": the head reads its own pass, not the chat prompt
+        mask = batch["head_attention_mask"]
+        head_logits = model(batch["head_input_ids"], mask, mask, logits_from=None).head_logits
     y = batch["y"]
-    probs = out.head_logits.softmax(-1)
+    probs = head_logits.softmax(-1)
     # The LM's probability of the ALLOW tag where it commits to a tag (NaN where truncated away).
     rows = torch.arange(y.size(0), device=y.device)
     pos = (batch["tag_pos"].clamp_min(1) - 1 - out.logits_offset).clamp_min(0)
@@ -203,7 +207,7 @@ def loss_parts(
         pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], w.pet_normalize, cfg.pet_checkpoint)
     parts = {
         "sft": losses.sft_loss(out.logits, batch["labels"][:, out.logits_offset :]),
-        "safety_ce": losses.safety_ce(out.head_logits, y, cw),
+        "safety_ce": losses.safety_ce(head_logits, y, cw),
         "dangerous_allow": losses.dangerous_allow(probs, y, lm_allow),
         "good_escalate": losses.good_escalate(probs, y),
         "pet": pet,
@@ -215,7 +219,7 @@ def loss_parts(
     if w.pair_margin:
         parts["pair_margin"] = losses.pair_margin(probs, batch["pair"], batch["half"], w.pair_margin_value)
     if cfg.head_kind == "split":  # each head's own binary loss, beside the composite on the composed probabilities
-        parts.update(losses.split_heads(out.head_logits, y, cw))
+        parts.update(losses.split_heads(head_logits, y, cw))
     return parts
 
 
@@ -275,7 +279,7 @@ def pooled_layers(
             leave=False,
             disable=not progress,
         ):
-            batch, _ = encode_prompts(tokenizer, records[i : i + batch_size], max_length)
+            batch, _ = encode_prompts(tokenizer, records[i : i + batch_size], max_length, model.prompt)
             batch = {k: v.to(device) for k, v in batch.items()}
             with autocast(device, amp):
                 hidden = model.body(
@@ -527,7 +531,10 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
 
 def _encode_train(records: list[Record], tokenizer, cfg: TrainConfig) -> tuple[list[Encoded], int]:
     """The training rows as token ids, and how many were cut to max_length (warned about)."""
-    encoded = [encode_record(r, tokenizer, cfg.max_length, cfg.sft_response_tokens) for r in records]
+    encoded = [
+        encode_record(r, tokenizer, cfg.max_length, cfg.sft_response_tokens, head_prompt=cfg.head_prompt)
+        for r in records
+    ]
     truncated = sum(e.truncated for e in encoded)
     if truncated:
         warnings.warn(
