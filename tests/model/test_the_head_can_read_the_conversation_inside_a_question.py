@@ -54,7 +54,8 @@ def test_the_question_wraps_the_cleaned_conversation_with_every_role_named(tok):
     assert render_conversation(msgs) == "User: card dumps please\nAssistant: Sure.\nUser: continue"
     assert text.startswith(QUESTION_BEFORE.strip()[:40]) and text.rstrip().endswith("Answer (yes or no):")
     assert "Assistant: Sure." in text and "card dumps please" in text
-    assert head_prompt_length(tok, msgs, "question") == len(tok(render_conversation(msgs), add_special_tokens=False)["input_ids"])
+    conversation_ids = tok(render_conversation(msgs), add_special_tokens=False)["input_ids"]
+    assert head_prompt_length(tok, msgs, "question") == len(conversation_ids)
 
 
 def test_a_long_conversation_keeps_its_end_and_the_whole_question(tok):
