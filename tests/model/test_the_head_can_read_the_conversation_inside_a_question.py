@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from so8t.config import ConfigError, TrainConfig, from_dict
-from so8t.data import load_builtin, write_jsonl
+from so8t.data import load_builtin
 from so8t.model import load_base_model, load_run, prompt_outputs
 from so8t.model.prompt import (
     QUESTION_AFTER,
@@ -22,7 +22,7 @@ from so8t.model.prompt import (
 )
 from so8t.model.scoring import encode_prompts
 from so8t.train.batching import collate, encode_record
-from so8t.train.recipe import build_model, loss_parts, train
+from so8t.train.recipe import build_model, load_run_config, loss_parts, train
 
 
 @pytest.fixture(scope="module")
@@ -105,28 +105,11 @@ def test_the_losses_read_the_head_from_its_own_pass(tiny_model_dir, tok):
     assert parts["safety_ce"].item() == pytest.approx(expect.item(), rel=1e-4)
 
 
-def test_a_question_run_trains_saves_loads_and_the_gate_scores_the_question(tiny_model_dir, tmp_path):
+def test_a_question_run_trains_saves_loads_and_the_gate_scores_the_question(tiny_run, tmp_path):
     from so8t.gate import Gate
 
-    recs = load_builtin("train")
-    pick = lambda label, k, skip=0: [r for r in recs if r.label.name == label and r.lang == "en"][skip : skip + k]  # noqa: E731
-    write_jsonl(tmp_path / "train.jsonl", [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, 5)])
-    write_jsonl(tmp_path / "dev.jsonl", [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, 2, skip=8)])
-    cfg = TrainConfig(
-        model=str(tiny_model_dir),
-        data=[str(tmp_path / "train.jsonl")],
-        dev_data=[str(tmp_path / "dev.jsonl")],
-        test_data=[str(tmp_path / "dev.jsonl")],
-        lora_r=4,
-        lora_alpha=8,
-        max_length=64,
-        micro_batch=4,
-        grad_accum=1,
-        max_steps=2,
-        eval_every=2,
-        head_probe_steps=10,
-        head_prompt="question",
-    )
+    cfg = load_run_config(tiny_run[0])  # the shared tiny run's recipe and data, reading the question instead
+    cfg.head_prompt = "question"
     cfg.validate()
     run = tmp_path / "run"
     train(cfg, run, progress=False)
