@@ -7,7 +7,7 @@ Two kinds, both giving ENOSPC from the kernel (no mock):
   says ENOSPC, then small ``test.disk_filler`` records until the log's last page is full too (a
   file's allocated page takes writes after the disk is full); ``free()`` deletes the filler file.
 * ``dev_full``: always available. The log file is a symlink to ``/dev/full`` while full (every
-  write fails with ENOSPC); ``fill()`` moves the real file aside and puts the link in its place,
+  write fails with ENOSPC); ``fill()`` swaps the link in over the real file in one rename,
   ``free()`` puts the real file back. Probes written next to the log still succeed: only the log
   itself is full.
 """
@@ -56,18 +56,26 @@ class FullFilesystem:
                 except AuditError:
                     pass
         else:
+            # Swapped in one rename: the server's threads keep appending while the test fills the
+            # store, and a moment with no file at the log's path lets one of them create a fresh log
+            # there (the symlink then failed with EEXIST in CI). A hard link keeps the real records.
+            link = self.folder / f".{self.log.name}.full"
+            link.unlink(missing_ok=True)
+            os.symlink("/dev/full", link)
             if self.log.exists() and not self.log.is_symlink():
-                os.replace(self.log, self._aside)
-            os.symlink("/dev/full", self.log)
+                self._aside.unlink(missing_ok=True)
+                os.link(self.log, self._aside)
+            os.replace(link, self.log)
         self.full = True
 
     def free(self) -> None:
         if self.kind == "tmpfs":
             self._filler.unlink(missing_ok=True)
         else:
-            self.log.unlink()
             if self._aside.exists():
-                os.replace(self._aside, self.log)
+                os.replace(self._aside, self.log)  # one rename over the link: no moment without a log
+            else:
+                self.log.unlink()
         self.full = False
 
 
