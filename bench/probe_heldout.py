@@ -73,6 +73,15 @@ def main() -> None:
         "(class-balanced sample, composite head loss) with this preset's settings (cpu-quick)",
     )
     ap.add_argument(
+        "--head-layers",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="I",
+        help="the hidden-state indices the --head reads (default: what head_layers: mix reads); "
+        "each must be a mix block or the final state, whose features are cached",
+    )
+    ap.add_argument(
         "--head-set",
         nargs="*",
         default=[],
@@ -122,6 +131,9 @@ def main() -> None:
     depth = model.config.get_text_config().num_hidden_layers
     mix = resolve_head_layers("mix", depth)
     layers = sorted(set(mix) | {depth})
+    head_layers = tuple(args.head_layers) or mix
+    if not set(head_layers) <= set(layers):
+        raise SystemExit(f"--head-layers {list(head_layers)}: only {layers} are computed (the mix and the final state)")
 
     @torch.no_grad()
     def features(records, name: str) -> dict[int, torch.Tensor]:
@@ -165,7 +177,8 @@ def main() -> None:
         named = {("final" if k == depth else f"block {k}"): v for k, v in f.items()}
         normed = [torch.nn.functional.layer_norm(f[k], (f[k].size(1),)) for k in mix]
         named["mix"] = torch.stack(normed).mean(0)
-        named["stack"] = torch.stack(normed, 1)  # N x L x H: what the safety head reads
+        # N x L x H: what the safety head reads
+        named["stack"] = torch.stack([torch.nn.functional.layer_norm(f[k], (f[k].size(1),)) for k in head_layers], 1)
         return named
 
     from so8t.data.mix import weigh_sources
@@ -212,7 +225,7 @@ def main() -> None:
         for name, clf in probes.items():
             print(row(name, clf, f[name], recs))
     if args.head:
-        clf = fit_training_head(args.head, args.head_set, [train[i] for i in rows], f_all["stack"][rows], mix)
+        clf = fit_training_head(args.head, args.head_set, [train[i] for i in rows], f_all["stack"][rows], head_layers)
         for spec, recs, f in f_tests:
             print(f"\n{spec} (n={len(recs)}), the {clf.head.kind} safety head fitted as {args.head} fits it\n{header}")
             print(row(f"head ({args.head})", clf, f["stack"], recs))

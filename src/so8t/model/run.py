@@ -74,14 +74,16 @@ def save_artifacts(folder: str | Path, model: SafetyModel, tokenizer: PreTrained
     tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
 
 
-def load_adapter_and_head(folder: str | Path, model: SafetyModel) -> None:
-    """Load weights saved by save_artifacts into an existing SafetyModel (resume, best restore)."""
+def load_adapter_and_head(folder: str | Path, model: SafetyModel, adapter: bool = True) -> None:
+    """Load weights saved by save_artifacts into an existing SafetyModel (resume, best restore);
+    adapter=False loads the head only and leaves the adapter as it is."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    state = load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model.body, state)
+    if adapter:
+        state = load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model.body, state)
     head, _ = load_head(folder)
     model.head.load_state_dict(head.state_dict())
 

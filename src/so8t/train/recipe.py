@@ -157,6 +157,19 @@ def build_model(cfg: TrainConfig):
     return model, tokenizer, base_fp
 
 
+def head_below_adapter(model: SafetyModel, cfg: TrainConfig) -> bool:
+    """True when every hidden state the head reads comes out of a block the adapter does not
+    touch (lora_layers adapts only the top blocks; hidden_states[i] is block i's output). Then
+    the adapter cannot move the head's features: SFT trains the LLM's answers for as many steps
+    as it needs, the head's dev score cannot judge those steps, and the two are chosen apart
+    (the head: its best dev step; the adapter: the last step)."""
+    if not cfg.lora_layers:
+        return False
+    n_layers = model.body.config.get_text_config().num_hidden_layers
+    first_adapted = n_layers - cfg.lora_layers  # hidden_states[first_adapted + 1] is the first it changes
+    return all((i if i >= 0 else n_layers + 1 + i) <= first_adapted for i in model.head.layers)
+
+
 def param_groups(model: SafetyModel, cfg: TrainConfig) -> list[dict]:
     """LoRA (body and task head) at lr, the safety head at head_lr; every trainable parameter in exactly one."""
     head_ids = {id(p) for p in model.head.parameters()}
@@ -443,6 +456,7 @@ class _Training:
     per_step: int  # training rows per optimizer step, over all processes
     truncated: int
     probe: dict | None
+    head_apart: bool  # head_below_adapter: the head and the adapter are chosen apart
     progress: bool
     start: float
     state: TrainState = field(default_factory=TrainState)
@@ -500,6 +514,11 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
     prepared, optimizer, scheduler = _optimize(model, cfg, total_steps, accelerator)
     raw_model: SafetyModel = accelerator.unwrap_model(prepared)
     meta = {"base_model": cfg.model, "base_fingerprint": base_fp, "max_length": cfg.max_length, "amp": cfg.amp}
+    if head_below_adapter(raw_model, cfg) and accelerator.is_main_process:
+        print(
+            f"the head reads hidden states {list(raw_model.head.layers)}, below the adapter (top {cfg.lora_layers} "
+            "blocks): the adapter trains every planned step, the head is kept from its best dev step"
+        )
     t = _Training(
         cfg=cfg,
         out=out,
@@ -522,6 +541,7 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
         per_step=per_step,
         truncated=truncated,
         probe=probe,
+        head_apart=head_below_adapter(raw_model, cfg),
         progress=progress,
         start=start,
     )
@@ -726,7 +746,8 @@ class _DevCheckpoints:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
         else:
             state.bad_evals += 1
-            state.stopped_early = state.bad_evals >= cfg.patience
+            # Apart, the head's dev score says nothing about the adapter's steps: they all run.
+            state.stopped_early = state.bad_evals >= cfg.patience and not t.head_apart
         if not t.main:
             return
         self.evals_log.write(json.dumps({"step": state.step, **dev.as_dict(), "improved": improved}) + "\n")
@@ -752,8 +773,8 @@ def _finish(t: _Training) -> TrainResult:
     """Restore the best checkpoint, choose thresholds on dev (if calibrate), evaluate dev and
     test under them, and write the run. The test split is only read here, once."""
     t.accelerator.wait_for_everyone()
-    if (t.out / BEST).is_dir():
-        load_adapter_and_head(t.out / BEST, t.raw_model)
+    if (t.out / BEST).is_dir():  # apart: the best step's head, the last step's adapter
+        load_adapter_and_head(t.out / BEST, t.raw_model, adapter=not t.head_apart)
     show, mix = t.show, t.mix
     cal = None
     if t.cfg.calibrate:
@@ -776,7 +797,8 @@ def _write_run(
     """The finished run folder: adapter and head, thresholds, final.json, the curves; the
     checkpoints go, and the marker says complete last, once everything else is written."""
     out, state = t.out, t.state
-    save_artifacts(out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step})
+    adapter_step = state.step if t.head_apart else state.best_step
+    save_artifacts(out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step, "adapter_step": adapter_step})
     if cal:
         save_thresholds(out, cal)
         print(
@@ -788,6 +810,7 @@ def _write_run(
         json.dumps(
             {
                 "best_step": state.best_step,
+                "adapter_step": adapter_step,
                 "steps": state.step,
                 "stopped_early": state.stopped_early,
                 "seconds": round(seconds, 1),
