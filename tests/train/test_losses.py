@@ -166,3 +166,17 @@ def test_the_loss_weights_schedule_lambda_pet_as_the_schedule_function_does():
     for p in (0.0, 0.1, 0.2, 0.5, 0.6, 1.0):
         assert w.lambda_pet(p) == lambda_pet(p, b, v)
     assert [losses.LossWeights().lambda_pet(p) for p in (0.0, 0.3, 0.6)] == [lambda_pet(p) for p in (0.0, 0.3, 0.6)]
+
+
+def test_sft_loss_from_the_scored_positions_equals_it_from_the_full_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.full((3, 6), -100)
+    labels[0, 3:] = torch.tensor([1, 2, 3])
+    labels[1, 5] = 4  # one response token
+    # row 2: no response token at all (cut away): it counts for neither
+    targets = labels[:, 1:]
+    scored = targets != -100
+    sparse = losses.sft_loss_at(logits[:, :-1][scored], targets[scored], scored)
+    assert sparse.item() == pytest.approx(losses.sft_loss(logits, labels).item(), rel=1e-6)
+    assert losses.sft_loss_at(logits[:, :-1][scored & False], targets[scored & False], scored & False).item() == 0.0

@@ -35,6 +35,20 @@ class SafetyModel(nn.Module):
         self.pooling = pooling
         self.prompt = prompt  # what the head reads (model/prompt.py): the chat prompt or the question
 
+    def lm_logits(self, final_hidden: torch.Tensor) -> torch.Tensor:
+        """The LM's logits for final hidden states (hidden_states[-1]: after the final norm), as
+        the body's own forward computes them (its output projection, then its logit soft-cap
+        where the config has one). Training projects only the positions it scores: the
+        vocabulary projection is most of a step (Gemma 3: 262k columns), and most positions of
+        a batch are prompt or padding."""
+        body = self.body
+        projection = body.get_output_embeddings()  # type: ignore[operator]  # nn.Module.__getattr__
+        logits = projection(final_hidden)
+        cap = getattr(body.config.get_text_config(), "final_logit_softcapping", None)  # type: ignore[operator]
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -52,6 +52,20 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return per_example[has].mean() if has.any() else logits.new_zeros(()).float()
 
 
+def sft_loss_at(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """sft_loss from the scored positions only: `logits` (N x V) and `targets` (N) are the rows
+    of `scored` (B x T, True where the next token is a response token) in row-major order. The
+    same value as sft_loss on the full logits: mean per example, then over examples."""
+    tok = F.cross_entropy(logits.float(), targets, reduction="none")
+    row = scored.nonzero()[:, 0]
+    count = scored.sum(1).float()
+    per_example = torch.zeros(scored.size(0), device=tok.device, dtype=tok.dtype).index_add(0, row, tok)
+    has = count > 0
+    if not has.any():
+        return logits.new_zeros(()).float()
+    return (per_example[has] / count[has]).mean()
+
+
 def safety_ce(head_logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """CE of the safety head, per example then averaged (class weights scale each example's term)."""
     per = F.cross_entropy(head_logits.float(), y, reduction="none")

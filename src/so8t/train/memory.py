@@ -205,10 +205,13 @@ def estimate_memory(cfg: TrainConfig, model_config: Any) -> MemoryEstimate:
     working = tokens * _layer_working_set_per_token(cfg, d, s)
     activations = hidden_states + final_norm + working * (1 if cfg.gradient_checkpointing else graph_layers)
 
-    # --- logits: B x T x V from lm_head in the compute dtype, the fp32 log-softmax the cross
-    # entropy keeps for backward (sft_loss upcasts) and its fp32 gradient. With 128k-152k
-    # vocabularies this is GiBs: the reason 8B models do not fit 12 GiB at 2k tokens.
-    logits = tokens * V * (s + 4 + 4)
+    # --- logits: N x V from lm_head in the compute dtype, the fp32 log-softmax the cross
+    # entropy keeps for backward (sft_loss_at upcasts) and its fp32 gradient, for the N scored
+    # positions only (the response tokens: at most sft_response_tokens per example; the whole
+    # length where that is 0, the worst case). With 128k-152k vocabularies this is GiBs: the
+    # reason 8B models do not fit 12 GiB at 2k tokens.
+    scored = B * (min(T, cfg.sft_response_tokens) if cfg.sft_response_tokens else T)
+    logits = scored * V * (s + 4 + 4)
 
     # --- PET: each block's second difference d2 (B x T x H, fp32) is kept by d2.pow(2) for
     # backward (only in blocks with a graph); checkpointed, only the layer being recomputed holds one.

@@ -200,26 +200,27 @@ def loss_parts(
     cw: torch.Tensor | None,
     pet_active: bool,
 ) -> dict[str, torch.Tensor]:
-    # LM logits are needed from the last prompt token on (it predicts the first response token).
-    first_needed = max(0, int(batch["prompt_mask"].sum(1).min()) - 1)
-    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=first_needed)
+    # No LM logits from the body: they are projected below for the scored positions only.
+    out = model(batch["input_ids"], batch["attention_mask"], batch["prompt_mask"], logits_from=None)
+    lm = getattr(model, "module", model)  # under DDP the SafetyModel is .module
     head_logits = out.head_logits
     if "head_input_ids" in batch:  # head_prompt "question": the head reads its own pass, not the chat prompt
         mask = batch["head_attention_mask"]
         head_logits = model(batch["head_input_ids"], mask, mask, logits_from=None).head_logits
     y = batch["y"]
     probs = head_logits.softmax(-1)
+    final = out.hidden_states[-1]
     # The LM's probability of the ALLOW tag where it commits to a tag (NaN where truncated away).
     rows = torch.arange(y.size(0), device=y.device)
-    pos = (batch["tag_pos"].clamp_min(1) - 1 - out.logits_offset).clamp_min(0)
-    tag_logits = out.logits[rows, pos].float()
+    pos = (batch["tag_pos"].clamp_min(1) - 1).clamp_min(0)
+    tag_logits = lm.lm_logits(final[rows, pos]).float()
     lm_allow = tag_logits.softmax(-1)[:, tags[Action.ALLOW]]
     lm_allow = torch.where(batch["tag_pos"] >= 0, lm_allow, torch.full_like(lm_allow, float("nan")))
     w = weights_of(cfg)
     with nullcontext() if pet_active else torch.no_grad():
         pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], w.pet_normalize, cfg.pet_checkpoint)
     parts = {
-        "sft": losses.sft_loss(out.logits, batch["labels"][:, out.logits_offset :]),
+        "sft": _sft(lm, final, batch["labels"]),
         "safety_ce": losses.safety_ce(head_logits, y, cw),
         "dangerous_allow": losses.dangerous_allow(probs, y, lm_allow),
         "good_escalate": losses.good_escalate(probs, y),
@@ -234,6 +235,13 @@ def loss_parts(
     if cfg.head_kind == "split":  # each head's own binary loss, beside the composite on the composed probabilities
         parts.update(losses.split_heads(head_logits, y, cw))
     return parts
+
+
+def _sft(model: SafetyModel, final: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE of the response tokens, projecting only the positions that predict one."""
+    targets = labels[:, 1:]
+    scored = targets != losses.IGNORE
+    return losses.sft_loss_at(model.lm_logits(final[:, :-1][scored]), targets[scored], scored)
 
 
 weights_of = losses.LossWeights.from_config  # the loss group of a TrainConfig
