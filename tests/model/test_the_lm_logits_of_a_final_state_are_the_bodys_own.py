@@ -13,16 +13,28 @@ from so8t.model.safety_model import SafetyModel
 def _gemma():
     return Gemma3ForCausalLM(
         Gemma3TextConfig(
-            vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-            num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0,
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            final_logit_softcapping=30.0,
         )
     )
 
 
 def _llama():
     return LlamaForCausalLM(
-        LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=1)
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
     )
 
 

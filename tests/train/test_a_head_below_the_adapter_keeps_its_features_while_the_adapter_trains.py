@@ -11,17 +11,23 @@ import json
 
 import torch
 from safetensors.torch import load_file
+from test_recipe import data_kw, tiny_cfg
 
 from so8t.data import load_builtin
 from so8t.model import load_run, predict_probs
 from so8t.train.recipe import build_model, head_below_adapter, train
 
-from test_recipe import data_files, data_kw, tiny_cfg  # noqa: F401 (data_files: a fixture)
-
 
 def test_the_head_is_below_the_adapter_only_when_no_layer_it_reads_is_adapted(tiny_model_dir):
     # the tiny model has 2 blocks; hidden_states[i] is block i's output (0: the embeddings)
-    cases = {(1, (1,)): True, (1, (0, 1)): True, (1, (2,)): False, (1, (-1,)): False, (1, (-2,)): True, (0, (1,)): False}
+    cases = {
+        (1, (1,)): True,
+        (1, (0, 1)): True,
+        (1, (2,)): False,
+        (1, (-1,)): False,
+        (1, (-2,)): True,
+        (0, (1,)): False,
+    }
     for (lora_layers, layers), expected in cases.items():
         cfg = tiny_cfg(tiny_model_dir, lora_layers=lora_layers, head_layers=list(layers))
         model, _, _ = build_model(cfg)
@@ -62,7 +68,14 @@ def test_a_head_that_reads_adapted_blocks_still_stops_early_and_keeps_the_best_s
     tiny_model_dir, data_files, tmp_path
 ):
     cfg = tiny_cfg(
-        tiny_model_dir, lora_layers=1, head_layers=[2], lr=1e-12, head_lr=0.0, max_steps=10, eval_every=1, patience=2,
+        tiny_model_dir,
+        lora_layers=1,
+        head_layers=[2],
+        lr=1e-12,
+        head_lr=0.0,
+        max_steps=10,
+        eval_every=1,
+        patience=2,
         **data_kw(data_files),
     )
     result = train(cfg, tmp_path / "run", progress=False)

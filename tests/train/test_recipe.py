@@ -50,19 +50,6 @@ def sample_records(n_per_label=6):
     return out
 
 
-@pytest.fixture(scope="module")
-def data_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    recs = load_builtin("train")
-    pick = lambda label, lang, k, skip=0: [r for r in recs if r.label.name == label and r.lang == lang][skip : skip + k]  # noqa: E731
-    train_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 6) + pick(lab, "ja", 2)]
-    dev_recs = [r for lab in ("ALLOW", "ESCALATE", "REFUSE") for r in pick(lab, "en", 3, skip=10)]
-    write_jsonl(d / "train.jsonl", train_recs)
-    write_jsonl(d / "dev.jsonl", dev_recs)
-    write_jsonl(d / "test.jsonl", dev_recs[::-1])
-    return d
-
-
 def data_kw(d):
     return dict(data=[str(d / "train.jsonl")], dev_data=[str(d / "dev.jsonl")], test_data=[str(d / "test.jsonl")])
 

@@ -806,7 +806,9 @@ def _write_run(
     checkpoints go, and the marker says complete last, once everything else is written."""
     out, state = t.out, t.state
     adapter_step = state.step if t.head_apart else state.best_step
-    save_artifacts(out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step, "adapter_step": adapter_step})
+    save_artifacts(
+        out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step, "adapter_step": adapter_step}
+    )
     if cal:
         save_thresholds(out, cal)
         print(
