@@ -159,7 +159,8 @@ def _md_dataset(ds: dict, targets: dict) -> list[str]:
             "",
             "### Generated responses",
             "",
-            f"{gen['n']} generated: format compliance {_fmt(gen['format_compliance'])}, tag agrees with the "
+            f"{gen['n']} generated: format compliance {_fmt(gen['format_compliance'])}, ended by end-of-sequence "
+            f"{_fmt(gen.get('stopped'))}, tag agrees with the "
             f"label {_fmt(gen.get('tag_agrees_with_label'))}, with the gate {_fmt(gen['tag_agrees_with_head'])}.",
         ]
     return md + [""] + [f"![{p}]({p})" for p in ds["plots"]] + [""]

@@ -35,13 +35,20 @@ def lm_tag_probs(scorer: LoadedRun, items: Sequence, between_batches: Callable[[
 class Generated:
     text: str
     action: int | None  # parsed tag, None when the output is not in the format
+    stopped: bool = True  # ended with end-of-sequence, not cut at max_new_tokens
+
+
+# Room for a whole answer in the format (tag, text, rationale): the built-in responses run 60-95
+# tokens (90th percentile) and up to about 210 with Gemma 3's tokenizer. With 64, the former
+# limit, most answers were cut before their rationale and counted as out of format.
+MAX_NEW_TOKENS = 224
 
 
 @torch.no_grad()
 def generate_responses(
     scorer: LoadedRun,
     items: Sequence,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = 8,
     between_batches: Callable[[], None] | None = None,
 ) -> list[Generated]:
@@ -81,7 +88,8 @@ def generate_responses(
             for row in gen[:, enc["input_ids"].size(1) :]:
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 parsed = parse_response(text)
-                out.append(Generated(text, int(parsed.action) if parsed else None))
+                stopped = bool((row == tokenizer.eos_token_id).any())
+                out.append(Generated(text, int(parsed.action) if parsed else None, stopped))
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = sides
         model.train(was_training)
@@ -96,6 +104,7 @@ def generation_summary(gen: list[Generated], labels: Labels | None, head_pred: L
     summary = {
         "n": n,
         "format_compliance": len(parsed) / n if n else float("nan"),
+        "stopped": float(np.mean([g.stopped for g in gen])) if n else float("nan"),
         "tag_agrees_with_head": (
             float(np.mean([gen[k].action == int(head_pred[k]) for k in parsed])) if parsed else float("nan")
         ),
