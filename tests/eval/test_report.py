@@ -31,6 +31,8 @@ def test_eval_writes_a_complete_report_with_baselines_side_by_side(tiny_run, tmp
     assert lo <= m["safety_score"] <= hi
     assert {"lang", "difficulty"} <= set(ds["breakdown"]) and "source" not in ds["breakdown"]  # one source only
     assert ds["generation"]["n"] == 2 and 0 <= ds["generation"]["format_compliance"] <= 1
+    by_lang = ds["generation"]["by_lang"]  # every generated answer in exactly one language's count
+    assert sum(g["n"] for g in by_lang.values()) == 2 and all(0 <= g["stopped"] <= 1 for g in by_lang.values())
     assert rep["latency"]["p50_ms"] > 0 and set(rep["latency"]["throughput"]) == {"1", "16"}
     for p in ds["plots"] + [rep["training_curves"]]:
         assert (out / p).stat().st_size > 1000

@@ -163,6 +163,11 @@ def _md_dataset(ds: dict, targets: dict) -> list[str]:
             f"{_fmt(gen.get('stopped'))}, tag agrees with the "
             f"label {_fmt(gen.get('tag_agrees_with_label'))}, with the gate {_fmt(gen['tag_agrees_with_head'])}.",
         ]
+        for lang, g in (gen.get("by_lang") or {}).items():
+            md.append(
+                f"- {lang} ({g['n']}): format compliance {_fmt(g['format_compliance'])}, ended by end-of-sequence "
+                f"{_fmt(g.get('stopped'))}, tag agrees with the gate {_fmt(g['tag_agrees_with_head'])}"
+            )
     return md + [""] + [f"![{p}]({p})" for p in ds["plots"]] + [""]
 
 

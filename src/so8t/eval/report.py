@@ -329,6 +329,14 @@ def _generation(
     with phases.phase(f"{ds.name}: generating {len(with_resp)} responses", total=len(with_resp), batch_size=8) as tick:
         gen = generate_responses(loaded, [recs[i] for i in with_resp], between_batches=tick)
     out = generation_summary(gen, y[with_resp], pred[with_resp])
+    by_lang: dict[str, list[int]] = {}
+    for k, i in enumerate(with_resp):
+        by_lang.setdefault(recs[i].lang or "?", []).append(k)
+    rows = np.array(with_resp)
+    out["by_lang"] = {
+        lang: generation_summary([gen[k] for k in ks], y[rows[ks]], pred[rows[ks]])
+        for lang, ks in sorted(by_lang.items())
+    }
     out["samples"] = [
         {"id": recs[i].id, "label": ACTIONS[y[i]], "text": g.text[:400]}
         for i, g in zip(with_resp[:5], gen[:5], strict=False)
