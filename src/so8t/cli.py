@@ -299,8 +299,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{'resuming' if args.resume else 'training into'} run folder {out}", flush=True)
     result = train(cfg, out, resume=bool(args.resume), progress=not args.no_progress)
     print(
-        f"\nrun saved to {result.run_dir} ({result.steps} steps, best at step {result.best_step}, "
-        f"{result.seconds / 60:.1f} min)"
+        f"\nrun saved to {result.run_dir} ({result.steps} steps, best at step {result.best_step}"
+        + (f" for the head, the adapter of step {result.adapter_step}" if result.adapter_step is not None else "")
+        + f", {result.seconds / 60:.1f} min)"
     )
     if result.test is not None:
         print("test split (safety head):")

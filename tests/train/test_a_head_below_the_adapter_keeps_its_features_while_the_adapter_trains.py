@@ -50,7 +50,7 @@ def test_the_adapter_trains_every_step_and_the_head_is_kept_from_its_best_step(t
     )
     result = train(cfg, tmp_path / "run", progress=False)
     final = json.loads((tmp_path / "run/metrics/final.json").read_text())
-    assert result.steps == 5 and not final["stopped_early"]
+    assert result.steps == 5 and not final["stopped_early"] and result.adapter_step == 5
     assert final["best_step"] == 0 and final["adapter_step"] == 5
     adapter = load_file(str(tmp_path / "run/adapter/adapter_model.safetensors"))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
@@ -81,3 +81,4 @@ def test_a_head_that_reads_adapted_blocks_still_stops_early_and_keeps_the_best_s
     result = train(cfg, tmp_path / "run", progress=False)
     final = json.loads((tmp_path / "run/metrics/final.json").read_text())
     assert result.steps == 3 and final["stopped_early"] and final["adapter_step"] == final["best_step"] == 1
+    assert result.adapter_step is None  # not chosen apart

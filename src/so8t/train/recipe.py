@@ -85,6 +85,7 @@ class TrainResult:
     test: SafetyMetrics | None
     seconds: float
     truncated: int
+    adapter_step: int | None = None  # the adapter's step when it was chosen apart from the head
 
 
 @dataclass
@@ -796,7 +797,8 @@ def _finish(t: _Training) -> TrainResult:
     seconds = time.perf_counter() - t.start
     if t.main:
         _write_run(t, cal, dev, test, seconds)
-    return TrainResult(t.out, t.state.step, t.state.best_step, dev, test, seconds, t.truncated)
+    adapter_step = t.state.step if t.head_apart else None
+    return TrainResult(t.out, t.state.step, t.state.best_step, dev, test, seconds, t.truncated, adapter_step)
 
 
 def _write_run(
