@@ -75,9 +75,10 @@ def test_the_cpu_presets_train_on_the_contrast_pairs_with_the_pair_margin():
         assert "contrast" in cfg.data and cfg.pair_margin > 0, name
     default, name = train_config_from_args(build_parser().parse_args(["train"]))  # `so8t train`, no flags
     assert name == "cpu-quick" and default.data == ["builtin", "contrast", "wide"] and default.pair_margin > 0
-    assert default.model == "embedded:gemma3-270m" and default.head_layers == [6, 8, 10, 12, 14, 16]
-    # the head reads only blocks below the adapter (Gemma 3 270M has 18): SFT cannot move its features
-    assert max(default.head_layers) <= 18 - default.lora_layers and default.lora_layers > 0
+    assert default.model == "embedded:gemma3-270m" and default.head_layers == "mix"
+    # cpu-quick-apart: the head reads only blocks below the adapter (Gemma 3 270M has 18)
+    apart = resolve(TrainConfig, (preset("cpu-quick-apart"), "cpu-quick-apart"))
+    assert max(apart.head_layers) <= 18 - apart.lora_layers and apart.lora_layers > 0
 
 
 def test_overrides_need_key_value():
