@@ -9,6 +9,7 @@ and the gate both call `forward` here, so prompt -> pooled state is one code pat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,10 +42,9 @@ class SafetyModel(nn.Module):
         where the config has one). Training projects only the positions it scores: the
         vocabulary projection is most of a step (Gemma 3: 262k columns), and most positions of
         a batch are prompt or padding."""
-        body = self.body
-        projection = body.get_output_embeddings()  # type: ignore[operator]  # nn.Module.__getattr__
-        logits = projection(final_hidden)
-        cap = getattr(body.config.get_text_config(), "final_logit_softcapping", None)  # type: ignore[operator]
+        body: Any = self.body  # a transformers model (or PEFT's wrapper): nn.Module types its attributes loosely
+        logits = body.get_output_embeddings()(final_hidden)
+        cap = getattr(body.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits

@@ -166,7 +166,8 @@ def head_below_adapter(model: SafetyModel, cfg: TrainConfig) -> bool:
     (the head: its best dev step; the adapter: the last step)."""
     if not cfg.lora_layers:
         return False
-    n_layers = model.body.config.get_text_config().num_hidden_layers
+    body: Any = model.body  # PEFT's wrapper: nn.Module types its attributes loosely
+    n_layers = body.config.get_text_config().num_hidden_layers
     first_adapted = n_layers - cfg.lora_layers  # hidden_states[first_adapted + 1] is the first it changes
     return all((i if i >= 0 else n_layers + 1 + i) <= first_adapted for i in model.head.layers)
 
