@@ -175,10 +175,9 @@ def main() -> None:
 
     def with_mix(f: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         named = {("final" if k == depth else f"block {k}"): v for k, v in f.items()}
-        normed = [torch.nn.functional.layer_norm(f[k], (f[k].size(1),)) for k in mix]
-        named["mix"] = torch.stack(normed).mean(0)
-        # N x L x H: what the safety head reads
-        named["stack"] = torch.stack([torch.nn.functional.layer_norm(f[k], (f[k].size(1),)) for k in head_layers], 1)
+        normed = {k: torch.nn.functional.layer_norm(f[k], (f[k].size(1),)) for k in set(mix) | set(head_layers)}
+        named["mix"] = torch.stack([normed[k] for k in mix]).mean(0)
+        named["stack"] = torch.stack([normed[k] for k in head_layers], 1)  # N x L x H: what the safety head reads
         return named
 
     from so8t.data.mix import weigh_sources

@@ -34,22 +34,19 @@ def test_the_head_is_below_the_adapter_only_when_no_layer_it_reads_is_adapted(ti
         assert head_below_adapter(model, cfg) is expected, (lora_layers, layers)
 
 
+def _train(model_dir, data_files, tmp_path, **kw):
+    """A tiny run with the top block adapted, the head not learning (head_lr 0) and a dev
+    evaluation every step: (TrainResult, final.json)."""
+    cfg = tiny_cfg(model_dir, lora_layers=1, head_lr=0.0, eval_every=1, **kw, **data_kw(data_files))
+    result = train(cfg, tmp_path / "run", progress=False)
+    return result, json.loads((tmp_path / "run/metrics/final.json").read_text())
+
+
 def test_the_adapter_trains_every_step_and_the_head_is_kept_from_its_best_step(tiny_model_dir, data_files, tmp_path):
     # head_lr 0: the probed head never improves on dev after step 0; patience 1 would stop at step 1
-    cfg = tiny_cfg(
-        tiny_model_dir,
-        lora_layers=1,
-        head_layers=[1],
-        head_probe_steps=5,
-        lr=1e-2,
-        head_lr=0.0,
-        max_steps=5,
-        eval_every=1,
-        patience=1,
-        **data_kw(data_files),
+    result, final = _train(
+        tiny_model_dir, data_files, tmp_path, head_layers=[1], head_probe_steps=5, lr=1e-2, max_steps=5, patience=1
     )
-    result = train(cfg, tmp_path / "run", progress=False)
-    final = json.loads((tmp_path / "run/metrics/final.json").read_text())
     assert result.steps == 5 and not final["stopped_early"] and result.adapter_step == 5
     assert final["best_step"] == 0 and final["adapter_step"] == 5
     adapter = load_file(str(tmp_path / "run/adapter/adapter_model.safetensors"))
@@ -67,18 +64,6 @@ def test_the_adapter_trains_every_step_and_the_head_is_kept_from_its_best_step(t
 def test_a_head_that_reads_adapted_blocks_still_stops_early_and_keeps_the_best_steps_adapter(
     tiny_model_dir, data_files, tmp_path
 ):
-    cfg = tiny_cfg(
-        tiny_model_dir,
-        lora_layers=1,
-        head_layers=[2],
-        lr=1e-12,
-        head_lr=0.0,
-        max_steps=10,
-        eval_every=1,
-        patience=2,
-        **data_kw(data_files),
-    )
-    result = train(cfg, tmp_path / "run", progress=False)
-    final = json.loads((tmp_path / "run/metrics/final.json").read_text())
+    result, final = _train(tiny_model_dir, data_files, tmp_path, head_layers=[2], lr=1e-12, max_steps=10, patience=2)
     assert result.steps == 3 and final["stopped_early"] and final["adapter_step"] == final["best_step"] == 1
     assert result.adapter_step is None  # not chosen apart

@@ -28,7 +28,7 @@ composed three-class probabilities. Why both:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,14 +42,16 @@ from so8t.train.schedules import lambda_pet
 IGNORE = -100
 
 
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token CE on response tokens only (labels == -100 elsewhere): mean per example, then over examples."""
-    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
-    tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none")
-    valid = (shift_labels != IGNORE).float()
-    per_example = (tok * valid).sum(1) / valid.sum(1).clamp_min(1.0)
-    has = valid.sum(1) > 0
-    return per_example[has].mean() if has.any() else logits.new_zeros(()).float()
+def sft_loss(
+    states: torch.Tensor, labels: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Next-token CE on response tokens only (labels == -100 elsewhere): mean per example, then over examples.
+    `states` are the logits (B x T x V), or with `project` the final hidden states (B x T x H):
+    then only the positions that predict a response token are projected to the vocabulary."""
+    targets = labels[:, 1:]
+    scored = targets != IGNORE
+    rows = states[:, :-1][scored]
+    return sft_loss_at(project(rows) if project is not None else rows, targets[scored], scored)
 
 
 def sft_loss_at(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:

@@ -222,7 +222,7 @@ def loss_parts(
     with nullcontext() if pet_active else torch.no_grad():
         pet = losses.pet_loss(out.hidden_states[1:], batch["attention_mask"], w.pet_normalize, cfg.pet_checkpoint)
     parts = {
-        "sft": _sft(lm, final, batch["labels"]),
+        "sft": losses.sft_loss(final, batch["labels"], project=lm.lm_logits),
         "safety_ce": losses.safety_ce(head_logits, y, cw),
         "dangerous_allow": losses.dangerous_allow(probs, y, lm_allow),
         "good_escalate": losses.good_escalate(probs, y),
@@ -237,13 +237,6 @@ def loss_parts(
     if cfg.head_kind == "split":  # each head's own binary loss, beside the composite on the composed probabilities
         parts.update(losses.split_heads(head_logits, y, cw))
     return parts
-
-
-def _sft(model: SafetyModel, final: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token CE of the response tokens, projecting only the positions that predict one."""
-    targets = labels[:, 1:]
-    scored = targets != losses.IGNORE
-    return losses.sft_loss_at(model.lm_logits(final[:, :-1][scored]), targets[scored], scored)
 
 
 weights_of = losses.LossWeights.from_config  # the loss group of a TrainConfig
@@ -480,6 +473,11 @@ class _Training:
         """Progress bars: the steps, and each dev evaluation below them (main process only)."""
         return self.progress and self.main
 
+    @property
+    def adapter_step(self) -> int:
+        """The step whose adapter the run keeps: the last when chosen apart, else the head's best."""
+        return self.state.step if self.head_apart else self.state.best_step
+
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> TrainResult:
     """Train a run into `out` (or continue the one there with `resume`); `progress` shows bars."""
@@ -524,7 +522,8 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
     prepared, optimizer, scheduler = _optimize(model, cfg, total_steps, accelerator)
     raw_model: SafetyModel = accelerator.unwrap_model(prepared)
     meta = {"base_model": cfg.model, "base_fingerprint": base_fp, "max_length": cfg.max_length, "amp": cfg.amp}
-    if head_below_adapter(raw_model, cfg) and accelerator.is_main_process:
+    head_apart = head_below_adapter(raw_model, cfg)
+    if head_apart and accelerator.is_main_process:
         print(
             f"the head reads hidden states {list(raw_model.head.layers)}, below the adapter (top {cfg.lora_layers} "
             "blocks): the adapter trains every planned step, the head is kept from its best dev step"
@@ -551,7 +550,7 @@ def _setup(cfg: TrainConfig, out: Path, resume: bool, progress: bool, start: flo
         per_step=per_step,
         truncated=truncated,
         probe=probe,
-        head_apart=head_below_adapter(raw_model, cfg),
+        head_apart=head_apart,
         progress=progress,
         start=start,
     )
@@ -798,8 +797,8 @@ def _finish(t: _Training) -> TrainResult:
     seconds = time.perf_counter() - t.start
     if t.main:
         _write_run(t, cal, dev, test, seconds)
-    adapter_step = t.state.step if t.head_apart else None
-    return TrainResult(t.out, t.state.step, t.state.best_step, dev, test, seconds, t.truncated, adapter_step)
+    apart_step = t.adapter_step if t.head_apart else None
+    return TrainResult(t.out, t.state.step, t.state.best_step, dev, test, seconds, t.truncated, apart_step)
 
 
 def _write_run(
@@ -808,9 +807,8 @@ def _write_run(
     """The finished run folder: adapter and head, thresholds, final.json, the curves; the
     checkpoints go, and the marker says complete last, once everything else is written."""
     out, state = t.out, t.state
-    adapter_step = state.step if t.head_apart else state.best_step
     save_artifacts(
-        out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step, "adapter_step": adapter_step}
+        out, t.raw_model, t.tokenizer, {**t.meta, "best_step": state.best_step, "adapter_step": t.adapter_step}
     )
     if cal:
         save_thresholds(out, cal)
@@ -823,7 +821,7 @@ def _write_run(
         json.dumps(
             {
                 "best_step": state.best_step,
-                "adapter_step": adapter_step,
+                "adapter_step": t.adapter_step,
                 "steps": state.step,
                 "stopped_early": state.stopped_early,
                 "seconds": round(seconds, 1),
